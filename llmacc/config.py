@@ -1,0 +1,251 @@
+"""One accelerator configuration, read by hw, compiler, host, perf model and board flows.
+
+A :class:`AccelConfig` fixes every size the hardware is built with. Presets:
+
+* ``sim-small`` — tiny arrays and buffers, quick to simulate in Verilator;
+* ``u280`` — sized for an Alveo U280 (HBM2, 32 pseudo-channels, 9,024 DSP48E2, 3 SLRs).
+
+Every check names the field and the bad value (:class:`ConfigError`). The runtime compares
+:meth:`AccelConfig.fingerprint` with the hardware's ID register.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmacc.isa import ISA_VERSION, MatFields, MemFields, SfuFields
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and the value."""
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Sizes of one accelerator build.
+
+    The matrix engine has ``mv_rows`` DSP chains side by side; each chain has ``chain_len``
+    DSP48E2-shaped elements, cascaded in groups of ``chain_group`` (links between groups are
+    configurable at run time). Each element takes two low-bit products per cycle when the
+    weight format allows packing (``pack_products``).
+    """
+
+    name: str
+    clock_mhz: float
+    # Matrix engine.
+    mv_rows: int
+    chain_len: int
+    chain_group: int
+    pack_products: int = 2
+    # Special-function unit lanes (elements per cycle).
+    sfu_lanes: int = 8
+    # On-chip buffers, in bytes.
+    act_buffer_bytes: int = 64 * 1024
+    weight_buffer_bytes: int = 64 * 1024
+    kv_buffer_bytes: int = 64 * 1024
+    meta_buffer_bytes: int = 16 * 1024
+    table_buffer_bytes: int = 8 * 1024
+    # External memory.
+    mem_channels: int = 1
+    axi_data_bits: int = 64
+    axi_addr_bits: int = 32
+    channel_bytes: int = 1 << 24
+    channel_gbps: float = 1.0
+    # Controller.
+    insn_queue_depth: int = 8
+    # Length adaptivity (FlightLLM buckets).
+    max_seq_len: int = 512
+    prefill_bucket: int = 128
+    decode_bucket: int = 16
+    # Device capacity, for the resource check.
+    device_dsps: int = 9024
+    weight_group: int = 128
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived sizes -------------------------------------------------------------------
+    @property
+    def dsps(self) -> int:
+        """DSP48E2 elements in the matrix engine."""
+        return self.mv_rows * self.chain_len
+
+    @property
+    def axi_data_bytes(self) -> int:
+        return self.axi_data_bits // 8
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.dsps * self.pack_products
+
+    @property
+    def mem_bandwidth_gbps(self) -> float:
+        return self.mem_channels * self.channel_gbps
+
+    # -- checks --------------------------------------------------------------------------
+    def _fail(self, name: str, why: str) -> None:
+        raise ConfigError(f"AccelConfig.{name} = {getattr(self, name)!r}: {why} ({self.name})")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"AccelConfig.name = {self.name!r}: must be a non-empty string")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                self._fail(f.name, f"must be a number, not {type(value).__name__}")
+            if f.type == "int" and not isinstance(value, int):
+                self._fail(f.name, "must be an integer")
+            if f.type in ("int", "float") and not value > 0:
+                self._fail(f.name, "must be positive")
+        if self.chain_len % self.chain_group:
+            self._fail("chain_len", f"must be a multiple of chain_group ({self.chain_group})")
+        if not _is_pow2(self.chain_group):
+            self._fail("chain_group", "must be a power of two")
+        if self.chain_len % 16:
+            self._fail("chain_len", "must be a multiple of 16 (N:16 sparse blocks)")
+        if self.pack_products not in (1, 2):
+            self._fail("pack_products", "must be 1 or 2 products per DSP")
+        if not _is_pow2(self.sfu_lanes):
+            self._fail("sfu_lanes", "must be a power of two")
+        if self.axi_data_bits not in (32, 64, 128, 256, 512):
+            self._fail("axi_data_bits", "must be one of 32, 64, 128, 256, 512")
+        if not 32 <= self.axi_addr_bits <= 64:
+            self._fail("axi_addr_bits", "must be between 32 and 64")
+        mem_max_chan = 1 << MemFields.as_shape()["chan"].width
+        if self.mem_channels > mem_max_chan:
+            self._fail("mem_channels", f"the ISA addresses at most {mem_max_chan} channels")
+        if self.channel_bytes > 1 << MemFields.as_shape()["ext_addr"].width:
+            self._fail("channel_bytes", "exceeds the ISA's 32-bit channel byte address")
+        for name in ("act_buffer_bytes", "weight_buffer_bytes", "kv_buffer_bytes",
+                     "meta_buffer_bytes", "table_buffer_bytes"):
+            size = getattr(self, name)
+            if size % self.axi_data_bytes:
+                self._fail(name, f"must be a multiple of the AXI word ({self.axi_data_bytes} B)")
+            words = size // self.axi_data_bytes
+            if words > 1 << MemFields.as_shape()["buf_addr"].width:
+                self._fail(name, "has more words than the ISA's 16-bit buffer address reaches")
+        if self.max_seq_len >= 1 << SfuFields.as_shape()["rows"].width:  # rows may be SEQ_LEN
+            self._fail("max_seq_len", "exceeds the ISA's row count field")
+        if self.max_seq_len % self.decode_bucket or self.max_seq_len % self.prefill_bucket:
+            self._fail("max_seq_len", "must be a multiple of both bucket sizes")
+        if self.prefill_bucket >= 1 << MatFields.as_shape()["m"].width:
+            self._fail("prefill_bucket", "exceeds the ISA's token count field")
+        if not _is_pow2(self.weight_group) or not 8 <= self.weight_group <= 128:
+            self._fail("weight_group", "must be a power of two in 8..128")
+        if self.dsps > self.device_dsps:
+            self._fail("mv_rows", f"{self.dsps} DSPs exceed the device's {self.device_dsps}")
+
+    # -- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AccelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"AccelConfig: unknown fields {unknown}")
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls)
+            if f.name not in values and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ConfigError(f"AccelConfig: missing fields {missing}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> AccelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> int:
+        """32-bit hash of the configuration and ISA version (the hardware ID register)."""
+        text = json.dumps({"isa": ISA_VERSION, **self.to_dict()}, sort_keys=True)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+PRESETS: dict[str, AccelConfig] = {
+    "sim-small": AccelConfig(
+        name="sim-small",
+        clock_mhz=100.0,
+        mv_rows=4,
+        chain_len=16,
+        chain_group=4,
+        sfu_lanes=4,
+        act_buffer_bytes=16 * 1024,
+        weight_buffer_bytes=16 * 1024,
+        kv_buffer_bytes=16 * 1024,
+        meta_buffer_bytes=4 * 1024,
+        table_buffer_bytes=2 * 1024,
+        mem_channels=2,
+        axi_data_bits=64,
+        axi_addr_bits=32,
+        channel_bytes=1 << 24,
+        channel_gbps=0.8,
+        max_seq_len=512,
+        weight_group=32,
+    ),
+    # Alveo U280: 32 HBM2 pseudo-channels of 256 MiB at 14.375 GB/s each (460 GB/s),
+    # 256-bit AXI per channel at 225 MHz user clock. 96 chains x 64 DSPs = 6,144 of the
+    # 9,024 DSP48E2 (68%), leaving room for the SFU and address generation.
+    "u280": AccelConfig(
+        name="u280",
+        clock_mhz=225.0,
+        mv_rows=96,
+        chain_len=64,
+        chain_group=16,
+        sfu_lanes=64,
+        act_buffer_bytes=1 << 20,
+        weight_buffer_bytes=2 << 20,
+        kv_buffer_bytes=2 << 20,
+        meta_buffer_bytes=256 * 1024,
+        table_buffer_bytes=128 * 1024,
+        mem_channels=32,
+        axi_data_bits=256,
+        axi_addr_bits=64,
+        channel_bytes=256 << 20,
+        channel_gbps=14.375,
+        max_seq_len=2048,
+        weight_group=128,
+        device_dsps=9024,
+    ),
+}
+
+
+def preset(name: str) -> AccelConfig:
+    """The preset called ``name``; the error lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown config {name!r}; known: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def load(path_or_name: str | Path) -> AccelConfig:
+    """A preset name or a JSON file with every field of :class:`AccelConfig`."""
+    if str(path_or_name) in PRESETS:
+        return PRESETS[str(path_or_name)]
+    path = Path(path_or_name)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path_or_name!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file"
+        )
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return AccelConfig.from_dict(values)

@@ -1,0 +1,602 @@
+"""The numerics contract: every rounding, saturation, format and lookup table, defined once.
+
+The integer reference model, the emulator and the RTL golden models all import this module;
+``docs/NUMERICS.md`` explains the choices. Everything here is integer arithmetic on
+``torch.int64`` tensors (exact and deterministic on any CPU); floats appear only in the
+offline helpers that turn real numbers into the stored formats (``encode_*``, ``*_table``),
+whose results are stored in the model package and read by the hardware.
+
+Formats
+-------
+* **wide**: INT32 fixed point with a static per-tensor exponent ``F`` (real = v * 2**-F).
+  Residual stream, matrix results and special-function inputs/outputs.
+* **act**: INT8 in [-127, 127] per token, with a dynamic SF16 scale in wide units.
+* **kv**: INT4 in [-7, 7] per token and per group of channels, with an SF16 scale.
+* **SF16 scale**: ``(m, e)`` meaning ``m * 2**e``, ``m`` unsigned 16-bit normalised into
+  [2**15, 2**16) (or 0 for an all-zero vector).
+* **weights**: small signed integer operands (|w| <= 16) decoded from 2/3/4/8-bit codes, with
+  per-group scale mantissas (uint16) sharing one exponent per output row.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+
+import torch
+
+Tensor = torch.Tensor
+I64 = torch.int64
+
+# -- widths --------------------------------------------------------------------------------
+ACC_BITS = 48  #: DSP48E2 accumulator
+WIDE_BITS = 32  #: wide activations
+MUL_IN_BITS = 24  #: element-wise multiplier operands saturate to this before multiplying
+ACT_BITS = 8
+ACT_MAX = 127  #: INT8 activations are symmetric: -128 is never produced
+KV_BITS = 4
+KV_MAX = 7  #: INT4 KV cache is symmetric: -8 is never produced
+SCALE_BITS = 16  #: scale mantissas (weights, activations, KV)
+SCALE_MAX = (1 << SCALE_BITS) - 1
+GAMMA_BITS = 16  #: RMSNorm weights
+TRIG_FRAC = 14  #: RoPE cos/sin in Q1.14
+SCORE_FRAC = 16  #: attention scores enter softmax in log2 units, Q15.16
+PROB_FRAC = 15  #: softmax output probabilities in Q0.15 (unsigned, <= 2**15)
+EXP2_LUT_BITS = 8  #: 2**-f table: 256 intervals, linearly interpolated
+EXP2_ONE = 1 << 16  #: exp2 results in Q16
+SIGMOID_RANGE = 16  #: sigmoid table covers [-16, 16)
+SIGMOID_STEP_LOG2 = 5  #: table step 2**-5
+SIGMOID_INTERP_BITS = 8  #: interpolation fraction bits
+SIGMOID_IN_FRAC = SIGMOID_STEP_LOG2 + SIGMOID_INTERP_BITS  #: SiLU input is first cast to Q.13
+SIGMOID_ONE = 1 << 16  #: sigmoid in Q16
+NORM_IN_BITS = 16  #: RMSNorm squares 16-bit values (15 magnitude bits) after a dynamic shift
+RSQRT_NORM_BITS = 40  #: the RMSNorm denominator is normalised to [2**40, 2**42) before isqrt
+RSQRT_NUM_SHIFT = 24  #: extra fraction bits of the RMSNorm reciprocal
+RECIP_BITS = 31  #: reciprocals of scale mantissas: floor(2**31 / m)
+SOFTMAX_RECIP_BITS = 46  #: softmax reciprocal: floor(2**46 / sum)
+
+
+class NumericsError(ArithmeticError):
+    """A value left the range the contract guarantees (e.g. accumulator overflow)."""
+
+
+def _t(x) -> Tensor:
+    return torch.as_tensor(x, dtype=I64)
+
+
+# -- rounding and saturation ---------------------------------------------------------------
+def round_shift(x, s) -> Tensor:
+    """``x / 2**s`` rounded half away from zero; ``s <= 0`` is an exact left shift.
+
+    Hardware: add ``2**(s-1) - (x < 0)`` then arithmetic shift right (one adder, the sign bit
+    as carry-in). Ties are symmetric, so rounding adds no bias to sums of signed values.
+    """
+    x, s = _t(x), _t(s)
+    pos = torch.clamp(s, min=0)
+    left = torch.clamp(-s, min=0)
+    half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)
+    bias = torch.where(pos > 0, half - (x < 0).to(I64), 0)
+    right = torch.bitwise_right_shift(x + bias, pos)
+    return torch.where(s > 0, right, torch.bitwise_left_shift(x, left))
+
+
+def saturate(x, bits: int, symmetric: bool = False) -> Tensor:
+    """Clamp to signed ``bits``; ``symmetric`` excludes the most negative code."""
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi if symmetric else -hi - 1
+    return torch.clamp(_t(x), lo, hi)
+
+
+def div_round(num, den) -> Tensor:
+    """``num / den`` rounded half away from zero, for ``den > 0`` (a sequential divider)."""
+    num, den = _t(num), _t(den)
+    q = torch.div(num.abs() * 2 + den, den * 2, rounding_mode="floor")
+    return torch.where(num < 0, -q, q)
+
+
+def div_ceil(num, den) -> Tensor:
+    """Ceiling of ``num / den`` for ``num >= 0``, ``den > 0``."""
+    num, den = _t(num), _t(den)
+    return torch.div(num + den - 1, den, rounding_mode="floor")
+
+
+def isqrt(x) -> Tensor:
+    """Exact ``floor(sqrt(x))`` for ``0 <= x < 2**62`` (bit-serial square root in hardware)."""
+    x = _t(x)
+    if bool((x < 0).any()):
+        raise NumericsError("isqrt of a negative value")
+    r = torch.sqrt(x.to(torch.float64)).to(I64)
+    for _ in range(2):  # float64 is within 1 of the answer here: correct both ways
+        r = torch.where(r * r > x, r - 1, r)
+        r = torch.where((r + 1) * (r + 1) <= x, r + 1, r)
+    return r
+
+
+def bit_length(x) -> Tensor:
+    """Bits needed for ``|x|`` (0 for 0): the leading-zero counter."""
+    x = _t(x).abs()
+    n = torch.zeros_like(x)
+    for b in range(62, -1, -1):
+        n = torch.where((n == 0) & (torch.bitwise_right_shift(x, b) > 0), b + 1, n)
+    return n
+
+
+def check_range(x: Tensor, bits: int, what: str) -> Tensor:
+    """Raise :class:`NumericsError` if ``x`` does not fit signed ``bits`` (no silent wrap)."""
+    limit = 1 << (bits - 1)
+    if bool(((x >= limit) | (x < -limit)).any()):
+        raise NumericsError(f"{what}: value {int(x.abs().max())} does not fit {bits} bits")
+    return x
+
+
+# -- SF16 scales -----------------------------------------------------------------------------
+def sf16_ceil_ratio(a, d: int) -> tuple[Tensor, Tensor]:
+    """SF16 ``(m, e)`` with ``m * 2**e >= a / d``, as small as that allows.
+
+    ``a >= 0`` integer (an absmax), ``d`` a positive constant (127 or 7). ``e = bitlen(a) - 23``
+    (plus one if the mantissa would reach 2**16); ``m = ceil(a * 2**-e / d)`` in
+    [2**15, 2**16). ``a == 0`` gives ``(0, 0)``.
+    """
+    a = _t(a)
+    e = bit_length(a) - 23
+    for _ in range(2):
+        num = torch.bitwise_left_shift(a, torch.clamp(-e, min=0))
+        den = torch.bitwise_left_shift(torch.full_like(a, d), torch.clamp(e, min=0))
+        m = div_ceil(num, den)
+        e = torch.where(m > SCALE_MAX, e + 1, e)
+    m = torch.where(a == 0, 0, m)
+    e = torch.where(a == 0, 0, e)
+    return m, e
+
+
+def sf16_recip(m) -> Tensor:
+    """``floor(2**31 / m)`` for a normalised mantissa (17 bits); 0 for ``m == 0``."""
+    m = _t(m)
+    return torch.where(m > 0, torch.div(1 << RECIP_BITS, torch.clamp(m, min=1),
+                                        rounding_mode="floor"), 0)
+
+
+def sf16_to_float(m, e) -> Tensor:
+    return _t(m).to(torch.float64) * torch.pow(2.0, _t(e).to(torch.float64))
+
+
+def quantize_symmetric(v, qmax: int, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
+    """Dynamic symmetric quantisation of wide ``v`` along ``dim`` (per token / per group).
+
+    Returns ``(q, m, e)``: codes in [-qmax, qmax] and the SF16 scale per slice, in units of the
+    input's LSB. ``q = sat(round_shift(v * floor(2**31 / m), 31 + e))``.
+    """
+    v = _t(v)
+    absmax = v.abs().amax(dim=dim, keepdim=True)
+    m, e = sf16_ceil_ratio(absmax, qmax)
+    q = round_shift(v * sf16_recip(m), RECIP_BITS + e)
+    q = torch.clamp(q, -qmax, qmax)
+    return q, m.squeeze(dim), e.squeeze(dim)
+
+
+def quantize_act(v, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
+    """QUANT8: wide INT32 rows -> INT8 per token with SF16 scales."""
+    return quantize_symmetric(v, ACT_MAX, dim)
+
+
+def quantize_kv(v, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """KVQUANT: wide rows [..., C] -> INT4 per token and per ``group`` channels.
+
+    Returns codes [..., C] and scales ``(m, e)`` of shape [..., C // group].
+    """
+    v = _t(v)
+    if v.shape[-1] % group:
+        raise NumericsError(f"KV width {v.shape[-1]} is not a multiple of the group {group}")
+    g = v.reshape(*v.shape[:-1], v.shape[-1] // group, group)
+    q, m, e = quantize_symmetric(g, KV_MAX, dim=-1)
+    return q.reshape(v.shape), m, e
+
+
+def align_sf16(m, e, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """Block-float alignment: mantissas shifted to the largest exponent along ``dim``."""
+    m, e = _t(m), _t(e)
+    emax = torch.where(m > 0, e, torch.iinfo(I64).min).amax(dim=dim, keepdim=True)
+    emax = torch.where(emax == torch.iinfo(I64).min, 0, emax)
+    return round_shift(m, emax - e), emax.squeeze(dim)
+
+
+# -- weight scales: uint16 mantissas, one exponent per output row ----------------------------
+def encode_scales(scales: Tensor) -> tuple[Tensor, Tensor]:
+    """Real per-group scales [N, G] -> (mantissa uint16 [N, G], exponent [N]).
+
+    Row exponent ``E`` puts the row's largest scale in [2**15, 2**16):
+    real ~= mant * 2**-E. Rounding is half away from zero; an all-zero row has E = 0.
+    """
+    s = torch.as_tensor(scales, dtype=torch.float64)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise NumericsError("weight scales must be finite and non-negative")
+    rowmax = s.amax(dim=-1)
+    _, exp2 = torch.frexp(torch.where(rowmax > 0, rowmax, 1.0))  # rowmax = f * 2**exp2
+    E = torch.where(rowmax > 0, 16 - exp2.to(I64), 0)
+    mant = torch.floor(s * torch.pow(2.0, E.to(torch.float64)).unsqueeze(-1) + 0.5).to(I64)
+    return torch.clamp(mant, 0, SCALE_MAX), E
+
+
+def decode_scales(mant: Tensor, E: Tensor) -> Tensor:
+    return _t(mant).to(torch.float64) * torch.pow(2.0, -_t(E).to(torch.float64)).unsqueeze(-1)
+
+
+# -- weight data types -------------------------------------------------------------------------
+class WDType(IntEnum):
+    """Per-group weight data types. Values are the ids stored in the META buffer."""
+
+    # 3-bit family (WeightFormat.MIXED3): type id = value - INT3
+    INT3 = 0
+    FP3 = 1
+    FP3_ER_POS = 2
+    FP3_ER_NEG = 3
+    FP3_EA_POS = 4
+    FP3_EA_NEG = 5
+    # 4-bit family (WeightFormat.MIXED4): type id = value - INT4
+    INT4 = 8
+    FP4 = 9
+    FP4_ER_POS = 10
+    FP4_ER_NEG = 11
+    FP4_EA_POS = 12
+    FP4_EA_NEG = 13
+    # fixed formats
+    W2 = 16  #: 2-bit asymmetric: operand = code - zero_point
+    INT8 = 17  #: symmetric 8-bit (embedding, classifier)
+
+    @property
+    def bits(self) -> int:
+        return 3 if self < 8 else 4 if self < 16 else 2 if self is WDType.W2 else 8
+
+    @property
+    def type_id(self) -> int:
+        """Id within its family (what a group's META entry stores)."""
+        return int(self) & 7
+
+
+#: Magnitudes of the sign-magnitude families; code = sign << (bits-1) | index.
+_MAGNITUDES = {
+    WDType.INT3: (0, 1, 2, 3),
+    WDType.FP3: (0, 1, 2, 4),
+    WDType.INT4: (0, 1, 2, 3, 4, 5, 6, 7),
+    WDType.FP4: (0, 1, 2, 3, 4, 6, 8, 12),  # E2M1 x 2
+}
+#: The special value that replaces negative zero (BitMoD: ER = extra resolution, EA = extra
+#: asymmetry; POS/NEG variants).
+_SPECIAL = {
+    WDType.FP3_ER_POS: (WDType.FP3, 3), WDType.FP3_ER_NEG: (WDType.FP3, -3),
+    WDType.FP3_EA_POS: (WDType.FP3, 6), WDType.FP3_EA_NEG: (WDType.FP3, -6),
+    WDType.FP4_ER_POS: (WDType.FP4, 10), WDType.FP4_ER_NEG: (WDType.FP4, -10),
+    WDType.FP4_EA_POS: (WDType.FP4, 16), WDType.FP4_EA_NEG: (WDType.FP4, -16),
+}
+
+MIXED3_TYPES = tuple(t for t in WDType if t < 8)
+MIXED4_TYPES = tuple(t for t in WDType if 8 <= t < 16)
+W_OPERAND_MAX = 16  #: decoded weight operands lie in [-16, 16]: 6-bit signed
+
+
+def code_table(dtype: WDType) -> tuple[int, ...]:
+    """Decoded operand for every code of a sign-magnitude data type (the decode ROM row)."""
+    base, special = _SPECIAL.get(dtype, (dtype, 0))
+    mags = _MAGNITUDES[base]
+    half = len(mags)
+    table = [m for m in mags] + [-m for m in mags]
+    table[half] = special  # negative zero carries the special value (0 for INT/plain FP)
+    return tuple(table)
+
+
+def grid(dtype: WDType) -> tuple[int, ...]:
+    """Sorted distinct values a data type can represent."""
+    if dtype is WDType.W2:
+        return (0, 1, 2, 3)
+    if dtype is WDType.INT8:
+        return tuple(range(-ACT_MAX, ACT_MAX + 1))
+    return tuple(sorted(set(code_table(dtype))))
+
+
+def decode_lut(family: tuple[WDType, ...]) -> Tensor:
+    """[8, 2**bits] decode ROM for a family, rows indexed by type id (unused rows zero)."""
+    bits = family[0].bits
+    lut = torch.zeros(8, 1 << bits, dtype=I64)
+    for t in family:
+        lut[t.type_id] = torch.tensor(code_table(t), dtype=I64)
+    return lut
+
+
+MIXED3_LUT = decode_lut(MIXED3_TYPES)
+MIXED4_LUT = decode_lut(MIXED4_TYPES)
+
+
+def decode_weights(codes: Tensor, dtype_ids: Tensor | None, fmt: str, group: int,
+                   zero_points: Tensor | None = None) -> Tensor:
+    """Codes [N, K] -> signed operands [N, K] (the on-chip weight decoder).
+
+    ``fmt`` is ``"w2"`` (needs ``zero_points`` [N, K/group]), ``"mixed3"``/``"mixed4"`` (needs
+    ``dtype_ids`` [N, K/group], family type ids) or ``"int8"`` (codes are the operands).
+    """
+    codes = _t(codes)
+    if fmt == "int8":
+        return saturate(codes, 8, symmetric=True)
+    if fmt == "w2":
+        z = _t(zero_points).repeat_interleave(group, dim=-1)
+        return codes - z
+    lut = {"mixed3": MIXED3_LUT, "mixed4": MIXED4_LUT}[fmt]
+    ids = _t(dtype_ids).repeat_interleave(group, dim=-1)
+    return lut[ids, codes]
+
+
+def quantize_to_grid(w: Tensor, dtype: WDType) -> tuple[Tensor, Tensor]:
+    """Round-to-nearest symmetric group quantisation to a sign-magnitude type (offline).
+
+    ``w`` [..., G] real; scale = absmax / max|grid|. Returns (codes, scale [...]). Ties go to
+    the code listed first in :func:`code_table` order.
+    """
+    table = torch.tensor(code_table(dtype), dtype=torch.float64)
+    w = torch.as_tensor(w, dtype=torch.float64)
+    scale = w.abs().amax(dim=-1) / table.abs().max()
+    safe = torch.where(scale > 0, scale, 1.0).unsqueeze(-1)
+    codes = torch.argmin((w.unsqueeze(-1) / safe.unsqueeze(-1) - table).abs(), dim=-1)
+    return codes.to(I64), scale
+
+
+def quantize_w2(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Round-to-nearest 2-bit asymmetric group quantisation (offline), ``w`` [..., G].
+
+    Returns (codes in 0..3, zero point in 0..3, scale): real ~= scale * (code - zero).
+    The range always includes 0 so that the zero point is representable.
+    """
+    w = torch.as_tensor(w, dtype=torch.float64)
+    lo = torch.clamp(w.amin(dim=-1), max=0.0)
+    hi = torch.clamp(w.amax(dim=-1), min=0.0)
+    scale = (hi - lo) / 3
+    safe = torch.where(scale > 0, scale, 1.0)
+    zero = torch.clamp(torch.floor(-lo / safe + 0.5), 0, 3)
+    codes = torch.clamp(torch.floor(w / safe.unsqueeze(-1) + 0.5) + zero.unsqueeze(-1), 0, 3)
+    return codes.to(I64), zero.to(I64), scale
+
+
+# -- packing -----------------------------------------------------------------------------------
+def pack_codes(codes: Tensor, bits: int) -> bytes:
+    """Pack unsigned codes LSB-first into a little-endian byte stream (code i at bit i*bits)."""
+    flat = _t(codes).flatten().tolist()
+    if any(c < 0 or c >> bits for c in flat):
+        raise NumericsError(f"codes do not fit {bits} bits")
+    acc = 0
+    for i, c in enumerate(flat):
+        acc |= c << (i * bits)
+    return acc.to_bytes((len(flat) * bits + 7) // 8, "little")
+
+
+def unpack_codes(blob: bytes, bits: int, count: int) -> Tensor:
+    if len(blob) * 8 < count * bits:
+        raise NumericsError(f"{len(blob)} bytes hold fewer than {count} {bits}-bit codes")
+    acc = int.from_bytes(blob, "little")
+    mask = (1 << bits) - 1
+    return torch.tensor([(acc >> (i * bits)) & mask for i in range(count)], dtype=I64)
+
+
+# -- N:M structured sparsity -------------------------------------------------------------------
+SPARSITY_PATTERNS = {(16, 16), (2, 16), (4, 16), (8, 16), (2, 4)}
+
+
+def nm_compress(w: Tensor, keep: Tensor, n: int, m: int) -> tuple[Tensor, Tensor]:
+    """Dense [R, K] and a keep mask -> kept values [R, K/m*n] and block indices (ascending).
+
+    ``keep`` must select exactly ``n`` of every ``m`` consecutive weights along K. Indices are
+    log2(m)-bit offsets inside the block; the hardware's sparse multiplexer uses them to pick
+    the matching activations.
+    """
+    if (n, m) not in SPARSITY_PATTERNS:
+        raise NumericsError(f"unsupported sparsity {n}:{m}; supported {sorted(SPARSITY_PATTERNS)}")
+    w, keep = torch.as_tensor(w), torch.as_tensor(keep, dtype=torch.bool)
+    rows, k = w.shape
+    if k % m:
+        raise NumericsError(f"K = {k} is not a multiple of the sparse block {m}")
+    kb = keep.reshape(rows, k // m, m)
+    if bool((kb.sum(-1) != n).any()):
+        raise NumericsError(f"keep mask does not select exactly {n} of every {m}")
+    order = torch.argsort((~kb).to(torch.int8) * m + torch.arange(m), dim=-1, stable=True)
+    idx = order[..., :n]
+    vals = torch.gather(w.reshape(rows, k // m, m), -1, idx)
+    return vals.reshape(rows, -1), idx.reshape(rows, -1).to(I64)
+
+
+def nm_expand(values: Tensor, indices: Tensor, n: int, m: int, k: int) -> Tensor:
+    """Inverse of :func:`nm_compress`: the dense [R, K] matrix with zeros elsewhere."""
+    rows = values.shape[0]
+    dense = torch.zeros(rows, k // m, m, dtype=values.dtype)
+    dense.scatter_(-1, _t(indices).reshape(rows, k // m, n), values.reshape(rows, k // m, n))
+    return dense.reshape(rows, k)
+
+
+# -- matrix engine -----------------------------------------------------------------------------
+def linear_acc(x: Tensor, w: Tensor, mant: Tensor, group: int) -> Tensor:
+    """Grouped integer matmul: ``acc[t, n] = sum_g mant[n, g] * sum_{k in g} w[n, k] x[t, k]``.
+
+    ``x`` INT8 [T, K], ``w`` decoded operands [N, K], ``mant`` uint16 [N, K/group]. Group partial
+    sums are exact; the per-group rescale and the sum over groups are the 48-bit DSP
+    accumulator, which must not overflow (the compiler guarantees it; here it is checked).
+    """
+    x, w, mant = _t(x), _t(w), _t(mant)
+    t, k = x.shape
+    n = w.shape[0]
+    if k % group:
+        raise NumericsError(f"K = {k} is not a multiple of the group {group}")
+    xg = x.reshape(t, k // group, group)
+    wg = w.reshape(n, k // group, group)
+    psum = torch.einsum("tgk,ngk->tng", xg, wg)
+    return check_range((psum * mant.unsqueeze(0)).sum(-1), ACC_BITS, "matrix accumulator")
+
+
+def linear_out(acc: Tensor, x_m: Tensor, x_e: Tensor, row_exp: Tensor,
+               f_in: int, f_out: int) -> Tensor:
+    """Accumulator [T, N] -> wide INT32 with exponent ``f_out``.
+
+    ``out = sat32(round_shift(acc * m_x, E[n] + f_in - f_out - e_x))`` with the token's SF16
+    scale ``(x_m, x_e)`` [T] (in units of the wide input with exponent ``f_in``) and the weight
+    rows' exponents ``E`` [N].
+    """
+    acc = _t(acc)
+    shift = _t(row_exp).unsqueeze(0) + f_in - f_out - _t(x_e).unsqueeze(-1)
+    return saturate(round_shift(acc * _t(x_m).unsqueeze(-1), shift), WIDE_BITS)
+
+
+# -- element-wise ------------------------------------------------------------------------------
+def add(a, b, b_shift: int = 0) -> Tensor:
+    """Residual add: ``sat32(a + round_shift(b, b_shift))`` (aligns b's exponent to a's)."""
+    return saturate(_t(a) + round_shift(b, b_shift), WIDE_BITS)
+
+
+def mul(a, b, shift: int) -> Tensor:
+    """``sat32(round_shift(sat24(a) * sat24(b), shift))``."""
+    return saturate(round_shift(saturate(a, MUL_IN_BITS) * saturate(b, MUL_IN_BITS), shift),
+                    WIDE_BITS)
+
+
+# -- lookup tables -----------------------------------------------------------------------------
+def _round_half_away(x: Tensor) -> Tensor:
+    return (torch.sign(x) * torch.floor(x.abs() + 0.5)).to(I64)
+
+
+def exp2_table() -> Tensor:
+    """``round(2**16 * 2**(-i/256))`` for i in 0..256 (257 entries, Q16)."""
+    i = torch.arange((1 << EXP2_LUT_BITS) + 1, dtype=torch.float64)
+    return _round_half_away(EXP2_ONE * torch.pow(2.0, -i / (1 << EXP2_LUT_BITS)))
+
+
+def sigmoid_table() -> Tensor:
+    """``round(2**16 * sigmoid(x))`` on x = -16 .. 16 step 2**-5 (1025 entries, Q16)."""
+    n = 2 * SIGMOID_RANGE << SIGMOID_STEP_LOG2
+    x = (torch.arange(n + 1, dtype=torch.float64) - n // 2) / (1 << SIGMOID_STEP_LOG2)
+    return _round_half_away(SIGMOID_ONE * torch.sigmoid(x))
+
+
+EXP2_LUT = exp2_table()
+SIGMOID_LUT = sigmoid_table()
+
+
+def _interp(lut: Tensor, idx: Tensor, frac: Tensor, frac_bits: int) -> Tensor:
+    lo, hi = lut[idx], lut[idx + 1]
+    return lo + round_shift((hi - lo) * frac, frac_bits)
+
+
+def exp2_neg(d) -> Tensor:
+    """``2**(-d / 2**16)`` in Q16 for ``d >= 0`` (Q15.16): table + linear interpolation."""
+    d = _t(d)
+    if bool((d < 0).any()):
+        raise NumericsError("exp2_neg takes non-negative arguments")
+    k = torch.bitwise_right_shift(d, SCORE_FRAC)
+    f = d & ((1 << SCORE_FRAC) - 1)
+    low_bits = SCORE_FRAC - EXP2_LUT_BITS
+    y = _interp(EXP2_LUT, torch.bitwise_right_shift(f, low_bits), f & ((1 << low_bits) - 1),
+                low_bits)
+    return torch.where(k > 32, 0, round_shift(y, torch.clamp(k, max=32)))
+
+
+def lambda_mask(q_pos, kv_len: int, sink: int, window: int) -> Tensor:
+    """Which keys each query sees: causal, and (if ``window > 0``) Lambda-shaped.
+
+    Key ``t`` is visible to the query at position ``p`` when ``t <= p`` and either
+    ``window == 0`` (full attention), ``t < sink``, or ``t > p - window``.
+    """
+    p = _t(q_pos).unsqueeze(-1)
+    t = torch.arange(kv_len, dtype=I64)
+    visible = t <= p
+    if window > 0:
+        visible &= (t < sink) | (t > p - window)
+    return visible
+
+
+def softmax(scores, mask: Tensor) -> Tensor:
+    """Row softmax of Q15.16 log2-domain scores -> probabilities in Q0.15 (masked -> 0).
+
+    ``mx = max(visible)``; ``p = exp2_neg(mx - s)`` (Q16); ``S = sum p``;
+    ``prob = round_shift(p * floor(2**46 / S), 31)``.
+    """
+    s = _t(scores)
+    low = torch.iinfo(I64).min
+    mx = torch.where(mask, s, low).amax(dim=-1, keepdim=True)
+    p = torch.where(mask, exp2_neg(torch.where(mask, mx - s, 0)), 0)
+    total = p.sum(dim=-1, keepdim=True)
+    recip = torch.div(1 << SOFTMAX_RECIP_BITS, torch.clamp(total, min=1), rounding_mode="floor")
+    return round_shift(p * recip, SOFTMAX_RECIP_BITS - PROB_FRAC)
+
+
+def silu(v, f_in: int, f_out: int) -> Tensor:
+    """SiLU of wide ``v``: ``sat32(round_shift(v * sigmoid_q16(v), 16 + f_in - f_out))``.
+
+    The sigmoid argument is ``v`` cast to Q.13 (round_shift by ``f_in - 13``), clamped to
+    [-16, 16), looked up in steps of 2**-5 and interpolated over the low 8 bits.
+    """
+    v = _t(v)
+    lo = -SIGMOID_RANGE << SIGMOID_IN_FRAC
+    xq = torch.clamp(round_shift(v, f_in - SIGMOID_IN_FRAC), lo, -lo - 1) - lo
+    sig = _interp(SIGMOID_LUT, torch.bitwise_right_shift(xq, SIGMOID_INTERP_BITS),
+                  xq & ((1 << SIGMOID_INTERP_BITS) - 1), SIGMOID_INTERP_BITS)
+    return saturate(round_shift(v * sig, 16 + f_in - f_out), WIDE_BITS)
+
+
+def rmsnorm(v, gamma, gamma_exp: int, eps_fixed: int, f_out: int) -> Tensor:
+    """RMSNorm of wide rows ``v`` [..., L] with INT16 ``gamma`` (real g * 2**-gamma_exp).
+
+    1. ``sh = max(0, bitlen(max|v|) - 15)``; ``u = round_shift(v, sh)`` (|u| <= 2**15).
+    2. ``den = sum u**2 + round_shift(eps_fixed, 2 sh)`` with
+       ``eps_fixed = round(eps * L * 2**(2 F_in))`` (see :func:`rmsnorm_eps`).
+    3. Normalise: even ``p`` with ``den * 2**p`` in [2**40, 2**42); ``root = isqrt(den << p)``.
+    4. ``inv = floor(isqrt(L << 32) * 2**24 / root)``  (~ sqrt(L) * 2**(40 - p/2) / sqrt(den)).
+    5. ``out = sat32(round_shift(u * gamma * inv, 40 - p/2 + gamma_exp - f_out))``.
+    The result does not depend on ``F_in`` except through ``eps_fixed``.
+    """
+    v, gamma = _t(v), _t(gamma)
+    length = v.shape[-1]
+    sh = torch.clamp(bit_length(v.abs().amax(-1, keepdim=True)) - (NORM_IN_BITS - 1), min=0)
+    u = round_shift(v, sh)
+    den = (u * u).sum(-1, keepdim=True) + round_shift(_t(eps_fixed), 2 * sh)
+    den = torch.clamp(den, min=1)
+    p = torch.clamp(RSQRT_NORM_BITS - bit_length(den) + 1, min=0)
+    p = p + (p & 1)
+    root = isqrt(torch.bitwise_left_shift(den, p))
+    num = int(isqrt(length << 32))
+    inv = torch.div(num << RSQRT_NUM_SHIFT, root, rounding_mode="floor")
+    t = u * saturate(gamma, GAMMA_BITS)
+    shift = 16 + RSQRT_NUM_SHIFT - p // 2 + gamma_exp - f_out
+    return saturate(round_shift(t * inv, shift), WIDE_BITS)
+
+
+def rmsnorm_eps(eps: float, length: int, f_in: int) -> int:
+    """The integer epsilon term of :func:`rmsnorm` (computed offline, stored as a constant)."""
+    return int(_round_half_away(torch.tensor(eps * length * 2.0 ** (2 * f_in))))
+
+
+def rope_table(max_pos: int, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos/sin [max_pos, head_dim/2] in Q1.14 for interleaved pairs (2i, 2i+1).
+
+    Frequency ``i`` is ``theta**(-2i/head_dim)``. Generated offline in float64, stored in the
+    model package; hardware and reference read the same table.
+    """
+    i = torch.arange(head_dim // 2, dtype=torch.float64)
+    freq = theta ** (-2 * i / head_dim)
+    angle = torch.arange(max_pos, dtype=torch.float64).unsqueeze(-1) * freq
+    one = 1 << TRIG_FRAC
+    return _round_half_away(torch.cos(angle) * one), _round_half_away(torch.sin(angle) * one)
+
+
+def rope(x, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs of wide ``x`` [..., D] by Q1.14 ``cos``/``sin`` [..., D/2]."""
+    x = _t(x)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    y0 = round_shift(x0 * cos - x1 * sin, TRIG_FRAC)
+    y1 = round_shift(x0 * sin + x1 * cos, TRIG_FRAC)
+    return saturate(torch.stack((y0, y1), dim=-1).reshape(x.shape), WIDE_BITS)
+
+
+def encode_fixed(x, frac: int, bits: int = WIDE_BITS) -> Tensor:
+    """Real -> saturated fixed point with ``frac`` fraction bits (offline boundary only)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise NumericsError("cannot encode NaN or Inf as fixed point")
+    return saturate(_round_half_away(x * 2.0**frac), bits)
+
+
+def softmax_score_scale(head_dim: int) -> float:
+    """The real factor that puts q.k scores into the log2 domain: log2(e) / sqrt(head_dim)."""
+    return math.log2(math.e) / math.sqrt(head_dim)

@@ -1,0 +1,1 @@
+"""Quantization passes and the float and integer reference models."""

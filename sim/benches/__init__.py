@@ -1,0 +1,1 @@
+"""cocotb test benches, one module per hardware block (run through ``sim.verilator``)."""

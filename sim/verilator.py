@@ -1,0 +1,90 @@
+"""Build Amaranth components into Verilator models once, and run cocotb benches on them.
+
+A model is keyed by its generated Verilog and build flags: the build directory is
+``build/verilator/<name>-<digest>``, built under a file lock so that pytest-xdist workers share
+one build instead of racing, and reused until the design changes. ``WAVES=1`` builds with
+FST tracing and makes every bench write a waveform.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.lib import wiring
+
+from sim import toolchain
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILD_ROOT = PROJECT_ROOT / "build" / "verilator"
+BUILD_JOBS = int(os.environ.get("LLMACC_BUILD_JOBS", "2"))
+
+
+def waves_requested() -> bool:
+    return os.environ.get("WAVES", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class VerilatedModel:
+    """A built Verilator model: where it is and how to run benches on it."""
+
+    name: str
+    build_dir: Path
+    verilog_path: Path
+    waves: bool
+
+    def run(self, test_module: str, *, seed: int, extra_env: dict[str, str] | None = None,
+            test_dir: Path | None = None) -> tuple[int, int]:
+        """Run a cocotb bench module; returns (tests, failures) from its results XML.
+
+        ``seed`` goes to cocotb (``COCOTB_RANDOM_SEED``) and to the bench as ``LLMACC_SEED``.
+        """
+        from cocotb_tools.check_results import get_results
+        from cocotb_tools.runner import get_runner
+
+        toolchain.apply()
+        runner = get_runner("verilator")
+        run_dir = test_dir or self.build_dir / f"run-{test_module.rsplit('.', 1)[-1]}-{seed}"
+        results = runner.test(
+            test_module=test_module,
+            hdl_toplevel=self.name,
+            hdl_toplevel_lang="verilog",
+            build_dir=self.build_dir,
+            test_dir=run_dir,
+            seed=seed,
+            extra_env={"LLMACC_SEED": str(seed), **(extra_env or {})},
+            waves=self.waves,
+        )
+        return get_results(results)
+
+
+def build(component: wiring.Component, name: str, *, waves: bool | None = None,
+          extra_args: tuple[str, ...] = ()) -> VerilatedModel:
+    """Convert ``component`` to Verilog and Verilate it (or reuse an identical build)."""
+    from cocotb_tools.runner import get_runner
+
+    toolchain.apply()
+    waves = waves_requested() if waves is None else waves
+    text = verilog.convert(component, name=name, emit_src=False)
+    args = ("-Wno-fatal", "-j", str(BUILD_JOBS), *(("--trace-fst",) if waves else ()),
+            *extra_args)
+    digest = hashlib.sha256("\0".join([text, *args]).encode()).hexdigest()[:12]
+    build_dir = BUILD_ROOT / f"{name}-{digest}"
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_ROOT / f"{name}-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = build_dir / "llmacc-built"
+        vpath = build_dir / f"{name}.v"
+        if not stamp.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            vpath.write_text(text)
+            get_runner("verilator").build(
+                sources=[vpath], hdl_toplevel=name, build_dir=build_dir,
+                build_args=list(args), waves=waves, always=True,
+            )
+            stamp.touch()
+    return VerilatedModel(name, build_dir, vpath, waves)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the seed every random test uses, and the Verilator environment.
+
+Random tests take the ``seed`` fixture: a per-test seed derived from the session seed
+(``--seed N`` or ``LLMACC_SEED=N``, default 1) and the test's id. A failing test's report
+shows both, so ``pytest --seed N path::test`` reproduces it.
+"""
+
+import os
+import random
+
+import pytest
+
+from sim import toolchain
+
+
+def pytest_addoption(parser):
+    parser.addoption("--seed", type=int, default=None,
+                     help="session seed for random tests (default: LLMACC_SEED or 1)")
+
+
+def pytest_configure(config):
+    seed = config.getoption("--seed")
+    config.llmacc_seed = int(os.environ.get("LLMACC_SEED", "1")) if seed is None else seed
+
+
+def pytest_report_header(config):
+    return f"llmacc session seed: {config.llmacc_seed} (reproduce with --seed N)"
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """Per-test seed; recorded so that a failure report prints it."""
+    base = request.config.llmacc_seed
+    value = random.Random(f"{base}:{request.node.nodeid}").randrange(1 << 31)
+    request.node.user_properties.append(("seed", (base, value)))
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for key, (base, value) in ((k, v) for k, v in item.user_properties if k == "seed"):
+            report.sections.append(
+                ("seed", f"test seed {value}; reproduce with --seed {base} {item.nodeid}")
+            )
+    return report
+
+
+@pytest.fixture(scope="session")
+def verilator_env():
+    """Point this process at the pinned Verilator; fail (not skip) if it is missing or old."""
+    toolchain.apply()
