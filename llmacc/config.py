@@ -109,10 +109,10 @@ class AccelConfig:
                 self._fail(f.name, "must be an integer")
             if f.type in ("int", "float") and not value > 0:
                 self._fail(f.name, "must be positive")
-        if self.chain_len % self.chain_group:
-            self._fail("chain_len", f"must be a multiple of chain_group ({self.chain_group})")
         if not _is_pow2(self.chain_group):
             self._fail("chain_group", "must be a power of two")
+        if self.chain_len % self.chain_group:
+            self._fail("chain_len", f"must be a multiple of chain_group ({self.chain_group})")
         if self.chain_len % 16:
             self._fail("chain_len", "must be a multiple of 16 (N:16 sparse blocks)")
         if self.pack_products not in (1, 2):

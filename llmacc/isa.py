@@ -353,7 +353,8 @@ def _unpack(layout: type[data.Struct], word: int) -> dict[str, object]:
 
 
 def _check_semantics(insn: "Instruction") -> None:
-    if insn.opcode is Opcode.MATVEC and (insn.fields["m"] != 1 or insn.fields["m_src"] != 0):
+    fields = insn.fields
+    if insn.opcode is Opcode.MATVEC and (fields["m"] != 1 or fields["m_src"] is not LenSrc.IMM):
         raise IllegalInstruction("MatFields.m: MATVEC needs m == 1 and m_src == IMM")
 
 

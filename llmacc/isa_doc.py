@@ -64,7 +64,7 @@ def render() -> str:
         "",
     ]
     seen = set()
-    for opcode, layout in isa.PAYLOAD.items():
+    for layout in isa.PAYLOAD.values():
         if layout in seen:
             continue
         seen.add(layout)

@@ -133,20 +133,24 @@ def check_range(x: Tensor, bits: int, what: str) -> Tensor:
 def sf16_ceil_ratio(a, d: int) -> tuple[Tensor, Tensor]:
     """SF16 ``(m, e)`` with ``m * 2**e >= a / d``, as small as that allows.
 
-    ``a >= 0`` integer (an absmax), ``d`` a positive constant (127 or 7). ``e = bitlen(a) - 23``
-    (plus one if the mantissa would reach 2**16); ``m = ceil(a * 2**-e / d)`` in
-    [2**15, 2**16). ``a == 0`` gives ``(0, 0)``.
+    ``a >= 0`` integer (an absmax), ``d`` a positive constant (127 or 7). Start from
+    ``e = bitlen(a) - bitlen(d) - 16`` and ``m = ceil(a * 2**-e / d)`` (then in (2**15, 2**17));
+    while ``m >= 2**16``, ``e += 1`` (at most twice). ``a == 0`` gives ``(0, 0)``.
     """
     a = _t(a)
-    e = bit_length(a) - 23
-    for _ in range(2):
+
+    def mantissa(e: Tensor) -> Tensor:
         num = torch.bitwise_left_shift(a, torch.clamp(-e, min=0))
         den = torch.bitwise_left_shift(torch.full_like(a, d), torch.clamp(e, min=0))
-        m = div_ceil(num, den)
+        return div_ceil(num, den)
+
+    e = bit_length(a) - d.bit_length() - SCALE_BITS
+    m = mantissa(e)
+    for _ in range(2):
         e = torch.where(m > SCALE_MAX, e + 1, e)
-    m = torch.where(a == 0, 0, m)
-    e = torch.where(a == 0, 0, e)
-    return m, e
+        m = mantissa(e)
+    zero = a == 0
+    return torch.where(zero, 0, m), torch.where(zero, 0, e)
 
 
 def sf16_recip(m) -> Tensor:

@@ -40,7 +40,7 @@ def seed(request) -> int:
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
-        for key, (base, value) in ((k, v) for k, v in item.user_properties if k == "seed"):
+        for base, value in (v for k, v in item.user_properties if k == "seed"):
             report.sections.append(
                 ("seed", f"test seed {value}; reproduce with --seed {base} {item.nodeid}")
             )

@@ -1,0 +1,5 @@
+import sys
+
+from llmacc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``llmacc`` command line. Subcommands arrive with the issues that build them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from llmacc import __version__, config, isa_doc
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = config.load(args.name)
+    print(json.dumps({**cfg.to_dict(), "fingerprint": f"{cfg.fingerprint():#010x}"}, indent=2))
+    return 0
+
+
+def _cmd_isa(args: argparse.Namespace) -> int:
+    print(isa_doc.render(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmacc", description="LLM-on-FPGA co-design stack")
+    parser.add_argument("--version", action="version", version=f"llmacc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("config", help="print a configuration (preset name or JSON file)")
+    p.add_argument("name", help="preset (sim-small, u280) or a JSON file")
+    p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
+    p.set_defaults(func=_cmd_isa)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (config.ConfigError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"llmacc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
