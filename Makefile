@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not slow and not vivado and not board" tests
 
 sim: $(VENV)/.installed
