@@ -419,5 +419,5 @@ def decode_program(blob: bytes) -> list[Instruction]:
     return program
 
 
-for _layout in set(PAYLOAD.values()):
+for _layout in dict.fromkeys(PAYLOAD.values()):
     assert _layout.as_shape().size <= PAYLOAD_BITS, _layout.__name__

@@ -72,10 +72,10 @@ def test_unknown_opcode_is_an_error(code):
 
 
 @pytest.mark.parametrize("layout,name", [
-    (layout, name) for layout in set(isa.PAYLOAD.values())
+    (layout, name) for layout in dict.fromkeys(isa.PAYLOAD.values())
     for name, f in layout.as_shape()
     if not (isinstance(f.shape, type) and issubclass(f.shape, enum.Enum))
-])
+], ids=lambda v: getattr(v, "__name__", v))
 def test_out_of_range_field_is_an_error(layout, name):
     op = next(op for op, lay in isa.PAYLOAD.items() if lay is layout and op != isa.Opcode.MATVEC)
     lo, hi = isa._field_range(layout, name, Shape.cast(layout.as_shape()[name].shape))
