@@ -139,3 +139,31 @@ def test_truncated_program_is_an_error():
 def test_isa_doc_is_current():
     text = (ROOT / "docs" / "ISA.md").read_text()
     assert text == isa_doc.render(), "docs/ISA.md is stale: run `make docs`"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(instructions(), min_size=1, max_size=8))
+def test_amaranth_view_decodes_like_python(program):
+    """The RTL's typed view of a word (``Signal(InstructionWord)``) sees the same fields."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    word = Signal(isa.InstructionWord)
+    m = Module()
+    m.d.comb += Signal().eq(word.as_value()[0])  # keep the signal in the design
+    views = {isa.MemFields: "mem", isa.MatFields: "mat", isa.SfuFields: "sfu",
+             isa.SysFields: "sys"}
+
+    async def bench(ctx):
+        for insn in program:
+            ctx.set(word.as_value(), isa.encode(insn))
+            header = word.header
+            assert ctx.get(header.opcode) == insn.opcode
+            assert ctx.get(header.wait) == insn.wait and ctx.get(header.release) == insn.release
+            payload = getattr(word.payload, views[isa.PAYLOAD[insn.opcode]])
+            for name, value in insn.fields.items():
+                assert ctx.get(getattr(payload, name)) == value, name
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
