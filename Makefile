@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TOOLENV = eval "$$($(PY) -m sim.toolchain --shell)" &&
 JOBS ?= 2
 
-.PHONY: setup test sim sim-full lint docs bench clean help
+.PHONY: setup test sim lint docs clean help
 
 help:
 	@echo "make setup     create .venv and install the pinned toolchain"
