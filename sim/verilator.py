@@ -49,16 +49,23 @@ class VerilatedModel:
         toolchain.apply()
         runner = get_runner("verilator")
         run_dir = test_dir or self.build_dir / f"run-{test_module.rsplit('.', 1)[-1]}-{seed}"
-        results = runner.test(
-            test_module=test_module,
-            hdl_toplevel=self.name,
-            hdl_toplevel_lang="verilog",
-            build_dir=self.build_dir,
-            test_dir=run_dir,
-            seed=seed,
-            extra_env={"LLMACC_SEED": str(seed), **(extra_env or {})},
-            waves=self.waves,
-        )
+        try:
+            results = runner.test(
+                test_module=test_module,
+                hdl_toplevel=self.name,
+                hdl_toplevel_lang="verilog",
+                build_dir=self.build_dir,
+                test_dir=run_dir,
+                seed=seed,
+                extra_env={"LLMACC_SEED": str(seed), **(extra_env or {})},
+                waves=self.waves,
+            )
+        except SystemExit as exc:  # cocotb's runner exits when a bench fails
+            raise AssertionError(
+                f"cocotb bench {test_module} on {self.name} failed (seed {seed}, exit "
+                f"{exc.code}); the first mismatch is in the simulator log above, results in "
+                f"{run_dir}"
+            ) from None
         return get_results(results)
 
 
