@@ -20,7 +20,6 @@ Formats
 
 from __future__ import annotations
 
-import math
 from enum import IntEnum
 
 import torch
@@ -85,13 +84,6 @@ def saturate(x, bits: int, symmetric: bool = False) -> Tensor:
     hi = (1 << (bits - 1)) - 1
     lo = -hi if symmetric else -hi - 1
     return torch.clamp(_t(x), lo, hi)
-
-
-def div_round(num, den) -> Tensor:
-    """``num / den`` rounded half away from zero, for ``den > 0`` (a sequential divider)."""
-    num, den = _t(num), _t(den)
-    q = torch.div(num.abs() * 2 + den, den * 2, rounding_mode="floor")
-    return torch.where(num < 0, -q, q)
 
 
 def div_ceil(num, den) -> Tensor:
@@ -600,7 +592,3 @@ def encode_fixed(x, frac: int, bits: int = WIDE_BITS) -> Tensor:
         raise NumericsError("cannot encode NaN or Inf as fixed point")
     return saturate(_round_half_away(x * 2.0**frac), bits)
 
-
-def softmax_score_scale(head_dim: int) -> float:
-    """The real factor that puts q.k scores into the log2 domain: log2(e) / sqrt(head_dim)."""
-    return math.log2(math.e) / math.sqrt(head_dim)
