@@ -208,6 +208,10 @@ PAYLOAD: dict[Opcode, type[data.Struct]] = {
 }
 
 
+#: The distinct payload layouts, in opcode order.
+LAYOUTS: tuple[type[data.Struct], ...] = tuple(dict.fromkeys(PAYLOAD.values()))
+
+
 class Payload(data.Union):
     sys: SysFields
     mem: MemFields
@@ -419,5 +423,5 @@ def decode_program(blob: bytes) -> list[Instruction]:
     return program
 
 
-for _layout in dict.fromkeys(PAYLOAD.values()):
+for _layout in LAYOUTS:
     assert _layout.as_shape().size <= PAYLOAD_BITS, _layout.__name__

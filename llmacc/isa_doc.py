@@ -63,11 +63,7 @@ def render() -> str:
         *_field_table(isa.Header, 0),
         "",
     ]
-    seen = set()
-    for layout in isa.PAYLOAD.values():
-        if layout in seen:
-            continue
-        seen.add(layout)
+    for layout in isa.LAYOUTS:
         users = [op.name for op, lay in isa.PAYLOAD.items() if lay is layout]
         out += [
             f"## {', '.join(users)} — `{layout.__name__}` "
