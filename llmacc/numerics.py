@@ -175,8 +175,8 @@ def quantize_act(v, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
     return quantize_symmetric(v, ACT_MAX, dim)
 
 
-def quantize_kv(v, group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """KVQUANT: wide rows [..., C] -> INT4 per token and per ``group`` channels.
+def quantize_kv(v, group: int, bits: int = KV_BITS) -> tuple[Tensor, Tensor, Tensor]:
+    """KVQUANT: wide rows [..., C] -> INT4 (or INT8) per token and per ``group`` channels.
 
     Returns codes [..., C] and scales ``(m, e)`` of shape [..., C // group].
     """
@@ -184,7 +184,7 @@ def quantize_kv(v, group: int) -> tuple[Tensor, Tensor, Tensor]:
     if v.shape[-1] % group:
         raise NumericsError(f"KV width {v.shape[-1]} is not a multiple of the group {group}")
     g = v.reshape(*v.shape[:-1], v.shape[-1] // group, group)
-    q, m, e = quantize_symmetric(g, KV_MAX, dim=-1)
+    q, m, e = quantize_symmetric(g, (1 << (bits - 1)) - 1, dim=-1)
     return q.reshape(v.shape), m, e
 
 
@@ -434,6 +434,49 @@ def linear_out(acc: Tensor, x_m: Tensor, x_e: Tensor, row_exp: Tensor,
     acc = _t(acc)
     shift = _t(row_exp).unsqueeze(0) + f_in - f_out - _t(x_e).unsqueeze(-1)
     return saturate(round_shift(acc * _t(x_m).unsqueeze(-1), shift), WIDE_BITS)
+
+
+def embed_rows(operands: Tensor, mant: Tensor, row_exp: Tensor, group: int,
+               f_out: int) -> Tensor:
+    """Dequantize INT8 table rows (embedding lookup) to wide: ``sat32(round_shift(w * mant,
+    E[row] - f_out))`` per element, ``mant`` [R, K/group], ``row_exp`` [R]."""
+    w = _t(operands)
+    scale = _t(mant).repeat_interleave(group, dim=-1)[..., :w.shape[-1]]
+    return saturate(round_shift(w * scale, _t(row_exp).unsqueeze(-1) - f_out), WIDE_BITS)
+
+
+# -- attention ---------------------------------------------------------------------------------
+def attention_scores(q_codes: Tensor, q_m: Tensor, q_e: Tensor, k_codes: Tensor, k_m: Tensor,
+                     k_e: Tensor, f_q: int, f_k: int) -> Tensor:
+    """Q x K^T of one head: INT8 queries [T, D] (SF16 scale per row) against the INT4 cache
+    [S, D] (SF16 scale per key) -> scores [T, S] in Q15.16 (``SCORE_FRAC``).
+
+    This is a matrix instruction with the keys as weight rows: group = D, the key's mantissa
+    as the group scale and ``f_k - e_k`` as its row exponent (:func:`linear_acc`,
+    :func:`linear_out`). ``log2(e) / sqrt(D)`` is folded into the query projection offline.
+    """
+    acc = linear_acc(q_codes, k_codes, _t(k_m).unsqueeze(-1), _t(k_codes).shape[-1])
+    return linear_out(acc, q_m, q_e, f_k - _t(k_e), f_q, SCORE_FRAC)
+
+
+def attention_pv(probs: Tensor, mask: Tensor, v_codes: Tensor, v_m: Tensor, v_e: Tensor,
+                 f_v: int, f_out: int) -> Tensor:
+    """P x V of one head: Q0.15 probabilities [T, S] against the INT4 value cache [S, D] with
+    per-token SF16 scales [S] -> wide [T, D] with exponent ``f_out``.
+
+    Per query, the visible tokens' scales are aligned to their largest exponent ``emax``
+    (:func:`align_sf16`); ``x[t, s] = p[t, s] * m'[t, s]`` (< 2**31) and
+    ``acc = x @ v_codes`` (48-bit, checked); ``out = sat32(round_shift(acc, 15 + f_v - emax -
+    f_out))``.
+    """
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    m = torch.where(mask, _t(v_m).unsqueeze(0), 0)
+    e = _t(v_e).unsqueeze(0).expand_as(m)
+    m_al, emax = align_sf16(m, e, dim=-1)
+    x = _t(probs) * m_al
+    acc = check_range(x @ _t(v_codes), ACC_BITS, "attention P x V accumulator")
+    shift = (PROB_FRAC + f_v - f_out - emax).unsqueeze(-1)
+    return saturate(round_shift(acc, shift), WIDE_BITS)
 
 
 # -- element-wise ------------------------------------------------------------------------------

@@ -79,10 +79,13 @@ class KVCache:
 
 class Transformer:
     def __init__(self, ckpt: Checkpoint, quant: ActQuant | None = None,
-                 weights: dict[str, Tensor] | None = None):
+                 k_center: Tensor | None = None, k_smooth: Tensor | None = None):
+        """``k_center``/``k_smooth`` [layers, kv_heads, head_dim]: the static per-channel key
+        transform applied before KV quantization (see ``quant.kv_calib``)."""
         self.config = ckpt.config
-        self.weights = dict(ckpt.weights if weights is None else weights)
+        self.weights = dict(ckpt.weights)
         self.quant = quant or ActQuant()
+        self.k_center, self.k_smooth = k_center, k_smooth
 
     def _act(self, x: Tensor) -> Tensor:
         b = self.quant.act_bits
@@ -123,10 +126,18 @@ class Transformer:
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
             h = self._norm(x, self.weights[p + "attention_norm"])
+            attn_norm = h
             q = self.linear(p + "wq", h, observer).reshape(t_new, cfg.n_heads, hd)
             k = self.linear(p + "wk", h, observer).reshape(t_new, cfg.n_kv_heads, hd)
             v = self.linear(p + "wv", h, observer).reshape(t_new, cfg.n_kv_heads, hd)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if observer is not None:
+                for name, t in ((":q", q), (":k", k), (":v", v)):
+                    observer(p + name, t)
+            if self.k_smooth is not None:  # keys (k - c) / s, queries q * s: same scores
+                # up to the per-query constant q.c, which softmax ignores
+                k = (k - self.k_center[i]) / self.k_smooth[i]
+                q = q * self.k_smooth[i].repeat_interleave(group, dim=0)
             cache.k[i, start:end] = self._kv(k)
             cache.v[i, start:end] = self._kv(v)
             keys = cache.k[i, :end].repeat_interleave(group, dim=1)  # [S, H, hd]
@@ -137,13 +148,27 @@ class Transformer:
             scores = scores.masked_fill(~vis, float("-inf"))
             att = torch.softmax(scores, dim=-1)
             o = torch.einsum("hts,shd->thd", att, vals).reshape(t_new, cfg.dim)
-            x = x + self.linear(p + "wo", o, observer)
+            a = self.linear(p + "wo", o, observer)
+            x = x + a
             h = self._norm(x, self.weights[p + "ffn_norm"])
             gate = self.linear(p + "w1", h, observer)
             up = self.linear(p + "w3", h, observer)
-            x = x + self.linear(p + "w2", torch.nn.functional.silu(gate) * up, observer)
+            act = torch.nn.functional.silu(gate)
+            down = self.linear(p + "w2", act * up, observer)
+            x = x + down
+            if observer is not None:
+                for name, t in (("attn_norm", attn_norm), ("o", o), ("wo", a), ("ffn_norm", h),
+                        ("gate", gate), ("up", up), ("silu", act), ("prod", act * up),
+                        ("down", down), ("resid", x)):
+                    observer(f"{p}:{name}", t)
         cache.length = end
-        return self.linear("output", self._norm(x, self.weights["norm"]), observer)
+        h = self._norm(x, self.weights["norm"])
+        logits = self.linear("output", h, observer)
+        if observer is not None:
+            observer(":final_norm", h)
+            observer(":logits", logits)
+            observer(":resid", self.weights["tok_embeddings"][tokens])
+        return logits
 
     @torch.no_grad()
     def generate(self, prompt: list[int], steps: int, max_len: int | None = None) -> list[int]:

@@ -1,0 +1,138 @@
+"""Perplexity: stories (blank-line separated paragraphs) each scored from BOS, truncated at seq_len.
+
+``python -m quant.eval`` (= ``llmacc eval``) scores one model/scheme/mode and prints
+``ppl=<value> tokens=<count>`` as its last line; ``--table`` scores every preset in every mode
+and writes a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from quant import checkpoint, schemes, tokenizer
+from quant.quantize import QuantizedModel, quantize
+
+MODES = ("float", "fake", "int")
+Tensor = torch.Tensor
+
+
+def read_stories(path: str | Path, limit: int | None = None, skip: int = 0) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise checkpoint.CheckpointError(f"{path}: cannot read text ({exc.strerror})") from exc
+    text = text.replace("\r\n", "\n")
+    stories = [s.strip() for s in text.split("\n\n") if s.strip()]
+    stories = stories[skip:]
+    return stories if limit is None else stories[:limit]
+
+
+def perplexity(score: Callable[[list[int]], Tensor], sequences: list[list[int]],
+               progress: bool = False) -> tuple[float, int]:
+    """exp(mean negative log-likelihood) of every next token; ``score`` returns logits."""
+    nll, count = 0.0, 0
+    start = time.time()
+    for i, seq in enumerate(sequences):
+        if len(seq) < 2:
+            continue
+        logits = score(seq).to(torch.float64)
+        logp = torch.log_softmax(logits[:-1], dim=-1)
+        nll -= float(logp.gather(1, torch.tensor(seq[1:]).unsqueeze(-1)).sum())
+        count += len(seq) - 1
+        if progress:
+            _bar(i + 1, len(sequences), start)
+    if progress:
+        print(file=sys.stderr)
+    if count == 0:
+        raise ValueError("no text to score: every story is shorter than two tokens")
+    return math.exp(nll / count), count
+
+
+def _bar(done: int, total: int, start: float, what: str = "scoring") -> None:
+    width = 30
+    fill = width * done // max(total, 1)
+    eta = (time.time() - start) / done * (total - done)
+    print(f"\r{what} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} eta {eta:5.0f}s",
+          end="", file=sys.stderr, flush=True)
+
+
+def calibration_sequences(tok: tokenizer.Tokenizer, text: str | Path, count: int,
+                          seq_len: int) -> list[list[int]]:
+    """The *last* ``count`` stories of ``text``: evaluation takes the first ones."""
+    stories = read_stories(text)
+    return [tok.encode(s)[:seq_len] for s in stories[-count:]]
+
+
+def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
+    from quant.model import Transformer
+
+    if mode == "float":
+        model = Transformer(ckpt)
+        return lambda seq: model.forward(torch.tensor(seq))
+    if mode == "fake":
+        model = qm.fake_model()
+        return lambda seq: model.forward(torch.tensor(seq))
+    if mode == "int":
+        from quant import intref
+
+        im = intref.build(qm)
+        return lambda seq: im.logits_float(im.forward(torch.tensor(seq)))
+    raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+
+
+def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, mode: str,
+             max_stories: int | None = None, group: int | None = None,
+             calib_text: str | None = None, calib_stories: int = 128,
+             progress: bool = True) -> tuple[float, int]:
+    ckpt = checkpoint.load(model_path)
+    tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
+    scheme = schemes.parse("float" if mode == "float" else scheme_name, group)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    if not scheme.quantized and mode != "float":
+        mode = "float" if scheme.act_bits is None else mode
+    calib = calibration_sequences(tok, calib_text or text, calib_stories, ckpt.config.seq_len) \
+        if scheme.quantized or mode == "int" else None
+    qm = quantize(ckpt, scheme, calib)
+    seqs = [tok.encode(s)[:ckpt.config.seq_len] for s in read_stories(text, max_stories)]
+    return perplexity(scorer(mode, qm, ckpt), seqs, progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llmacc eval", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    return run(args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="llama2.c .bin or Hugging Face directory")
+    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
+    p.add_argument("--text", required=True, help="text file; stories separated by blank lines")
+    p.add_argument("--scheme", default="float", help="preset[+N:M][+lambdaS:W]")
+    p.add_argument("--mode", default="fake", choices=MODES)
+    p.add_argument("--max-stories", type=int, default=None)
+    p.add_argument("--group", type=int, default=None, help="weight group size override")
+    p.add_argument("--calib-text", default=None,
+                   help="calibration text (default: --text; its last stories are used)")
+    p.add_argument("--calib-stories", type=int, default=128)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    ppl, count = evaluate(args.model, args.tokenizer, args.text, args.scheme, args.mode,
+                          args.max_stories, args.group, args.calib_text, args.calib_stories,
+                          progress=not args.no_progress)
+    print(f"ppl={ppl:.4f} tokens={count}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

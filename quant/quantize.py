@@ -1,0 +1,167 @@
+"""The quantization pipeline: calibrate on text, prune, quantize every linear layer.
+
+``quantize(ckpt, scheme, calib)`` returns a :class:`QuantizedModel`: a :class:`QLinear` per
+linear layer (GPTQ with the per-group type/clipping search, optional N:M pruning), the
+embedding and classifier at INT8, and the float norm weights. ``fake_model()`` is the float
+model with exactly these weights and the scheme's activation/KV rounding; ``quant.intref``
+turns the same object into the integer golden model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from llmacc import numerics as N
+from quant.checkpoint import LINEARS, Checkpoint, ModelConfig
+from quant.model import ActQuant, Transformer
+from quant.qlinear import QLinear
+from quant.schemes import Scheme
+from quant.sparsity import prune_mask
+from quant.weight_quant import padded_width, quantize_matrix
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class InputStats:
+    """Second moments of one linear layer's inputs over the calibration tokens."""
+
+    hessian: Tensor  #: X^T X, [K, K] float64
+    tokens: int = 0
+
+    @property
+    def channel_norm(self) -> Tensor:
+        return torch.sqrt(torch.diagonal(self.hessian))
+
+
+@dataclass
+class Calibration:
+    inputs: dict[str, InputStats] = field(default_factory=dict)  #: per linear layer
+    absmax: dict[str, float] = field(default_factory=dict)  #: per tapped tensor ("layers.0.:q")
+    low: dict[str, Tensor] = field(default_factory=dict)  #: per-channel minima of the taps
+    high: dict[str, Tensor] = field(default_factory=dict)  #: ... and maxima
+
+    def observe(self, name: str, x: Tensor) -> None:
+        x = x.detach().to(torch.float64)
+        if ":" in name:  # a tapped intermediate tensor
+            self.absmax[name] = max(self.absmax.get(name, 0.0), float(x.abs().max()))
+            flat = x.reshape(-1, *x.shape[1:]) if x.dim() > 2 else x
+            lo, hi = flat.amin(0), flat.amax(0)
+            self.low[name] = torch.minimum(self.low.get(name, lo), lo)
+            self.high[name] = torch.maximum(self.high.get(name, hi), hi)
+            return
+        x = x.reshape(-1, x.shape[-1])
+        s = self.inputs.setdefault(name, InputStats(torch.zeros(x.shape[-1], x.shape[-1],
+                                                                dtype=torch.float64)))
+        s.hessian += x.T @ x
+        s.tokens += x.shape[0]
+
+
+def calibrate(model: Transformer, calib: list[list[int]]) -> Calibration:
+    """Run ``model`` over the calibration sequences and collect input and tensor statistics."""
+    stats = Calibration()
+    for seq in calib:
+        model.forward(torch.tensor(seq[:model.config.seq_len]), observer=stats.observe)
+    return stats
+
+
+SMOOTH_MIN = 2.0 ** -8  #: smallest key smoothing factor (bounds the integer reciprocal)
+
+
+def key_transform(cfg: ModelConfig, stats: Calibration) -> tuple[Tensor, Tensor]:
+    """Static per-channel key centre and smoothing factor [layers, kv_heads, head_dim].
+
+    Keys are stored as ``(k - c) / s`` before per-token KV quantization, queries multiplied by
+    ``s``: scores change only by the per-query constant ``q . c``, to which softmax is blind.
+    ``c`` is the middle of each channel's calibrated range and ``s`` its half-range relative
+    to the head's widest channel, so every channel of a head spans the same INT4 grid. (Post-
+    RoPE keys of LLaMA models carry a few large, same-signed channels in the slow-rotating
+    pairs; per-token INT4 alone loses every other channel to them.)
+    """
+    centre, smooth = [], []
+    for i in range(cfg.n_layers):
+        lo, hi = stats.low[f"layers.{i}.:k"], stats.high[f"layers.{i}.:k"]
+        centre.append((lo + hi) / 2)
+        half = (hi - lo) / 2
+        rel = half / half.amax(-1, keepdim=True).clamp(min=1e-30)
+        smooth.append(rel.clamp(min=SMOOTH_MIN))
+    return torch.stack(centre).float(), torch.stack(smooth).float()
+
+
+@dataclass
+class QuantizedModel:
+    config: ModelConfig
+    scheme: Scheme
+    linears: dict[str, QLinear]  #: "layers.{i}.wq" ... and "tok_embeddings", "output"
+    norms: dict[str, Tensor]  #: float RMSNorm weights ("layers.{i}.attention_norm", "norm")
+    source: str = ""
+    k_center: Tensor | None = None  #: key transform (see key_transform), with a KV cache width
+    k_smooth: Tensor | None = None
+    calib: list[list[int]] | None = None  #: the calibration sequences used
+
+    def act_quant(self) -> ActQuant:
+        s = self.scheme
+        return ActQuant(s.act_bits, s.kv_bits, None, s.sink, s.window)
+
+    def fake_weights(self) -> dict[str, Tensor]:
+        w = {name: q.dequant() for name, q in self.linears.items()}
+        w.update(self.norms)
+        return w
+
+    def fake_model(self) -> Transformer:
+        ckpt = Checkpoint(self.config, self.fake_weights(), self.source)
+        return Transformer(ckpt, self.act_quant(), self.k_center, self.k_smooth)
+
+    def weight_bits(self) -> float:
+        """Average stored bits per weight of the decoder's linear layers."""
+        bits = params = 0
+        for name, q in self.linears.items():
+            if name.startswith("layers."):
+                bits += q.storage_bits()
+                params += q.out_features * q.in_features
+        return bits / max(params, 1)
+
+
+def _int8(w: Tensor, group: int) -> QLinear:
+    return quantize_matrix(w, "int8", (N.WDType.INT8,), group, gptq=False, clip=False)
+
+
+def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = None,
+             progress=None) -> QuantizedModel:
+    """Quantize ``ckpt`` with ``scheme``; ``calib`` token sequences enable GPTQ and Wanda."""
+    cfg = ckpt.config
+    norms = {k: v for k, v in ckpt.weights.items() if k.endswith("norm")}
+    qm = QuantizedModel(cfg, scheme, {}, norms, ckpt.source, calib=calib)
+    stats = calibrate(Transformer(ckpt), calib) if calib else Calibration()
+    if scheme.kv_bits is not None:
+        if not calib:
+            raise ValueError(f"scheme {scheme.name}: KV quantization needs calibration text")
+        qm.k_center, qm.k_smooth = key_transform(cfg, stats)
+    if not scheme.quantized:
+        return qm
+    names = [f"layers.{i}.{k}" for i in range(cfg.n_layers) for k in LINEARS]
+    for done, name in enumerate(names):
+        w = ckpt.weights[name]
+        st = stats.inputs.get(name)
+        keep = None
+        if scheme.sparsity is not None:
+            n, m = scheme.sparsity
+            kp = padded_width(w.shape[1], scheme.group, m)
+            norm = None if st is None else torch.nn.functional.pad(st.channel_norm,
+                                                                   (0, kp - w.shape[1]))
+            method = scheme.prune_method if norm is not None else "magnitude"
+            keep = prune_mask(torch.nn.functional.pad(w, (0, kp - w.shape[1])), n, m, method,
+                              norm)
+        qm.linears[name] = quantize_matrix(
+            w, scheme.weight_fmt, scheme.dtypes, scheme.group,
+            hessian=None if st is None else st.hessian, keep=keep, sparsity=scheme.sparsity,
+            gptq=scheme.gptq)
+        if progress is not None:
+            progress(done + 1, len(names))
+    emb = _int8(ckpt.weights["tok_embeddings"], scheme.group)
+    qm.linears["tok_embeddings"] = emb
+    qm.linears["output"] = emb if cfg.shared_classifier else _int8(ckpt.weights["output"],
+                                                                   scheme.group)
+    return qm

@@ -1,0 +1,83 @@
+"""Quantization schemes: the presets and the ``+N:M`` / ``+lambdaS:W`` modifiers.
+
+A scheme name is ``PRESET[+N:M][+lambdaSINK:WINDOW]``, e.g. ``w4a8+2:4`` or
+``w2a8kv4+lambda4:64``. Presets: ``float`` (unquantized), ``w2a8kv4`` (AccLLM),
+``w3-mixed-a8kv4`` and ``w4-mixed-a8kv4`` (BitMoD per-group data types), ``w4a8``, ``w8a8``.
+Schemes without a KV width keep an INT8 KV cache.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from llmacc import numerics as N
+from quant.qlinear import FORMATS
+
+T = N.WDType
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    weight_fmt: str | None  #: qlinear.FORMATS, None = float weights
+    dtypes: tuple[N.WDType, ...] = ()  #: data types the per-group search may choose
+    act_bits: int | None = 8
+    kv_bits: int | None = 4
+    group: int = 32
+    embed_fmt: str = "int8"  #: embedding and classifier
+    sparsity: tuple[int, int] | None = None
+    prune_method: str = "wanda"
+    sink: int = 0
+    window: int = 0
+    gptq: bool = True
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_fmt is not None
+
+    def check(self) -> Scheme:
+        if self.weight_fmt is not None and self.weight_fmt not in FORMATS:
+            raise ValueError(f"scheme {self.name}: weight format {self.weight_fmt!r}")
+        if self.kv_bits not in (None, 4, 8) or self.act_bits not in (None, 8):
+            raise ValueError(f"scheme {self.name}: supported widths are A8 and KV4/KV8")
+        if self.sparsity is not None and tuple(self.sparsity) not in N.SPARSITY_PATTERNS:
+            raise ValueError(f"scheme {self.name}: unsupported sparsity {self.sparsity}")
+        if self.window < 0 or self.sink < 0:
+            raise ValueError(f"scheme {self.name}: negative Lambda attention size")
+        return self
+
+
+PRESETS: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("float", None, act_bits=None, kv_bits=None),
+    Scheme("w2a8kv4", "w2", (T.W2,)),
+    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES),
+    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES),
+    Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8),
+    Scheme("w8a8", "int8", (T.INT8,), kv_bits=8),
+)}
+
+_SPARSE = re.compile(r"^(\d+):(\d+)$")
+_LAMBDA = re.compile(r"^lambda(\d+):(\d+)$")
+
+
+def parse(name: str, group: int | None = None) -> Scheme:
+    """A preset with optional modifiers; ``group`` overrides the weight group size."""
+    base, *mods = name.split("+")
+    if base not in PRESETS:
+        raise ValueError(f"unknown scheme {base!r}; presets: {', '.join(PRESETS)} "
+                         "(modifiers: +N:M sparsity, +lambdaSINK:WINDOW)")
+    s = replace(PRESETS[base], name=name)
+    for mod in mods:
+        if m := _SPARSE.match(mod):
+            s = replace(s, sparsity=(int(m.group(1)), int(m.group(2))))
+        elif m := _LAMBDA.match(mod):
+            s = replace(s, sink=int(m.group(1)), window=int(m.group(2)))
+        else:
+            raise ValueError(f"scheme {name!r}: unknown modifier {mod!r} "
+                             "(use +N:M or +lambdaSINK:WINDOW)")
+    if s.sparsity and not s.quantized:
+        raise ValueError(f"scheme {name!r}: sparsity needs a quantized preset")
+    if group is not None:
+        s = replace(s, group=group)
+    return s.check()
