@@ -8,7 +8,12 @@ PY := $(VENV)/bin/python
 TOOLENV = eval "$$($(PY) -m sim.toolchain --shell)" &&
 JOBS ?= 2
 
-.PHONY: setup test sim lint docs clean help
+SHARED ?= ../shared
+MODEL ?= $(SHARED)/models/stories260K/stories260K.bin
+TOKENIZER ?= $(SHARED)/models/stories260K/tok512.bin
+TEXT ?= $(SHARED)/data/tinystories_val_dev.txt
+
+.PHONY: setup test sim lint docs bench clean help
 
 help:
 	@echo "make setup     create .venv and install the pinned toolchain"
@@ -16,6 +21,7 @@ help:
 	@echo "make sim       hardware regression (slow tests included)"
 	@echo "make lint      ruff"
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
+	@echo "make bench     perplexity table of every quantization preset (build/bench/)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +41,11 @@ sim: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	mkdir -p build/bench
+	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
+		--max-stories 40 --table build/bench/quant_ppl.md
 
 docs: $(VENV)/.installed
 	$(PY) -m llmacc.isa_doc > docs/ISA.md

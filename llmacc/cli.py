@@ -20,6 +20,12 @@ def _cmd_isa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from quant import eval as quant_eval
+
+    return quant_eval.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmacc", description="LLM-on-FPGA co-design stack")
     parser.add_argument("--version", action="version", version=f"llmacc {__version__}")
@@ -30,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
     p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
     p.set_defaults(func=_cmd_isa)
+    p = sub.add_parser("eval", help="perplexity of the float, fake-quant or integer model")
+    from quant.eval import add_arguments as eval_arguments
+
+    eval_arguments(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

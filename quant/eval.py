@@ -20,6 +20,7 @@ from quant import checkpoint, schemes, tokenizer
 from quant.quantize import QuantizedModel, quantize
 
 MODES = ("float", "fake", "int")
+CALIB_STORIES = 512  #: fine-tuning stories; GPTQ uses the last quarter
 Tensor = torch.Tensor
 
 
@@ -65,12 +66,13 @@ def _bar(done: int, total: int, start: float, what: str = "scoring") -> None:
 
 def calibration_sequences(tok: tokenizer.Tokenizer, text: str | Path, count: int,
                           seq_len: int) -> list[list[int]]:
-    """The *last* ``count`` stories of ``text``: evaluation takes the first ones."""
+    """The *last* ``count`` stories of ``text`` (evaluation takes the first ones)."""
     stories = read_stories(text)
     return [tok.encode(s)[:seq_len] for s in stories[-count:]]
 
 
 def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
+    """``seq -> logits`` for the float, fake-quant or integer model."""
     from quant.model import Transformer
 
     if mode == "float":
@@ -87,51 +89,107 @@ def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
 
 
+def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schemes.Scheme,
+            calib_text: str | Path, calib_stories: int = CALIB_STORIES,
+            progress: bool = False) -> QuantizedModel:
+    """Calibrate, quantize (GPTQ on the last ``calib_stories // 4``) and fine-tune."""
+    from quant.finetune import finetune
+
+    calib = calibration_sequences(tok, calib_text, calib_stories, ckpt.config.seq_len)
+    start = time.time()
+    bar = (lambda d, t: _bar(d, t, start, "quantizing")) if progress else None
+    qm = quantize(ckpt, scheme, calib[-max(1, calib_stories // 4):], bar)
+    if scheme.finetune_steps:
+        start = time.time()
+        bar = (lambda d, t: _bar(d, t, start, "fine-tuning")) if progress else None
+        qm = finetune(qm, ckpt, calib, scheme.finetune_steps, progress=bar)
+    if progress:
+        print(file=sys.stderr)
+    return qm
+
+
 def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, mode: str,
              max_stories: int | None = None, group: int | None = None,
-             calib_text: str | None = None, calib_stories: int = 128,
-             progress: bool = True) -> tuple[float, int]:
-    ckpt = checkpoint.load(model_path)
-    tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
-    scheme = schemes.parse("float" if mode == "float" else scheme_name, group)
+             calib_text: str | None = None, calib_stories: int = CALIB_STORIES,
+             finetune_steps: int | None = None, progress: bool = True) -> tuple[float, int]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-    if not scheme.quantized and mode != "float":
-        mode = "float" if scheme.act_bits is None else mode
-    calib = calibration_sequences(tok, calib_text or text, calib_stories, ckpt.config.seq_len) \
-        if scheme.quantized or mode == "int" else None
-    qm = quantize(ckpt, scheme, calib)
+    ckpt = checkpoint.load(model_path)
+    tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
+    scheme = schemes.parse(scheme_name, group, finetune_steps)
+    if scheme.name == "float":
+        mode = "float"
+    qm = None if mode == "float" else prepare(ckpt, tok, scheme, calib_text or text,
+                                               calib_stories, progress)
     seqs = [tok.encode(s)[:ckpt.config.seq_len] for s in read_stories(text, max_stories)]
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llmacc eval", description=__doc__)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return run(args)
+def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
+          max_stories: int | None, calib_text: str | None = None,
+          calib_stories: int = CALIB_STORIES, progress: bool = True) -> str:
+    """Markdown table: every scheme's perplexity in fake-quant and integer mode."""
+    ckpt = checkpoint.load(model_path)
+    tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
+    seqs = [tok.encode(s)[:ckpt.config.seq_len] for s in read_stories(text, max_stories)]
+    base, count = perplexity(scorer("float", None, ckpt), seqs)
+    rows = [f"| float (fp32) | 32 | {base:.3f} | - | - | - |"]
+    for name in names:
+        scheme = schemes.parse(name)
+        start = time.time()
+        qm = prepare(ckpt, tok, scheme, calib_text or text, calib_stories, progress)
+        fake, _ = perplexity(scorer("fake", qm, ckpt), seqs)
+        integer, _ = perplexity(scorer("int", qm, ckpt), seqs)
+        rows.append(f"| {name} | {qm.weight_bits():.2f} | {fake:.3f} | {integer:.3f} | "
+                    f"{integer / base:.3f}x | {100 * (integer / fake - 1):+.2f}% |")
+        if progress:
+            print(f"{name}: fake {fake:.3f} int {integer:.3f} ({time.time() - start:.0f}s)",
+                  file=sys.stderr)
+    head = ("| scheme | bits/weight | ppl fake-quant | ppl integer | integer / float | "
+            "integer vs fake |\n|---|---|---|---|---|---|")
+    return "\n".join([head, *rows]) + f"\n\n{count} scored tokens, {len(seqs)} stories.\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="llama2.c .bin or Hugging Face directory")
     p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
     p.add_argument("--text", required=True, help="text file; stories separated by blank lines")
-    p.add_argument("--scheme", default="float", help="preset[+N:M][+lambdaS:W]")
+    p.add_argument("--scheme", default="float",
+                   help="preset[+N:M][+lambdaSINK:WINDOW]; presets: " + ", ".join(
+                       schemes.PRESETS))
     p.add_argument("--mode", default="fake", choices=MODES)
     p.add_argument("--max-stories", type=int, default=None)
     p.add_argument("--group", type=int, default=None, help="weight group size override")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="override the preset's quantization-aware fine-tuning steps")
     p.add_argument("--calib-text", default=None,
-                   help="calibration text (default: --text; its last stories are used)")
-    p.add_argument("--calib-stories", type=int, default=128)
+                   help="calibration text (default: --text); its LAST stories are used")
+    p.add_argument("--calib-stories", type=int, default=CALIB_STORIES)
+    p.add_argument("--table", default=None, metavar="OUT.md",
+                   help="score every preset (fake and integer) and write a markdown table")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    progress = not args.no_progress
+    if args.table:
+        names = [n for n in schemes.PRESETS if n != "float"]
+        md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
+                   args.calib_text, args.calib_stories, progress)
+        Path(args.table).write_text(md)
+        print(md, end="")
+        return 0
     ppl, count = evaluate(args.model, args.tokenizer, args.text, args.scheme, args.mode,
                           args.max_stories, args.group, args.calib_text, args.calib_stories,
-                          progress=not args.no_progress)
+                          args.finetune_steps, progress)
     print(f"ppl={ppl:.4f} tokens={count}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llmacc eval", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,11 @@ def fake_quant_symmetric(x: Tensor, bits: int, group: int | None = None) -> Tens
     scale = x.abs().amax(-1, keepdim=True) / qmax
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.sign(x) * torch.floor(x.abs() / safe + 0.5), -qmax, qmax)
-    return (q * scale).reshape(shape)
+    out = (q * scale).reshape(shape)
+    if x.requires_grad:  # straight-through estimator for quantization-aware fine-tuning
+        x = x.reshape(shape)
+        return x + (out - x).detach()
+    return out
 
 
 def visible_keys(positions: Tensor, kv_len: int, sink: int, window: int) -> Tensor:
@@ -111,6 +115,11 @@ class Transformer:
     def forward(self, tokens: Tensor, cache: KVCache | None = None,
                 observer: Observer | None = None) -> Tensor:
         """Logits [T, vocab] for ``tokens`` [T] following what ``cache`` already holds."""
+        return self.forward_grad(tokens, cache, observer)
+
+    def forward_grad(self, tokens: Tensor, cache: KVCache | None = None,
+                     observer: Observer | None = None) -> Tensor:
+        """:meth:`forward` with autograd enabled (quantization-aware fine-tuning)."""
         cfg = self.config
         cache = cache or KVCache(cfg, len(tokens))
         start, t_new = cache.length, len(tokens)

@@ -31,6 +31,7 @@ class Scheme:
     sink: int = 0
     window: int = 0
     gptq: bool = True
+    finetune_steps: int = 0  #: quantization-aware distillation steps (quant.finetune)
 
     @property
     def quantized(self) -> bool:
@@ -50,10 +51,10 @@ class Scheme:
 
 PRESETS: dict[str, Scheme] = {s.name: s for s in (
     Scheme("float", None, act_bits=None, kv_bits=None),
-    Scheme("w2a8kv4", "w2", (T.W2,)),
-    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES),
-    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES),
-    Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8),
+    Scheme("w2a8kv4", "w2", (T.W2,), finetune_steps=1000),
+    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES, finetune_steps=1000),
+    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES, finetune_steps=1000),
+    Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8, finetune_steps=1000),
     Scheme("w8a8", "int8", (T.INT8,), kv_bits=8),
 )}
 
@@ -61,8 +62,8 @@ _SPARSE = re.compile(r"^(\d+):(\d+)$")
 _LAMBDA = re.compile(r"^lambda(\d+):(\d+)$")
 
 
-def parse(name: str, group: int | None = None) -> Scheme:
-    """A preset with optional modifiers; ``group`` overrides the weight group size."""
+def parse(name: str, group: int | None = None, finetune_steps: int | None = None) -> Scheme:
+    """A preset with optional modifiers; ``group`` and ``finetune_steps`` override."""
     base, *mods = name.split("+")
     if base not in PRESETS:
         raise ValueError(f"unknown scheme {base!r}; presets: {', '.join(PRESETS)} "
@@ -80,4 +81,6 @@ def parse(name: str, group: int | None = None) -> Scheme:
         raise ValueError(f"scheme {name!r}: sparsity needs a quantized preset")
     if group is not None:
         s = replace(s, group=group)
+    if finetune_steps is not None:
+        s = replace(s, finetune_steps=finetune_steps)
     return s.check()

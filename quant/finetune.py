@@ -1,0 +1,108 @@
+"""Quantization-aware fine-tuning: distil the float model into the quantized one.
+
+After GPTQ has chosen every group's data type, scale and zero point, those stay fixed; the
+latent float weights (initialised to the GPTQ result, in units of the group scale) and the
+RMSNorm weights are trained so
+that the fake-quant model's next-token distribution matches the float model's (KL divergence)
+on calibration text. Rounding to the fixed grids uses the straight-through estimator, as do the
+INT8 activation and KV roundings. The result has the same format as before (new codes, same
+scales), so the integer reference and the hardware are unchanged. Used for the low-bit presets,
+where a tiny model cannot absorb the rounding error otherwise.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import torch
+
+from llmacc import numerics as N
+from quant.checkpoint import Checkpoint
+from quant.model import Transformer
+from quant.qlinear import QLinear
+from quant.quantize import QuantizedModel
+
+Tensor = torch.Tensor
+LR_GRID = 5e-3  #: Adam step of the latent weights, in grid steps
+LR_NORM = 1e-4  #: Adam step of the RMSNorm weights
+
+
+def _grid(q: QLinear) -> Tensor:
+    """Per-group operand tables [N, G, V] of a W2 or mixed-type layer."""
+    if q.fmt == "w2":
+        return (torch.arange(4) - q.zero_points.unsqueeze(-1)).to(torch.float32)
+    lut = N.MIXED3_LUT if q.fmt == "mixed3" else N.MIXED4_LUT
+    return lut[q.dtype_ids].to(torch.float32)
+
+
+def _round(u: Tensor, grid: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """Nearest grid entry for padded weights [N, Kp] in units of their group's scale
+    -> (grid value, table index = code)."""
+    n, kp = u.shape
+    ug = u.reshape(n, kp // group, group, 1)
+    idx = torch.argmin((ug - grid.unsqueeze(2)).abs(), dim=-1)
+    return torch.gather(grid, 2, idx).reshape(n, kp), idx.reshape(n, kp)
+
+
+def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]], steps: int,
+             lr: float | None = None, seed: int = 0, progress=None) -> QuantizedModel:
+    """Fine-tune ``qm``'s W2/mixed layers for ``steps`` sequences; returns a new model.
+
+    The latent weights are kept in units of their group's scale, so ``lr`` is in grid steps
+    and means the same for every format and layer.
+    """
+    names = [k for k, q in qm.linears.items() if k.startswith("layers.")
+             and q.fmt in ("w2", "mixed3", "mixed4")]
+    if not names or steps <= 0:
+        return qm
+    lr = LR_GRID if lr is None else lr
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    teacher = Transformer(ckpt)
+    targets = {i: torch.log_softmax(teacher.forward(torch.tensor(s)), -1)
+               for i, s in enumerate(seqs)}
+    latent, scales = {}, {}  # start on the GPTQ solution: rounding reproduces its codes
+    for k in names:
+        q = qm.linears[k]
+        scales[k] = q.scales().to(torch.float32).repeat_interleave(q.group, dim=-1)
+        latent[k] = q.operands().to(torch.float32).requires_grad_(True)
+    grids = {k: _grid(qm.linears[k]) for k in names}
+    norms = {k: v.clone().requires_grad_(True) for k, v in qm.norms.items()}
+    student = qm.fake_model()
+    opt = torch.optim.Adam([{"params": list(latent.values()), "lr": lr},
+                            {"params": list(norms.values()), "lr": LR_NORM}])
+
+    def quantized(k: str) -> Tensor:
+        q = qm.linears[k]
+        val, _ = _round(latent[k], grids[k], q.group)
+        if q.keep is not None:
+            val = val * q.keep
+        u = latent[k] + (val - latent[k]).detach()
+        return (u * scales[k])[:, :q.in_features]
+
+    order = list(range(len(seqs)))
+    for step in range(steps):
+        if step % len(order) == 0:
+            rng.shuffle(order)
+        i = order[step % len(order)]
+        student.weights.update({k: quantized(k) for k in names})
+        student.weights.update(norms)
+        logp = torch.log_softmax(student.forward_grad(torch.tensor(seqs[i])), -1)
+        loss = torch.nn.functional.kl_div(logp, targets[i], log_target=True,
+                                          reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
+    linears = dict(qm.linears)
+    with torch.no_grad():
+        for k in names:
+            q = qm.linears[k]
+            _, codes = _round(latent[k], grids[k], q.group)
+            if q.keep is not None:
+                zero = torch.argmin(grids[k].abs(), dim=-1).repeat_interleave(q.group, dim=-1)
+                codes = torch.where(q.keep, codes, zero)
+            linears[k] = replace(q, codes=codes.to(torch.int64))
+    return replace(qm, linears=linears, norms={k: v.detach() for k, v in norms.items()})

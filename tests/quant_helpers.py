@@ -1,0 +1,41 @@
+"""Shared helpers of the quant tests: the shipped model's paths and a tiny random LLaMA."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quant.checkpoint import Checkpoint, ModelConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+STORIES = SHARED / "models" / "stories260K"
+MODEL, MODEL_V1, TOKENIZER = (STORIES / "stories260K.bin", STORIES / "stories260K_v1.bin",
+                              STORIES / "tok512.bin")
+TEXT = SHARED / "data" / "tinystories_val_dev.txt"
+
+
+def need_shared() -> None:
+    if not MODEL.exists():
+        pytest.skip(f"shipped model not found at {MODEL}")
+
+
+def tiny_checkpoint(seed: int, dim: int = 32, hidden: int = 44, layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, vocab: int = 64,
+                    seq_len: int = 64) -> Checkpoint:
+    """A random LLaMA with an awkward hidden size (not a multiple of common groups)."""
+    cfg = ModelConfig(dim, hidden, layers, heads, kv_heads, vocab, seq_len)
+    g = torch.Generator().manual_seed(seed)
+    w = {}
+    for name, shape in cfg.shapes().items():
+        if name.endswith("norm"):
+            w[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            w[name] = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+    w["output"] = w["tok_embeddings"]
+    return Checkpoint(cfg, w, f"tiny-{seed}").validate()
+
+
+def random_sequences(seed: int, count: int, length: int, vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [[1, *torch.randint(3, vocab, (length - 1,), generator=g).tolist()]
+            for _ in range(count)]

@@ -1,0 +1,142 @@
+"""Unit tests of every quantization pass: grids, clipping search, GPTQ, mixed types, N:M."""
+
+import pytest
+import torch
+
+from llmacc import numerics as N
+from quant import schemes
+from quant.sparsity import nm_mask, prune_mask
+from quant.weight_quant import fit_group, quantize_matrix
+
+T = N.WDType
+
+
+def _weighted_error(w, q, h):
+    return float(((w - q) ** 2 * h).sum())
+
+
+def test_mixed_search_picks_the_type_a_group_was_drawn_from(seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for dtype in N.MIXED4_TYPES:
+        table = torch.tensor(N.code_table(dtype), dtype=torch.float64)
+        # use every value once (so the absmax and the special value are present), shuffled
+        vals = table[torch.randperm(len(table), generator=g)]
+        rows.append(torch.cat([vals, vals]) * 0.01)
+    w = torch.stack(rows)
+    p = fit_group(w, N.MIXED4_TYPES)
+    val, _ = p.round(w)
+    assert torch.allclose(val, w, atol=1e-12)  # every row representable exactly
+    # the FP types with a special value are not confused with plain FP4 / INT4
+    assert p.dtype.tolist()[2:] == [int(t) for t in N.MIXED4_TYPES[2:]]
+
+
+def test_clipping_search_lowers_error_on_heavy_tails(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(64, 32, generator=g, dtype=torch.float64)
+    w[:, 0] *= 8  # one outlier per row
+    h = torch.ones(32, dtype=torch.float64)
+    for dtypes, gain in (((T.W2,), 0.9), ((T.INT3,), 0.9), ((T.INT4,), 1.0)):
+        plain = fit_group(w, dtypes, clip=False)
+        searched = fit_group(w, dtypes, clip=True)
+        e_plain = _weighted_error(w, plain.round(w)[0], h)
+        e_search = _weighted_error(w, searched.round(w)[0], h)
+        assert e_search < gain * e_plain, dtypes
+
+
+def test_w2_codes_and_zero_points_stay_in_range(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, 100, generator=g) + 0.5  # skewed, K not a multiple of the group
+    q = quantize_matrix(w, "w2", (T.W2,), 32, gptq=False)
+    assert q.codes.shape == (16, 128) and q.padded_in == 128
+    assert int(q.codes.min()) >= 0 and int(q.codes.max()) <= 3
+    assert int(q.zero_points.min()) >= 0 and int(q.zero_points.max()) <= 3
+    assert bool((q.operands()[:, 100:] == 0).all())  # padding decodes to zero
+    assert q.dequant().shape == w.shape
+    rel = float((q.dequant() - w).norm() / w.norm())
+    assert rel < 0.5
+
+
+def test_gptq_lowers_output_error_against_rtn(seed):
+    g = torch.Generator().manual_seed(seed)
+    k = 64
+    mix = torch.randn(k, k, generator=g) / k ** 0.5 + torch.eye(k)
+    x = torch.randn(512, k, generator=g) @ mix  # correlated inputs
+    w = torch.randn(48, k, generator=g)
+    hessian = x.T.double() @ x.double()
+    for fmt, dtypes in (("w2", (T.W2,)), ("mixed3", N.MIXED3_TYPES)):
+        rtn = quantize_matrix(w, fmt, dtypes, 16, hessian=hessian, gptq=False)
+        gptq = quantize_matrix(w, fmt, dtypes, 16, hessian=hessian, gptq=True)
+        e_rtn = float((x @ (rtn.dequant() - w).T).norm())
+        e_gptq = float((x @ (gptq.dequant() - w).T).norm())
+        assert e_gptq < 0.95 * e_rtn, fmt
+
+
+def test_mixed_type_ids_decode_through_the_hardware_lut(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, 64, generator=g)
+    q = quantize_matrix(w, "mixed3", N.MIXED3_TYPES, 16, gptq=False)
+    assert q.dtype_ids.shape == (8, 4) and int(q.dtype_ids.max()) < len(N.MIXED3_TYPES)
+    assert int(q.operands().abs().max()) <= N.W_OPERAND_MAX
+    back = q.operands().double() * q.scales().repeat_interleave(16, -1)
+    assert torch.allclose(back.float(), q.dequant())
+
+
+def test_quantize_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_matrix(torch.tensor([[float("nan")] * 8]), "w2", (T.W2,), 8)
+    with pytest.raises(ValueError, match="power of two"):
+        quantize_matrix(torch.ones(2, 24), "w2", (T.W2,), 12)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (2, 16), (4, 16), (8, 16), (16, 16)])
+def test_nm_masks_keep_exactly_n_of_m(seed, n, m):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 64, generator=g)
+    keep = nm_mask(w.abs(), n, m)
+    assert bool((keep.reshape(6, -1, m).sum(-1) == n).all())
+    # magnitude: every kept weight is at least as large as every pruned one in its block
+    blocks = w.abs().reshape(6, -1, m)
+    kb = keep.reshape(6, -1, m)
+    kept_min = torch.where(kb, blocks, torch.inf).amin(-1)
+    pruned_max = torch.where(kb, -torch.inf, blocks).amax(-1)
+    assert bool((kept_min >= pruned_max).all())
+
+
+def test_wanda_keeps_small_weights_on_loud_channels():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    norm = torch.tensor([100.0, 1.0, 1.0, 1.0])
+    assert prune_mask(w, 2, 4, "magnitude").tolist() == [[False, False, True, True]]
+    assert prune_mask(w, 2, 4, "wanda", norm).tolist() == [[True, False, False, True]]
+    with pytest.raises(ValueError, match="needs calibration"):
+        prune_mask(w, 2, 4, "wanda")
+    with pytest.raises(ValueError, match="unsupported sparsity"):
+        nm_mask(w, 3, 4)
+
+
+def test_sparse_quantization_zeroes_pruned_weights_and_compresses(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, 40, generator=g)
+    wp = torch.nn.functional.pad(w, (0, 24))
+    keep = prune_mask(wp, 2, 4, "magnitude")
+    for fmt, dtypes in (("w2", (T.W2,)), ("mixed4", N.MIXED4_TYPES)):
+        q = quantize_matrix(w, fmt, dtypes, 32, keep=keep, sparsity=(2, 4), gptq=False)
+        ops = q.operands()
+        assert bool((ops[~keep] == 0).all())
+        vals, idx = N.nm_compress(ops, keep, 2, 4)
+        assert torch.equal(N.nm_expand(vals, idx, 2, 4, 64), ops)
+        # pruned slots store the code that decodes to zero, also for W2's zero point
+        raw = N.decode_weights(q.codes, q.dtype_ids, fmt, 32, q.zero_points)
+        assert bool((raw[~keep] == 0).all())
+
+
+def test_scheme_names_and_modifiers():
+    s = schemes.parse("w4a8+2:4+lambda4:64")
+    assert s.sparsity == (2, 4) and (s.sink, s.window) == (4, 64) and s.kv_bits == 8
+    assert schemes.parse("w2a8kv4", group=64).group == 64
+    assert set(schemes.PRESETS) >= {"w2a8kv4", "w3-mixed-a8kv4", "w4-mixed-a8kv4", "w4a8",
+                                    "w8a8", "float"}
+    for bad, msg in (("w5", "unknown scheme"), ("w4a8+3:4", "unsupported sparsity"),
+                     ("w4a8+foo", "unknown modifier"), ("float+2:4", "needs a quantized")):
+        with pytest.raises(ValueError, match=msg):
+            schemes.parse(bad)
