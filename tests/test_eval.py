@@ -1,0 +1,58 @@
+"""Perplexity harness and the ``llmacc eval`` command line."""
+
+import pytest
+
+from llmacc import cli
+from quant import eval as quant_eval
+from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
+
+ARGS = ["--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--text", str(TEXT)]
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_float_perplexity_line(capsys):
+    need_shared()
+    assert cli.main(["eval", *ARGS, "--scheme", "float", "--max-stories", "5",
+                     "--no-progress"]) == 0
+    line = _last_line(capsys)
+    ppl, tokens = (kv.split("=")[1] for kv in line.split())
+    assert line.startswith("ppl=") and int(tokens) > 100
+    assert 2.0 < float(ppl) < 8.0  # the shipped model is good on in-domain text
+
+
+def test_integer_reference_is_close_to_fake_quant(capsys):
+    need_shared()
+    common = [*ARGS, "--scheme", "w4-mixed-a8kv4", "--max-stories", "4", "--no-progress",
+              "--finetune-steps", "0", "--calib-stories", "32"]
+    values = {}
+    for mode in ("fake", "int"):
+        assert cli.main(["eval", *common, "--mode", mode]) == 0
+        values[mode] = float(_last_line(capsys).split()[0].split("=")[1])
+    assert abs(values["int"] / values["fake"] - 1) < 0.02, values
+
+
+def test_story_splitting(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("one story.\r\n\r\ntwo\nlines\n\n\n\nthree\n")
+    assert quant_eval.read_stories(path) == ["one story.", "two\nlines", "three"]
+    assert quant_eval.read_stories(path, limit=1, skip=1) == ["two\nlines"]
+
+
+def test_bad_inputs_exit_with_one_line_errors(tmp_path, capsys):
+    need_shared()
+    assert cli.main(["eval", *ARGS, "--scheme", "w9"]) == 2
+    assert "unknown scheme" in capsys.readouterr().err
+    bad = tmp_path / "m.bin"
+    bad.write_bytes(b"\x00" * 10)
+    args = ["--model", str(bad), "--tokenizer", str(TOKENIZER), "--text", str(TEXT)]
+    assert cli.main(["eval", *args]) == 2
+    assert "too short" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--model", str(MODEL)])  # argparse: missing arguments
+    assert cli.main(["eval", *ARGS[:4], "--text", str(empty), "--no-progress"]) == 2
+    assert "no text to score" in capsys.readouterr().err
