@@ -99,10 +99,10 @@ def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schem
     start = time.time()
     bar = (lambda d, t: _bar(d, t, start, "quantizing")) if progress else None
     qm = quantize(ckpt, scheme, calib[-max(1, calib_stories // 4):], bar)
-    if scheme.finetune_steps:
+    if scheme.finetune.steps:
         start = time.time()
         bar = (lambda d, t: _bar(d, t, start, "fine-tuning")) if progress else None
-        qm = finetune(qm, ckpt, calib, scheme.finetune_steps, progress=bar)
+        qm = finetune(qm, ckpt, calib, scheme.finetune, progress=bar)
     if progress:
         print(file=sys.stderr)
     return qm

@@ -1,8 +1,8 @@
 """Quantization-aware fine-tuning: distil the float model into the quantized one.
 
-After GPTQ has chosen every group's data type, scale and zero point, those stay fixed; the
-latent float weights (initialised to the GPTQ result, in units of the group scale) and the
-RMSNorm weights are trained so
+After GPTQ has chosen every group's data type and zero point, those stay fixed; the latent
+float weights (initialised to the GPTQ result, in units of the group scale), the RMSNorm
+weights and optionally the group scales (log domain) are trained so
 that the fake-quant model's next-token distribution matches the float model's (KL divergence)
 on calibration text. Rounding to the fixed grids uses the straight-through estimator, as do the
 INT8 activation and KV roundings. The result has the same format as before (new codes, same
@@ -22,10 +22,9 @@ from quant.checkpoint import Checkpoint
 from quant.model import Transformer
 from quant.qlinear import QLinear
 from quant.quantize import QuantizedModel
+from quant.schemes import Finetune
 
 Tensor = torch.Tensor
-LR_GRID = 5e-3  #: Adam step of the latent weights, in grid steps
-LR_NORM = 1e-4  #: Adam step of the RMSNorm weights
 
 
 def _grid(q: QLinear) -> Tensor:
@@ -45,18 +44,18 @@ def _round(u: Tensor, grid: Tensor, group: int) -> tuple[Tensor, Tensor]:
     return torch.gather(grid, 2, idx).reshape(n, kp), idx.reshape(n, kp)
 
 
-def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]], steps: int,
-             lr: float | None = None, seed: int = 0, progress=None) -> QuantizedModel:
-    """Fine-tune ``qm``'s W2/mixed layers for ``steps`` sequences; returns a new model.
+def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]],
+             settings: Finetune, seed: int = 0, progress=None) -> QuantizedModel:
+    """Fine-tune ``qm``'s W2/mixed layers for ``settings.steps`` sequences (a new model).
 
-    The latent weights are kept in units of their group's scale, so ``lr`` is in grid steps
-    and means the same for every format and layer.
+    The latent weights are kept in units of their group's scale, so their learning rate is in
+    grid steps and means the same for every format and layer.
     """
+    steps = settings.steps
     names = [k for k, q in qm.linears.items() if k.startswith("layers.")
              and q.fmt in ("w2", "mixed3", "mixed4")]
     if not names or steps <= 0:
         return qm
-    lr = LR_GRID if lr is None else lr
     torch.manual_seed(seed)
     rng = random.Random(seed)
     teacher = Transformer(ckpt)
@@ -65,13 +64,17 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]], steps:
     latent, scales = {}, {}  # start on the GPTQ solution: rounding reproduces its codes
     for k in names:
         q = qm.linears[k]
-        scales[k] = q.scales().to(torch.float32).repeat_interleave(q.group, dim=-1)
+        scales[k] = torch.log(q.scales().clamp(min=1e-30)).float()
+        scales[k].requires_grad_(settings.lr_scale > 0)
         latent[k] = q.operands().to(torch.float32).requires_grad_(True)
     grids = {k: _grid(qm.linears[k]) for k in names}
     norms = {k: v.clone().requires_grad_(True) for k, v in qm.norms.items()}
     student = qm.fake_model()
-    opt = torch.optim.Adam([{"params": list(latent.values()), "lr": lr},
-                            {"params": list(norms.values()), "lr": LR_NORM}])
+    groups = [{"params": list(latent.values()), "lr": settings.lr_grid},
+              {"params": list(norms.values()), "lr": settings.lr_norm}]
+    if settings.lr_scale > 0:
+        groups.append({"params": list(scales.values()), "lr": settings.lr_scale})
+    opt = torch.optim.Adam(groups)
 
     def quantized(k: str) -> Tensor:
         q = qm.linears[k]
@@ -79,7 +82,8 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]], steps:
         if q.keep is not None:
             val = val * q.keep
         u = latent[k] + (val - latent[k]).detach()
-        return (u * scales[k])[:, :q.in_features]
+        scale = torch.exp(scales[k]).repeat_interleave(q.group, dim=-1)
+        return (u * scale)[:, :q.in_features]
 
     order = list(range(len(seqs)))
     for step in range(steps):
@@ -104,5 +108,8 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]], steps:
             if q.keep is not None:
                 zero = torch.argmin(grids[k].abs(), dim=-1).repeat_interleave(q.group, dim=-1)
                 codes = torch.where(q.keep, codes, zero)
+            if settings.lr_scale > 0:
+                mant, row_exp = N.encode_scales(torch.exp(scales[k].double()))
+                q = replace(q, mant=mant, row_exp=row_exp)
             linears[k] = replace(q, codes=codes.to(torch.int64))
     return replace(qm, linears=linears, norms={k: v.detach() for k, v in norms.items()})

@@ -18,6 +18,21 @@ T = N.WDType
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """Quantization-aware fine-tuning settings (quant.finetune); ``steps = 0`` disables it."""
+
+    steps: int = 0  #: calibration sequences, one per Adam step
+    lr_grid: float = 5e-3  #: latent weights, in grid steps
+    lr_norm: float = 1e-4  #: RMSNorm weights
+    lr_scale: float = 0.0  #: log group scales (0 = scales stay as GPTQ chose them)
+
+
+#: 2- and 3-bit grids need the norms and scales to move; 4-bit ones are better left alone.
+COARSE_TUNE = Finetune(1500, lr_norm=3e-3, lr_scale=3e-4)
+FINE_TUNE = Finetune(2500)
+
+
+@dataclass(frozen=True)
 class Scheme:
     name: str
     weight_fmt: str | None  #: qlinear.FORMATS, None = float weights
@@ -31,7 +46,7 @@ class Scheme:
     sink: int = 0
     window: int = 0
     gptq: bool = True
-    finetune_steps: int = 0  #: quantization-aware distillation steps (quant.finetune)
+    finetune: Finetune = Finetune()
 
     @property
     def quantized(self) -> bool:
@@ -51,10 +66,10 @@ class Scheme:
 
 PRESETS: dict[str, Scheme] = {s.name: s for s in (
     Scheme("float", None, act_bits=None, kv_bits=None),
-    Scheme("w2a8kv4", "w2", (T.W2,), finetune_steps=1000),
-    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES, finetune_steps=1000),
-    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES, finetune_steps=1000),
-    Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8, finetune_steps=1000),
+    Scheme("w2a8kv4", "w2", (T.W2,), finetune=COARSE_TUNE),
+    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES, finetune=COARSE_TUNE),
+    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES, finetune=FINE_TUNE),
+    Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8, finetune=FINE_TUNE),
     Scheme("w8a8", "int8", (T.INT8,), kv_bits=8),
 )}
 
@@ -82,5 +97,5 @@ def parse(name: str, group: int | None = None, finetune_steps: int | None = None
     if group is not None:
         s = replace(s, group=group)
     if finetune_steps is not None:
-        s = replace(s, finetune_steps=finetune_steps)
+        s = replace(s, finetune=replace(s.finetune, steps=finetune_steps))
     return s.check()

@@ -72,7 +72,7 @@ def test_build_rejects_unquantized_or_uncalibrated(seed):
 def test_finetune_lowers_the_distillation_loss(seed):
     ckpt, qm = _quantized(seed, "w2a8kv4")
     seqs = random_sequences(seed + 3, 4, 16, ckpt.config.vocab_size)
-    tuned = finetune(qm, ckpt, seqs, steps=40, seed=seed)
+    tuned = finetune(qm, ckpt, seqs, schemes.Finetune(40), seed=seed)
     from quant.model import Transformer
 
     def kl(m):
