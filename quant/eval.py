@@ -111,7 +111,8 @@ def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schem
 def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, mode: str,
              max_stories: int | None = None, group: int | None = None,
              calib_text: str | None = None, calib_stories: int = CALIB_STORIES,
-             finetune_steps: int | None = None, progress: bool = True) -> tuple[float, int]:
+             finetune_steps: int | None = None, progress: bool = True,
+             skip_stories: int = 0) -> tuple[float, int]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     ckpt = checkpoint.load(model_path)
@@ -121,17 +122,20 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
         mode = "float"
     qm = None if mode == "float" else prepare(ckpt, tok, scheme, calib_text or text,
                                                calib_stories, progress)
-    seqs = [tok.encode(s)[:ckpt.config.seq_len] for s in read_stories(text, max_stories)]
+    seqs = [tok.encode(s)[:ckpt.config.seq_len]
+            for s in read_stories(text, max_stories, skip_stories)]
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
 
 
 def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
           max_stories: int | None, calib_text: str | None = None,
-          calib_stories: int = CALIB_STORIES, progress: bool = True) -> str:
+          calib_stories: int = CALIB_STORIES, progress: bool = True,
+          skip_stories: int = 0) -> str:
     """Markdown table: every scheme's perplexity in fake-quant and integer mode."""
     ckpt = checkpoint.load(model_path)
     tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
-    seqs = [tok.encode(s)[:ckpt.config.seq_len] for s in read_stories(text, max_stories)]
+    seqs = [tok.encode(s)[:ckpt.config.seq_len]
+            for s in read_stories(text, max_stories, skip_stories)]
     base, count = perplexity(scorer("float", None, ckpt), seqs)
     rows = [f"| float (fp32) | 32 | {base:.3f} | - | - | - |"]
     for name in names:
@@ -159,6 +163,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        schemes.PRESETS))
     p.add_argument("--mode", default="fake", choices=MODES)
     p.add_argument("--max-stories", type=int, default=None)
+    p.add_argument("--skip-stories", type=int, default=0,
+                   help="score from this story on (a slice the calibration does not use)")
     p.add_argument("--group", type=int, default=None, help="weight group size override")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="override the preset's quantization-aware fine-tuning steps")
@@ -175,13 +181,13 @@ def run(args: argparse.Namespace) -> int:
     if args.table:
         names = [n for n in schemes.PRESETS if n != "float"]
         md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
-                   args.calib_text, args.calib_stories, progress)
+                   args.calib_text, args.calib_stories, progress, args.skip_stories)
         Path(args.table).write_text(md)
         print(md, end="")
         return 0
     ppl, count = evaluate(args.model, args.tokenizer, args.text, args.scheme, args.mode,
                           args.max_stories, args.group, args.calib_text, args.calib_stories,
-                          args.finetune_steps, progress)
+                          args.finetune_steps, progress, args.skip_stories)
     print(f"ppl={ppl:.4f} tokens={count}")
     return 0
 
