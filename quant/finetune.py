@@ -59,8 +59,6 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]],
     torch.manual_seed(seed)
     rng = random.Random(seed)
     teacher = Transformer(ckpt)
-    targets = {i: torch.log_softmax(teacher.forward(torch.tensor(s)), -1)
-               for i, s in enumerate(seqs)}
     latent, scales = {}, {}  # start on the GPTQ solution: rounding reproduces its codes
     for k in names:
         q = qm.linears[k]
@@ -92,9 +90,10 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]],
         i = order[step % len(order)]
         student.weights.update({k: quantized(k) for k in names})
         student.weights.update(norms)
-        logp = torch.log_softmax(student.forward_grad(torch.tensor(seqs[i])), -1)
-        loss = torch.nn.functional.kl_div(logp, targets[i], log_target=True,
-                                          reduction="batchmean")
+        tokens = torch.tensor(seqs[i])
+        target = torch.log_softmax(teacher.forward(tokens), -1)  # on the fly: O(1) memory
+        logp = torch.log_softmax(student.forward_grad(tokens), -1)
+        loss = torch.nn.functional.kl_div(logp, target, log_target=True, reduction="batchmean")
         opt.zero_grad()
         loss.backward()
         opt.step()
