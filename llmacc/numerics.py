@@ -175,17 +175,21 @@ def quantize_act(v, dim: int = -1) -> tuple[Tensor, Tensor, Tensor]:
     return quantize_symmetric(v, ACT_MAX, dim)
 
 
-def quantize_kv(v, group: int, bits: int = KV_BITS) -> tuple[Tensor, Tensor, Tensor]:
-    """KVQUANT: wide rows [..., C] -> INT4 (or INT8) per token and per ``group`` channels.
+def quantize_kv(v, group: int, bits: int = KV_BITS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """KVQUANT: wide rows [..., C] -> INT4 (or INT8) per token and per ``group`` channels,
+    symmetric around the group's midpoint.
 
-    Returns codes [..., C] and scales ``(m, e)`` of shape [..., C // group].
+    ``mid = round_shift(max + min, 1)`` (wide), then :func:`quantize_symmetric` of ``v - mid``:
+    ``v ~= mid + code * m * 2**e``. Returns codes [..., C] and ``(m, e, mid)`` of shape
+    [..., C // group].
     """
     v = _t(v)
     if v.shape[-1] % group:
         raise NumericsError(f"KV width {v.shape[-1]} is not a multiple of the group {group}")
     g = v.reshape(*v.shape[:-1], v.shape[-1] // group, group)
-    q, m, e = quantize_symmetric(g, (1 << (bits - 1)) - 1, dim=-1)
-    return q.reshape(v.shape), m, e
+    mid = round_shift(g.amax(-1) + g.amin(-1), 1)
+    q, m, e = quantize_symmetric(g - mid.unsqueeze(-1), (1 << (bits - 1)) - 1, dim=-1)
+    return q.reshape(v.shape), m, e, mid
 
 
 def align_sf16(m, e, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -447,27 +451,32 @@ def embed_rows(operands: Tensor, mant: Tensor, row_exp: Tensor, group: int,
 
 # -- attention ---------------------------------------------------------------------------------
 def attention_scores(q_codes: Tensor, q_m: Tensor, q_e: Tensor, k_codes: Tensor, k_m: Tensor,
-                     k_e: Tensor, f_q: int, f_k: int) -> Tensor:
+                     k_e: Tensor, k_mid: Tensor, f_q: int, f_k: int) -> Tensor:
     """Q x K^T of one head: INT8 queries [T, D] (SF16 scale per row) against the INT4 cache
-    [S, D] (SF16 scale per key) -> scores [T, S] in Q15.16 (``SCORE_FRAC``).
+    [S, D] (SF16 scale and wide midpoint per key) -> scores [T, S] in Q15.16 (``SCORE_FRAC``).
 
-    This is a matrix instruction with the keys as weight rows: group = D, the key's mantissa
-    as the group scale and ``f_k - e_k`` as its row exponent (:func:`linear_acc`,
-    :func:`linear_out`). ``log2(e) / sqrt(D)`` is folded into the query projection offline.
+    Codes: a matrix instruction with the keys as weight rows (group = D, the key's mantissa as
+    the group scale, ``f_k - e_k`` as its row exponent; :func:`linear_acc`, :func:`linear_out`).
+    Midpoints: ``round_shift(sum(q_codes) * q_m * mid, f_q + f_k - q_e - 16)``. The two add
+    with 32-bit saturation. ``log2(e) / sqrt(D)`` is folded into the query projection offline.
     """
     acc = linear_acc(q_codes, k_codes, _t(k_m).unsqueeze(-1), _t(k_codes).shape[-1])
-    return linear_out(acc, q_m, q_e, f_k - _t(k_e), f_q, SCORE_FRAC)
+    codes = linear_out(acc, q_m, q_e, f_k - _t(k_e), f_q, SCORE_FRAC)
+    qs = _t(q_codes).sum(-1) * _t(q_m)
+    shift = (f_q + f_k - SCORE_FRAC - _t(q_e)).unsqueeze(-1)
+    mids = round_shift(qs.unsqueeze(-1) * _t(k_mid).unsqueeze(0), shift)
+    return saturate(codes + mids, WIDE_BITS)
 
 
 def attention_pv(probs: Tensor, mask: Tensor, v_codes: Tensor, v_m: Tensor, v_e: Tensor,
-                 f_v: int, f_out: int) -> Tensor:
+                 v_mid: Tensor, f_v: int, f_out: int) -> Tensor:
     """P x V of one head: Q0.15 probabilities [T, S] against the INT4 value cache [S, D] with
-    per-token SF16 scales [S] -> wide [T, D] with exponent ``f_out``.
+    per-token SF16 scales and wide midpoints [S] -> wide [T, D] with exponent ``f_out``.
 
     Per query, the visible tokens' scales are aligned to their largest exponent ``emax``
     (:func:`align_sf16`); ``x[t, s] = p[t, s] * m'[t, s]`` (< 2**31) and
     ``acc = x @ v_codes`` (48-bit, checked); ``out = sat32(round_shift(acc, 15 + f_v - emax -
-    f_out))``.
+    f_out) + round_shift(p @ mid, 15 + f_v - f_out))``.
     """
     mask = torch.as_tensor(mask, dtype=torch.bool)
     m = torch.where(mask, _t(v_m).unsqueeze(0), 0)
@@ -476,7 +485,8 @@ def attention_pv(probs: Tensor, mask: Tensor, v_codes: Tensor, v_m: Tensor, v_e:
     x = _t(probs) * m_al
     acc = check_range(x @ _t(v_codes), ACC_BITS, "attention P x V accumulator")
     shift = (PROB_FRAC + f_v - f_out - emax).unsqueeze(-1)
-    return saturate(round_shift(acc, shift), WIDE_BITS)
+    mids = round_shift(_t(probs) @ _t(v_mid), PROB_FRAC + f_v - f_out).unsqueeze(-1)
+    return saturate(round_shift(acc, shift) + mids, WIDE_BITS)
 
 
 # -- element-wise ------------------------------------------------------------------------------

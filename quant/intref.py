@@ -76,16 +76,19 @@ class IntKVCache:
     k: Tensor  #: [layers, S, kv_heads, head_dim] codes
     k_m: Tensor  #: [layers, S, kv_heads] SF16 mantissas
     k_e: Tensor
+    k_mid: Tensor  #: [layers, S, kv_heads] wide midpoints
     v: Tensor
     v_m: Tensor
     v_e: Tensor
+    v_mid: Tensor
     length: int = 0
 
     @classmethod
     def empty(cls, cfg: ModelConfig, max_len: int) -> IntKVCache:
         codes = torch.zeros(cfg.n_layers, max_len, cfg.n_kv_heads, cfg.head_dim, dtype=N.I64)
         scale = torch.zeros(cfg.n_layers, max_len, cfg.n_kv_heads, dtype=N.I64)
-        return cls(codes, scale, scale.clone(), codes.clone(), scale.clone(), scale.clone())
+        return cls(codes, scale, scale.clone(), scale.clone(), codes.clone(), scale.clone(),
+                   scale.clone(), scale.clone())
 
 
 def _gamma(w: Tensor) -> tuple[Tensor, int]:
@@ -151,21 +154,23 @@ class IntModel:
             k = N.mul(N.add(k.reshape(t_new, -1), L.k_centre), L.k_recip, SMOOTH_FRAC)
             q = N.mul(q.reshape(t_new, -1), L.q_smooth, SMOOTH_FRAC).reshape(t_new, heads, hd)
             for name, val in (("k", k), ("v", v)):
-                codes, m, e = N.quantize_kv(val, hd, self.kv_bits)
+                codes, m, e, mid = N.quantize_kv(val, hd, self.kv_bits)
                 getattr(cache, name)[i, start:end] = codes.reshape(t_new, kvh, hd)
                 getattr(cache, name + "_m")[i, start:end] = m
                 getattr(cache, name + "_e")[i, start:end] = e
+                getattr(cache, name + "_mid")[i, start:end] = mid
             qc, qm, qe = N.quantize_act(q)
             o = torch.empty(t_new, heads, hd, dtype=N.I64)
             for hh in range(heads):
                 g = hh // rep
                 scores = N.attention_scores(qc[:, hh], qm[:, hh], qe[:, hh],
                                             cache.k[i, :end, g], cache.k_m[i, :end, g],
-                                            cache.k_e[i, :end, g], F["q"], F["k"])
+                                            cache.k_e[i, :end, g], cache.k_mid[i, :end, g],
+                                            F["q"], F["k"])
                 probs = N.softmax(scores, mask)
                 o[:, hh] = N.attention_pv(probs, mask, cache.v[i, :end, g],
                                           cache.v_m[i, :end, g], cache.v_e[i, :end, g],
-                                          F["v"], F["o"])
+                                          cache.v_mid[i, :end, g], F["v"], F["o"])
             a = self._linear(L.wo, o.reshape(t_new, -1), F["o"], F["wo"])
             x = N.add(x, a, F["wo"] - fr)
             h = N.rmsnorm(x, L.ffn_gamma, L.ffn_gamma_exp, L.ffn_eps, F["ffn_norm"])

@@ -33,12 +33,17 @@ class ActQuant:
     window: int = 0  #: ... plus the last ``window`` tokens (0 = full causal attention)
 
 
-def fake_quant_symmetric(x: Tensor, bits: int, group: int | None = None) -> Tensor:
-    """Round ``x`` to a symmetric ``bits``-bit grid per row (or per ``group`` of the last dim)."""
+def fake_quant_symmetric(x: Tensor, bits: int, group: int | None = None,
+                         centred: bool = False) -> Tensor:
+    """Round ``x`` to a symmetric ``bits``-bit grid per row (or per ``group`` of the last dim);
+    ``centred``: symmetric around each slice's midpoint (the KV cache format)."""
     qmax = (1 << (bits - 1)) - 1
     shape = x.shape
     if group is not None:
         x = x.reshape(*shape[:-1], shape[-1] // group, group)
+    if centred:
+        mid = (x.amax(-1, keepdim=True) + x.amin(-1, keepdim=True)) / 2
+        return (fake_quant_symmetric(x - mid, bits) + mid).reshape(shape)
     scale = x.abs().amax(-1, keepdim=True) / qmax
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.sign(x) * torch.floor(x.abs() / safe + 0.5), -qmax, qmax)
@@ -100,7 +105,7 @@ class Transformer:
         if b is None:
             return x
         g = self.quant.kv_group or self.config.head_dim
-        return fake_quant_symmetric(x.flatten(-2), b, g).reshape(x.shape)
+        return fake_quant_symmetric(x.flatten(-2), b, g, centred=True).reshape(x.shape)
 
     def _norm(self, x: Tensor, w: Tensor) -> Tensor:
         ms = x.pow(2).mean(-1, keepdim=True)

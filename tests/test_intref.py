@@ -53,10 +53,11 @@ def test_fake_quant_kv_cache_stores_transformed_keys(seed):
     ckpt, qm = _quantized(seed, "w4-mixed-a8kv4")
     cache = KVCache(ckpt.config, 8)
     qm.fake_model().forward(torch.arange(1, 9), cache)
-    k = cache.k[0].flatten(-2)  # per token: at most 15 distinct levels per head
+    k = cache.k[0].flatten(-2)  # per token and head: 15 levels around the midpoint
     per_head = k.reshape(8, ckpt.config.n_kv_heads, -1)
-    scale = per_head.abs().amax(-1, keepdim=True) / 7
-    steps = per_head / scale
+    mid = (per_head.amax(-1, keepdim=True) + per_head.amin(-1, keepdim=True)) / 2
+    scale = (per_head - mid).abs().amax(-1, keepdim=True) / 7
+    steps = (per_head - mid) / scale
     assert torch.allclose(steps, steps.round(), atol=1e-4)
 
 
@@ -96,18 +97,20 @@ def test_attention_primitives_match_float(seed):
     k = torch.randn(s, d, generator=g, dtype=torch.float64) * 2
     v = torch.randn(s, d, generator=g, dtype=torch.float64)
     qc, qm, qe = N.quantize_act(N.encode_fixed(q, fq))
-    kc, km, ke = N.quantize_kv(N.encode_fixed(k, fk), d)
-    vc, vm, ve = N.quantize_kv(N.encode_fixed(v, fv), d, bits=8)
-    km, ke, vm, ve = km[:, 0], ke[:, 0], vm[:, 0], ve[:, 0]  # one group per token
-    scores = N.attention_scores(qc, qm, qe, kc, km, ke, fq, fk)
-    k_real = kc * N.sf16_to_float(km, ke).unsqueeze(-1) * 2.0 ** -fk
+    k = k + 3.0  # off-centre keys exercise the midpoint term
+    kc, km, ke, kmid = (t.squeeze(-1) if t.dim() == 2 and t.shape[-1] == 1 else t
+                        for t in N.quantize_kv(N.encode_fixed(k, fk), d))
+    vc, vm, ve, vmid = (t.squeeze(-1) if t.dim() == 2 and t.shape[-1] == 1 else t
+                        for t in N.quantize_kv(N.encode_fixed(v, fv), d, bits=8))
+    scores = N.attention_scores(qc, qm, qe, kc, km, ke, kmid, fq, fk)
+    k_real = (kmid.unsqueeze(-1) + kc * N.sf16_to_float(km, ke).unsqueeze(-1)) * 2.0 ** -fk
     q_real = qc * N.sf16_to_float(qm, qe).unsqueeze(-1) * 2.0 ** -fq
     ref = q_real @ k_real.T
     assert (scores * 2.0 ** -N.SCORE_FRAC - ref).abs().max() < 1e-4
     mask = N.lambda_mask(torch.tensor([5, 8, 11]), s, 0, 0)
     probs = N.softmax(scores, mask)
-    out = N.attention_pv(probs, mask, vc, vm, ve, fv, fo) * 2.0 ** -fo
-    v_real = vc * N.sf16_to_float(vm, ve).unsqueeze(-1) * 2.0 ** -fv
+    out = N.attention_pv(probs, mask, vc, vm, ve, vmid, fv, fo) * 2.0 ** -fo
+    v_real = (vmid.unsqueeze(-1) + vc * N.sf16_to_float(vm, ve).unsqueeze(-1)) * 2.0 ** -fv
     p_ref = torch.softmax(torch.where(mask, ref * math.log(2), -torch.inf), -1)
     assert (out - p_ref @ v_real).abs().max() < 2e-3
 

@@ -112,9 +112,14 @@ def test_quantize_act_error_is_half_a_step(seed):
 
 def test_quantize_kv_groups():
     v = torch.arange(-16, 16, dtype=torch.int64).reshape(1, 32) * 100
-    q, m, e = N.quantize_kv(v, 8)
-    assert q.shape == v.shape and m.shape == (1, 4)
+    q, m, e, mid = N.quantize_kv(v, 8)
+    assert q.shape == v.shape and m.shape == mid.shape == (1, 4)
     assert q.abs().max() == N.KV_MAX
+    # symmetric around each group's midpoint: both ends of every group reach +-7
+    assert mid.tolist() == [[-1250, -450, 350, 1150]]
+    assert (q.reshape(4, 8)[:, 0] == -N.KV_MAX).all() and (q.reshape(4, 8)[:, -1] == 7).all()
+    back = mid.repeat_interleave(8, -1) + q * N.sf16_to_float(m, e).repeat_interleave(8, -1)
+    assert (back - v).abs().max() <= N.sf16_to_float(m, e).max() / 2 + 1
     with pytest.raises(N.NumericsError, match="multiple of the group"):
         N.quantize_kv(v[:, :30], 8)
 
