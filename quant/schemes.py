@@ -29,7 +29,7 @@ class Finetune:
 
 #: 2- and 3-bit grids need the norms and scales to move; 4-bit ones are better left alone.
 COARSE_TUNE = Finetune(1500, lr_norm=3e-3, lr_scale=3e-4)
-FINE_TUNE = Finetune(2500)
+FINE_TUNE = Finetune(4000)
 
 
 @dataclass(frozen=True)
