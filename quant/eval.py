@@ -68,7 +68,12 @@ def calibration_sequences(tok: tokenizer.Tokenizer, text: str | Path, count: int
                           seq_len: int) -> list[list[int]]:
     """The *last* ``count`` stories of ``text`` (evaluation takes the first ones)."""
     stories = read_stories(text)
-    return [tok.encode(s)[:seq_len] for s in stories[-count:]]
+    return encode_stories(tok, stories[-count:], seq_len)
+
+
+def encode_stories(tok: tokenizer.Tokenizer, stories: list[str], seq_len: int) -> list[list[int]]:
+    """Each story from BOS, truncated at ``seq_len`` tokens."""
+    return [tok.encode(s)[:seq_len] for s in stories]
 
 
 def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
@@ -122,8 +127,8 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
         mode = "float"
     qm = None if mode == "float" else prepare(ckpt, tok, scheme, calib_text or text,
                                                calib_stories, progress)
-    seqs = [tok.encode(s)[:ckpt.config.seq_len]
-            for s in read_stories(text, max_stories, skip_stories)]
+    seqs = encode_stories(tok, read_stories(text, max_stories, skip_stories),
+                          ckpt.config.seq_len)
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
 
 
@@ -134,8 +139,8 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
     """Markdown table: every scheme's perplexity in fake-quant and integer mode."""
     ckpt = checkpoint.load(model_path)
     tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
-    seqs = [tok.encode(s)[:ckpt.config.seq_len]
-            for s in read_stories(text, max_stories, skip_stories)]
+    seqs = encode_stories(tok, read_stories(text, max_stories, skip_stories),
+                          ckpt.config.seq_len)
     base, count = perplexity(scorer("float", None, ckpt), seqs)
     rows = [f"| float (fp32) | 32 | {base:.3f} | - | - | - |"]
     for name in names:

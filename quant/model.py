@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmacc import numerics as N
 from quant.checkpoint import Checkpoint, ModelConfig
 
 Tensor = torch.Tensor
@@ -52,16 +53,6 @@ def fake_quant_symmetric(x: Tensor, bits: int, group: int | None = None,
         x = x.reshape(shape)
         return x + (out - x).detach()
     return out
-
-
-def visible_keys(positions: Tensor, kv_len: int, sink: int, window: int) -> Tensor:
-    """Boolean [T, kv_len]: causal, and Lambda-shaped when ``window > 0`` (numerics.lambda_mask)."""
-    p = positions.unsqueeze(-1)
-    t = torch.arange(kv_len)
-    vis = t <= p
-    if window > 0:
-        vis &= (t < sink) | (t > p - window)
-    return vis
 
 
 def rope_angles(cfg: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,7 +125,7 @@ class Transformer:
         pos = torch.arange(start, start + t_new)
         cos, sin = rope_angles(cfg, pos)
         end = start + t_new
-        vis = visible_keys(pos, end, self.quant.sink, self.quant.window)
+        vis = N.lambda_mask(pos, end, self.quant.sink, self.quant.window)
         hd, group = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
         x = self.weights["tok_embeddings"][tokens]
         for i in range(cfg.n_layers):

@@ -9,6 +9,7 @@ fake-quant model multiplies by, so the fake-quant and integer models use identic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -41,7 +42,12 @@ class QLinear:
         return self.codes.shape[1]
 
     def operands(self) -> Tensor:
-        """Decoded signed weight operands [N, Kp] (pruned weights are 0)."""
+        """Decoded signed weight operands [N, Kp] (pruned weights are 0); decoded once per
+        layer object, so callers must not modify the result in place."""
+        return self._operands
+
+    @cached_property
+    def _operands(self) -> Tensor:
         w = N.decode_weights(self.codes, self.dtype_ids, self.fmt, self.group, self.zero_points)
         return w if self.keep is None else torch.where(self.keep, w, 0)
 

@@ -65,13 +65,11 @@ def _candidates(w: Tensor, dtype: N.WDType):
         base = torch.arange(4, dtype=F64)
         for a in W2_CLIP_RATIOS:
             for b in W2_CLIP_RATIOS:
-                lo, hi = lo0 * a, hi0 * b
-                scale = (hi - lo) / 3
-                safe = torch.where(scale > 0, scale, 1.0)
-                zero = torch.clamp(torch.floor(-lo / safe + 0.5), 0, 3)
+                # the contract's min/max rule on the clipped group gives its scale and zero
+                clipped = torch.clamp(w, (lo0 * a).unsqueeze(-1), (hi0 * b).unsqueeze(-1))
+                _, zero, scale = N.quantize_w2(clipped)
                 yield GroupParams(base - zero.unsqueeze(-1), base.expand(rows, 4).to(torch.int64),
-                                  scale, zero.to(torch.int64),
-                                  torch.full((rows,), int(dtype), dtype=torch.int64))
+                                  scale, zero, torch.full((rows,), int(dtype), dtype=torch.int64))
         return
     if dtype is N.WDType.INT8:
         table = torch.arange(-N.ACT_MAX, N.ACT_MAX + 1, dtype=F64)
