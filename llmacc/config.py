@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmacc.isa import ISA_VERSION, MatFields, MemFields, SfuFields
+from llmacc.isa import ISA_VERSION, Buffer, MatFields, MemFields, SfuFields
+
+#: The size field of each on-chip buffer.
+BUFFER_FIELDS = {Buffer.ACT: "act_buffer_bytes", Buffer.WGT: "weight_buffer_bytes",
+                 Buffer.KV: "kv_buffer_bytes", Buffer.META: "meta_buffer_bytes",
+                 Buffer.TABLE: "table_buffer_bytes"}
 
 
 class ConfigError(ValueError):
@@ -83,6 +88,10 @@ class AccelConfig:
     def axi_data_bytes(self) -> int:
         return self.axi_data_bits // 8
 
+    def buffer_words(self, buf: Buffer) -> int:
+        """Words of ``axi_data_bytes`` in an on-chip buffer."""
+        return getattr(self, BUFFER_FIELDS[buf]) // self.axi_data_bytes
+
     @property
     def peak_macs_per_cycle(self) -> int:
         return self.dsps * self.pack_products
@@ -128,8 +137,7 @@ class AccelConfig:
             self._fail("mem_channels", f"the ISA addresses at most {mem_max_chan} channels")
         if self.channel_bytes > 1 << MemFields.as_shape()["ext_addr"].width:
             self._fail("channel_bytes", "exceeds the ISA's 32-bit channel byte address")
-        for name in ("act_buffer_bytes", "weight_buffer_bytes", "kv_buffer_bytes",
-                     "meta_buffer_bytes", "table_buffer_bytes"):
+        for name in BUFFER_FIELDS.values():
             size = getattr(self, name)
             if size % self.axi_data_bytes:
                 self._fail(name, f"must be a multiple of the AXI word ({self.axi_data_bytes} B)")
@@ -183,11 +191,11 @@ PRESETS: dict[str, AccelConfig] = {
         chain_len=16,
         chain_group=4,
         sfu_lanes=4,
-        act_buffer_bytes=16 * 1024,
+        act_buffer_bytes=64 * 1024,
         weight_buffer_bytes=16 * 1024,
-        kv_buffer_bytes=16 * 1024,
+        kv_buffer_bytes=64 * 1024,
         meta_buffer_bytes=4 * 1024,
-        table_buffer_bytes=2 * 1024,
+        table_buffer_bytes=8 * 1024,
         mem_channels=2,
         axi_data_bits=64,
         axi_addr_bits=32,

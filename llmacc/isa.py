@@ -40,6 +40,7 @@ class Opcode(enum.Enum, shape=4):
     MATVEC = 3  #: matrix x vector (decode)
     MATMAT = 4  #: matrix x matrix (prefill)
     SFU = 5  #: special-function unit
+    ATTN = 6  #: attention against the INT4/INT8 KV cache (on the matrix engine)
 
 
 class Unit(enum.Enum, shape=2):
@@ -58,6 +59,7 @@ UNIT_OF = {
     Opcode.MATVEC: Unit.COMPUTE,
     Opcode.MATMAT: Unit.COMPUTE,
     Opcode.SFU: Unit.SFU,
+    Opcode.ATTN: Unit.COMPUTE,
 }
 
 
@@ -72,14 +74,15 @@ class Buffer(enum.Enum, shape=3):
 
 
 class LenSrc(enum.Enum, shape=1):
-    """Where a length-like field comes from: patched at run time for length adaptivity."""
+    """Where a transfer's row count comes from: patched at run time for length adaptivity."""
 
     IMM = 0  #: the immediate field of the instruction
     SEQ = 1  #: the SEQ_LEN run-time register (see :class:`Reg`)
 
 
 class WeightFormat(enum.Enum, shape=2):
-    """How packed weight codes decode (numerics: ``llmacc.numerics``)."""
+    """How packed weight codes decode (numerics: ``llmacc.numerics``); stored in the weight
+    tile's META descriptor (``llmacc.layout``)."""
 
     W2 = 0  #: 2-bit asymmetric codes with a per-group zero-point
     MIXED3 = 1  #: 3-bit codes, per-group data type (BitMoD)
@@ -88,7 +91,7 @@ class WeightFormat(enum.Enum, shape=2):
 
 
 class Sparsity(enum.Enum, shape=3):
-    """N:M structured sparsity of the weight operand."""
+    """N:M structured sparsity of the weight operand (META descriptor)."""
 
     DENSE = 0
     N2M16 = 1
@@ -98,27 +101,39 @@ class Sparsity(enum.Enum, shape=3):
 
 
 class OutMode(enum.Enum, shape=2):
-    """What a matrix instruction does with its result (operator fusion)."""
+    """What a matrix instruction does with its result (operator fusion); the parameters
+    ``p0``/``p1`` come from the tile's META descriptor."""
 
     WIDE = 0  #: write INT32 fixed-point results
-    ADD = 1  #: add into the INT32 destination (linear + residual)
-    SILU = 2  #: apply SiLU before writing (linear + SiLU)
+    ADD = 1  #: ``dst = add(dst, result, p0)`` (linear + residual)
+    SILU = 2  #: ``dst = silu(result, p0, p1)`` (linear + SiLU; p0, p1 = exponents in, out)
 
 
 class SfuFunc(enum.Enum, shape=4):
-    """Special functions."""
+    """Special functions over ``rows`` rows of ``length`` elements (docs/ISA.md, SFU)."""
 
-    RMSNORM = 0
-    SOFTMAX = 1  #: with sink + window (Lambda-shaped) masking from imm/imm2
-    SILU_MUL = 2  #: SwiGLU: silu(a) * b
-    ROPE = 3
-    ADD = 4
-    MUL = 5
-    QUANT8 = 6  #: wide INT32 -> INT8 per token, with its scale
-    KVQUANT = 7  #: wide INT32 -> INT4 per token and head group, with its scales
+    RMSNORM = 0  #: gamma record at TABLE[src_b]; shift = gamma_exp - F_out
+    SOFTMAX = 1  #: Q15.16 scores -> Q0.15; Lambda mask from POS + row, SINK, WINDOW
+    SILU = 2  #: imm = F_in, imm2 = F_out
+    ROPE = 3  #: cos/sin rows at TABLE[src_b] (one per row); imm = head_dim
+    ADD = 4  #: add(a, b, shift); imm = 1: b is one broadcast row at TABLE[src_b]
+    MUL = 5  #: mul(a, b, shift); imm = 1: b is one broadcast row at TABLE[src_b]
+    QUANT8 = 6  #: wide -> INT8 rows (segments of imm2, zero-padded to imm elements)
+    KVQUANT = 7  #: wide -> KV rows per group of imm channels at imm2 bits, group-major
+    EMBED = 8  #: INT8 embedding records -> wide; imm = group, shift = -F_out
+
+
+class AttnFunc(enum.Enum, shape=2):
+    """Attention of one query head against one KV head held in the KV buffer."""
+
+    SCORE = 0  #: Q x K^T -> Q15.16 scores (numerics.attention_scores)
+    SCORE_SOFTMAX = 1  #: the same, then softmax under the Lambda mask (fused)
+    PV = 2  #: Q0.15 probabilities x V -> wide (numerics.attention_pv)
 
 
 class SysFunc(enum.Enum, shape=3):
+    """Controller functions."""
+
     NOP = 0
     HALT = 1  #: end of program: wait for all units, raise done
     SYNC = 2  #: wait until every unit is idle
@@ -128,9 +143,10 @@ class SysFunc(enum.Enum, shape=3):
 class Reg(enum.Enum, shape=4):
     """Run-time registers that length-adaptive programs read."""
 
-    SEQ_LEN = 0  #: tokens in the KV cache after this step
-    POS = 1  #: position of the first token of this step
-    TOKENS = 2  #: tokens processed in this step (prefill length)
+    SEQ_LEN = 0  #: tokens in the KV cache after this step (LenSrc.SEQ row counts)
+    POS = 1  #: position of the first row of this step (RoPE rows, KV append, masks)
+    SINK = 2  #: Lambda attention: leading tokens every query sees
+    WINDOW = 3  #: Lambda attention: recent tokens each query sees (0 = full attention)
 
 
 class Header(data.Struct):
@@ -156,19 +172,20 @@ class MemFields(data.Struct):
 
 
 class MatFields(data.Struct):
-    """MATVEC and MATMAT: ``out[m, n] = sum_k act[m, k] * W[n, k]`` with grouped dequant."""
+    """MATVEC and MATMAT: ``out[m, n] = sum_k act[m, k] * W[n, k]`` with grouped dequant.
+
+    The weight tile's format, sparsity, group size and fusion parameters are in its META
+    descriptor (``llmacc.layout``); ``m`` is fixed per length bucket (rows are padded).
+    """
 
     k: 14
     n: 14
     m: 11
-    m_src: LenSrc
     act_addr: 16
     wgt_addr: 16
     out_addr: 16
     meta_addr: 16
-    wfmt: WeightFormat
-    sparsity: Sparsity
-    group_log2: 3
+    out_pitch: 11
     out_mode: OutMode
 
 
@@ -181,10 +198,26 @@ class SfuFields(data.Struct):
     dst: 16
     length: 14
     rows: 12
-    rows_src: LenSrc
     shift: signed(8)
-    imm: 16
-    imm2: 12
+    imm: signed(16)
+    imm2: signed(12)
+
+
+class AttnFields(data.Struct):
+    """ATTN: ``rows`` query rows (row ``r`` at position POS + r) of one head against ``keys``
+    KV rows in the KV buffer; masked keys (numerics.lambda_mask) get probability 0."""
+
+    func: AttnFunc
+    q_addr: 16
+    kv_addr: 16
+    dst: 16
+    head_dim: 8
+    keys: 12
+    rows: 11
+    a_step: 12
+    d_step: 12
+    shift: signed(8)
+    kv8: 1
 
 
 class SysFields(data.Struct):
@@ -205,6 +238,7 @@ PAYLOAD: dict[Opcode, type[data.Struct]] = {
     Opcode.MATVEC: MatFields,
     Opcode.MATMAT: MatFields,
     Opcode.SFU: SfuFields,
+    Opcode.ATTN: AttnFields,
 }
 
 
@@ -217,6 +251,7 @@ class Payload(data.Union):
     mem: MemFields
     mat: MatFields
     sfu: SfuFields
+    attn: AttnFields
     raw: PAYLOAD_BITS
 
 
@@ -226,11 +261,6 @@ class InstructionWord(data.Struct):
     header: Header
     payload: Payload
 
-
-#: Field constraints beyond the bit width, checked by encode and decode alike.
-CONSTRAINTS: dict[tuple[type[data.Struct], str], tuple[int, int]] = {
-    (MatFields, "group_log2"): (3, 7),  # group sizes 8 .. 128
-}
 
 #: One line per field for docs/ISA.md.
 FIELD_DOCS: dict[str, str] = {
@@ -249,23 +279,27 @@ FIELD_DOCS: dict[str, str] = {
     "k": "reduction length (elements)",
     "n": "output rows",
     "m": "tokens (MATMAT); must be 1 for MATVEC",
-    "m_src": "IMM: `m` as encoded; SEQ: the TOKENS register",
-    "act_addr": "ACT buffer address of the INT8 input rows",
-    "wgt_addr": "WGT buffer address of the packed weights",
+    "act_addr": "ACT buffer address of the quantized INT8 input rows",
+    "wgt_addr": "WGT buffer address of the packed weight rows",
     "out_addr": "ACT buffer address of the INT32 result",
-    "meta_addr": "META buffer address of scales, zero-points, type ids, indices",
-    "wfmt": "weight code format",
-    "sparsity": "N:M structured sparsity of the weights",
-    "group_log2": "log2 of the quantization group size (3..7)",
+    "meta_addr": "META buffer address of the tile descriptor and row records",
+    "out_pitch": "words between result rows (MATMAT)",
     "out_mode": "result handling (fusion)",
+    "q_addr": "ACT address of the first query (SCORE) or probability (PV) row",
+    "kv_addr": "KV buffer address of the first KV row",
+    "head_dim": "channels per head",
+    "keys": "KV rows (the bucket's key count; masked keys contribute nothing)",
+    "a_step": "words between input rows",
+    "d_step": "words between output rows",
+    "kv8": "0: INT4 KV rows; 1: INT8 KV rows",
     "func": "function",
     "src_a": "ACT address of the first operand",
     "src_b": "ACT address of the second operand (or gamma/table address)",
     "dst": "ACT address of the result",
     "length": "elements per row",
     "shift": "fixed-point shift (signed), per function",
-    "imm": "immediate parameter, per function",
-    "imm2": "second immediate parameter, per function",
+    "imm": "immediate parameter (signed), per function",
+    "imm2": "second immediate parameter (signed), per function",
     "reg": "run-time register",
 }
 
@@ -295,8 +329,6 @@ class Instruction:
 
 
 def _field_range(layout: type[data.Struct], name: str, shape: Shape) -> tuple[int, int]:
-    if (layout, name) in CONSTRAINTS:
-        return CONSTRAINTS[(layout, name)]
     if shape.signed:
         return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
     return 0, (1 << shape.width) - 1
@@ -358,8 +390,8 @@ def _unpack(layout: type[data.Struct], word: int) -> dict[str, object]:
 
 def _check_semantics(insn: "Instruction") -> None:
     fields = insn.fields
-    if insn.opcode is Opcode.MATVEC and (fields["m"] != 1 or fields["m_src"] is not LenSrc.IMM):
-        raise IllegalInstruction("MatFields.m: MATVEC needs m == 1 and m_src == IMM")
+    if insn.opcode is Opcode.MATVEC and fields["m"] != 1:
+        raise IllegalInstruction("MatFields.m: MATVEC needs m == 1")
 
 
 def make(opcode: Opcode, *, wait: int = 0, release: int = 0, **fields) -> Instruction:

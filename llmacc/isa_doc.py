@@ -23,10 +23,7 @@ def _field_table(layout, base: int) -> list[str]:
     for name, fld in layout.as_shape():
         lo = base + fld.offset
         hi = lo + fld.width - 1
-        limits = isa.CONSTRAINTS.get((layout, name))
         doc = isa.FIELD_DOCS.get(name, "")
-        if limits:
-            doc += f" (allowed {limits[0]}..{limits[1]})"
         rows.append(f"| [{hi}:{lo}] | `{name}` | {fld.width} | {_type_name(fld.shape)} | {doc} |")
     return rows
 
@@ -76,7 +73,7 @@ def render() -> str:
         ]
     out += ["## Enumerations", ""]
     for cls in (isa.Opcode, isa.Unit, isa.Buffer, isa.LenSrc, isa.WeightFormat,
-                isa.Sparsity, isa.OutMode, isa.SfuFunc, isa.SysFunc, isa.Reg):
+                isa.Sparsity, isa.OutMode, isa.SfuFunc, isa.AttnFunc, isa.SysFunc, isa.Reg):
         out += _enum_table(cls)
     return "\n".join(out).rstrip() + "\n"
 

@@ -27,7 +27,7 @@ def instructions(draw, opcode=None):
     fields = {name: draw(_field_strategy(layout, name, f.shape))
               for name, f in layout.as_shape()}
     if op is isa.Opcode.MATVEC:
-        fields.update(m=1, m_src=isa.LenSrc.IMM)
+        fields.update(m=1)
     return isa.Instruction(op, fields, draw(st.integers(0, 15)), draw(st.integers(0, 15)))
 
 
@@ -118,14 +118,14 @@ def test_bad_values_and_names():
         isa.encode(isa.Instruction(isa.Opcode.SYS, {"imm": True}))
     with pytest.raises(isa.IllegalInstruction, match="128-bit"):
         isa.decode(1 << isa.WORD_BITS)
-    with pytest.raises(isa.IllegalInstruction, match="group_log2"):
-        isa.make(isa.Opcode.MATMAT, m=4, group_log2=2)
+    with pytest.raises(isa.IllegalInstruction, match="out_pitch"):
+        isa.make(isa.Opcode.MATMAT, m=4, out_pitch=1 << 11)
 
 
 def test_matvec_needs_one_token():
     with pytest.raises(isa.IllegalInstruction, match="MATVEC"):
-        isa.make(isa.Opcode.MATVEC, m=2, group_log2=5)
-    assert isa.make(isa.Opcode.MATVEC, m=1, group_log2=5).m == 1
+        isa.make(isa.Opcode.MATVEC, m=2, k=64)
+    assert isa.make(isa.Opcode.MATVEC, m=1, k=64).m == 1
 
 
 def test_truncated_program_is_an_error():

@@ -1,0 +1,116 @@
+"""The compiler's driver: a quantized model in, every bucket's program and the memory image out.
+
+``compile_model(im, cfg)`` places the integer model in external memory, then builds one prefill
+program per prefill bucket (rows rounded up to a multiple of ``prefill_bucket``) and one decode
+program per decode bucket (keys rounded up to a multiple of ``decode_bucket``). The host picks
+the program for the actual length and patches it through the POS and SEQ_LEN registers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from compiler.lower import Lowering, Program
+from compiler.memory_plan import CompileError, Region
+from compiler.placement import place
+from llmacc import isa
+from llmacc import layout as L
+from llmacc.config import AccelConfig
+from quant.intref import IntModel
+
+
+@dataclass(frozen=True)
+class HostInterface:
+    """What the runtime needs to drive the programs (stored in the package manifest)."""
+
+    max_len: int
+    prefill_bucket: int
+    decode_bucket: int
+    vocab: int
+    embedding: Region  #: one record per token id
+    record_bytes: int  #: bytes per embedding record
+    inputs: Region
+    logits: Region
+    logits_pitch: int  #: bytes between logits rows
+    channel_bytes: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HostInterface:
+        d = dict(d)
+        for k in ("embedding", "inputs", "logits"):
+            d[k] = Region(**d[k])
+        d["channel_bytes"] = tuple(d["channel_bytes"])
+        return cls(**d)
+
+    def prefill_rows(self, tokens: int) -> int:
+        """The prefill bucket (rows) for a prompt of ``tokens`` tokens."""
+        if not 1 <= tokens <= self.max_len:
+            raise ValueError(f"prompt of {tokens} tokens: the package supports 1..{self.max_len}")
+        return min(self.max_len, -(-tokens // self.prefill_bucket) * self.prefill_bucket)
+
+    def decode_keys(self, seq_len: int) -> int:
+        """The decode bucket (keys) for a step that leaves ``seq_len`` tokens in the cache."""
+        if not 1 <= seq_len <= self.max_len:
+            raise ValueError(f"context of {seq_len} tokens: the package supports 1..{self.max_len}")
+        return min(self.max_len, -(-seq_len // self.decode_bucket) * self.decode_bucket)
+
+    def prefill_lengths(self) -> list[int]:
+        return sorted({self.prefill_rows(t) for t in range(1, self.max_len + 1,
+                                                            self.prefill_bucket)}
+                      | {self.prefill_rows(self.max_len)})
+
+    def decode_lengths(self) -> list[int]:
+        return sorted({self.decode_keys(t) for t in range(1, self.max_len + 1,
+                                                          self.decode_bucket)}
+                      | {self.decode_keys(self.max_len)})
+
+
+@dataclass
+class CompiledModel:
+    config: AccelConfig
+    model: IntModel
+    host: HostInterface
+    image: list[tuple[Region, bytes]]
+    programs: dict[tuple[str, int], Program] = field(default_factory=dict)
+    seconds: float = 0.0  #: compile time
+
+    def program(self, kind: str, length: int) -> Program:
+        try:
+            return self.programs[(kind, length)]
+        except KeyError:
+            raise ValueError(f"no {kind} program for length {length}; have "
+                             f"{sorted(n for k, n in self.programs if k == kind)}") from None
+
+    def program_bytes(self) -> int:
+        return sum(len(p.instructions) for p in self.programs.values()) * isa.WORD_BYTES
+
+
+def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None = None,
+                  decode_bucket: int | None = None, max_len: int | None = None,
+                  lengths: dict[str, list[int]] | None = None) -> CompiledModel:
+    """Every bucket's program (or only ``lengths``' buckets, for tests) for ``im`` on ``cfg``."""
+    start = time.perf_counter()
+    pb = prefill_bucket or cfg.prefill_bucket
+    db = decode_bucket or cfg.decode_bucket
+    if pb < 1 or db < 1:
+        raise CompileError(f"bucket sizes must be positive (prefill {pb}, decode {db})")
+    placement = place(im, cfg, max_len)
+    w = cfg.axi_data_bytes
+    record = L.embed_pitch(im.config.dim, im.embedding.group, w) * w
+    host = HostInterface(
+        placement.max_len, pb, db, im.config.vocab_size, placement.embedding, record,
+        placement.inputs, placement.logits, L.wide_pitch(im.config.vocab_size, w) * w,
+        tuple(placement.ext.channel_bytes()))
+    lower = Lowering(im, placement)
+    out = CompiledModel(cfg, im, host, placement.ext.image)
+    wanted = lengths or {"prefill": host.prefill_lengths(), "decode": host.decode_lengths()}
+    for kind, lens in wanted.items():
+        build = lower.prefill if kind == "prefill" else lower.decode
+        for n in lens:
+            out.programs[(kind, n)] = build(n)
+    out.seconds = time.perf_counter() - start
+    return out

@@ -1,0 +1,204 @@
+"""Static placement of a model in external memory: weight tiles, tables, KV cache, I/O regions.
+
+Each linear layer is cut along its output rows into tiles that fit half of the WGT and META
+buffers (the other half holds the next tile while this one computes). A tile's WGT rows and its
+META descriptor and row records go to one channel, consecutive tiles to consecutive channels.
+Operator fusion is decided here because it lives in the META descriptor: ``wo`` and ``w2`` add
+into the residual (``OutMode.ADD``), ``w1`` applies SiLU (``OutMode.SILU``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.memory_plan import CompileError, ExtPlan, Region
+from llmacc import layout as L
+from llmacc.config import AccelConfig
+from llmacc.isa import Buffer, MatFields, OutMode, WeightFormat
+from quant.intref import IntModel
+from quant.qlinear import QLinear
+
+FORMATS = {"w2": WeightFormat.W2, "mixed3": WeightFormat.MIXED3, "mixed4": WeightFormat.MIXED4,
+           "int8": WeightFormat.INT8}
+
+
+@dataclass(frozen=True)
+class Tile:
+    n0: int  #: first output row
+    n: int
+    wgt: Region
+    meta: Region
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    name: str
+    k: int  #: padded reduction length (the quantized input row's length)
+    n: int
+    mode: OutMode
+    tiles: tuple[Tile, ...]
+
+
+@dataclass(frozen=True)
+class LayerTables:
+    """Word offsets inside one layer's TABLE block."""
+
+    attn_gamma: int
+    ffn_gamma: int
+    k_centre: int
+    k_recip: int
+    q_smooth: int
+    words: int
+
+
+@dataclass
+class Placement:
+    cfg: AccelConfig
+    ext: ExtPlan
+    max_len: int  #: longest context (prefill + decode) the package supports
+    linears: dict[str, LinearPlan]
+    layer_tables: LayerTables
+    tables: list[Region]  #: per layer
+    final_gamma: Region
+    rope: Region
+    embedding: Region  #: one record per vocabulary entry (the host gathers from it)
+    inputs: Region  #: max_len records written by the host
+    logits: Region  #: max_len wide rows of the vocabulary
+    kv: dict[tuple[int, int, str], Region]  #: (layer, kv head, "k" | "v")
+    kv_bits: int
+
+    @property
+    def w(self) -> int:
+        return self.cfg.axi_data_bytes
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise CompileError(what)
+
+
+def check_model(im: IntModel, cfg: AccelConfig) -> None:
+    """Shapes the accelerator cannot run, named with where they come from."""
+    mc = im.config
+    w = cfg.axi_data_bytes
+    hd = mc.head_dim
+    _check(hd % 2 == 0, f"model: head_dim {hd} is odd (RoPE rotates pairs)")
+    _check(hd <= 254, f"model: head_dim {hd} exceeds the ATTN field (254)")
+    _check(hd * 4 % w == 0, f"model: head_dim {hd} x 4 B is not a multiple of the "
+           f"{w}-byte buffer word of config {cfg.name} (attention writes whole words)")
+    _check(mc.n_heads % mc.n_kv_heads == 0,
+           f"model: {mc.n_heads} heads are not a multiple of {mc.n_kv_heads} KV heads")
+    limit = (1 << MatFields.as_shape()["k"].width) - 1
+    for name, q in _linears(im):
+        _check(q.padded_in <= limit, f"{name}: K = {q.padded_in} exceeds the ISA's {limit}")
+        _check(q.fmt in FORMATS, f"{name}: unknown weight format {q.fmt!r}")
+        _check(q.group & (q.group - 1) == 0 and 8 <= q.group <= 128,
+               f"{name}: group {q.group} is not a power of two in 8..128")
+    _check(im.kv_bits in (4, 8), f"model: KV cache of {im.kv_bits} bits (4 or 8 supported)")
+
+
+def _linears(im: IntModel) -> list[tuple[str, QLinear]]:
+    out = []
+    for i, layer in enumerate(im.layers):
+        out += [(f"layers.{i}.{n}", getattr(layer, n))
+                for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
+    return out + [("output", im.output)]
+
+
+def _tile_rows(cfg: AccelConfig, desc: L.Descriptor, k: int, n: int, name: str) -> int:
+    w = cfg.axi_data_bytes
+    wgt_half = cfg.buffer_words(Buffer.WGT) // 2
+    meta_half = cfg.buffer_words(Buffer.META) // 2 - L.descriptor_words(w)
+    rows = min(n, wgt_half // desc.wgt_pitch(k, w), meta_half // desc.meta_pitch(k, w))
+    if rows < n:
+        rows -= rows % max(1, w // 4)  # tiles after the first start on a word of the output
+    if rows < 1:
+        raise CompileError(f"{name}: one weight row of K = {k} ({desc.wgt_pitch(k, w)} WGT, "
+                           f"{desc.meta_pitch(k, w)} META words) does not fit half of the "
+                           f"buffers of config {cfg.name}")
+    return rows
+
+
+def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: int, f_out: int,
+                 mode: OutMode = OutMode.WIDE, p0: int = 0, p1: int = 0) -> LinearPlan:
+    w = cfg.axi_data_bytes
+    k, n = q.padded_in, q.out_features
+    desc = L.Descriptor(FORMATS[q.fmt], L.sparsity_of(q.sparsity), q.group.bit_length() - 1,
+                        p0, p1)
+    aux = q.zero_points if q.fmt == "w2" else q.dtype_ids
+    shift = q.row_exp + f_in - f_out
+    if int(shift.abs().max()) >= 1 << 15:
+        raise CompileError(f"{name}: row shift {int(shift.abs().max())} exceeds 16 bits")
+    rows = _tile_rows(cfg, desc, k, n, name)
+    tiles = []
+    for t, n0 in enumerate(range(0, n, rows)):
+        sl = slice(n0, min(n, n0 + rows))
+        wgt, meta = L.encode_weight_rows(
+            desc, q.codes[sl], None if q.keep is None else q.keep[sl], q.mant[sl], shift[sl],
+            None if aux is None else aux[sl], w)
+        meta = np.concatenate([desc.encode(w).reshape(-1), meta.reshape(-1)])
+        chan = ext.take_channel()
+        wr = ext.alloc(f"{name}.tile{t}.wgt", wgt.size, wgt, chan)
+        mr = ext.alloc(f"{name}.tile{t}.meta", meta.size, meta, chan)
+        tiles.append(Tile(n0, sl.stop - n0, wr, mr))
+    return LinearPlan(name, k, n, mode, tuple(tiles))
+
+
+def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placement:
+    check_model(im, cfg)
+    mc = im.config
+    w = cfg.axi_data_bytes
+    longest = min(cfg.max_seq_len, mc.seq_len, im.rope_cos.shape[0])
+    max_len = longest if max_len is None else max_len
+    if not 1 <= max_len <= longest:
+        raise CompileError(f"context of {max_len} tokens: config {cfg.name}, the model and its "
+                           f"RoPE table allow at most {longest}")
+    ext = ExtPlan(cfg)
+    fr = im.F["resid"]
+    linears: dict[str, LinearPlan] = {}
+    for i, layer in enumerate(im.layers):
+        F, p = layer.F, f"layers.{i}."
+        for nm, f_in, f_out in (("wq", "attn_norm", "q"), ("wk", "attn_norm", "k"),
+                                ("wv", "attn_norm", "v"), ("w3", "ffn_norm", "up")):
+            linears[p + nm] = place_linear(ext, cfg, p + nm, getattr(layer, nm), F[f_in],
+                                           F[f_out])
+        linears[p + "wo"] = place_linear(ext, cfg, p + "wo", layer.wo, F["o"], F["wo"],
+                                         OutMode.ADD, F["wo"] - fr)
+        linears[p + "w1"] = place_linear(ext, cfg, p + "w1", layer.w1, F["ffn_norm"], F["gate"],
+                                         OutMode.SILU, F["gate"], F["silu"])
+        linears[p + "w2"] = place_linear(ext, cfg, p + "w2", layer.w2, F["prod"], F["down"],
+                                         OutMode.ADD, F["down"] - fr)
+    linears["output"] = place_linear(ext, cfg, "output", im.output, im.F["final_norm"],
+                                     im.F["logits"])
+    # Per-layer TABLE block: both gamma records and the key transform rows.
+    dim, kvd = mc.dim, mc.kv_dim
+    gp = L.gamma_pitch(dim, w)
+    offs = [0, gp, 2 * gp, 2 * gp + L.wide_pitch(kvd, w), 2 * gp + 2 * L.wide_pitch(kvd, w)]
+    lt = LayerTables(*offs, offs[-1] + L.wide_pitch(dim, w))
+    tables = []
+    for i, layer in enumerate(im.layers):
+        block = np.concatenate([
+            L.encode_gamma(layer.attn_gamma, layer.attn_eps, w).reshape(-1),
+            L.encode_gamma(layer.ffn_gamma, layer.ffn_eps, w).reshape(-1),
+            L.encode_wide(layer.k_centre.unsqueeze(0), w).reshape(-1),
+            L.encode_wide(layer.k_recip.unsqueeze(0), w).reshape(-1),
+            L.encode_wide(layer.q_smooth.unsqueeze(0), w).reshape(-1)])
+        tables.append(ext.alloc(f"layers.{i}.tables", block.size, block))
+    fg = L.encode_gamma(im.final_gamma, im.final_eps, w).reshape(-1)
+    final_gamma = ext.alloc("norm.table", fg.size, fg)
+    rope = L.encode_rope(im.rope_cos[:max_len], im.rope_sin[:max_len], w)
+    rope_r = ext.alloc("rope", rope.size, rope)
+    e = im.embedding
+    groups = -(-dim // e.group)
+    emb = L.encode_embedding(e.operands()[:, :dim], e.mant[:, :groups], e.row_exp, dim, w)
+    emb_r = ext.alloc("embedding", emb.size, emb)
+    inputs = ext.alloc("inputs", max_len * emb.shape[1])
+    logits = ext.alloc("logits", max_len * L.wide_pitch(mc.vocab_size, w) * w)
+    kvp = L.kv_pitch(mc.head_dim, im.kv_bits, w) * w
+    kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp)
+          for i in range(mc.n_layers) for g in range(mc.n_kv_heads) for s in "kv"}
+    return Placement(cfg, ext, max_len, linears, lt, tables, final_gamma, rope_r, emb_r, inputs,
+                     logits, kv, im.kv_bits)
+

@@ -1,0 +1,91 @@
+"""One device interface for every back end: load a compiled model, prefill, decode.
+
+The host's part of a step is data movement and register writes only: it copies the embedding
+records of the step's tokens into the input region, sets POS and SEQ_LEN, starts the bucket's
+program and reads the wide logits back. All arithmetic happens on the device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from compiler.compile import CompiledModel
+from compiler.lower import Program
+from host.emulator import Emulator, RunStats
+from llmacc.isa import Reg
+
+Tensor = torch.Tensor
+
+
+class Device(ABC):
+    """A back end that runs a compiled model's programs."""
+
+    def __init__(self, compiled: CompiledModel):
+        self.compiled = compiled
+        self.host = compiled.host
+        self.stats: list[RunStats] = []
+
+    @abstractmethod
+    def write(self, chan: int, addr: int, data: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def read(self, chan: int, addr: int, nbytes: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats: ...
+
+    def load_image(self) -> None:
+        for region, blob in self.compiled.image:
+            self.write(region.chan, region.addr, np.frombuffer(blob, dtype=np.uint8))
+
+    def _stage_tokens(self, tokens: list[int]) -> None:
+        h = self.host
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= h.vocab):
+            raise ValueError(f"token ids must lie in 0..{h.vocab - 1}")
+        emb = self.read(h.embedding.chan, h.embedding.addr, h.embedding.nbytes)
+        records = emb.reshape(h.vocab, h.record_bytes)[ids]
+        self.write(h.inputs.chan, h.inputs.addr, records.reshape(-1))
+
+    def _logits(self, rows: int) -> Tensor:
+        h = self.host
+        raw = self.read(h.logits.chan, h.logits.addr, rows * h.logits_pitch)
+        raw = raw.reshape(rows, h.logits_pitch)[:, :4 * h.vocab]
+        return torch.from_numpy(np.ascontiguousarray(raw).view("<i4").astype(np.int64))
+
+    def prefill(self, tokens: list[int]) -> Tensor:
+        """Wide logits [T, vocab] of a prompt (from position 0)."""
+        rows = self.host.prefill_rows(len(tokens))
+        self._stage_tokens(tokens)
+        self.stats.append(self.execute(self.compiled.program("prefill", rows),
+                                       {Reg.POS: 0, Reg.SEQ_LEN: len(tokens)}))
+        return self._logits(len(tokens))
+
+    def decode(self, token: int, pos: int) -> Tensor:
+        """Wide logits [vocab] of ``token`` at position ``pos`` (the cache holds 0..pos-1)."""
+        keys = self.host.decode_keys(pos + 1)
+        self._stage_tokens([token])
+        self.stats.append(self.execute(self.compiled.program("decode", keys),
+                                       {Reg.POS: pos, Reg.SEQ_LEN: pos + 1}))
+        return self._logits(1)[0]
+
+
+class EmulatorDevice(Device):
+    """The instruction-level emulator as a device."""
+
+    def __init__(self, compiled: CompiledModel):
+        super().__init__(compiled)
+        self.emu = Emulator(compiled.config, list(compiled.host.channel_bytes))
+        self.load_image()
+
+    def write(self, chan: int, addr: int, data: np.ndarray) -> None:
+        self.emu.write_ext(chan, addr, data)
+
+    def read(self, chan: int, addr: int, nbytes: int) -> np.ndarray:
+        return self.emu.read_ext(chan, addr, nbytes)
+
+    def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats:
+        return self.emu.run(program.instructions, regs)

@@ -1,0 +1,311 @@
+"""The instruction-level emulator: executes programs with the exact semantics of the ISA.
+
+State: external memory (one byte array per channel), the five on-chip buffers (bytes, word
+addressed), the run-time registers. Every instruction is executed in program order as a
+handful of vectorised calls into :mod:`llmacc.numerics` on the records of :mod:`llmacc.layout`,
+so the emulator equals the integer reference by construction wherever the compiler lays the
+model out correctly -- which is what the whole-model tests check.
+
+Dependency tokens are checked as the hardware would see them: a ``wait`` with no token
+released by an earlier instruction is a deadlock, and tokens left over at the end of a program
+are an error. Cycles come from :mod:`sim.cycle_model`, with one timeline per unit, so
+overlap between loads, compute and stores is counted as far as the tokens allow.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.config import AccelConfig
+from llmacc.isa import (
+    AttnFunc,
+    Buffer,
+    Instruction,
+    LenSrc,
+    Opcode,
+    OutMode,
+    Reg,
+    SfuFunc,
+    SysFunc,
+    Unit,
+)
+from sim import cycle_model as C
+
+Tensor = torch.Tensor
+
+
+class EmulatorError(RuntimeError):
+    """An instruction that cannot execute (out-of-range address, bad record, deadlock)."""
+
+
+@dataclass
+class RunStats:
+    instructions: int = 0
+    cycles: int = 0  #: with overlap between units (token-constrained)
+    busy: dict[str, int] = field(default_factory=dict)  #: cycles busy per unit
+    macs: int = 0
+
+
+class Emulator:
+    """One accelerator instance: ``run(program)`` executes a decoded program."""
+
+    def __init__(self, cfg: AccelConfig, channel_bytes: list[int]):
+        if len(channel_bytes) > cfg.mem_channels:
+            raise EmulatorError(f"{len(channel_bytes)} memory channels; the config has "
+                                f"{cfg.mem_channels}")
+        self.cfg = cfg
+        self.w = cfg.axi_data_bytes
+        self.ext = [np.zeros(n, dtype=np.uint8) for n in channel_bytes]
+        self.buf = {b: np.zeros(cfg.buffer_words(b) * self.w, dtype=np.uint8) for b in Buffer}
+        self.regs = dict.fromkeys(Reg, 0)
+
+    # -- memory access ---------------------------------------------------------------------
+    def _ext(self, chan: int) -> np.ndarray:
+        if chan >= len(self.ext):
+            raise EmulatorError(f"memory channel {chan} is not mapped ({len(self.ext)} are)")
+        return self.ext[chan]
+
+    def write_ext(self, chan: int, addr: int, data: bytes | np.ndarray) -> None:
+        mem = self._ext(chan)
+        data = np.frombuffer(bytes(data), dtype=np.uint8) if isinstance(data, bytes) else data
+        if addr < 0 or addr + data.size > mem.size:
+            raise EmulatorError(f"write of {data.size} B at {addr:#x} leaves channel {chan} "
+                                f"({mem.size} B)")
+        mem[addr:addr + data.size] = data.reshape(-1)
+
+    def read_ext(self, chan: int, addr: int, nbytes: int) -> np.ndarray:
+        mem = self._ext(chan)
+        if addr < 0 or addr + nbytes > mem.size:
+            raise EmulatorError(f"read of {nbytes} B at {addr:#x} leaves channel {chan} "
+                                f"({mem.size} B)")
+        return mem[addr:addr + nbytes].copy()
+
+    def _span(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
+              width: int | None = None) -> np.ndarray:
+        """Byte indices [count, width*W] of ``count`` records of ``pitch`` words starting at
+        word ``addr``, ``step`` words apart (default: ``pitch``)."""
+        step = pitch if step is None else step
+        width = pitch if width is None else width
+        size = self.buf[buf].size // self.w
+        last = addr + (count - 1) * step + width
+        if count < 0 or addr < 0 or (count and last > size):
+            raise EmulatorError(f"{buf.name} buffer: words [{addr}, {last}) exceed its "
+                                f"{size} words")
+        rows = (addr + np.arange(count) * step)[:, None] * self.w
+        return rows + np.arange(width * self.w)
+
+    def _get(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
+             width: int | None = None) -> np.ndarray:
+        return self.buf[buf][self._span(buf, addr, count, pitch, step, width)]
+
+    def _put(self, buf: Buffer, addr: int, data: np.ndarray, step: int | None = None) -> None:
+        pitch = data.shape[1] // self.w
+        self.buf[buf][self._span(buf, addr, data.shape[0], pitch, step)] = data
+
+    def _put_wide(self, addr: int, values: Tensor, step: int) -> None:
+        """Write ``values`` [R, n] as int32 at ``addr + r*step`` (only n*4 bytes per row)."""
+        raw = np.ascontiguousarray(values.numpy().astype("<i4")).view(np.uint8)
+        idx = self._span(Buffer.ACT, addr, raw.shape[0], step, step,
+                         L.wide_pitch(values.shape[1], self.w))[:, :raw.shape[1]]
+        self.buf[Buffer.ACT][idx] = raw
+
+    def _wide(self, buf: Buffer, addr: int, rows: int, length: int,
+              step: int | None = None) -> Tensor:
+        pitch = L.wide_pitch(length, self.w)
+        return L.decode_wide(self._get(buf, addr, rows, pitch, step), length)
+
+    # -- execution -------------------------------------------------------------------------
+    def run(self, program: list[Instruction], regs: dict[Reg, int] | None = None) -> RunStats:
+        """Execute ``program`` from its first word to HALT (or its end)."""
+        if regs:
+            self.regs.update(regs)
+        stats = RunStats(busy={u.name: 0 for u in Unit})
+        free = dict.fromkeys(Unit, 0)
+        tokens: dict[tuple[Unit, Unit], deque[int]] = {(a, b): deque() for a in Unit
+                                                       for b in Unit}
+        for index, insn in enumerate(program):
+            try:
+                if insn.opcode is Opcode.SYS:
+                    done = self._sys(insn, free)
+                    if done is None:
+                        break
+                    continue
+                unit = insn.unit
+                start = free[unit]
+                for src in Unit:
+                    if insn.wait >> src.value & 1:
+                        queue = tokens[(src, unit)]
+                        if not queue:
+                            raise EmulatorError(
+                                f"waits for a token from {src.name} that no earlier "
+                                "instruction released (deadlock)")
+                        start = max(start, queue.popleft())
+                cycles = self._execute(insn, stats)
+                free[unit] = start + cycles
+                stats.busy[unit.name] += cycles
+                for dst in Unit:
+                    if insn.release >> dst.value & 1:
+                        tokens[(unit, dst)].append(free[unit])
+            except (EmulatorError, L.LayoutError, N.NumericsError) as exc:
+                raise EmulatorError(f"instruction {index} ({insn.opcode.name}): {exc}") from None
+            stats.instructions += 1
+        left = {f"{a.name}->{b.name}": len(q) for (a, b), q in tokens.items() if q}
+        if left:
+            raise EmulatorError(f"program ended with unconsumed tokens {left}")
+        stats.cycles = max(free.values())
+        return stats
+
+    def _sys(self, insn: Instruction, free: dict[Unit, int]) -> int | None:
+        if insn.func is SysFunc.HALT:
+            return None
+        if insn.func is SysFunc.SETREG:
+            self.regs[insn.reg] = insn.imm
+        elif insn.func is SysFunc.SYNC:
+            t = max(free.values())
+            free.update(dict.fromkeys(free, t))
+        return 0
+
+    def _execute(self, insn: Instruction, stats: RunStats) -> int:
+        op = insn.opcode
+        if op in (Opcode.LOAD, Opcode.STORE):
+            return self._mem(insn)
+        if op in (Opcode.MATVEC, Opcode.MATMAT):
+            work = self._matrix(insn)
+        elif op is Opcode.ATTN:
+            work = self._attn(insn)
+        else:
+            work = self._sfu(insn)
+            return C.sfu_cycles(self.cfg, work)
+        stats.macs += work.macs
+        return C.matrix_cycles(self.cfg, work)
+
+    def _mem(self, insn: Instruction) -> int:
+        rows = self.regs[Reg.SEQ_LEN] if insn.rows_src is LenSrc.SEQ else insn.rows
+        addr = insn.ext_addr + (self.regs[Reg.POS] * insn.ext_stride if insn.pos_offset else 0)
+        nbytes = insn.words * self.w
+        mem = self._ext(insn.chan)
+        ext_idx = (addr + np.arange(rows) * insn.ext_stride)[:, None] + np.arange(nbytes)
+        if rows and (addr < 0 or ext_idx[-1, -1] >= mem.size):
+            raise EmulatorError(f"external range {addr:#x}+{rows}x{insn.ext_stride} leaves "
+                                f"channel {insn.chan} ({mem.size} B)")
+        span = self._span(insn.buf, insn.buf_addr, rows, insn.words)
+        if insn.opcode is Opcode.LOAD:
+            self.buf[insn.buf][span] = mem[ext_idx]
+        else:
+            mem[ext_idx] = self.buf[insn.buf][span]
+        return C.transfer_cycles(self.cfg, rows * nbytes)
+
+    def _matrix(self, insn: Instruction) -> C.Work:
+        w, k, n, m = self.w, insn.k, insn.n, insn.m
+        dwords = L.descriptor_words(w)
+        desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
+        wgt = self._get(Buffer.WGT, insn.wgt_addr, n, desc.wgt_pitch(k, w))
+        meta = self._get(Buffer.META, insn.meta_addr + dwords, n, desc.meta_pitch(k, w))
+        ops, mant, shift = L.decode_weight_rows(desc, wgt, meta, k)
+        x, xm, xe = L.decode_qrows(self._get(Buffer.ACT, insn.act_addr, m,
+                                             L.qrow_pitch(k, w)), k, w)
+        acc = N.linear_acc(x, ops, mant, desc.group)
+        out = N.linear_out(acc, xm, xe, shift, 0, 0)
+        step = insn.out_pitch if insn.opcode is Opcode.MATMAT else 0
+        if insn.out_mode is OutMode.ADD:
+            out = N.add(self._wide(Buffer.ACT, insn.out_addr, m, n, step), out, desc.p0)
+        elif insn.out_mode is OutMode.SILU:
+            out = N.silu(out, desc.p0, desc.p1)
+        elif insn.out_mode is not OutMode.WIDE:
+            raise EmulatorError(f"out_mode {insn.out_mode.name} is reserved")
+        self._put_wide(insn.out_addr, out, step)
+        return C.Work(macs=m * n * desc.kept(k), rows=m)
+
+    def _mask(self, rows: int, keys: int) -> Tensor:
+        pos = self.regs[Reg.POS] + torch.arange(rows)
+        return N.lambda_mask(pos, keys, self.regs[Reg.SINK], self.regs[Reg.WINDOW])
+
+    def _attn(self, insn: Instruction) -> C.Work:
+        w, d, keys, rows = self.w, insn.head_dim, insn.keys, insn.rows
+        if d % 2 or d == 0:
+            raise EmulatorError(f"head_dim {d} must be even and positive")
+        bits = 8 if insn.kv8 else 4
+        kc, km, ke, kmid = L.decode_kv(self._get(Buffer.KV, insn.kv_addr, keys,
+                                                 L.kv_pitch(d, bits, w)), d, bits, w)
+        mask = self._mask(rows, keys)
+        if insn.func in (AttnFunc.SCORE, AttnFunc.SCORE_SOFTMAX):
+            pitch = L.qrow_pitch(d, w)
+            qc, qm, qe = L.decode_qrows(self._get(Buffer.ACT, insn.q_addr, rows, pitch,
+                                                  insn.a_step), d, w)
+            out = N.attention_scores(qc, qm, qe, kc, km, ke, kmid, insn.shift + N.SCORE_FRAC, 0)
+            if insn.func is AttnFunc.SCORE_SOFTMAX:
+                out = N.softmax(out, mask)
+        elif insn.func is AttnFunc.PV:
+            probs = self._wide(Buffer.ACT, insn.q_addr, rows, keys, insn.a_step)
+            out = N.attention_pv(probs, mask, kc, km, ke, kmid, insn.shift, 0)
+        else:
+            raise EmulatorError(f"ATTN function {insn.func.name} is reserved")
+        self._put_wide(insn.dst, out, insn.d_step)
+        return C.Work(macs=rows * keys * d, rows=rows)
+
+    def _sfu(self, insn: Instruction) -> C.Work:
+        w, f, rows, length = self.w, insn.func, insn.rows, insn.length
+        wp = L.wide_pitch(length, w)
+        work = C.Work(elements=rows * length, rows=rows)
+        if f is SfuFunc.EMBED:
+            pitch = L.embed_pitch(length, insn.imm, w)
+            codes, mant, e = L.decode_embedding(self._get(Buffer.ACT, insn.src_a, rows, pitch),
+                                                length, insn.imm, w)
+            self._put(Buffer.ACT, insn.dst,
+                      L.encode_wide(N.embed_rows(codes, mant, e, insn.imm, -insn.shift), w))
+            return work
+        a = self._wide(Buffer.ACT, insn.src_a, rows, length)
+        if f is SfuFunc.RMSNORM:
+            gamma, eps = L.decode_gamma(self._get(Buffer.TABLE, insn.src_b, 1,
+                                                  L.gamma_pitch(length, w)), length, w)
+            out = N.rmsnorm(a, gamma, insn.shift, eps, 0)
+        elif f is SfuFunc.SOFTMAX:
+            out = N.softmax(a, self._mask(rows, length))
+        elif f is SfuFunc.SILU:
+            out = N.silu(a, insn.imm, insn.imm2)
+        elif f is SfuFunc.ROPE:
+            d = insn.imm
+            if d <= 0 or d % 2 or length % d:
+                raise EmulatorError(f"ROPE: head_dim {d} does not divide length {length}")
+            cos, sin = L.decode_rope(self._get(Buffer.TABLE, insn.src_b, rows,
+                                               L.rope_pitch(d, w)), d)
+            x = a.reshape(rows, length // d, d)
+            out = N.rope(x, cos.unsqueeze(1), sin.unsqueeze(1)).reshape(rows, length)
+        elif f in (SfuFunc.ADD, SfuFunc.MUL):
+            if insn.imm & 1:
+                b = self._wide(Buffer.TABLE, insn.src_b, 1, length)
+            else:
+                b = self._wide(Buffer.ACT, insn.src_b, rows, length)
+            out = N.add(a, b, insn.shift) if f is SfuFunc.ADD else N.mul(a, b, insn.shift)
+        elif f is SfuFunc.QUANT8:
+            seg = insn.imm2 or length
+            pad = insn.imm or seg
+            if length % seg or pad < seg:
+                raise EmulatorError(f"QUANT8: segment {seg} / padding {pad} do not fit "
+                                    f"length {length}")
+            q, m, e = N.quantize_act(a.reshape(-1, seg))
+            q = torch.nn.functional.pad(q, (0, pad - seg))
+            self._put(Buffer.ACT, insn.dst, L.encode_qrows(q, m, e, w))
+            return work
+        elif f is SfuFunc.KVQUANT:
+            group, bits = insn.imm, insn.imm2
+            if bits not in (4, 8) or group <= 0 or length % group:
+                raise EmulatorError(f"KVQUANT: group {group} / bits {bits} unsupported for "
+                                    f"length {length}")
+            codes, m, e, mid = N.quantize_kv(a, group, bits)
+            g = length // group
+            codes = codes.reshape(rows, g, group).transpose(0, 1).reshape(-1, group)
+            rec = L.encode_kv(codes, m.t().reshape(-1), e.t().reshape(-1),
+                              mid.t().reshape(-1), bits, w)
+            self._put(Buffer.KV, insn.dst, rec)
+            return work
+        else:
+            raise EmulatorError(f"SFU function {f.name} is reserved")
+        self._put(Buffer.ACT, insn.dst, L.encode_wide(out, w)[:, :wp * w])
+        return work
