@@ -85,8 +85,30 @@ class CompiledModel:
             raise ValueError(f"no {kind} program for length {length}; have "
                              f"{sorted(n for k, n in self.programs if k == kind)}") from None
 
-    def program_bytes(self) -> int:
-        return sum(len(p.instructions) for p in self.programs.values()) * isa.WORD_BYTES
+    def storage(self) -> dict[str, float]:
+        """Instruction bytes stored with buckets, and with one program per length.
+
+        One program per length is counted, not built: a step's instructions do not depend on
+        its row or key count, so a prefill of ``L`` rows in chunks of ``C`` is the bucket
+        program with ``ceil(L / C)`` steps, and a decode program has the same size at every
+        length.
+        """
+        words = per_length = 0
+        for (kind, n), prog in self.programs.items():
+            size = len(prog.instructions)
+            words += size
+            if kind == "decode":
+                lens = [t for t in range(1, self.host.max_len + 1) if self.host.decode_keys(t) == n]
+                per_length += size * len(lens)
+                continue
+            steps = n // prog.chunk
+            step = (size - 3 - steps) // steps  # minus SINK/WINDOW/HALT and a POS per step
+            for t in range(1, self.host.max_len + 1):
+                if self.host.prefill_rows(t) == n:
+                    per_length += 3 + -(-t // prog.chunk) * (step + 1)
+        wb = isa.WORD_BYTES
+        return {"bucket_bytes": words * wb, "per_length_bytes": per_length * wb,
+                "ratio": per_length / max(words, 1)}
 
 
 def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None = None,

@@ -26,6 +26,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return quant_eval.run(args)
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from compiler import commands
+
+    return commands.run(args)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from host import verify
+
+    return verify.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmacc", description="LLM-on-FPGA co-design stack")
     parser.add_argument("--version", action="version", version=f"llmacc {__version__}")
@@ -41,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_arguments(p)
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("compile", help="quantize a checkpoint and compile it to a package")
+    from compiler.commands import add_arguments as compile_arguments
+
+    compile_arguments(p)
+    p.set_defaults(func=_cmd_compile)
+    p = sub.add_parser("verify", help="check a back end against the integer reference")
+    from host.verify import add_arguments as verify_arguments
+
+    verify_arguments(p)
+    p.set_defaults(func=_cmd_verify)
     return parser
 
 
@@ -48,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+    except (OSError, ValueError, RuntimeError) as exc:  # ConfigError is a ValueError
         if args.debug:
             raise
         print(f"llmacc: error: {exc}", file=sys.stderr)

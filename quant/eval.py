@@ -97,13 +97,21 @@ def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
 def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schemes.Scheme,
             calib_text: str | Path, calib_stories: int = CALIB_STORIES,
             progress: bool = False) -> QuantizedModel:
-    """Calibrate, quantize (GPTQ on the last ``calib_stories // 4``) and fine-tune."""
+    """Calibrate on the last ``calib_stories`` stories of ``calib_text``, quantize, fine-tune."""
+    calib = calibration_sequences(tok, calib_text, calib_stories, ckpt.config.seq_len)
+    return prepare_sequences(ckpt, scheme, calib, progress)
+
+
+def prepare_sequences(ckpt: checkpoint.Checkpoint, scheme: schemes.Scheme,
+                      calib: list[list[int]], progress: bool = False) -> QuantizedModel:
+    """Quantize (GPTQ on the last quarter of ``calib``) and fine-tune on all of it."""
     from quant.finetune import finetune
 
-    calib = calibration_sequences(tok, calib_text, calib_stories, ckpt.config.seq_len)
+    if not calib:
+        raise ValueError("no calibration sequences")
     start = time.time()
     bar = (lambda d, t: _bar(d, t, start, "quantizing")) if progress else None
-    qm = quantize(ckpt, scheme, calib[-max(1, calib_stories // 4):], bar)
+    qm = quantize(ckpt, scheme, calib[-max(1, len(calib) // 4):], bar)
     if scheme.finetune.steps:
         start = time.time()
         bar = (lambda d, t: _bar(d, t, start, "fine-tuning")) if progress else None
@@ -111,6 +119,28 @@ def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schem
     if progress:
         print(file=sys.stderr)
     return qm
+
+
+def sampled_sequences(ckpt: checkpoint.Checkpoint, count: int, length: int, seed: int = 0,
+                      bos: int = 1) -> list[list[int]]:
+    """Calibration text sampled from the float model itself (temperature 1, from BOS), for
+    when no calibration text is given."""
+    from quant.model import KVCache, Transformer
+
+    model = Transformer(ckpt)
+    g = torch.Generator().manual_seed(seed)
+    length = min(length, ckpt.config.seq_len)
+    out = []
+    for _ in range(count):
+        cache = KVCache(ckpt.config, length)
+        seq = [bos]
+        with torch.no_grad():
+            while len(seq) < length:
+                logits = model.forward(torch.tensor(seq[-1:]), cache)[-1]
+                probs = torch.softmax(logits.double(), -1)
+                seq.append(int(torch.multinomial(probs, 1, generator=g)))
+        out.append(seq)
+    return out
 
 
 def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, mode: str,

@@ -22,6 +22,7 @@ Static exponents come from calibration: a tensor whose calibrated max is ``A`` g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -249,3 +250,41 @@ def build(qm: QuantizedModel, stats: Calibration | None = None) -> IntModel:
                     eps, cos, sin, Fg,
                     kv_bits=qm.scheme.kv_bits or 8, sink=qm.scheme.sink,
                     window=qm.scheme.window)
+
+
+def _qlinear_state(q: QLinear) -> dict:
+    return {f.name: getattr(q, f.name) for f in dataclasses.fields(q)}
+
+
+def _qlinear_from(d: dict) -> QLinear:
+    d = dict(d)
+    if d.get("sparsity") is not None:
+        d["sparsity"] = tuple(d["sparsity"])
+    return QLinear(**d)
+
+
+def to_state(im: IntModel) -> dict:
+    """Plain tensors, numbers and strings (``torch.save``-able, loadable with
+    ``weights_only=True``)."""
+    state = {f.name: getattr(im, f.name) for f in dataclasses.fields(im)}
+    state["config"] = dataclasses.asdict(im.config)
+    state["embedding"] = _qlinear_state(im.embedding)
+    state["output"] = _qlinear_state(im.output)
+    state["layers"] = [{f.name: (_qlinear_state(v) if isinstance(v, QLinear) else v)
+                        for f in dataclasses.fields(layer)
+                        for v in [getattr(layer, f.name)]} for layer in im.layers]
+    return state
+
+
+def from_state(state: dict) -> IntModel:
+    """Inverse of :func:`to_state`; a malformed state raises ``ValueError``."""
+    try:
+        s = dict(state)
+        s["config"] = ModelConfig(**s["config"])
+        s["embedding"] = _qlinear_from(s["embedding"])
+        s["output"] = _qlinear_from(s["output"])
+        s["layers"] = [IntLayer(**{k: (_qlinear_from(v) if k in LINEARS else v)
+                                   for k, v in layer.items()}) for layer in s["layers"]]
+        return IntModel(**s)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed integer model state ({exc})") from None

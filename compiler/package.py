@@ -1,0 +1,164 @@
+"""The model package: one directory with everything a back end and ``llmacc verify`` need.
+
+    PACKAGE/manifest.json   versions, accelerator config, host interface, file checksums,
+                            the image segments and the program index
+    PACKAGE/image.bin       external-memory image (weight tiles, META records, tables)
+    PACKAGE/programs.bin    every bucket's instruction words, back to back
+    PACKAGE/intref.pt       the integer reference model (tensors only; loaded weights-only)
+    PACKAGE/tokenizer.bin   the tokenizer, when one was given
+
+Loading checks the format and ISA versions, each file's size and SHA-256, the configuration's
+fingerprint and every instruction word, and names the first thing that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from compiler.compile import CompiledModel, HostInterface
+from compiler.lower import Program
+from compiler.memory_plan import Region
+from llmacc import __version__, isa
+from llmacc.config import AccelConfig, ConfigError
+from quant import intref
+
+FORMAT = "llmacc-package"
+FORMAT_VERSION = 1
+FILES = ("image.bin", "programs.bin", "intref.pt")
+
+
+class PackageError(ValueError):
+    """A package that is missing, truncated, corrupted or from another version."""
+
+
+def _sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str | Path | None = None,
+         source: str = "") -> Path:
+    """Write ``cm`` as a package directory. It is written beside ``path`` first and moved in
+    place when complete; an existing directory is replaced only if it is a package."""
+    out = Path(path)
+    if out.exists() and not (out / "manifest.json").is_file() and (
+            not out.is_dir() or any(out.iterdir())):
+        raise PackageError(f"{out}: exists and is not a package; refusing to overwrite it")
+    image, segments = bytearray(), []
+    for region, blob in cm.image:
+        segments.append({"chan": region.chan, "addr": region.addr, "bytes": len(blob),
+                         "offset": len(image)})
+        image += blob
+    programs, index = bytearray(), []
+    for (kind, length), prog in sorted(cm.programs.items()):
+        blob = prog.blob
+        index.append({"kind": kind, "length": length, "chunk": prog.chunk,
+                      "offset": len(programs), "bytes": len(blob), "sha256": _sha(blob)})
+        programs += blob
+    state = io.BytesIO()
+    torch.save(intref.to_state(cm.model), state)
+    blobs = {"image.bin": bytes(image), "programs.bin": bytes(programs),
+             "intref.pt": state.getvalue()}
+    if tokenizer is not None:
+        blobs["tokenizer.bin"] = Path(tokenizer).read_bytes()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, blob in blobs.items():
+        (tmp / name).write_bytes(blob)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "isa_version": isa.ISA_VERSION,
+        "llmacc_version": __version__, "scheme": scheme, "source": source,
+        "config": cm.config.to_dict(), "fingerprint": cm.config.fingerprint(),
+        "host": cm.host.to_dict(), "compile_seconds": cm.seconds,
+        "files": {n: {"bytes": len(b), "sha256": _sha(b)} for n, b in blobs.items()},
+        "image": segments, "programs": index,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _read(root: Path, name: str, entry: dict) -> bytes:
+    path = root / name
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise PackageError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(blob) != entry["bytes"]:
+        raise PackageError(f"{path}: {len(blob)} bytes, the manifest says {entry['bytes']} "
+                           "(truncated or replaced)")
+    if _sha(blob) != entry["sha256"]:
+        raise PackageError(f"{path}: SHA-256 mismatch (the file is corrupted)")
+    return blob
+
+
+def load(path: str | Path) -> tuple[CompiledModel, dict]:
+    """The compiled model of a package and its manifest."""
+    root = Path(path)
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except OSError as exc:
+        raise PackageError(f"{root}: not a package ({exc.strerror}: manifest.json)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{root / 'manifest.json'}: malformed ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PackageError(f"{root}: manifest.json is not an {FORMAT} manifest")
+    for key, want in (("format_version", FORMAT_VERSION), ("isa_version", isa.ISA_VERSION)):
+        if manifest.get(key) != want:
+            raise PackageError(f"{root}: {key} {manifest.get(key)}, this llmacc reads {want}; "
+                               "recompile the package")
+    try:
+        files = manifest["files"]
+        missing = [n for n in FILES if n not in files]
+        if missing:
+            raise PackageError(f"{root}: the manifest lists no {', '.join(missing)}")
+        blobs = {n: _read(root, n, files[n]) for n in files}
+        cfg = AccelConfig.from_dict(manifest["config"])
+        if cfg.fingerprint() != manifest["fingerprint"]:
+            raise PackageError(f"{root}: configuration fingerprint mismatch")
+        host = HostInterface.from_dict(manifest["host"])
+        image_blob = blobs["image.bin"]
+        image = []
+        for seg in manifest["image"]:
+            chunk = image_blob[seg["offset"]:seg["offset"] + seg["bytes"]]
+            if len(chunk) != seg["bytes"]:
+                raise PackageError(f"{root}: image segment at {seg['offset']} runs past image.bin")
+            image.append((Region(seg["chan"], seg["addr"], seg["bytes"]), chunk))
+        programs = {}
+        pblob = blobs["programs.bin"]
+        for entry in manifest["programs"]:
+            blob = pblob[entry["offset"]:entry["offset"] + entry["bytes"]]
+            if len(blob) != entry["bytes"] or _sha(blob) != entry["sha256"]:
+                raise PackageError(f"{root}: {entry['kind']} program {entry['length']} does not "
+                                   "match its checksum")
+            try:
+                insns = isa.decode_program(blob)
+            except isa.IllegalInstruction as exc:
+                raise PackageError(f"{root}: {entry['kind']} program {entry['length']}: "
+                                   f"{exc}") from None
+            programs[(entry["kind"], entry["length"])] = Program(
+                entry["kind"], entry["length"], entry["chunk"], insns)
+        try:
+            state = torch.load(io.BytesIO(blobs["intref.pt"]), weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise PackageError(f"{root / 'intref.pt'}: unreadable ({exc})") from None
+        model = intref.from_state(state)
+    except (KeyError, TypeError) as exc:
+        raise PackageError(f"{root}: manifest.json lacks or mistypes {exc}") from None
+    except ConfigError as exc:
+        raise PackageError(f"{root}: {exc}") from None
+    cm = CompiledModel(cfg, model, host, image, programs, manifest.get("compile_seconds", 0.0))
+    return cm, manifest
+
+
+def tokenizer_path(root: str | Path) -> Path | None:
+    """The package's tokenizer (checked by :func:`load`), if it has one."""
+    path = Path(root) / "tokenizer.bin"
+    return path if path.is_file() else None
