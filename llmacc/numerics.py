@@ -70,7 +70,12 @@ def round_shift(x, s) -> Tensor:
     Hardware: add ``2**(s-1) - (x < 0)`` then arithmetic shift right (one adder, the sign bit
     as carry-in). Ties are symmetric, so rounding adds no bias to sums of signed values.
     """
-    x, s = _t(x), _t(s)
+    x = _t(x)
+    if isinstance(s, int):  # one shift for the whole tensor (the common case)
+        if s <= 0:
+            return torch.bitwise_left_shift(x, -s)
+        return torch.bitwise_right_shift(x + ((1 << (s - 1)) - (x < 0).to(I64)), s)
+    s = _t(s)
     pos = torch.clamp(s, min=0)
     left = torch.clamp(-s, min=0)
     half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)
@@ -105,12 +110,17 @@ def isqrt(x) -> Tensor:
 
 
 def bit_length(x) -> Tensor:
-    """Bits needed for ``|x|`` (0 for 0): the leading-zero counter."""
+    """Bits needed for ``|x|`` (0 for 0): the leading-zero counter.
+
+    The float64 exponent is within one of the answer (rounding near a power of two); one
+    integer comparison each way makes it exact.
+    """
     x = _t(x).abs()
-    n = torch.zeros_like(x)
-    for b in range(62, -1, -1):
-        n = torch.where((n == 0) & (torch.bitwise_right_shift(x, b) > 0), b + 1, n)
-    return n
+    n = torch.frexp(x.to(torch.float64)).exponent.to(I64)
+    n = torch.where((n > 0) & (torch.bitwise_right_shift(x, torch.clamp(n - 1, min=0)) == 0),
+                    n - 1, n)
+    n = torch.where(torch.bitwise_right_shift(x, n) > 0, n + 1, n)
+    return torch.where(x == 0, 0, n)
 
 
 def check_range(x: Tensor, bits: int, what: str) -> Tensor:

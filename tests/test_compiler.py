@@ -1,0 +1,102 @@
+"""Compile -> emulate equals the integer reference bit for bit: random small models in every
+scheme, across prefill and decode bucket edges, and the shipped model; compile-time errors."""
+
+import pytest
+import torch
+
+from compiler.compile import compile_model
+from compiler.memory_plan import CompileError
+from host.device import EmulatorDevice
+from llmacc.config import preset
+from quant import intref, schemes
+from quant.quantize import quantize
+from tests.quant_helpers import random_sequences, tiny_checkpoint
+
+SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4+2:16", "w4-mixed-a8kv4+2:4", "w4a8+lambda2:6", "w8a8"]
+#: small buckets so that short tests cross several edges: prefill 8, decode 8, 32 tokens
+SMALL = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8, max_seq_len=512)
+
+
+def _int_model(seed: int, name: str, **shape) -> intref.IntModel:
+    ckpt = tiny_checkpoint(seed, **shape)
+    calib = random_sequences(seed, 6, 24, ckpt.config.vocab_size)
+    return intref.build(quantize(ckpt, schemes.parse(name, group=16), calib))
+
+
+def _check_run(im: intref.IntModel, device: EmulatorDevice, tokens: list[int], prompt: int,
+               where: str) -> None:
+    """Prefill ``prompt`` tokens, then decode the rest; every logit must match."""
+    cache = intref.IntKVCache.empty(im.config, len(tokens))
+    ref = im.forward(torch.tensor(tokens[:prompt]), cache)
+    got = device.prefill(tokens[:prompt])
+    assert torch.equal(got, ref), f"{where}: prefill of {prompt} differs"
+    for pos in range(prompt, len(tokens)):
+        ref = im.forward(torch.tensor(tokens[pos:pos + 1]), cache)[0]
+        got = device.decode(tokens[pos], pos)
+        assert torch.equal(got, ref), f"{where}: decode at position {pos} differs"
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_random_model_is_bit_exact_across_bucket_edges(request, name):
+    seed = request.config.llmacc_seed
+    im = _int_model(seed, name)
+    cm = compile_model(im, SMALL, max_len=32)
+    assert sorted(n for k, n in cm.programs if k == "prefill") == [8, 16, 24, 32]
+    assert sorted(n for k, n in cm.programs if k == "decode") == [8, 16, 24, 32]
+    tokens = random_sequences(seed + 1, 1, 26, im.config.vocab_size)[0]
+    for prompt in (7, 8, 9):  # below, at and above the first prefill edge
+        device = EmulatorDevice(cm)
+        _check_run(im, device, tokens[:prompt + 17], prompt,
+                   f"{name} seed {seed} prompt {prompt}")
+        assert len(device.stats) == 18 and all(s.cycles > 0 for s in device.stats)
+
+
+def test_sharing_devices_and_reusing_buckets(request):
+    """One device runs two prompts back to back: stale cache rows past the new length are
+    masked, so the second run is exact too."""
+    seed = request.config.llmacc_seed
+    im = _int_model(seed, "w4a8", layers=1)
+    cm = compile_model(im, SMALL, max_len=24)
+    device = EmulatorDevice(cm)
+    long = random_sequences(seed + 3, 1, 20, im.config.vocab_size)[0]
+    short = random_sequences(seed + 4, 1, 12, im.config.vocab_size)[0]
+    _check_run(im, device, long, 11, "first prompt")
+    _check_run(im, device, short, 5, "second prompt")
+
+
+def test_u280_config_places_weights_over_many_channels(request):
+    seed = request.config.llmacc_seed
+    im = _int_model(seed, "w2a8kv4", dim=64, heads=4, kv_heads=2, hidden=172)
+    cm = compile_model(im, preset("u280"), max_len=64, lengths={"prefill": [64],
+                                                        "decode": [16]})
+    channels = {region.chan for region, _ in cm.image}
+    assert len(channels) > 8
+    device = EmulatorDevice(cm)
+    tokens = random_sequences(seed + 5, 1, 40, im.config.vocab_size)[0]
+    cache = intref.IntKVCache.empty(im.config, len(tokens))
+    assert torch.equal(device.prefill(tokens), im.forward(torch.tensor(tokens), cache))
+
+
+def test_storage_with_buckets_is_much_smaller(request):
+    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    cm = compile_model(im, SMALL.replace(prefill_bucket=16, decode_bucket=8), max_len=64)
+    st = cm.storage()
+    assert len(cm.programs) == 4 + 8
+    assert st["per_length_bytes"] > 10 * st["bucket_bytes"]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"axi_data_bits": 512}, "head_dim 8 x 4 B is not a multiple of the 64-byte"),
+    ({"weight_buffer_bytes": 64}, "does not fit half of the buffers"),
+    ({"act_buffer_bytes": 1024}, "ACT buffer: .* needs"),
+])
+def test_unsupported_shapes_fail_at_compile_time(request, change, match):
+    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    with pytest.raises(CompileError, match=match):
+        compile_model(im, SMALL.replace(**change), max_len=16)
+
+
+def test_context_longer_than_the_model_is_refused(request):
+    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    with pytest.raises(CompileError, match="at most 64"):
+        compile_model(im, SMALL, max_len=65)
