@@ -14,6 +14,7 @@ overlap between loads, compute and stores is counted as far as the tokens allow.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -160,6 +161,55 @@ class Emulator:
             raise EmulatorError(f"program ended with unconsumed tokens {left}")
         stats.cycles = max(free.values())
         return stats
+
+    def run_interleaved(self, program: list[Instruction], regs: dict[Reg, int] | None,
+                        rng: random.Random) -> None:
+        """Execute with the units interleaved at random, as far as the tokens allow.
+
+        The controller dispatches in program order (SETREG takes effect there; SYNC and HALT
+        drain every unit); each unit then runs its own instructions in order, but which unit
+        goes next is random. Equal results with :meth:`run` show that the tokens, not program
+        order, protect every hazard.
+        """
+        if regs:
+            self.regs.update(regs)
+        dispatched = dict(self.regs)
+        queues: dict[Unit, deque] = {u: deque() for u in Unit}
+        tokens = {(a, b): 0 for a in Unit for b in Unit}
+        stats = RunStats()
+
+        def drain() -> None:
+            while any(queues.values()):
+                ready = [u for u in Unit if queues[u] and all(
+                    tokens[(v, u)] > 0 for v in Unit if queues[u][0][1].wait >> v.value & 1)]
+                if not ready:
+                    heads = {u.name: i for u in Unit if queues[u] for i in [queues[u][0][0]]}
+                    raise EmulatorError(f"deadlock: no unit can issue (queue heads {heads})")
+                unit = rng.choice(ready)
+                index, insn, snapshot = queues[unit].popleft()
+                for v in Unit:
+                    tokens[(v, unit)] -= insn.wait >> v.value & 1
+                self.regs = snapshot
+                try:
+                    self._execute(insn, stats)
+                except (EmulatorError, L.LayoutError, N.NumericsError) as exc:
+                    raise EmulatorError(f"instruction {index} ({insn.opcode.name}): "
+                                        f"{exc}") from None
+                for v in Unit:
+                    tokens[(unit, v)] += insn.release >> v.value & 1
+
+        for index, insn in enumerate(program):
+            if insn.opcode is Opcode.SYS:
+                if insn.func is SysFunc.SETREG:
+                    dispatched[insn.reg] = insn.imm
+                elif insn.func in (SysFunc.SYNC, SysFunc.HALT):
+                    drain()
+                    if insn.func is SysFunc.HALT:
+                        break
+                continue
+            queues[insn.unit].append((index, insn, dict(dispatched)))
+        drain()
+        self.regs = dispatched
 
     def _sys(self, insn: Instruction, free: dict[Unit, int]) -> int | None:
         if insn.func is SysFunc.HALT:

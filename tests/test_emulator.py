@@ -1,0 +1,121 @@
+"""The emulator: dependency tokens protect every hazard (random unit interleavings give the
+in-order result; without tokens they do not), and bad programs fail with clear errors."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from compiler.compile import compile_model
+from host.device import EmulatorDevice
+from host.emulator import Emulator, EmulatorError
+from llmacc import isa
+from llmacc.config import preset
+from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
+from quant import intref, schemes
+from quant.quantize import quantize
+from tests.quant_helpers import random_sequences, tiny_checkpoint
+
+CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
+
+
+@pytest.fixture(scope="module")
+def compiled(request):
+    seed = request.config.llmacc_seed
+    ckpt = tiny_checkpoint(seed, layers=1)
+    qm = quantize(ckpt, schemes.parse("w4-mixed-a8kv4", group=16),
+                  random_sequences(seed, 6, 24, ckpt.config.vocab_size))
+    return compile_model(intref.build(qm), CFG, max_len=24)
+
+
+def _interleaved_logits(cm, program, tokens, regs, rng, strip=False):
+    dev = EmulatorDevice(cm)
+    dev._stage_tokens(tokens)
+    insns = program.instructions
+    if strip:
+        insns = [dataclasses.replace(i, wait=0, release=0) for i in insns]
+    dev.emu.run_interleaved(insns, regs, rng)
+    return dev._logits(len(tokens))
+
+
+def test_random_interleavings_match_program_order(compiled, seed):
+    tokens = random_sequences(seed, 1, 13, compiled.model.config.vocab_size)[0]
+    ref = EmulatorDevice(compiled).prefill(tokens)
+    program = compiled.program("prefill", 16)
+    for k in range(3):
+        rng = random.Random(seed + k)
+        got = _interleaved_logits(compiled, program, tokens, {Reg.POS: 0, Reg.SEQ_LEN: 13}, rng)
+        assert torch.equal(got, ref), f"seed {seed + k}"
+
+
+def test_without_tokens_interleavings_break(compiled, seed):
+    tokens = random_sequences(seed, 1, 13, compiled.model.config.vocab_size)[0]
+    ref = EmulatorDevice(compiled).prefill(tokens)
+    program = compiled.program("prefill", 16)
+    broken = 0
+    for k in range(4):
+        try:
+            got = _interleaved_logits(compiled, program, tokens, {Reg.POS: 0, Reg.SEQ_LEN: 13},
+                                      random.Random(seed + k), strip=True)
+            broken += not torch.equal(got, ref)
+        except EmulatorError:
+            broken += 1
+    assert broken >= 3
+
+
+def _sys(func, **kw):
+    return isa.make(Opcode.SYS, func=func, **kw)
+
+
+def _load(**kw):
+    fields = dict(buf=Buffer.ACT, chan=0, ext_addr=0, buf_addr=0, words=1, rows=1)
+    fields.update(kw)
+    return isa.make(Opcode.LOAD, **fields)
+
+
+def test_wait_without_release_is_a_deadlock():
+    emu = Emulator(CFG, [1024])
+    store = isa.make(Opcode.STORE, wait=1 << Unit.LOAD.value, buf=Buffer.ACT, words=1, rows=1)
+    with pytest.raises(EmulatorError, match="instruction 0 .*deadlock"):
+        emu.run([store])
+    with pytest.raises(EmulatorError, match="deadlock"):
+        emu.run_interleaved([store], None, random.Random(0))
+
+
+def test_unconsumed_tokens_are_an_error():
+    emu = Emulator(CFG, [1024])
+    with pytest.raises(EmulatorError, match="unconsumed tokens"):
+        emu.run([_load(release=1 << Unit.COMPUTE.value), _sys(SysFunc.HALT)])
+
+
+def test_out_of_range_accesses_are_errors():
+    emu = Emulator(CFG, [1024])
+    words = CFG.buffer_words(Buffer.ACT)
+    with pytest.raises(EmulatorError, match="ACT buffer: words"):
+        emu.run([_load(buf_addr=words - 1, words=2)])
+    with pytest.raises(EmulatorError, match="leaves channel 0"):
+        emu.run([_load(ext_addr=1020, words=1)])
+    with pytest.raises(EmulatorError, match="channel 1 is not mapped"):
+        emu.run([_load(chan=1)])
+
+
+def test_registers_and_seq_rows():
+    emu = Emulator(CFG, [4096])
+    emu.write_ext(0, 0, bytes(range(256)) * 16)
+    prog = [_sys(SysFunc.SETREG, reg=Reg.SEQ_LEN, imm=3),
+            _load(words=1, rows=100, rows_src=isa.LenSrc.SEQ, ext_stride=16),
+            _sys(SysFunc.HALT)]
+    emu.run(prog)
+    act = emu.buf[Buffer.ACT]
+    w = CFG.axi_data_bytes
+    assert emu.regs[Reg.SEQ_LEN] == 3
+    assert list(act[:3 * w]) == [b for r in range(3) for b in range(16 * r, 16 * r + w)]
+    assert not act[3 * w:].any()
+
+
+def test_empty_weight_descriptor_is_reported():
+    emu = Emulator(CFG, [1024])
+    mat = isa.make(Opcode.MATVEC, k=16, n=1, m=1)
+    with pytest.raises(EmulatorError, match="instruction 0 \\(MATVEC\\): weight descriptor"):
+        emu.run([mat])

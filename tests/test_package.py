@@ -1,0 +1,170 @@
+"""Model packages: round trip, and a clear error for every kind of damage; the compile and
+verify commands end to end on the shipped model."""
+
+import json
+
+import pytest
+import torch
+
+from compiler import package
+from compiler.compile import compile_model
+from host import device as device_mod
+from host.device import EmulatorDevice
+from llmacc import cli, isa
+from llmacc.config import preset
+from quant import intref, schemes
+from quant.quantize import quantize
+from tests.quant_helpers import (
+    MODEL,
+    TEXT,
+    TOKENIZER,
+    need_shared,
+    random_sequences,
+    tiny_checkpoint,
+)
+
+CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
+
+
+@pytest.fixture(scope="module")
+def compiled(request):
+    seed = request.config.llmacc_seed
+    ckpt = tiny_checkpoint(seed, layers=1)
+    qm = quantize(ckpt, schemes.parse("w2a8kv4+2:4", group=16),
+                  random_sequences(seed, 6, 24, ckpt.config.vocab_size))
+    return compile_model(intref.build(qm), CFG, max_len=16)
+
+
+@pytest.fixture
+def saved(compiled, tmp_path):
+    return package.save(compiled, tmp_path / "pkg", scheme="w2a8kv4+2:4")
+
+
+def test_round_trip_runs_the_same(compiled, saved, seed):
+    cm, manifest = package.load(saved)
+    assert manifest["scheme"] == "w2a8kv4+2:4" and manifest["isa_version"] == isa.ISA_VERSION
+    assert cm.programs.keys() == compiled.programs.keys()
+    assert cm.host == compiled.host and cm.config == compiled.config
+    tokens = random_sequences(seed, 1, 11, compiled.model.config.vocab_size)[0]
+    got = EmulatorDevice(cm).prefill(tokens)
+    assert torch.equal(got, EmulatorDevice(compiled).prefill(tokens))
+    assert torch.equal(got, cm.model.forward(torch.tensor(tokens)))
+
+
+def _rewrite_manifest(root, edit):
+    path = root / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+
+
+def test_truncated_file_is_named(saved):
+    blob = (saved / "image.bin").read_bytes()
+    (saved / "image.bin").write_bytes(blob[:-5])
+    with pytest.raises(package.PackageError, match="image.bin: .* bytes, the manifest says"):
+        package.load(saved)
+
+
+def test_corrupted_file_is_named(saved):
+    blob = bytearray((saved / "programs.bin").read_bytes())
+    blob[100] ^= 1
+    (saved / "programs.bin").write_bytes(bytes(blob))
+    with pytest.raises(package.PackageError, match="programs.bin: SHA-256 mismatch"):
+        package.load(saved)
+
+
+def test_illegal_instruction_is_named(saved):
+    blob = bytearray((saved / "programs.bin").read_bytes())
+    blob[isa.WORD_BYTES * 3] = 0x0F  # opcode 15 in the fourth word of the first program
+    (saved / "programs.bin").write_bytes(bytes(blob))
+
+    def fix(m):
+        m["files"]["programs.bin"] = {"bytes": len(blob), "sha256": package._sha(bytes(blob))}
+        first = m["programs"][0]
+        first["sha256"] = package._sha(bytes(blob[:first["bytes"]]))
+    _rewrite_manifest(saved, fix)
+    with pytest.raises(package.PackageError, match="word 3: Header.opcode: unknown opcode 15"):
+        package.load(saved)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("format_version", 99, "format_version 99"),
+    ("isa_version", 0, "isa_version 0"),
+    ("fingerprint", 1, "fingerprint mismatch"),
+    ("format", "zip", "not an llmacc-package manifest"),
+])
+def test_version_and_identity_mismatches(saved, key, value, match):
+    _rewrite_manifest(saved, lambda m: m.__setitem__(key, value))
+    with pytest.raises(package.PackageError, match=match):
+        package.load(saved)
+
+
+def test_missing_and_malformed(tmp_path, saved):
+    with pytest.raises(package.PackageError, match="not a package"):
+        package.load(tmp_path / "nothing")
+    (saved / "manifest.json").write_text("{")
+    with pytest.raises(package.PackageError, match="malformed"):
+        package.load(saved)
+
+
+def test_save_refuses_to_overwrite_other_files(compiled, tmp_path):
+    other = tmp_path / "important"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(package.PackageError, match="refusing to overwrite"):
+        package.save(compiled, other)
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """The shipped model compiled through the command line (short buckets and context)."""
+    need_shared()
+    pkg = tmp_path_factory.mktemp("shipped") / "stories"
+    code = cli.main(["compile", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
+                     "--scheme", "w2a8kv4+lambda4:16", "--config", "sim-small", "-o", str(pkg),
+                     "--calib-text", str(TEXT), "--calib-stories", "16", "--finetune-steps", "0",
+                     "--prefill-bucket", "16", "--decode-bucket", "16", "--max-len", "64",
+                     "--no-progress"])
+    assert code == 0
+    return pkg
+
+
+def test_compile_and_verify_the_shipped_model(shipped, capsys):
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert len(manifest["programs"]) == 8 and "tokenizer.bin" in manifest["files"]
+    # 5 prompt tokens + 30 steps cross the decode edges at 16 and 32 and the 16-token window
+    code = cli.main(["verify", "--package", str(shipped), "--backend", "emulator",
+                     "--prompt", "Once upon a time", "--tokens", "30"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "bit-exact: 31/31"
+
+
+def test_verify_reports_the_first_difference(shipped, monkeypatch, capsys):
+    """A back end that is off by one in one logit: named, counted, exit status 1."""
+    original = device_mod.Device.decode
+
+    def off_by_one(self, token, pos):
+        out = original(self, token, pos)
+        if pos == 12:
+            out[5] += 1
+        return out
+    monkeypatch.setattr(device_mod.Device, "decode", off_by_one)
+    code = cli.main(["verify", "--package", str(shipped), "--prompt", "Once upon a time",
+                     "--tokens", "10"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert out[-1] == "bit-exact: 10/11"
+    assert any(line.startswith("first difference: step 8 (decode), position 12, logit 5")
+               for line in out)
+
+
+def test_cli_errors_are_one_line(saved, shipped, capsys):
+    assert cli.main(["verify", "--package", str(saved), "--prompt", "x", "--tokens", "1"]) == 2
+    assert "holds no tokenizer" in capsys.readouterr().err
+    assert cli.main(["verify", "--package", str(saved.parent / "missing"), "--prompt", "x"]) == 2
+    assert "not a package" in capsys.readouterr().err
+    assert cli.main(["verify", "--package", str(shipped), "--backend", "rtl", "--prompt", "x"]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert cli.main(["verify", "--package", str(shipped), "--prompt", "x", "--tokens", "99"]) == 2
+    assert "exceed the package's context of 64" in capsys.readouterr().err
