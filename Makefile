@@ -21,7 +21,8 @@ help:
 	@echo "make sim       hardware regression (slow tests included)"
 	@echo "make lint      ruff"
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
-	@echo "make bench     perplexity table of every quantization preset (build/bench/)"
+	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
+	@echo "               (tables in build/bench/)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	mkdir -p build/bench
+	$(PY) -m host.bench --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
+		--table build/bench/compiler.md
 	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
 		--max-stories 40 --table build/bench/quant_ppl.md
 

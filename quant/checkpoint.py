@@ -245,6 +245,14 @@ def load_hf(directory: str | Path) -> Checkpoint:
         raw = json.loads(_read(directory / "config.json"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{directory}/config.json: malformed JSON ({exc})") from exc
+    for key, allowed in (("model_type", ("llama", None)), ("hidden_act", ("silu", None))):
+        if raw.get(key) not in allowed:
+            raise CheckpointError(f"{directory}/config.json: {key} {raw.get(key)!r} is not "
+                                  "supported (LLaMA decoders with SwiGLU only)")
+    for key in ("rope_scaling", "attention_bias", "mlp_bias"):
+        if raw.get(key):
+            raise CheckpointError(f"{directory}/config.json: {key} = {raw[key]!r} is not "
+                                  "supported")
     try:
         tied = bool(raw.get("tie_word_embeddings", False))
         cfg = ModelConfig(
@@ -267,9 +275,12 @@ def load_hf(directory: str | Path) -> Checkpoint:
     for f in files:
         tensors.update(read_safetensors(f))
 
+    used: set[str] = set()
+
     def get(name: str) -> Tensor:
         if name not in tensors:
             raise CheckpointError(f"{directory}: tensor {name} is missing")
+        used.add(name)
         return tensors[name]
 
     w = {"tok_embeddings": get("model.embed_tokens.weight"), "norm": get("model.norm.weight")}
@@ -279,6 +290,10 @@ def load_hf(directory: str | Path) -> Checkpoint:
         w[f"layers.{i}.wq"] = _hf_permute(w[f"layers.{i}.wq"], cfg.n_heads)
         w[f"layers.{i}.wk"] = _hf_permute(w[f"layers.{i}.wk"], cfg.n_kv_heads)
     w["output"] = w["tok_embeddings"] if tied else get("lm_head.weight")
+    unknown = sorted(n for n in set(tensors) - used if not n.endswith("rotary_emb.inv_freq"))
+    if unknown:
+        raise CheckpointError(f"{directory}: tensor {unknown[0]} is not part of a LLaMA decoder "
+                              f"(unknown layer type; {len(unknown)} such tensors)")
     return Checkpoint(cfg, w, str(directory)).validate()
 
 

@@ -168,3 +168,26 @@ def test_cli_errors_are_one_line(saved, shipped, capsys):
     assert "not available" in capsys.readouterr().err
     assert cli.main(["verify", "--package", str(shipped), "--prompt", "x", "--tokens", "99"]) == 2
     assert "exceed the package's context of 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("extra", "tensor model.layers.0.mlp.experts.0.weight is not part of a LLaMA decoder"),
+    ("config", "model_type 'mixtral' is not supported"),
+])
+def test_compile_names_unknown_layer_types(tmp_path, capsys, damage, match):
+    from quant import checkpoint
+
+    hf = tmp_path / "hf"
+    checkpoint.save_hf(tiny_checkpoint(3, layers=1), hf)
+    if damage == "extra":
+        checkpoint.write_safetensors(hf / "extra.safetensors",
+                                     {"model.layers.0.mlp.experts.0.weight": torch.zeros(4, 4)})
+    else:
+        raw = json.loads((hf / "config.json").read_text())
+        (hf / "config.json").write_text(json.dumps({**raw, "model_type": "mixtral"}))
+    code = cli.main(["compile", "--model", str(hf), "--tokenizer", str(TOKENIZER), "--scheme",
+                     "w8a8", "--config", "sim-small", "-o", str(tmp_path / "pkg"),
+                     "--no-progress"])
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "pkg").exists()
