@@ -37,7 +37,6 @@ class ExtPlan:
     cfg: AccelConfig
     used: list[int] = field(default_factory=list)
     image: list[tuple[Region, bytes]] = field(default_factory=list)
-    regions: dict[str, Region] = field(default_factory=dict)
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -55,7 +54,6 @@ class ExtPlan:
                                f"{chan} ({self.cfg.channel_bytes} B, {addr} B used)")
         self.used[chan] = addr + nbytes
         region = Region(chan, addr, nbytes)
-        self.regions[name] = region
         if data is not None:
             blob = np.ascontiguousarray(data, dtype=np.uint8).tobytes()
             if len(blob) != nbytes:

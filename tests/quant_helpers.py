@@ -39,3 +39,13 @@ def random_sequences(seed: int, count: int, length: int, vocab: int) -> list[lis
     g = torch.Generator().manual_seed(seed)
     return [[1, *torch.randint(3, vocab, (length - 1,), generator=g).tolist()]
             for _ in range(count)]
+
+
+def tiny_int_model(seed: int, scheme: str, **shape):
+    """The integer reference of a tiny random model quantized with ``scheme`` (group 16)."""
+    from quant import intref, schemes
+    from quant.quantize import quantize
+
+    ckpt = tiny_checkpoint(seed, **shape)
+    calib = random_sequences(seed, 6, 24, ckpt.config.vocab_size)
+    return intref.build(quantize(ckpt, schemes.parse(scheme, group=16), calib))

@@ -8,19 +8,12 @@ from compiler.compile import compile_model
 from compiler.memory_plan import CompileError
 from host.device import EmulatorDevice
 from llmacc.config import preset
-from quant import intref, schemes
-from quant.quantize import quantize
-from tests.quant_helpers import random_sequences, tiny_checkpoint
+from quant import intref
+from tests.quant_helpers import random_sequences, tiny_int_model
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4+2:16", "w4-mixed-a8kv4+2:4", "w4a8+lambda2:6", "w8a8"]
 #: small buckets so that short tests cross several edges: prefill 8, decode 8, 32 tokens
 SMALL = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8, max_seq_len=512)
-
-
-def _int_model(seed: int, name: str, **shape) -> intref.IntModel:
-    ckpt = tiny_checkpoint(seed, **shape)
-    calib = random_sequences(seed, 6, 24, ckpt.config.vocab_size)
-    return intref.build(quantize(ckpt, schemes.parse(name, group=16), calib))
 
 
 def _check_run(im: intref.IntModel, device: EmulatorDevice, tokens: list[int], prompt: int,
@@ -39,7 +32,7 @@ def _check_run(im: intref.IntModel, device: EmulatorDevice, tokens: list[int], p
 @pytest.mark.parametrize("name", SCHEMES)
 def test_random_model_is_bit_exact_across_bucket_edges(request, name):
     seed = request.config.llmacc_seed
-    im = _int_model(seed, name)
+    im = tiny_int_model(seed, name)
     cm = compile_model(im, SMALL, max_len=32)
     assert sorted(n for k, n in cm.programs if k == "prefill") == [8, 16, 24, 32]
     assert sorted(n for k, n in cm.programs if k == "decode") == [8, 16, 24, 32]
@@ -55,7 +48,7 @@ def test_sharing_devices_and_reusing_buckets(request):
     """One device runs two prompts back to back: stale cache rows past the new length are
     masked, so the second run is exact too."""
     seed = request.config.llmacc_seed
-    im = _int_model(seed, "w4a8", layers=1)
+    im = tiny_int_model(seed, "w4a8", layers=1)
     cm = compile_model(im, SMALL, max_len=24)
     device = EmulatorDevice(cm)
     long = random_sequences(seed + 3, 1, 20, im.config.vocab_size)[0]
@@ -66,7 +59,7 @@ def test_sharing_devices_and_reusing_buckets(request):
 
 def test_u280_config_places_weights_over_many_channels(request):
     seed = request.config.llmacc_seed
-    im = _int_model(seed, "w2a8kv4", dim=64, heads=4, kv_heads=2, hidden=172)
+    im = tiny_int_model(seed, "w2a8kv4", dim=64, heads=4, kv_heads=2, hidden=172)
     cm = compile_model(im, preset("u280"), max_len=64, lengths={"prefill": [64],
                                                         "decode": [16]})
     channels = {region.chan for region, _ in cm.image}
@@ -78,7 +71,7 @@ def test_u280_config_places_weights_over_many_channels(request):
 
 
 def test_storage_with_buckets_is_much_smaller(request):
-    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    im = tiny_int_model(request.config.llmacc_seed, "w8a8", layers=1)
     cm = compile_model(im, SMALL.replace(prefill_bucket=16, decode_bucket=8), max_len=64)
     st = cm.storage()
     assert len(cm.programs) == 4 + 8
@@ -91,12 +84,12 @@ def test_storage_with_buckets_is_much_smaller(request):
     ({"act_buffer_bytes": 1024}, "ACT buffer: .* needs"),
 ])
 def test_unsupported_shapes_fail_at_compile_time(request, change, match):
-    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    im = tiny_int_model(request.config.llmacc_seed, "w8a8", layers=1)
     with pytest.raises(CompileError, match=match):
         compile_model(im, SMALL.replace(**change), max_len=16)
 
 
 def test_context_longer_than_the_model_is_refused(request):
-    im = _int_model(request.config.llmacc_seed, "w8a8", layers=1)
+    im = tiny_int_model(request.config.llmacc_seed, "w8a8", layers=1)
     with pytest.raises(CompileError, match="at most 64"):
         compile_model(im, SMALL, max_len=65)

@@ -13,20 +13,15 @@ from host.emulator import Emulator, EmulatorError
 from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
-from quant import intref, schemes
-from quant.quantize import quantize
-from tests.quant_helpers import random_sequences, tiny_checkpoint
+from tests.quant_helpers import random_sequences, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 
 
 @pytest.fixture(scope="module")
 def compiled(request):
-    seed = request.config.llmacc_seed
-    ckpt = tiny_checkpoint(seed, layers=1)
-    qm = quantize(ckpt, schemes.parse("w4-mixed-a8kv4", group=16),
-                  random_sequences(seed, 6, 24, ckpt.config.vocab_size))
-    return compile_model(intref.build(qm), CFG, max_len=24)
+    im = tiny_int_model(request.config.llmacc_seed, "w4-mixed-a8kv4", layers=1)
+    return compile_model(im, CFG, max_len=24)
 
 
 def _interleaved_logits(cm, program, tokens, regs, rng, strip=False):

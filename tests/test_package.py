@@ -12,8 +12,6 @@ from host import device as device_mod
 from host.device import EmulatorDevice
 from llmacc import cli, isa
 from llmacc.config import preset
-from quant import intref, schemes
-from quant.quantize import quantize
 from tests.quant_helpers import (
     MODEL,
     TEXT,
@@ -21,6 +19,7 @@ from tests.quant_helpers import (
     need_shared,
     random_sequences,
     tiny_checkpoint,
+    tiny_int_model,
 )
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
@@ -28,11 +27,8 @@ CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 
 @pytest.fixture(scope="module")
 def compiled(request):
-    seed = request.config.llmacc_seed
-    ckpt = tiny_checkpoint(seed, layers=1)
-    qm = quantize(ckpt, schemes.parse("w2a8kv4+2:4", group=16),
-                  random_sequences(seed, 6, 24, ckpt.config.vocab_size))
-    return compile_model(intref.build(qm), CFG, max_len=16)
+    im = tiny_int_model(request.config.llmacc_seed, "w2a8kv4+2:4", layers=1)
+    return compile_model(im, CFG, max_len=16)
 
 
 @pytest.fixture
