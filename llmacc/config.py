@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmacc.isa import ISA_VERSION, Buffer, MatFields, MemFields, SfuFields
+from llmacc.isa import ISA_VERSION, AttnFields, Buffer, MatFields, MemFields
 
 #: The size field of each on-chip buffer.
 BUFFER_FIELDS = {Buffer.ACT: "act_buffer_bytes", Buffer.WGT: "weight_buffer_bytes",
@@ -144,8 +144,8 @@ class AccelConfig:
             words = size // self.axi_data_bytes
             if words > 1 << MemFields.as_shape()["buf_addr"].width:
                 self._fail(name, "has more words than the ISA's 16-bit buffer address reaches")
-        if self.max_seq_len >= 1 << SfuFields.as_shape()["rows"].width:  # rows may be SEQ_LEN
-            self._fail("max_seq_len", "exceeds the ISA's row count field")
+        if self.max_seq_len >= 1 << AttnFields.as_shape()["keys"].width:
+            self._fail("max_seq_len", "exceeds the ISA's key count field")
         if self.max_seq_len % self.decode_bucket or self.max_seq_len % self.prefill_bucket:
             self._fail("max_seq_len", "must be a multiple of both bucket sizes")
         if self.prefill_bucket >= 1 << MatFields.as_shape()["m"].width:

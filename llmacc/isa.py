@@ -141,7 +141,8 @@ class SysFunc(enum.Enum, shape=3):
 
 
 class Reg(enum.Enum, shape=4):
-    """Run-time registers that length-adaptive programs read."""
+    """Run-time registers that length-adaptive programs read. The controller resolves them when
+    it dispatches an instruction (program order), so SETREG affects only later instructions."""
 
     SEQ_LEN = 0  #: tokens in the KV cache after this step (LenSrc.SEQ row counts)
     POS = 1  #: position of the first row of this step (RoPE rows, KV append, masks)
