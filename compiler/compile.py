@@ -46,27 +46,24 @@ class HostInterface:
         d["channel_bytes"] = tuple(d["channel_bytes"])
         return cls(**d)
 
+    def _bucket(self, n: int, size: int, what: str) -> int:
+        if not 1 <= n <= self.max_len:
+            raise ValueError(f"{what} of {n} tokens: the package supports 1..{self.max_len}")
+        return min(self.max_len, -(-n // size) * size)
+
     def prefill_rows(self, tokens: int) -> int:
         """The prefill bucket (rows) for a prompt of ``tokens`` tokens."""
-        if not 1 <= tokens <= self.max_len:
-            raise ValueError(f"prompt of {tokens} tokens: the package supports 1..{self.max_len}")
-        return min(self.max_len, -(-tokens // self.prefill_bucket) * self.prefill_bucket)
+        return self._bucket(tokens, self.prefill_bucket, "prompt")
 
     def decode_keys(self, seq_len: int) -> int:
         """The decode bucket (keys) for a step that leaves ``seq_len`` tokens in the cache."""
-        if not 1 <= seq_len <= self.max_len:
-            raise ValueError(f"context of {seq_len} tokens: the package supports 1..{self.max_len}")
-        return min(self.max_len, -(-seq_len // self.decode_bucket) * self.decode_bucket)
+        return self._bucket(seq_len, self.decode_bucket, "context")
 
     def prefill_lengths(self) -> list[int]:
-        return sorted({self.prefill_rows(t) for t in range(1, self.max_len + 1,
-                                                            self.prefill_bucket)}
-                      | {self.prefill_rows(self.max_len)})
+        return sorted({self.prefill_rows(t) for t in range(1, self.max_len + 1)})
 
     def decode_lengths(self) -> list[int]:
-        return sorted({self.decode_keys(t) for t in range(1, self.max_len + 1,
-                                                          self.decode_bucket)}
-                      | {self.decode_keys(self.max_len)})
+        return sorted({self.decode_keys(t) for t in range(1, self.max_len + 1)})
 
 
 @dataclass
@@ -93,19 +90,18 @@ class CompiledModel:
         program with ``ceil(L / C)`` steps, and a decode program has the same size at every
         length.
         """
-        words = per_length = 0
-        for (kind, n), prog in self.programs.items():
-            size = len(prog.instructions)
-            words += size
-            if kind == "decode":
-                lens = [t for t in range(1, self.host.max_len + 1) if self.host.decode_keys(t) == n]
-                per_length += size * len(lens)
-                continue
-            steps = n // prog.chunk
-            step = (size - 3 - steps) // steps  # minus SINK/WINDOW/HALT and a POS per step
-            for t in range(1, self.host.max_len + 1):
-                if self.host.prefill_rows(t) == n:
-                    per_length += 3 + -(-t // prog.chunk) * (step + 1)
+        words = sum(len(p.instructions) for p in self.programs.values())
+        per_length = 0
+        for t in range(1, self.host.max_len + 1):
+            decode = self.programs.get(("decode", self.host.decode_keys(t)))
+            if decode is not None:
+                per_length += len(decode.instructions)
+            prefill = self.programs.get(("prefill", self.host.prefill_rows(t)))
+            if prefill is not None:
+                steps = prefill.length // prefill.chunk
+                # a step, plus its POS; plus SINK, WINDOW and HALT once
+                step = (len(prefill.instructions) - 3 - steps) // steps
+                per_length += 3 + -(-t // prefill.chunk) * (step + 1)
         wb = isa.WORD_BYTES
         return {"bucket_bytes": words * wb, "per_length_bytes": per_length * wb,
                 "ratio": per_length / max(words, 1)}
@@ -122,9 +118,9 @@ def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None 
         raise CompileError(f"bucket sizes must be positive (prefill {pb}, decode {db})")
     placement = place(im, cfg, max_len)
     w = cfg.axi_data_bytes
-    record = L.embed_pitch(im.config.dim, im.embedding.group, w) * w
     host = HostInterface(
-        placement.max_len, pb, db, im.config.vocab_size, placement.embedding, record,
+        placement.max_len, pb, db, im.config.vocab_size, placement.embedding,
+        placement.record_words * w,
         placement.inputs, placement.logits, L.wide_pitch(im.config.vocab_size, w) * w,
         tuple(placement.ext.channel_bytes()))
     lower = Lowering(im, placement)

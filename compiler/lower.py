@@ -122,18 +122,25 @@ class Lowering:
         mc = im.config
         self.kvp = L.kv_pitch(mc.head_dim, im.kv_bits, self.w)
 
+    def wp(self, n: int) -> int:
+        """Words of a wide row of ``n`` elements."""
+        return L.wide_pitch(n, self.w)
+
+    def qp(self, n: int) -> int:
+        """Words of a quantized row of ``n`` elements."""
+        return L.qrow_pitch(n, self.w)
+
     # -- buffers -------------------------------------------------------------------------
     def allocate(self, rows: int, keys: int) -> dict[str, int | list[int]]:
         """Buffer addresses for a step of ``rows`` rows and ``keys`` keys."""
         mc, w, p, R = self.im.config, self.w, self.p, rows
         lin = p.linears
-        wp, qp = (lambda n: L.wide_pitch(n, w)), (lambda n: L.qrow_pitch(n, w))
+        wp, qp = self.wp, self.qp
         out_tile = lin["output"].tiles[0].n
         bp = BufPlan(p.cfg)
         A, T, KV = Buffer.ACT, Buffer.TABLE, Buffer.KV
-        emb_pitch = p.inputs.nbytes // p.max_len // w
         a: dict[str, int | list[int]] = {
-            "xin": bp.alloc(A, R * emb_pitch, "embedding records"),
+            "xin": bp.alloc(A, R * p.record_words, "embedding records"),
             "x": bp.alloc(A, R * wp(mc.dim), "residual"),
             "h": bp.alloc(A, R * wp(mc.dim), "normed rows"),
             "hq": bp.alloc(A, R * qp(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
@@ -169,13 +176,14 @@ class Lowering:
     def _step(self, e: _Emitter, rows: int, keys: int, row0: int, decode: bool) -> None:
         im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
         a = self.allocate(rows, keys)
-        wp, qp = (lambda n: L.wide_pitch(n, w)), (lambda n: L.qrow_pitch(n, w))
+        wp, qp = self.wp, self.qp
         dim, kvd, hd, hid = mc.dim, mc.kv_dim, mc.head_dim, mc.hidden_dim
         heads, kvh = mc.n_heads, mc.n_kv_heads
         rep = heads // kvh
         fr = im.F["resid"]
         A, T = Buffer.ACT, Buffer.TABLE
-        emb_pitch = p.inputs.nbytes // p.max_len // w
+        emb_pitch = p.record_words
+        kv8 = int(im.kv_bits == 8)
         slots = {"wgt": a["wgt"], "meta": a["meta"]}
         lin = p.linears
 
@@ -235,7 +243,7 @@ class Lowering:
                            [Access(A, pr, pr + R * wp(keys))],
                            func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
                            head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wp(keys),
-                           shift=F["q"] + F["k"] - 16, kv8=int(im.kv_bits == 8))
+                           shift=F["q"] + F["k"] - 16, kv8=kv8)
                     oa = a["o"] + hh * hd * 4 // w
                     e.emit(Opcode.ATTN,
                            [Access(A, pr, pr + R * wp(keys)),
@@ -243,7 +251,7 @@ class Lowering:
                            [Access(A, oa, oa + (R - 1) * wp(dim) + wp(hd))],
                            func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
                            keys=keys, rows=R, a_step=wp(keys), d_step=wp(dim),
-                           shift=F["v"] - F["o"], kv8=int(im.kv_bits == 8))
+                           shift=F["v"] - F["o"], kv8=kv8)
             ko = lin[name + "wo"].k
             e.sfu(SfuFunc.QUANT8, R, dim, region(a["o"], R, wp(dim)), region(a["oq"], R, qp(ko)),
                   imm=ko)
@@ -313,7 +321,6 @@ class Lowering:
     def decode(self, keys: int) -> Program:
         if not 1 <= keys <= self.p.max_len:
             raise CompileError(f"decode over {keys} keys: the package holds {self.p.max_len}")
-        self.allocate(1, keys)
         e = _Emitter(self.p)
         self._preamble(e)
         self._step(e, 1, keys, 0, decode=True)

@@ -16,12 +16,10 @@ import numpy as np
 from compiler.memory_plan import CompileError, ExtPlan, Region
 from llmacc import layout as L
 from llmacc.config import AccelConfig
-from llmacc.isa import Buffer, MatFields, OutMode, WeightFormat
+from llmacc.isa import Buffer, MatFields, OutMode
+from quant.checkpoint import LINEARS
 from quant.intref import IntModel
 from quant.qlinear import QLinear
-
-FORMATS = {"w2": WeightFormat.W2, "mixed3": WeightFormat.MIXED3, "mixed4": WeightFormat.MIXED4,
-           "int8": WeightFormat.INT8}
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,7 @@ class Placement:
     final_gamma: Region
     rope: Region
     embedding: Region  #: one record per vocabulary entry (the host gathers from it)
+    record_words: int  #: words per embedding record
     inputs: Region  #: max_len records written by the host
     logits: Region  #: max_len wide rows of the vocabulary
     kv: dict[tuple[int, int, str], Region]  #: (layer, kv head, "k" | "v")
@@ -93,7 +92,7 @@ def check_model(im: IntModel, cfg: AccelConfig) -> None:
     limit = (1 << MatFields.as_shape()["k"].width) - 1
     for name, q in _linears(im):
         _check(q.padded_in <= limit, f"{name}: K = {q.padded_in} exceeds the ISA's {limit}")
-        _check(q.fmt in FORMATS, f"{name}: unknown weight format {q.fmt!r}")
+        _check(q.fmt in L.FORMAT_OF, f"{name}: unknown weight format {q.fmt!r}")
         _check(q.group & (q.group - 1) == 0 and 8 <= q.group <= 128,
                f"{name}: group {q.group} is not a power of two in 8..128")
     _check(im.kv_bits in (4, 8), f"model: KV cache of {im.kv_bits} bits (4 or 8 supported)")
@@ -102,8 +101,7 @@ def check_model(im: IntModel, cfg: AccelConfig) -> None:
 def _linears(im: IntModel) -> list[tuple[str, QLinear]]:
     out = []
     for i, layer in enumerate(im.layers):
-        out += [(f"layers.{i}.{n}", getattr(layer, n))
-                for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
+        out += [(f"layers.{i}.{n}", getattr(layer, n)) for n in LINEARS]
     return out + [("output", im.output)]
 
 
@@ -125,7 +123,7 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
                  mode: OutMode = OutMode.WIDE, p0: int = 0, p1: int = 0) -> LinearPlan:
     w = cfg.axi_data_bytes
     k, n = q.padded_in, q.out_features
-    desc = L.Descriptor(FORMATS[q.fmt], L.sparsity_of(q.sparsity), q.group.bit_length() - 1,
+    desc = L.Descriptor(L.FORMAT_OF[q.fmt], L.sparsity_of(q.sparsity), q.group.bit_length() - 1,
                         p0, p1)
     aux = q.zero_points if q.fmt == "w2" else q.dtype_ids
     shift = q.row_exp + f_in - f_out
@@ -199,6 +197,6 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placeme
     kvp = L.kv_pitch(mc.head_dim, im.kv_bits, w) * w
     kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp)
           for i in range(mc.n_layers) for g in range(mc.n_kv_heads) for s in "kv"}
-    return Placement(cfg, ext, max_len, linears, lt, tables, final_gamma, rope_r, emb_r, inputs,
-                     logits, kv, im.kv_bits)
+    return Placement(cfg, ext, max_len, linears, lt, tables, final_gamma, rope_r, emb_r,
+                     emb.shape[1] // w, inputs, logits, kv, im.kv_bits)
 

@@ -45,6 +45,14 @@ class EmulatorError(RuntimeError):
     """An instruction that cannot execute (out-of-range address, bad record, deadlock)."""
 
 
+#: What executing one instruction may raise; reported with the instruction's index.
+_INSTRUCTION_ERRORS = (EmulatorError, L.LayoutError, N.NumericsError)
+
+
+def _at(index: int, insn: Instruction, exc: Exception) -> EmulatorError:
+    return EmulatorError(f"instruction {index} ({insn.opcode.name}): {exc}")
+
+
 @dataclass
 class RunStats:
     instructions: int = 0
@@ -133,8 +141,7 @@ class Emulator:
         for index, insn in enumerate(program):
             try:
                 if insn.opcode is Opcode.SYS:
-                    done = self._sys(insn, free)
-                    if done is None:
+                    if self._sys(insn, free):
                         break
                     continue
                 unit = insn.unit
@@ -153,8 +160,8 @@ class Emulator:
                 for dst in Unit:
                     if insn.release >> dst.value & 1:
                         tokens[(unit, dst)].append(free[unit])
-            except (EmulatorError, L.LayoutError, N.NumericsError) as exc:
-                raise EmulatorError(f"instruction {index} ({insn.opcode.name}): {exc}") from None
+            except _INSTRUCTION_ERRORS as exc:
+                raise _at(index, insn, exc) from None
             stats.instructions += 1
         left = {f"{a.name}->{b.name}": len(q) for (a, b), q in tokens.items() if q}
         if left:
@@ -192,9 +199,8 @@ class Emulator:
                 self.regs = snapshot
                 try:
                     self._execute(insn, stats)
-                except (EmulatorError, L.LayoutError, N.NumericsError) as exc:
-                    raise EmulatorError(f"instruction {index} ({insn.opcode.name}): "
-                                        f"{exc}") from None
+                except _INSTRUCTION_ERRORS as exc:
+                    raise _at(index, insn, exc) from None
                 for v in Unit:
                     tokens[(unit, v)] += insn.release >> v.value & 1
 
@@ -211,15 +217,14 @@ class Emulator:
         drain()
         self.regs = dispatched
 
-    def _sys(self, insn: Instruction, free: dict[Unit, int]) -> int | None:
-        if insn.func is SysFunc.HALT:
-            return None
+    def _sys(self, insn: Instruction, free: dict[Unit, int]) -> bool:
+        """Run a controller instruction; True for HALT."""
         if insn.func is SysFunc.SETREG:
             self.regs[insn.reg] = insn.imm
         elif insn.func is SysFunc.SYNC:
             t = max(free.values())
             free.update(dict.fromkeys(free, t))
-        return 0
+        return insn.func is SysFunc.HALT
 
     def _execute(self, insn: Instruction, stats: RunStats) -> int:
         op = insn.opcode
@@ -301,7 +306,6 @@ class Emulator:
 
     def _sfu(self, insn: Instruction) -> C.Work:
         w, f, rows, length = self.w, insn.func, insn.rows, insn.length
-        wp = L.wide_pitch(length, w)
         work = C.Work(elements=rows * length, rows=rows)
         if f is SfuFunc.EMBED:
             pitch = L.embed_pitch(length, insn.imm, w)
@@ -357,5 +361,5 @@ class Emulator:
             return work
         else:
             raise EmulatorError(f"SFU function {f.name} is reserved")
-        self._put(Buffer.ACT, insn.dst, L.encode_wide(out, w)[:, :wp * w])
+        self._put(Buffer.ACT, insn.dst, L.encode_wide(out, w))
         return work

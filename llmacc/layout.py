@@ -36,6 +36,7 @@ FORMAT_BITS = {WeightFormat.W2: 2, WeightFormat.MIXED3: 3, WeightFormat.MIXED4: 
                WeightFormat.INT8: 8}
 FORMAT_NAMES = {WeightFormat.W2: "w2", WeightFormat.MIXED3: "mixed3",
                 WeightFormat.MIXED4: "mixed4", WeightFormat.INT8: "int8"}
+FORMAT_OF = {name: fmt for fmt, name in FORMAT_NAMES.items()}  #: QLinear.fmt -> WeightFormat
 SPARSITY_NM = {Sparsity.DENSE: None, Sparsity.N2M16: (2, 16), Sparsity.N4M16: (4, 16),
                Sparsity.N8M16: (8, 16), Sparsity.N2M4: (2, 4)}
 
@@ -86,15 +87,18 @@ def descriptor_words(w: int) -> int:
 
 
 # -- bit packing (vectorised) ----------------------------------------------------------------
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Rows of unsigned codes [R, C] -> bytes [R, ceil(C * bits / 8)], LSB-first per row."""
+def _bitplanes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Rows of unsigned codes [R, C] -> their bits [R, C * bits], LSB first."""
     codes = np.asarray(codes, dtype=np.int64)
     if codes.size and (codes.min() < 0 or codes.max() >> bits):
         raise LayoutError(f"codes do not fit {bits} bits")
     r, c = codes.shape
-    bitplanes = (codes[..., None] >> np.arange(bits)) & 1
-    flat = bitplanes.reshape(r, c * bits).astype(np.uint8)
-    return np.packbits(flat, axis=1, bitorder="little")
+    return ((codes[..., None] >> np.arange(bits)) & 1).reshape(r, c * bits).astype(np.uint8)
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Rows of unsigned codes [R, C] -> bytes [R, ceil(C * bits / 8)], LSB-first per row."""
+    return np.packbits(_bitplanes(codes, bits), axis=1, bitorder="little")
 
 
 def unpack_bits(data: np.ndarray, bits: int, count: int, offset_bits: int = 0) -> np.ndarray:
@@ -241,12 +245,8 @@ def encode_weight_rows(desc: Descriptor, codes: Tensor, keep: Tensor | None, man
         c = c & 0xFF
     if desc.nm is not None:
         vals, idx = N.nm_compress(c, keep, *desc.nm)
-        body = np.concatenate([np.unpackbits(pack_bits(vals.numpy(), desc.bits), axis=1,
-                                             bitorder="little")[:, :vals.shape[1] * desc.bits],
-                               np.unpackbits(pack_bits(idx.numpy(), desc.index_bits()), axis=1,
-                                             bitorder="little")[:, :idx.shape[1]
-                                                                * desc.index_bits()]], 1)
-        body = np.packbits(body, axis=1, bitorder="little")
+        planes = [_bitplanes(vals.numpy(), desc.bits), _bitplanes(idx.numpy(), desc.index_bits())]
+        body = np.packbits(np.concatenate(planes, 1), axis=1, bitorder="little")
     else:
         body = pack_bits(c.numpy(), desc.bits)
     wgt = _pad_rows(body, desc.wgt_pitch(k, w) * w)
