@@ -25,8 +25,7 @@ class Access:
     hi: int
 
     def overlaps(self, other: Access) -> bool:
-        return (self.space == other.space and self.lo < other.hi and other.lo < self.hi
-                and type(self.space) is type(other.space))
+        return self.space == other.space and self.lo < other.hi and other.lo < self.hi
 
 
 @dataclass

@@ -36,7 +36,8 @@ def _float_tok_s(model: Transformer, prompt: list[int], steps: int) -> tuple[flo
     return len(prompt) / (mid - start), steps / (end - mid)
 
 
-def _int_tok_s(im: intref.IntModel, prompt: list[int], steps: int) -> tuple[float, float, list]:
+def _int_tok_s(im: intref.IntModel, prompt: list[int],
+               steps: int) -> tuple[float, float, list[int], list[torch.Tensor]]:
     cache = intref.IntKVCache.empty(im.config, len(prompt) + steps)
     start = time.perf_counter()
     logits = [im.forward(torch.tensor(prompt), cache)]

@@ -43,12 +43,12 @@ class Device(ABC):
 
     def _stage_tokens(self, tokens: list[int]) -> None:
         h = self.host
-        ids = np.asarray(tokens, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= h.vocab):
+        if any(not 0 <= t < h.vocab for t in tokens):
             raise ValueError(f"token ids must lie in 0..{h.vocab - 1}")
-        emb = self.read(h.embedding.chan, h.embedding.addr, h.embedding.nbytes)
-        records = emb.reshape(h.vocab, h.record_bytes)[ids]
-        self.write(h.inputs.chan, h.inputs.addr, records.reshape(-1))
+        for row, t in enumerate(tokens):  # only the records of these tokens, not the table
+            record = self.read(h.embedding.chan, h.embedding.addr + t * h.record_bytes,
+                               h.record_bytes)
+            self.write(h.inputs.chan, h.inputs.addr + row * h.record_bytes, record)
 
     def _logits(self, rows: int) -> Tensor:
         h = self.host
