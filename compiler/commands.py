@@ -8,7 +8,6 @@ per_length_bytes=<p> ratio=<r> compile_s=<t>``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from compiler import package
@@ -78,13 +77,3 @@ def run(args: argparse.Namespace) -> int:
           f"per_length_bytes={st['per_length_bytes']} ratio={st['ratio']:.1f} "
           f"compile_s={cm.seconds:.2f}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llmacc compile", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,6 @@ row, vocabulary index, both values) is printed when it is found; any mismatch ex
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
@@ -84,13 +83,3 @@ def run(args: argparse.Namespace) -> int:
           f"{cycles} modelled cycles; text: {tok.decode(tokens[len(prompt):])!r}")
     print(f"bit-exact: {matches}/{steps}")
     return 0 if matches == steps else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llmacc verify", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
