@@ -1,0 +1,106 @@
+"""A DSP48E2-shaped multiply-accumulate element and a cascade of them.
+
+Each element has the DSP48E2's registers: A/B input registers (AREG = BREG = 1), the
+multiplier register (MREG = 1) and the output register (PREG = 1), a 27 x 18 signed
+multiplier and a 48-bit post-adder whose other input is the cascade ``pcin`` (OPMODE Z =
+PCIN) or zero (Z = 0): the run-time ``link``. Written this way, yosys ``synth_xilinx`` and
+Vivado map each element onto one DSP48E2 (``tests/test_dsp_chain.py`` counts them).
+
+:class:`DspCascade` chains ``n`` elements PCOUT -> PCIN. Operands of element ``i`` are
+delayed ``i`` cycles (the systolic skew a cascade needs), and the reduction node taps the
+cascade after every ``group`` elements and re-aligns the taps, so that one beat's partial
+sums leave together ``n + 2`` cycles after it entered.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+A_BITS, B_BITS, P_BITS = 27, 18, 48
+
+
+class Dsp48e2(wiring.Component):
+    """``p <= m + (link ? pcin : 0)``, ``m <= a * b``, with A/B, M and P registers.
+
+    ``link`` travels with ``a``/``b`` (like the DSP's registered OPMODE), so a beat and its
+    link setting stay aligned. ``ce`` is the clock enable of every register.
+    """
+
+    a: In(signed(A_BITS))
+    b: In(signed(B_BITS))
+    link: In(1)
+    ce: In(1)
+    pcin: In(signed(P_BITS))
+    p: Out(signed(P_BITS))
+
+    def elaborate(self, platform):
+        m = Module()
+        a = Signal(signed(A_BITS), reset_less=True)
+        b = Signal(signed(B_BITS), reset_less=True)
+        prod = Signal(signed(A_BITS + B_BITS), reset_less=True)
+        link_a = Signal(reset_less=True)
+        link_m = Signal(reset_less=True)
+        p = Signal(signed(P_BITS), reset_less=True)
+        with m.If(self.ce):
+            m.d.sync += [a.eq(self.a), b.eq(self.b), link_a.eq(self.link),
+                         prod.eq(a * b), link_m.eq(link_a),
+                         p.eq((prod + (self.pcin & link_m.replicate(P_BITS)))[:P_BITS])]
+        m.d.comb += self.p.eq(p)
+        return m
+
+
+class DspCascade(wiring.Component):
+    """``n`` elements cascaded; ``taps[j]`` is the cascade after element ``(j+1)*group - 1``.
+
+    Inputs of one beat are presented together; element ``i`` sees them ``i`` cycles later.
+    ``link[i] = 0`` breaks the cascade before element ``i`` (element 0 never links).
+    """
+
+    LATENCY_EXTRA = 2  #: latency is ``n + LATENCY_EXTRA`` cycles
+
+    def __init__(self, n: int, group: int):
+        if n < 1 or group < 1 or n % group:
+            raise ValueError(f"cascade of {n} elements cannot tap every {group}")
+        self.n, self.group = n, group
+        super().__init__({
+            "a": In(data.ArrayLayout(signed(A_BITS), n)),
+            "b": In(data.ArrayLayout(signed(B_BITS), n)),
+            "link": In(n),
+            "ce": In(1),
+            "taps": Out(data.ArrayLayout(signed(P_BITS), n // group)),
+        })
+
+    @property
+    def latency(self) -> int:
+        return self.n + self.LATENCY_EXTRA
+
+    def elaborate(self, platform):
+        m = Module()
+        pes = []
+        for i in range(self.n):
+            pe = Dsp48e2()
+            m.submodules[f"pe{i}"] = pe
+            a, b, link = self.a[i], self.b[i], self.link[i] if i else 0
+            for d in range(i):  # input skew
+                na = Signal(signed(A_BITS), name=f"a{i}_d{d}", reset_less=True)
+                nb = Signal(signed(B_BITS), name=f"b{i}_d{d}", reset_less=True)
+                nl = Signal(name=f"l{i}_d{d}", reset_less=True)
+                with m.If(self.ce):
+                    m.d.sync += [na.eq(a), nb.eq(b), nl.eq(link)]
+                a, b, link = na, nb, nl
+            m.d.comb += [pe.a.eq(a), pe.b.eq(b), pe.link.eq(link), pe.ce.eq(self.ce)]
+            if pes:
+                m.d.comb += pe.pcin.eq(pes[-1].p)
+            pes.append(pe)
+        for j in range(self.n // self.group):
+            last = (j + 1) * self.group - 1
+            tap = pes[last].p
+            for d in range(self.n - 1 - last):  # output deskew
+                nt = Signal(signed(P_BITS), name=f"tap{j}_d{d}", reset_less=True)
+                with m.If(self.ce):
+                    m.d.sync += nt.eq(tap)
+                tap = nt
+            m.d.comb += self.taps[j].eq(tap)
+        return m

@@ -1,0 +1,38 @@
+"""The numerics contract's rounding and saturation as Amaranth expressions, defined once.
+
+``round_shift`` and ``saturate`` mirror :func:`llmacc.numerics.round_shift` and
+:func:`llmacc.numerics.saturate` (half away from zero: add ``2**(s-1)``, minus one for a
+negative value, then an arithmetic shift). Every block that rounds or saturates uses these.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Mux, Shape, Value
+
+
+def saturate(x: Value, bits: int, symmetric: bool = False) -> Value:
+    """Clamp signed ``x`` to ``bits`` (``symmetric`` excludes the most negative code)."""
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi if symmetric else -hi - 1
+    return Mux(x > hi, hi, Mux(x < lo, lo, x))[:bits].as_signed()
+
+
+def round_shift_right(x: Value, s: Value) -> Value:
+    """``x / 2**s`` rounded half away from zero, for an unsigned shift ``s``.
+
+    The rounding constant is as wide as the largest shift, so large shifts give 0 (not -1).
+    """
+    xs = Shape.cast(x.shape())
+    width = max(xs.width + 1, (1 << len(s)) + 1)
+    half = (Const(1, width) << s) >> 1
+    bias = half.as_signed() - ((x < 0) & (s != 0))
+    return ((x.as_signed() + bias) >> s).as_signed()
+
+
+def round_shift(x: Value, s: Value, max_left: int) -> Value:
+    """``round_shift(x, s)`` for a signed shift: ``s <= 0`` shifts left by ``-s`` (clamped to
+    ``max_left``, enough that any non-zero ``x`` saturates the caller's output)."""
+    left = Mux(s < 0, Mux(-s > max_left, max_left, -s), 0)[:max(1, max_left.bit_length())]
+    right = Mux(s > 0, s, 0)[:len(s) - 1]
+    shifted = x.as_signed() << left
+    return Mux(s < 0, shifted, round_shift_right(x, right)).as_signed()
