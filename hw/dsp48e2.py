@@ -12,7 +12,6 @@ cascade after every ``group`` elements and re-aligns the taps, so that one beat'
 sums leave together ``n + 2`` cycles after it entered.
 """
 
-from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring

@@ -30,9 +30,13 @@ def round_shift_right(x: Value, s: Value) -> Value:
 
 
 def round_shift(x: Value, s: Value, max_left: int) -> Value:
-    """``round_shift(x, s)`` for a signed shift: ``s <= 0`` shifts left by ``-s`` (clamped to
-    ``max_left``, enough that any non-zero ``x`` saturates the caller's output)."""
-    left = Mux(s < 0, Mux(-s > max_left, max_left, -s), 0)[:max(1, max_left.bit_length())]
-    right = Mux(s > 0, s, 0)[:len(s) - 1]
+    """``round_shift(x, s)`` for a signed shift ``s``: ``s <= 0`` shifts left by ``-s``
+    (clamped to ``max_left``, enough that any non-zero ``x`` saturates the caller's output);
+    right shifts beyond ``x``'s width give 0, as in the contract."""
+    xw = Shape.cast(x.shape()).width
+    left_bits = max(1, max_left.bit_length())
+    right_bits = (xw + 1).bit_length()
+    left = Mux(s < 0, Mux(-s > max_left, max_left, -s), 0)[:left_bits]
+    right = Mux(s > xw + 1, xw + 1, Mux(s > 0, s, 0))[:right_bits]
     shifted = x.as_signed() << left
     return Mux(s < 0, shifted, round_shift_right(x, right)).as_signed()

@@ -89,9 +89,20 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
         if not stamp.exists():
             build_dir.mkdir(parents=True, exist_ok=True)
             vpath.write_text(text)
-            get_runner("verilator").build(
-                sources=[vpath], hdl_toplevel=name, build_dir=build_dir,
-                build_args=list(args), waves=waves, always=True,
-            )
+            # The PyPI wheel's verilated.mk leaves the precompiled-header include flag empty,
+            # which breaks models large enough to be split into several C++ files; make takes
+            # variable overrides from MAKEFLAGS.
+            saved = os.environ.get("MAKEFLAGS")
+            os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
+            try:
+                get_runner("verilator").build(
+                    sources=[vpath], hdl_toplevel=name, build_dir=build_dir,
+                    build_args=list(args), waves=waves, always=True,
+                )
+            finally:
+                if saved is None:
+                    os.environ.pop("MAKEFLAGS")
+                else:
+                    os.environ["MAKEFLAGS"] = saved
             stamp.touch()
     return VerilatedModel(name, build_dir, vpath, waves)

