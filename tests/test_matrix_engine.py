@@ -1,0 +1,96 @@
+"""The matrix engine against numerics.linear_acc + linear_out, bit for bit: every weight
+format, every sparsity pattern, several group sizes, two tokens per pass."""
+
+import random
+
+import pytest
+import torch
+
+from hw.matrix_engine import EngineError, MatrixEngine, beats, engine_layouts
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.isa import WeightFormat
+from sim import stream_harness as H
+from sim import verilator
+
+LANES, CHAIN, TAP = 2, 16, 4
+
+
+def _tile(rng: random.Random, fmt: WeightFormat, nm, group: int, k: int, edge: bool):
+    """Random stored codes, decode parameters and the dense operands the model sees."""
+    bits = L.FORMAT_BITS[fmt]
+    g = k // group
+    codes = torch.tensor([[rng.randrange(1 << bits) for _ in range(k)] for _ in range(LANES)])
+    aux = None
+    if fmt is WeightFormat.W2:
+        aux = torch.tensor([[rng.randrange(4) for _ in range(g)] for _ in range(LANES)])
+    elif fmt in (WeightFormat.MIXED3, WeightFormat.MIXED4):
+        aux = torch.tensor([[rng.randrange(6) for _ in range(g)] for _ in range(LANES)])
+    keep = None
+    if nm:
+        kn, km = nm
+        keep = torch.zeros(LANES, k, dtype=torch.bool)
+        for r in range(LANES):
+            for b in range(0, k, km):
+                for j in rng.sample(range(km), kn):
+                    keep[r, b + j] = True
+    signed = codes - 256 * (codes > 127) if fmt is WeightFormat.INT8 else codes
+    ops = N.decode_weights(signed, aux, L.FORMAT_NAMES[fmt], group, aux)
+    if keep is not None:
+        ops = torch.where(keep, ops, 0)
+    mmax = N.SCALE_MAX if edge else rng.randint(1, N.SCALE_MAX)
+    mant = torch.tensor([[rng.choice((0, mmax, rng.randint(0, mmax))) for _ in range(g)]
+                         for _ in range(LANES)])
+    shift = torch.tensor([rng.randint(-4, 30) for _ in range(LANES)])
+    return codes, keep, aux, mant, shift, ops
+
+
+def _cases(seed: int, count: int):
+    rng = random.Random(seed)
+    inp, out = engine_layouts(LANES, CHAIN, TAP)
+    combos = [(fmt, nm, group) for fmt in WeightFormat
+              for nm in [None, (2, 16), (4, 16), (8, 16), (2, 4)]
+              for group in (16, 32, 64)
+              if group * (nm[0] if nm else 1) // (nm[1] if nm else 1) >= TAP]
+    inputs, expected = [], []
+    for c in range(count):
+        fmt, nm, group = combos[c % len(combos)] if c < len(combos) else rng.choice(combos)
+        k = group * rng.randint(1, 3) * (max(1, 128 // group) if nm == (2, 16) else 1)
+        edge = c % 5 == 0
+        codes, keep, aux, mant, shift, ops = _tile(rng, fmt, nm, group, k, edge)
+        x = torch.tensor([[rng.choice((-127, 127)) if edge else rng.randint(-127, 127)
+                           for _ in range(k)] for _ in range(2)])
+        if fmt is WeightFormat.INT8:
+            x[1] = 0
+        xm = torch.tensor([rng.randint(1 << 15, N.SCALE_MAX), rng.randint(0, N.SCALE_MAX)])
+        xe = torch.tensor([rng.randint(-20, 5) for _ in range(2)])
+        acc = N.linear_acc(x, ops, mant, group)
+        want = N.linear_out(acc, xm, xe, shift, 0, 0)  # [2 tokens, lanes]
+        for beat in beats(fmt, nm, group, codes, keep, aux, mant, shift, x, xm, xe, CHAIN,
+                          TAP):
+            inputs.append(H.pack(inp, beat))
+        expected.append(H.pack(out, {"y": want.t().tolist()}))
+    return inputs, expected, out
+
+
+def test_matrix_engine_amaranth(seed):
+    inputs, expected, out = _cases(seed, 70)
+    got = H.run_amaranth(MatrixEngine(LANES, CHAIN, TAP), inputs, len(expected), seed)
+    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+@pytest.mark.verilator
+def test_matrix_engine_verilator(verilator_env, seed, tmp_path):
+    inputs, expected, out = _cases(seed, 300)
+    model = verilator.build(MatrixEngine(LANES, CHAIN, TAP), "matrix_engine")
+    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+def test_schedule_refuses_groups_shorter_than_the_tap_spacing():
+    codes = torch.zeros(1, 128, dtype=torch.long)
+    keep = torch.zeros(1, 128, dtype=torch.bool)
+    keep[:, ::8] = True
+    with pytest.raises(EngineError, match="fewer than the chain's tap spacing"):
+        beats(WeightFormat.W2, (2, 16), 16, codes, keep, torch.zeros(1, 8), torch.zeros(1, 8),
+              [0], torch.zeros(2, 128), [1, 1], [0, 0], CHAIN, TAP)
