@@ -1,0 +1,241 @@
+"""AXI4 memory masters and the AXI4-Lite control slave of a Vitis RTL kernel.
+
+* :class:`AxiReadMaster` / :class:`AxiWriteMaster`: a command stream ``(addr, beats)`` becomes
+  INCR bursts of at most 256 beats that never cross a 4 KiB boundary (the AXI rule), with
+  the data as a stream. One pair per external-memory channel (HBM pseudo-channel on U280).
+* :class:`ControlSlave`: the ``ap_ctrl_hs`` block at 0x00 that Vitis and XRT expect
+  (ap_start, ap_done clear-on-read, ap_idle, ap_ready; GIE/IER/ISR at 0x04/0x08/0x0C) and the
+  kernel arguments from 0x10 (:data:`ARGS`, the one register map the host runtime imports).
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+BURST_MAX = 256
+BOUNDARY = 4096
+
+
+def axi_signature(addr_bits: int, data_bits: int, id_bits: int = 1) -> wiring.Signature:
+    """An AXI4 master port (manager side), signal names as in the AXI specification."""
+    strb = data_bits // 8
+    return wiring.Signature({
+        "awid": Out(id_bits), "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3),
+        "awburst": Out(2), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_bits), "wstrb": Out(strb), "wlast": Out(1), "wvalid": Out(1),
+        "wready": In(1),
+        "bid": In(id_bits), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "arid": Out(id_bits), "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3),
+        "arburst": Out(2), "arvalid": Out(1), "arready": In(1),
+        "rid": In(id_bits), "rdata": In(data_bits), "rresp": In(2), "rlast": In(1),
+        "rvalid": In(1), "rready": Out(1),
+    })
+
+
+def command_layout(addr_bits: int) -> data.StructLayout:
+    return data.StructLayout({"addr": addr_bits, "beats": 20})
+
+
+def _burst_len(m: Module, addr, remaining, data_bytes: int, addr_bits: int):
+    """Beats of the next burst: at most 256, the rest, and up to the 4 KiB boundary."""
+    to_boundary = Signal(range(BOUNDARY // data_bytes + 1))
+    m.d.comb += to_boundary.eq((BOUNDARY - (addr & (BOUNDARY - 1))) // data_bytes)
+    cap = min(BURST_MAX, BOUNDARY // data_bytes)
+    first = Signal(range(cap + 1))
+    m.d.comb += first.eq(Mux(to_boundary < cap, to_boundary, cap))
+    n = Signal(range(cap + 1))
+    m.d.comb += n.eq(Mux(remaining < first, remaining, first))
+    return n
+
+
+class AxiReadMaster(wiring.Component):
+    """``cmd`` (addr, beats) -> read bursts -> ``data`` stream (one word per beat).
+
+    ``addr`` must be aligned to the data width. A read error (RRESP != OKAY) sets ``error``.
+    """
+
+    def __init__(self, addr_bits: int = 32, data_bits: int = 64):
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(addr_bits))),
+            "data": Out(stream.Signature(data_bits)),
+            "axi": Out(axi_signature(addr_bits, data_bits)),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, nbytes = self.axi, self.data_bits // 8
+        addr = Signal(self.addr_bits)
+        remaining = Signal(21)  # beats not yet requested
+        outstanding = Signal(21)  # beats requested, not yet received
+        n = _burst_len(m, addr, remaining, nbytes, self.addr_bits)
+        m.d.comb += [axi.arsize.eq((nbytes - 1).bit_length()), axi.arburst.eq(1),
+                     axi.araddr.eq(addr), axi.arlen.eq(n - 1),
+                     axi.arvalid.eq(remaining != 0),
+                     self.idle.eq((remaining == 0) & (outstanding == 0)),
+                     self.cmd.ready.eq(self.idle)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [addr.eq(self.cmd.payload.addr), remaining.eq(self.cmd.payload.beats)]
+        sent = axi.arvalid & axi.arready
+        got = axi.rvalid & axi.rready
+        with m.If(sent):
+            m.d.sync += [addr.eq(addr + n * nbytes), remaining.eq(remaining - n)]
+        m.d.sync += outstanding.eq(outstanding + (sent * n) - got)
+        m.d.comb += [self.data.payload.eq(axi.rdata), self.data.valid.eq(axi.rvalid),
+                     axi.rready.eq(self.data.ready)]
+        with m.If(got & (axi.rresp != 0)):
+            m.d.sync += self.error.eq(1)
+        return m
+
+
+class AxiWriteMaster(wiring.Component):
+    """``cmd`` (addr, beats) + ``data`` stream -> write bursts; ``idle`` once every burst's
+    response is back. A write error (BRESP != OKAY) sets ``error``."""
+
+    def __init__(self, addr_bits: int = 32, data_bits: int = 64):
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(addr_bits))),
+            "data": In(stream.Signature(data_bits)),
+            "axi": Out(axi_signature(addr_bits, data_bits)),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, nbytes = self.axi, self.data_bits // 8
+        addr = Signal(self.addr_bits)
+        remaining = Signal(21)
+        burst_left = Signal(9)  # beats of the current burst still to send on W
+        bursts_open = Signal(16)  # bursts whose response has not arrived
+        n = _burst_len(m, addr, remaining, nbytes, self.addr_bits)
+        m.d.comb += [axi.awsize.eq((nbytes - 1).bit_length()), axi.awburst.eq(1),
+                     axi.awaddr.eq(addr), axi.awlen.eq(n - 1),
+                     axi.awvalid.eq((remaining != 0) & (burst_left == 0)),
+                     self.idle.eq((remaining == 0) & (burst_left == 0) & (bursts_open == 0)),
+                     self.cmd.ready.eq(self.idle)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [addr.eq(self.cmd.payload.addr), remaining.eq(self.cmd.payload.beats)]
+        aw = axi.awvalid & axi.awready
+        w = axi.wvalid & axi.wready
+        b = axi.bvalid & axi.bready
+        with m.If(aw):
+            m.d.sync += [addr.eq(addr + n * nbytes), remaining.eq(remaining - n),
+                         burst_left.eq(n)]
+        with m.Elif(w):
+            m.d.sync += burst_left.eq(burst_left - 1)
+        m.d.sync += bursts_open.eq(bursts_open + aw - b)
+        m.d.comb += [axi.wdata.eq(self.data.payload), axi.wstrb.eq(-1),
+                     axi.wlast.eq(burst_left == 1),
+                     axi.wvalid.eq(self.data.valid & (burst_left != 0)),
+                     self.data.ready.eq(axi.wready & (burst_left != 0)),
+                     axi.bready.eq(1)]
+        with m.If(b & (axi.bresp != 0)):
+            m.d.sync += self.error.eq(1)
+        return m
+
+
+#: Kernel arguments after the ap_ctrl block: (name, offset, access).
+ARGS = (
+    ("program_lo", 0x10, "rw"),  #: byte address of the program (low word)
+    ("program_hi", 0x14, "rw"),
+    ("program_words", 0x18, "rw"),  #: instruction words to run
+    ("status", 0x1C, "r"),  #: bit 0 error, bits 8..15 fault code, bits 16..31 fault pc
+    ("cycles_lo", 0x20, "r"),
+    ("cycles_hi", 0x24, "r"),
+    ("hw_id", 0x28, "r"),  #: AccelConfig.fingerprint()
+)
+
+
+def lite_signature(addr_bits: int = 12) -> wiring.Signature:
+    """An AXI4-Lite port seen from the slave (subordinate)."""
+    return wiring.Signature({
+        "awaddr": In(addr_bits), "awvalid": In(1), "awready": Out(1),
+        "wdata": In(32), "wstrb": In(4), "wvalid": In(1), "wready": Out(1),
+        "bresp": Out(2), "bvalid": Out(1), "bready": In(1),
+        "araddr": In(addr_bits), "arvalid": In(1), "arready": Out(1),
+        "rdata": Out(32), "rresp": Out(2), "rvalid": Out(1), "rready": In(1),
+    })
+
+
+class ControlSlave(wiring.Component):
+    """AXI4-Lite slave with the Vitis ``ap_ctrl_hs`` protocol and :data:`ARGS`.
+
+    ``ap_start`` rises when the host writes bit 0 of 0x00 and falls when the kernel takes the
+    start (``start`` pulse); ``finish`` from the kernel sets ``ap_done`` (cleared when 0x00 is
+    read) and ``ap_idle``, and raises the interrupt when enabled (GIE and IER bit 0).
+    """
+
+    def __init__(self, hw_id: int):
+        self.hw_id = hw_id
+        members = {"s_axi": Out(lite_signature()), "start": Out(1), "finish": In(1),
+                   "interrupt": Out(1)}
+        for name, _, access in ARGS:
+            members[name] = Out(32) if access == "rw" else In(32)
+        members.pop("hw_id")
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.s_axi
+        ap_start, ap_done, ap_idle = Signal(), Signal(), Signal(init=1)
+        gie, ier, isr = Signal(), Signal(2), Signal(2)
+        # write channel: take address and data together, answer OKAY
+        wa = Signal(12)
+        m.d.comb += [bus.awready.eq(bus.awvalid & bus.wvalid & ~bus.bvalid),
+                     bus.wready.eq(bus.awvalid & bus.wvalid & ~bus.bvalid)]
+        with m.If(bus.bvalid & bus.bready):
+            m.d.sync += bus.bvalid.eq(0)
+        m.d.comb += wa.eq(bus.awaddr)
+        with m.If(bus.awready):
+            m.d.sync += bus.bvalid.eq(1)
+            with m.Switch(wa):
+                with m.Case(0x00), m.If(bus.wdata[0]):
+                    m.d.sync += [ap_start.eq(1), ap_idle.eq(0)]
+                with m.Case(0x04):
+                    m.d.sync += gie.eq(bus.wdata[0])
+                with m.Case(0x08):
+                    m.d.sync += ier.eq(bus.wdata[:2])
+                with m.Case(0x0C):
+                    m.d.sync += isr.eq(isr ^ bus.wdata[:2])
+                for name, offset, access in ARGS:
+                    if access == "rw":
+                        with m.Case(offset):
+                            m.d.sync += getattr(self, name).eq(bus.wdata)
+        with m.If(ap_start):
+            m.d.comb += self.start.eq(1)
+            m.d.sync += ap_start.eq(0)
+        with m.If(self.finish):
+            m.d.sync += [ap_done.eq(1), ap_idle.eq(1)]
+            with m.If(ier[0]):
+                m.d.sync += isr[0].eq(1)
+        m.d.comb += self.interrupt.eq(gie & (isr & ier).any())
+        # read channel
+        m.d.comb += bus.arready.eq(~bus.rvalid)
+        with m.If(bus.rvalid & bus.rready):
+            m.d.sync += bus.rvalid.eq(0)
+        with m.If(bus.arvalid & bus.arready):
+            m.d.sync += bus.rvalid.eq(1)
+            with m.Switch(bus.araddr):
+                with m.Case(0x00):
+                    # ap_ready (bit 3): a new start would be taken now
+                    m.d.sync += bus.rdata.eq(ap_start | ap_done << 1 | ap_idle << 2
+                                             | ap_idle << 3)
+                    with m.If(~self.finish):
+                        m.d.sync += ap_done.eq(0)  # clear on read
+                with m.Case(0x04):
+                    m.d.sync += bus.rdata.eq(gie)
+                with m.Case(0x08):
+                    m.d.sync += bus.rdata.eq(ier)
+                with m.Case(0x0C):
+                    m.d.sync += bus.rdata.eq(isr)
+                for name, offset, _ in ARGS:
+                    with m.Case(offset):
+                        value = self.hw_id if name == "hw_id" else getattr(self, name)
+                        m.d.sync += bus.rdata.eq(value)
+                with m.Default():
+                    m.d.sync += bus.rdata.eq(0)
+        return m
