@@ -1,0 +1,94 @@
+"""Special-function unit, element stage: the per-element arithmetic of the SFU functions.
+
+One element (or, for RoPE, one interleaved pair) per cycle, selected by :class:`SfuFunc`,
+each exactly the numerics contract:
+
+* ADD: ``add(a, b, shift)``; MUL: ``mul(a, b, shift)`` (residual add, SwiGLU product, key
+  transform);
+* SILU: ``silu(a, imm, imm2)`` with the sigmoid ROM ``numerics.SIGMOID_LUT`` and its
+  interpolation;
+* ROPE: the pair ``(a, b)`` rotated by ``cos = c[0:16]``, ``sin = c[16:32]`` (Q1.14);
+* SOFTMAX: the exponential step ``exp2_neg(a)`` with ``numerics.EXP2_LUT`` (``a = max - s``);
+* EMBED: ``sat32(round_shift(a * b, shift))`` (INT8 code times its group mantissa).
+
+The row reductions around these steps (softmax max/sum/reciprocal, RMSNorm, QUANT8/KVQUANT
+scales) are not in this block.
+"""
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.fixed_point import round_shift, saturate
+from llmacc import numerics as N
+from llmacc.isa import SfuFunc
+
+W = N.WIDE_BITS
+
+ElementIn = data.StructLayout({
+    "func": SfuFunc, "a": signed(W), "b": signed(W), "c": signed(W),
+    "shift": signed(8), "imm": signed(16), "imm2": signed(12),
+})
+ElementOut = data.StructLayout({"y0": signed(W), "y1": signed(W)})
+
+
+def _interp(lut, idx, frac, frac_bits: int):
+    rom = Array(Const(int(v), signed(20)) for v in lut.tolist())
+    lo, hi = rom[idx], rom[idx + 1]
+    return lo + round_shift((hi - lo) * frac, Const(frac_bits, 5), 0)
+
+
+def exp2_neg(d):
+    """``numerics.exp2_neg`` for ``d >= 0`` (Q15.16 in, Q16 out)."""
+    low_bits = N.SCORE_FRAC - N.EXP2_LUT_BITS
+    k = d >> N.SCORE_FRAC
+    f = d[:N.SCORE_FRAC]
+    y = _interp(N.EXP2_LUT, f[low_bits:], f[:low_bits], low_bits)
+    return Mux(k > 32, 0, round_shift(y, Mux(k > 32, 32, k)[:7].as_signed(), 0))
+
+
+def silu(v, f_in, f_out):
+    """``numerics.silu(v, f_in, f_out)``."""
+    lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
+    xr = round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1)
+    xq = (Mux(xr < lo, lo, Mux(xr > -lo - 1, -lo - 1, xr)) - lo)[:N.SIGMOID_IN_FRAC + 6]
+    sig = _interp(N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
+                  N.SIGMOID_INTERP_BITS)
+    return saturate(round_shift(v * sig, 16 + f_in - f_out, W + 1), W)
+
+
+class ElementSfu(wiring.Component):
+    """The element stage as a stream block (one register stage)."""
+
+    i: In(stream.Signature(ElementIn))
+    o: Out(stream.Signature(ElementOut))
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.i.payload
+        en = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(en)
+        y0, y1 = Signal(signed(W)), Signal(signed(W))
+        cos, sin = p.c[:16].as_signed(), p.c[16:].as_signed()
+        with m.Switch(p.func):
+            with m.Case(SfuFunc.ADD):
+                m.d.comb += y0.eq(saturate(p.a + round_shift(p.b, p.shift, W + 1), W))
+            with m.Case(SfuFunc.MUL):
+                prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
+                m.d.comb += y0.eq(saturate(round_shift(prod, p.shift, W + 1), W))
+            with m.Case(SfuFunc.SILU):
+                m.d.comb += y0.eq(silu(p.a, p.imm, p.imm2))
+            with m.Case(SfuFunc.ROPE):
+                m.d.comb += [
+                    y0.eq(saturate(round_shift(p.a * cos - p.b * sin, Const(N.TRIG_FRAC, 5),
+                                               0), W)),
+                    y1.eq(saturate(round_shift(p.a * sin + p.b * cos, Const(N.TRIG_FRAC, 5),
+                                               0), W))]
+            with m.Case(SfuFunc.SOFTMAX):
+                m.d.comb += y0.eq(exp2_neg(p.a))
+            with m.Case(SfuFunc.EMBED):
+                m.d.comb += y0.eq(saturate(round_shift(p.a * p.b, p.shift, W + 1), W))
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.y0.eq(y0),
+                         self.o.payload.y1.eq(y1)]
+        return m

@@ -1,0 +1,87 @@
+"""The SFU element stage against llmacc.numerics, bit for bit, edge cases and random."""
+
+import random
+
+import pytest
+import torch
+
+from hw.sfu import ElementIn, ElementOut, ElementSfu
+from llmacc import numerics as N
+from llmacc.isa import SfuFunc
+from sim import stream_harness as H
+from sim import verilator
+
+WMAX, WMIN = (1 << 31) - 1, -(1 << 31)
+
+
+def _model(f: SfuFunc, a: int, b: int, c: int, shift: int, imm: int, imm2: int):
+    t = torch.tensor
+    if f is SfuFunc.ADD:
+        return int(N.add(t([a]), t([b]), shift)[0]), 0
+    if f is SfuFunc.MUL:
+        return int(N.mul(t([a]), t([b]), shift)[0]), 0
+    if f is SfuFunc.SILU:
+        return int(N.silu(t([a]), imm, imm2)[0]), 0
+    if f is SfuFunc.ROPE:
+        cos, sin = c & 0xFFFF, c >> 16 & 0xFFFF
+        cos, sin = cos - (cos >> 15 << 16), sin - (sin >> 15 << 16)
+        y = N.rope(t([a, b]), t([cos]), t([sin]))
+        return int(y[0]), int(y[1])
+    if f is SfuFunc.SOFTMAX:
+        return int(N.exp2_neg(t([a]))[0]), 0
+    if f is SfuFunc.EMBED:
+        return int(N.embed_rows(t([[a]]), t([[b]]), t([shift]), 1, 0)[0, 0]), 0
+    raise AssertionError(f)
+
+
+def _case(rng: random.Random, f: SfuFunc, edge: bool) -> dict:
+    big = lambda: rng.choice((WMAX, WMIN, 0, 1, -1)) if edge else rng.randint(WMIN, WMAX)  # noqa: E731
+    a, b, c, shift, imm, imm2 = big(), big(), 0, rng.randint(-8, 40), 0, 0
+    if f is SfuFunc.SILU:
+        imm, imm2 = rng.randint(0, 24), rng.randint(0, 24)
+        a = rng.randint(-(1 << (imm + 5)), 1 << (imm + 5)) if not edge else a
+    elif f is SfuFunc.ROPE:
+        ang = rng.random() * 6.3
+        cos = round(16384 * __import__("math").cos(ang))
+        sin = round(16384 * __import__("math").sin(ang))
+        c = (cos & 0xFFFF) | (sin & 0xFFFF) << 16
+        c -= (c >> 31) << 32
+    elif f is SfuFunc.SOFTMAX:
+        a = rng.choice((0, 1, 65535, 65536, 32 << 16, (33 << 16) - 1, 33 << 16, WMAX)) \
+            if edge else rng.randint(0, 40 << 16)
+    elif f is SfuFunc.EMBED:
+        a, b = rng.randint(-127, 127), rng.randint(0, N.SCALE_MAX)
+    elif f is SfuFunc.ADD:
+        shift = rng.randint(-3, 40)
+    return {"func": f, "a": a, "b": b, "c": c, "shift": shift, "imm": imm, "imm2": imm2}
+
+
+FUNCS = [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.ROPE, SfuFunc.SOFTMAX, SfuFunc.EMBED]
+
+
+def _vectors(seed: int, count: int):
+    rng = random.Random(seed)
+    inputs, expected = [], []
+    for i in range(count):
+        f = FUNCS[i % len(FUNCS)]
+        case = _case(rng, f, edge=i % 4 == 0)
+        y0, y1 = _model(f, case["a"], case["b"], case["c"], case["shift"], case["imm"],
+                        case["imm2"])
+        inputs.append(H.pack(ElementIn, case))
+        expected.append(H.pack(ElementOut, {"y0": y0, "y1": y1}))
+    return inputs, expected
+
+
+def test_element_sfu_amaranth(seed):
+    inputs, expected = _vectors(seed, 600)
+    got = H.run_amaranth(ElementSfu(), inputs, len(expected), seed)
+    assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+@pytest.mark.slow  # the sigmoid/exp2 ROMs make a large model: minutes to build on 2 cores
+@pytest.mark.verilator
+def test_element_sfu_verilator(verilator_env, seed, tmp_path):
+    inputs, expected = _vectors(seed, 6000)
+    model = verilator.build(ElementSfu(), "element_sfu")
+    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+    assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
