@@ -36,7 +36,7 @@ def command_layout(addr_bits: int) -> data.StructLayout:
     return data.StructLayout({"addr": addr_bits, "beats": 20})
 
 
-def _burst_len(m: Module, addr, remaining, data_bytes: int, addr_bits: int):
+def _burst_len(m: Module, addr, remaining, data_bytes: int):
     """Beats of the next burst: at most 256, the rest, and up to the 4 KiB boundary."""
     to_boundary = Signal(range(BOUNDARY // data_bytes + 1))
     m.d.comb += to_boundary.eq((BOUNDARY - (addr & (BOUNDARY - 1))) // data_bytes)
@@ -48,87 +48,88 @@ def _burst_len(m: Module, addr, remaining, data_bytes: int, addr_bits: int):
     return n
 
 
-class AxiReadMaster(wiring.Component):
+class _BurstMaster(wiring.Component):
+    """What the read and write masters share: the ports, and turning a command into
+    bursts on the address channel (AR or AW)."""
+
+    def __init__(self, addr_bits: int, data_bits: int, data_flow):
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(addr_bits))),
+            "data": data_flow(stream.Signature(data_bits)),
+            "axi": Out(axi_signature(addr_bits, data_bits)),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def _address_channel(self, m: Module, prefix: str, may_send):
+        """Drive the ``prefix`` ("ar"/"aw") channel from the accepted command; returns
+        ``(remaining, n, sent)``: beats not yet requested, this burst's beats, handshake."""
+        nbytes = self.data_bits // 8
+        channel = {f: getattr(self.axi, prefix + f)
+                   for f in ("addr", "len", "size", "burst", "valid", "ready")}
+        addr = Signal(self.addr_bits, name=f"{prefix}_next")
+        remaining = Signal(21, name=f"{prefix}_remaining")
+        n = _burst_len(m, addr, remaining, nbytes)
+        sent = channel["valid"] & channel["ready"]
+        m.d.comb += [channel["size"].eq((nbytes - 1).bit_length()), channel["burst"].eq(1),
+                     channel["addr"].eq(addr), channel["len"].eq(n - 1),
+                     channel["valid"].eq((remaining != 0) & may_send)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [addr.eq(self.cmd.payload.addr), remaining.eq(self.cmd.payload.beats)]
+        with m.If(sent):
+            m.d.sync += [addr.eq(addr + n * nbytes), remaining.eq(remaining - n)]
+        return remaining, n, sent
+
+
+class AxiReadMaster(_BurstMaster):
     """``cmd`` (addr, beats) -> read bursts -> ``data`` stream (one word per beat).
 
     ``addr`` must be aligned to the data width. A read error (RRESP != OKAY) sets ``error``.
     """
 
     def __init__(self, addr_bits: int = 32, data_bits: int = 64):
-        self.addr_bits, self.data_bits = addr_bits, data_bits
-        super().__init__({
-            "cmd": In(stream.Signature(command_layout(addr_bits))),
-            "data": Out(stream.Signature(data_bits)),
-            "axi": Out(axi_signature(addr_bits, data_bits)),
-            "idle": Out(1),
-            "error": Out(1),
-        })
+        super().__init__(addr_bits, data_bits, Out)
 
     def elaborate(self, platform):
         m = Module()
-        axi, nbytes = self.axi, self.data_bits // 8
-        addr = Signal(self.addr_bits)
-        remaining = Signal(21)  # beats not yet requested
+        axi = self.axi
         outstanding = Signal(21)  # beats requested, not yet received
-        n = _burst_len(m, addr, remaining, nbytes, self.addr_bits)
-        m.d.comb += [axi.arsize.eq((nbytes - 1).bit_length()), axi.arburst.eq(1),
-                     axi.araddr.eq(addr), axi.arlen.eq(n - 1),
-                     axi.arvalid.eq(remaining != 0),
-                     self.idle.eq((remaining == 0) & (outstanding == 0)),
-                     self.cmd.ready.eq(self.idle)]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [addr.eq(self.cmd.payload.addr), remaining.eq(self.cmd.payload.beats)]
-        sent = axi.arvalid & axi.arready
+        remaining, n, sent = self._address_channel(m, "ar", 1)
         got = axi.rvalid & axi.rready
-        with m.If(sent):
-            m.d.sync += [addr.eq(addr + n * nbytes), remaining.eq(remaining - n)]
         m.d.sync += outstanding.eq(outstanding + (sent * n) - got)
-        m.d.comb += [self.data.payload.eq(axi.rdata), self.data.valid.eq(axi.rvalid),
+        m.d.comb += [self.idle.eq((remaining == 0) & (outstanding == 0)),
+                     self.cmd.ready.eq(self.idle),
+                     self.data.payload.eq(axi.rdata), self.data.valid.eq(axi.rvalid),
                      axi.rready.eq(self.data.ready)]
         with m.If(got & (axi.rresp != 0)):
             m.d.sync += self.error.eq(1)
         return m
 
 
-class AxiWriteMaster(wiring.Component):
+class AxiWriteMaster(_BurstMaster):
     """``cmd`` (addr, beats) + ``data`` stream -> write bursts; ``idle`` once every burst's
     response is back. A write error (BRESP != OKAY) sets ``error``."""
 
     def __init__(self, addr_bits: int = 32, data_bits: int = 64):
-        self.addr_bits, self.data_bits = addr_bits, data_bits
-        super().__init__({
-            "cmd": In(stream.Signature(command_layout(addr_bits))),
-            "data": In(stream.Signature(data_bits)),
-            "axi": Out(axi_signature(addr_bits, data_bits)),
-            "idle": Out(1),
-            "error": Out(1),
-        })
+        super().__init__(addr_bits, data_bits, In)
 
     def elaborate(self, platform):
         m = Module()
-        axi, nbytes = self.axi, self.data_bits // 8
-        addr = Signal(self.addr_bits)
-        remaining = Signal(21)
+        axi = self.axi
         burst_left = Signal(9)  # beats of the current burst still to send on W
         bursts_open = Signal(16)  # bursts whose response has not arrived
-        n = _burst_len(m, addr, remaining, nbytes, self.addr_bits)
-        m.d.comb += [axi.awsize.eq((nbytes - 1).bit_length()), axi.awburst.eq(1),
-                     axi.awaddr.eq(addr), axi.awlen.eq(n - 1),
-                     axi.awvalid.eq((remaining != 0) & (burst_left == 0)),
-                     self.idle.eq((remaining == 0) & (burst_left == 0) & (bursts_open == 0)),
-                     self.cmd.ready.eq(self.idle)]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [addr.eq(self.cmd.payload.addr), remaining.eq(self.cmd.payload.beats)]
-        aw = axi.awvalid & axi.awready
+        remaining, n, aw = self._address_channel(m, "aw", burst_left == 0)
         w = axi.wvalid & axi.wready
         b = axi.bvalid & axi.bready
         with m.If(aw):
-            m.d.sync += [addr.eq(addr + n * nbytes), remaining.eq(remaining - n),
-                         burst_left.eq(n)]
+            m.d.sync += burst_left.eq(n)
         with m.Elif(w):
             m.d.sync += burst_left.eq(burst_left - 1)
         m.d.sync += bursts_open.eq(bursts_open + aw - b)
-        m.d.comb += [axi.wdata.eq(self.data.payload), axi.wstrb.eq(-1),
+        m.d.comb += [self.idle.eq((remaining == 0) & (burst_left == 0) & (bursts_open == 0)),
+                     self.cmd.ready.eq(self.idle),
+                     axi.wdata.eq(self.data.payload), axi.wstrb.eq(-1),
                      axi.wlast.eq(burst_left == 1),
                      axi.wvalid.eq(self.data.valid & (burst_left != 0)),
                      self.data.ready.eq(axi.wready & (burst_left != 0)),

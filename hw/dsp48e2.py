@@ -12,10 +12,11 @@ cascade after every ``group`` elements and re-aligns the taps, so that one beat'
 sums leave together ``n + 2`` cycles after it entered.
 """
 
-
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
+from hw.pipeline import delay
 
 A_BITS, B_BITS, P_BITS = 27, 18, 48
 
@@ -81,25 +82,16 @@ class DspCascade(wiring.Component):
         for i in range(self.n):
             pe = Dsp48e2()
             m.submodules[f"pe{i}"] = pe
-            a, b, link = self.a[i], self.b[i], self.link[i] if i else 0
-            for d in range(i):  # input skew
-                na = Signal(signed(A_BITS), name=f"a{i}_d{d}", reset_less=True)
-                nb = Signal(signed(B_BITS), name=f"b{i}_d{d}", reset_less=True)
-                nl = Signal(name=f"l{i}_d{d}", reset_less=True)
-                with m.If(self.ce):
-                    m.d.sync += [na.eq(a), nb.eq(b), nl.eq(link)]
-                a, b, link = na, nb, nl
-            m.d.comb += [pe.a.eq(a), pe.b.eq(b), pe.link.eq(link), pe.ce.eq(self.ce)]
+            link = self.link[i] if i else 0
+            m.d.comb += [pe.a.eq(delay(m, self.a[i], i, self.ce, f"a{i}")),  # input skew
+                         pe.b.eq(delay(m, self.b[i], i, self.ce, f"b{i}")),
+                         pe.link.eq(delay(m, link, i, self.ce, f"l{i}")),
+                         pe.ce.eq(self.ce)]
             if pes:
                 m.d.comb += pe.pcin.eq(pes[-1].p)
             pes.append(pe)
         for j in range(self.n // self.group):
             last = (j + 1) * self.group - 1
-            tap = pes[last].p
-            for d in range(self.n - 1 - last):  # output deskew
-                nt = Signal(signed(P_BITS), name=f"tap{j}_d{d}", reset_less=True)
-                with m.If(self.ce):
-                    m.d.sync += nt.eq(tap)
-                tap = nt
-            m.d.comb += self.taps[j].eq(tap)
+            m.d.comb += self.taps[j].eq(  # output deskew
+                delay(m, pes[last].p, self.n - 1 - last, self.ce, f"tap{j}"))
         return m

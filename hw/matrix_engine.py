@@ -25,6 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import round_shift, saturate
+from hw.pipeline import delay
 from hw.sparse_dsp_chain import SparseDspChain, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
@@ -71,7 +72,6 @@ class MatrixEngine(wiring.Component):
         self.lanes, self.n, self.group = lanes, n, group
         self.chains = [SparseDspChain(n, group) for _ in range(lanes)]
         inp, out = engine_layouts(lanes, n, group)
-        self._inp = inp
         super().__init__({"i": In(stream.Signature(inp)), "o": Out(stream.Signature(out))})
 
     def elaborate(self, platform):
@@ -82,15 +82,8 @@ class MatrixEngine(wiring.Component):
         slots = self.n // self.group
         latency = self.chains[0].latency
         # Side information travels alongside the chain: the beat as it reaches the taps.
-        side = Signal(self._inp, name="side_in")
-        valid = self.i.valid
-        m.d.comb += side.eq(beat)
-        for d in range(latency):
-            nxt = Signal(self._inp, name=f"side_d{d}", reset_less=True)
-            nv = Signal(name=f"valid_d{d}")
-            with m.If(en):
-                m.d.sync += [nxt.eq(side), nv.eq(valid)]
-            side, valid = nxt, nv
+        side = delay(m, beat, latency, en, "side")
+        valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
         pack = beat.fmt != WeightFormat.INT8
         # Row results waiting for requantisation.
         r_valid = Signal()

@@ -5,10 +5,11 @@ times the reciprocal of its slice's scale mantissa, rounded half away from zero 
 symmetrically. Also the toolchain smoke test's device (Amaranth -> Verilog -> Verilator).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.fixed_point import round_shift_right, saturate
 from llmacc import numerics
 
 
@@ -56,21 +57,11 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Wide enough for the product and for 2**(shift-1) at the largest shift, so that large
-        # shifts round to 0 rather than to -1.
-        width = max(self._in_bits + self._mult_bits + 1, 1 << self._shift_bits)
-        prod = Signal(signed(width))
-        half = Signal(width)
-        rounded = Signal(signed(width + 1))
-        limit = (1 << (self._out_bits - 1)) - 1
-        m.d.comb += [
-            prod.eq(self.x * self.mult),
-            # 2**(shift-1), or 0 when shift == 0: no rounding for an exact shift.
-            half.eq((Const(1, width) << self.shift) >> 1),
-            rounded.eq((prod + half - ((prod < 0) & (self.shift != 0))) >> self.shift),
-        ]
+        prod = Signal(signed(self._in_bits + self._mult_bits + 1))
+        m.d.comb += prod.eq(self.x * self.mult)
         m.d.sync += [
-            self.y.eq(Mux(rounded > limit, limit, Mux(rounded < -limit, -limit, rounded))),
+            self.y.eq(saturate(round_shift_right(prod, self.shift), self._out_bits,
+                               symmetric=True)),
             self.valid_out.eq(self.valid_in),
         ]
         return m

@@ -18,11 +18,12 @@ beat.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Array, Module, Mux, signed
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.dsp48e2 import DspCascade
+from hw.pipeline import delay
 from hw.weight_decode import OPERAND_BITS
 from llmacc.isa import Sparsity
 from llmacc.layout import SPARSITY_NM
@@ -95,43 +96,12 @@ class SparseDspChain(wiring.Component):
             m.d.comb += [cas.a[lane].eq(a), cas.b[lane].eq(inp.ops[lane])]
             m.d.comb += cas.link[lane].eq((lane & seg_mask) != 0)
         m.d.comb += cas.ce.eq(self.ce)
-        pack = inp.pack
-        for d in range(self.latency):  # the pack flag travels with its beat
-            nxt = Signal(name=f"pack_d{d}", reset_less=True)
-            with m.If(self.ce):
-                m.d.sync += nxt.eq(pack)
-            pack = nxt
+        pack = delay(m, inp.pack, self.latency, self.ce, "pack")  # travels with its beat
         for j in range(self.n // self.group):
             p = cas.taps[j]
             low = p[:PACK_SHIFT].as_signed()
             high = (p - low) >> PACK_SHIFT
             m.d.comb += [self.out.sums[j][0].eq(Mux(pack, low, p)),
                          self.out.sums[j][1].eq(Mux(pack, high, 0))]
-        return m
-
-
-class StreamedCore(wiring.Component):
-    """Stream handshake around a fixed-latency core with a clock enable (for unit tests and
-    for blocks whose every beat gives one output): the whole pipeline stalls while a result
-    waits on ``o.ready``."""
-
-    def __init__(self, core: wiring.Component):
-        self.core = core
-        members = core.signature.members
-        super().__init__({"i": In(stream.Signature(members["inp"].shape)),
-                          "o": Out(stream.Signature(members["out"].shape))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.core = core = self.core
-        en = ~self.o.valid | self.o.ready
-        valid = self.i.valid
-        for d in range(core.latency):
-            nxt = Signal(name=f"valid_d{d}")
-            with m.If(en):
-                m.d.sync += nxt.eq(valid)
-            valid = nxt
-        m.d.comb += [self.i.ready.eq(en), core.ce.eq(en), core.inp.eq(self.i.payload),
-                     self.o.payload.eq(core.out), self.o.valid.eq(valid)]
         return m
 

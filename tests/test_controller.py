@@ -6,10 +6,10 @@ import random
 from pathlib import Path
 
 import pytest
-from amaranth.hdl import Value
+from amaranth.hdl import Module, Signal, Value
 from amaranth.sim import Simulator
 
-from hw.controller import Controller, Fault, IssueLayout
+from hw.controller import Controller, Fault, IssueLayout, legality
 from llmacc import isa
 from llmacc.isa import Opcode, Reg, SysFunc, Unit
 from sim import stream_harness as H
@@ -231,11 +231,6 @@ def python_fault(word: int):
 
 def test_legality_equals_the_python_decoder(seed):
     rng = random.Random(seed)
-    from amaranth.hdl import Module, Signal
-    from amaranth.sim import Simulator as Sim
-
-    from hw.controller import legality
-
     sig = Signal(isa.InstructionWord)
     fault, illegal = legality(sig)
     out_f, out_i = Signal(8), Signal()
@@ -249,7 +244,7 @@ def test_legality_equals_the_python_decoder(seed):
             got = bool(ctx.get(out_i))
             assert got == bool(python_fault(w)), f"word {w:#034x}: RTL illegal={got} (seed {seed})"
 
-    sim = Sim(m)
+    sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
 

@@ -12,12 +12,8 @@ import pytest
 from amaranth.back import verilog
 
 from hw.dsp48e2 import DspCascade
-from hw.sparse_dsp_chain import (
-    SparseDspChain,
-    StreamedCore,
-    chain_layouts,
-    window,
-)
+from hw.pipeline import StreamedCore
+from hw.sparse_dsp_chain import SparseDspChain, chain_layouts, window
 from llmacc.isa import Sparsity
 from llmacc.layout import SPARSITY_NM
 from sim import stream_harness as H

@@ -9,10 +9,10 @@ source byte for byte, including bursts split at 4 KiB boundaries.
 import os
 
 import cocotb
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import ClockCycles, FallingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-from sim.benches.common import seeded_rng, start_clock_and_reset
+from sim.benches.common import seeded_rng, send, start_clock_and_reset
 
 
 def _pauses(rng, p):
@@ -37,13 +37,8 @@ async def axi_copy(dut):
         dst = (1 << 15) + rng.randrange(0, (1 << 15) - beats * nbytes) // nbytes * nbytes
         payload = bytes(rng.getrandbits(8) for _ in range(beats * nbytes))
         ram.write(src, payload)
-        await FallingEdge(dut.clk)
-        dut.cmd__payload.value = src | dst << 32 | beats << 64
-        dut.cmd__valid.value = 1
-        await ReadOnly()
-        while not dut.cmd__ready.value:
-            await FallingEdge(dut.clk)
-            await ReadOnly()
+        await send(dut.clk, dut.cmd__valid, dut.cmd__ready, dut.cmd__payload,
+                   src | dst << 32 | beats << 64)
         await FallingEdge(dut.clk)
         dut.cmd__valid.value = 0
         await ClockCycles(dut.clk, 2)

@@ -7,12 +7,11 @@ against the ISA's token semantics.
 """
 
 import json
-import os
 
 import cocotb
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from sim.benches.common import seeded_rng, start_clock_and_reset
+from sim.benches.common import load_vectors, seeded_rng, send, start_clock_and_reset
 
 UNITS = ("load", "compute", "sfu", "store")
 
@@ -20,8 +19,7 @@ UNITS = ("load", "compute", "sfu", "store")
 @cocotb.test()
 async def controller_schedule(dut):
     rng = seeded_rng(dut)
-    with open(os.environ["LLMACC_VECTORS"]) as f:
-        spec = json.load(f)
+    spec = load_vectors()
     words = [int(w, 16) for w in spec["words"]]
     dut.insn__valid.value = 0
     dut.start.value = 0
@@ -43,18 +41,10 @@ async def controller_schedule(dut):
         await FallingEdge(dut.clk)
         dut.start.value = 0
         for w in words:
-            while rng.random() < 0.2:
-                dut.insn__valid.value = 0
-                await FallingEdge(dut.clk)
-            dut.insn__payload.value = w
-            dut.insn__valid.value = 1
-            await ReadOnly()
-            while not (dut.insn__ready.value or dut.error.value):
-                await FallingEdge(dut.clk)
-                await ReadOnly()
-            if dut.error.value:
+            if not await send(dut.clk, dut.insn__valid, dut.insn__ready, dut.insn__payload, w,
+                              rng=rng, idle=0.2, abort=dut.error):
                 return
-            await FallingEdge(dut.clk)
+        await FallingEdge(dut.clk)
         dut.insn__valid.value = 0
 
     async def unit(index, name):

@@ -6,19 +6,17 @@ back as JSON; the pytest side compares them with the golden model field by field
 """
 
 import json
-import os
 
 import cocotb
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly
 
-from sim.benches.common import seeded_rng, start_clock_and_reset
+from sim.benches.common import load_vectors, seeded_rng, send, start_clock_and_reset
 
 
 @cocotb.test()
 async def stream_block_outputs(dut):
     rng = seeded_rng(dut)
-    with open(os.environ["LLMACC_VECTORS"]) as f:
-        spec = json.load(f)
+    spec = load_vectors()
     inputs = [int(v, 16) for v in spec["inputs"]]
     dut.i__valid.value = 0
     dut.o__ready.value = 0
@@ -26,20 +24,9 @@ async def stream_block_outputs(dut):
     outputs: list[int] = []
 
     async def produce():
-        # Signals change on the falling edge and are sampled settled (ReadOnly) before the
-        # rising edge on which a transfer happens.
         for raw in inputs:
-            await FallingEdge(dut.clk)
-            while rng.random() < spec["idle"]:
-                dut.i__valid.value = 0
-                await FallingEdge(dut.clk)
-            dut.i__payload.value = raw
-            dut.i__valid.value = 1
-            await ReadOnly()
-            while not dut.i__ready.value:
-                await FallingEdge(dut.clk)
-                await ReadOnly()
-            await RisingEdge(dut.clk)
+            await send(dut.clk, dut.i__valid, dut.i__ready, dut.i__payload, raw, rng=rng,
+                       idle=spec["idle"])
         await FallingEdge(dut.clk)
         dut.i__valid.value = 0
 
