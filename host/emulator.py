@@ -244,6 +244,9 @@ class Emulator:
         rows = self.regs[Reg.SEQ_LEN] if insn.rows_src is LenSrc.SEQ else insn.rows
         addr = insn.ext_addr + (self.regs[Reg.POS] * insn.ext_stride if insn.pos_offset else 0)
         nbytes = insn.words * self.w
+        if addr % self.w or insn.ext_stride % self.w:
+            raise EmulatorError(f"external address {addr:#x} / stride {insn.ext_stride} is not "
+                                f"a whole number of {self.w}-byte AXI words")
         mem = self._ext(insn.chan)
         ext_idx = (addr + np.arange(rows) * insn.ext_stride)[:, None] + np.arange(nbytes)
         if rows and (addr < 0 or ext_idx[-1, -1] >= mem.size):

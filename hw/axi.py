@@ -32,6 +32,19 @@ def axi_signature(addr_bits: int, data_bits: int, id_bits: int = 1) -> wiring.Si
     })
 
 
+def join_port(m: Module, port, reader=None, writer=None) -> None:
+    """Drive one AXI4 ``port`` from a read master (AR and R channels) and a write master
+    (AW, W and B); a missing master leaves its channels idle."""
+    for name, member in port.signature.members.items():
+        master = reader if name.startswith(("ar", "r")) else writer
+        if master is None:
+            continue
+        if member.flow == Out:
+            m.d.comb += getattr(port, name).eq(getattr(master.axi, name))
+        else:
+            m.d.comb += getattr(master.axi, name).eq(getattr(port, name))
+
+
 def command_layout(addr_bits: int) -> data.StructLayout:
     return data.StructLayout({"addr": addr_bits, "beats": 20})
 

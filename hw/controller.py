@@ -13,14 +13,16 @@ Python decoder, so a word is legal in hardware exactly when ``isa.decode`` accep
   unit in ``release``. Tokens are counters per (source, destination) pair, as in FlightLLM.
 * **Errors**: an illegal word stops dispatch and sets ``error`` with ``status`` (the
   :class:`Fault` code) and ``fault_pc``; so does a deadlock (every unit idle, a queue head
-  waiting for a token nobody can send) and tokens left over at HALT.
+  waiting for a token nobody can send), tokens left over at HALT, and a unit's fault
+  (``fault_<unit>``, non-zero while busy). After an error nothing more issues; ``start``
+  empties the queues and token counters.
 * **Counters**: cycles, dispatched instructions, and per unit the cycles busy and the cycles
   its queue head waited for tokens.
 """
 
 import enum
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,6 +43,11 @@ class Fault(enum.IntEnum):
     SEMANTICS = 4  #: e.g. MATVEC with m != 1
     DEADLOCK = 5  #: no unit can issue and none is busy
     TOKENS_LEFT = 6  #: HALT with unconsumed tokens
+    # reported by the units (``fault_<unit>``), with the pc of the faulting instruction
+    ALIGN = 7  #: external address or stride not a whole number of AXI words
+    RANGE = 8  #: buffer words or memory channel out of range
+    BUS = 9  #: an AXI error response
+    UNSUPPORTED = 10  #: an instruction class this build has no unit for
 
 
 IssueLayout = data.StructLayout({
@@ -99,6 +106,7 @@ class Controller(wiring.Component):
             name = u.name.lower()
             members[f"issue_{name}"] = Out(stream.Signature(IssueLayout))
             members[f"complete_{name}"] = In(1)
+            members[f"fault_{name}"] = In(8)
             members[f"busy_cycles_{name}"] = Out(COUNTER_BITS)
             members[f"stall_cycles_{name}"] = Out(COUNTER_BITS)
         super().__init__(members)
@@ -115,30 +123,36 @@ class Controller(wiring.Component):
                   for a in units for b in units}
         take = {(a, b): Signal(name=f"take_{a.name}_{b.name}") for a in units for b in units}
         give = {(a, b): Signal(name=f"give_{a.name}_{b.name}") for a in units for b in units}
+        restart = self.start & ~running
         for key, count in tokens.items():
-            m.d.sync += count.eq(count + give[key] - take[key])
+            m.d.sync += count.eq(Mux(restart, 0, count + give[key] - take[key]))
         queues, busy, can_issue = {}, {}, {}
         for u in units:
             q = fifo.SyncFIFOBuffered(width=IssueLayout.size, depth=self.queue_depth)
-            m.submodules[f"queue_{u.name.lower()}"] = q
+            m.submodules[f"queue_{u.name.lower()}"] = ResetInserter(restart)(q)
             queues[u] = q
             busy[u] = Signal(name=f"busy_{u.name.lower()}")
         all_idle = Cat(*(~busy[u] & (queues[u].level == 0) for u in units)).all()
 
         # -- issue and completion, per unit ------------------------------------------------
+        unit_faults = []
         for u in units:
             name = u.name.lower()
             q, port = queues[u], getattr(self, f"issue_{name}")
             head = data.View(IssueLayout, q.r_data)
             wait = head.word.header.wait
             ready = Cat(*(~wait[a.value] | (tokens[(a, u)] != 0) for a in units)).all()
-            can_issue[u] = q.r_rdy & ready & ~busy[u]
+            can_issue[u] = q.r_rdy & ready & ~busy[u] & running
             release = Signal(4, name=f"release_{name}")
+            issued_pc = Signal(PC_BITS, name=f"issued_pc_{name}")
             m.d.comb += [port.payload.eq(head), port.valid.eq(can_issue[u]),
                          q.r_en.eq(port.valid & port.ready)]
             with m.If(port.valid & port.ready):
-                m.d.sync += [busy[u].eq(1), release.eq(head.word.header.release)]
+                m.d.sync += [busy[u].eq(1), release.eq(head.word.header.release),
+                             issued_pc.eq(head.pc)]
                 m.d.comb += [take[(a, u)].eq(wait[a.value]) for a in units]
+            unit_fault = getattr(self, f"fault_{name}")
+            unit_faults.append((busy[u] & (unit_fault != 0), unit_fault, issued_pc))
             with m.If(getattr(self, f"complete_{name}") & busy[u]):
                 m.d.sync += busy[u].eq(0)
                 m.d.comb += [give[(u, b)].eq(release[b.value]) for b in units]
@@ -165,11 +179,15 @@ class Controller(wiring.Component):
 
         with m.If(self.start & ~running):
             m.d.sync += [running.eq(1), pc.eq(0), self.done.eq(0), self.error.eq(0),
-                         self.status.eq(Fault.NONE), self.cycles.eq(0),
+                         self.status.eq(Fault.NONE), self.fault_pc.eq(0), self.cycles.eq(0),
                          self.dispatched.eq(0)]
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(stuck & stuck_before):
+            with m.If(Cat(*(f for f, _, _ in unit_faults)).any()):
+                for faulty, code, at in reversed(unit_faults):  # the first unit wins
+                    with m.If(faulty):
+                        fail(code, at)
+            with m.Elif(stuck & stuck_before):
                 fail(Fault.DEADLOCK, pc)
             with m.Elif(self.insn.valid):
                 with m.If(illegal):

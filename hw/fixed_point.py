@@ -40,3 +40,15 @@ def round_shift(x: Value, s: Value, max_left: int) -> Value:
     right = Mux(s > xw + 1, xw + 1, Mux(s > 0, s, 0))[:right_bits]
     shifted = x.as_signed() << left
     return Mux(s < 0, shifted, round_shift_right(x, right)).as_signed()
+
+
+def bit_length(x: Value) -> Value:
+    """Bits needed for a non-negative ``x`` (0 for 0): ``numerics.bit_length``, a priority
+    encoder."""
+    x = Value.cast(x)
+    width = Shape.cast(x.shape()).width
+    n = Const(0, width.bit_length())
+    for i in range(width):  # one-hot leading bit; a flat OR (no deep Mux chain)
+        top = x[i] if i == width - 1 else x[i] & ~x[i + 1:].any()
+        n = n | Mux(top, i + 1, 0)
+    return n

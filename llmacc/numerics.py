@@ -51,6 +51,7 @@ SIGMOID_ONE = 1 << 16  #: sigmoid in Q16
 NORM_IN_BITS = 16  #: RMSNorm squares 16-bit values (15 magnitude bits) after a dynamic shift
 RSQRT_NORM_BITS = 40  #: the RMSNorm denominator is normalised to [2**40, 2**42) before isqrt
 RSQRT_NUM_SHIFT = 24  #: extra fraction bits of the RMSNorm reciprocal
+EPS_BITS = 48  #: the RMSNorm epsilon term is a signed 48-bit constant
 RECIP_BITS = 31  #: reciprocals of scale mantissas: floor(2**31 / m)
 SOFTMAX_RECIP_BITS = 46  #: softmax reciprocal: floor(2**46 / sum)
 
@@ -609,7 +610,8 @@ def rmsnorm(v, gamma, gamma_exp: int, eps_fixed: int, f_out: int) -> Tensor:
     length = v.shape[-1]
     sh = torch.clamp(bit_length(v.abs().amax(-1, keepdim=True)) - (NORM_IN_BITS - 1), min=0)
     u = round_shift(v, sh)
-    den = (u * u).sum(-1, keepdim=True) + round_shift(_t(eps_fixed), 2 * sh)
+    eps_fixed = check_range(_t(eps_fixed), EPS_BITS, "RMSNorm epsilon")
+    den = (u * u).sum(-1, keepdim=True) + round_shift(eps_fixed, 2 * sh)
     den = torch.clamp(den, min=1)
     p = torch.clamp(RSQRT_NORM_BITS - bit_length(den) + 1, min=0)
     p = p + (p & 1)
@@ -623,7 +625,8 @@ def rmsnorm(v, gamma, gamma_exp: int, eps_fixed: int, f_out: int) -> Tensor:
 
 def rmsnorm_eps(eps: float, length: int, f_in: int) -> int:
     """The integer epsilon term of :func:`rmsnorm` (computed offline, stored as a constant)."""
-    return int(_round_half_away(torch.tensor(eps * length * 2.0 ** (2 * f_in))))
+    fixed = _round_half_away(torch.tensor(eps * length * 2.0 ** (2 * f_in)))
+    return int(check_range(fixed, EPS_BITS, "RMSNorm epsilon"))
 
 
 def rope_table(max_pos: int, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:

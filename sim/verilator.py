@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +107,17 @@ def build(component: wiring.Component, name: str, *, waves: bool | None = None,
                     os.environ["MAKEFLAGS"] = saved
             stamp.touch()
     return VerilatedModel(name, build_dir, vpath, waves)
+
+
+#: The commented waivers every lint run of generated Verilog uses (and nothing else).
+LINT_WAIVERS = PROJECT_ROOT / "hw" / "lint_waivers.vlt"
+
+
+def lint(component: wiring.Component, name: str, work: Path) -> subprocess.CompletedProcess:
+    """``verilator --lint-only -Wall`` on ``component``'s Verilog (written to ``work``)."""
+    toolchain.apply()
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / f"{name}.v"
+    source.write_text(verilog.convert(component, name=name, emit_src=False))
+    return subprocess.run(["verilator", "--lint-only", "-Wall", str(LINT_WAIVERS),
+                           source.name], capture_output=True, text=True, cwd=work)

@@ -8,7 +8,7 @@ from amaranth.lib.data import StructLayout
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.axi import AxiReadMaster, AxiWriteMaster, ControlSlave, axi_signature
+from hw.axi import AxiReadMaster, AxiWriteMaster, ControlSlave, axi_signature, join_port
 from sim import verilator
 
 HW_ID = 0x1234ABCD
@@ -39,12 +39,7 @@ class CopyTop(wiring.Component):
             q.w_data.eq(rd.data.payload), q.w_en.eq(rd.data.valid), rd.data.ready.eq(q.w_rdy),
             wr.data.payload.eq(q.r_data), wr.data.valid.eq(q.r_rdy), q.r_en.eq(wr.data.ready),
             self.idle.eq(rd.idle & wr.idle & ~q.r_rdy), self.error.eq(rd.error | wr.error)]
-        for name in axi_signature(32, self.data_bits).members:
-            src = rd.axi if name.startswith(("ar", "r")) else wr.axi
-            if axi_signature(32, self.data_bits).members[name].flow == Out:
-                m.d.comb += getattr(self.m_axi, name).eq(getattr(src, name))
-            else:
-                m.d.comb += getattr(src, name).eq(getattr(self.m_axi, name))
+        join_port(m, self.m_axi, rd, wr)
         return m
 
 

@@ -1,0 +1,242 @@
+"""The accelerator top: the board kernel and the RTL the simulator runs, one design.
+
+Ports, as a Vitis RTL kernel has them: the AXI4-Lite control slave (``ap_ctrl_hs`` at 0x00,
+arguments from 0x10: ``hw/axi.py`` ``ARGS``), an AXI4 read port for the instruction stream
+(``m_axi_insn``), one AXI4 port per external-memory channel (``m_axi_ch<c>``: HBM
+pseudo-channels on a U280), and the interrupt.
+
+Inside: the program fetch (instruction words from ``program`` onwards, ``program_words`` of
+them, then an implicit HALT) feeds the controller (``hw/controller.py``), which dispatches
+to one unit per :class:`isa.Unit`. LOAD and STORE (``hw/data_mover.py``) move rows between
+the channels and the five on-chip buffers (one memory each, ``AccelConfig.buffer_words``
+words of ``axi_data_bits``). The COMPUTE and SFU units' instruction sequencers are not part
+of this build yet: their instructions end the program with :attr:`Fault.UNSUPPORTED`.
+
+``status`` (0x1C): bit 0 error, bits 8..15 the :class:`Fault`, bits 16..31 its pc; ``cycles``
+(0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.axi import (
+    AxiReadMaster,
+    AxiWriteMaster,
+    ControlSlave,
+    axi_signature,
+    command_layout,
+    join_port,
+    lite_signature,
+)
+from hw.controller import Controller, Fault, IssueLayout
+from hw.data_mover import LoadUnit, StoreUnit
+from llmacc import isa
+from llmacc.config import AccelConfig
+
+#: The word the fetch appends after the program: a program without HALT ends as if it had one.
+HALT_WORD = isa.encode(isa.make(isa.Opcode.SYS, func=isa.SysFunc.HALT))
+
+
+class ProgramFetch(wiring.Component):
+    """On ``start``, read ``words`` instruction words at ``addr`` (one AXI command) and
+    stream them, then :data:`HALT_WORD`, to ``insn``. While ``stop``, read data is dropped
+    (a program that ended early). ``addr`` must be a whole number of AXI words."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.word_bytes = cfg.axi_data_bytes
+        super().__init__({
+            "start": In(1), "stop": In(1), "addr": In(cfg.axi_addr_bits), "words": In(32),
+            "cmd": Out(stream.Signature(command_layout(cfg.axi_addr_bits))),
+            "data": In(stream.Signature(8 * cfg.axi_data_bytes)),
+            "insn": Out(stream.Signature(isa.InstructionWord)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, bits = self.word_bytes, isa.WORD_BITS
+        total = Signal(32)
+        sent = Signal(32)  # program words handed to the controller
+        halted = Signal()  # the HALT word has been handed over
+        pending_cmd = Signal()
+        m.d.comb += [self.cmd.valid.eq(pending_cmd), self.cmd.payload.beats.eq(
+            (total * isa.WORD_BYTES + w - 1) // w)]
+        with m.If(self.cmd.ready & self.cmd.valid):
+            m.d.sync += pending_cmd.eq(0)
+        word = Signal(bits)
+        have = Signal()  # `word` is complete
+        if w <= isa.WORD_BYTES:  # several beats per instruction word
+            per_word = isa.WORD_BYTES // w
+            count = Signal(range(per_word))
+            m.d.comb += self.data.ready.eq(~have | self.stop)
+            with m.If(self.data.valid & self.data.ready):
+                m.d.sync += [word.eq(Cat(word[8 * w:], self.data.payload)),
+                             count.eq(Mux(count == per_word - 1, 0, count + 1))]
+                with m.If(count == per_word - 1):
+                    m.d.sync += have.eq(~self.stop)
+            taken = self.insn.valid & self.insn.ready
+            with m.If(taken & (sent != total)):
+                m.d.sync += have.eq(0)
+            current = word
+        else:  # several instruction words per beat
+            per_beat = w // isa.WORD_BYTES
+            beat = Signal(8 * w)
+            index = Signal(range(per_beat))
+            m.d.comb += self.data.ready.eq(~have | self.stop)
+            with m.If(self.data.valid & self.data.ready):
+                m.d.sync += [beat.eq(self.data.payload), have.eq(~self.stop), index.eq(0)]
+            taken = self.insn.valid & self.insn.ready
+            with m.If(taken & (sent != total)):
+                m.d.sync += index.eq(index + 1)
+                with m.If((index == per_beat - 1) | (sent + 1 == total)):
+                    m.d.sync += have.eq(0)
+            current = beat.word_select(index, bits)
+        at_end = sent == total
+        m.d.comb += [self.insn.valid.eq(~self.stop & Mux(at_end, ~halted, have)),
+                     self.insn.payload.eq(Mux(at_end, Const(HALT_WORD, bits), current))]
+        with m.If(taken):
+            with m.If(at_end):
+                m.d.sync += halted.eq(1)
+            with m.Else():
+                m.d.sync += sent.eq(sent + 1)
+        with m.If(self.start):
+            m.d.sync += [total.eq(self.words), sent.eq(0), halted.eq(0), have.eq(0),
+                         pending_cmd.eq(1)]
+            if w <= isa.WORD_BYTES:
+                m.d.sync += count.eq(0)
+        m.d.comb += self.cmd.payload.addr.eq(self.addr)
+        return m
+
+
+class AbsentUnit(wiring.Component):
+    """A unit this build does not have: each instruction reports :attr:`Fault.UNSUPPORTED`
+    (which ends the program) and completes."""
+
+    issue: In(stream.Signature(IssueLayout))
+    complete: Out(1)
+    fault: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.issue.ready.eq(1)
+                with m.If(self.issue.valid):
+                    m.next = "FAULT"
+            with m.State("FAULT"):
+                m.d.comb += self.fault.eq(Fault.UNSUPPORTED)
+                m.next = "COMPLETE"
+            with m.State("COMPLETE"):
+                m.d.comb += self.complete.eq(1)
+                m.next = "IDLE"
+        return m
+
+
+class Accelerator(wiring.Component):
+    """The whole kernel for one :class:`AccelConfig`."""
+
+    def __init__(self, cfg: AccelConfig):
+        cfg.validate()
+        self.cfg = cfg
+        port = axi_signature(cfg.axi_addr_bits, cfg.axi_data_bits)
+        members = {"s_axi_control": Out(lite_signature()), "m_axi_insn": Out(port),
+                   "interrupt": Out(1)}
+        members.update({f"m_axi_ch{c}": Out(port) for c in range(cfg.mem_channels)})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        addr_bits, data_bits = cfg.axi_addr_bits, cfg.axi_data_bits
+        m.submodules.control = ctrl = ControlSlave(cfg.fingerprint())
+        wiring.connect(m, wiring.flipped(self.s_axi_control), ctrl.s_axi)
+        m.d.comb += self.interrupt.eq(ctrl.interrupt)
+        m.submodules.controller = controller = Controller(cfg.insn_queue_depth)
+
+        # -- AXI masters; cleared by a start (sticky error flags) --------------------------
+        idle = Signal()
+        restart = ctrl.start & idle
+
+        def master(name, cls):
+            unit = cls(addr_bits, data_bits)
+            m.submodules[name] = ResetInserter(restart)(unit)
+            return unit
+
+        insn_rd = master("insn_rd", AxiReadMaster)
+        join_port(m, self.m_axi_insn, reader=insn_rd)
+        readers = [master(f"ch{c}_rd", AxiReadMaster) for c in range(cfg.mem_channels)]
+        writers = [master(f"ch{c}_wr", AxiWriteMaster) for c in range(cfg.mem_channels)]
+        for c in range(cfg.mem_channels):
+            join_port(m, getattr(self, f"m_axi_ch{c}"), readers[c], writers[c])
+
+        # -- program fetch -> controller ----------------------------------------------------
+        m.submodules.fetch = fetch = ProgramFetch(cfg)
+        m.d.comb += [fetch.start.eq(restart), fetch.stop.eq(~controller.busy),
+                     fetch.addr.eq(Cat(ctrl.program_lo, ctrl.program_hi)),
+                     fetch.words.eq(ctrl.program_words), controller.start.eq(restart)]
+        wiring.connect(m, fetch.cmd, insn_rd.cmd)
+        wiring.connect(m, insn_rd.data, fetch.data)
+        wiring.connect(m, fetch.insn, controller.insn)
+
+        # -- units ---------------------------------------------------------------------------
+        m.submodules.load = load = LoadUnit(cfg)
+        m.submodules.store = store = StoreUnit(cfg)
+        m.submodules.compute = compute = AbsentUnit()
+        m.submodules.sfu = sfu = AbsentUnit()
+        units = {isa.Unit.LOAD: load, isa.Unit.STORE: store, isa.Unit.COMPUTE: compute,
+                 isa.Unit.SFU: sfu}
+        for u, unit in units.items():
+            name = u.name.lower()
+            wiring.connect(m, getattr(controller, f"issue_{name}"), unit.issue)
+            m.d.comb += [getattr(controller, f"complete_{name}").eq(unit.complete),
+                         getattr(controller, f"fault_{name}").eq(unit.fault)]
+        self._route(m, load, readers)
+        self._route(m, store, writers)
+
+        # -- buffers -------------------------------------------------------------------------
+        store_data = {}
+        for b in isa.Buffer:
+            mem = Memory(shape=data_bits, depth=cfg.buffer_words(b), init=[])
+            m.submodules[f"buf_{b.name.lower()}"] = mem
+            wr, rd = mem.write_port(), mem.read_port()
+            m.d.comb += [wr.addr.eq(load.buf_addr), wr.data.eq(load.wr_data),
+                         wr.en.eq(load.wr_en & (load.buf == b)),
+                         rd.addr.eq(store.buf_addr), rd.en.eq(store.rd_en & (store.buf == b))]
+            store_data[b] = rd.data
+        with m.Switch(store.buf):
+            for b, value in store_data.items():
+                with m.Case(b):
+                    m.d.comb += store.rd_data.eq(value)
+
+        # -- run state, status, finish ------------------------------------------------------
+        units_idle = load.issue.ready & store.issue.ready & compute.issue.ready & \
+            sfu.issue.ready
+        masters_idle = Cat(insn_rd.idle, *(r.idle for r in readers),
+                           *(w.idle for w in writers)).all()
+        m.d.comb += idle.eq(~controller.busy & units_idle & masters_idle & ~fetch.cmd.valid)
+        active = Signal()
+        with m.If(restart):
+            m.d.sync += active.eq(1)
+        with m.Elif(active & idle):
+            m.d.sync += active.eq(0)
+            m.d.comb += ctrl.finish.eq(1)
+        m.d.comb += [
+            ctrl.status.eq(Cat(controller.error, Const(0, 7), controller.status,
+                               controller.fault_pc)),
+            ctrl.cycles_lo.eq(controller.cycles[:32]), ctrl.cycles_hi.eq(controller.cycles[32:]),
+        ]
+        return m
+
+    def _route(self, m: Module, unit, masters) -> None:
+        """Connect a mover's command and data streams to the master of its channel."""
+        for c, port in enumerate(masters):
+            mine = unit.chan == c
+            m.d.comb += [port.cmd.payload.eq(unit.cmd.payload),
+                         port.cmd.valid.eq(unit.cmd.valid & mine)]
+            data_in, data_out = (port.data, unit.data) if isinstance(port, AxiReadMaster) \
+                else (unit.data, port.data)
+            with m.If(mine):
+                m.d.comb += [unit.cmd.ready.eq(port.cmd.ready), unit.bus_error.eq(port.error),
+                             data_out.payload.eq(data_in.payload),
+                             data_out.valid.eq(data_in.valid), data_in.ready.eq(data_out.ready)]

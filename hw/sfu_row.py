@@ -1,0 +1,267 @@
+"""SFU row stage: the row-wise functions, each exactly the numerics contract.
+
+* SOFTMAX: ``numerics.softmax`` of one row of Q15.16 scores under the Lambda mask
+  (``numerics.lambda_mask`` for the query at ``pos``, with ``sink`` and ``window``);
+* RMSNORM: ``numerics.rmsnorm(v, gamma, gamma_exp, eps, 0)``;
+* QUANT: ``numerics.quantize_symmetric`` to ``[-qmax, qmax]`` with an SF16 scale; with
+  ``centre`` set, around the row's midpoint as ``numerics.quantize_kv`` does (one KV group
+  per row). QUANT8 is ``qmax = 127``, KVQUANT ``qmax = 2**(bits-1) - 1``.
+
+A row is received once into a row memory while the first reductions run (max, min, max over
+the visible keys); a second pass over the memory computes what needs those (the softmax
+exponentials, written back, and their sum; the RMSNorm sum of squares); the per-row scalars
+come from the bit-serial divider and square root (``hw/serial_arith.py``); the last pass
+streams the results out, one element per cycle, with back-pressure.
+
+The unified-max softmax (FlashDecoding++) would skip the max pass but round differently from
+the reference, so it is not used: the contract is the exact max.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.fixed_point import bit_length, round_shift, round_shift_right, saturate
+from hw.serial_arith import SerialDivider, SerialSqrt
+from hw.sfu import exp2_neg
+from llmacc import numerics as N
+from llmacc.isa import SfuFields
+
+W = N.WIDE_BITS
+#: Elements per row that the instruction set can name.
+LEN_BITS = SfuFields.as_shape()["length"].width
+DIV_NUM_BITS = N.SOFTMAX_RECIP_BITS + 2  #: also holds isqrt(L << 32) << RSQRT_NUM_SHIFT
+DIV_DEN_BITS = LEN_BITS + N.PROB_FRAC + 3  #: the softmax sum of up to 2**LEN_BITS Q16 values
+SQRT_BITS = 50  #: RMSNorm denominators: sum of L squares below 2**30 plus a 48-bit epsilon
+
+
+class RowFunc(enum.Enum, shape=2):
+    SOFTMAX = 0
+    RMSNORM = 1
+    QUANT = 2
+
+
+RowCmd = data.StructLayout({
+    "func": RowFunc,
+    "length": LEN_BITS,
+    "qmax": 8,  #: QUANT: largest code
+    "centre": 1,  #: QUANT: quantise around the row's midpoint (KV cache)
+    "pos": 32, "sink": 32, "window": 32,  #: SOFTMAX: the query's position and the mask
+    "gamma_exp": signed(8),  #: RMSNORM: gamma's exponent (the instruction's shift)
+    "eps": signed(N.EPS_BITS),  #: RMSNORM: the epsilon term of the gamma record
+})
+#: One element of a row, with the row's command (read on the row's first beat).
+RowIn = data.StructLayout({"cmd": RowCmd, "a": signed(W), "gamma": signed(N.GAMMA_BITS)})
+RowOut = data.StructLayout({
+    "y": signed(W),  #: the result element
+    "m": N.SCALE_BITS, "e": signed(8), "mid": signed(W),  #: QUANT: the row's scale
+    "last": 1,
+})
+
+
+def visible(t, pos, sink, window):
+    """``numerics.lambda_mask`` for key ``t`` and the query at ``pos``."""
+    return (t <= pos) & ((window == 0) | (t < sink) | (t + window > pos))
+
+
+class RowSfu(wiring.Component):
+    """One row at a time: ``length`` beats on ``i`` (the command is taken from the first),
+    ``length`` beats leave on ``o``, the last with ``last``. ``max_len`` is the depth of
+    the row memory; longer rows are the SFU unit's error to report."""
+
+    i: In(stream.Signature(RowIn))
+    o: Out(stream.Signature(RowOut))
+
+    def __init__(self, max_len: int):
+        if not 1 <= max_len < 1 << LEN_BITS:
+            raise ValueError(f"max_len {max_len} out of range [1, {(1 << LEN_BITS) - 1}]")
+        self.max_len = max_len
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.values = values = Memory(shape=signed(W), depth=self.max_len, init=[])
+        m.submodules.gammas = gammas = Memory(shape=signed(N.GAMMA_BITS), depth=self.max_len,
+                                              init=[])
+        m.submodules.div = div = SerialDivider(DIV_NUM_BITS, DIV_DEN_BITS)
+        m.submodules.sqrt = sqrt = SerialSqrt(SQRT_BITS)
+        wr, wr_g = values.write_port(), gammas.write_port()
+        rd, rd_g = values.read_port(), gammas.read_port()
+
+        c = Signal(RowCmd)
+        index = Signal(LEN_BITS)  # next element to read or receive
+        held = Signal(LEN_BITS)  # the element whose value rd.data holds
+        pending = Signal()  # rd.data holds an element not yet used
+        at_end = index == c.length
+
+        # pass-1 reductions
+        vmax, vmin, smax = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
+        any_visible = Signal()
+        # row scalars
+        mid = Signal(signed(W))
+        amax = Signal(W + 1)
+        sh = Signal(range(W + 1))
+        total = Signal(DIV_DEN_BITS + 2 * N.NORM_IN_BITS)
+        den = Signal(signed(SQRT_BITS + 1))
+        norm = Signal(range(N.RSQRT_NORM_BITS + 2))
+        root = Signal(SQRT_BITS // 2)
+        recip = Signal(DIV_NUM_BITS)  # softmax 2**46/S, QUANT 2**31/m, RMSNORM inv
+        scale_m, scale_e = Signal(N.SCALE_BITS + 2), Signal(signed(8))
+
+        m.d.comb += [rd.addr.eq(index), rd_g.addr.eq(index), wr_g.addr.eq(index),
+                     wr_g.data.eq(self.i.payload.gamma)]
+
+        # element functions of the value read back (rd.data, for element `held`)
+        v = rd.data
+        vis_held = visible(held, c.pos, c.sink, c.window)
+        expo = Mux(vis_held, exp2_neg(smax - v), 0)
+        u = round_shift_right(v, sh) + 0
+        centred = v - mid
+        sm_out = round_shift_right(v * recip, Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6))
+        rms_shift = (16 + N.RSQRT_NUM_SHIFT - (norm >> 1) + c.gamma_exp)
+        rms_out = saturate(round_shift(u * rd_g.data * recip, rms_shift, W + 1), W)
+        q = round_shift_right(centred * recip, (N.RECIP_BITS + scale_e).as_unsigned()[:6])
+        q_out = Mux(q > c.qmax, c.qmax, Mux(q < -c.qmax, -c.qmax, q))
+
+        # QUANT scale: e0 = bitlen(a) - bitlen(qmax) - 16, m = ceil(a 2**-e0 / qmax), then
+        # halve (rounding up) while m needs 17 bits -- ceil(ceil(x) / 2) == ceil(x / 2).
+        e0 = Signal(signed(8))
+        m.d.comb += e0.eq(bit_length(amax) - bit_length(c.qmax) - N.SCALE_BITS)
+        q_num = Mux(e0 < 0, amax << (-e0).as_unsigned()[:5], amax)
+        q_den = c.qmax << Mux(e0 > 0, e0, 0).as_unsigned()[:5]
+        m1 = Mux(div.quotient > N.SCALE_MAX, (div.quotient + 1) >> 1, div.quotient)
+        m2 = Mux(m1 > N.SCALE_MAX, (m1 + 1) >> 1, m1)
+        e2 = e0 + (div.quotient > N.SCALE_MAX) + (m1 > N.SCALE_MAX)
+
+        def start_div(num, den_):
+            m.d.comb += [div.start.eq(1), div.num.eq(num), div.den.eq(den_)]
+
+        def start_sqrt(x):
+            m.d.comb += [sqrt.start.eq(1), sqrt.x.eq(x)]
+
+        def read_pass(en):
+            """Walk the row memory: address ``index``; ``rd.data`` is element ``held`` while
+            ``pending``."""
+            m.d.comb += [rd.en.eq(en), rd_g.en.eq(en)]
+            with m.If(en):
+                m.d.sync += [held.eq(index), pending.eq(~at_end), index.eq(index + ~at_end)]
+
+        out = self.o.payload
+        m.d.comb += [out.m.eq(scale_m), out.e.eq(scale_e), out.mid.eq(mid)]
+        with m.FSM():
+            with m.State("IDLE"):
+                empty = self.i.payload.cmd.length == 0
+                m.d.comb += self.i.ready.eq(empty)  # a row of length 0 is dropped
+                with m.If(self.i.valid & ~empty):
+                    m.d.sync += [c.eq(self.i.payload.cmd), index.eq(0), vmax.eq(-(1 << (W - 1))),
+                                 vmin.eq((1 << (W - 1)) - 1), any_visible.eq(0), total.eq(0),
+                                 pending.eq(0), mid.eq(0), scale_m.eq(0), scale_e.eq(0)]
+                    m.next = "RECEIVE"
+            with m.State("RECEIVE"):
+                a = self.i.payload.a
+                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(index), wr.data.eq(a),
+                             wr.en.eq(self.i.valid), wr_g.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    vis = visible(index, c.pos, c.sink, c.window)
+                    m.d.sync += [index.eq(index + 1), vmax.eq(Mux(a > vmax, a, vmax)),
+                                 vmin.eq(Mux(a < vmin, a, vmin))]
+                    with m.If(vis & (~any_visible | (a > smax))):
+                        m.d.sync += [smax.eq(a), any_visible.eq(1)]
+                    with m.If(index == c.length - 1):
+                        m.d.sync += index.eq(0)
+                        with m.Switch(c.func):
+                            with m.Case(RowFunc.QUANT):
+                                m.next = "Q_MID"
+                            with m.Default():
+                                m.next = "RMS_SHIFT"
+            # -- QUANT -----------------------------------------------------------------
+            with m.State("Q_MID"):
+                mid_next = Mux(c.centre, round_shift_right(vmax + vmin, Const(1, 1)), 0)
+                m.d.sync += mid.eq(mid_next)
+                m.next = "Q_ABSMAX"
+            with m.State("Q_ABSMAX"):
+                hi, lo = vmax - mid, mid - vmin
+                m.d.sync += amax.eq(Mux(hi > lo, hi, lo))
+                m.next = "Q_MANT"
+            with m.State("Q_MANT"):
+                start_div(q_num + q_den - 1, q_den)
+                m.next = "Q_MANT_WAIT"
+            with m.State("Q_MANT_WAIT"), m.If(~div.busy):
+                zero = amax == 0
+                m.d.sync += [scale_m.eq(Mux(zero, 0, m2)), scale_e.eq(Mux(zero, 0, e2))]
+                m.next = "RECIP"
+            # -- RMSNORM shift / SOFTMAX (second pass) ---------------------------------
+            with m.State("RMS_SHIFT"):
+                absmax = Mux(vmax > -vmin, vmax, -vmin)
+                bl = bit_length(absmax.as_unsigned()[:W + 1])
+                m.d.sync += sh.eq(Mux(bl > N.NORM_IN_BITS - 1, bl - (N.NORM_IN_BITS - 1), 0))
+                m.next = "PASS2"
+            with m.State("PASS2"):
+                read_pass(1)
+                with m.If(pending):
+                    is_sm = c.func == RowFunc.SOFTMAX
+                    m.d.comb += [wr.addr.eq(held), wr.data.eq(expo), wr.en.eq(is_sm)]
+                    m.d.sync += total.eq(total + Mux(is_sm, expo, u * u))
+                with m.If(~pending & at_end & (index != 0)):
+                    m.d.sync += index.eq(0)
+                    with m.If(c.func == RowFunc.SOFTMAX):
+                        m.next = "RECIP"
+                    with m.Else():
+                        m.next = "RMS_DEN"
+            with m.State("RMS_DEN"):
+                eps = round_shift_right(c.eps, (sh << 1).as_unsigned()[:7])
+                d = total.as_signed() + eps
+                m.d.sync += den.eq(Mux(d < 1, 1, d))
+                m.next = "RMS_ROOT"
+            with m.State("RMS_ROOT"):
+                p = N.RSQRT_NORM_BITS + 1 - bit_length(den.as_unsigned())
+                p_even = Mux(p > 0, p + (p & 1), 0).as_unsigned()[:7]
+                m.d.sync += norm.eq(p_even)
+                start_sqrt(den.as_unsigned() << p_even)
+                m.next = "RMS_ROOT_WAIT"
+            with m.State("RMS_ROOT_WAIT"), m.If(~sqrt.busy):
+                m.d.sync += root.eq(sqrt.root)
+                start_sqrt(c.length << 32)
+                m.next = "RMS_NUM_WAIT"
+            with m.State("RMS_NUM_WAIT"), m.If(~sqrt.busy & ~sqrt.start):
+                start_div(sqrt.root << N.RSQRT_NUM_SHIFT, root)
+                m.next = "RECIP_WAIT"
+            # -- reciprocal (softmax sum, QUANT mantissa) ---------------------------------
+            with m.State("RECIP"):
+                with m.If(c.func == RowFunc.SOFTMAX):
+                    start_div(1 << N.SOFTMAX_RECIP_BITS, Mux(total == 0, 1, total))
+                with m.Else():
+                    start_div(1 << N.RECIP_BITS, scale_m)
+                m.next = "RECIP_WAIT"
+            with m.State("RECIP_WAIT"), m.If(~div.busy & ~div.start):
+                zero = (c.func == RowFunc.QUANT) & (scale_m == 0)
+                m.d.sync += [recip.eq(Mux(zero, 0, div.quotient)), pending.eq(0)]
+                m.next = "EMIT"
+            # -- results -----------------------------------------------------------------
+            with m.State("EMIT"):
+                advance = ~self.o.valid | self.o.ready
+                read_pass(advance)
+                with m.If(advance):
+                    with m.Switch(c.func):
+                        with m.Case(RowFunc.SOFTMAX):
+                            m.d.sync += out.y.eq(sm_out)
+                        with m.Case(RowFunc.RMSNORM):
+                            m.d.sync += out.y.eq(rms_out)
+                        with m.Default():
+                            m.d.sync += out.y.eq(q_out)
+                    m.d.sync += [self.o.valid.eq(pending),
+                                 out.last.eq(held == c.length - 1)]
+                    with m.If(~pending & at_end & (index != 0)):
+                        m.next = "IDLE"
+        return m
+
+
+def row_cmd(func: RowFunc, length: int, **params) -> dict:
+    """A :data:`RowCmd` as a dict with every field (unnamed parameters zero)."""
+    fields = dict.fromkeys(("qmax", "centre", "pos", "sink", "window", "gamma_exp", "eps"), 0)
+    unknown = set(params) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown RowCmd fields {sorted(unknown)}")
+    return {**fields, **params, "func": func, "length": length}
+

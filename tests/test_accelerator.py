@@ -1,0 +1,219 @@
+"""The accelerator top: whole-top lint, and programs run through the Verilated kernel (AXI RAM
+models, the AXI4-Lite host) against the emulator, byte for byte, faults included."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Value
+from amaranth.sim import Simulator
+
+from host.emulator import Emulator, EmulatorError
+from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
+from hw.controller import Fault
+from llmacc import isa
+from llmacc.config import PRESETS, AccelConfig
+from llmacc.isa import Buffer, LenSrc, Opcode, Reg, SysFunc, Unit
+from sim import verilator
+
+CFG = PRESETS["sim-small"]
+CHANNEL_BYTES = 1 << 14
+LOAD_BIT, STORE_BIT = 1 << Unit.LOAD.value, 1 << Unit.STORE.value  # token masks
+
+
+# The U280 top takes minutes to convert (its 5.5 MiB of buffers are written out word by word
+# as zero initial values), so it is linted in `make sim`.
+@pytest.mark.parametrize("preset", ["sim-small", pytest.param("u280", marks=pytest.mark.slow)])
+def test_top_lints_clean(preset, verilator_env, tmp_path):
+    """``verilator --lint-only -Wall`` on the whole top, with only the commented waivers."""
+    run = verilator.lint(Accelerator(PRESETS[preset]), "llmacc_top", tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _transfer(rng: random.Random, opcode: Opcode, cfg: AccelConfig, buf: Buffer, buf_addr: int,
+              words: int, rows: int, seq: bool, regs: dict, **tokens) -> isa.Instruction:
+    """A LOAD/STORE of rows x words at a random aligned place in a random channel."""
+    w = cfg.axi_data_bytes
+    stride = w * rng.randint(words, words + 3)
+    at_pos = rng.random() < 0.25
+    n = regs[Reg.SEQ_LEN] if seq else rows
+    lead = regs[Reg.POS] * stride if at_pos else 0
+    span = lead + (n - 1) * stride + words * w
+    ext = rng.randrange(0, (CHANNEL_BYTES - span) // w) * w
+    return isa.make(opcode, buf=buf, chan=rng.randrange(cfg.mem_channels), ext_addr=ext,
+                    buf_addr=buf_addr, words=words, rows=rows,
+                    rows_src=LenSrc.SEQ if seq else LenSrc.IMM, ext_stride=stride,
+                    pos_offset=int(at_pos), **tokens)
+
+
+def copy_program(rng: random.Random, cfg: AccelConfig, pairs: int) -> list[isa.Instruction]:
+    """LOAD/STORE pairs through random buffers, ordered by tokens (each STORE waits for its
+    LOAD, each LOAD for the previous STORE), with run-time registers for SEQ rows and POS
+    offsets."""
+    program, regs = [], {Reg.SEQ_LEN: 1, Reg.POS: 0}
+    for p in range(pairs):
+        if rng.random() < 0.4:
+            reg = rng.choice((Reg.SEQ_LEN, Reg.POS))
+            regs[reg] = rng.randint(1, 4) if reg is Reg.SEQ_LEN else rng.randint(0, 3)
+            program.append(isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=reg, imm=regs[reg]))
+        buf = rng.choice(list(Buffer))
+        words, rows, seq = rng.randint(1, 5), rng.randint(1, 4), rng.random() < 0.25
+        n = max(rows, regs[Reg.SEQ_LEN])
+        buf_addr = rng.randrange(0, cfg.buffer_words(buf) - n * words + 1)
+        last = p == pairs - 1
+        program.append(_transfer(rng, Opcode.LOAD, cfg, buf, buf_addr, words, rows, seq, regs,
+                                 wait=STORE_BIT if p else 0, release=STORE_BIT))
+        # the STORE moves exactly the words its LOAD brought in, as the same rows or
+        # reshaped (one word per row, or one long row), so buffer addressing shows
+        if not seq:
+            words, rows = rng.choice(((words, rows), (1, rows * words), (rows * words, 1)))
+        program.append(_transfer(rng, Opcode.STORE, cfg, buf, buf_addr, words, rows, seq, regs,
+                                 wait=LOAD_BIT, release=0 if last else LOAD_BIT))
+    program.append(isa.make(Opcode.SYS, func=SysFunc.HALT))
+    return program
+
+
+def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
+    return (fault != Fault.NONE) | fault << 8 | pc << 16
+
+
+def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> tuple[
+        list[isa.Instruction], int]:
+    """``program`` with one LOAD/STORE broken to raise ``kind``; returns it and its pc."""
+    movers = [i for i, insn in enumerate(program) if insn.opcode in (Opcode.LOAD,
+                                                                      Opcode.STORE)]
+    at = rng.choice(movers)
+    insn = program[at]
+    fields = dict(insn.fields)
+    if kind is Fault.ALIGN:
+        fields["ext_addr"] += 4
+    elif kind is Fault.RANGE:
+        fields["buf_addr"] = CFG.buffer_words(insn.buf) - 1
+        fields["words"] = 2
+    else:  # UNSUPPORTED: SYNC (so that everything before has run), then a MATVEC
+        at = rng.choice([i for i in movers if program[i].opcode is Opcode.LOAD])
+        stop = [isa.make(Opcode.SYS, func=SysFunc.SYNC),
+                isa.make(Opcode.MATVEC, k=32, n=4, m=1)]
+        return program[:at] + stop + program[at:], at + 1
+    return program[:at] + [isa.make(insn.opcode, wait=insn.wait, release=insn.release,
+                                    **fields)] + program[at + 1:], at
+
+
+@pytest.fixture(scope="module")
+def top_model(verilator_env):
+    return verilator.build(Accelerator(CFG), "llmacc_top")
+
+
+@pytest.mark.verilator
+def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
+    """Runs in one simulation: good programs, one per fault kind (each must stop at the
+    faulting instruction with the right status, having done exactly what the emulator did
+    before it), an illegal word, and a good program after them (start clears the faults)."""
+    rng = random.Random(seed)
+    emu = Emulator(CFG, [CHANNEL_BYTES] * CFG.mem_channels)
+    images = [bytes(rng.getrandbits(8) for _ in range(CHANNEL_BYTES))
+              for _ in range(CFG.mem_channels)]
+    for c, image in enumerate(images):
+        emu.write_ext(c, 0, image)
+    runs, expected = [], []
+
+    def add_run(program, status, words=None):
+        blob = isa.encode_program(program) if words is None else b"".join(
+            w.to_bytes(16, "little") for w in words)
+        runs.append({"program": blob.hex()})
+        snapshot = [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes()
+                    for c in range(CFG.mem_channels)]
+        expected.append((status, snapshot))
+
+    def good_run():
+        program = copy_program(rng, CFG, rng.randint(3, 8))
+        emu.run(program)
+        add_run(program, status_word())
+
+    good_run()
+    for kind in (Fault.ALIGN, Fault.RANGE, Fault.UNSUPPORTED):
+        program, at = _faulty(rng, copy_program(rng, CFG, 4), kind)
+        if kind is not Fault.UNSUPPORTED:
+            with pytest.raises(EmulatorError, match=f"instruction {at} "):
+                emu.run(program)
+        else:  # what runs before the MATVEC (the last STORE's token is left over)
+            try:
+                emu.run(program[:at])
+            except EmulatorError as exc:
+                assert "unconsumed tokens" in str(exc)
+        add_run(program, status_word(kind, at))
+    # An illegal word: the word before it may be a SETREG or the first LOAD, so no STORE
+    # runs and the channels stay as they are.
+    words = [isa.encode(i) for i in copy_program(rng, CFG, 2)]
+    words[1] = 0x7  # opcode 7 does not exist
+    add_run(None, status_word(Fault.OPCODE, 1), words=words)
+    good_run()
+    good_run()
+
+    work = tmp_path / "top"
+    work.mkdir()
+    out = work / "results.json"
+    (work / "spec.json").write_text(json.dumps({
+        "runs": runs, "channels": [im.hex() for im in images], "channel_bytes": CHANNEL_BYTES,
+        "insn_bytes": 1 << 12, "hw_id": CFG.fingerprint(), "pause": 0.2,
+        "max_cycles": 200_000, "out": str(out)}))
+    top_model.run("sim.benches.tb_accelerator", seed=seed, test_dir=work,
+                  extra_env={"LLMACC_VECTORS": str(work / "spec.json")})
+    results = json.loads(out.read_text())
+    assert len(results) == len(expected)
+    for index, (got, (status, channels)) in enumerate(zip(results, expected, strict=True)):
+        assert got["status"] == status, (f"run {index}: status {got['status']:#x}, expected "
+                                         f"{status:#x} (seed {seed})")
+        for c, want in enumerate(channels):
+            have = bytes.fromhex(got["channels"][c])
+            if have != want:
+                diff = np.flatnonzero(np.frombuffer(have, np.uint8) != np.frombuffer(want,
+                                                                                   np.uint8))
+                raise AssertionError(f"run {index}: channel {c} differs from the emulator at "
+                                     f"{diff.size} bytes, first {int(diff[0]):#x} (seed {seed})")
+        assert got["cycles"] > 0
+
+
+@pytest.mark.parametrize("data_bits", [64, 128, 256])
+def test_program_fetch_word_widths(data_bits, seed):
+    """The fetch turns AXI beats of any width into instruction words, then one HALT; data
+    past the program's end (a wide last beat) is dropped."""
+    rng = random.Random(seed)
+    cfg = CFG.replace(axi_data_bits=data_bits)
+    dut = ProgramFetch(cfg)
+    words = [rng.getrandbits(128) for _ in range(rng.randint(1, 9))]
+    w = data_bits // 8
+    blob = b"".join(x.to_bytes(16, "little") for x in words)
+    blob += bytes(rng.getrandbits(8) for _ in range(-len(blob) % w))
+    beats = [int.from_bytes(blob[i:i + w], "little") for i in range(0, len(blob), w)]
+    got, commands = [], []
+
+    async def bench(ctx):
+        ctx.set(dut.words, len(words))
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.cmd.ready, 1)
+        pending = list(beats)
+        for _ in range(200):
+            ctx.set(dut.insn.ready, rng.random() < 0.7)
+            ctx.set(dut.data.valid, bool(pending))
+            if pending:
+                ctx.set(dut.data.payload, pending[0])
+            _, _, cmd, beats_asked, took, valid, word = await ctx.tick().sample(
+                dut.cmd.valid, dut.cmd.payload.beats, dut.data.ready, dut.insn.valid,
+                Value.cast(dut.insn.payload))
+            if cmd:
+                commands.append(beats_asked)
+            if pending and took:
+                pending.pop(0)
+            if valid and ctx.get(dut.insn.ready):
+                got.append(word)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert commands == [len(beats)], f"seed {seed}"
+    assert got == [*words, HALT_WORD], f"seed {seed}"
