@@ -90,7 +90,11 @@ def test_out_of_range_accesses_are_errors():
     with pytest.raises(EmulatorError, match="ACT buffer: words"):
         emu.run([_load(buf_addr=words - 1, words=2)])
     with pytest.raises(EmulatorError, match="leaves channel 0"):
+        emu.run([_load(ext_addr=1016, words=2)])
+    with pytest.raises(EmulatorError, match="whole number of 8-byte AXI words"):
         emu.run([_load(ext_addr=1020, words=1)])
+    with pytest.raises(EmulatorError, match="whole number of 8-byte AXI words"):
+        emu.run([_load(ext_addr=0, words=1, rows=2, ext_stride=12)])
     with pytest.raises(EmulatorError, match="channel 1 is not mapped"):
         emu.run([_load(chan=1)])
 

@@ -345,3 +345,13 @@ def test_mul_and_add_saturate():
 def test_encode_fixed_rejects_nan():
     with pytest.raises(N.NumericsError, match="NaN"):
         N.encode_fixed(torch.tensor([float("nan")]), 8)
+
+
+def test_rmsnorm_epsilon_must_fit_48_bits():
+    v = torch.tensor([[1, -2, 3, 4]])
+    gamma = torch.ones(4, dtype=torch.int64)
+    N.rmsnorm(v, gamma, 0, (1 << 47) - 1, 0)  # the largest epsilon term the SFU holds
+    with pytest.raises(N.NumericsError, match="RMSNorm epsilon"):
+        N.rmsnorm(v, gamma, 0, 1 << 47, 0)
+    with pytest.raises(N.NumericsError, match="RMSNorm epsilon"):
+        N.rmsnorm_eps(1.0, 1 << 20, 16)
