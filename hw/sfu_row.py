@@ -173,6 +173,8 @@ class RowSfu(wiring.Component):
                         with m.Switch(c.func):
                             with m.Case(RowFunc.QUANT):
                                 m.next = "Q_MID"
+                            with m.Case(RowFunc.SOFTMAX):
+                                m.next = "PASS2"
                             with m.Default():
                                 m.next = "RMS_SHIFT"
             # -- QUANT -----------------------------------------------------------------
