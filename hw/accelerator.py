@@ -60,39 +60,41 @@ class ProgramFetch(wiring.Component):
         sent = Signal(32)  # program words handed to the controller
         halted = Signal()  # the HALT word has been handed over
         pending_cmd = Signal()
-        m.d.comb += [self.cmd.valid.eq(pending_cmd), self.cmd.payload.beats.eq(
-            (total * isa.WORD_BYTES + w - 1) // w)]
+        m.d.comb += [self.cmd.valid.eq(pending_cmd), self.cmd.payload.addr.eq(self.addr),
+                     self.cmd.payload.beats.eq((total * isa.WORD_BYTES + w - 1) // w)]
         with m.If(self.cmd.ready & self.cmd.valid):
             m.d.sync += pending_cmd.eq(0)
-        word = Signal(bits)
-        have = Signal()  # `word` is complete
+        have = Signal()  # a program word is ready to hand over
+        at_end = sent == total
+        taken = self.insn.valid & self.insn.ready
+        word_taken = taken & ~at_end
+        received = self.data.valid & self.data.ready
+        m.d.comb += self.data.ready.eq(~have | self.stop)
         if w <= isa.WORD_BYTES:  # several beats per instruction word
             per_word = isa.WORD_BYTES // w
+            word = Signal(bits)
             count = Signal(range(per_word))
-            m.d.comb += self.data.ready.eq(~have | self.stop)
-            with m.If(self.data.valid & self.data.ready):
+            with m.If(received):
                 m.d.sync += [word.eq(Cat(word[8 * w:], self.data.payload)),
                              count.eq(Mux(count == per_word - 1, 0, count + 1))]
                 with m.If(count == per_word - 1):
                     m.d.sync += have.eq(~self.stop)
-            taken = self.insn.valid & self.insn.ready
-            with m.If(taken & (sent != total)):
+            with m.If(word_taken):
                 m.d.sync += have.eq(0)
+            with m.If(self.start):
+                m.d.sync += count.eq(0)
             current = word
         else:  # several instruction words per beat
             per_beat = w // isa.WORD_BYTES
             beat = Signal(8 * w)
             index = Signal(range(per_beat))
-            m.d.comb += self.data.ready.eq(~have | self.stop)
-            with m.If(self.data.valid & self.data.ready):
+            with m.If(received):
                 m.d.sync += [beat.eq(self.data.payload), have.eq(~self.stop), index.eq(0)]
-            taken = self.insn.valid & self.insn.ready
-            with m.If(taken & (sent != total)):
+            with m.If(word_taken):
                 m.d.sync += index.eq(index + 1)
                 with m.If((index == per_beat - 1) | (sent + 1 == total)):
                     m.d.sync += have.eq(0)
             current = beat.word_select(index, bits)
-        at_end = sent == total
         m.d.comb += [self.insn.valid.eq(~self.stop & Mux(at_end, ~halted, have)),
                      self.insn.payload.eq(Mux(at_end, Const(HALT_WORD, bits), current))]
         with m.If(taken):
@@ -103,9 +105,6 @@ class ProgramFetch(wiring.Component):
         with m.If(self.start):
             m.d.sync += [total.eq(self.words), sent.eq(0), halted.eq(0), have.eq(0),
                          pending_cmd.eq(1)]
-            if w <= isa.WORD_BYTES:
-                m.d.sync += count.eq(0)
-        m.d.comb += self.cmd.payload.addr.eq(self.addr)
         return m
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 from amaranth.hdl import Const, Mux, Shape, Value
 
 
+def clamp(x: Value, lo, hi) -> Value:
+    """``x`` limited to ``[lo, hi]`` (constants or run-time values)."""
+    return Mux(x > hi, hi, Mux(x < lo, lo, x))
+
+
 def saturate(x: Value, bits: int, symmetric: bool = False) -> Value:
     """Clamp signed ``x`` to ``bits`` (``symmetric`` excludes the most negative code)."""
     hi = (1 << (bits - 1)) - 1
     lo = -hi if symmetric else -hi - 1
-    return Mux(x > hi, hi, Mux(x < lo, lo, x))[:bits].as_signed()
+    return clamp(x, lo, hi)[:bits].as_signed()
 
 
 def round_shift_right(x: Value, s: Value) -> Value:

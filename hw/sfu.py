@@ -19,7 +19,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.fixed_point import round_shift, saturate
+from hw.fixed_point import clamp, round_shift, saturate
 from llmacc import numerics as N
 from llmacc.isa import SfuFunc
 
@@ -51,7 +51,7 @@ def silu(v, f_in, f_out):
     """``numerics.silu(v, f_in, f_out)``."""
     lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
     xr = round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1)
-    xq = (Mux(xr < lo, lo, Mux(xr > -lo - 1, -lo - 1, xr)) - lo)[:N.SIGMOID_IN_FRAC + 6]
+    xq = (clamp(xr, lo, -lo - 1) - lo)[:N.SIGMOID_IN_FRAC + 6]
     sig = _interp(N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
                   N.SIGMOID_INTERP_BITS)
     return saturate(round_shift(v * sig, 16 + f_in - f_out, W + 1), W)

@@ -22,7 +22,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.fixed_point import bit_length, round_shift, round_shift_right, saturate
+from hw.fixed_point import bit_length, clamp, round_shift, round_shift_right, saturate
 from hw.serial_arith import SerialDivider, SerialSqrt
 from hw.sfu import exp2_neg
 from llmacc import numerics as N
@@ -122,7 +122,7 @@ class RowSfu(wiring.Component):
         rms_shift = (16 + N.RSQRT_NUM_SHIFT - (norm >> 1) + c.gamma_exp)
         rms_out = saturate(round_shift(u * rd_g.data * recip, rms_shift, W + 1), W)
         q = round_shift_right(centred * recip, (N.RECIP_BITS + scale_e).as_unsigned()[:6])
-        q_out = Mux(q > c.qmax, c.qmax, Mux(q < -c.qmax, -c.qmax, q))
+        q_out = clamp(q, -c.qmax, c.qmax)
 
         # QUANT scale: e0 = bitlen(a) - bitlen(qmax) - 16, m = ceil(a 2**-e0 / qmax), then
         # halve (rounding up) while m needs 17 bits -- ceil(ceil(x) / 2) == ceil(x / 2).

@@ -80,24 +80,25 @@ def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
 
 def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> tuple[
         list[isa.Instruction], int]:
-    """``program`` with one LOAD/STORE broken to raise ``kind``; returns it and its pc."""
-    movers = [i for i, insn in enumerate(program) if insn.opcode in (Opcode.LOAD,
-                                                                      Opcode.STORE)]
-    at = rng.choice(movers)
+    """``program`` made to raise ``kind``; returns it and the faulting pc. ALIGN and RANGE
+    break one LOAD/STORE; UNSUPPORTED inserts a SYNC (so that everything before has run) and
+    a MATVEC before one LOAD."""
+    if kind is Fault.UNSUPPORTED:
+        at = rng.choice([i for i, insn in enumerate(program) if insn.opcode is Opcode.LOAD])
+        stop = [isa.make(Opcode.SYS, func=SysFunc.SYNC),
+                isa.make(Opcode.MATVEC, k=32, n=4, m=1)]
+        return program[:at] + stop + program[at:], at + 1
+    at = rng.choice([i for i, insn in enumerate(program)
+                     if insn.opcode in (Opcode.LOAD, Opcode.STORE)])
     insn = program[at]
     fields = dict(insn.fields)
     if kind is Fault.ALIGN:
         fields["ext_addr"] += 4
-    elif kind is Fault.RANGE:
+    else:
         fields["buf_addr"] = CFG.buffer_words(insn.buf) - 1
         fields["words"] = 2
-    else:  # UNSUPPORTED: SYNC (so that everything before has run), then a MATVEC
-        at = rng.choice([i for i in movers if program[i].opcode is Opcode.LOAD])
-        stop = [isa.make(Opcode.SYS, func=SysFunc.SYNC),
-                isa.make(Opcode.MATVEC, k=32, n=4, m=1)]
-        return program[:at] + stop + program[at:], at + 1
-    return program[:at] + [isa.make(insn.opcode, wait=insn.wait, release=insn.release,
-                                    **fields)] + program[at + 1:], at
+    broken = isa.make(insn.opcode, wait=insn.wait, release=insn.release, **fields)
+    return program[:at] + [broken] + program[at + 1:], at
 
 
 @pytest.fixture(scope="module")
