@@ -311,6 +311,8 @@ class Emulator:
         w, f, rows, length = self.w, insn.func, insn.rows, insn.length
         work = C.Work(elements=rows * length, rows=rows)
         if f is SfuFunc.EMBED:
+            if insn.imm <= 0:
+                raise EmulatorError(f"EMBED: scale group {insn.imm} must be positive")
             pitch = L.embed_pitch(length, insn.imm, w)
             codes, mant, e = L.decode_embedding(self._get(Buffer.ACT, insn.src_a, rows, pitch),
                                                 length, insn.imm, w)
@@ -343,7 +345,7 @@ class Emulator:
         elif f is SfuFunc.QUANT8:
             seg = insn.imm2 or length
             pad = insn.imm or seg
-            if length % seg or pad < seg:
+            if seg <= 0 or length % seg or pad < seg:
                 raise EmulatorError(f"QUANT8: segment {seg} / padding {pad} do not fit "
                                     f"length {length}")
             q, m, e = N.quantize_act(a.reshape(-1, seg))

@@ -47,7 +47,8 @@ class Fault(enum.IntEnum):
     ALIGN = 7  #: external address or stride not a whole number of AXI words
     RANGE = 8  #: buffer words or memory channel out of range
     BUS = 9  #: an AXI error response
-    UNSUPPORTED = 10  #: an instruction class this build has no unit for
+    UNSUPPORTED = 10  #: an instruction class or size this build cannot run
+    PARAM = 11  #: a parameter or record the function refuses (the emulator raises too)
 
 
 IssueLayout = data.StructLayout({

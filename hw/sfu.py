@@ -27,7 +27,7 @@ W = N.WIDE_BITS
 
 ElementIn = data.StructLayout({
     "func": SfuFunc, "a": signed(W), "b": signed(W), "c": signed(W),
-    "shift": signed(8), "imm": signed(16), "imm2": signed(12),
+    "shift": signed(18), "imm": signed(16), "imm2": signed(12),
 })
 ElementOut = data.StructLayout({"y0": signed(W), "y1": signed(W)})
 

@@ -1,0 +1,232 @@
+"""On-chip buffers and how the units reach them: the buffer bank, field reads, word writes.
+
+Every buffer is one simple dual-port memory of ``axi_data_bits`` words (what an FPGA block
+RAM offers): one write port and one read port. The LOAD unit owns the write side and the
+STORE unit the read side whenever they use them; the COMPUTE and SFU sequencers share what
+is left through request/grant ports (:func:`read_port`, :func:`write_port`), first come
+first in a fixed order. The dependency tokens keep the units on different addresses, so
+sharing the ports costs cycles, never correctness.
+
+The sequencers read the records of :mod:`llmacc.layout`, which are little-endian bit fields
+at known bit offsets, through :class:`FieldFetch` (any field of up to 64 bits at any bit
+address, served from a two-word cache so that walking a record costs one memory read per
+word), and write them through :class:`FieldPacker` (fields appended LSB first, whole words
+written, records padded with zeros as the layouts say).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from llmacc.config import AccelConfig
+from llmacc.isa import Buffer
+
+FIELD_BITS = 64  #: the widest field a fetch returns (the RMSNorm epsilon)
+
+
+def addr_bits(cfg: AccelConfig) -> int:
+    """Bits of a word address into the deepest buffer."""
+    return max(cfg.buffer_words(b) for b in Buffer).bit_length()
+
+
+def read_port(cfg: AccelConfig) -> wiring.Signature:
+    """A requester's read port: ``data`` is the word one cycle after ``en & grant``."""
+    return wiring.Signature({"en": Out(1), "buf": Out(Buffer), "addr": Out(addr_bits(cfg)),
+                             "grant": In(1), "data": In(cfg.axi_data_bits)})
+
+
+def write_port(cfg: AccelConfig) -> wiring.Signature:
+    """A requester's write port: the bytes set in ``mask`` are written when ``en & grant``."""
+    return wiring.Signature({"en": Out(1), "buf": Out(Buffer), "addr": Out(addr_bits(cfg)),
+                             "data": Out(cfg.axi_data_bits), "mask": Out(cfg.axi_data_bytes),
+                             "grant": In(1)})
+
+
+class BufferBank(wiring.Component):
+    """The five buffers with the movers' ports and ``readers``/``writers`` shared ports.
+
+    ``load_*`` writes whole words unconditionally; ``store_*`` reads with ``store_data`` one
+    cycle after ``store_en``. Shared ports are granted in list order when the movers leave
+    the port free. ``init`` preloads buffers (tests)."""
+
+    def __init__(self, cfg: AccelConfig, readers: int, writers: int,
+                 init: dict[Buffer, list[int]] | None = None):
+        self.cfg, self.init = cfg, init or {}
+        self.memories: dict[Buffer, Memory] = {}  #: filled by elaborate (tests read them)
+        bits = addr_bits(cfg)
+        super().__init__({
+            "load_en": In(1), "load_buf": In(Buffer), "load_addr": In(bits),
+            "load_data": In(cfg.axi_data_bits),
+            "store_en": In(1), "store_buf": In(Buffer), "store_addr": In(bits),
+            "store_data": Out(cfg.axi_data_bits),
+            "rd": In(read_port(cfg)).array(readers),
+            "wr": In(write_port(cfg)).array(writers),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        w = cfg.axi_data_bytes
+        last_read = {}
+        for b in Buffer:
+            mem = Memory(shape=8 * w, depth=cfg.buffer_words(b), init=self.init.get(b, []))
+            m.submodules[f"buf_{b.name.lower()}"] = self.memories[b] = mem
+            wr, rd = mem.write_port(granularity=8), mem.read_port()
+            m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
+                         wr.en.eq(Mux(self.load_en & (self.load_buf == b), (1 << w) - 1, 0)),
+                         rd.addr.eq(self.store_addr), rd.en.eq(self.store_en &
+                                                               (self.store_buf == b))]
+            taken = self.load_en & (self.load_buf == b)
+            for port in self.wr:
+                want = port.en & (port.buf == b)
+                with m.If(want & ~taken):
+                    m.d.comb += [port.grant.eq(1), wr.addr.eq(port.addr), wr.data.eq(port.data),
+                                 wr.en.eq(port.mask)]
+                taken = taken | want
+            taken = self.store_en & (self.store_buf == b)
+            for port in self.rd:
+                want = port.en & (port.buf == b)
+                with m.If(want & ~taken):
+                    m.d.comb += [port.grant.eq(1), rd.addr.eq(port.addr), rd.en.eq(1)]
+                taken = taken | want
+            last_read[b] = rd.data
+        store_from = Signal(Buffer)
+        m.d.sync += store_from.eq(self.store_buf)
+        self._route(m, store_from, last_read, self.store_data)
+        for port in self.rd:
+            source = Signal(Buffer)
+            with m.If(port.en & port.grant):
+                m.d.sync += source.eq(port.buf)
+            self._route(m, source, last_read, port.data)
+        return m
+
+    @staticmethod
+    def _route(m: Module, source, words: dict, target) -> None:
+        with m.Switch(source):
+            for b, word in words.items():
+                with m.Case(b):
+                    m.d.comb += target.eq(word)
+
+
+FetchRequest = data.StructLayout({"buf": Buffer, "bit": 32})
+
+
+class FieldFetch(wiring.Component):
+    """Bit fields from the buffers: a request names a buffer and a bit address; while
+    ``req.ready``, ``value`` holds the 64 bits from that address (LSB first; the caller takes
+    the low bits it needs). Two consecutive words are cached; ``flush`` empties the cache
+    (a new instruction), and ``snoop`` (the unit's own writes) invalidates a cached word."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.word_bits = cfg.axi_data_bits
+        if self.word_bits < FIELD_BITS:
+            raise ValueError(f"{self.word_bits}-bit buffer words cannot hold a "
+                             f"{FIELD_BITS}-bit field in two words")
+        super().__init__({
+            "req": In(stream.Signature(FetchRequest)),
+            "value": Out(FIELD_BITS),
+            "flush": In(1),
+            "snoop": In(write_port(cfg)),
+            "port": Out(read_port(cfg)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        low = (self.word_bits - 1).bit_length()
+        words = [Signal(self.word_bits, name=f"word{i}") for i in range(2)]
+        base = Signal.like(self.port.addr)  # address of words[0]
+        buf = Signal(Buffer)
+        valid = Signal()
+        want = self.req.payload.bit[low:]
+        offset = self.req.payload.bit[:low]
+        same = valid & (buf == self.req.payload.buf)
+        hit = same & (base == want)
+        m.d.comb += [self.value.eq(Cat(*words).bit_select(offset, FIELD_BITS)),
+                     self.port.buf.eq(buf)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.req.ready.eq(hit & ~self.flush)
+                with m.If(self.req.valid & ~hit & ~self.flush):
+                    m.d.sync += [buf.eq(self.req.payload.buf), base.eq(want), valid.eq(0)]
+                    with m.If(same & (base + 1 == want)):  # walking on: keep the second word
+                        m.d.sync += words[0].eq(words[1])
+                        m.next = "READ1"
+                    with m.Else():
+                        m.next = "READ0"
+            with m.State("READ0"):
+                m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base)]
+                with m.If(self.port.grant):
+                    m.next = "TAKE0"
+            with m.State("TAKE0"):
+                m.d.sync += words[0].eq(self.port.data)
+                m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 1)]
+                with m.If(self.port.grant):
+                    m.next = "TAKE1"
+                with m.Else():
+                    m.next = "READ1"
+            with m.State("READ1"):
+                m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 1)]
+                with m.If(self.port.grant):
+                    m.next = "TAKE1"
+            with m.State("TAKE1"):
+                m.d.sync += [words[1].eq(self.port.data), valid.eq(1)]
+                m.next = "IDLE"
+        s = self.snoop
+        with m.If(self.flush | (s.en & s.grant & (s.buf == buf) &
+                                ((s.addr == base) | (s.addr == base + 1)))):
+            m.d.sync += valid.eq(0)
+        return m
+
+
+PackerPush = data.StructLayout({
+    "value": FIELD_BITS,
+    "width": range(FIELD_BITS + 1),
+    "align": 1,  #: after this field, pad to the next word
+    "tail": 1,  #: with ``align``: write only the bytes that hold data (no zero padding)
+})
+
+
+class FieldPacker(wiring.Component):
+    """Append fields at a word address: ``start`` (with ``buf``, ``addr``) begins a record,
+    pushes append ``width`` bits LSB first, whole words are written as they fill. ``idle``
+    when everything pushed is written."""
+
+    def __init__(self, cfg: AccelConfig):
+        self.word_bits = cfg.axi_data_bits
+        super().__init__({
+            "start": In(1), "buf": In(Buffer), "addr": In(addr_bits(cfg)),
+            "push": In(stream.Signature(PackerPush)),
+            "idle": Out(1),
+            "port": Out(write_port(cfg)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        wb = self.word_bits
+        acc = Signal(wb + FIELD_BITS)
+        count = Signal(range(wb + FIELD_BITS + 1))
+        aligning, tail = Signal(), Signal()
+        full = count >= wb
+        flushing = aligning & (count != 0)
+        p = self.push.payload
+        used = Cat(*(count > 8 * i for i in range(wb // 8)))
+        m.d.comb += [self.port.data.eq(acc[:wb]), self.port.en.eq(full | flushing),
+                     self.port.mask.eq(Mux(~full & tail, used, (1 << (wb // 8)) - 1)),
+                     self.push.ready.eq(~full & ~aligning),
+                     self.idle.eq((count == 0) & ~aligning)]
+        with m.If(self.port.en & self.port.grant):
+            m.d.sync += [acc.eq(acc >> wb), count.eq(Mux(full, count - wb, 0)),
+                         self.port.addr.eq(self.port.addr + 1)]
+        with m.Elif(aligning & (count == 0)):
+            m.d.sync += aligning.eq(0)
+        with m.If(self.push.valid & self.push.ready):
+            keep = (Const(1, FIELD_BITS + 1) << p.width) - 1
+            m.d.sync += [acc.eq(acc | ((p.value & keep) << count)), count.eq(count + p.width),
+                         aligning.eq(p.align), tail.eq(p.tail)]
+        with m.If(self.start):
+            m.d.sync += [self.port.buf.eq(self.buf), self.port.addr.eq(self.addr), acc.eq(0),
+                         count.eq(0), aligning.eq(0)]
+        return m

@@ -1,0 +1,398 @@
+"""The SFU unit: executes SFU instructions (``isa.SfuFields``) from the buffers, as the
+emulator does (``host/emulator.py``), record layouts from :mod:`llmacc.layout`.
+
+A producer walks the instruction's ``rows`` x ``length`` input elements, reads each one's
+fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table
+entry) and feeds the element stage (:class:`hw.sfu.ElementSfu`: ADD, MUL, SILU, ROPE, EMBED)
+or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX, RMSNORM, QUANT8 per segment, KVQUANT
+per channel group). A consumer turns the results into records with a :class:`FieldPacker`:
+wide rows, INT8 rows with their scale header (zero-padded to ``imm`` codes), KV rows with
+scale and midpoint (group-major: group ``g`` of row ``r`` is record ``g * rows + r``).
+
+Before anything runs, the unit checks what the emulator refuses (:attr:`Fault.PARAM`):
+RoPE head sizes that are odd or do not divide the row, segments and KV groups that do not
+divide it, KV widths other than 4 and 8 bits, an embedding group below 1, an RMSNorm epsilon
+beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows longer than
+the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.buffer_access import FieldFetch, FieldPacker, read_port, write_port
+from hw.controller import Fault, IssueLayout
+from hw.serial_arith import SerialDivider
+from hw.sfu import ElementSfu
+from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.config import AccelConfig
+from llmacc.isa import Buffer, Reg, SfuFields, SfuFunc
+
+ELEMENT_FUNCS = (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.ROPE, SfuFunc.EMBED)
+
+
+def row_limit(cfg: AccelConfig) -> int:
+    """The longest row (or segment, or KV group) the row stage holds: a whole ACT buffer of
+    wide values, or what the ``length`` field can name."""
+    return min(cfg.buffer_words(Buffer.ACT) * cfg.axi_data_bytes // 4, (1 << LEN_BITS) - 1)
+
+
+class SfuUnit(wiring.Component):
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({
+            "issue": In(stream.Signature(IssueLayout)),
+            "complete": Out(1),
+            "fault": Out(8),
+            "rd_a": Out(read_port(cfg)),
+            "rd_b": Out(read_port(cfg)),
+            "wr": Out(write_port(cfg)),
+        })
+
+    def elaborate(self, platform):  # noqa: C901 -- one sequencer, one state machine
+        m = Module()
+        cfg = self.cfg
+        w = cfg.axi_data_bytes
+        lw = (w - 1).bit_length()  # log2 of the word in bytes
+        lb = lw + 3  # log2 of the word in bits
+        max_len = row_limit(cfg)
+        m.submodules.fetch_a = fa = FieldFetch(cfg)
+        m.submodules.fetch_b = fb = FieldFetch(cfg)
+        m.submodules.packer = pk = FieldPacker(cfg)
+        m.submodules.element = el = ElementSfu()
+        m.submodules.row = rs = RowSfu(max_len)
+        m.submodules.div = div = SerialDivider(16, 16)
+        wiring.connect(m, fa.port, wiring.flipped(self.rd_a))
+        wiring.connect(m, fb.port, wiring.flipped(self.rd_b))
+        wiring.connect(m, pk.port, wiring.flipped(self.wr))
+        for fetch in (fa, fb):
+            m.d.comb += [fetch.snoop.en.eq(pk.port.en), fetch.snoop.grant.eq(pk.port.grant),
+                         fetch.snoop.buf.eq(pk.port.buf), fetch.snoop.addr.eq(pk.port.addr)]
+
+        def words(nbytes):
+            return (nbytes + (w - 1)) >> lw
+
+        f = Signal(SfuFields)
+        pos, sink, window = Signal(32), Signal(32), Signal(32)
+        length, rows = f.length, f.rows
+        func = f.func
+        is_element = Cat(*(func == g for g in ELEMENT_FUNCS)).any()
+        # sizes, fixed per instruction
+        wide = Signal(16)  # wide row pitch
+        quot = Signal(16)  # segments / KV groups per row; ROPE heads; EMBED scale groups
+        seg = Signal(16)  # elements per row-stage row (QUANT8 segment, KV group)
+        pad = Signal(16)  # QUANT8: codes per output row
+        kv_bits = Signal(4)
+        in_pitch, b_pitch, out_pitch = Signal(16), Signal(16), Signal(16)
+        a_off = Signal(16)  # EMBED: words from a record to its codes
+        out_recs = Signal(28)  # records (or rows) the consumer writes
+        group_stride = Signal(28)  # KVQUANT: words between a row's groups
+        eps = Signal(N.EPS_BITS)
+        e_row = Signal(16)  # EMBED: the record's exponent
+        # counters
+        pr, pi = Signal(12), Signal(LEN_BITS + 1)  # producer row, element
+        pj = Signal(16)  # ROPE: pair within head; EMBED: element within scale group
+        gi = Signal(16)  # EMBED: scale group
+        phase = Signal()  # ROPE: second half of a pair; EMBED: exponent read
+        x0, cos = Signal(32), Signal(16)
+        row_a, row_b = Signal(28), Signal(28)
+        ci = Signal(LEN_BITS + 1)  # consumer element within row
+        cr, cg = Signal(28), Signal(16)  # consumer records done; KV group within row
+        rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
+        produced, consumed = Signal(), Signal()
+        cstate = Signal(range(4))  # consumer: 0 body, 1 header m, 2 header e / mid, 3 padding
+        pad_left = Signal(16)
+
+        depth = {b: cfg.buffer_words(b) for b in Buffer}
+        half = f.imm[1:]  # ROPE: pairs per head
+
+        def fail(code):
+            m.d.sync += self.fault.eq(code)
+            m.next = "COMPLETE"
+
+        def push(value, width, align=0, tail=0):
+            m.d.comb += [pk.push.valid.eq(1), pk.push.payload.value.eq(value),
+                         pk.push.payload.width.eq(width), pk.push.payload.align.eq(align),
+                         pk.push.payload.tail.eq(tail)]
+            return pk.push.ready
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.issue.ready.eq(1)
+                with m.If(self.issue.valid):
+                    regs = self.issue.payload.regs
+                    m.d.sync += [f.eq(self.issue.payload.word.payload.sfu), self.fault.eq(0),
+                                 pos.eq(regs[Reg.POS.value]), sink.eq(regs[Reg.SINK.value]),
+                                 window.eq(regs[Reg.WINDOW.value])]
+                    m.d.comb += [fa.flush.eq(1), fb.flush.eq(1)]
+                    m.next = "SIZES"
+            with m.State("SIZES"):
+                q8_seg = Mux(f.imm2 == 0, length, f.imm2)
+                m.d.sync += [wide.eq(words(length << 2)), kv_bits.eq(f.imm2[:4]),
+                             seg.eq(Mux(func == SfuFunc.QUANT8, q8_seg, Mux(
+                                 func == SfuFunc.KVQUANT, f.imm, length))),
+                             pad.eq(Mux(f.imm == 0, q8_seg, f.imm))]
+                num = Mux(func == SfuFunc.EMBED, length + f.imm - 1, length)
+                den = Mux(func == SfuFunc.QUANT8, q8_seg, f.imm)
+                m.d.comb += [div.start.eq(1), div.num.eq(num), div.den.eq(den)]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"), m.If(~div.busy & ~div.start):
+                m.d.sync += quot.eq(div.quotient)
+                m.next = "PITCHES"
+            with m.State("PITCHES"):
+                with m.Switch(func):
+                    with m.Case(SfuFunc.EMBED):
+                        m.d.sync += [in_pitch.eq(words(4) + words(quot << 1) + words(length)),
+                                     a_off.eq(words(4) + words(quot << 1))]
+                    with m.Default():
+                        m.d.sync += in_pitch.eq(wide)
+                with m.Switch(func):
+                    with m.Case(SfuFunc.QUANT8):
+                        m.d.sync += [out_pitch.eq(L.qrow_header(w) + words(pad)),
+                                     out_recs.eq(rows * quot)]
+                    with m.Case(SfuFunc.KVQUANT):
+                        m.d.sync += [out_pitch.eq(L.kv_header(w) + words(
+                                         (seg * kv_bits + 7) >> 3)), out_recs.eq(rows * quot)]
+                    with m.Default():
+                        m.d.sync += [out_pitch.eq(wide), out_recs.eq(rows)]
+                m.d.sync += b_pitch.eq(Mux(func == SfuFunc.ROPE, words(f.imm << 1), Mux(
+                    f.imm[0] | (func == SfuFunc.RMSNORM), 0, wide)))
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                remainder = length - quot * Mux(func == SfuFunc.QUANT8, seg, f.imm)
+                bad = Signal()
+                with m.Switch(func):
+                    with m.Case(SfuFunc.ROPE):
+                        m.d.comb += bad.eq((f.imm <= 0) | f.imm[0] | (remainder != 0))
+                    with m.Case(SfuFunc.QUANT8):
+                        m.d.comb += bad.eq((seg.as_signed() <= 0) | (remainder != 0) |
+                                           (pad.as_signed() < seg.as_signed()))
+                    with m.Case(SfuFunc.KVQUANT):
+                        m.d.comb += bad.eq((f.imm <= 0) | (remainder != 0) |
+                                           ((f.imm2 != 4) & (f.imm2 != 8)))
+                    with m.Case(SfuFunc.EMBED):
+                        m.d.comb += bad.eq(f.imm <= 0)
+                b_buf = Mux(f.imm[0] | (func == SfuFunc.RMSNORM) | (func == SfuFunc.ROPE),
+                            Buffer.TABLE, Buffer.ACT)
+                b_rows = Mux(f.imm[0] & ((func == SfuFunc.ADD) | (func == SfuFunc.MUL)), 1,
+                             rows)
+                b_end = Mux(func == SfuFunc.RMSNORM, f.src_b + L.words(8, w) +
+                            words(length << 1), f.src_b + b_rows * b_pitch)
+                uses_b = Cat(*(func == g for g in (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.ROPE,
+                                                   SfuFunc.RMSNORM))).any()
+                out_buf_end = Mux(func == SfuFunc.KVQUANT, depth[Buffer.KV], depth[Buffer.ACT])
+                off_end = (f.src_a + rows * in_pitch > depth[Buffer.ACT]) | (uses_b & (
+                    b_end > Mux(b_buf == Buffer.TABLE, depth[Buffer.TABLE],
+                                depth[Buffer.ACT]))) | (f.dst + out_recs * out_pitch >
+                                                        out_buf_end)
+                too_long = ~is_element & (seg > max_len)
+                m.d.sync += [row_a.eq(f.src_a), row_b.eq(f.src_b),
+                             rec_row.eq(f.dst), rec.eq(f.dst),
+                             group_stride.eq(rows * out_pitch), pr.eq(0), pi.eq(0), pj.eq(0),
+                             gi.eq(0), phase.eq(func == SfuFunc.EMBED), ci.eq(0), cr.eq(0),
+                             cg.eq(0), cstate.eq(Mux(func == SfuFunc.QUANT8, 1, Mux(func == SfuFunc.KVQUANT, 2, 0))),
+                             produced.eq(0), consumed.eq(0)]
+                with m.If(bad):
+                    fail(Fault.PARAM)
+                with m.Elif((rows != 0) & off_end):
+                    fail(Fault.RANGE)
+                with m.Elif(too_long):
+                    fail(Fault.UNSUPPORTED)
+                with m.Elif((rows == 0) | (length == 0)):
+                    m.next = "COMPLETE"
+                with m.Elif(func == SfuFunc.RMSNORM):
+                    m.next = "EPS"
+                with m.Else():
+                    m.next = "START"
+            with m.State("EPS"):
+                m.d.comb += [fb.req.valid.eq(1), fb.req.payload.buf.eq(Buffer.TABLE),
+                             fb.req.payload.bit.eq(f.src_b << lb)]
+                value = fb.value.as_signed()
+                with m.If(fb.req.ready):
+                    m.d.sync += eps.eq(value)
+                    limit = 1 << (N.EPS_BITS - 1)
+                    with m.If((value >= limit) | (value < -limit)):
+                        fail(Fault.PARAM)
+                    with m.Else():
+                        m.next = "START"
+            with m.State("START"):
+                m.d.comb += [pk.start.eq(1), pk.addr.eq(f.dst),
+                             pk.buf.eq(Mux(func == SfuFunc.KVQUANT, Buffer.KV, Buffer.ACT))]
+                m.next = "RUN"
+            with m.State("RUN"):
+                self._produce(m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits,
+                              eps, pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos,
+                              row_a, row_b, half, is_element, produced)
+                self._consume(m, f, el, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
+                              group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left,
+                              out_recs, is_element, consumed)
+                with m.If(produced & consumed & pk.idle):
+                    m.next = "COMPLETE"
+            with m.State("COMPLETE"):
+                m.d.comb += self.complete.eq(1)
+                m.next = "IDLE"
+        return m
+
+    def _produce(self, m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits, eps,
+                 pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos, row_a, row_b, half,
+                 is_element, produced):
+        """Feed one element (or RoPE half-pair, or EMBED exponent) per step."""
+        w = self.cfg.axi_data_bytes
+        func, length = f.func, f.length
+        a_req, b_req = fa.req.payload, fb.req.payload
+        need_b = Signal()
+        go = Signal()  # the fetched fields are here and the stage takes them
+        m.d.comb += [a_req.buf.eq(Buffer.ACT), b_req.buf.eq(Buffer.ACT),
+                     a_req.bit.eq((row_a << lb) + (pi << 5)), b_req.bit.eq((row_b << lb) +
+                                                                          (pi << 5))]
+        with m.Switch(func):
+            with m.Case(SfuFunc.ADD, SfuFunc.MUL):
+                m.d.comb += need_b.eq(1)
+                with m.If(f.imm[0]):
+                    m.d.comb += b_req.buf.eq(Buffer.TABLE)
+            with m.Case(SfuFunc.RMSNORM):
+                m.d.comb += [need_b.eq(1), b_req.buf.eq(Buffer.TABLE),
+                             b_req.bit.eq(((f.src_b + L.words(8, w)) << lb) + (pi << 4))]
+            with m.Case(SfuFunc.ROPE):
+                m.d.comb += [need_b.eq(1), b_req.buf.eq(Buffer.TABLE),
+                             b_req.bit.eq((row_b << lb) + (Mux(phase, pj + half, pj) << 4))]
+            with m.Case(SfuFunc.EMBED):
+                m.d.comb += [need_b.eq(1),
+                             a_req.bit.eq(((row_a + a_off) << lb) + (pi << 3)),
+                             b_req.bit.eq(Mux(phase, row_a << lb, ((row_a + L.words(4, w))
+                                                                   << lb) + (gi << 4)))]
+        need_a = ~((func == SfuFunc.EMBED) & phase)
+        fetched = (~need_a | fa.req.ready) & (~need_b | fb.req.ready)
+        m.d.comb += [fa.req.valid.eq(~produced & need_a), fb.req.valid.eq(~produced & need_b)]
+        a_val = Mux(func == SfuFunc.EMBED, fa.value[:8].as_signed(), fa.value[:32].as_signed())
+        # element stage
+        ep = el.i.payload
+        m.d.comb += [ep.func.eq(func), ep.a.eq(a_val), ep.b.eq(fb.value[:32].as_signed()),
+                     ep.shift.eq(f.shift), ep.imm.eq(f.imm), ep.imm2.eq(f.imm2)]
+        with m.Switch(func):
+            with m.Case(SfuFunc.ROPE):
+                m.d.comb += [ep.a.eq(x0.as_signed()), ep.b.eq(a_val),
+                             ep.c.eq(Cat(cos, fb.value[:16]))]
+            with m.Case(SfuFunc.EMBED):
+                m.d.comb += [ep.b.eq(fb.value[:16]), ep.shift.eq(e_row.as_signed() + f.shift)]
+        # row stage
+        rp = rs.i.payload
+        m.d.comb += [rp.a.eq(a_val), rp.gamma.eq(fb.value[:16].as_signed()),
+                     rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
+                     rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
+                     rp.cmd.eps.eq(eps.as_signed())]
+        with m.Switch(func):
+            with m.Case(SfuFunc.SOFTMAX):
+                m.d.comb += rp.cmd.func.eq(RowFunc.SOFTMAX)
+            with m.Case(SfuFunc.RMSNORM):
+                m.d.comb += rp.cmd.func.eq(RowFunc.RMSNORM)
+            with m.Case(SfuFunc.QUANT8):
+                m.d.comb += [rp.cmd.func.eq(RowFunc.QUANT), rp.cmd.qmax.eq(N.ACT_MAX)]
+            with m.Case(SfuFunc.KVQUANT):
+                m.d.comb += [rp.cmd.func.eq(RowFunc.QUANT), rp.cmd.centre.eq(1),
+                             rp.cmd.qmax.eq(Mux(kv_bits == 8, 127, 7))]
+        rope_first = (func == SfuFunc.ROPE) & ~phase
+        embed_head = (func == SfuFunc.EMBED) & phase
+        to_stage = ~rope_first & ~embed_head
+        stage_ready = Mux(is_element, el.i.ready, rs.i.ready)
+        m.d.comb += [go.eq(~produced & fetched & (stage_ready | ~to_stage)),
+                     el.i.valid.eq(~produced & fetched & to_stage & is_element),
+                     rs.i.valid.eq(~produced & fetched & to_stage & ~is_element)]
+        with m.If(go):
+            with m.If(rope_first):
+                m.d.sync += [x0.eq(a_val), cos.eq(fb.value[:16]), phase.eq(1), pi.eq(pi + 1)]
+            with m.Elif(embed_head):
+                m.d.sync += [e_row.eq(fb.value[:16]), phase.eq(0)]
+            with m.Else():
+                row_end = pi + 1 == length
+                m.d.sync += pi.eq(pi + 1)
+                with m.If(func == SfuFunc.ROPE):
+                    m.d.sync += [phase.eq(0), pj.eq(Mux(pj + 1 == half, 0, pj + 1))]
+                with m.If(func == SfuFunc.EMBED):
+                    with m.If(pj + 1 == f.imm):
+                        m.d.sync += [pj.eq(0), gi.eq(gi + 1)]
+                    with m.Else():
+                        m.d.sync += pj.eq(pj + 1)
+                with m.If(row_end):
+                    m.d.sync += [pi.eq(0), pj.eq(0), gi.eq(0), pr.eq(pr + 1),
+                                 row_a.eq(row_a + in_pitch), row_b.eq(row_b + b_pitch),
+                                 phase.eq(func == SfuFunc.EMBED)]
+                    with m.If(pr + 1 == f.rows):
+                        m.d.sync += produced.eq(1)
+
+    def _consume(self, m, f, el, rs, pk, push, kv_bits, seg, pad, quot, out_pitch, group_stride,
+                 ci, cr, cg, rec_row, rec, cstate, pad_left, out_recs, is_element, consumed):
+        """Write the stage outputs as records."""
+        func = f.func
+        record_done = Signal()
+        with m.If(record_done):
+            m.d.sync += cr.eq(cr + 1)
+            with m.If(cr + 1 == out_recs):
+                m.d.sync += consumed.eq(1)
+        # -- element stage: wide rows, two values per RoPE beat -----------------------------
+        with m.If(is_element):
+            rope = func == SfuFunc.ROPE
+            second = cstate == 1
+            value = Mux(second, el.o.payload.y1, el.o.payload.y0)
+            row_end = ci + 1 == f.length
+            with m.If(el.o.valid):
+                taken = push(value, 32, align=row_end)
+                m.d.comb += el.o.ready.eq(taken & (second | ~rope))
+                with m.If(taken):
+                    m.d.sync += [ci.eq(Mux(row_end, 0, ci + 1)), cstate.eq(rope & ~second)]
+                    m.d.comb += record_done.eq(row_end)
+        # -- row stage ------------------------------------------------------------------------
+        with m.Else():
+            out = rs.o.payload
+            e16 = Signal(16)
+            m.d.comb += e16.eq(out.e)
+            with m.Switch(cstate):
+                with m.Case(2):  # KVQUANT: a record of its own at `rec`
+                    with m.If(rs.o.valid & pk.idle):
+                        m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
+                        m.d.sync += cstate.eq(1)
+                with m.Case(1):  # the scale header
+                    with m.If(rs.o.valid):
+                        is_kv = func == SfuFunc.KVQUANT
+                        header = Mux(is_kv, Cat(out.m, e16, out.mid), Cat(out.m, e16))
+                        with m.If(push(header, Mux(is_kv, 64, 32), align=1)):
+                            m.d.sync += cstate.eq(0)
+                with m.Case(0):
+                    width = Mux(func == SfuFunc.QUANT8, 8, Mux(func == SfuFunc.KVQUANT,
+                                                               kv_bits, 32))
+                    padded = (func == SfuFunc.QUANT8) & (pad != seg)
+                    with m.If(rs.o.valid):
+                        taken = push(out.y, width, align=out.last & ~padded)
+                        m.d.comb += rs.o.ready.eq(taken)
+                        with m.If(taken & out.last):
+                            with m.If(padded):
+                                m.d.sync += [cstate.eq(3), pad_left.eq(pad - seg)]
+                            with m.Else():
+                                m.d.comb += record_done.eq(1)
+                                self._next_record(m, func, cstate, cg, quot, rec_row, rec,
+                                                  out_pitch, group_stride)
+                with m.Case(3):  # QUANT8: zero codes up to `imm`
+                    last = pad_left == 1
+                    with m.If(push(0, 8, align=last)):
+                        m.d.sync += pad_left.eq(pad_left - 1)
+                        with m.If(last):
+                            m.d.comb += record_done.eq(1)
+                            self._next_record(m, func, cstate, cg, quot, rec_row, rec,
+                                              out_pitch, group_stride)
+
+    @staticmethod
+    def _next_record(m, func, cstate, cg, quot, rec_row, rec, out_pitch, group_stride):
+        """After a row-stage record: QUANT8 writes the next header; KVQUANT moves to the next
+        group of the row (``group_stride`` on) or to the next row's first group."""
+        with m.Switch(func):
+            with m.Case(SfuFunc.QUANT8):
+                m.d.sync += cstate.eq(1)
+            with m.Case(SfuFunc.KVQUANT):
+                m.d.sync += cstate.eq(2)
+                with m.If(cg + 1 == quot):
+                    m.d.sync += [cg.eq(0), rec_row.eq(rec_row + out_pitch),
+                                 rec.eq(rec_row + out_pitch)]
+                with m.Else():
+                    m.d.sync += [cg.eq(cg + 1), rec.eq(rec + group_stride)]
