@@ -50,11 +50,10 @@ class BufferBank(wiring.Component):
 
     ``load_*`` writes whole words unconditionally; ``store_*`` reads with ``store_data`` one
     cycle after ``store_en``. Shared ports are granted in list order when the movers leave
-    the port free. ``init`` preloads buffers (tests)."""
+    the port free."""
 
-    def __init__(self, cfg: AccelConfig, readers: int, writers: int,
-                 init: dict[Buffer, list[int]] | None = None):
-        self.cfg, self.init = cfg, init or {}
+    def __init__(self, cfg: AccelConfig, readers: int, writers: int):
+        self.cfg = cfg
         self.memories: dict[Buffer, Memory] = {}  #: filled by elaborate (tests read them)
         bits = addr_bits(cfg)
         super().__init__({
@@ -72,7 +71,7 @@ class BufferBank(wiring.Component):
         w = cfg.axi_data_bytes
         last_read = {}
         for b in Buffer:
-            mem = Memory(shape=8 * w, depth=cfg.buffer_words(b), init=self.init.get(b, []))
+            mem = Memory(shape=8 * w, depth=cfg.buffer_words(b), init=[])
             m.submodules[f"buf_{b.name.lower()}"] = self.memories[b] = mem
             wr, rd = mem.write_port(granularity=8), mem.read_port()
             m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),

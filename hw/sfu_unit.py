@@ -16,7 +16,7 @@ beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows 
 the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -192,7 +192,8 @@ class SfuUnit(wiring.Component):
                              rec_row.eq(f.dst), rec.eq(f.dst),
                              group_stride.eq(rows * out_pitch), pr.eq(0), pi.eq(0), pj.eq(0),
                              gi.eq(0), phase.eq(func == SfuFunc.EMBED), ci.eq(0), cr.eq(0),
-                             cg.eq(0), cstate.eq(Mux(func == SfuFunc.QUANT8, 1, Mux(func == SfuFunc.KVQUANT, 2, 0))),
+                             cg.eq(0), cstate.eq(Mux(func == SfuFunc.QUANT8, 1, Mux(
+                                 func == SfuFunc.KVQUANT, 2, 0))),
                              produced.eq(0), consumed.eq(0)]
                 with m.If(bad):
                     fail(Fault.PARAM)
@@ -349,16 +350,14 @@ class SfuUnit(wiring.Component):
             e16 = Signal(16)
             m.d.comb += e16.eq(out.e)
             with m.Switch(cstate):
-                with m.Case(2):  # KVQUANT: a record of its own at `rec`
-                    with m.If(rs.o.valid & pk.idle):
-                        m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
-                        m.d.sync += cstate.eq(1)
-                with m.Case(1):  # the scale header
-                    with m.If(rs.o.valid):
-                        is_kv = func == SfuFunc.KVQUANT
-                        header = Mux(is_kv, Cat(out.m, e16, out.mid), Cat(out.m, e16))
-                        with m.If(push(header, Mux(is_kv, 64, 32), align=1)):
-                            m.d.sync += cstate.eq(0)
+                with m.Case(2), m.If(rs.o.valid & pk.idle):  # KVQUANT: a record at `rec`
+                    m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
+                    m.d.sync += cstate.eq(1)
+                with m.Case(1), m.If(rs.o.valid):  # the scale header
+                    is_kv = func == SfuFunc.KVQUANT
+                    header = Mux(is_kv, Cat(out.m, e16, out.mid), Cat(out.m, e16))
+                    with m.If(push(header, Mux(is_kv, 64, 32), align=1)):
+                        m.d.sync += cstate.eq(0)
                 with m.Case(0):
                     width = Mux(func == SfuFunc.QUANT8, 8, Mux(func == SfuFunc.KVQUANT,
                                                                kv_bits, 32))

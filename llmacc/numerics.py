@@ -65,8 +65,27 @@ def _t(x) -> Tensor:
 
 
 # -- rounding and saturation ---------------------------------------------------------------
+#: Right shifts saturate here: every value the contract shifts is below 2**60 in magnitude,
+#: so a shift of 62 already gives 0, as any larger one must (int64 shifts of 64 or more are
+#: not defined).
+MAX_RIGHT_SHIFT = 62
+#: Left shifts whose exact result reaches 2**60 give +-2**60 instead. Every caller saturates
+#: the result (or a sum of two such) to at most 48 bits, so this is the exact arithmetic's
+#: outcome without int64 overflow; the hardware shifts exactly and saturates.
+LEFT_LIMIT_LOG2 = 60
+
+
+def _shift_left(x: Tensor, left) -> Tensor:
+    left = torch.clamp(_t(left), max=LEFT_LIMIT_LOG2)
+    limit = torch.bitwise_left_shift(torch.ones_like(left), LEFT_LIMIT_LOG2 - left)
+    big = x.abs() >= limit
+    return torch.where(big, torch.sign(x) << LEFT_LIMIT_LOG2,
+                       torch.bitwise_left_shift(torch.where(big, 0, x), left))
+
+
 def round_shift(x, s) -> Tensor:
-    """``x / 2**s`` rounded half away from zero; ``s <= 0`` is an exact left shift.
+    """``x / 2**s`` rounded half away from zero; ``s <= 0`` is a left shift (exact below
+    ``2**LEFT_LIMIT_LOG2``).
 
     Hardware: add ``2**(s-1) - (x < 0)`` then arithmetic shift right (one adder, the sign bit
     as carry-in). Ties are symmetric, so rounding adds no bias to sums of signed values.
@@ -74,15 +93,16 @@ def round_shift(x, s) -> Tensor:
     x = _t(x)
     if isinstance(s, int):  # one shift for the whole tensor (the common case)
         if s <= 0:
-            return torch.bitwise_left_shift(x, -s)
+            return _shift_left(x, -s)
+        s = min(s, MAX_RIGHT_SHIFT)
         return torch.bitwise_right_shift(x + ((1 << (s - 1)) - (x < 0).to(I64)), s)
     s = _t(s)
-    pos = torch.clamp(s, min=0)
+    pos = torch.clamp(s, min=0, max=MAX_RIGHT_SHIFT)
     left = torch.clamp(-s, min=0)
     half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)
     bias = torch.where(pos > 0, half - (x < 0).to(I64), 0)
     right = torch.bitwise_right_shift(x + bias, pos)
-    return torch.where(s > 0, right, torch.bitwise_left_shift(x, left))
+    return torch.where(s > 0, right, _shift_left(x, left))
 
 
 def saturate(x, bits: int, symmetric: bool = False) -> Tensor:

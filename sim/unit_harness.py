@@ -8,6 +8,8 @@ fault code and every buffer's bytes, for the tests to compare with the emulator'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from amaranth.hdl import Elaboratable, Module, Value
 from amaranth.lib import wiring
@@ -23,15 +25,12 @@ class UnitHarness(Elaboratable):
     """``unit`` with its ``rd_*`` ports on the bank's shared read ports and ``wr*`` on the
     shared write ports, in declaration order."""
 
-    def __init__(self, cfg: AccelConfig, unit: wiring.Component, images: dict[Buffer, bytes]):
+    def __init__(self, cfg: AccelConfig, unit: wiring.Component):
         self.unit = unit
         names = list(unit.signature.members)
         self.reads = [n for n in names if n.startswith("rd_")]
         self.writes = [n for n in names if n.startswith("wr")]
-        w = cfg.axi_data_bytes
-        init = {b: [int.from_bytes(img[i:i + w], "little") for i in range(0, len(img), w)]
-                for b, img in images.items()}
-        self.bank = BufferBank(cfg, len(self.reads), len(self.writes), init)
+        self.bank = BufferBank(cfg, len(self.reads), len(self.writes))
 
     def elaborate(self, platform):
         m = Module()
@@ -43,41 +42,60 @@ class UnitHarness(Elaboratable):
         return m
 
 
-def run_instruction(cfg: AccelConfig, unit: wiring.Component, images: dict[Buffer, bytes],
-                    insn: isa.Instruction, regs: dict[isa.Reg, int],
-                    max_cycles: int = 200_000) -> tuple[int, dict[Buffer, bytes], int]:
-    """``(fault, buffer images after, cycles)`` of one instruction on ``unit``."""
-    dut = UnitHarness(cfg, unit, images)
+@dataclass
+class Case:
+    """One instruction with the buffer images it starts from and the run-time registers."""
+
+    images: dict[Buffer, bytes]
+    insn: isa.Instruction
+    regs: dict[isa.Reg, int] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    fault: int
+    images: dict[Buffer, bytes]
+    cycles: int
+
+
+def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Case],
+                     max_cycles: int = 200_000) -> list[Outcome]:
+    """Each case on ``unit`` in one simulation (building the simulator is the slow part):
+    load its images, issue, wait for completion, read the buffers back."""
+    dut = UnitHarness(cfg, unit)
     w = cfg.axi_data_bytes
-    result = {}
+    outcomes = []
 
     async def bench(ctx):
+        mems = dut.bank.memories
         issue = unit.issue
-        ctx.set(Value.cast(issue.payload.word), isa.encode(insn))
-        for r, value in regs.items():
-            ctx.set(issue.payload.regs[r.value], value & 0xFFFFFFFF)
-        ctx.set(issue.valid, 1)
-        await ctx.tick().until(issue.ready)
-        ctx.set(issue.valid, 0)
-        fault = 0
-        for cycle in range(max_cycles):
-            fault = fault or ctx.get(unit.fault)
-            if ctx.get(unit.complete):
-                break
+        for case in cases:
+            for b, img in case.images.items():
+                for i in range(mems[b].depth):
+                    ctx.set(mems[b].data[i], int.from_bytes(img[i * w:(i + 1) * w], "little"))
+            ctx.set(Value.cast(issue.payload.word), isa.encode(case.insn))
+            for r in isa.Reg:
+                ctx.set(issue.payload.regs[r.value], case.regs.get(r, 0) & 0xFFFFFFFF)
+            ctx.set(issue.valid, 1)
+            await ctx.tick().until(issue.ready)
+            ctx.set(issue.valid, 0)
+            fault, cycles = 0, 0
+            while not ctx.get(unit.complete):
+                fault = fault or ctx.get(unit.fault)
+                cycles += 1
+                if cycles > max_cycles:
+                    raise TimeoutError(f"{case.insn} did not complete in {max_cycles} cycles")
+                await ctx.tick()
             await ctx.tick()
-        else:
-            raise TimeoutError(f"{insn.opcode.name} did not complete in {max_cycles} cycles")
-        await ctx.tick()
-        result["fault"], result["cycles"] = fault, cycle
-        result["images"] = {
-            b: b"".join(ctx.get(mem.data[i]).to_bytes(w, "little") for i in range(mem.depth))
-            for b, mem in dut.bank.memories.items()}
+            images = {b: b"".join(ctx.get(mem.data[i]).to_bytes(w, "little")
+                                  for i in range(mem.depth)) for b, mem in mems.items()}
+            outcomes.append(Outcome(fault, images, cycles))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return result["fault"], result["images"], result["cycles"]
+    return outcomes
 
 
 def emulator_images(emu) -> dict[Buffer, bytes]:

@@ -4,17 +4,16 @@ buffer byte compared afterwards; faults where the emulator refuses."""
 import random
 
 import numpy as np
-import pytest
 import torch
 
 from host.emulator import Emulator, EmulatorError
 from hw.controller import Fault
-from hw.sfu_unit import SfuUnit
+from hw.sfu_unit import SfuUnit, row_limit
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import PRESETS
 from llmacc.isa import Buffer, Opcode, Reg, SfuFunc
-from sim.unit_harness import emulator_images, run_instruction
+from sim.unit_harness import Case, emulator_images, run_instructions
 
 CFG = PRESETS["sim-small"].replace(act_buffer_bytes=4096, weight_buffer_bytes=1024,
                                    kv_buffer_bytes=2048, meta_buffer_bytes=1024,
@@ -95,48 +94,62 @@ def sfu_case(rng: random.Random, func: SfuFunc) -> tuple[Emulator, isa.Instructi
     return emu, isa.make(Opcode.SFU, **f), regs
 
 
-def check(emu: Emulator, insn: isa.Instruction, regs: dict, seed: int) -> int:
-    images = emulator_images(emu)
-    fault, got, cycles = run_instruction(CFG, SfuUnit(CFG), images, insn, regs)
-    try:
-        emu.run([insn], regs)
-        want_fault = Fault.NONE
-    except EmulatorError:
-        want_fault = None
-    if want_fault is None:
-        assert fault != Fault.NONE, f"{insn}: the emulator refuses it, the unit ran (seed {seed})"
-        return fault
-    assert fault == Fault.NONE, f"{insn}: fault {Fault(fault).name} (seed {seed})"
-    for b in Buffer:
-        want = emulator_images(emu)[b]
-        if got[b] != want:
-            diff = np.flatnonzero(np.frombuffer(got[b], np.uint8) != np.frombuffer(want,
-                                                                                   np.uint8))
-            raise AssertionError(f"{insn.func.name}: {b.name} differs at {diff.size} bytes, "
-                                 f"first word {int(diff[0]) // W} (seed {seed}, {insn})")
-    return fault
+def run_against_emulator(cases: list[tuple[Emulator, isa.Instruction, dict]],
+                         seed: int) -> list[int]:
+    """Run every case through the unit (one simulation) and the emulator; the buffers must
+    be equal byte for byte, or both must refuse. Returns the unit's fault codes."""
+    outcomes = run_instructions(CFG, SfuUnit(CFG), [
+        Case(emulator_images(emu), insn, regs) for emu, insn, regs in cases])
+    for (emu, insn, regs), out in zip(cases, outcomes, strict=True):
+        try:
+            emu.run([insn], regs)
+        except EmulatorError:
+            assert out.fault != Fault.NONE, f"{insn}: the emulator refuses it (seed {seed})"
+            continue
+        assert out.fault == Fault.NONE, f"{insn}: fault {Fault(out.fault).name} (seed {seed})"
+        for b in Buffer:
+            want = emulator_images(emu)[b]
+            if out.images[b] != want:
+                diff = np.flatnonzero(np.frombuffer(out.images[b], np.uint8) !=
+                                      np.frombuffer(want, np.uint8))
+                raise AssertionError(f"{b.name} differs at {diff.size} bytes, first word "
+                                     f"{int(diff[0]) // W} (seed {seed}, {insn})")
+    return [out.fault for out in outcomes]
 
 
-@pytest.mark.parametrize("func", list(SfuFunc), ids=lambda f: f.name)
-def test_sfu_unit_matches_emulator(func, seed):
+def test_sfu_unit_matches_emulator(seed):
+    """Every function, three random instructions each."""
     rng = random.Random(seed)
-    for _ in range(2):
-        emu, insn, regs = sfu_case(rng, func)
-        check(emu, insn, regs, seed)
+    run_against_emulator([sfu_case(rng, func) for func in SfuFunc for _ in range(3)], seed)
 
 
 def _with(insn: isa.Instruction, **fields) -> isa.Instruction:
     return isa.make(insn.opcode, **{**insn.fields, **fields})
 
 
-@pytest.mark.parametrize("func,fields,fault", [
+BROKEN = [  # (function, fields that break it, the fault)
     (SfuFunc.ROPE, {"imm": 3}, Fault.PARAM),
     (SfuFunc.ROPE, {"imm": 0}, Fault.PARAM),
     (SfuFunc.QUANT8, {"imm2": 5, "length": 12}, Fault.PARAM),
+    (SfuFunc.QUANT8, {"imm2": 4, "imm": 3, "length": 12}, Fault.PARAM),
     (SfuFunc.KVQUANT, {"imm2": 5}, Fault.PARAM),
     (SfuFunc.EMBED, {"imm": 0}, Fault.PARAM),
     (SfuFunc.ADD, {"dst": CFG.buffer_words(Buffer.ACT) - 1, "length": 20}, Fault.RANGE),
-], ids=["rope-odd", "rope-zero", "quant8-segment", "kv-bits", "embed-group", "add-range"])
-def test_sfu_unit_faults_where_the_emulator_refuses(func, fields, fault, seed):
-    emu, insn, regs = sfu_case(random.Random(seed), func)
-    assert check(emu, _with(insn, **fields), regs, seed) == fault
+    (SfuFunc.RMSNORM, {"src_b": CFG.buffer_words(Buffer.TABLE) - 1, "length": 16},
+     Fault.RANGE),
+    (SfuFunc.SOFTMAX, {"length": row_limit(CFG) + 1, "rows": 1}, Fault.RANGE),
+]
+
+
+def test_sfu_unit_faults_where_the_emulator_refuses(seed):
+    rng = random.Random(seed)
+    cases = []
+    for func, fields, _ in BROKEN:
+        emu, insn, regs = sfu_case(rng, func)
+        cases.append((emu, _with(insn, **fields), regs))
+    eps = sfu_case(rng, SfuFunc.RMSNORM)  # an epsilon beyond 48 bits
+    eps[0]._put(Buffer.TABLE, eps[1].src_b, L.encode_gamma(torch.zeros(eps[1].length,
+                                                                       dtype=torch.int64),
+                                                           1 << 50, W))
+    faults = run_against_emulator(cases + [eps], seed)
+    assert faults == [fault for _, _, fault in BROKEN] + [Fault.PARAM]
