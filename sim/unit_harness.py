@@ -79,13 +79,13 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Case]
             ctx.set(issue.valid, 1)
             await ctx.tick().until(issue.ready)
             ctx.set(issue.valid, 0)
-            fault, cycles = 0, 0
+            fault, cycles = ctx.get(unit.fault), 0
             while not ctx.get(unit.complete):
-                fault = fault or ctx.get(unit.fault)
                 cycles += 1
                 if cycles > max_cycles:
                     raise TimeoutError(f"{case.insn} did not complete in {max_cycles} cycles")
                 await ctx.tick()
+                fault = fault or ctx.get(unit.fault)
             await ctx.tick()
             images = {b: b"".join(ctx.get(mem.data[i]).to_bytes(w, "little")
                                   for i in range(mem.depth)) for b, mem in mems.items()}
