@@ -125,6 +125,10 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     k, n = q.padded_in, q.out_features
     desc = L.Descriptor(L.FORMAT_OF[q.fmt], L.sparsity_of(q.sparsity), q.group.bit_length() - 1,
                         p0, p1)
+    why = desc.schedule_error(cfg.chain_group)
+    if why:
+        raise CompileError(f"{name}: the matrix engine of config {cfg.name} cannot run this "
+                           f"layer: {why}")
     aux = q.zero_points if q.fmt == "w2" else q.dtype_ids
     shift = q.row_exp + f_in - f_out
     if int(shift.abs().max()) >= 1 << 15:

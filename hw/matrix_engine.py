@@ -30,7 +30,7 @@ from hw.sparse_dsp_chain import SparseDspChain, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
-from llmacc.layout import sparsity_of
+from llmacc.layout import Descriptor, sparsity_of
 
 GROUP_SUM_BITS = 32
 
@@ -146,9 +146,9 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
     lanes, k = codes.shape
     keep_n, block = nm or (1, 1)
     kept_per_group = group * keep_n // block
-    if kept_per_group < chain_group:
-        raise EngineError(f"{kept_per_group} kept weights per group are fewer than the chain's "
-                          f"tap spacing {chain_group}")
+    why = Descriptor(fmt, sparsity_of(nm), group.bit_length() - 1).schedule_error(chain_group)
+    if why:
+        raise EngineError(why)
     if fmt is WeightFormat.INT8 and np.any(np.asarray(x)[1]):
         raise EngineError("INT8 weights run one token per beat (x[1] must be zero)")
     seg = min(kept_per_group, n)

@@ -47,6 +47,11 @@ def exp2_neg(d):
     return Mux(k > 32, 0, round_shift(y, Mux(k > 32, 32, k)[:7].as_signed(), 0))
 
 
+def add(a, b, shift):
+    """``numerics.add(a, b, shift)``: ``sat32(a + round_shift(b, shift))``."""
+    return saturate(a + round_shift(b, shift, W + 1), W)
+
+
 def silu(v, f_in, f_out):
     """``numerics.silu(v, f_in, f_out)``."""
     lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
@@ -72,7 +77,7 @@ class ElementSfu(wiring.Component):
         cos, sin = p.c[:16].as_signed(), p.c[16:].as_signed()
         with m.Switch(p.func):
             with m.Case(SfuFunc.ADD):
-                m.d.comb += y0.eq(saturate(p.a + round_shift(p.b, p.shift, W + 1), W))
+                m.d.comb += y0.eq(add(p.a, p.b, p.shift))
             with m.Case(SfuFunc.MUL):
                 prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
                 m.d.comb += y0.eq(saturate(round_shift(prod, p.shift, W + 1), W))

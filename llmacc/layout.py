@@ -211,6 +211,19 @@ class Descriptor:
         aux = 0 if self.wfmt is WeightFormat.INT8 else groups
         return words(2 + 2 * groups + aux, w)
 
+    def schedule_error(self, chain_group: int) -> str | None:
+        """Why the matrix engine cannot run this tile (``None`` when it can): every tap
+        slot of ``chain_group`` kept weights must lie in one quantisation group, so a group
+        must hold whole sparse blocks and at least ``chain_group`` kept weights."""
+        block, keep = (self.nm[1], self.nm[0]) if self.nm else (1, 1)
+        if self.group < block:
+            return (f"group {self.group} is smaller than the sparse block {block}: a block's "
+                    "kept weights would straddle groups unevenly")
+        if self.group * keep // block < chain_group:
+            return (f"{self.group * keep // block} kept weights per group are fewer than the "
+                    f"chain's tap spacing {chain_group}")
+        return None
+
     def encode(self, w: int) -> np.ndarray:
         raw = np.array([[self.wfmt.value, self.sparsity.value, self.group_log2, 0,
                          self.p0 & 0xFF, self.p1 & 0xFF, 0, 0]], dtype=np.uint8)

@@ -1,0 +1,376 @@
+"""The COMPUTE unit: MATVEC and MATMAT on the matrix engine, ATTN on a serial datapath, each
+as the emulator executes it (``host/emulator.py``), records from :mod:`llmacc.layout`.
+
+**Matrix instructions.** The tile's META descriptor gives the weight format, sparsity, group
+and fusion parameters. The output rows are taken ``lanes`` at a time (one engine lane each)
+and the tokens two at a time (one, for INT8 weights); for each such pass the sequencer
+assembles the engine's beats exactly as :func:`hw.matrix_engine.beats` schedules them --
+activation window, packed codes and sparse indices, per-slot group scales and type ids, row
+exponents -- reading the fields through :class:`FieldFetch` ports, then writes the pass's
+results: plain (``OutMode.WIDE``), added to what the destination holds (``ADD``, the
+residual) or through SiLU (``SILU``), one INT32 element at a time with byte enables (the
+emulator leaves the rest of a row's last word alone).
+
+**Attention** (``isa.AttnFields``) runs on one multiplier, element by element: scores of
+INT8 queries against INT4/INT8 keys with the midpoint term (``numerics.attention_scores``),
+optionally through the row stage's softmax under the Lambda mask, and probabilities times
+values with block-float aligned value scales (``numerics.attention_pv``).
+
+Faults, before anything is written: a descriptor that does not decode, K not a multiple of
+the group or sparse block, a RoPE-style odd head size (:attr:`Fault.PARAM`); records outside
+their buffer (:attr:`Fault.RANGE`); tiles the engine's schedule cannot run -- fewer kept
+weights per group than the chain's tap spacing, a group smaller than the sparse block (its
+kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED`).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.buffer_access import FieldFetch, read_port, write_port
+from hw.controller import Fault, IssueLayout
+from hw.matrix_engine import MatrixEngine, engine_layouts
+from hw.sfu import add, silu
+from hw.sparse_dsp_chain import window
+from llmacc import layout as L
+from llmacc.config import AccelConfig
+from llmacc.isa import Buffer, MatFields, Opcode, OutMode, Sparsity, WeightFormat
+
+#: (log2 keep, log2 block, index bits) of each sparsity
+SPARSE_SHAPE = {Sparsity.DENSE: (0, 0, 0), Sparsity.N2M16: (1, 4, 4),
+                Sparsity.N4M16: (2, 4, 4), Sparsity.N8M16: (3, 4, 4), Sparsity.N2M4: (1, 2, 2)}
+
+
+def _log2(x: int) -> int:
+    if x <= 0 or x & (x - 1):
+        raise ValueError(f"{x} is not a power of two")
+    return x.bit_length() - 1
+
+
+class ComputeUnit(wiring.Component):
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({
+            "issue": In(stream.Signature(IssueLayout)),
+            "complete": Out(1),
+            "fault": Out(8),
+            "rd_act": Out(read_port(cfg)),  # activations, queries, probabilities
+            "rd_wgt": Out(read_port(cfg)),  # weight rows, KV rows
+            "rd_meta": Out(read_port(cfg)),  # descriptors and row records
+            "rd_out": Out(read_port(cfg)),  # the destination (ADD)
+            "wr": Out(write_port(cfg)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        w = cfg.axi_data_bytes
+        lw = _log2(w)
+        lb = lw + 3
+        lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
+        ln = _log2(n_chain)
+        if n_chain < 8:
+            raise ValueError(f"chain_len {n_chain}: the activation window is read 8 columns "
+                             "at a time")
+        slots = n_chain // tap
+        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap)
+        fetch = {}
+        for name in ("act", "wgt", "meta", "out"):
+            fetch[name] = fx = FieldFetch(cfg)
+            m.submodules[f"fetch_{name}"] = fx
+            wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
+            m.d.comb += [fx.snoop.en.eq(self.wr.en), fx.snoop.grant.eq(self.wr.grant),
+                         fx.snoop.buf.eq(self.wr.buf), fx.snoop.addr.eq(self.wr.addr)]
+        fa, fw, fm, fo = fetch["act"], fetch["wgt"], fetch["meta"], fetch["out"]
+        depth = {b: cfg.buffer_words(b) for b in Buffer}
+
+        def words(nbytes):
+            return (nbytes + (w - 1)) >> lw
+
+        def get(fx, buf, bit, when=1):
+            """Request a field (while ``when``); true when ``fx.value`` holds it."""
+            m.d.comb += [fx.req.valid.eq(when), fx.req.payload.buf.eq(buf),
+                         fx.req.payload.bit.eq(bit)]
+            return fx.req.ready
+
+        f = Signal(MatFields)
+        opcode = Signal(Opcode)
+        # descriptor and tile sizes
+        wfmt, sparsity = Signal(WeightFormat), Signal(Sparsity)
+        glog = Signal(3)
+        p0, p1 = Signal(signed(8)), Signal(signed(8))
+        bits, ib = Signal(4), Signal(3)
+        lkeep, lblock = Signal(2), Signal(3)
+        groups = Signal(14)  # G
+        kept = Signal(15)
+        wp, mp, qp = Signal(16), Signal(16), Signal(16)
+        lkpg = Signal(4)  # log2 of kept weights per group
+        lcover = Signal(4)  # log2 of dense columns per beat
+        nbeats = Signal(15)
+        pack = Signal()  # two tokens per pass
+        step = Signal(11)
+        dwords = L.descriptor_words(w)
+        qhdr = L.qrow_header(w)
+        # pass and beat state
+        j0, t0 = Signal(15), Signal(12)
+        beat_no = Signal(15)
+        inp_layout, _ = engine_layouts(lanes, n_chain, tap)
+        beat = Signal(inp_layout)
+        xt = Signal(1)  # token within the pass
+        xc = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
+        al = Signal(range(lanes + 1))  # lane
+        c = Signal(range(n_chain + 1))  # code within the beat
+        s = Signal(range(slots + 1))  # scale slot
+        half = Signal()  # slot: aux after mant
+        rl, rt = Signal(range(lanes + 1)), Signal(1)  # result lane, token
+
+        lo = beat_no << ln  # first kept code of the beat
+        last_beat = beat_no + 1 == nbeats
+        token = t0 + xt
+        token_ok = (token < f.m) & (~xt | pack)
+        qrow = f.act_addr + token * qp
+        row = j0 + al
+        row_ok = row < f.n
+        wrow = f.wgt_addr + row * wp
+        mrow = f.meta_addr + dwords + row * mp
+
+        def fail(code):
+            m.d.sync += self.fault.eq(code)
+            m.next = "COMPLETE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.issue.ready.eq(1)
+                with m.If(self.issue.valid):
+                    word = self.issue.payload.word
+                    m.d.sync += [f.eq(word.payload.mat), opcode.eq(word.header.opcode),
+                                 self.fault.eq(0)]
+                    for fx in fetch.values():
+                        m.d.comb += fx.flush.eq(1)
+                    with m.If(word.header.opcode == Opcode.ATTN):
+                        m.next = "ATTN"
+                    with m.Else():
+                        m.next = "DESC"
+            # -- the descriptor ---------------------------------------------------------------
+            with m.State("DESC"):
+                outside = f.meta_addr + dwords > depth[Buffer.META]
+                fetched = get(fm, Buffer.META, f.meta_addr << lb, ~outside)
+                with m.If(outside):
+                    fail(Fault.RANGE)
+                with m.Elif(fetched):
+                    v = fm.value
+                    ok = (v[0:8] <= 3) & (v[8:16] <= 4) & (v[16:24] >= 3) & (v[16:24] <= 7) \
+                        & (v[24:32] == 0) & (v[48:64] == 0)
+                    m.d.sync += [wfmt.eq(v[0:2]), sparsity.eq(v[8:11]), glog.eq(v[16:19]),
+                                 p0.eq(v[32:40]), p1.eq(v[40:48])]
+                    with m.If(~ok):
+                        fail(Fault.PARAM)
+                    with m.Else():
+                        m.next = "SHAPE"
+            with m.State("SHAPE"):
+                with m.Switch(wfmt):
+                    for fmt, nbits in L.FORMAT_BITS.items():
+                        with m.Case(fmt):
+                            m.d.sync += bits.eq(nbits)
+                with m.Switch(sparsity):
+                    for sp, (k_, b_, i_) in SPARSE_SHAPE.items():
+                        with m.Case(sp):
+                            m.d.sync += [lkeep.eq(k_), lblock.eq(b_), ib.eq(i_)]
+                m.d.sync += [groups.eq(f.k >> glog), pack.eq(wfmt != WeightFormat.INT8),
+                             step.eq(Mux(opcode == Opcode.MATMAT, f.out_pitch, 0)),
+                             qp.eq(qhdr + words(f.k))]
+                m.next = "SIZES"
+            with m.State("SIZES"):
+                kept_now = (f.k >> lblock) << lkeep
+                aux_bytes = Mux(wfmt == WeightFormat.INT8, 0, groups)
+                m.d.sync += [kept.eq(kept_now),
+                             wp.eq(words((kept_now * (bits + ib) + 7) >> 3)),
+                             mp.eq(words(2 + (groups << 1) + aux_bytes)),
+                             lkpg.eq(glog + lkeep - lblock), lcover.eq(ln + lblock - lkeep),
+                             nbeats.eq((kept_now + n_chain - 1) >> ln)]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                misfit = ((f.k & ((Const(1, 9) << glog) - 1)) != 0) | \
+                    ((f.k & ((Const(1, 17) << lblock) - 1)) != 0)
+                work = (f.n != 0) & (f.m != 0)
+                off_end = work & (
+                    (f.meta_addr + dwords + f.n * mp > depth[Buffer.META])
+                    | (f.wgt_addr + f.n * wp > depth[Buffer.WGT])
+                    | (f.act_addr + f.m * qp > depth[Buffer.ACT])
+                    | (f.out_addr + (f.m - 1) * step + words(f.n << 2) > depth[Buffer.ACT]))
+                m.d.sync += [j0.eq(0), t0.eq(0)]
+                with m.If(misfit):
+                    fail(Fault.PARAM)
+                with m.Elif(off_end):
+                    fail(Fault.RANGE)
+                with m.Elif(~work):
+                    m.next = "COMPLETE"
+                with m.Elif((lkpg < _log2(tap)) | (glog < lblock) | (f.k == 0)):
+                    fail(Fault.UNSUPPORTED)
+                with m.Else():
+                    m.d.sync += beat_no.eq(0)
+                    m.next = "CLEAR"
+            # -- one beat --------------------------------------------------------------------
+            with m.State("CLEAR"):
+                seg_log2 = Mux(lkpg < ln, lkpg, ln)
+                m.d.sync += [beat.eq(0), beat.fmt.eq(wfmt), beat.sparsity.eq(sparsity),
+                             beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
+                             beat.group_end.eq(last_beat | (((lo + n_chain) & (
+                                 (Const(1, 16) << lkpg) - 1)) == 0)),
+                             xt.eq(0), xc.eq(0), al.eq(0), c.eq(0), s.eq(0), half.eq(0)]
+                m.next = "HEADER"
+            with m.State("HEADER"):  # the tokens' scales
+                fetched = get(fa, Buffer.ACT, qrow << lb, token_ok)
+                with m.If(~token_ok):
+                    m.d.sync += [xt.eq(0)]
+                    m.next = "X"
+                with m.Elif(fetched):
+                    m.d.sync += [beat.xm[xt].eq(fa.value[:16]), beat.xe[xt].eq(fa.value[16:32]),
+                                 xt.eq(1)]
+                    with m.If(xt == 1):
+                        m.d.sync += xt.eq(0)
+                        m.next = "X"
+            with m.State("X"):  # the activation window, 8 columns per read
+                col = (beat_no << lcover) + (xc << 3)
+                chunks = (Const(1, 8) << lcover) >> 3
+                done = Signal()
+                keep = Cat(*((col + i < f.k).replicate(8) for i in range(8)))
+                skip = ~token_ok | (col >= f.k)
+                fetched = get(fa, Buffer.ACT, ((qrow + qhdr) << lb) + (col << 3), ~skip)
+                with m.If(skip):
+                    m.d.comb += done.eq(1)
+                with m.Elif(fetched):
+                    m.d.comb += done.eq(1)
+                    m.d.sync += beat.x[xt].as_value().word_select(xc, 64).eq(
+                        fa.value & keep)
+                with m.If(done):
+                    m.d.sync += xc.eq(xc + 1)
+                    with m.If(xc + 1 == chunks):
+                        m.d.sync += [xc.eq(0), xt.eq(1)]
+                        with m.If(xt == 1):
+                            m.d.sync += xt.eq(0)
+                            m.next = "CODES"
+            with m.State("CODES"):  # packed codes, then (sparse) their in-block indices
+                q = lo + c
+                done = Signal()
+                base = (wrow << lb) + Mux(half, kept * bits + q * ib, q * bits)
+                skip = ~row_ok | (q >= kept)
+                fetched = get(fw, Buffer.WGT, base, ~skip)
+                with m.If(skip):
+                    m.d.comb += done.eq(1)
+                with m.Elif(fetched):
+                    m.d.comb += done.eq(1)
+                    lane = beat.lanes[al]
+                    with m.If(half):
+                        m.d.sync += lane.idx[c].eq(fw.value[:4] & ((Const(1, 5) << ib) - 1))
+                    with m.Else():
+                        m.d.sync += lane.codes[c].eq(fw.value[:8] & ((Const(1, 9) << bits) - 1))
+                with m.If(done):
+                    m.d.sync += c.eq(c + 1)
+                    with m.If(c == n_chain - 1):
+                        m.d.sync += [c.eq(0), half.eq(~half & (ib != 0))]
+                        with m.If(half | (ib == 0)):
+                            m.d.sync += [half.eq(0), al.eq(al + 1)]
+                            with m.If(al == lanes - 1):
+                                m.d.sync += al.eq(0)
+                                m.next = "SLOTS"
+            with m.State("SLOTS"):  # per tap slot: the group's scale, then its type id
+                at = lo + s * tap
+                g = Mux((at >> lkpg) >= groups, groups - 1, at >> lkpg)
+                base = (mrow << lb) + 16 + Mux(half, (groups << 4) + (g << 3), g << 4)
+                skip = ~row_ok | (at >= kept) | (half & (wfmt == WeightFormat.INT8))
+                done = Signal()
+                fetched = get(fm, Buffer.META, base, ~skip)
+                with m.If(skip):
+                    m.d.comb += done.eq(1)
+                with m.Elif(fetched):
+                    m.d.comb += done.eq(1)
+                    lane = beat.lanes[al]
+                    with m.If(half):
+                        m.d.sync += lane.aux[s].eq(fm.value[:8])
+                    with m.Else():
+                        m.d.sync += lane.mant[s].eq(fm.value[:16])
+                with m.If(done):
+                    m.d.sync += half.eq(~half)
+                    with m.If(half):
+                        m.d.sync += s.eq(s + 1)
+                        with m.If(s == slots - 1):
+                            m.d.sync += [s.eq(0), al.eq(al + 1)]
+                            with m.If(al == lanes - 1):
+                                m.d.sync += al.eq(0)
+                                m.next = "SHIFTS"
+            with m.State("SHIFTS"):  # the rows' exponents
+                done = Signal()
+                fetched = get(fm, Buffer.META, mrow << lb, row_ok)
+                with m.If(~row_ok):
+                    m.d.comb += done.eq(1)
+                with m.Elif(fetched):
+                    m.d.comb += done.eq(1)
+                    m.d.sync += beat.lanes[al].shift.eq(fm.value[:16])
+                with m.If(done):
+                    m.d.sync += al.eq(al + 1)
+                    with m.If(al == lanes - 1):
+                        m.d.sync += al.eq(0)
+                        m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(beat)]
+                with m.If(engine.i.ready):
+                    m.d.sync += beat_no.eq(beat_no + 1)
+                    with m.If(last_beat):
+                        m.d.sync += [rl.eq(0), rt.eq(0)]
+                        m.next = "RESULTS"
+                    with m.Else():
+                        m.next = "CLEAR"
+            # -- the pass's results ----------------------------------------------------------
+            with m.State("RESULTS"):
+                self._results(m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
+                              beat_no, lanes)
+            with m.State("ATTN"):
+                fail(Fault.UNSUPPORTED)
+            with m.State("COMPLETE"):
+                m.d.comb += self.complete.eq(1)
+                m.next = "IDLE"
+        return m
+
+    def _results(self, m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
+                 beat_no, lanes):
+        """Write ``y[lane][token]`` of the pass; then the next pass or the end."""
+        w = self.cfg.axi_data_bytes
+        per_word = w // 4
+        row, tok = j0 + rl, t0 + rt
+        ok = (row < f.n) & (tok < f.m) & (~rt | pack)
+        y = engine.o.payload.y[rl][rt]
+        dst = f.out_addr + tok * step
+        old = fo.value[:32].as_signed()
+        value = Signal(signed(32))
+        with m.Switch(f.out_mode):
+            with m.Case(OutMode.ADD):
+                m.d.comb += value.eq(add(old, y, p0))
+            with m.Case(OutMode.SILU):
+                m.d.comb += value.eq(silu(y, p0, p1))
+            with m.Default():
+                m.d.comb += value.eq(y)
+        lane_of = row[:(per_word - 1).bit_length()] if per_word > 1 else Const(0, 1)
+        needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)
+        have_old = get(fo, Buffer.ACT, (dst << lb) + (row << 5), needs_old) | ~needs_old
+        written = Signal()
+        with m.If(engine.o.valid & ok & have_old):
+            m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
+                         self.wr.addr.eq(dst + (row >> (lw - 2))),
+                         self.wr.data.eq(value.as_unsigned() << (lane_of << 5)),
+                         self.wr.mask.eq(Const(0xF, w) << (lane_of << 2)),
+                         written.eq(self.wr.grant)]
+        with m.If(engine.o.valid & (written | ~ok)):
+            m.d.sync += rt.eq(~rt)
+            with m.If(rt == 1):
+                m.d.sync += rl.eq(rl + 1)
+                with m.If(rl == lanes - 1):  # the pass is written: the next one
+                    m.d.comb += engine.o.ready.eq(1)
+                    tpp = Mux(pack, 2, 1)
+                    m.d.sync += [beat_no.eq(0), t0.eq(t0 + tpp)]
+                    m.next = "CLEAR"
+                    with m.If(t0 + tpp >= f.m):
+                        m.d.sync += [t0.eq(0), j0.eq(j0 + lanes)]
+                        with m.If(j0 + lanes >= f.n):
+                            m.next = "COMPLETE"
+
