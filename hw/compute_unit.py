@@ -29,12 +29,26 @@ from amaranth.lib.wiring import In, Out
 
 from hw.buffer_access import FieldFetch, read_port, write_port
 from hw.controller import Fault, IssueLayout
+from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
 from hw.sfu import add, silu
+from hw.sfu_row import RowFunc, RowSfu, visible
+from hw.sfu_unit import row_limit
 from hw.sparse_dsp_chain import window
 from llmacc import layout as L
+from llmacc import numerics as N
 from llmacc.config import AccelConfig
-from llmacc.isa import Buffer, MatFields, Opcode, OutMode, Sparsity, WeightFormat
+from llmacc.isa import (
+    AttnFields,
+    AttnFunc,
+    Buffer,
+    MatFields,
+    Opcode,
+    OutMode,
+    Reg,
+    Sparsity,
+    WeightFormat,
+)
 
 #: (log2 keep, log2 block, index bits) of each sparsity
 SPARSE_SHAPE = {Sparsity.DENSE: (0, 0, 0), Sparsity.N2M16: (1, 4, 4),
@@ -94,6 +108,8 @@ class ComputeUnit(wiring.Component):
             return fx.req.ready
 
         f = Signal(MatFields)
+        af = Signal(AttnFields)
+        regs = Signal(IssueLayout["regs"].shape)
         opcode = Signal(Opcode)
         # descriptor and tile sizes
         wfmt, sparsity = Signal(WeightFormat), Signal(Sparsity)
@@ -143,12 +159,13 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += self.issue.ready.eq(1)
                 with m.If(self.issue.valid):
                     word = self.issue.payload.word
-                    m.d.sync += [f.eq(word.payload.mat), opcode.eq(word.header.opcode),
-                                 self.fault.eq(0)]
+                    m.d.sync += [f.eq(word.payload.mat), af.eq(word.payload.attn),
+                                 regs.eq(self.issue.payload.regs),
+                                 opcode.eq(word.header.opcode), self.fault.eq(0)]
                     for fx in fetch.values():
                         m.d.comb += fx.flush.eq(1)
                     with m.If(word.header.opcode == Opcode.ATTN):
-                        m.next = "ATTN"
+                        m.next = "A_CHECK"
                     with m.Else():
                         m.next = "DESC"
             # -- the descriptor ---------------------------------------------------------------
@@ -325,8 +342,7 @@ class ComputeUnit(wiring.Component):
             with m.State("RESULTS"):
                 self._results(m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
                               beat_no, lanes)
-            with m.State("ATTN"):
-                fail(Fault.UNSUPPORTED)
+            self._attention(m, af, regs, fa, fw, get, words, fail)
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
@@ -335,8 +351,6 @@ class ComputeUnit(wiring.Component):
     def _results(self, m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
                  beat_no, lanes):
         """Write ``y[lane][token]`` of the pass; then the next pass or the end."""
-        w = self.cfg.axi_data_bytes
-        per_word = w // 4
         row, tok = j0 + rl, t0 + rt
         ok = (row < f.n) & (tok < f.m) & (~rt | pack)
         y = engine.o.payload.y[rl][rt]
@@ -350,16 +364,11 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += value.eq(silu(y, p0, p1))
             with m.Default():
                 m.d.comb += value.eq(y)
-        lane_of = row[:(per_word - 1).bit_length()] if per_word > 1 else Const(0, 1)
         needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)
         have_old = get(fo, Buffer.ACT, (dst << lb) + (row << 5), needs_old) | ~needs_old
         written = Signal()
         with m.If(engine.o.valid & ok & have_old):
-            m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
-                         self.wr.addr.eq(dst + (row >> (lw - 2))),
-                         self.wr.data.eq(value.as_unsigned() << (lane_of << 5)),
-                         self.wr.mask.eq(Const(0xF, w) << (lane_of << 2)),
-                         written.eq(self.wr.grant)]
+            m.d.comb += written.eq(self._write_wide(m, dst, row, value))
         with m.If(engine.o.valid & (written | ~ok)):
             m.d.sync += rt.eq(~rt)
             with m.If(rt == 1):
@@ -374,3 +383,173 @@ class ComputeUnit(wiring.Component):
                         with m.If(j0 + lanes >= f.n):
                             m.next = "COMPLETE"
 
+
+    def _write_wide(self, m, base, index, value):
+        """Request the write of INT32 element ``index`` of the wide row at word ``base``
+        (byte enables for its four bytes); true when granted."""
+        w = self.cfg.axi_data_bytes
+        lw = _log2(w)
+        per_word = w // 4
+        lane = index[:_log2(per_word)] if per_word > 1 else Const(0, 1)
+        m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
+                     self.wr.addr.eq(base + (index >> (lw - 2))),
+                     self.wr.data.eq(value.as_unsigned() << (lane << 5)),
+                     self.wr.mask.eq(Const(0xF, w) << (lane << 2))]
+        return self.wr.grant
+
+    def _attention(self, m, af, regs, fa, fw, get, words, fail):
+        """The ATTN states: per query row, SCORE (optionally through the row stage's
+        softmax) or PV, one multiply-accumulate per step."""
+        cfg = self.cfg
+        w = cfg.axi_data_bytes
+        lb = _log2(w) + 3
+        depth = {b: cfg.buffer_words(b) for b in Buffer}
+        m.submodules.softmax = rs = RowSfu(min((1 << AttnFields.as_shape()["keys"].width) - 1,
+                                               row_limit(cfg)))
+        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+        d, keys = af.head_dim, af.keys
+        t, key, i = Signal(11), Signal(13), Signal(9)  # query row, key, channel
+        kv_bits = Mux(af.kv8, 8, 4)
+        kvp, in_pitch, out_len = Signal(16), Signal(16), Signal(13)
+        is_pv = af.func == AttnFunc.PV
+        qm, qe = Signal(16), Signal(signed(16))
+        qsum, dot = Signal(signed(24)), Signal(signed(32))
+        km, ke, kmid = Signal(16), Signal(signed(16)), Signal(signed(32))
+        emax, seen = Signal(signed(16)), Signal()  # PV: the visible values' largest exponent
+        midsum, acc = Signal(signed(80)), Signal(signed(80))
+        prob, m_al = Signal(signed(32)), Signal(17)
+        row = af.q_addr + t * af.a_step  # the query (SCORE) or probability (PV) row
+        rec = af.kv_addr + key * kvp  # the key's (value's) KV row
+        out_row = af.dst + t * af.d_step
+        vis = visible(key, regs[Reg.POS.value] + t, regs[Reg.SINK.value],
+                      regs[Reg.WINDOW.value])
+        code = Mux(af.kv8, fw.value[:8].as_signed(), fw.value[:4].as_signed())
+        kv_m, kv_e, kv_mid = fw.value[:16], fw.value[16:32].as_signed(), \
+            fw.value[32:64].as_signed()
+
+        def next_row():
+            m.d.sync += t.eq(t + 1)
+            m.next = "A_ROW"
+            with m.If(t + 1 == af.rows):
+                m.next = "COMPLETE"
+
+        with m.State("A_CHECK"):
+            m.d.sync += [kvp.eq(kvhdr + words((d * kv_bits + 7) >> 3)),
+                         in_pitch.eq(Mux(is_pv, words(keys << 2), qhdr + words(d))),
+                         out_len.eq(Mux(is_pv, d, keys)), t.eq(0)]
+            m.next = "A_RANGE"
+        with m.State("A_RANGE"):
+            off_end = ((keys != 0) & (af.kv_addr + keys * kvp > depth[Buffer.KV])) | (
+                (af.q_addr + (af.rows - 1) * af.a_step + in_pitch > depth[Buffer.ACT]) |
+                (af.dst + (af.rows - 1) * af.d_step + words(out_len << 2) > depth[Buffer.ACT]))
+            with m.If((d == 0) | d[0]):
+                fail(Fault.PARAM)
+            with m.Elif((af.rows != 0) & off_end):
+                fail(Fault.RANGE)
+            with m.Elif(af.rows == 0):
+                m.next = "COMPLETE"
+            with m.Else():
+                m.next = "A_ROW"
+        with m.State("A_ROW"):
+            m.d.sync += [key.eq(0), i.eq(0), qsum.eq(0), emax.eq(0), seen.eq(0),
+                         midsum.eq(0)]
+            with m.If(is_pv):
+                m.next = "P_SCAN"
+            with m.Else():
+                m.next = "S_QHDR"
+        # -- SCORE ----------------------------------------------------------------------------
+        with m.State("S_QHDR"), m.If(get(fa, Buffer.ACT, row << lb)):
+            m.d.sync += [qm.eq(fa.value[:16]), qe.eq(fa.value[16:32])]
+            m.next = "S_QSUM"
+        with m.State("S_QSUM"), m.If(get(fa, Buffer.ACT, ((row + qhdr) << lb) + (i << 3))):
+            m.d.sync += [qsum.eq(qsum + fa.value[:8].as_signed()), i.eq(i + 1)]
+            with m.If(i + 1 == d):
+                m.next = "S_KHDR"
+        with m.State("S_KHDR"):
+            fetched = get(fw, Buffer.KV, rec << lb, key != keys)
+            with m.If(key == keys):
+                with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
+                    m.d.sync += key.eq(0)
+                    m.next = "S_DRAIN"
+                with m.Else():
+                    next_row()
+            with m.Elif(fetched):
+                m.d.sync += [km.eq(kv_m), ke.eq(kv_e), kmid.eq(kv_mid), dot.eq(0), i.eq(0)]
+                m.next = "S_DOT"
+        with m.State("S_DOT"):
+            q_ok = get(fa, Buffer.ACT, ((row + qhdr) << lb) + (i << 3))
+            k_ok = get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)
+            with m.If(q_ok & k_ok):
+                m.d.sync += [dot.eq(dot + fa.value[:8].as_signed() * code), i.eq(i + 1)]
+                with m.If(i + 1 == d):
+                    m.next = "S_OUT"
+        with m.State("S_OUT"):
+            shift = af.shift
+            part = saturate(round_shift(dot * km * qm, shift - ke - qe, N.WIDE_BITS + 1),
+                            N.WIDE_BITS)
+            mids = round_shift(qsum * qm * kmid, shift - qe, N.WIDE_BITS + 1)
+            score = Signal(signed(N.WIDE_BITS))
+            m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
+            cmd = rs.i.payload.cmd
+            m.d.comb += [rs.i.payload.a.eq(score), cmd.func.eq(RowFunc.SOFTMAX),
+                         cmd.length.eq(keys), cmd.pos.eq(regs[Reg.POS.value] + t),
+                         cmd.sink.eq(regs[Reg.SINK.value]),
+                         cmd.window.eq(regs[Reg.WINDOW.value])]
+            done = Signal()
+            with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
+                m.d.comb += [rs.i.valid.eq(1), done.eq(rs.i.ready)]
+            with m.Else():
+                m.d.comb += done.eq(self._write_wide(m, out_row, key, score))
+            with m.If(done):
+                m.d.sync += key.eq(key + 1)
+                m.next = "S_KHDR"
+        with m.State("S_DRAIN"):
+            written = Signal()
+            with m.If(rs.o.valid):
+                m.d.comb += written.eq(self._write_wide(m, out_row, key, rs.o.payload.y))
+            with m.If(written):
+                m.d.comb += rs.o.ready.eq(1)
+                m.d.sync += key.eq(key + 1)
+                with m.If(rs.o.payload.last):
+                    next_row()
+        # -- PV -------------------------------------------------------------------------------
+        with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
+            p_ok = get(fa, Buffer.ACT, (row << lb) + (key << 5), key != keys)
+            h_ok = get(fw, Buffer.KV, rec << lb, key != keys)
+            with m.If(key == keys):
+                m.d.sync += i.eq(0)
+                m.next = "P_CHANNEL"
+            with m.Elif(p_ok & h_ok):
+                m.d.sync += [midsum.eq(midsum + fa.value[:32].as_signed() * kv_mid),
+                             key.eq(key + 1)]
+                with m.If(vis & (kv_m != 0) & (~seen | (kv_e > emax))):
+                    m.d.sync += [emax.eq(kv_e), seen.eq(1)]
+        with m.State("P_CHANNEL"):
+            m.d.sync += [acc.eq(0), key.eq(0)]
+            with m.If(i == d):
+                next_row()
+            with m.Elif(keys == 0):
+                m.next = "P_OUT"
+            with m.Else():
+                m.next = "P_SCALE"
+        with m.State("P_SCALE"):  # the key's probability and aligned value scale
+            p_ok = get(fa, Buffer.ACT, (row << lb) + (key << 5))
+            h_ok = get(fw, Buffer.KV, rec << lb)
+            with m.If(p_ok & h_ok):
+                aligned = round_shift(Cat(kv_m, Const(0, 1)), (emax - kv_e).as_signed(), 17)
+                m.d.sync += [prob.eq(fa.value[:32]), m_al.eq(Mux(vis, aligned, 0))]
+                m.next = "P_MAC"
+        with m.State("P_MAC"), m.If(get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)):
+            m.d.sync += [acc.eq(acc + prob * m_al * code), key.eq(key + 1)]
+            m.next = "P_SCALE"
+            with m.If(key + 1 == keys):
+                m.next = "P_OUT"
+        with m.State("P_OUT"):
+            frac = N.PROB_FRAC + af.shift
+            value = Signal(signed(N.WIDE_BITS))
+            m.d.comb += value.eq(saturate(
+                round_shift(acc, frac - emax, N.WIDE_BITS + 1) +
+                round_shift(midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
+            with m.If(self._write_wide(m, out_row, i, value)):
+                m.d.sync += i.eq(i + 1)
+                m.next = "P_CHANNEL"

@@ -13,7 +13,7 @@ from hw.controller import Fault
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import PRESETS
-from llmacc.isa import Buffer, Opcode, OutMode, Sparsity, WeightFormat
+from llmacc.isa import AttnFunc, Buffer, Opcode, OutMode, Reg, Sparsity, WeightFormat
 from sim.unit_harness import Case, emulator_images, run_instructions
 
 CFG = PRESETS["sim-small"].replace(act_buffer_bytes=4096, weight_buffer_bytes=4096,
@@ -120,3 +120,79 @@ def test_matrix_instructions_match_emulator(seed):
             opcode = rng.choice((Opcode.MATVEC, Opcode.MATMAT))
             cases.append(mat_case(rng, fmt, sparsity, rng.choice(list(OutMode)), opcode))
     run_against_emulator(cases, seed)
+
+
+def attn_case(rng: random.Random, func: AttnFunc) -> tuple[Emulator, isa.Instruction, dict]:
+    """A random ATTN instruction: INT8 query rows or Q0.15 probability rows, INT4/INT8 KV
+    rows, the Lambda mask from random registers."""
+    emu = _random_buffers(rng)
+    d = rng.choice((2, 4, 8, 16))
+    keys, rows = rng.randint(1, 12), rng.randint(1, 3)
+    kv8 = rng.random() < 0.3
+    bits = 8 if kv8 else 4
+    qmax = (1 << (bits - 1)) - 1
+    kv_codes = torch.randint(-qmax, qmax + 1, (keys, d))
+    kv = L.encode_kv(kv_codes, torch.randint(0, 1 << 16, (keys,)), torch.randint(-6, 6, (keys,)),
+                     torch.randint(-(1 << 20), 1 << 20, (keys,)), bits, W)
+    if func is AttnFunc.PV:
+        probs = torch.randint(0, 1 << 15, (rows, keys))
+        rows_in = L.encode_wide(probs, W)
+        d_len = d
+    else:
+        q = torch.randint(-127, 128, (rows, d))
+        rows_in = L.encode_qrows(q, torch.randint(1, 1 << 16, (rows,)),
+                                 torch.randint(-8, 8, (rows,)), W)
+        d_len = keys
+    a_step = rows_in.shape[1] // W + rng.randint(0, 2)
+    d_step = L.wide_pitch(d_len, W) + rng.randint(0, 2)
+    q_addr = rng.randint(0, 4)
+    dst = q_addr + rows * a_step + rng.randint(0, 4)
+    kv_addr = rng.randint(0, 16)
+    emu._put(Buffer.KV, kv_addr, kv)
+    emu._put(Buffer.ACT, q_addr, rows_in, a_step)
+    insn = isa.make(Opcode.ATTN, func=func, q_addr=q_addr, kv_addr=kv_addr, dst=dst,
+                    head_dim=d, keys=keys, rows=rows, a_step=a_step, d_step=d_step,
+                    shift=rng.randint(-4, 4), kv8=int(kv8))
+    regs = {Reg.POS: rng.randint(0, keys + 2), Reg.SINK: rng.randint(0, 3),
+            Reg.WINDOW: rng.choice((0, rng.randint(1, 6)))}
+    return emu, insn, regs
+
+
+def test_attention_matches_emulator(seed):
+    rng = random.Random(seed)
+    run_against_emulator([attn_case(rng, f) for f in AttnFunc for _ in range(3)], seed)
+
+
+def test_compute_unit_faults(seed):
+    """A descriptor that does not decode, K off the group, records off the buffers, an odd
+    head size: the emulator refuses, the unit faults. A tile the engine cannot schedule runs
+    in the emulator and is UNSUPPORTED here (the compiler never emits one)."""
+    rng = random.Random(seed)
+    cases, want = [], []
+
+    def broken(case, fault, **fields):
+        emu, insn, regs = case
+        cases.append((emu, isa.make(insn.opcode, **{**insn.fields, **fields}), regs))
+        want.append(fault)
+
+    emu, insn, regs = mat_case(rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE,
+                               Opcode.MATVEC)
+    emu.buf[Buffer.META][insn.meta_addr * W + 2] = 9  # group_log2 out of range
+    broken((emu, insn, regs), Fault.PARAM)
+    case = mat_case(rng, WeightFormat.MIXED4, Sparsity.DENSE, OutMode.WIDE, Opcode.MATVEC)
+    broken(case, Fault.PARAM, k=case[1].k + 8)
+    case = mat_case(rng, WeightFormat.INT8, Sparsity.DENSE, OutMode.ADD, Opcode.MATMAT)
+    broken(case, Fault.RANGE, out_addr=CFG.buffer_words(Buffer.ACT) - 1)
+    broken(attn_case(rng, AttnFunc.SCORE), Fault.PARAM, head_dim=5)
+    broken(attn_case(rng, AttnFunc.PV), Fault.RANGE, kv_addr=CFG.buffer_words(Buffer.KV) - 1)
+    faults = run_against_emulator(cases, seed)
+    assert faults == want
+
+    emu, insn, regs = mat_case(rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE,
+                               Opcode.MATVEC)
+    desc = L.Descriptor(WeightFormat.W2, Sparsity.N2M16, 4)  # 2 kept per group of 16 < 4 taps
+    assert desc.schedule_error(CFG.chain_group)
+    emu.buf[Buffer.META][insn.meta_addr * W:insn.meta_addr * W + W] = desc.encode(W)[0]
+    insn = isa.make(insn.opcode, **{**insn.fields, "k": 32})  # whole groups and blocks
+    out = run_instructions(CFG, ComputeUnit(CFG), [Case(emulator_images(emu), insn, regs)])
+    assert out[0].fault == Fault.UNSUPPORTED
