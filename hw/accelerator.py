@@ -8,9 +8,10 @@ pseudo-channels on a U280), and the interrupt.
 Inside: the program fetch (instruction words from ``program`` onwards, ``program_words`` of
 them, then an implicit HALT) feeds the controller (``hw/controller.py``), which dispatches
 to one unit per :class:`isa.Unit`. LOAD and STORE (``hw/data_mover.py``) move rows between
-the channels and the five on-chip buffers (one memory each, ``AccelConfig.buffer_words``
-words of ``axi_data_bits``). The COMPUTE and SFU units' instruction sequencers are not part
-of this build yet: their instructions end the program with :attr:`Fault.UNSUPPORTED`.
+the channels and the five on-chip buffers (``hw/buffer_access.py``: one simple dual-port
+memory each, ``AccelConfig.buffer_words`` words of ``axi_data_bits``); the COMPUTE unit
+(``hw/compute_unit.py``: matrix engine and attention) and the SFU unit (``hw/sfu_unit.py``)
+read and write the buffers through shared request/grant ports.
 
 ``status`` (0x1C): bit 0 error, bits 8..15 the :class:`Fault`, bits 16..31 its pc; ``cycles``
 (0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``.
@@ -18,7 +19,6 @@ of this build yet: their instructions end the program with :attr:`Fault.UNSUPPOR
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import (
@@ -30,8 +30,11 @@ from hw.axi import (
     join_port,
     lite_signature,
 )
-from hw.controller import Controller, Fault, IssueLayout
+from hw.buffer_access import BufferBank
+from hw.compute_unit import ComputeUnit
+from hw.controller import Controller
 from hw.data_mover import LoadUnit, StoreUnit
+from hw.sfu_unit import SfuUnit
 from llmacc import isa
 from llmacc.config import AccelConfig
 
@@ -108,30 +111,6 @@ class ProgramFetch(wiring.Component):
         return m
 
 
-class AbsentUnit(wiring.Component):
-    """A unit this build does not have: each instruction reports :attr:`Fault.UNSUPPORTED`
-    (which ends the program) and completes."""
-
-    issue: In(stream.Signature(IssueLayout))
-    complete: Out(1)
-    fault: Out(8)
-
-    def elaborate(self, platform):
-        m = Module()
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.issue.ready.eq(1)
-                with m.If(self.issue.valid):
-                    m.next = "FAULT"
-            with m.State("FAULT"):
-                m.d.comb += self.fault.eq(Fault.UNSUPPORTED)
-                m.next = "COMPLETE"
-            with m.State("COMPLETE"):
-                m.d.comb += self.complete.eq(1)
-                m.next = "IDLE"
-        return m
-
-
 class Accelerator(wiring.Component):
     """The whole kernel for one :class:`AccelConfig`."""
 
@@ -178,11 +157,11 @@ class Accelerator(wiring.Component):
         wiring.connect(m, insn_rd.data, fetch.data)
         wiring.connect(m, fetch.insn, controller.insn)
 
-        # -- units ---------------------------------------------------------------------------
+        # -- units and buffers -----------------------------------------------------------------
         m.submodules.load = load = LoadUnit(cfg)
         m.submodules.store = store = StoreUnit(cfg)
-        m.submodules.compute = compute = AbsentUnit()
-        m.submodules.sfu = sfu = AbsentUnit()
+        m.submodules.compute = compute = ComputeUnit(cfg)
+        m.submodules.sfu = sfu = SfuUnit(cfg)
         units = {isa.Unit.LOAD: load, isa.Unit.STORE: store, isa.Unit.COMPUTE: compute,
                  isa.Unit.SFU: sfu}
         for u, unit in units.items():
@@ -192,21 +171,18 @@ class Accelerator(wiring.Component):
                          getattr(controller, f"fault_{name}").eq(unit.fault)]
         self._route(m, load, readers)
         self._route(m, store, writers)
-
-        # -- buffers -------------------------------------------------------------------------
-        store_data = {}
-        for b in isa.Buffer:
-            mem = Memory(shape=data_bits, depth=cfg.buffer_words(b), init=[])
-            m.submodules[f"buf_{b.name.lower()}"] = mem
-            wr, rd = mem.write_port(), mem.read_port()
-            m.d.comb += [wr.addr.eq(load.buf_addr), wr.data.eq(load.wr_data),
-                         wr.en.eq(load.wr_en & (load.buf == b)),
-                         rd.addr.eq(store.buf_addr), rd.en.eq(store.rd_en & (store.buf == b))]
-            store_data[b] = rd.data
-        with m.Switch(store.buf):
-            for b, value in store_data.items():
-                with m.Case(b):
-                    m.d.comb += store.rd_data.eq(value)
+        reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out, sfu.rd_a,
+                 sfu.rd_b]
+        writes = [compute.wr, sfu.wr]
+        m.submodules.buffers = bank = BufferBank(cfg, len(reads), len(writes))
+        m.d.comb += [bank.load_en.eq(load.wr_en), bank.load_buf.eq(load.buf),
+                     bank.load_addr.eq(load.buf_addr), bank.load_data.eq(load.wr_data),
+                     bank.store_en.eq(store.rd_en), bank.store_buf.eq(store.buf),
+                     bank.store_addr.eq(store.buf_addr), store.rd_data.eq(bank.store_data)]
+        for port, shared in zip(reads, bank.rd, strict=True):
+            wiring.connect(m, port, shared)
+        for port, shared in zip(writes, bank.wr, strict=True):
+            wiring.connect(m, port, shared)
 
         # -- run state, status, finish ------------------------------------------------------
         units_idle = load.issue.ready & store.issue.ready & compute.issue.ready & \

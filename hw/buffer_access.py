@@ -48,9 +48,9 @@ def write_port(cfg: AccelConfig) -> wiring.Signature:
 class BufferBank(wiring.Component):
     """The five buffers with the movers' ports and ``readers``/``writers`` shared ports.
 
-    ``load_*`` writes whole words unconditionally; ``store_*`` reads with ``store_data`` one
-    cycle after ``store_en``. Shared ports are granted in list order when the movers leave
-    the port free."""
+    ``load_*`` writes whole words unconditionally; ``store_*`` reads with ``store_data`` from
+    one cycle after ``store_en`` until the next store read. Shared ports are granted in list
+    order when the movers leave the port free."""
 
     def __init__(self, cfg: AccelConfig, readers: int, writers: int):
         self.cfg = cfg
@@ -92,9 +92,15 @@ class BufferBank(wiring.Component):
                     m.d.comb += [port.grant.eq(1), rd.addr.eq(port.addr), rd.en.eq(1)]
                 taken = taken | want
             last_read[b] = rd.data
-        store_from = Signal(Buffer)
-        m.d.sync += store_from.eq(self.store_buf)
-        self._route(m, store_from, last_read, self.store_data)
+        # The store word stays on store_data until the next store read, whoever else reads
+        # the buffer meanwhile.
+        store_from, store_fresh = Signal(Buffer), Signal()
+        store_word, store_held = Signal(8 * w), Signal(8 * w)
+        m.d.sync += [store_from.eq(self.store_buf), store_fresh.eq(self.store_en)]
+        self._route(m, store_from, last_read, store_word)
+        with m.If(store_fresh):
+            m.d.sync += store_held.eq(store_word)
+        m.d.comb += self.store_data.eq(Mux(store_fresh, store_word, store_held))
         for port in self.rd:
             source = Signal(Buffer)
             with m.If(port.en & port.grant):

@@ -361,7 +361,7 @@ class ComputeUnit(wiring.Component):
             with m.Case(OutMode.ADD):
                 m.d.comb += value.eq(add(old, y, p0))
             with m.Case(OutMode.SILU):
-                m.d.comb += value.eq(silu(y, p0, p1))
+                m.d.comb += value.eq(silu(m, y, p0, p1))
             with m.Default():
                 m.d.comb += value.eq(y)
         needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)

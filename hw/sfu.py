@@ -15,8 +15,9 @@ The row reductions around these steps (softmax max/sum/reciprocal, RMSNorm, QUAN
 scales) are not in this block.
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import clamp, round_shift, saturate
@@ -32,18 +33,24 @@ ElementIn = data.StructLayout({
 ElementOut = data.StructLayout({"y0": signed(W), "y1": signed(W)})
 
 
-def _interp(lut, idx, frac, frac_bits: int):
-    rom = Array(Const(int(v), signed(20)) for v in lut.tolist())
-    lo, hi = rom[idx], rom[idx + 1]
+def _interp(m: Module, lut, idx, frac, frac_bits: int):
+    """Linear interpolation between ROM entries ``idx`` and ``idx + 1``. The ROM is a memory
+    with two asynchronous read ports (LUT ROM on an FPGA; compact Verilog, unlike a mux)."""
+    rom = Memory(shape=signed(20), depth=len(lut), init=[int(v) for v in lut.tolist()])
+    m.submodules += rom
+    lo_port, hi_port = rom.read_port(domain="comb"), rom.read_port(domain="comb")
+    last = len(lut) - 1
+    m.d.comb += [lo_port.addr.eq(idx), hi_port.addr.eq(Mux(idx >= last, last, idx + 1))]
+    lo, hi = lo_port.data, hi_port.data
     return lo + round_shift((hi - lo) * frac, Const(frac_bits, 5), 0)
 
 
-def exp2_neg(d):
+def exp2_neg(m: Module, d):
     """``numerics.exp2_neg`` for ``d >= 0`` (Q15.16 in, Q16 out)."""
     low_bits = N.SCORE_FRAC - N.EXP2_LUT_BITS
     k = d >> N.SCORE_FRAC
     f = d[:N.SCORE_FRAC]
-    y = _interp(N.EXP2_LUT, f[low_bits:], f[:low_bits], low_bits)
+    y = _interp(m, N.EXP2_LUT, f[low_bits:], f[:low_bits], low_bits)
     return Mux(k > 32, 0, round_shift(y, Mux(k > 32, 32, k)[:7].as_signed(), 0))
 
 
@@ -52,12 +59,12 @@ def add(a, b, shift):
     return saturate(a + round_shift(b, shift, W + 1), W)
 
 
-def silu(v, f_in, f_out):
+def silu(m: Module, v, f_in, f_out):
     """``numerics.silu(v, f_in, f_out)``."""
     lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
     xr = round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1)
     xq = (clamp(xr, lo, -lo - 1) - lo)[:N.SIGMOID_IN_FRAC + 6]
-    sig = _interp(N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
+    sig = _interp(m, N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
                   N.SIGMOID_INTERP_BITS)
     return saturate(round_shift(v * sig, 16 + f_in - f_out, W + 1), W)
 
@@ -82,7 +89,7 @@ class ElementSfu(wiring.Component):
                 prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
                 m.d.comb += y0.eq(saturate(round_shift(prod, p.shift, W + 1), W))
             with m.Case(SfuFunc.SILU):
-                m.d.comb += y0.eq(silu(p.a, p.imm, p.imm2))
+                m.d.comb += y0.eq(silu(m, p.a, p.imm, p.imm2))
             with m.Case(SfuFunc.ROPE):
                 m.d.comb += [
                     y0.eq(saturate(round_shift(p.a * cos - p.b * sin, Const(N.TRIG_FRAC, 5),
@@ -90,7 +97,7 @@ class ElementSfu(wiring.Component):
                     y1.eq(saturate(round_shift(p.a * sin + p.b * cos, Const(N.TRIG_FRAC, 5),
                                                0), W))]
             with m.Case(SfuFunc.SOFTMAX):
-                m.d.comb += y0.eq(exp2_neg(p.a))
+                m.d.comb += y0.eq(exp2_neg(m, p.a))
             with m.Case(SfuFunc.EMBED):
                 m.d.comb += y0.eq(saturate(round_shift(p.a * p.b, p.shift, W + 1), W))
         with m.If(en):

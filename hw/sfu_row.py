@@ -115,7 +115,7 @@ class RowSfu(wiring.Component):
         # element functions of the value read back (rd.data, for element `held`)
         v = rd.data
         vis_held = visible(held, c.pos, c.sink, c.window)
-        expo = Mux(vis_held, exp2_neg(smax - v), 0)
+        expo = Mux(vis_held, exp2_neg(m, smax - v), 0)
         u = round_shift_right(v, sh) + 0
         centred = v - mid
         sm_out = round_shift_right(v * recip, Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6))

@@ -14,7 +14,7 @@ from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
 from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import PRESETS, AccelConfig
-from llmacc.isa import Buffer, LenSrc, Opcode, Reg, SysFunc, Unit
+from llmacc.isa import Buffer, LenSrc, Opcode, Reg, SfuFunc, SysFunc, Unit
 from sim import verilator
 
 CFG = PRESETS["sim-small"]
@@ -81,12 +81,12 @@ def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
 def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> tuple[
         list[isa.Instruction], int]:
     """``program`` made to raise ``kind``; returns it and the faulting pc. ALIGN and RANGE
-    break one LOAD/STORE; UNSUPPORTED inserts a SYNC (so that everything before has run) and
-    a MATVEC before one LOAD."""
-    if kind is Fault.UNSUPPORTED:
+    break one LOAD/STORE; PARAM inserts a SYNC (so that everything before has run) and a
+    RoPE of an odd head size before one LOAD."""
+    if kind is Fault.PARAM:
         at = rng.choice([i for i, insn in enumerate(program) if insn.opcode is Opcode.LOAD])
         stop = [isa.make(Opcode.SYS, func=SysFunc.SYNC),
-                isa.make(Opcode.MATVEC, k=32, n=4, m=1)]
+                isa.make(Opcode.SFU, func=SfuFunc.ROPE, rows=1, length=6, imm=3)]
         return program[:at] + stop + program[at:], at + 1
     at = rng.choice([i for i, insn in enumerate(program)
                      if insn.opcode in (Opcode.LOAD, Opcode.STORE)])
@@ -133,12 +133,12 @@ def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
         add_run(program, status_word())
 
     good_run()
-    for kind in (Fault.ALIGN, Fault.RANGE, Fault.UNSUPPORTED):
+    for kind in (Fault.ALIGN, Fault.RANGE, Fault.PARAM):
         program, at = _faulty(rng, copy_program(rng, CFG, 4), kind)
-        if kind is not Fault.UNSUPPORTED:
+        if kind is not Fault.PARAM:
             with pytest.raises(EmulatorError, match=f"instruction {at} "):
                 emu.run(program)
-        else:  # what runs before the MATVEC (the last STORE's token is left over)
+        else:  # what runs before the RoPE (the last STORE's token is left over)
             try:
                 emu.run(program[:at])
             except EmulatorError as exc:
