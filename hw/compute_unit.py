@@ -491,7 +491,7 @@ class ComputeUnit(wiring.Component):
             score = Signal(signed(N.WIDE_BITS))
             m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
             cmd = rs.i.payload.cmd
-            m.d.comb += [rs.i.payload.a.eq(score), cmd.func.eq(RowFunc.SOFTMAX),
+            m.d.comb += [rs.i.payload.eq(0), rs.i.payload.a.eq(score), cmd.func.eq(RowFunc.SOFTMAX),
                          cmd.length.eq(keys), cmd.pos.eq(regs[Reg.POS.value] + t),
                          cmd.sink.eq(regs[Reg.SINK.value]),
                          cmd.window.eq(regs[Reg.WINDOW.value])]

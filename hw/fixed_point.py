@@ -7,7 +7,7 @@ negative value, then an arithmetic shift). Every block that rounds or saturates 
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, Shape, Value
+from amaranth.hdl import Cat, Const, Mux, Shape, Value
 
 
 def clamp(x: Value, lo, hi) -> Value:
@@ -30,8 +30,10 @@ def round_shift_right(x: Value, s: Value) -> Value:
     xs = Shape.cast(x.shape())
     width = max(xs.width + 1, (1 << len(s)) + 1)
     half = (Const(1, width) << s) >> 1
+    if not xs.signed:  # a non-negative value: no sign to carry in
+        return ((Cat(x, Const(0, 1)).as_signed() + half.as_signed()) >> s).as_signed()
     bias = half.as_signed() - ((x < 0) & (s != 0))
-    return ((x.as_signed() + bias) >> s).as_signed()
+    return ((x + bias) >> s).as_signed()
 
 
 def round_shift(x: Value, s: Value, max_left: int) -> Value:
@@ -43,7 +45,8 @@ def round_shift(x: Value, s: Value, max_left: int) -> Value:
     right_bits = (xw + 1).bit_length()
     left = Mux(s < 0, Mux(-s > max_left, max_left, -s), 0)[:left_bits]
     right = Mux(s > xw + 1, xw + 1, Mux(s > 0, s, 0))[:right_bits]
-    shifted = x.as_signed() << left
+    signed_x = x.as_signed() if Shape.cast(x.shape()).signed else Cat(x, Const(0, 1)).as_signed()
+    shifted = signed_x << left
     return Mux(s < 0, shifted, round_shift_right(x, right)).as_signed()
 
 

@@ -1,24 +1,28 @@
 """Run one instruction on one unit sequencer in Amaranth's simulator, against buffer images.
 
 The unit (``hw/sfu_unit.py``, ``hw/compute_unit.py``) is attached to a
-:class:`hw.buffer_access.BufferBank` preloaded with the emulator's buffer bytes; the harness
-issues the instruction with the run-time registers, waits for completion and returns the
-fault code and every buffer's bytes, for the tests to compare with the emulator's.
+:class:`hw.buffer_access.BufferBank`; for each case (``sim/instruction_cases.py``) the
+harness loads the emulator's buffer bytes, issues the instruction with the run-time
+registers, waits for completion and returns the fault code and every buffer's bytes, for the
+tests to compare with the emulator's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from amaranth.hdl import Elaboratable, Module, Value
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
+from host.emulator import EmulatorError
 from hw.buffer_access import BufferBank
+from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import AccelConfig
 from llmacc.isa import Buffer
+from sim.instruction_cases import InstructionCase
 
 
 class UnitHarness(Elaboratable):
@@ -43,22 +47,13 @@ class UnitHarness(Elaboratable):
 
 
 @dataclass
-class Case:
-    """One instruction with the buffer images it starts from and the run-time registers."""
-
-    images: dict[Buffer, bytes]
-    insn: isa.Instruction
-    regs: dict[isa.Reg, int] = field(default_factory=dict)
-
-
-@dataclass
 class Outcome:
     fault: int
     images: dict[Buffer, bytes]
     cycles: int
 
 
-def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Case],
+def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[InstructionCase],
                      max_cycles: int = 200_000) -> list[Outcome]:
     """Each case on ``unit`` in one simulation (building the simulator is the slow part):
     load its images, issue, wait for completion, read the buffers back."""
@@ -98,5 +93,24 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Case]
     return outcomes
 
 
-def emulator_images(emu) -> dict[Buffer, bytes]:
-    return {b: np.asarray(emu.buf[b]).tobytes() for b in Buffer}
+def check_against_emulator(cfg: AccelConfig, unit: wiring.Component,
+                           cases: list[InstructionCase], seed: int) -> list[int]:
+    """Run every case on ``unit`` (one simulation) and on its emulator: the buffers must be
+    equal byte for byte, or both must refuse the instruction. Returns the fault codes."""
+    outcomes = run_instructions(cfg, unit, cases)
+    w = cfg.axi_data_bytes
+    for case, out in zip(cases, outcomes, strict=True):
+        try:
+            case.emu.run([case.insn], case.regs)
+        except EmulatorError:
+            assert out.fault != Fault.NONE, f"{case.insn}: the emulator refuses it (seed {seed})"
+            continue
+        assert out.fault == Fault.NONE, \
+            f"{case.insn}: fault {Fault(out.fault).name} (seed {seed})"
+        for b, want in case.images.items():
+            if out.images[b] != want:
+                diff = np.flatnonzero(np.frombuffer(out.images[b], np.uint8) !=
+                                      np.frombuffer(want, np.uint8))
+                raise AssertionError(f"{b.name} differs at {diff.size} bytes, first word "
+                                     f"{int(diff[0]) // w} (seed {seed}, {case.insn})")
+    return [out.fault for out in outcomes]

@@ -14,8 +14,21 @@ from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
 from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import PRESETS, AccelConfig
-from llmacc.isa import Buffer, LenSrc, Opcode, Reg, SfuFunc, SysFunc, Unit
+from llmacc.isa import (
+    AttnFunc,
+    Buffer,
+    LenSrc,
+    Opcode,
+    OutMode,
+    Reg,
+    SfuFunc,
+    Sparsity,
+    SysFunc,
+    Unit,
+    WeightFormat,
+)
 from sim import verilator
+from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 
 CFG = PRESETS["sim-small"]
 CHANNEL_BYTES = 1 << 14
@@ -152,13 +165,20 @@ def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
     good_run()
     good_run()
 
+    _run_top(top_model, seed, tmp_path, images, runs, expected, max_cycles=200_000)
+
+
+def _run_top(top_model, seed: int, tmp_path, images: list[bytes], runs: list[dict],
+             expected: list[tuple[int, list[bytes]]], max_cycles: int) -> None:
+    """Run the programs of ``runs`` in one simulation of the Verilated top, starting from the
+    channel ``images``; each must end with its expected status and channel bytes."""
     work = tmp_path / "top"
     work.mkdir()
     out = work / "results.json"
     (work / "spec.json").write_text(json.dumps({
         "runs": runs, "channels": [im.hex() for im in images], "channel_bytes": CHANNEL_BYTES,
         "insn_bytes": 1 << 12, "hw_id": CFG.fingerprint(), "pause": 0.2,
-        "max_cycles": 200_000, "out": str(out)}))
+        "max_cycles": max_cycles, "out": str(out)}))
     top_model.run("sim.benches.tb_accelerator", seed=seed, test_dir=work,
                   extra_env={"LLMACC_VECTORS": str(work / "spec.json")})
     results = json.loads(out.read_text())
@@ -174,6 +194,73 @@ def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
                 raise AssertionError(f"run {index}: channel {c} differs from the emulator at "
                                      f"{diff.size} bytes, first {int(diff[0]):#x} (seed {seed})")
         assert got["cycles"] > 0
+
+
+#: Buffer sizes of the instruction cases run through the top: their images fit one channel.
+CASE_CFG = CFG.replace(act_buffer_bytes=4096, weight_buffer_bytes=4096, kv_buffer_bytes=2048,
+                       meta_buffer_bytes=2048, table_buffer_bytes=2048)
+
+
+def case_program(case: InstructionCase, ext: dict[Buffer, int], out: dict[Buffer, int]
+                 ) -> list[isa.Instruction]:
+    """LOAD the case's buffers from channel 0, run its instruction, STORE ACT and KV to
+    channel 1: the registers first, tokens from the last LOAD to the instruction's unit and
+    from it to the first STORE."""
+    w = CFG.axi_data_bytes
+    unit = 1 << case.insn.unit.value
+    program = [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=v)
+               for r, v in case.regs.items()]
+    for i, b in enumerate(Buffer):
+        last = i == len(Buffer) - 1
+        program.append(isa.make(Opcode.LOAD, buf=b, chan=0, ext_addr=ext[b], buf_addr=0,
+                                words=CASE_CFG.buffer_words(b), rows=1,
+                                release=unit if last else 0))
+    insn = case.insn
+    program.append(isa.make(insn.opcode, wait=LOAD_BIT, release=STORE_BIT, **insn.fields))
+    for i, b in enumerate(out):
+        program.append(isa.make(Opcode.STORE, buf=b, chan=1, ext_addr=out[b], buf_addr=0,
+                                words=CASE_CFG.buffer_words(b), rows=1,
+                                wait=unit if i == 0 else 0))
+    assert all(a % w == 0 for a in [*ext.values(), *out.values()])
+    return program + [isa.make(Opcode.SYS, func=SysFunc.HALT)]
+
+
+@pytest.mark.verilator
+def test_top_runs_compute_instructions_like_the_emulator(top_model, seed, tmp_path):
+    """Every SFU function, matrix instructions of every format and mode, every attention
+    function, and faulting ones, through the whole top (AXI in, units, AXI out) in one
+    simulation; channel bytes and status equal the emulator's after each program."""
+    rng = random.Random(seed)
+    cases = [sfu_case(CASE_CFG, rng, f) for f in SfuFunc]
+    cases += [mat_case(CASE_CFG, rng, fmt, rng.choice(list(Sparsity)), rng.choice(list(OutMode)),
+                       rng.choice((Opcode.MATVEC, Opcode.MATMAT))) for fmt in WeightFormat]
+    cases += [attn_case(CASE_CFG, rng, f) for f in AttnFunc]
+    broken = sfu_case(CASE_CFG, rng, SfuFunc.ROPE)
+    cases.append(InstructionCase(broken.emu, isa.make(Opcode.SFU, **{
+        **broken.insn.fields, "imm": 3}), broken.regs))
+    ext, at = {}, 0
+    for b in Buffer:
+        ext[b], at = at, at + CASE_CFG.buffer_words(b) * CFG.axi_data_bytes
+    out = {Buffer.ACT: 0, Buffer.KV: CASE_CFG.buffer_words(Buffer.ACT) * CFG.axi_data_bytes}
+    emu = Emulator(CFG, [CHANNEL_BYTES] * CFG.mem_channels)
+    runs, expected = [], []
+    for case in cases:
+        for b, image in case.images.items():
+            emu.write_ext(0, ext[b], image[:CASE_CFG.buffer_words(b) * CFG.axi_data_bytes])
+        start = [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes() for c in range(CFG.mem_channels)]
+        program = case_program(case, ext, out)
+        status = status_word()
+        try:
+            emu.run(program)
+        except EmulatorError as exc:
+            pc = int(str(exc).split()[1])
+            status = status_word(Fault.PARAM, pc)
+        runs.append({"program": isa.encode_program(program).hex(),
+                     "channels": [image.hex() for image in start]})
+        expected.append((status, [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes()
+                                  for c in range(CFG.mem_channels)]))
+    _run_top(top_model, seed, tmp_path, [bytes(CHANNEL_BYTES)] * CFG.mem_channels, runs,
+             expected, max_cycles=400_000)
 
 
 @pytest.mark.parametrize("data_bits", [64, 128, 256])

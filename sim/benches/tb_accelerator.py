@@ -2,9 +2,10 @@
 
 Every external-memory channel and the instruction port are cocotbext-axi ``AxiRam`` models
 whose channels pause at random; the host side is an ``AxiLiteMaster`` on the control slave.
-For each run of the spec (``$LLMACC_VECTORS``): write the program into the instruction RAM,
-set the arguments, enable the ap_done interrupt, start, wait for the interrupt, and record
-``status``, ``cycles`` and every channel's bytes. The pytest side compares them with the
+For each run of the spec (``$LLMACC_VECTORS``): load the run's channel images if it has
+any, write the program into the instruction RAM, set the arguments, enable the ap_done
+interrupt, start, wait for the interrupt, and record ``status``, ``cycles`` and every
+channel's bytes. The pytest side compares them with the
 emulator.
 """
 
@@ -50,6 +51,8 @@ async def accelerator_runs(dut):
     await lite.write_dword(IER, 1)
     results = []
     for index, run in enumerate(spec["runs"]):
+        for ram, image in zip(chans, run.get("channels", []), strict=False):
+            ram.write(0, bytes.fromhex(image))  # the run's own starting memory
         program = bytes.fromhex(run["program"])
         insn.write(0, program)
         await lite.write_dword(PROGRAM_LO, 0)
