@@ -37,6 +37,10 @@ class Device(ABC):
     @abstractmethod
     def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats: ...
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release the back end (a simulation process, a card)."""
+
     def load_image(self) -> None:
         for region, blob in self.compiled.image:
             self.write(region.chan, region.addr, np.frombuffer(blob, dtype=np.uint8))
@@ -89,3 +93,6 @@ class EmulatorDevice(Device):
 
     def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats:
         return self.emu.run(program.instructions, regs)
+
+    def close(self) -> None:
+        """Nothing to release: the emulator lives in this process."""

@@ -32,8 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def make_device(backend: str, cm) -> Device:
     if backend == "emulator":
         return EmulatorDevice(cm)
-    raise ValueError(f"back end {backend!r} is not available in this build: the RTL back end "
-                     "needs the accelerator top level (llmacc sim); use --backend emulator")
+    if backend == "rtl":
+        from host.rtl_device import RtlDevice
+
+        return RtlDevice(cm)
+    raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 def first_difference(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, ...]:
@@ -54,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(prompt)} prompt tokens + {args.tokens} steps exceed the "
                          f"package's context of {cm.host.max_len}")
     device = make_device(args.backend, cm)
+    try:
+        return _compare(args, cm, tok, prompt, device)
+    finally:
+        device.close()
+
+
+def _compare(args: argparse.Namespace, cm, tok, prompt: list[int], device: Device) -> int:
+    total = len(prompt) + args.tokens
     cache = intref.IntKVCache.empty(cm.model.config, total)
     steps = matches = 0
     reported = False

@@ -14,7 +14,9 @@ memory each, ``AccelConfig.buffer_words`` words of ``axi_data_bits``); the COMPU
 read and write the buffers through shared request/grant ports.
 
 ``status`` (0x1C): bit 0 error, bits 8..15 the :class:`Fault`, bits 16..31 its pc; ``cycles``
-(0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``.
+(0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``;
+``dispatched`` (0x2C) and per unit the cycles busy and waiting for tokens (0x30..0x4C, the
+performance counters the cycle model is calibrated against).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
@@ -200,7 +202,14 @@ class Accelerator(wiring.Component):
             ctrl.status.eq(Cat(controller.error, Const(0, 7), controller.status,
                                controller.fault_pc)),
             ctrl.cycles_lo.eq(controller.cycles[:32]), ctrl.cycles_hi.eq(controller.cycles[32:]),
+            ctrl.dispatched.eq(controller.dispatched[:32]),
         ]
+        for u in isa.Unit:
+            name = u.name.lower()
+            m.d.comb += [getattr(ctrl, f"busy_{name}").eq(
+                             getattr(controller, f"busy_cycles_{name}")[:32]),
+                         getattr(ctrl, f"stall_{name}").eq(
+                             getattr(controller, f"stall_cycles_{name}")[:32])]
         return m
 
     def _route(self, m: Module, unit, masters) -> None:

@@ -161,6 +161,12 @@ ARGS = (
     ("cycles_lo", 0x20, "r"),
     ("cycles_hi", 0x24, "r"),
     ("hw_id", 0x28, "r"),  #: AccelConfig.fingerprint()
+    ("dispatched", 0x2C, "r"),  #: instructions dispatched in the last run
+    # per unit (isa.Unit order), cycles of the last run: busy, and waiting for tokens
+    ("busy_load", 0x30, "r"), ("stall_load", 0x34, "r"),
+    ("busy_compute", 0x38, "r"), ("stall_compute", 0x3C, "r"),
+    ("busy_sfu", 0x40, "r"), ("stall_sfu", 0x44, "r"),
+    ("busy_store", 0x48, "r"), ("stall_store", 0x4C, "r"),
 )
 
 

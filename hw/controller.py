@@ -16,8 +16,8 @@ Python decoder, so a word is legal in hardware exactly when ``isa.decode`` accep
   waiting for a token nobody can send), tokens left over at HALT, and a unit's fault
   (``fault_<unit>``, non-zero while busy). After an error nothing more issues; ``start``
   empties the queues and token counters.
-* **Counters**: cycles, dispatched instructions, and per unit the cycles busy and the cycles
-  its queue head waited for tokens.
+* **Counters** (cleared by ``start``): cycles, dispatched instructions, and per unit the
+  cycles busy and the cycles its queue head waited for tokens.
 """
 
 import enum
@@ -182,6 +182,10 @@ class Controller(wiring.Component):
             m.d.sync += [running.eq(1), pc.eq(0), self.done.eq(0), self.error.eq(0),
                          self.status.eq(Fault.NONE), self.fault_pc.eq(0), self.cycles.eq(0),
                          self.dispatched.eq(0)]
+            for u in units:
+                name = u.name.lower()
+                m.d.sync += [getattr(self, f"busy_cycles_{name}").eq(0),
+                             getattr(self, f"stall_cycles_{name}").eq(0)]
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             with m.If(Cat(*(f for f, _, _ in unit_faults)).any()):

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from host.device import Device
+from quant import intref
 from quant.checkpoint import Checkpoint, ModelConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -41,11 +43,24 @@ def random_sequences(seed: int, count: int, length: int, vocab: int) -> list[lis
             for _ in range(count)]
 
 
-def tiny_int_model(seed: int, scheme: str, **shape):
-    """The integer reference of a tiny random model quantized with ``scheme`` (group 16)."""
+def tiny_int_model(seed: int, scheme: str, group: int = 16, **shape):
+    """The integer reference of a tiny random model quantized with ``scheme``."""
     from quant import intref, schemes
     from quant.quantize import quantize
 
     ckpt = tiny_checkpoint(seed, **shape)
     calib = random_sequences(seed, 6, 24, ckpt.config.vocab_size)
-    return intref.build(quantize(ckpt, schemes.parse(scheme, group=16), calib))
+    return intref.build(quantize(ckpt, schemes.parse(scheme, group=group), calib))
+
+
+def check_run(im: intref.IntModel, device: Device, tokens: list[int], prompt: int,
+              where: str) -> None:
+    """Prefill ``prompt`` tokens, then decode the rest; every logit must match."""
+    cache = intref.IntKVCache.empty(im.config, len(tokens))
+    ref = im.forward(torch.tensor(tokens[:prompt]), cache)
+    got = device.prefill(tokens[:prompt])
+    assert torch.equal(got, ref), f"{where}: prefill of {prompt} differs"
+    for pos in range(prompt, len(tokens)):
+        ref = im.forward(torch.tensor(tokens[pos:pos + 1]), cache)[0]
+        got = device.decode(tokens[pos], pos)
+        assert torch.equal(got, ref), f"{where}: decode at position {pos} differs"

@@ -169,9 +169,10 @@ def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
 
 
 def _run_top(top_model, seed: int, tmp_path, images: list[bytes], runs: list[dict],
-             expected: list[tuple[int, list[bytes]]], max_cycles: int) -> None:
+             expected: list[tuple[int, list[bytes]]], max_cycles: int) -> list[dict]:
     """Run the programs of ``runs`` in one simulation of the Verilated top, starting from the
-    channel ``images``; each must end with its expected status and channel bytes."""
+    channel ``images``; each must end with its expected status and channel bytes. Returns
+    the bench's records (status, cycles, performance counters)."""
     work = tmp_path / "top"
     work.mkdir()
     out = work / "results.json"
@@ -194,6 +195,7 @@ def _run_top(top_model, seed: int, tmp_path, images: list[bytes], runs: list[dic
                 raise AssertionError(f"run {index}: channel {c} differs from the emulator at "
                                      f"{diff.size} bytes, first {int(diff[0]):#x} (seed {seed})")
         assert got["cycles"] > 0
+    return results
 
 
 #: Buffer sizes of the instruction cases run through the top: their images fit one channel.
@@ -243,12 +245,13 @@ def test_top_runs_compute_instructions_like_the_emulator(top_model, seed, tmp_pa
         ext[b], at = at, at + CASE_CFG.buffer_words(b) * CFG.axi_data_bytes
     out = {Buffer.ACT: 0, Buffer.KV: CASE_CFG.buffer_words(Buffer.ACT) * CFG.axi_data_bytes}
     emu = Emulator(CFG, [CHANNEL_BYTES] * CFG.mem_channels)
-    runs, expected = [], []
+    runs, expected, lengths = [], [], []
     for case in cases:
         for b, image in case.images.items():
             emu.write_ext(0, ext[b], image[:CASE_CFG.buffer_words(b) * CFG.axi_data_bytes])
         start = [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes() for c in range(CFG.mem_channels)]
         program = case_program(case, ext, out)
+        lengths.append(len(program))
         status = status_word()
         try:
             emu.run(program)
@@ -259,8 +262,15 @@ def test_top_runs_compute_instructions_like_the_emulator(top_model, seed, tmp_pa
                      "channels": [image.hex() for image in start]})
         expected.append((status, [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes()
                                   for c in range(CFG.mem_channels)]))
-    _run_top(top_model, seed, tmp_path, [bytes(CHANNEL_BYTES)] * CFG.mem_channels, runs,
-             expected, max_cycles=400_000)
+    results = _run_top(top_model, seed, tmp_path, [bytes(CHANNEL_BYTES)] * CFG.mem_channels,
+                       runs, expected, max_cycles=400_000)
+    for case, got, length in zip(cases, results, lengths, strict=True):  # the counters
+        c = got["counters"]
+        unit = case.insn.unit.name.lower()
+        assert 0 < c[f"busy_{unit}"] < got["cycles"], (case.insn, c)
+        assert c["busy_load"] > 0 and c["stall_" + unit] > 0, (case.insn, c)
+        if got["status"] == status_word():  # every word, HALT included, was dispatched
+            assert c["busy_store"] > 0 and c["dispatched"] == length, (case.insn, c)
 
 
 @pytest.mark.parametrize("data_bits", [64, 128, 256])

@@ -7,7 +7,7 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 
 def seeded_rng(dut) -> random.Random:
@@ -17,7 +17,10 @@ def seeded_rng(dut) -> random.Random:
     return random.Random(seed)
 
 
-async def start_clock_and_reset(dut, period_ns: int = 10, cycles: int = 2) -> None:
+PERIOD_NS = 10
+
+
+async def start_clock_and_reset(dut, period_ns: int = PERIOD_NS, cycles: int = 2) -> None:
     cocotb.start_soon(Clock(dut.clk, period_ns, unit="ns").start())
     dut.rst.value = 1
     await ClockCycles(dut.clk, cycles)
@@ -50,3 +53,11 @@ async def send(clk, valid, ready, payload, value: int, *, rng: random.Random | N
         await ReadOnly()
     await RisingEdge(clk)
     return True
+
+
+async def wait_high(signal, max_cycles: int, period_ns: int = PERIOD_NS) -> bool:
+    """Wait until ``signal`` is high (an edge trigger: no Python per clock cycle, which
+    matters for long runs of a large design), at most ``max_cycles``; True if it rose."""
+    if not signal.value:
+        await First(RisingEdge(signal), Timer(max_cycles * period_ns, unit="ns"))
+    return bool(signal.value)

@@ -4,18 +4,18 @@ Every external-memory channel and the instruction port are cocotbext-axi ``AxiRa
 whose channels pause at random; the host side is an ``AxiLiteMaster`` on the control slave.
 For each run of the spec (``$LLMACC_VECTORS``): load the run's channel images if it has
 any, write the program into the instruction RAM, set the arguments, enable the ap_done
-interrupt, start, wait for the interrupt, and record ``status``, ``cycles`` and every
-channel's bytes. The pytest side compares them with the
+interrupt, start, wait for the interrupt, and record ``status``, ``cycles``, the
+performance counters and every channel's bytes. The pytest side compares them with the
 emulator.
 """
 
 import json
 
 import cocotb
-from cocotb.triggers import FallingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-from sim.benches.common import load_vectors, seeded_rng, start_clock_and_reset
+from hw.axi import ARGS
+from sim.benches.common import load_vectors, seeded_rng, start_clock_and_reset, wait_high
 
 CONTROL, PROGRAM_LO, PROGRAM_HI, PROGRAM_WORDS, STATUS, CYCLES_LO, CYCLES_HI, HW_ID = (
     0x00, 0x10, 0x14, 0x18, 0x1C, 0x20, 0x24, 0x28)
@@ -59,17 +59,15 @@ async def accelerator_runs(dut):
         await lite.write_dword(PROGRAM_HI, 0)
         await lite.write_dword(PROGRAM_WORDS, len(program) // 16)
         await lite.write_dword(CONTROL, 1)
-        for _ in range(spec["max_cycles"]):
-            await FallingEdge(dut.clk)
-            if dut.interrupt.value:
-                break
-        else:
+        if not await wait_high(dut.interrupt, spec["max_cycles"]):
             raise AssertionError(f"run {index}: no ap_done after {spec['max_cycles']} cycles")
         assert await lite.read_dword(CONTROL) & 0x2, f"run {index}: ap_done not set"
         await lite.write_dword(ISR, 1)  # toggle-on-write: clear the ap_done interrupt
         status = await lite.read_dword(STATUS)
         cycles = await lite.read_dword(CYCLES_LO) | await lite.read_dword(CYCLES_HI) << 32
-        results.append({"status": status, "cycles": cycles,
+        counters = {name: await lite.read_dword(offset) for name, offset, _ in ARGS
+                    if name.startswith(("busy_", "stall_", "dispatched"))}
+        results.append({"status": status, "cycles": cycles, "counters": counters,
                         "channels": [ram.read(0, spec["channel_bytes"]).hex() for ram in chans]})
         dut._log.info("run %d: status %#x after %d cycles", index, status, cycles)
     with open(spec["out"], "w") as f:
