@@ -24,11 +24,11 @@ kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from hw.buffer_access import FieldFetch, read_port, write_port
-from hw.controller import Fault, IssueLayout
+from hw.controller import Fault, IssueLayout, unit_members
 from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
 from hw.sfu import add, silu
@@ -65,9 +65,7 @@ class ComputeUnit(wiring.Component):
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
-            "issue": In(stream.Signature(IssueLayout)),
-            "complete": Out(1),
-            "fault": Out(8),
+            **unit_members(),
             "rd_act": Out(read_port(cfg)),  # activations, queries, probabilities
             "rd_wgt": Out(read_port(cfg)),  # weight rows, KV rows
             "rd_meta": Out(read_port(cfg)),  # descriptors and row records
@@ -106,6 +104,12 @@ class ComputeUnit(wiring.Component):
             m.d.comb += [fx.req.valid.eq(when), fx.req.payload.buf.eq(buf),
                          fx.req.payload.bit.eq(bit)]
             return fx.req.ready
+
+        def fetch_unless(skip, fx, buf, bit):
+            """A beat field: fetched, or left zero when ``skip``. Returns ``(done, fetched)``
+            for this cycle."""
+            fetched = ~skip & get(fx, buf, bit, ~skip)
+            return skip | fetched, fetched
 
         f = Signal(MatFields)
         af = Signal(AttnFields)
@@ -250,14 +254,10 @@ class ComputeUnit(wiring.Component):
             with m.State("X"):  # the activation window, 8 columns per read
                 col = (beat_no << lcover) + (xc << 3)
                 chunks = (Const(1, 8) << lcover) >> 3
-                done = Signal()
                 keep = Cat(*((col + i < f.k).replicate(8) for i in range(8)))
-                skip = ~token_ok | (col >= f.k)
-                fetched = get(fa, Buffer.ACT, ((qrow + qhdr) << lb) + (col << 3), ~skip)
-                with m.If(skip):
-                    m.d.comb += done.eq(1)
-                with m.Elif(fetched):
-                    m.d.comb += done.eq(1)
+                done, fetched = fetch_unless(~token_ok | (col >= f.k), fa, Buffer.ACT,
+                                             ((qrow + qhdr) << lb) + (col << 3))
+                with m.If(fetched):
                     m.d.sync += beat.x[xt].as_value().word_select(xc, 64).eq(
                         fa.value & keep)
                 with m.If(done):
@@ -269,14 +269,9 @@ class ComputeUnit(wiring.Component):
                             m.next = "CODES"
             with m.State("CODES"):  # packed codes, then (sparse) their in-block indices
                 q = lo + c
-                done = Signal()
-                base = (wrow << lb) + Mux(half, kept * bits + q * ib, q * bits)
-                skip = ~row_ok | (q >= kept)
-                fetched = get(fw, Buffer.WGT, base, ~skip)
-                with m.If(skip):
-                    m.d.comb += done.eq(1)
-                with m.Elif(fetched):
-                    m.d.comb += done.eq(1)
+                done, fetched = fetch_unless(~row_ok | (q >= kept), fw, Buffer.WGT, (
+                    wrow << lb) + Mux(half, kept * bits + q * ib, q * bits))
+                with m.If(fetched):
                     lane = beat.lanes[al]
                     with m.If(half):
                         m.d.sync += lane.idx[c].eq(fw.value[:4] & ((Const(1, 5) << ib) - 1))
@@ -294,14 +289,10 @@ class ComputeUnit(wiring.Component):
             with m.State("SLOTS"):  # per tap slot: the group's scale, then its type id
                 at = lo + s * tap
                 g = Mux((at >> lkpg) >= groups, groups - 1, at >> lkpg)
-                base = (mrow << lb) + 16 + Mux(half, (groups << 4) + (g << 3), g << 4)
                 skip = ~row_ok | (at >= kept) | (half & (wfmt == WeightFormat.INT8))
-                done = Signal()
-                fetched = get(fm, Buffer.META, base, ~skip)
-                with m.If(skip):
-                    m.d.comb += done.eq(1)
-                with m.Elif(fetched):
-                    m.d.comb += done.eq(1)
+                done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + 16 + Mux(
+                    half, (groups << 4) + (g << 3), g << 4))
+                with m.If(fetched):
                     lane = beat.lanes[al]
                     with m.If(half):
                         m.d.sync += lane.aux[s].eq(fm.value[:8])
@@ -317,12 +308,8 @@ class ComputeUnit(wiring.Component):
                                 m.d.sync += al.eq(0)
                                 m.next = "SHIFTS"
             with m.State("SHIFTS"):  # the rows' exponents
-                done = Signal()
-                fetched = get(fm, Buffer.META, mrow << lb, row_ok)
-                with m.If(~row_ok):
-                    m.d.comb += done.eq(1)
-                with m.Elif(fetched):
-                    m.d.comb += done.eq(1)
+                done, fetched = fetch_unless(~row_ok, fm, Buffer.META, mrow << lb)
+                with m.If(fetched):
                     m.d.sync += beat.lanes[al].shift.eq(fm.value[:16])
                 with m.If(done):
                     m.d.sync += al.eq(al + 1)

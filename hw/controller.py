@@ -58,6 +58,12 @@ IssueLayout = data.StructLayout({
 })
 
 
+def unit_members() -> dict:
+    """What every execution unit has towards the controller: the issue stream, a completion
+    pulse, and a fault code (non-zero while busy: the instruction failed)."""
+    return {"issue": In(stream.Signature(IssueLayout)), "complete": Out(1), "fault": Out(8)}
+
+
 def legality(word) -> tuple:
     """``(fault, any)``: the first :class:`Fault` of a word (as the Python decoder orders
     them) and whether there is one, as Amaranth expressions."""

@@ -17,7 +17,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import command_layout
-from hw.controller import Fault, IssueLayout
+from hw.controller import Fault, unit_members
 from llmacc import isa
 from llmacc.config import AccelConfig
 
@@ -32,9 +32,7 @@ class _Mover(wiring.Component):
         self.depth = {b: cfg.buffer_words(b) for b in isa.Buffer}
         self.addr_bits = max(self.depth.values()).bit_length()
         super().__init__({
-            "issue": In(stream.Signature(IssueLayout)),
-            "complete": Out(1),
-            "fault": Out(8),
+            **unit_members(),
             "chan": Out(range(max(2, cfg.mem_channels))),  #: channel of the instruction
             "cmd": Out(stream.Signature(command_layout(cfg.axi_addr_bits))),
             "data": data_flow(stream.Signature(8 * self.word_bytes)),

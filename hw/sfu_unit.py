@@ -17,11 +17,11 @@ the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction wri
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from hw.buffer_access import FieldFetch, FieldPacker, read_port, write_port
-from hw.controller import Fault, IssueLayout
+from hw.controller import Fault, unit_members
 from hw.serial_arith import SerialDivider
 from hw.sfu import ElementSfu
 from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
@@ -43,9 +43,7 @@ class SfuUnit(wiring.Component):
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
-            "issue": In(stream.Signature(IssueLayout)),
-            "complete": Out(1),
-            "fault": Out(8),
+            **unit_members(),
             "rd_a": Out(read_port(cfg)),
             "rd_b": Out(read_port(cfg)),
             "wr": Out(write_port(cfg)),

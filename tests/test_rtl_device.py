@@ -15,13 +15,13 @@ SMALL = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8, max_seq_l
 def test_rtl_backend_is_bit_exact(verilator_env, seed):
     im = tiny_int_model(seed, "w4a8", layers=1)
     cm = compile_model(im, SMALL, max_len=16)
-    tokens = random_sequences(seed + 1, 1, 7, im.config.vocab_size)[0]
+    tokens = random_sequences(seed + 1, 1, 4, im.config.vocab_size)[0]
     device = RtlDevice(cm, seed=seed)
     try:
-        check_run(im, device, tokens, 5, f"rtl seed {seed}")
+        check_run(im, device, tokens, 3, f"rtl seed {seed}")  # a prefill and a decode step
     finally:
         device.close()
-    assert len(device.stats) == 3
+    assert len(device.stats) == 2
     for stats in device.stats:  # the top's counters came back
         assert stats.cycles > 0 and stats.instructions > 0
         assert 0 < stats.busy["COMPUTE"] < stats.cycles and stats.busy["SFU"] > 0
