@@ -116,6 +116,20 @@ class BufferBank(wiring.Component):
                     m.d.comb += target.eq(word)
 
 
+def word_count(nbytes, w: int):
+    """Whole ``w``-byte words for ``nbytes`` bytes, as an Amaranth expression
+    (``llmacc.layout.words`` in hardware)."""
+    return (nbytes + (w - 1)) >> (w - 1).bit_length()
+
+
+def snoop_writes(m: Module, fetches, port) -> None:
+    """Let ``fetches`` see the writes of ``port`` (their unit's own), so that a cached word
+    it overwrites is read again."""
+    for fx in fetches:
+        m.d.comb += [fx.snoop.en.eq(port.en), fx.snoop.grant.eq(port.grant),
+                     fx.snoop.buf.eq(port.buf), fx.snoop.addr.eq(port.addr)]
+
+
 FetchRequest = data.StructLayout({"buf": Buffer, "bit": 32})
 
 

@@ -27,7 +27,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from hw.buffer_access import FieldFetch, read_port, write_port
+from hw.buffer_access import FieldFetch, read_port, snoop_writes, word_count, write_port
 from hw.controller import Fault, IssueLayout, unit_members
 from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
@@ -91,13 +91,12 @@ class ComputeUnit(wiring.Component):
             fetch[name] = fx = FieldFetch(cfg)
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
-            m.d.comb += [fx.snoop.en.eq(self.wr.en), fx.snoop.grant.eq(self.wr.grant),
-                         fx.snoop.buf.eq(self.wr.buf), fx.snoop.addr.eq(self.wr.addr)]
+        snoop_writes(m, fetch.values(), self.wr)
         fa, fw, fm, fo = fetch["act"], fetch["wgt"], fetch["meta"], fetch["out"]
         depth = {b: cfg.buffer_words(b) for b in Buffer}
 
         def words(nbytes):
-            return (nbytes + (w - 1)) >> lw
+            return word_count(nbytes, w)
 
         def get(fx, buf, bit, when=1):
             """Request a field (while ``when``); true when ``fx.value`` holds it."""

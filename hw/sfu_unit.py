@@ -20,7 +20,14 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from hw.buffer_access import FieldFetch, FieldPacker, read_port, write_port
+from hw.buffer_access import (
+    FieldFetch,
+    FieldPacker,
+    read_port,
+    snoop_writes,
+    word_count,
+    write_port,
+)
 from hw.controller import Fault, unit_members
 from hw.serial_arith import SerialDivider
 from hw.sfu import ElementSfu
@@ -65,12 +72,10 @@ class SfuUnit(wiring.Component):
         wiring.connect(m, fa.port, wiring.flipped(self.rd_a))
         wiring.connect(m, fb.port, wiring.flipped(self.rd_b))
         wiring.connect(m, pk.port, wiring.flipped(self.wr))
-        for fetch in (fa, fb):
-            m.d.comb += [fetch.snoop.en.eq(pk.port.en), fetch.snoop.grant.eq(pk.port.grant),
-                         fetch.snoop.buf.eq(pk.port.buf), fetch.snoop.addr.eq(pk.port.addr)]
+        snoop_writes(m, (fa, fb), pk.port)
 
         def words(nbytes):
-            return (nbytes + (w - 1)) >> lw
+            return word_count(nbytes, w)
 
         f = Signal(SfuFields)
         pos, sink, window = Signal(32), Signal(32), Signal(32)
@@ -100,7 +105,7 @@ class SfuUnit(wiring.Component):
         cr, cg = Signal(28), Signal(16)  # consumer records done; KV group within row
         rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
         produced, consumed = Signal(), Signal()
-        cstate = Signal(range(4))  # consumer: 0 body, 1 header m, 2 header e / mid, 3 padding
+        cstate = Signal(range(4))  # consumer: 0 body, 1 header, 2 KV record start, 3 padding
         pad_left = Signal(16)
 
         depth = {b: cfg.buffer_words(b) for b in Buffer}
