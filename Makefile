@@ -13,7 +13,13 @@ MODEL ?= $(SHARED)/models/stories260K/stories260K.bin
 TOKENIZER ?= $(SHARED)/models/stories260K/tok512.bin
 TEXT ?= $(SHARED)/data/tinystories_val_dev.txt
 
-.PHONY: setup test sim lint docs bench clean help
+BOARD ?= u280
+CONFIG ?= u280
+DEMO_SCHEME ?= w4-mixed-a8kv4
+DEMO_PROMPT ?= Once upon a time
+DEMO := build/demo/stories260K-$(DEMO_SCHEME)
+
+.PHONY: setup test sim lint docs bench demo bitstream synth-report clean help
 
 help:
 	@echo "make setup     create .venv and install the pinned toolchain"
@@ -23,6 +29,10 @@ help:
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
 	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
 	@echo "               (tables in build/bench/)"
+	@echo "make demo      compile the shipped model and generate text on the emulator"
+	@echo "make bitstream BOARD=u280 CONFIG=u280 [REQUIRE_VIVADO=1]"
+	@echo "               Vitis build tree in build/bitstream/; runs Vivado/v++ if on PATH"
+	@echo "make synth-report  yosys synth_xilinx resource counts per block"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +59,20 @@ bench: $(VENV)/.installed
 		--table build/bench/compiler.md
 	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
 		--max-stories 40 --table build/bench/quant_ppl.md
+
+$(DEMO)/manifest.json: | $(VENV)/.installed
+	$(VENV)/bin/llmacc compile --model $(MODEL) --tokenizer $(TOKENIZER) \
+		--scheme $(DEMO_SCHEME) --config sim-small --calib-text $(TEXT) -o $(DEMO)
+
+demo: $(DEMO)/manifest.json
+	$(VENV)/bin/llmacc run --package $(DEMO) --prompt "$(DEMO_PROMPT)" --max-tokens 120
+
+bitstream: $(VENV)/.installed
+	$(TOOLENV) $(VENV)/bin/llmacc bitstream --board $(BOARD) --config $(CONFIG)
+
+synth-report: $(VENV)/.installed
+	mkdir -p build
+	$(PY) -m boards.synth_report --config $(CONFIG) | tee build/synth-report.md
 
 docs: $(VENV)/.installed
 	$(PY) -m llmacc.isa_doc > docs/ISA.md

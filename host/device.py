@@ -15,9 +15,42 @@ import torch
 from compiler.compile import CompiledModel
 from compiler.lower import Program
 from host.emulator import Emulator, RunStats
-from llmacc.isa import Reg
+from llmacc import isa
+from llmacc.isa import Opcode, Reg, SysFunc
 
 Tensor = torch.Tensor
+BACKENDS = ("emulator", "rtl", "xrt")
+
+
+class DeviceError(RuntimeError):
+    """The device ended a program with a fault, or the device is missing or failed."""
+
+
+def kernel_program(program: Program, regs: dict[Reg, int]) -> bytes:
+    """The words a kernel runs: SETREG for each run-time register, then the program."""
+    words = [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=v) for r, v in regs.items()]
+    return isa.encode_program(words + list(program.instructions))
+
+
+def kernel_program_bytes(compiled: CompiledModel) -> int:
+    """Instruction memory for the longest program with its SETREG words (a power of two)."""
+    longest = max(len(p.instructions) for p in compiled.programs.values())
+    return 1 << max(12, ((longest + len(Reg) + 1) * isa.WORD_BYTES - 1).bit_length())
+
+
+def kernel_stats(program: Program, regs: dict[Reg, int], status: int, cycles: int,
+                 counters: dict[str, int]) -> RunStats:
+    """A kernel run's statistics from its status and counter registers (``hw/axi.py``);
+    a fault raises :class:`DeviceError` naming the fault and the program's instruction."""
+    if status & 1:
+        from hw.controller import Fault
+
+        fault, pc = status >> 8 & 0xFF, status >> 16
+        name = Fault(fault).name if fault in {f.value for f in Fault} else str(fault)
+        raise DeviceError(f"the accelerator stopped with fault {name} at instruction "
+                          f"{pc - len(regs)} of {program.kind} {program.length}")
+    busy = {u.name: counters[f"busy_{u.name.lower()}"] for u in isa.Unit}
+    return RunStats(instructions=counters["dispatched"], cycles=cycles, busy=busy)
 
 
 class Device(ABC):
@@ -96,3 +129,19 @@ class EmulatorDevice(Device):
 
     def close(self) -> None:
         """Nothing to release: the emulator lives in this process."""
+
+
+def open_device(backend: str, compiled: CompiledModel, *, xclbin: str | None = None,
+                card: int = 0) -> Device:
+    """A device of ``backend`` (one of :data:`BACKENDS`) with ``compiled`` loaded."""
+    if backend == "emulator":
+        return EmulatorDevice(compiled)
+    if backend == "rtl":
+        from host.rtl_device import RtlDevice
+
+        return RtlDevice(compiled)
+    if backend == "xrt":
+        from host.xrt_device import XrtDevice
+
+        return XrtDevice(compiled, xclbin, card)
+    raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")

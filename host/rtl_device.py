@@ -24,16 +24,11 @@ import numpy as np
 
 from compiler.compile import CompiledModel
 from compiler.lower import Program
-from host.device import Device
+from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
 from host.emulator import RunStats
-from llmacc import isa
-from llmacc.isa import Opcode, Reg, SysFunc
+from llmacc.isa import Reg
 
 CONNECT_TIMEOUT_S = 1800  #: the first use may convert and Verilate the top (minutes)
-
-
-class DeviceError(RuntimeError):
-    """The device ended a program with a fault, or the simulation failed."""
 
 
 class RtlDevice(Device):
@@ -42,15 +37,11 @@ class RtlDevice(Device):
     def __init__(self, compiled: CompiledModel, *, seed: int = 1):
         super().__init__(compiled)
         from hw.accelerator import Accelerator
-        from hw.controller import Fault
         from sim import verilator
 
-        self._fault_names = {f.value: f.name for f in Fault}
         cfg = compiled.config
         model = verilator.build(Accelerator(cfg), "llmacc_top")
-        longest = max(len(p.instructions) for p in compiled.programs.values())
-        self._insn_bytes = 1 << max(12, ((longest + len(Reg) + 1) * isa.WORD_BYTES - 1)
-                                    .bit_length())
+        self._insn_bytes = kernel_program_bytes(compiled)
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(1.0)
         env = {"LLMACC_SERVER": f"127.0.0.1:{listener.getsockname()[1]}",
@@ -107,18 +98,9 @@ class RtlDevice(Device):
         return np.frombuffer(data, dtype=np.uint8).copy()
 
     def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats:
-        words = [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=v)
-                 for r, v in regs.items()] + list(program.instructions)
-        answer = self._call(op="run", program=isa.encode_program(words).hex())
-        status = answer["status"]
-        if status & 1:
-            fault, pc = status >> 8 & 0xFF, status >> 16
-            raise DeviceError(f"the accelerator stopped with fault "
-                              f"{self._fault_names.get(fault, fault)} at instruction "
-                              f"{pc - len(regs)} of {program.kind} {program.length}")
-        c = answer["counters"]
-        busy = {u.name: c[f"busy_{u.name.lower()}"] for u in isa.Unit}
-        return RunStats(instructions=c["dispatched"], cycles=answer["cycles"], busy=busy)
+        answer = self._call(op="run", program=kernel_program(program, regs).hex())
+        return kernel_stats(program, regs, answer["status"], answer["cycles"],
+                            answer["counters"])
 
     def close(self) -> None:
         if self._thread.is_alive():

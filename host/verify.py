@@ -14,83 +14,117 @@ import time
 import torch
 
 from compiler import package
-from host.device import Device, EmulatorDevice
+from host.device import BACKENDS, Device, open_device
 from quant import intref, tokenizer
 
-BACKENDS = ("emulator", "rtl")
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_device_arguments(p: argparse.ArgumentParser, default: str = "emulator") -> None:
+    """The package, tokenizer and back-end options of verify, run and sim."""
     p.add_argument("--package", required=True, help="package directory from llmacc compile")
-    p.add_argument("--backend", choices=BACKENDS, default="emulator")
-    p.add_argument("--prompt", required=True, help="prompt text (BOS is prepended)")
-    p.add_argument("--tokens", type=int, default=16, help="decode steps after the prefill")
+    p.add_argument("--backend", choices=BACKENDS, default=default)
+    p.add_argument("--xclbin", default=None, help="the board flow's xclbin (xrt back end)")
+    p.add_argument("--card", type=int, default=0, help="XRT device index (xrt back end)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer (default: the one stored in the package)")
 
 
-def make_device(backend: str, cm) -> Device:
-    if backend == "emulator":
-        return EmulatorDevice(cm)
-    if backend == "rtl":
-        from host.rtl_device import RtlDevice
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_device_arguments(p)
+    p.add_argument("--prompt", required=True, help="prompt text (BOS is prepended)")
+    p.add_argument("--tokens", type=int, default=16, help="decode steps after the prefill")
 
-        return RtlDevice(cm)
-    raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
+
+def load_tokenizer(args: argparse.Namespace, cm) -> tokenizer.Tokenizer:
+    tok_path = args.tokenizer or package.tokenizer_path(args.package)
+    if tok_path is None:
+        raise ValueError(f"{args.package} holds no tokenizer; pass --tokenizer")
+    return tokenizer.load(tok_path, cm.model.config.vocab_size)
 
 
 def first_difference(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in (got != ref).nonzero()[0])
 
 
-def run(args: argparse.Namespace) -> int:
-    cm, _ = package.load(args.package)
-    tok_path = args.tokenizer or package.tokenizer_path(args.package)
-    if tok_path is None:
-        raise ValueError(f"{args.package} holds no tokenizer; pass --tokenizer")
-    tok = tokenizer.load(tok_path, cm.model.config.vocab_size)
+def add_sim_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--package", required=True, help="package directory from llmacc compile")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer (default: the one stored in the package)")
+    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended)")
+    p.add_argument("--tokens", type=int, default=2, help="decode steps after the prefill")
+
+
+def _prompt(args: argparse.Namespace, cm, tok) -> list[int]:
     prompt = tok.encode(args.prompt)
     if args.tokens < 0:
         raise ValueError("--tokens must be >= 0")
-    total = len(prompt) + args.tokens
-    if total > cm.host.max_len:
+    if len(prompt) + args.tokens > cm.host.max_len:
         raise ValueError(f"{len(prompt)} prompt tokens + {args.tokens} steps exceed the "
                          f"package's context of {cm.host.max_len}")
-    device = make_device(args.backend, cm)
+    return prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    cm, _ = package.load(args.package)
+    tok = load_tokenizer(args, cm)
+    prompt = _prompt(args, cm, tok)
+    device = open_device(args.backend, cm, xclbin=args.xclbin, card=args.card)
     try:
-        return _compare(args, cm, tok, prompt, device)
+        return _compare(args.backend, args.tokens, cm, tok, prompt, device)
     finally:
         device.close()
 
 
-def _compare(args: argparse.Namespace, cm, tok, prompt: list[int], device: Device) -> int:
-    total = len(prompt) + args.tokens
-    cache = intref.IntKVCache.empty(cm.model.config, total)
+def run_sim(args: argparse.Namespace) -> int:
+    """``llmacc sim``: the package on the Verilated RTL, the emulator beside it; every step's
+    logits against the integer reference and the RTL's counted cycles against the model's."""
+    cm, _ = package.load(args.package)
+    tok = load_tokenizer(args, cm)
+    prompt = _prompt(args, cm, tok)
+    model = open_device("emulator", cm)
+    device = open_device("rtl", cm)
+    try:
+        return _compare("rtl", args.tokens, cm, tok, prompt, device, model)
+    finally:
+        device.close()
+
+
+def _compare(backend: str, decode_steps: int, cm, tok, prompt: list[int], device: Device,
+             model: Device | None = None) -> int:
+    """Prefill and ``decode_steps`` greedy steps on ``device`` (and on ``model``, the
+    emulator, whose cycles are printed beside the device's) against the integer reference."""
+    cache = intref.IntKVCache.empty(cm.model.config, len(prompt) + decode_steps)
     steps = matches = 0
     reported = False
     tokens = list(prompt)
     dev_s = 0.0
-    for step in range(1 + args.tokens):
+    for step in range(1 + decode_steps):
+        args = (prompt,) if step == 0 else (tokens[-1], len(tokens) - 1)
         start = time.perf_counter()
-        if step == 0:
-            got = device.prefill(prompt)
-        else:
-            got = device.decode(tokens[-1], len(tokens) - 1).unsqueeze(0)
+        got = device.prefill(*args) if step == 0 else device.decode(*args).unsqueeze(0)
         dev_s += time.perf_counter() - start
         ref = cm.model.forward(torch.tensor(prompt if step == 0 else tokens[-1:]), cache)
+        results = [(backend, got)]
+        if model is not None:
+            modelled = model.prefill(*args) if step == 0 else model.decode(*args).unsqueeze(0)
+            results.append(("emulator", modelled))
+            counted, est = device.stats[-1].cycles, model.stats[-1].cycles
+            print(f"step {step}: {backend} {counted} cycles, cycle model {est} "
+                  f"({est / counted - 1:+.1%})")
         steps += 1
-        if torch.equal(got, ref):
+        if all(torch.equal(r, ref) for _, r in results):
             matches += 1
         elif not reported:
-            pos = first_difference(got, ref)
+            name, bad = next((n, r) for n, r in results if not torch.equal(r, ref))
+            pos = first_difference(bad, ref)
             row = pos[0] if step == 0 else len(tokens) - 1
             print(f"first difference: step {step} ({'prefill' if step == 0 else 'decode'}), "
-                  f"position {row}, logit {pos[1]}: {args.backend} {int(got[pos])} != "
+                  f"position {row}, logit {pos[1]}: {name} {int(bad[pos])} != "
                   f"reference {int(ref[pos])}")
             reported = True
         tokens.append(int(torch.argmax(ref[-1])))
     cycles = sum(s.cycles for s in device.stats)
-    print(f"{args.backend}: {steps} steps ({len(prompt)} prompt tokens) in {dev_s:.2f} s, "
-          f"{cycles} modelled cycles; text: {tok.decode(tokens[len(prompt):])!r}")
+    kind = "counted" if backend != "emulator" else "modelled"
+    print(f"{backend}: {steps} steps ({len(prompt)} prompt tokens) in {dev_s:.2f} s, "
+          f"{cycles} {kind} cycles; text: {tok.decode(tokens[len(prompt):])!r}")
     print(f"bit-exact: {matches}/{steps}")
     return 0 if matches == steps else 1

@@ -129,7 +129,7 @@ class Accelerator(wiring.Component):
         m = Module()
         cfg = self.cfg
         addr_bits, data_bits = cfg.axi_addr_bits, cfg.axi_data_bits
-        m.submodules.control = ctrl = ControlSlave(cfg.fingerprint())
+        m.submodules.control = ctrl = ControlSlave(cfg.fingerprint(), cfg.mem_channels)
         wiring.connect(m, wiring.flipped(self.s_axi_control), ctrl.s_axi)
         m.d.comb += self.interrupt.eq(ctrl.interrupt)
         m.submodules.controller = controller = Controller(cfg.insn_queue_depth)
@@ -171,8 +171,10 @@ class Accelerator(wiring.Component):
             wiring.connect(m, getattr(controller, f"issue_{name}"), unit.issue)
             m.d.comb += [getattr(controller, f"complete_{name}").eq(unit.complete),
                          getattr(controller, f"fault_{name}").eq(unit.fault)]
-        self._route(m, load, readers)
-        self._route(m, store, writers)
+        bases = [Cat(getattr(ctrl, f"ch{c}_lo"), getattr(ctrl, f"ch{c}_hi"))[:addr_bits]
+                 for c in range(cfg.mem_channels)]
+        self._route(m, load, readers, bases)
+        self._route(m, store, writers, bases)
         reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out, sfu.rd_a,
                  sfu.rd_b]
         writes = [compute.wr, sfu.wr]
@@ -212,11 +214,13 @@ class Accelerator(wiring.Component):
                              getattr(controller, f"stall_cycles_{name}")[:32])]
         return m
 
-    def _route(self, m: Module, unit, masters) -> None:
-        """Connect a mover's command and data streams to the master of its channel."""
-        for c, port in enumerate(masters):
+    def _route(self, m: Module, unit, masters, bases) -> None:
+        """Connect a mover's command and data streams to the master of its channel; the
+        channel's base address (a kernel argument) is added to the command's address."""
+        for c, (port, base) in enumerate(zip(masters, bases, strict=True)):
             mine = unit.chan == c
             m.d.comb += [port.cmd.payload.eq(unit.cmd.payload),
+                         port.cmd.payload.addr.eq(unit.cmd.payload.addr + base),
                          port.cmd.valid.eq(unit.cmd.valid & mine)]
             data_in, data_out = (port.data, unit.data) if isinstance(port, AxiReadMaster) \
                 else (unit.data, port.data)

@@ -5,8 +5,11 @@
   the data as a stream. One pair per external-memory channel (HBM pseudo-channel on U280).
 * :class:`ControlSlave`: the ``ap_ctrl_hs`` block at 0x00 that Vitis and XRT expect
   (ap_start, ap_done clear-on-read, ap_idle, ap_ready; GIE/IER/ISR at 0x04/0x08/0x0C) and the
-  kernel arguments from 0x10 (:data:`ARGS`, the one register map the host runtime imports).
+  kernel arguments from 0x10 (:func:`register_map`, the one register map that the host runtime
+  and the board flow's kernel.xml import).
 """
+
+from typing import NamedTuple
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -152,25 +155,52 @@ class AxiWriteMaster(_BurstMaster):
         return m
 
 
-#: Kernel arguments after the ap_ctrl block: (name, offset, access).
+class Register(NamedTuple):
+    """One 32-bit register of the control slave after the ap_ctrl block."""
+
+    name: str
+    offset: int
+    access: str  #: "rw" (the host writes it) or "r"
+    arg: str = ""  #: the Vitis kernel argument it belongs to ("" for none)
+    port: str = ""  #: the AXI master a pointer argument addresses ("" for a scalar)
+
+
+#: Fixed registers: (name, offset, access[, kernel argument, port]).
 ARGS = (
-    ("program_lo", 0x10, "rw"),  #: byte address of the program (low word)
-    ("program_hi", 0x14, "rw"),
-    ("program_words", 0x18, "rw"),  #: instruction words to run
-    ("status", 0x1C, "r"),  #: bit 0 error, bits 8..15 fault code, bits 16..31 fault pc
-    ("cycles_lo", 0x20, "r"),
-    ("cycles_hi", 0x24, "r"),
-    ("hw_id", 0x28, "r"),  #: AccelConfig.fingerprint()
-    ("dispatched", 0x2C, "r"),  #: instructions dispatched in the last run
+    Register("program_lo", 0x10, "rw", "program", "m_axi_insn"),  #: byte address of the program
+    Register("program_hi", 0x14, "rw", "program", "m_axi_insn"),
+    Register("program_words", 0x18, "rw", "program_words"),  #: instruction words to run
+    Register("status", 0x1C, "r"),  #: bit 0 error, bits 8..15 fault code, bits 16..31 fault pc
+    Register("cycles_lo", 0x20, "r"),
+    Register("cycles_hi", 0x24, "r"),
+    Register("hw_id", 0x28, "r"),  #: AccelConfig.fingerprint()
+    Register("dispatched", 0x2C, "r"),  #: instructions dispatched in the last run
     # per unit (isa.Unit order), cycles of the last run: busy, and waiting for tokens
-    ("busy_load", 0x30, "r"), ("stall_load", 0x34, "r"),
-    ("busy_compute", 0x38, "r"), ("stall_compute", 0x3C, "r"),
-    ("busy_sfu", 0x40, "r"), ("stall_sfu", 0x44, "r"),
-    ("busy_store", 0x48, "r"), ("stall_store", 0x4C, "r"),
+    Register("busy_load", 0x30, "r"), Register("stall_load", 0x34, "r"),
+    Register("busy_compute", 0x38, "r"), Register("stall_compute", 0x3C, "r"),
+    Register("busy_sfu", 0x40, "r"), Register("stall_sfu", 0x44, "r"),
+    Register("busy_store", 0x48, "r"), Register("stall_store", 0x4C, "r"),
 )
+CHANNEL_BASE = 0x50  #: the first channel's base address; 8 bytes per channel
+LITE_ADDR_BITS = 12  #: the control slave decodes 4 KiB
 
 
-def lite_signature(addr_bits: int = 12) -> wiring.Signature:
+def register_map(channels: int) -> tuple[Register, ...]:
+    """Every register of a kernel with ``channels`` memory channels.
+
+    Each channel ``c`` has a 64-bit base address (``ch<c>_lo``/``ch<c>_hi``, kernel argument
+    ``ch<c>`` on port ``m_axi_ch<c>``) that the kernel adds to every address it issues on that
+    channel: XRT places each buffer where it likes, and the programs stay position-free.
+    """
+    if channels < 1 or CHANNEL_BASE + 8 * channels > 1 << LITE_ADDR_BITS:
+        raise ValueError(f"{channels} channels do not fit the control slave's register space")
+    bases = tuple(Register(f"ch{c}_{half}", CHANNEL_BASE + 8 * c + 4 * i, "rw", f"ch{c}",
+                           f"m_axi_ch{c}")
+                  for c in range(channels) for i, half in enumerate(("lo", "hi")))
+    return ARGS + bases
+
+
+def lite_signature(addr_bits: int = LITE_ADDR_BITS) -> wiring.Signature:
     """An AXI4-Lite port seen from the slave (subordinate)."""
     return wiring.Signature({
         "awaddr": In(addr_bits), "awvalid": In(1), "awready": Out(1),
@@ -182,19 +212,20 @@ def lite_signature(addr_bits: int = 12) -> wiring.Signature:
 
 
 class ControlSlave(wiring.Component):
-    """AXI4-Lite slave with the Vitis ``ap_ctrl_hs`` protocol and :data:`ARGS`.
+    """AXI4-Lite slave with the Vitis ``ap_ctrl_hs`` protocol and :func:`register_map`.
 
     ``ap_start`` rises when the host writes bit 0 of 0x00 and falls when the kernel takes the
     start (``start`` pulse); ``finish`` from the kernel sets ``ap_done`` (cleared when 0x00 is
     read) and ``ap_idle``, and raises the interrupt when enabled (GIE and IER bit 0).
     """
 
-    def __init__(self, hw_id: int):
+    def __init__(self, hw_id: int, channels: int = 1):
         self.hw_id = hw_id
+        self.registers = register_map(channels)
         members = {"s_axi": Out(lite_signature()), "start": Out(1), "finish": In(1),
                    "interrupt": Out(1)}
-        for name, _, access in ARGS:
-            members[name] = Out(32) if access == "rw" else In(32)
+        for reg in self.registers:
+            members[reg.name] = Out(32) if reg.access == "rw" else In(32)
         members.pop("hw_id")
         super().__init__(members)
 
@@ -204,7 +235,7 @@ class ControlSlave(wiring.Component):
         ap_start, ap_done, ap_idle = Signal(), Signal(), Signal(init=1)
         gie, ier, isr = Signal(), Signal(2), Signal(2)
         # write channel: take address and data together, answer OKAY
-        wa = Signal(12)
+        wa = Signal(LITE_ADDR_BITS)
         m.d.comb += [bus.awready.eq(bus.awvalid & bus.wvalid & ~bus.bvalid),
                      bus.wready.eq(bus.awvalid & bus.wvalid & ~bus.bvalid)]
         with m.If(bus.bvalid & bus.bready):
@@ -221,10 +252,10 @@ class ControlSlave(wiring.Component):
                     m.d.sync += ier.eq(bus.wdata[:2])
                 with m.Case(0x0C):
                     m.d.sync += isr.eq(isr ^ bus.wdata[:2])
-                for name, offset, access in ARGS:
-                    if access == "rw":
-                        with m.Case(offset):
-                            m.d.sync += getattr(self, name).eq(bus.wdata)
+                for reg in self.registers:
+                    if reg.access == "rw":
+                        with m.Case(reg.offset):
+                            m.d.sync += getattr(self, reg.name).eq(bus.wdata)
         with m.If(ap_start):
             m.d.comb += self.start.eq(1)
             m.d.sync += ap_start.eq(0)
@@ -252,9 +283,9 @@ class ControlSlave(wiring.Component):
                     m.d.sync += bus.rdata.eq(ier)
                 with m.Case(0x0C):
                     m.d.sync += bus.rdata.eq(isr)
-                for name, offset, _ in ARGS:
-                    with m.Case(offset):
-                        value = self.hw_id if name == "hw_id" else getattr(self, name)
+                for reg in self.registers:
+                    with m.Case(reg.offset):
+                        value = self.hw_id if reg.name == "hw_id" else getattr(self, reg.name)
                         m.d.sync += bus.rdata.eq(value)
                 with m.Default():
                     m.d.sync += bus.rdata.eq(0)

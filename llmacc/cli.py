@@ -1,4 +1,9 @@
-"""The ``llmacc`` command line. Subcommands arrive with the issues that build them."""
+"""The ``llmacc`` command line (also ``python -m host``).
+
+Every subcommand has ``--help``. Bad input (a missing file, a wrong format, an unknown scheme,
+a package built for another configuration, a missing tool or card) ends with one line,
+``llmacc: error: ...``, and exit code 2; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from quant import eval as quant_eval
 
     return quant_eval.run(args)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from quant import commands
+
+    return commands.run(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from host import run
+
+    return run.run(args)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from host import verify
+
+    return verify.run_sim(args)
+
+
+def _cmd_bitstream(args: argparse.Namespace) -> int:
+    from boards import vitis_flow
+
+    return vitis_flow.run(args)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -53,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_arguments(p)
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("quantize", help="quantize a checkpoint to the integer reference model")
+    from quant.commands import add_arguments as quantize_arguments
+
+    quantize_arguments(p)
+    p.set_defaults(func=_cmd_quantize)
     p = sub.add_parser("compile", help="quantize a checkpoint and compile it to a package")
     from compiler.commands import add_arguments as compile_arguments
 
@@ -63,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify_arguments(p)
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("run", help="generate text from a prompt on a back end")
+    from host.run import add_arguments as run_arguments
+
+    run_arguments(p)
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("sim", help="a package on the Verilated RTL beside the emulator: "
+                                   "bit-exactness and counted against modelled cycles")
+    from host.verify import add_sim_arguments
+
+    add_sim_arguments(p)
+    p.set_defaults(func=_cmd_sim)
+    p = sub.add_parser("bitstream", help="the Vitis build tree for a board; runs Vivado/v++ "
+                                         "when they are on PATH")
+    from boards.vitis_flow import add_arguments as bitstream_arguments
+
+    bitstream_arguments(p)
+    p.set_defaults(func=_cmd_bitstream)
     return parser
 
 
@@ -70,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, RuntimeError) as exc:  # ConfigError is a ValueError
+    except (OSError, ValueError, RuntimeError, ArithmeticError) as exc:
+        # ConfigError, PackageError, CheckpointError are ValueErrors; DeviceError and
+        # EmulatorError RuntimeErrors; NumericsError an ArithmeticError
         if args.debug:
             raise
         print(f"llmacc: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("llmacc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

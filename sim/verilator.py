@@ -119,5 +119,12 @@ def lint(component: wiring.Component, name: str, work: Path) -> subprocess.Compl
     work.mkdir(parents=True, exist_ok=True)
     source = work / f"{name}.v"
     source.write_text(verilog.convert(component, name=name, emit_src=False))
+    return lint_files([source], name, work)
+
+
+def lint_files(sources: list[Path], top: str, work: Path) -> subprocess.CompletedProcess:
+    """``verilator --lint-only -Wall`` on Verilog files, with the project's waivers."""
+    toolchain.apply()
     return subprocess.run(["verilator", "--lint-only", "-Wall", str(LINT_WAIVERS),
-                           source.name], capture_output=True, text=True, cwd=work)
+                           "--top-module", top, *map(str, sources)], capture_output=True,
+                          text=True, cwd=work)

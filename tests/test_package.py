@@ -12,15 +12,7 @@ from host import device as device_mod
 from host.device import EmulatorDevice
 from llmacc import cli, isa
 from llmacc.config import preset
-from tests.quant_helpers import (
-    MODEL,
-    TEXT,
-    TOKENIZER,
-    need_shared,
-    random_sequences,
-    tiny_checkpoint,
-    tiny_int_model,
-)
+from tests.quant_helpers import TOKENIZER, random_sequences, tiny_checkpoint, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 
@@ -110,20 +102,6 @@ def test_save_refuses_to_overwrite_other_files(compiled, tmp_path):
     with pytest.raises(package.PackageError, match="refusing to overwrite"):
         package.save(compiled, other)
     assert (other / "notes.txt").read_text() == "keep me"
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
-    """The shipped model compiled through the command line (short buckets and context)."""
-    need_shared()
-    pkg = tmp_path_factory.mktemp("shipped") / "stories"
-    code = cli.main(["compile", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
-                     "--scheme", "w2a8kv4+lambda4:16", "--config", "sim-small", "-o", str(pkg),
-                     "--calib-text", str(TEXT), "--calib-stories", "16", "--finetune-steps", "0",
-                     "--prefill-bucket", "16", "--decode-bucket", "16", "--max-len", "64",
-                     "--no-progress"])
-    assert code == 0
-    return pkg
 
 
 def test_compile_and_verify_the_shipped_model(shipped, capsys):

@@ -7,7 +7,7 @@ connects and executes one JSON command per line, answering each with one JSON li
 * ``{"op": "read", "chan", "addr", "nbytes"}`` -- answers ``{"data": hex}``;
 * ``{"op": "run", "program": hex}`` -- writes the program to the instruction RAM, starts the
   kernel through the AXI4-Lite control slave, waits for the interrupt and answers
-  ``{"status", "cycles", "counters"}`` (the performance counters of ``hw.axi.ARGS``);
+  ``{"status", "cycles", "counters"}`` (the performance counters of ``hw.axi.register_map``);
 * ``{"op": "quit"}``.
 
 Simulated time only advances inside ``run``; while the host thinks, the simulator waits in
@@ -23,10 +23,9 @@ import cocotb
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from hw.axi import ARGS
-from sim.benches.common import start_clock_and_reset, wait_high
+from sim.benches.common import CONTROL, COUNTERS, GIE, IER, ISR, start_clock_and_reset, wait_high
 
-REG = {name: offset for name, offset, _ in ARGS}
-CONTROL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
+REG = {r.name: r.offset for r in ARGS}  #: the channel bases stay 0: each RAM starts at 0
 
 
 @cocotb.test()
@@ -83,6 +82,6 @@ async def _run(dut, lite, insn, program: bytes, max_cycles: int) -> dict:
     status = await lite.read_dword(REG["status"])
     cycles = await lite.read_dword(REG["cycles_lo"]) | await lite.read_dword(
         REG["cycles_hi"]) << 32
-    counters = {name: await lite.read_dword(offset) for name, offset, _ in ARGS
-                if name.startswith(("busy_", "stall_", "dispatched"))}
+    counters = {name: await lite.read_dword(offset) for name, offset in REG.items()
+                if name.startswith(COUNTERS)}
     return {"status": status, "cycles": cycles, "counters": counters}

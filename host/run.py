@@ -1,0 +1,70 @@
+"""``llmacc run``: a prompt in, generated text out, on any back end.
+
+The text streams to stdout as it is generated. The last line is ``tokens=<n> stop=<why>
+host_tok_s=<decode steps per second on this machine> device_tok_s=<decode steps per second of
+the device at the configuration's clock>``; the device figure comes from the emulator's cycle
+model, or from the cycles the RTL or the card counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compiler import package
+from host.device import open_device
+from host.generate import Sampler, generate
+from host.verify import add_device_arguments, load_tokenizer
+from llmacc import config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_device_arguments(p)
+    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the text contains TEXT (repeatable)")
+    p.add_argument("--stop-token", action="append", type=int, default=None, metavar="ID",
+                   help="stop at this token id (repeatable; default: BOS and EOS)")
+    p.add_argument("--config", default=None,
+                   help="the accelerator configuration you expect the package to be built for "
+                        "(refused if it is not)")
+    p.add_argument("--no-stream", action="store_true", help="print the text at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+    cm, manifest = package.load(args.package)
+    if args.config is not None:
+        want = config.load(args.config)
+        if want.fingerprint() != cm.config.fingerprint():
+            raise ValueError(f"{args.package} was compiled for configuration "
+                             f"{cm.config.name!r}, not {want.name!r}: recompile it with "
+                             f"--config {args.config}")
+    tok = load_tokenizer(args, cm)
+    prompt = tok.encode(args.prompt)
+    stops = None if args.stop_token is None else frozenset(args.stop_token)
+    if stops is not None and any(not 0 <= t < cm.host.vocab for t in stops):
+        raise ValueError(f"stop tokens must lie in 0..{cm.host.vocab - 1}")
+    device = open_device(args.backend, cm, xclbin=args.xclbin, card=args.card)
+    stream = None if args.no_stream else lambda text: print(text, end="", flush=True)
+    try:
+        if stream:
+            print(args.prompt, end="", flush=True)
+        out = generate(device, tok, prompt, args.max_tokens, sampler=sampler,
+                       stop_tokens=stops, stop_text=tuple(args.stop), on_text=stream)
+    finally:
+        device.close()
+    print(args.prompt + out.text if args.no_stream else "")
+    clock = cm.config.clock_mhz
+    print(f"{args.backend}: prompt {len(prompt)} tokens, prefill {out.prefill_s:.2f} s; "
+          f"{out.decode_steps} decode steps in {out.decode_s:.2f} s; device at {clock:g} MHz "
+          f"({cm.config.name}, {manifest.get('scheme', '?')}): prefill "
+          f"{out.prefill_cycles} cycles, decode {out.decode_cycles} cycles", file=sys.stderr)
+    print(f"tokens={len(out.tokens)} stop={out.stop} host_tok_s={out.tokens_per_s():.2f} "
+          f"device_tok_s={out.device_tokens_per_s(clock):.1f}")
+    return 0

@@ -1,0 +1,106 @@
+"""``llmacc quantize``: checkpoint -> the integer reference model, saved for ``llmacc compile``.
+
+The quantized model file holds the integer model's tensors (``intref.to_state``), the scheme
+and the checkpoint it came from. It loads with ``torch.load(weights_only=True)``; anything else
+is refused with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import torch
+
+from quant import checkpoint, intref, schemes, tokenizer
+from quant.eval import (
+    CALIB_STORIES,
+    calibration_sequences,
+    prepare_sequences,
+    sampled_sequences,
+)
+
+FORMAT = "llmacc-intmodel"
+FORMAT_VERSION = 1
+SAMPLED_CALIB = 64  #: self-generated calibration sequences when no text is given
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The checkpoint, tokenizer, scheme and calibration options of quantize and compile."""
+    p.add_argument("--model", help="llama2.c .bin or Hugging Face directory")
+    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
+    p.add_argument("--scheme", help="quantization scheme preset[+N:M][+lambdaSINK:WINDOW]; "
+                                    "presets: " + ", ".join(schemes.PRESETS))
+    p.add_argument("--calib-text", default=None,
+                   help="calibration text (its last stories); default: text sampled from the "
+                        "float model itself")
+    p.add_argument("--calib-stories", type=int, default=None)
+    p.add_argument("--group", type=int, default=None, help="weight group size override")
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampled calibration text")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_source_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="quantized model file (.pt)")
+
+
+def quantize(args: argparse.Namespace) -> intref.IntModel:
+    """The integer model of ``args.model`` under ``args.scheme`` (both required)."""
+    if not args.model or not args.scheme:
+        raise ValueError("give --model and --scheme (or --quantized FILE to llmacc compile)")
+    ckpt = checkpoint.load(args.model)
+    tok = tokenizer.load(args.tokenizer, ckpt.config.vocab_size)
+    scheme = schemes.parse(args.scheme, args.group, args.finetune_steps)
+    if not scheme.quantized:
+        raise ValueError("the accelerator runs quantized schemes; 'float' cannot be quantized "
+                         "to an integer model")
+    if args.calib_text:
+        calib = calibration_sequences(tok, args.calib_text, args.calib_stories or CALIB_STORIES,
+                                      ckpt.config.seq_len)
+    else:
+        calib = sampled_sequences(ckpt, args.calib_stories or SAMPLED_CALIB, 256, args.seed)
+    return intref.build(prepare_sequences(ckpt, scheme, calib, not args.no_progress))
+
+
+def save(im: intref.IntModel, path: str | Path, scheme: str, source: str) -> None:
+    blob = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "scheme": scheme,
+                "source": source, "state": intref.to_state(im)}, blob)
+    Path(path).write_bytes(blob.getvalue())
+
+
+def load(path: str | Path) -> tuple[intref.IntModel, str]:
+    """The integer model in a quantized model file, and its scheme."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        saved = torch.load(io.BytesIO(blob), weights_only=True)
+    except Exception:  # noqa: BLE001 - any unpickling failure means a wrong file
+        raise ValueError(f"{path}: not a quantized model file (llmacc quantize -o)") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a quantized model file (llmacc quantize -o)")
+    if saved.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {saved.get('format_version')}, this llmacc "
+                         f"reads {FORMAT_VERSION}; quantize again")
+    try:
+        return intref.from_state(saved["state"]), str(saved.get("scheme", ""))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    im = quantize(args)
+    save(im, args.output, args.scheme, str(args.model))
+    c = im.config
+    print(f"model: dim {c.dim}, {c.n_layers} layers, vocab {c.vocab_size}; scheme {args.scheme}; "
+          f"{time.perf_counter() - start:.1f} s")
+    print(f"quantized={args.output} scheme={args.scheme}")
+    return 0

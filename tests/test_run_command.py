@@ -1,0 +1,116 @@
+"""``llmacc run``, ``quantize`` and ``python -m host`` on the shipped model (emulator back
+end), and the one-line errors of bad input."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compiler import package
+from llmacc import cli
+from quant import tokenizer
+from tests.quant_helpers import MODEL, TOKENIZER
+
+LAST = re.compile(r"^tokens=(\d+) stop=(\w+) host_tok_s=([\d.]+) device_tok_s=([\d.]+)$")
+
+
+def _run(capsys, *argv) -> tuple[int, list[str], str]:
+    code = cli.main(["run", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+def test_run_prints_the_integer_models_text(shipped, capsys):
+    code, out, _ = _run(capsys, "--package", str(shipped), "--prompt", "Once upon a time",
+                        "--max-tokens", "12", "--stop-token", "2")
+    assert code == 0
+    m = LAST.match(out[-1])
+    assert m and m.group(1, 2) == ("12", "length"), out[-1]
+    assert float(m.group(4)) > 0  # the modelled device rate
+    cm, _ = package.load(shipped)
+    tok = tokenizer.load(TOKENIZER, cm.model.config.vocab_size)
+    prompt = tok.encode("Once upon a time")
+    text = tok.decode(cm.model.generate(prompt, 12))
+    assert out[0] == "Once upon a time" + text.removeprefix(" ") or \
+        out[0] == "Once upon a time" + text
+
+
+def test_sampling_is_reproducible(shipped, capsys):
+    argv = ("--package", str(shipped), "--prompt", "One day", "--max-tokens", "10",
+            "--temperature", "0.9", "--top-p", "0.9", "--top-k", "40", "--seed", "7",
+            "--no-stream")
+    first = _run(capsys, *argv)
+    second = _run(capsys, *argv)
+    assert first[0] == 0 and first[1][0] == second[1][0]
+
+
+def test_stop_text_ends_the_text(shipped, capsys):
+    code, out, _ = _run(capsys, "--package", str(shipped), "--max-tokens", "40", "--stop", ".")
+    assert code == 0 and LAST.match(out[-1]).group(2) in ("text", "token")
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--config", "u280"], "compiled for configuration 'sim-small', not 'u280'"),
+    (["--backend", "xrt"], "needs --xclbin"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--stop-token", "9999"], "stop tokens must lie in 0..511"),
+    (["--max-tokens", "-3"], "max tokens must be >= 0"),
+])
+def test_run_errors_are_one_line(shipped, capsys, extra, match):
+    code, out, err = _run(capsys, "--package", str(shipped), *extra)
+    assert code == 2
+    assert err.startswith("llmacc: error: ") and match in err and "Traceback" not in err
+
+
+def test_xrt_without_xrt_names_what_is_missing(shipped, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyxrt", None)
+    fake = tmp_path / "k.xclbin"
+    fake.write_bytes(b"x")
+    code, _, err = _run(capsys, "--package", str(shipped), "--backend", "xrt", "--xclbin",
+                        str(fake))
+    assert code == 2 and "pyxrt" in err
+
+
+def test_quantize_and_compile_errors(tmp_path, capsys):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a model")
+    cases = [
+        (["compile", "--quantized", str(bad), "--tokenizer", str(TOKENIZER), "--config",
+          "sim-small", "-o", str(tmp_path / "p")], "not a quantized model file"),
+        (["compile", "--quantized", str(bad), "--model", str(MODEL), "--tokenizer",
+          str(TOKENIZER), "--config", "sim-small", "-o", str(tmp_path / "p")], "not both"),
+        (["quantize", "--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--scheme", "w9",
+          "-o", str(tmp_path / "q.pt")], "unknown scheme 'w9'"),
+        (["quantize", "--model", str(tmp_path / "none.bin"), "--tokenizer", str(TOKENIZER),
+          "--scheme", "w8a8", "-o", str(tmp_path / "q.pt")], "none.bin"),
+        (["compile", "--tokenizer", str(TOKENIZER), "--config", "sim-small", "-o",
+          str(tmp_path / "p")], "give --model and --scheme"),
+    ]
+    for argv, match in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q.pt").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="not a quantized model file"):
+        bad = tmp_path / "x.pt"
+        torch.save({"format": "something-else"}, bad)
+        cli.main(["--debug", "compile", "--quantized", str(bad), "--tokenizer", str(TOKENIZER),
+                  "--config", "sim-small", "-o", str(tmp_path / "p")])
+
+
+@pytest.mark.parametrize("command", ["quantize", "compile", "verify", "run", "sim", "eval"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: llmacc" in capsys.readouterr().out
+
+
+def test_python_dash_m_host():
+    done = subprocess.run([sys.executable, "-m", "host", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and "run" in done.stdout and "quantize" in done.stdout
