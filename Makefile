@@ -15,7 +15,7 @@ TEXT ?= $(SHARED)/data/tinystories_val_dev.txt
 
 BOARD ?= u280
 CONFIG ?= u280
-DEMO_SCHEME ?= w4-mixed-a8kv4
+DEMO_SCHEME ?= w8a8
 DEMO_PROMPT ?= Once upon a time
 DEMO := build/demo/stories260K-$(DEMO_SCHEME)
 
