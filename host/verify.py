@@ -4,6 +4,9 @@ Runs the prompt's prefill and ``--tokens`` greedy decode steps on the back end a
 package's integer reference, compares every wide logit of every step and prints
 ``bit-exact: <matching steps>/<steps>`` as its last line. The first differing element (step,
 row, vocabulary index, both values) is printed when it is found; any mismatch exits 1.
+
+``llmacc sim`` does the same on the Verilated RTL with the emulator beside it, and prints each
+step's cycles as the RTL counted them and as the cycle model estimates them.
 """
 
 from __future__ import annotations
