@@ -50,16 +50,3 @@ def kernel_args(cfg: AccelConfig) -> list[KernelArg]:
 def master_ports(cfg: AccelConfig) -> list[str]:
     """The AXI4 master ports of the top (``hw/accelerator.py``), instruction port first."""
     return ["m_axi_insn"] + [f"m_axi_ch{c}" for c in range(cfg.mem_channels)]
-
-
-def channel_arg(cfg: AccelConfig, chan: int) -> KernelArg:
-    """The pointer argument of memory channel ``chan``."""
-    return next(a for a in kernel_args(cfg) if a.port == f"m_axi_ch{chan}")
-
-
-def register_offset(name: str, channels: int = 1) -> int:
-    """The offset of a named register (status, cycles_lo, ...)."""
-    for reg in register_map(channels):
-        if reg.name == name:
-            return reg.offset
-    raise KeyError(name)

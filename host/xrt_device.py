@@ -20,16 +20,16 @@ from types import ModuleType
 
 import numpy as np
 
-from boards.kernel_interface import KERNEL_NAME, kernel_args, register_offset
+from boards.kernel_interface import KERNEL_NAME, kernel_args
 from compiler.compile import CompiledModel
 from compiler.lower import Program
 from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
 from host.emulator import RunStats
+from hw.axi import COUNTER_PREFIXES, register_map
 from llmacc import isa
 from llmacc.isa import Reg
 
 RUN_TIMEOUT_MS = 60_000
-COUNTERS = ("dispatched", "busy_load", "busy_compute", "busy_sfu", "busy_store")
 
 
 def import_pyxrt() -> ModuleType:
@@ -54,7 +54,7 @@ class XrtDevice(Device):
             raise DeviceError(f"{xclbin}: no such xclbin")
         self.xrt = xrt or import_pyxrt()
         cfg = compiled.config
-        self.channels = len(compiled.host.channel_bytes)
+        self._offsets = {r.name: r.offset for r in register_map(cfg.mem_channels)}
         try:
             self.card = self.xrt.device(card)
         except Exception as exc:  # noqa: BLE001 - XRT raises RuntimeError or its own types
@@ -76,7 +76,7 @@ class XrtDevice(Device):
         self.load_image()
 
     def _register(self, name: str) -> int:
-        return int(self.kernel.read_register(register_offset(name, self.channels)))
+        return int(self.kernel.read_register(self._offsets[name]))
 
     def _sync(self, name: str, to_device: bool, nbytes: int, offset: int) -> None:
         d = self.xrt.xclBOSyncDirection
@@ -107,7 +107,8 @@ class XrtDevice(Device):
             raise DeviceError(f"{program.kind} {program.length}: the kernel run ended in "
                               f"state {state}")
         cycles = self._register("cycles_lo") | self._register("cycles_hi") << 32
-        counters = {name: self._register(name) for name in COUNTERS}
+        counters = {name: self._register(name) for name in self._offsets
+                    if name.startswith(COUNTER_PREFIXES)}
         return kernel_stats(program, regs, self._register("status"), cycles, counters)
 
     def close(self) -> None:

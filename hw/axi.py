@@ -181,6 +181,8 @@ ARGS = (
     Register("busy_sfu", 0x40, "r"), Register("stall_sfu", 0x44, "r"),
     Register("busy_store", 0x48, "r"), Register("stall_store", 0x4C, "r"),
 )
+#: the performance counters' names begin so (read back after every run)
+COUNTER_PREFIXES = ("dispatched", "busy_", "stall_")
 CHANNEL_BASE = 0x50  #: the first channel's base address; 8 bytes per channel
 LITE_ADDR_BITS = 12  #: the control slave decodes 4 KiB
 

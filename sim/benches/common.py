@@ -20,7 +20,6 @@ def seeded_rng(dut) -> random.Random:
 PERIOD_NS = 10
 #: the ap_ctrl_hs block of the kernel's control slave (hw/axi.py); arguments follow from 0x10
 CONTROL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
-COUNTERS = ("dispatched", "busy_", "stall_")  #: the performance counters' names begin so
 
 
 async def start_clock_and_reset(dut, period_ns: int = PERIOD_NS, cycles: int = 2) -> None:

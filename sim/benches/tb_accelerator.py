@@ -16,10 +16,9 @@ import json
 import cocotb
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-from hw.axi import register_map
+from hw.axi import COUNTER_PREFIXES, register_map
 from sim.benches.common import (
     CONTROL,
-    COUNTERS,
     GIE,
     IER,
     ISR,
@@ -81,7 +80,7 @@ async def accelerator_runs(dut):
         cycles = await lite.read_dword(reg["cycles_lo"]) | await lite.read_dword(
             reg["cycles_hi"]) << 32
         counters = {name: await lite.read_dword(offset) for name, offset in reg.items()
-                    if name.startswith(COUNTERS)}
+                    if name.startswith(COUNTER_PREFIXES)}
         results.append({"status": status, "cycles": cycles, "counters": counters,
                         "channels": [ram.read(base, size).hex()
                                      for ram, base in zip(chans, bases, strict=True)]})

@@ -22,8 +22,8 @@ import socket
 import cocotb
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-from hw.axi import ARGS
-from sim.benches.common import CONTROL, COUNTERS, GIE, IER, ISR, start_clock_and_reset, wait_high
+from hw.axi import ARGS, COUNTER_PREFIXES
+from sim.benches.common import CONTROL, GIE, IER, ISR, start_clock_and_reset, wait_high
 
 REG = {r.name: r.offset for r in ARGS}  #: the channel bases stay 0: each RAM starts at 0
 
@@ -83,5 +83,5 @@ async def _run(dut, lite, insn, program: bytes, max_cycles: int) -> dict:
     cycles = await lite.read_dword(REG["cycles_lo"]) | await lite.read_dword(
         REG["cycles_hi"]) << 32
     counters = {name: await lite.read_dword(offset) for name, offset in REG.items()
-                if name.startswith(COUNTERS)}
+                if name.startswith(COUNTER_PREFIXES)}
     return {"status": status, "cycles": cycles, "counters": counters}
