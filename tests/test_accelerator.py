@@ -1,7 +1,6 @@
 """The accelerator top: whole-top lint, and programs run through the Verilated kernel (AXI RAM
 models, the AXI4-Lite host) against the emulator, byte for byte, faults included."""
 
-import json
 import random
 
 import numpy as np
@@ -29,6 +28,7 @@ from llmacc.isa import (
 )
 from sim import verilator
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
+from sim.top_harness import RunResult, TopHarness
 
 CFG = PRESETS["sim-small"]
 CHANNEL_BYTES = 1 << 14
@@ -121,13 +121,8 @@ def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> 
     return program[:at] + [broken] + program[at + 1:], at
 
 
-@pytest.fixture(scope="module")
-def top_model(verilator_env):
-    return verilator.build(Accelerator(CFG), "llmacc_top")
-
-
 @pytest.mark.verilator
-def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
+def test_top_runs_programs_like_the_emulator(sim_small_top, seed):
     """Runs in one simulation: good programs, one per fault kind (each must stop at the
     faulting instruction with the right status, having done exactly what the emulator did
     before it), an illegal word, and a good program after them (start clears the faults)."""
@@ -172,38 +167,37 @@ def test_top_runs_programs_like_the_emulator(top_model, seed, tmp_path):
     good_run()
     good_run()
 
-    _run_top(top_model, seed, tmp_path, images, runs, expected, max_cycles=200_000)
+    _run_top(seed, images, runs, expected, max_cycles=200_000)
 
 
-def _run_top(top_model, seed: int, tmp_path, images: list[bytes], runs: list[dict],
-             expected: list[tuple[int, list[bytes]]], max_cycles: int) -> list[dict]:
-    """Run the programs of ``runs`` in one simulation of the Verilated top, starting from the
-    channel ``images``; each must end with its expected status and channel bytes. Returns
-    the bench's records (status, cycles, performance counters)."""
-    work = tmp_path / "top"
-    work.mkdir()
-    out = work / "results.json"
-    (work / "spec.json").write_text(json.dumps({
-        "runs": runs, "channels": [im.hex() for im in images], "channel_bytes": CHANNEL_BYTES,
-        "insn_bytes": 1 << 12, "hw_id": CFG.fingerprint(), "pause": 0.2,
-        # buffers away from 0 and off the 4 KiB grid, as XRT may place them
-        "bases": [0x1040 + 0x1000 * c for c in range(len(images))], "program_base": 0x2010,
-        "max_cycles": max_cycles, "out": str(out)}))
-    top_model.run("sim.benches.tb_accelerator", seed=seed, test_dir=work,
-                  extra_env={"LLMACC_VECTORS": str(work / "spec.json")})
-    results = json.loads(out.read_text())
-    assert len(results) == len(expected)
-    for index, (got, (status, channels)) in enumerate(zip(results, expected, strict=True)):
-        assert got["status"] == status, (f"run {index}: status {got['status']:#x}, expected "
-                                         f"{status:#x} (seed {seed})")
-        for c, want in enumerate(channels):
-            have = bytes.fromhex(got["channels"][c])
-            if have != want:
-                diff = np.flatnonzero(np.frombuffer(have, np.uint8) != np.frombuffer(want,
-                                                                                   np.uint8))
-                raise AssertionError(f"run {index}: channel {c} differs from the emulator at "
-                                     f"{diff.size} bytes, first {int(diff[0]):#x} (seed {seed})")
-        assert got["cycles"] > 0
+def _run_top(seed: int, images: list[bytes], runs: list[dict],
+             expected: list[tuple[int, list[bytes]]], max_cycles: int) -> list[RunResult]:
+    """Run the programs of ``runs`` one after another on the Verilated top, starting from
+    the channel ``images``, with the memories pausing at random; each must end with its
+    expected status and channel bytes. Returns the runs' status, cycles and counters."""
+    bases = [0x1040 + 0x1000 * c for c in range(len(images))]  # off the 4 KiB grid, as XRT
+    results = []
+    with TopHarness(CFG, [b + CHANNEL_BYTES for b in bases], 0x2010 + (1 << 12), stall=0.2,
+                    seed=seed) as top:
+        for c, image in enumerate(images):
+            top.write(c, bases[c], image)
+        for index, (run, (status, channels)) in enumerate(zip(runs, expected, strict=True)):
+            for c, image in enumerate(run.get("channels", [])):
+                top.write(c, bases[c], bytes.fromhex(image))
+            got = top.run(bytes.fromhex(run["program"]), max_cycles=max_cycles, bases=bases,
+                          program_base=0x2010)
+            results.append(got)
+            assert got.status == status, (f"run {index}: status {got.status:#x}, expected "
+                                          f"{status:#x} (seed {seed})")
+            for c, want in enumerate(channels):
+                have = top.read(c, bases[c], CHANNEL_BYTES)
+                if have != want:
+                    diff = np.flatnonzero(np.frombuffer(have, np.uint8)
+                                          != np.frombuffer(want, np.uint8))
+                    raise AssertionError(
+                        f"run {index}: channel {c} differs from the emulator at {diff.size} "
+                        f"bytes, first {int(diff[0]):#x} (seed {seed})")
+            assert got.cycles > 0
     return results
 
 
@@ -237,7 +231,7 @@ def case_program(case: InstructionCase, ext: dict[Buffer, int], out: dict[Buffer
 
 
 @pytest.mark.verilator
-def test_top_runs_compute_instructions_like_the_emulator(top_model, seed, tmp_path):
+def test_top_runs_compute_instructions_like_the_emulator(sim_small_top, seed):
     """Every SFU function, matrix instructions of every format and mode, every attention
     function, and faulting ones, through the whole top (AXI in, units, AXI out) in one
     simulation; channel bytes and status equal the emulator's after each program."""
@@ -271,14 +265,14 @@ def test_top_runs_compute_instructions_like_the_emulator(top_model, seed, tmp_pa
                      "channels": [image.hex() for image in start]})
         expected.append((status, [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes()
                                   for c in range(CFG.mem_channels)]))
-    results = _run_top(top_model, seed, tmp_path, [bytes(CHANNEL_BYTES)] * CFG.mem_channels,
-                       runs, expected, max_cycles=400_000)
+    results = _run_top(seed, [bytes(CHANNEL_BYTES)] * CFG.mem_channels, runs, expected,
+                       max_cycles=400_000)
     for case, got, length in zip(cases, results, lengths, strict=True):  # the counters
-        c = got["counters"]
+        c = got.counters
         unit = case.insn.unit.name.lower()
-        assert 0 < c[f"busy_{unit}"] < got["cycles"], (case.insn, c)
+        assert 0 < c[f"busy_{unit}"] < got.cycles, (case.insn, c)
         assert c["busy_load"] > 0 and c["stall_" + unit] > 0, (case.insn, c)
-        if got["status"] == status_word():  # every word, HALT included, was dispatched
+        if got.status == status_word():  # every word, HALT included, was dispatched
             assert c["busy_store"] > 0 and c["dispatched"] == length, (case.insn, c)
 
 

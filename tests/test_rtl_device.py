@@ -26,7 +26,7 @@ def _recorded(device) -> list[torch.Tensor]:
 
 
 @pytest.mark.verilator
-def test_rtl_backend_generates_like_the_reference(verilator_env, seed):
+def test_rtl_backend_generates_like_the_reference(sim_small_top, seed):
     im = tiny_int_model(seed, "w4a8", layers=1)
     cm = compile_model(im, preset("sim-small"), prefill_bucket=8, decode_bucket=8, max_len=16)
     prompt = random_sequences(seed + 1, 1, 3, im.config.vocab_size)[0]
