@@ -24,7 +24,8 @@ DEMO := build/demo/stories260K-$(DEMO_SCHEME)
 help:
 	@echo "make setup     create .venv and install the pinned toolchain"
 	@echo "make test      fast test suite (unit tests + Verilator smoke/block tests)"
-	@echo "make sim       hardware regression (slow tests included)"
+	@echo "make sim       hardware regression (slow tests included; build/sim/junit.xml,"
+	@echo "               build/sim/summary.md; WAVES=1 for waveforms of every RTL run)"
 	@echo "make lint      ruff"
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
 	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
@@ -47,8 +48,13 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not slow and not vivado and not board" tests
 
+# The hardware regression: everything but the board flows, including the slow tests (10,000
+# fuzzed programs, whole models on the RTL top of two configurations); JUnit XML and the
+# per-block summary in build/sim/. WAVES=1 writes a waveform of every RTL run.
 sim: $(VENV)/.installed
-	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not vivado and not board" tests
+	mkdir -p build/sim
+	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not vivado and not board" \
+		--junitxml=build/sim/junit.xml --sim-summary build/sim/summary.md tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

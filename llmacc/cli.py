@@ -49,6 +49,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return verify.run_sim(args)
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from sim import perf_report
+
+    return perf_report.run(args)
+
+
 def _cmd_bitstream(args: argparse.Namespace) -> int:
     from boards import vitis_flow
 
@@ -108,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_arguments(p)
     p.set_defaults(func=_cmd_sim)
+    p = sub.add_parser("perf", help="performance estimates: decode tokens/s, prefill latency, "
+                                    "HBM roofline, published anchors; SVG plots")
+    from sim.perf_report import add_arguments as perf_arguments
+
+    perf_arguments(p)
+    p.set_defaults(func=_cmd_perf)
     p = sub.add_parser("bitstream", help="the Vitis build tree for a board; runs Vivado/v++ "
                                          "when they are on PATH")
     from boards.vitis_flow import add_arguments as bitstream_arguments

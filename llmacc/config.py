@@ -3,6 +3,7 @@
 A :class:`AccelConfig` fixes every size the hardware is built with. Presets:
 
 * ``sim-small`` — tiny arrays and buffers, quick to simulate in Verilator;
+* ``sim-wide`` — twice the engine, 128-bit AXI, four channels: the regression's wider build;
 * ``u280`` — sized for an Alveo U280 (HBM2, 32 pseudo-channels, 9,024 DSP48E2, 3 SLRs).
 
 Every check names the field and the bad value (:class:`ConfigError`). The runtime compares
@@ -201,6 +202,28 @@ PRESETS: dict[str, AccelConfig] = {
         axi_addr_bits=32,
         channel_bytes=1 << 24,
         channel_gbps=0.8,
+        max_seq_len=512,
+        weight_group=32,
+    ),
+    # Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider
+    # configuration of the RTL regression (`make sim`) and the cycle-model calibration.
+    "sim-wide": AccelConfig(
+        name="sim-wide",
+        clock_mhz=100.0,
+        mv_rows=8,
+        chain_len=32,
+        chain_group=8,
+        sfu_lanes=8,
+        act_buffer_bytes=128 * 1024,
+        weight_buffer_bytes=32 * 1024,
+        kv_buffer_bytes=64 * 1024,
+        meta_buffer_bytes=8 * 1024,
+        table_buffer_bytes=8 * 1024,
+        mem_channels=4,
+        axi_data_bits=128,
+        axi_addr_bits=32,
+        channel_bytes=1 << 24,
+        channel_gbps=1.6,
         max_seq_len=512,
         weight_group=32,
     ),

@@ -7,6 +7,7 @@ shows both, so ``pytest --seed N path::test`` reproduces it.
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,56 @@ from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
 def pytest_addoption(parser):
     parser.addoption("--seed", type=int, default=None,
                      help="session seed for random tests (default: LLMACC_SEED or 1)")
+    parser.addoption("--sim-summary", default=None, metavar="FILE",
+                     help="also write the per-block summary table to FILE (Markdown)")
+
+
+#: (module, outcome, seconds, user properties) of every test, gathered from all workers
+_RESULTS: list[tuple[str, str, float, dict]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        module = report.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        _RESULTS.append((module, report.outcome, report.duration,
+                         dict(report.user_properties)))
+
+
+def summary_table(results: list[tuple[str, str, float, dict]]) -> list[str]:
+    """Markdown lines: per test module (block or model test) the outcomes and time, then the
+    RTL totals the tests recorded (fuzzed programs and instructions, simulated cycles/s)."""
+    rows: dict[str, list] = {}
+    totals = dict.fromkeys(("fuzz_programs", "fuzz_instructions", "sim_cycles", "sim_wall_s",
+                            "rtl_cycles"), 0)
+    for module, outcome, seconds, props in results:
+        row = rows.setdefault(module, [0, 0, 0, 0.0])
+        row[("passed", "failed", "skipped").index(outcome)] += 1
+        row[3] += seconds
+        for key in totals:
+            totals[key] += props.get(key, 0)
+    lines = ["| block | passed | failed | skipped | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {p} | {f} | {s} | {t:.1f} |" for m, (p, f, s, t) in sorted(rows.items())]
+    if totals["fuzz_programs"]:
+        rate = totals["sim_cycles"] / max(totals["sim_wall_s"], 1e-9)
+        lines += ["", f"fuzzed programs: {totals['fuzz_programs']}, fuzzed instructions: "
+                  f"{totals['fuzz_instructions']}, simulated cycles: {totals['sim_cycles']} "
+                  f"at {rate:,.0f} cycles/s (harness wall time)"]
+    if totals["rtl_cycles"]:
+        lines += [f"whole-model RTL tests: {totals['rtl_cycles']} device cycles"]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _RESULTS:
+        return
+    lines = summary_table(_RESULTS)
+    terminalreporter.write_sep("=", "llmacc summary per block")
+    for line in lines:
+        terminalreporter.write_line(line)
+    path = config.getoption("--sim-summary")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("\n".join(lines) + "\n")
 
 
 def pytest_configure(config):

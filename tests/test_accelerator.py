@@ -12,27 +12,30 @@ from host.emulator import Emulator, EmulatorError
 from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
 from hw.controller import Fault
 from llmacc import isa
-from llmacc.config import PRESETS, AccelConfig
+from llmacc.config import PRESETS
 from llmacc.isa import (
     AttnFunc,
-    Buffer,
-    LenSrc,
     Opcode,
     OutMode,
-    Reg,
     SfuFunc,
     Sparsity,
     SysFunc,
-    Unit,
     WeightFormat,
 )
 from sim import verilator
+from sim.fuzz import (
+    CHANNEL_BYTES,
+    case_config,
+    case_layout,
+    case_program,
+    copy_program,
+    status_word,
+)
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 from sim.top_harness import RunResult, TopHarness
 
 CFG = PRESETS["sim-small"]
-CHANNEL_BYTES = 1 << 14
-LOAD_BIT, STORE_BIT = 1 << Unit.LOAD.value, 1 << Unit.STORE.value  # token masks
+CASE_CFG = case_config(CFG)
 
 
 #: The U280 top with 2 of its 96 engine lanes: converting the full engine (6,144 DSPs with
@@ -49,53 +52,6 @@ def test_top_lints_clean(cfg, verilator_env, tmp_path):
     """``verilator --lint-only -Wall`` on the whole top, with only the commented waivers."""
     run = verilator.lint(Accelerator(cfg), "llmacc_top", tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-
-
-def _transfer(rng: random.Random, opcode: Opcode, cfg: AccelConfig, buf: Buffer, buf_addr: int,
-              words: int, rows: int, seq: bool, regs: dict, **tokens) -> isa.Instruction:
-    """A LOAD/STORE of rows x words at a random aligned place in a random channel."""
-    w = cfg.axi_data_bytes
-    stride = w * rng.randint(words, words + 3)
-    at_pos = rng.random() < 0.25
-    n = regs[Reg.SEQ_LEN] if seq else rows
-    lead = regs[Reg.POS] * stride if at_pos else 0
-    span = lead + (n - 1) * stride + words * w
-    ext = rng.randrange(0, (CHANNEL_BYTES - span) // w) * w
-    return isa.make(opcode, buf=buf, chan=rng.randrange(cfg.mem_channels), ext_addr=ext,
-                    buf_addr=buf_addr, words=words, rows=rows,
-                    rows_src=LenSrc.SEQ if seq else LenSrc.IMM, ext_stride=stride,
-                    pos_offset=int(at_pos), **tokens)
-
-
-def copy_program(rng: random.Random, cfg: AccelConfig, pairs: int) -> list[isa.Instruction]:
-    """LOAD/STORE pairs through random buffers, ordered by tokens (each STORE waits for its
-    LOAD, each LOAD for the previous STORE), with run-time registers for SEQ rows and POS
-    offsets."""
-    program, regs = [], {Reg.SEQ_LEN: 1, Reg.POS: 0}
-    for p in range(pairs):
-        if rng.random() < 0.4:
-            reg = rng.choice((Reg.SEQ_LEN, Reg.POS))
-            regs[reg] = rng.randint(1, 4) if reg is Reg.SEQ_LEN else rng.randint(0, 3)
-            program.append(isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=reg, imm=regs[reg]))
-        buf = rng.choice(list(Buffer))
-        words, rows, seq = rng.randint(1, 5), rng.randint(1, 4), rng.random() < 0.25
-        n = max(rows, regs[Reg.SEQ_LEN])
-        buf_addr = rng.randrange(0, cfg.buffer_words(buf) - n * words + 1)
-        last = p == pairs - 1
-        program.append(_transfer(rng, Opcode.LOAD, cfg, buf, buf_addr, words, rows, seq, regs,
-                                 wait=STORE_BIT if p else 0, release=STORE_BIT))
-        # the STORE moves exactly the words its LOAD brought in, as the same rows or
-        # reshaped (one word per row, or one long row), so buffer addressing shows
-        if not seq:
-            words, rows = rng.choice(((words, rows), (1, rows * words), (rows * words, 1)))
-        program.append(_transfer(rng, Opcode.STORE, cfg, buf, buf_addr, words, rows, seq, regs,
-                                 wait=LOAD_BIT, release=0 if last else LOAD_BIT))
-    program.append(isa.make(Opcode.SYS, func=SysFunc.HALT))
-    return program
-
-
-def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
-    return (fault != Fault.NONE) | fault << 8 | pc << 16
 
 
 def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> tuple[
@@ -201,35 +157,6 @@ def _run_top(seed: int, images: list[bytes], runs: list[dict],
     return results
 
 
-#: Buffer sizes of the instruction cases run through the top: their images fit one channel.
-CASE_CFG = CFG.replace(act_buffer_bytes=4096, weight_buffer_bytes=4096, kv_buffer_bytes=2048,
-                       meta_buffer_bytes=2048, table_buffer_bytes=2048)
-
-
-def case_program(case: InstructionCase, ext: dict[Buffer, int], out: dict[Buffer, int]
-                 ) -> list[isa.Instruction]:
-    """LOAD the case's buffers from channel 0, run its instruction, STORE ACT and KV to
-    channel 1: the registers first, tokens from the last LOAD to the instruction's unit and
-    from it to the first STORE."""
-    w = CFG.axi_data_bytes
-    unit = 1 << case.insn.unit.value
-    program = [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=v)
-               for r, v in case.regs.items()]
-    for i, b in enumerate(Buffer):
-        last = i == len(Buffer) - 1
-        program.append(isa.make(Opcode.LOAD, buf=b, chan=0, ext_addr=ext[b], buf_addr=0,
-                                words=CASE_CFG.buffer_words(b), rows=1,
-                                release=unit if last else 0))
-    insn = case.insn
-    program.append(isa.make(insn.opcode, wait=LOAD_BIT, release=STORE_BIT, **insn.fields))
-    for i, b in enumerate(out):
-        program.append(isa.make(Opcode.STORE, buf=b, chan=1, ext_addr=out[b], buf_addr=0,
-                                words=CASE_CFG.buffer_words(b), rows=1,
-                                wait=unit if i == 0 else 0))
-    assert all(a % w == 0 for a in [*ext.values(), *out.values()])
-    return program + [isa.make(Opcode.SYS, func=SysFunc.HALT)]
-
-
 @pytest.mark.verilator
 def test_top_runs_compute_instructions_like_the_emulator(sim_small_top, seed):
     """Every SFU function, matrix instructions of every format and mode, every attention
@@ -243,17 +170,14 @@ def test_top_runs_compute_instructions_like_the_emulator(sim_small_top, seed):
     broken = sfu_case(CASE_CFG, rng, SfuFunc.ROPE)
     cases.append(InstructionCase(broken.emu, isa.make(Opcode.SFU, **{
         **broken.insn.fields, "imm": 3}), broken.regs))
-    ext, at = {}, 0
-    for b in Buffer:
-        ext[b], at = at, at + CASE_CFG.buffer_words(b) * CFG.axi_data_bytes
-    out = {Buffer.ACT: 0, Buffer.KV: CASE_CFG.buffer_words(Buffer.ACT) * CFG.axi_data_bytes}
+    ext, out = case_layout(CFG)
     emu = Emulator(CFG, [CHANNEL_BYTES] * CFG.mem_channels)
     runs, expected, lengths = [], [], []
     for case in cases:
         for b, image in case.images.items():
             emu.write_ext(0, ext[b], image[:CASE_CFG.buffer_words(b) * CFG.axi_data_bytes])
         start = [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes() for c in range(CFG.mem_channels)]
-        program = case_program(case, ext, out)
+        program = case_program(CFG, case, ext, out)
         lengths.append(len(program))
         status = status_word()
         try:

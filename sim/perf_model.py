@@ -1,0 +1,194 @@
+"""Performance estimates of LLaMA-shaped models on an accelerator configuration (``llmacc
+perf``): decode tokens/s per context length, prefill latency, the HBM roofline, and what
+bounds each operator.
+
+Everything comes from shapes and the configuration, never from weights: weight bytes per row
+are the compiler's own record pitches (``layout.Descriptor.wgt_pitch/meta_pitch`` for the
+scheme's format, sparsity and group), KV bytes the KV record pitch. Three figures per case:
+
+* **roofline** -- bytes that must cross HBM per token (weights, KV cache of the visible keys)
+  over the configuration's aggregate bandwidth (``mem_channels x channel_gbps``, 460 GB/s
+  on the U280).
+* **design** -- the architecture as specified: each matrix streams its weight rows over all
+  channels while the engine takes one beat per cycle (``mv_rows`` rows x ``chain_len`` kept
+  weights, two tokens per pass), loads overlapped with compute through the tokens, so an
+  operator costs the larger of its memory and engine cycles. Memory cycles follow the data
+  mover as built: a channel's AXI port moves ``axi_data_bytes`` per cycle at most, and each
+  row is one command that waits ``READ_LATENCY`` cycles for its first beat (the read master
+  takes the next command only when the last is done), which is the bandwidth efficiency.
+* **RTL sequencer bound** -- the matrix and attention sequencers as they are in ``hw/``:
+  one buffer field per cycle (codes, indices, scales, exponents, activations), attention one
+  multiply per cycle. A lower bound on their cycles (cache refills not counted); it says by
+  how much the current RTL misses the design.
+
+The published anchors printed beside ours: FlightLLM 55 tok/s on the U280 for LLaMA2-7B
+(FPGA '24), AccLLM 2.98x FlightLLM's throughput (~164 tok/s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmacc import layout as L
+from llmacc.config import AccelConfig
+from llmacc.isa import WeightFormat
+from quant import schemes
+
+READ_LATENCY = 32  #: cycles from a row's read command to its first beat (sim/top_harness.py)
+FLIGHTLLM_TOK_S = 55.0  #: FlightLLM, U280, LLaMA2-7B decode (FPGA '24)
+ACCLLM_SPEEDUP = 2.98  #: AccLLM's throughput over FlightLLM
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    dim: int
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    vocab: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+MODELS = {"llama2-7b": ModelShape("llama2-7b", 4096, 32, 32, 32, 11008, 32000)}
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator of a step, with what it moves and computes, and its cycles."""
+
+    name: str
+    bytes: int  #: from HBM
+    macs: int
+    mem_cycles: int
+    engine_cycles: int
+    rtl_cycles: int  #: the RTL sequencers' lower bound
+
+    @property
+    def cycles(self) -> int:
+        return max(self.mem_cycles, self.engine_cycles)
+
+    @property
+    def bound(self) -> str:
+        return "memory" if self.mem_cycles >= self.engine_cycles else "engine"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    operators: tuple[Operator, ...]
+    clock_hz: float
+    bandwidth: float  #: bytes/s
+    tokens: int  #: tokens the step produces (1 for decode)
+
+    @property
+    def bytes(self) -> int:
+        return sum(op.bytes for op in self.operators)
+
+    @property
+    def cycles(self) -> int:
+        return sum(op.cycles for op in self.operators)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.clock_hz
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def roofline_tok_s(self) -> float:
+        return self.tokens * self.bandwidth / self.bytes
+
+    @property
+    def roofline_fraction(self) -> float:
+        return self.tok_s / self.roofline_tok_s
+
+    @property
+    def rtl_tok_s(self) -> float:
+        return self.tokens * self.clock_hz / sum(op.rtl_cycles for op in self.operators)
+
+
+def _descriptor(scheme: schemes.Scheme) -> L.Descriptor:
+    return L.Descriptor(L.FORMAT_OF[scheme.weight_fmt], L.sparsity_of(scheme.sparsity),
+                        scheme.group.bit_length() - 1)
+
+
+def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
+    """Memory cycles to stream ``rows`` rows of ``words`` AXI words over every channel."""
+    per_channel = -(-rows // cfg.mem_channels)
+    beats_per_cycle = min(1.0, cfg.channel_gbps * 1e9 / (cfg.clock_mhz * 1e6)
+                          / cfg.axi_data_bytes)
+    return int(per_channel * (READ_LATENCY + words / beats_per_cycle))
+
+
+def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
+           tokens: int) -> Operator:
+    """A weight matrix [n, k] applied to ``tokens`` rows."""
+    desc = _descriptor(scheme)
+    w = cfg.axi_data_bytes
+    row_words = desc.wgt_pitch(k, w) + desc.meta_pitch(k, w)
+    kept = desc.kept(k)
+    beats = -(-kept // cfg.chain_len)
+    per_pass = 1 if desc.wfmt is WeightFormat.INT8 else 2
+    passes = -(-n // cfg.mv_rows) * -(-tokens // per_pass)
+    engine = passes * beats
+    slots = cfg.chain_len // cfg.chain_group
+    fields = (cfg.mv_rows * cfg.chain_len * (2 if desc.nm else 1) + cfg.mv_rows * (2 * slots + 1)
+              + 2 * cfg.chain_len // 8 * (1 << (desc.nm[1].bit_length() - desc.nm[0].bit_length())
+                                          if desc.nm else 1))
+    return Operator(name, n * row_words * w, n * kept * tokens,
+                    _rows_cycles(cfg, n, row_words), engine, passes * beats * fields)
+
+
+def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
+              keys: int) -> Operator:
+    """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
+    keys (the visible ones under Lambda attention)."""
+    bits = scheme.kv_bits or 8
+    pitch = L.kv_pitch(shape.head_dim, bits, cfg.axi_data_bytes)
+    kv_rows = 2 * shape.kv_heads * keys
+    macs = 2 * shape.heads * rows * keys * shape.head_dim
+    engine = -(-macs // cfg.peak_macs_per_cycle)
+    return Operator("attention", kv_rows * pitch * cfg.axi_data_bytes, macs,
+                    _rows_cycles(cfg, kv_rows, pitch), engine, macs)
+
+
+def visible_keys(scheme: schemes.Scheme, context: int) -> int:
+    """Keys a query attends to: all of them, or the Lambda sink plus window."""
+    if scheme.window:
+        return min(context, scheme.sink + scheme.window)
+    return context
+
+
+def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
+         context: int) -> Estimate:
+    """One step of ``rows`` new tokens at ``context`` keys: every layer, then the LM head."""
+    scheme = schemes.parse(scheme_name)
+    kv = shape.kv_heads * shape.head_dim
+    ops = []
+    for name, k, n in (("wq", shape.dim, shape.dim), ("wk", shape.dim, kv),
+                       ("wv", shape.dim, kv), ("wo", shape.dim, shape.dim),
+                       ("w1", shape.dim, shape.hidden), ("w3", shape.dim, shape.hidden),
+                       ("w2", shape.hidden, shape.dim)):
+        ops.append(linear(cfg, scheme, name, k, n, rows))
+    ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
+    layer = [o for o in ops]
+    head = linear(cfg, scheme, "lm_head", shape.dim, shape.vocab, 1)
+    every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
+                           o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
+                           o.rtl_cycles * shape.layers) for o in layer) + (head,)
+    return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9,
+                    1 if rows == 1 else rows)
+
+
+def decode(cfg: AccelConfig, shape: ModelShape, scheme: str, context: int) -> Estimate:
+    return step(cfg, shape, scheme, 1, context)
+
+
+def prefill(cfg: AccelConfig, shape: ModelShape, scheme: str, tokens: int) -> Estimate:
+    return step(cfg, shape, scheme, tokens, tokens)
