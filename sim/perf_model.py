@@ -138,9 +138,10 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
     passes = -(-n // cfg.mv_rows) * -(-tokens // per_pass)
     engine = passes * beats
     slots = cfg.chain_len // cfg.chain_group
-    fields = (cfg.mv_rows * cfg.chain_len * (2 if desc.nm else 1) + cfg.mv_rows * (2 * slots + 1)
-              + 2 * cfg.chain_len // 8 * (1 << (desc.nm[1].bit_length() - desc.nm[0].bit_length())
-                                          if desc.nm else 1))
+    cover = cfg.chain_len * (desc.nm[1] // desc.nm[0] if desc.nm else 1)  # columns per beat
+    fields = (cfg.mv_rows * cfg.chain_len * (2 if desc.nm else 1)  # codes (and indices)
+              + cfg.mv_rows * (2 * slots + 1)  # scales and type ids per slot, row exponent
+              + per_pass * (1 + cover // 8))  # each token's header and activation chunks
     return Operator(name, n * row_words * w, n * kept * tokens,
                     _rows_cycles(cfg, n, row_words), engine, passes * beats * fields)
 
@@ -177,11 +178,10 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
                        ("w2", shape.hidden, shape.dim)):
         ops.append(linear(cfg, scheme, name, k, n, rows))
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
-    layer = [o for o in ops]
     head = linear(cfg, scheme, "lm_head", shape.dim, shape.vocab, 1)
     every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
                            o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
-                           o.rtl_cycles * shape.layers) for o in layer) + (head,)
+                           o.rtl_cycles * shape.layers) for o in ops) + (head,)
     return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9,
                     1 if rows == 1 else rows)
 
