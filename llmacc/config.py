@@ -205,28 +205,6 @@ PRESETS: dict[str, AccelConfig] = {
         max_seq_len=512,
         weight_group=32,
     ),
-    # Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider
-    # configuration of the RTL regression (`make sim`) and the cycle-model calibration.
-    "sim-wide": AccelConfig(
-        name="sim-wide",
-        clock_mhz=100.0,
-        mv_rows=8,
-        chain_len=32,
-        chain_group=8,
-        sfu_lanes=8,
-        act_buffer_bytes=128 * 1024,
-        weight_buffer_bytes=32 * 1024,
-        kv_buffer_bytes=64 * 1024,
-        meta_buffer_bytes=8 * 1024,
-        table_buffer_bytes=8 * 1024,
-        mem_channels=4,
-        axi_data_bits=128,
-        axi_addr_bits=32,
-        channel_bytes=1 << 24,
-        channel_gbps=1.6,
-        max_seq_len=512,
-        weight_group=32,
-    ),
     # Alveo U280: 32 HBM2 pseudo-channels of 256 MiB at 14.375 GB/s each (460 GB/s),
     # 256-bit AXI per channel at 225 MHz user clock. 96 chains x 64 DSPs = 6,144 of the
     # 9,024 DSP48E2 (68%), leaving room for the SFU and address generation.
@@ -252,6 +230,14 @@ PRESETS: dict[str, AccelConfig] = {
         device_dsps=9024,
     ),
 }
+
+
+# Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider configuration of
+# the RTL regression (`make sim`).
+PRESETS["sim-wide"] = PRESETS["sim-small"].replace(
+    name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8,
+    act_buffer_bytes=128 * 1024, weight_buffer_bytes=32 * 1024, meta_buffer_bytes=8 * 1024,
+    mem_channels=4, axi_data_bits=128, channel_gbps=1.6)
 
 
 def preset(name: str) -> AccelConfig:
