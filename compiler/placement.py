@@ -123,8 +123,7 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
                  mode: OutMode = OutMode.WIDE, p0: int = 0, p1: int = 0) -> LinearPlan:
     w = cfg.axi_data_bytes
     k, n = q.padded_in, q.out_features
-    desc = L.Descriptor(L.FORMAT_OF[q.fmt], L.sparsity_of(q.sparsity), q.group.bit_length() - 1,
-                        p0, p1)
+    desc = L.Descriptor.of(q.fmt, q.sparsity, q.group, p0, p1)
     why = desc.schedule_error(cfg.chain_group)
     if why:
         raise CompileError(f"{name}: the matrix engine of config {cfg.name} cannot run this "

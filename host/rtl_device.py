@@ -20,6 +20,7 @@ from compiler.lower import Program
 from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
 from host.emulator import RunStats
 from llmacc.isa import Reg
+from sim.top_harness import HarnessError, TopHarness
 
 
 class RtlDevice(Device):
@@ -27,9 +28,6 @@ class RtlDevice(Device):
 
     def __init__(self, compiled: CompiledModel, *, seed: int = 1, stall: float = 0.0):
         super().__init__(compiled)
-        from sim.top_harness import HarnessError, TopHarness
-
-        self._errors = HarnessError
         try:
             self._top = TopHarness(compiled.config, list(compiled.host.channel_bytes),
                                    kernel_program_bytes(compiled), stall=stall, seed=seed)
@@ -41,20 +39,20 @@ class RtlDevice(Device):
         data = np.asarray(data, dtype=np.uint8).reshape(-1)
         try:
             self._top.write(chan, addr, data.tobytes())
-        except self._errors as exc:
+        except HarnessError as exc:
             raise DeviceError(str(exc)) from None
 
     def read(self, chan: int, addr: int, nbytes: int) -> np.ndarray:
         try:
             data = self._top.read(chan, addr, nbytes)
-        except self._errors as exc:
+        except HarnessError as exc:
             raise DeviceError(str(exc)) from None
         return np.frombuffer(data, dtype=np.uint8).copy()
 
     def execute(self, program: Program, regs: dict[Reg, int]) -> RunStats:
         try:
             got = self._top.run(kernel_program(program, regs))
-        except self._errors as exc:
+        except HarnessError as exc:
             raise DeviceError(str(exc)) from None
         return kernel_stats(program, regs, got.status, got.cycles, got.counters)
 

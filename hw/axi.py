@@ -155,6 +155,11 @@ class AxiWriteMaster(_BurstMaster):
         return m
 
 
+#: the ap_ctrl_hs block: control (ap_start/done/idle/ready), global interrupt enable,
+#: interrupt enable and interrupt status (toggle-on-write) registers
+CONTROL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
+
+
 class Register(NamedTuple):
     """One 32-bit register of the control slave after the ap_ctrl block."""
 
@@ -246,13 +251,13 @@ class ControlSlave(wiring.Component):
         with m.If(bus.awready):
             m.d.sync += bus.bvalid.eq(1)
             with m.Switch(wa):
-                with m.Case(0x00), m.If(bus.wdata[0]):
+                with m.Case(CONTROL), m.If(bus.wdata[0]):
                     m.d.sync += [ap_start.eq(1), ap_idle.eq(0)]
-                with m.Case(0x04):
+                with m.Case(GIE):
                     m.d.sync += gie.eq(bus.wdata[0])
-                with m.Case(0x08):
+                with m.Case(IER):
                     m.d.sync += ier.eq(bus.wdata[:2])
-                with m.Case(0x0C):
+                with m.Case(ISR):
                     m.d.sync += isr.eq(isr ^ bus.wdata[:2])
                 for reg in self.registers:
                     if reg.access == "rw":
@@ -273,17 +278,17 @@ class ControlSlave(wiring.Component):
         with m.If(bus.arvalid & bus.arready):
             m.d.sync += bus.rvalid.eq(1)
             with m.Switch(bus.araddr):
-                with m.Case(0x00):
+                with m.Case(CONTROL):
                     # ap_ready (bit 3): a new start would be taken now
                     m.d.sync += bus.rdata.eq(ap_start | ap_done << 1 | ap_idle << 2
                                              | ap_idle << 3)
                     with m.If(~self.finish):
                         m.d.sync += ap_done.eq(0)  # clear on read
-                with m.Case(0x04):
+                with m.Case(GIE):
                     m.d.sync += bus.rdata.eq(gie)
-                with m.Case(0x08):
+                with m.Case(IER):
                     m.d.sync += bus.rdata.eq(ier)
-                with m.Case(0x0C):
+                with m.Case(ISR):
                     m.d.sync += bus.rdata.eq(isr)
                 for reg in self.registers:
                     with m.Case(reg.offset):

@@ -146,7 +146,7 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
     lanes, k = codes.shape
     keep_n, block = nm or (1, 1)
     kept_per_group = group * keep_n // block
-    why = Descriptor(fmt, sparsity_of(nm), group.bit_length() - 1).schedule_error(chain_group)
+    why = Descriptor.of(fmt, nm, group).schedule_error(chain_group)
     if why:
         raise EngineError(why)
     if fmt is WeightFormat.INT8 and np.any(np.asarray(x)[1]):

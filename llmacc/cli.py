@@ -8,6 +8,7 @@ a package built for another configuration, a missing tool or card) ends with one
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -25,52 +26,25 @@ def _cmd_isa(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from quant import eval as quant_eval
-
-    return quant_eval.run(args)
-
-
-def _cmd_quantize(args: argparse.Namespace) -> int:
-    from quant import commands
-
-    return commands.run(args)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from host import run
-
-    return run.run(args)
-
-
-def _cmd_sim(args: argparse.Namespace) -> int:
-    from host import verify
-
-    return verify.run_sim(args)
-
-
-def _cmd_perf(args: argparse.Namespace) -> int:
-    from sim import perf_report
-
-    return perf_report.run(args)
-
-
-def _cmd_bitstream(args: argparse.Namespace) -> int:
-    from boards import vitis_flow
-
-    return vitis_flow.run(args)
-
-
-def _cmd_compile(args: argparse.Namespace) -> int:
-    from compiler import commands
-
-    return commands.run(args)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from host import verify
-
-    return verify.run(args)
+#: The subcommands that live with their code: (name, help, module, the module's functions
+#: that add the arguments and that run the command).
+COMMANDS = (
+    ("eval", "perplexity of the float, fake-quant or integer model",
+     "quant.eval", "add_arguments", "run"),
+    ("quantize", "quantize a checkpoint to the integer reference model",
+     "quant.commands", "add_arguments", "run"),
+    ("compile", "quantize a checkpoint and compile it to a package",
+     "compiler.commands", "add_arguments", "run"),
+    ("verify", "check a back end against the integer reference",
+     "host.verify", "add_arguments", "run"),
+    ("run", "generate text from a prompt on a back end", "host.run", "add_arguments", "run"),
+    ("sim", "a package on the Verilated RTL beside the emulator: bit-exactness and counted "
+     "against modelled cycles", "host.verify", "add_sim_arguments", "run_sim"),
+    ("perf", "performance estimates: decode tokens/s, prefill latency, HBM roofline, "
+     "published anchors; SVG plots", "sim.perf_report", "add_arguments", "run"),
+    ("bitstream", "the Vitis build tree for a board; runs Vivado/v++ when they are on PATH",
+     "boards.vitis_flow", "add_arguments", "run"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,53 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("config", help="print a configuration (preset name or JSON file)")
-    p.add_argument("name", help="preset (sim-small, u280) or a JSON file")
+    p.add_argument("name", help="preset (sim-small, sim-wide, u280) or a JSON file")
     p.set_defaults(func=_cmd_config)
     p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
     p.set_defaults(func=_cmd_isa)
-    p = sub.add_parser("eval", help="perplexity of the float, fake-quant or integer model")
-    from quant.eval import add_arguments as eval_arguments
-
-    eval_arguments(p)
-    p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("quantize", help="quantize a checkpoint to the integer reference model")
-    from quant.commands import add_arguments as quantize_arguments
-
-    quantize_arguments(p)
-    p.set_defaults(func=_cmd_quantize)
-    p = sub.add_parser("compile", help="quantize a checkpoint and compile it to a package")
-    from compiler.commands import add_arguments as compile_arguments
-
-    compile_arguments(p)
-    p.set_defaults(func=_cmd_compile)
-    p = sub.add_parser("verify", help="check a back end against the integer reference")
-    from host.verify import add_arguments as verify_arguments
-
-    verify_arguments(p)
-    p.set_defaults(func=_cmd_verify)
-    p = sub.add_parser("run", help="generate text from a prompt on a back end")
-    from host.run import add_arguments as run_arguments
-
-    run_arguments(p)
-    p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("sim", help="a package on the Verilated RTL beside the emulator: "
-                                   "bit-exactness and counted against modelled cycles")
-    from host.verify import add_sim_arguments
-
-    add_sim_arguments(p)
-    p.set_defaults(func=_cmd_sim)
-    p = sub.add_parser("perf", help="performance estimates: decode tokens/s, prefill latency, "
-                                    "HBM roofline, published anchors; SVG plots")
-    from sim.perf_report import add_arguments as perf_arguments
-
-    perf_arguments(p)
-    p.set_defaults(func=_cmd_perf)
-    p = sub.add_parser("bitstream", help="the Vitis build tree for a board; runs Vivado/v++ "
-                                         "when they are on PATH")
-    from boards.vitis_flow import add_arguments as bitstream_arguments
-
-    bitstream_arguments(p)
-    p.set_defaults(func=_cmd_bitstream)
+    for name, text, module_name, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=text)
+        module = importlib.import_module(module_name)
+        getattr(module, add_arguments)(p)
+        p.set_defaults(func=getattr(module, run))
     return parser
 
 

@@ -224,6 +224,14 @@ class Descriptor:
                     f"chain's tap spacing {chain_group}")
         return None
 
+    @classmethod
+    def of(cls, fmt: WeightFormat | str, nm: tuple[int, int] | None, group: int, p0: int = 0,
+           p1: int = 0) -> Descriptor:
+        """The descriptor of a tile in ``fmt`` (or its ``QLinear.fmt`` name) with N:M
+        sparsity ``nm`` (None: dense) and quantisation groups of ``group`` weights."""
+        fmt = FORMAT_OF[fmt] if isinstance(fmt, str) else fmt
+        return cls(fmt, sparsity_of(nm), group.bit_length() - 1, p0, p1)
+
     def encode(self, w: int) -> np.ndarray:
         raw = np.array([[self.wfmt.value, self.sparsity.value, self.group_log2, 0,
                          self.p0 & 0xFF, self.p1 & 0xFF, 0, 0]], dtype=np.uint8)

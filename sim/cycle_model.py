@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from llmacc.config import AccelConfig
 
 MEM_LATENCY = 64  #: cycles from an AXI read request to the first beat (HBM/DDR)
+#: The read latency of the RTL harness's memories (sim/top_harness.py) and of the performance
+#: model (sim/perf_model.py): the AXI interconnect and HBM controller of a U280 answer in some
+#: tens of cycles at 225 MHz. The emulator's first-order MEM_LATENCY above is not yet
+#: calibrated against it.
+READ_LATENCY = 32
 SFU_LATENCY = 16  #: SFU pipeline depth (LUTs, multipliers, normalisation)
 ROW_LATENCY = 4  #: per-row setup of a row-wise SFU function
 REDUCE_LATENCY = 8  #: cascade drain + per-group dequantisation of a matrix tile

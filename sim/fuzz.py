@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from amaranth.lib import data
 
 from host.emulator import Emulator, EmulatorError
 from hw.controller import Fault
@@ -158,34 +159,34 @@ def random_compute_case(cfg: AccelConfig, rng: random.Random) -> InstructionCase
                     rng.choice(list(OutMode)), rng.choice((Opcode.MATVEC, Opcode.MATMAT)))
 
 
-class IllegalKind(enum.Enum):
-    OPCODE = Fault.OPCODE
-    FIELD = Fault.FIELD
-    RESERVED = Fault.RESERVED
-    SEMANTICS = Fault.SEMANTICS
+#: the faults of words the decoder refuses, in the controller's priority (hw/controller.py)
+DECODE_FAULTS = (Fault.OPCODE, Fault.FIELD, Fault.RESERVED, Fault.SEMANTICS)
 
 
-def illegal_word(rng: random.Random, kind: IllegalKind) -> int:
-    """A word with exactly one kind of illegality, which the Python decoder refuses."""
+def _enum_fields() -> list[tuple[Opcode, data.Field]]:
+    """Every enum field of every payload that has encodings no member uses."""
+    return [(op, fld) for op, layout in isa.PAYLOAD.items() for _, fld in layout.as_shape()
+            if isinstance(fld.shape, type) and issubclass(fld.shape, enum.Enum)
+            and len(fld.shape) < 1 << fld.width]
+
+
+def illegal_word(rng: random.Random, kind: Fault) -> int:
+    """A word with exactly one illegality, of ``kind`` (one of :data:`DECODE_FAULTS`),
+    which the Python decoder refuses."""
     header = isa.Header.as_shape().size
+    opcode_bits = Opcode.as_shape().width
     while True:
-        if kind is IllegalKind.OPCODE:
+        if kind is Fault.OPCODE:
             used = {op.value for op in Opcode}
-            opcode = rng.choice([v for v in range(1 << Opcode.as_shape().width)
-                                 if v not in used])
-            word = rng.getrandbits(isa.WORD_BITS) & ~((1 << Opcode.as_shape().width) - 1)
-            word |= opcode
-        elif kind is IllegalKind.SEMANTICS:
+            opcode = rng.choice([v for v in range(1 << opcode_bits) if v not in used])
+            word = rng.getrandbits(isa.WORD_BITS) & ~((1 << opcode_bits) - 1) | opcode
+        elif kind is Fault.SEMANTICS:
             word = isa.encode(isa.make(Opcode.MATVEC, m=1)) ^ (
                 rng.randint(2, 255) ^ 1) << (header + isa.MatFields.as_shape()["m"].offset)
         else:
-            enums = [(op, name, fld) for op, layout in isa.PAYLOAD.items()
-                     for name, fld in layout.as_shape()
-                     if isinstance(fld.shape, type) and issubclass(fld.shape, enum.Enum)
-                     and len(fld.shape) < 1 << fld.width]
-            op, name, fld = rng.choice(enums)
+            op, fld = rng.choice(_enum_fields())
             word = isa.encode(isa.make(op, **({"m": 1} if op is Opcode.MATVEC else {})))
-            if kind is IllegalKind.FIELD:
+            if kind is Fault.FIELD:
                 bad = rng.choice([v for v in range(1 << fld.width)
                                   if v not in {m.value for m in fld.shape}])
                 word |= bad << (header + fld.offset)
@@ -245,7 +246,7 @@ def draw(cfg: AccelConfig, rng: random.Random, kind: str) -> FuzzProgram:
         emu.write_ext(c, 0, np.frombuffer(image, np.uint8))
     words = [isa.encode(i) for i in program]
     if kind == "illegal":
-        bad = illegal_word(rng, rng.choice(list(IllegalKind)))
+        bad = illegal_word(rng, rng.choice(DECODE_FAULTS))
         at = len(words) - 1  # before HALT, after a SYNC: everything before it has run
         words = words[:at] + [isa.encode(isa.make(Opcode.SYS, func=SysFunc.SYNC)), bad] + \
             words[at:]
@@ -260,19 +261,20 @@ def draw(cfg: AccelConfig, rng: random.Random, kind: str) -> FuzzProgram:
 
 
 def _fault_of(word: int) -> Fault:
-    """The fault an illegal word from :func:`illegal_word` raises (one kind per word)."""
+    """The fault the controller raises for an illegal word, in its priority: unknown
+    opcode, then an enum field no member has, then reserved bits, then semantics."""
     op = word & ((1 << Opcode.as_shape().width) - 1)
     if op not in {o.value for o in Opcode}:
         return Fault.OPCODE
     payload = word >> isa.Header.as_shape().size
     layout = isa.PAYLOAD[Opcode(op)]
-    if payload >> layout.as_shape().size:
-        return Fault.RESERVED
     for _, fld in layout.as_shape():
         if isinstance(fld.shape, type) and issubclass(fld.shape, enum.Enum):
             raw = payload >> fld.offset & ((1 << fld.width) - 1)
             if raw not in {m.value for m in fld.shape}:
                 return Fault.FIELD
+    if payload >> layout.as_shape().size:
+        return Fault.RESERVED
     return Fault.SEMANTICS
 
 

@@ -33,8 +33,8 @@ from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import WeightFormat
 from quant import schemes
+from sim.cycle_model import READ_LATENCY
 
-READ_LATENCY = 32  #: cycles from a row's read command to its first beat (sim/top_harness.py)
 FLIGHTLLM_TOK_S = 55.0  #: FlightLLM, U280, LLaMA2-7B decode (FPGA '24)
 ACCLLM_SPEEDUP = 2.98  #: AccLLM's throughput over FlightLLM
 
@@ -113,11 +113,6 @@ class Estimate:
         return self.tokens * self.clock_hz / sum(op.rtl_cycles for op in self.operators)
 
 
-def _descriptor(scheme: schemes.Scheme) -> L.Descriptor:
-    return L.Descriptor(L.FORMAT_OF[scheme.weight_fmt], L.sparsity_of(scheme.sparsity),
-                        scheme.group.bit_length() - 1)
-
-
 def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
     """Memory cycles to stream ``rows`` rows of ``words`` AXI words over every channel."""
     per_channel = -(-rows // cfg.mem_channels)
@@ -129,7 +124,7 @@ def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
 def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
            tokens: int) -> Operator:
     """A weight matrix [n, k] applied to ``tokens`` rows."""
-    desc = _descriptor(scheme)
+    desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
     w = cfg.axi_data_bytes
     row_words = desc.wgt_pitch(k, w) + desc.meta_pitch(k, w)
     kept = desc.kept(k)
@@ -182,8 +177,7 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
     every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
                            o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
                            o.rtl_cycles * shape.layers) for o in ops) + (head,)
-    return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9,
-                    1 if rows == 1 else rows)
+    return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9, rows)
 
 
 def decode(cfg: AccelConfig, shape: ModelShape, scheme: str, context: int) -> Estimate:

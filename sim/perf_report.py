@@ -9,6 +9,7 @@ The last line is ``decode_tok_s=<v> roofline_fraction=<v>`` for ``--scheme`` at
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from llmacc import config as C
@@ -127,8 +128,6 @@ def _lines_svg(curves: dict, cfg_name: str, model: str) -> str:
 
 def _roofline_svg(cfg: C.AccelConfig, e: P.Estimate) -> str:
     """log-log: MACs per byte against MACs/s; the bandwidth slope and the engine's peak."""
-    import math
-
     peak = cfg.peak_macs_per_cycle * e.clock_hz
     bw = e.bandwidth
     lo_x, hi_x = 0.01, 1000.0

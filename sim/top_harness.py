@@ -28,18 +28,15 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.axi import COUNTER_PREFIXES, register_map
+from hw.axi import CONTROL, COUNTER_PREFIXES, GIE, IER, ISR, register_map
+from llmacc import isa
 from llmacc.config import AccelConfig
 from sim import toolchain
-from sim.benches.common import CONTROL, GIE, IER, ISR
+from sim.cycle_model import READ_LATENCY
 from sim.verilator import BUILD_JOBS, BUILD_ROOT, PROJECT_ROOT
 
 SOURCE = Path(__file__).resolve().parent / "harness" / "top_harness.cpp"
 TOP = "llmacc_top"
-#: Cycles from a read address to its first data beat in the harness's memories: the AXI
-#: interconnect and HBM controller of a U280 answer in some tens of cycles at 225 MHz; the
-#: cycle model (sim/cycle_model.py) uses the same value.
-READ_LATENCY = 32
 
 
 class HarnessError(RuntimeError):
@@ -143,12 +140,11 @@ class TopHarness:
         self.cfg = cfg
         self.insn_port = cfg.mem_channels
         self.insn_bytes = insn_bytes
-        self.channel_bytes = list(channel_bytes)
         self.registers = {r.name: r.offset for r in register_map(cfg.mem_channels)}
         self.wall_s = 0.0  #: seconds spent waiting for the simulation
         self._proc = subprocess.Popen([str(build(cfg))], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, bufsize=1)
-        for c, n in enumerate(self.channel_bytes):
+        for c, n in enumerate(channel_bytes):
             self._call(f"mem {c} {n}")
         self._call(f"mem {self.insn_port} {insn_bytes}")
         self._call(f"latency {latency}")
@@ -191,7 +187,8 @@ class TopHarness:
         return int(self._call("cycles"))
 
     def trace(self, path: Path | None) -> None:
-        """Write an FST waveform of what follows to ``path`` (None: stop)."""
+        """Write a waveform of what follows to ``path`` (FST or VCD, see
+        :func:`waveform_suffix`; None: stop)."""
         self._call(f"trace {path if path is not None else 'off'}")
 
     # -- a kernel run ----------------------------------------------------------------------
@@ -209,7 +206,7 @@ class TopHarness:
             self.lite_write(reg[f"ch{c}_hi"], base >> 32)
         self.lite_write(reg["program_lo"], program_base)
         self.lite_write(reg["program_hi"], program_base >> 32)
-        self.lite_write(reg["program_words"], len(program) // 16)
+        self.lite_write(reg["program_words"], len(program) // isa.WORD_BYTES)
         self.lite_write(CONTROL, 1)
         took, high = self._call(f"wait {max_cycles}").split()
         if high != "1":

@@ -16,7 +16,7 @@ from tests.quant_helpers import random_sequences, tiny_int_model
 from tests.test_host_runtime import tiny_tokenizer
 
 
-def _recorded(device) -> list[torch.Tensor]:
+def recorded(device) -> list[torch.Tensor]:
     """The logits of every step the device runs, in order."""
     seen = []
     for name in ("prefill", "decode"):
@@ -33,7 +33,7 @@ def test_rtl_backend_generates_like_the_reference(sim_small_top, seed):
     tok, sampler = tiny_tokenizer(im.config.vocab_size), Sampler(0.7, seed=seed)
     device = RtlDevice(cm, seed=seed)
     try:
-        on_rtl = _recorded(device)
+        on_rtl = recorded(device)
         out = generate(device, tok, prompt, 2, sampler=sampler, stop_tokens=frozenset())
     finally:
         device.close()

@@ -14,6 +14,7 @@ from host.rtl_device import RtlDevice
 from llmacc.config import preset
 from quant import intref, tokenizer
 from tests.quant_helpers import TOKENIZER, check_run, random_sequences, tiny_int_model
+from tests.test_rtl_device import recorded
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4", "w4a8+2:4", "w8a8"]
 CONFIGS = ["sim-small", "sim-wide"]
@@ -51,10 +52,7 @@ def test_shipped_model_on_rtl(shipped, sim_small_top, seed, record_property):
     tok = tokenizer.load(TOKENIZER, cm.model.config.vocab_size)
     prompt = tok.encode("Once upon a time, a little dog")
     device = RtlDevice(cm, seed=seed)
-    seen = []
-    for name in ("prefill", "decode"):
-        step = getattr(device, name)
-        setattr(device, name, lambda *a, step=step: seen.append(step(*a)) or seen[-1])
+    seen = recorded(device)
     try:
         out = generate(device, tok, prompt, 4, stop_tokens=frozenset())
     finally:

@@ -7,7 +7,7 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 
 
 def seeded_rng(dut) -> random.Random:
@@ -18,8 +18,6 @@ def seeded_rng(dut) -> random.Random:
 
 
 PERIOD_NS = 10
-#: the ap_ctrl_hs block of the kernel's control slave (hw/axi.py); arguments follow from 0x10
-CONTROL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
 
 
 async def start_clock_and_reset(dut, period_ns: int = PERIOD_NS, cycles: int = 2) -> None:
@@ -55,11 +53,3 @@ async def send(clk, valid, ready, payload, value: int, *, rng: random.Random | N
         await ReadOnly()
     await RisingEdge(clk)
     return True
-
-
-async def wait_high(signal, max_cycles: int, period_ns: int = PERIOD_NS) -> bool:
-    """Wait until ``signal`` is high (an edge trigger: no Python per clock cycle, which
-    matters for long runs of a large design), at most ``max_cycles``; True if it rose."""
-    if not signal.value:
-        await First(RisingEdge(signal), Timer(max_cycles * period_ns, unit="ns"))
-    return bool(signal.value)
