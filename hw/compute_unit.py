@@ -133,8 +133,16 @@ class ComputeUnit(wiring.Component):
         # pass and beat state
         j0, t0 = Signal(15), Signal(12)
         beat_no = Signal(15)
-        inp_layout, _ = engine_layouts(lanes, n_chain, tap)
-        beat = Signal(inp_layout)
+        head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
+        beat = Signal(head_layout)
+        beat_lanes = [Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)]
+
+        def set_lane(update):
+            """``update(fields)`` on the beat lane ``al``."""
+            with m.Switch(al):
+                for i, fields in enumerate(beat_lanes):
+                    with m.Case(i):
+                        m.d.sync += update(fields)
         xt = Signal(1)  # token within the pass
         xc = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
         al = Signal(range(lanes + 1))  # lane
@@ -233,7 +241,8 @@ class ComputeUnit(wiring.Component):
             # -- one beat --------------------------------------------------------------------
             with m.State("CLEAR"):
                 seg_log2 = Mux(lkpg < ln, lkpg, ln)
-                m.d.sync += [beat.eq(0), beat.fmt.eq(wfmt), beat.sparsity.eq(sparsity),
+                m.d.sync += [*(bl.eq(0) for bl in beat_lanes),
+                             beat.eq(0), beat.fmt.eq(wfmt), beat.sparsity.eq(sparsity),
                              beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
                              beat.group_end.eq(last_beat | (((lo + n_chain) & (
                                  (Const(1, 16) << lkpg) - 1)) == 0)),
@@ -253,7 +262,7 @@ class ComputeUnit(wiring.Component):
             with m.State("X"):  # the activation window, 8 columns per read
                 col = (beat_no << lcover) + (xc << 3)
                 chunks = (Const(1, 8) << lcover) >> 3
-                keep = Cat(*((col + i < f.k).replicate(8) for i in range(8)))
+                keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
                 done, fetched = fetch_unless(~token_ok | (col >= f.k), fa, Buffer.ACT,
                                              ((qrow + qhdr) << lb) + (col << 3))
                 with m.If(fetched):
@@ -271,11 +280,11 @@ class ComputeUnit(wiring.Component):
                 done, fetched = fetch_unless(~row_ok | (q >= kept), fw, Buffer.WGT, (
                     wrow << lb) + Mux(half, kept * bits + q * ib, q * bits))
                 with m.If(fetched):
-                    lane = beat.lanes[al]
                     with m.If(half):
-                        m.d.sync += lane.idx[c].eq(fw.value[:4] & ((Const(1, 5) << ib) - 1))
+                        set_lane(lambda r: r.idx[c].eq(fw.value[:4] & ((Const(1, 5) << ib) - 1)))
                     with m.Else():
-                        m.d.sync += lane.codes[c].eq(fw.value[:8] & ((Const(1, 9) << bits) - 1))
+                        set_lane(lambda r: r.codes[c].eq(
+                            fw.value[:8] & ((Const(1, 9) << bits) - 1)))
                 with m.If(done):
                     m.d.sync += c.eq(c + 1)
                     with m.If(c == n_chain - 1):
@@ -292,11 +301,10 @@ class ComputeUnit(wiring.Component):
                 done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + 16 + Mux(
                     half, (groups << 4) + (g << 3), g << 4))
                 with m.If(fetched):
-                    lane = beat.lanes[al]
                     with m.If(half):
-                        m.d.sync += lane.aux[s].eq(fm.value[:8])
+                        set_lane(lambda r: r.aux[s].eq(fm.value[:8]))
                     with m.Else():
-                        m.d.sync += lane.mant[s].eq(fm.value[:16])
+                        set_lane(lambda r: r.mant[s].eq(fm.value[:16]))
                 with m.If(done):
                     m.d.sync += half.eq(~half)
                     with m.If(half):
@@ -309,14 +317,16 @@ class ComputeUnit(wiring.Component):
             with m.State("SHIFTS"):  # the rows' exponents
                 done, fetched = fetch_unless(~row_ok, fm, Buffer.META, mrow << lb)
                 with m.If(fetched):
-                    m.d.sync += beat.lanes[al].shift.eq(fm.value[:16])
+                    set_lane(lambda r: r.shift.eq(fm.value[:16]))
                 with m.If(done):
                     m.d.sync += al.eq(al + 1)
                     with m.If(al == lanes - 1):
                         m.d.sync += al.eq(0)
                         m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(beat)]
+                m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(beat),
+                             *(p.eq(bl) for p, bl in zip(engine.lane_in, beat_lanes,
+                                                         strict=True))]
                 with m.If(engine.i.ready):
                     m.d.sync += beat_no.eq(beat_no + 1)
                     with m.If(last_beat):

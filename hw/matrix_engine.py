@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import round_shift, saturate
+from hw.hierarchy import shared
 from hw.pipeline import delay
-from hw.sparse_dsp_chain import SparseDspChain, window
+from hw.sparse_dsp_chain import SparseDspChain, chain_latency, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
@@ -40,15 +41,12 @@ class EngineError(ValueError):
 
 
 def engine_layouts(lanes: int, n: int, group: int):
+    """``(head, lane, out)``: a beat's shared fields, one lane's fields, the results.
+
+    The lanes are separate ports: a U280 beat is some 90,000 bits, more than one signal can
+    carry through Amaranth's netlist (65,536)."""
     slots = n // group
-    lane = data.StructLayout({
-        "codes": data.ArrayLayout(8, n),
-        "idx": data.ArrayLayout(4, n),
-        "aux": data.ArrayLayout(8, slots),
-        "mant": data.ArrayLayout(N.SCALE_BITS, slots),
-        "shift": signed(16),
-    })
-    inp = data.StructLayout({
+    head = data.StructLayout({
         "fmt": WeightFormat,
         "sparsity": Sparsity,
         "seg_log2": 3,
@@ -57,22 +55,104 @@ def engine_layouts(lanes: int, n: int, group: int):
         "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
         "xm": data.ArrayLayout(N.SCALE_BITS, 2),
         "xe": data.ArrayLayout(signed(16), 2),
-        "lanes": data.ArrayLayout(lane, lanes),
+    })
+    lane = data.StructLayout({
+        "codes": data.ArrayLayout(8, n),
+        "idx": data.ArrayLayout(4, n),
+        "aux": data.ArrayLayout(8, slots),
+        "mant": data.ArrayLayout(N.SCALE_BITS, slots),
+        "shift": signed(16),
     })
     out = data.StructLayout({
         "y": data.ArrayLayout(data.ArrayLayout(signed(N.WIDE_BITS), 2), lanes)})
-    return inp, out
+    return head, lane, out
+
+
+def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
+    """Ports of one lane: the beat's fields for the chain (``inp``, at the chain's input) and
+    those that meet the chain's taps ``latency`` beats later (``tap``)."""
+    slots = n // group
+    return {
+        "inp": data.StructLayout({
+            "fmt": WeightFormat, "sparsity": Sparsity, "seg_log2": 3,
+            "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(4, n),
+            "aux": data.ArrayLayout(8, slots),
+            "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2)}),
+        "tap": data.StructLayout({
+            "valid": 1, "group_end": 1, "row_end": 1, "seg_end": slots,
+            "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16),
+            "xe": data.ArrayLayout(signed(16), 2)}),
+    }
+
+
+class EngineLane(wiring.Component):
+    """One weight row's datapath: decode, sparse DSP chain, exact group sums, the 48-bit
+    accumulator and the row's requantisation. ``y`` is registered one beat after the row's
+    accumulator, scaled by ``xm`` (held by the engine for that beat). The engine's lanes are
+    identical: board builds convert this module once (:mod:`hw.hierarchy`)."""
+
+    def __init__(self, n: int, group: int):
+        self.n, self.group = n, group
+        ports = lane_layouts(n, group)
+        super().__init__({
+            "en": In(1), "inp": In(ports["inp"]), "tap": In(ports["tap"]),
+            "xm": In(data.ArrayLayout(N.SCALE_BITS, 2)),
+            "y": Out(data.ArrayLayout(signed(N.WIDE_BITS), 2))})
+
+    @property
+    def latency(self) -> int:
+        return chain_latency(self.n)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.chain = chain = SparseDspChain(self.n, self.group)
+        inp, tap, en = self.inp, self.tap, self.en
+        m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(inp.sparsity),
+                     chain.inp.seg_log2.eq(inp.seg_log2),
+                     chain.inp.pack.eq(inp.fmt != WeightFormat.INT8),
+                     chain.inp.x.eq(inp.x), chain.inp.idx.eq(inp.idx)]
+        for k in range(self.n):
+            m.d.comb += chain.inp.ops[k].eq(decode_operand(
+                inp.codes[k], inp.fmt, inp.aux[k // self.group]))
+        slots = self.n // self.group
+        gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(GROUP_SUM_BITS), 2), slots))
+        acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
+        r_acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))  # the row, to requantise
+        r_shift = Signal(data.ArrayLayout(signed(18), 2))
+        step = en & tap.valid
+        for t in range(2):
+            total = 0
+            for j in range(slots):
+                new = Signal(signed(GROUP_SUM_BITS), name=f"g{j}_{t}")
+                m.d.comb += new.eq(gsum[j][t] + Mux(tap.seg_end[j], chain.out.sums[j][t], 0))
+                total = total + tap.mant[j] * new
+                with m.If(step):
+                    m.d.sync += gsum[j][t].eq(Mux(tap.group_end, 0, new))
+            new_acc = Signal(signed(N.ACC_BITS), name=f"acc_new{t}")
+            m.d.comb += new_acc.eq(acc[t] + Mux(tap.group_end, total, 0))
+            with m.If(step):
+                m.d.sync += acc[t].eq(new_acc)
+                with m.If(tap.row_end):
+                    m.d.sync += [acc[t].eq(0), r_acc[t].eq(new_acc),
+                                 r_shift[t].eq(tap.shift - tap.xe[t])]
+            with m.If(en):
+                m.d.sync += self.y[t].eq(saturate(
+                    round_shift(r_acc[t] * self.xm[t], r_shift[t], N.WIDE_BITS + 1),
+                    N.WIDE_BITS))
+        return m
 
 
 class MatrixEngine(wiring.Component):
-    """``lanes`` chains of ``n`` DSPs tapped every ``group``; stream of beats in, one result
-    per lane and token out at every row end."""
+    """``lanes`` chains of ``n`` DSPs tapped every ``group``; stream of beats in (the shared
+    fields as ``i``'s payload, each lane's in ``lane_in``, taken with it), one result per lane
+    and token out at every row end."""
 
     def __init__(self, lanes: int, n: int, group: int):
         self.lanes, self.n, self.group = lanes, n, group
-        self.chains = [SparseDspChain(n, group) for _ in range(lanes)]
-        inp, out = engine_layouts(lanes, n, group)
-        super().__init__({"i": In(stream.Signature(inp)), "o": Out(stream.Signature(out))})
+        self.units = [EngineLane(n, group) for _ in range(lanes)]
+        head, lane, out = engine_layouts(lanes, n, group)
+        super().__init__({"i": In(stream.Signature(head)), "lane_in": In(lane).array(lanes),
+                          "o": Out(stream.Signature(out))})
 
     def elaborate(self, platform):
         m = Module()
@@ -80,57 +160,46 @@ class MatrixEngine(wiring.Component):
         beat = self.i.payload
         m.d.comb += self.i.ready.eq(en)
         slots = self.n // self.group
-        latency = self.chains[0].latency
-        # Side information travels alongside the chain: the beat as it reaches the taps.
-        side = delay(m, beat, latency, en, "side")
+        latency = self.units[0].latency
+        # What the taps' consumers need of a beat travels alongside the chain (not the codes
+        # and activations, which the chain consumes: delaying the whole beat would cost a
+        # register per bit and pipeline stage).
+        side_in = Signal(data.StructLayout({
+            "seg_log2": 3, "group_end": 1, "row_end": 1,
+            "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2),
+            "mant": data.ArrayLayout(data.ArrayLayout(N.SCALE_BITS, slots), self.lanes),
+            "shift": data.ArrayLayout(signed(16), self.lanes)}))
+        m.d.comb += [side_in.seg_log2.eq(beat.seg_log2), side_in.group_end.eq(beat.group_end),
+                     side_in.row_end.eq(beat.row_end), side_in.xm.eq(beat.xm),
+                     side_in.xe.eq(beat.xe)]
+        for lane in range(self.lanes):
+            m.d.comb += [side_in.mant[lane].eq(self.lane_in[lane].mant),
+                         side_in.shift[lane].eq(self.lane_in[lane].shift)]
+        side = delay(m, side_in, latency, en, "side")
         valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
-        pack = beat.fmt != WeightFormat.INT8
-        # Row results waiting for requantisation.
-        r_valid = Signal()
-        r_acc = Signal(data.ArrayLayout(data.ArrayLayout(signed(N.ACC_BITS), 2), self.lanes))
-        r_xm = Signal(data.ArrayLayout(N.SCALE_BITS, 2))
-        r_shift = Signal(data.ArrayLayout(data.ArrayLayout(signed(18), 2), self.lanes))
+        # Slot j's sum is complete when a segment ends at its tap: one flag per slot, shared.
         seg_end_every = (1 << side.seg_log2) // self.group
-        for lane, chain in enumerate(self.chains):
-            m.submodules[f"chain{lane}"] = chain
-            src = beat.lanes[lane]
-            m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(beat.sparsity),
-                         chain.inp.seg_log2.eq(beat.seg_log2), chain.inp.pack.eq(pack),
-                         chain.inp.x.eq(beat.x), chain.inp.idx.eq(src.idx)]
-            for k in range(self.n):
-                m.d.comb += chain.inp.ops[k].eq(decode_operand(
-                    src.codes[k], beat.fmt, src.aux[k // self.group]))
-            gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(GROUP_SUM_BITS), 2), slots),
-                          name=f"gsum{lane}")
-            acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2), name=f"acc{lane}")
-            info = side.lanes[lane]
-            for t in range(2):
-                total = 0
-                for j in range(slots):
-                    is_end = ((j + 1) % seg_end_every) == 0
-                    new = Signal(signed(GROUP_SUM_BITS), name=f"g{lane}_{j}_{t}")
-                    m.d.comb += new.eq(gsum[j][t] + (chain.out.sums[j][t] & is_end.replicate(
-                        GROUP_SUM_BITS)))
-                    total = total + info.mant[j] * new
-                    with m.If(en & valid):
-                        m.d.sync += gsum[j][t].eq(new)
-                        with m.If(side.group_end):
-                            m.d.sync += gsum[j][t].eq(0)
-                new_acc = Signal(signed(N.ACC_BITS), name=f"acc_new{lane}_{t}")
-                m.d.comb += new_acc.eq(acc[t] + (total & side.group_end.replicate(N.ACC_BITS)))
-                with m.If(en & valid):
-                    m.d.sync += acc[t].eq(new_acc)
-                    with m.If(side.row_end):
-                        m.d.sync += [acc[t].eq(0), r_acc[lane][t].eq(new_acc),
-                                     r_shift[lane][t].eq(info.shift - side.xe[t])]
+        seg_end = Signal(slots)
+        m.d.comb += seg_end.eq(Cat(((j + 1) % seg_end_every) == 0 for j in range(slots)))
+        r_valid = Signal()
+        r_xm = Signal(data.ArrayLayout(N.SCALE_BITS, 2))
+        for lane, unit in enumerate(self.units):
+            m.submodules[f"lane{lane}"] = shared(platform, unit, f"engine_lane_{self.n}_"
+                                                 f"{self.group}")
+            src = self.lane_in[lane]
+            m.d.comb += [unit.en.eq(en), unit.xm.eq(r_xm),
+                         unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
+                         unit.inp.seg_log2.eq(beat.seg_log2), unit.inp.codes.eq(src.codes),
+                         unit.inp.idx.eq(src.idx), unit.inp.aux.eq(src.aux),
+                         unit.inp.x.eq(beat.x),
+                         unit.tap.valid.eq(valid), unit.tap.group_end.eq(side.group_end),
+                         unit.tap.row_end.eq(side.row_end), unit.tap.seg_end.eq(seg_end),
+                         unit.tap.mant.eq(side.mant[lane]), unit.tap.shift.eq(side.shift[lane]),
+                         unit.tap.xe.eq(side.xe),
+                         self.o.payload.y[lane].eq(unit.y)]
         with m.If(en):
-            m.d.sync += [r_valid.eq(valid & side.row_end), r_xm.eq(side.xm)]
-            m.d.sync += self.o.valid.eq(r_valid)
-            for lane in range(self.lanes):
-                for t in range(2):
-                    scaled = r_acc[lane][t] * r_xm[t]
-                    m.d.sync += self.o.payload.y[lane][t].eq(saturate(
-                        round_shift(scaled, r_shift[lane][t], N.WIDE_BITS + 1), N.WIDE_BITS))
+            m.d.sync += [r_valid.eq(valid & side.row_end), r_xm.eq(side.xm),
+                         self.o.valid.eq(r_valid)]
         return m
 
 

@@ -18,7 +18,7 @@ beat.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, signed
+from amaranth.hdl import Cat, Module, Mux, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,6 +36,11 @@ MAX_CHAIN = 64  #: longest chain for which two packed products stay exact
 def window(n: int) -> int:
     """Activations one beat can reach: n kept weights of the sparsest pattern (2:16)."""
     return max(n * m // k for k, m in (v for v in SPARSITY_NM.values() if v)) if n else 0
+
+
+def chain_latency(n: int) -> int:
+    """Beats from a chain's input to its taps."""
+    return n + DspCascade.LATENCY_EXTRA
 
 
 def chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
@@ -62,13 +67,12 @@ class SparseDspChain(wiring.Component):
             raise ValueError(f"chain of {n} (group {group}): need a multiple of 16 up to "
                              f"{MAX_CHAIN}, divisible by the group")
         self.n, self.group = n, group
-        self.cascade = DspCascade(n, group)
         inp, out = chain_layouts(n, group)
         super().__init__({"inp": In(inp), "out": Out(out), "ce": In(1)})
 
     @property
     def latency(self) -> int:
-        return self.cascade.latency
+        return chain_latency(self.n)
 
     def _select(self, lane: int, x, sparsity, idx):
         """The sparse multiplexer of one element: its activation under each pattern."""
@@ -77,8 +81,8 @@ class SparseDspChain(wiring.Component):
             if nm:
                 keep, block = nm
                 base = lane // keep * block
-                options[sp] = Array(x[base + j] for j in range(block))[idx[:(block - 1)
-                                                                            .bit_length()]]
+                block_x = Cat(x[base + j] for j in range(block))
+                options[sp] = block_x.word_select(idx[:(block - 1).bit_length()], 8).as_signed()
         value = options[Sparsity.DENSE]
         for sp, sel in options.items():
             value = Mux(sparsity == sp, sel, value)
@@ -86,7 +90,7 @@ class SparseDspChain(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.cascade = cas = self.cascade
+        m.submodules.cascade = cas = DspCascade(self.n, self.group)
         inp = self.inp
         seg_mask = ((1 << inp.seg_log2) - 1)[:8]
         for lane in range(self.n):

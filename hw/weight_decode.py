@@ -8,7 +8,7 @@ The per-group rescale of partial sums happens after the DSP chain (``hw/matrix_e
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,17 +18,20 @@ from llmacc.isa import WeightFormat
 OPERAND_BITS = 8  #: decoded operands: INT8 needs 8 bits, the low-bit formats 6
 
 
-def _rom(lut) -> Array:
-    rows = [Array(Const(int(v), signed(OPERAND_BITS)) for v in row) for row in lut.tolist()]
-    return Array(rows)
+def _rom(lut, type_id, code):
+    """``lut[type_id][code]`` for an [8, 2**len(code)] table. The table is one constant read
+    by one part-select: an :class:`Array` of constants would copy every use of the result into
+    each of its entries."""
+    flat = Cat(Const(int(v), signed(OPERAND_BITS)) for v in lut.reshape(-1).tolist())
+    return flat.word_select(Cat(code, type_id), OPERAND_BITS).as_signed()
 
 
 def decode_operand(code, fmt, aux) -> Signal:
     """Combinational decode of one 8-bit ``code`` under ``fmt`` with the group's ``aux``
     (W2 zero-point or mixed type id)."""
     w2 = (code[:2] - aux[:2]).as_signed()
-    mixed3 = _rom(N.MIXED3_LUT)[aux[:3]][code[:3]]
-    mixed4 = _rom(N.MIXED4_LUT)[aux[:3]][code[:4]]
+    mixed3 = _rom(N.MIXED3_LUT, aux[:3], code[:3])
+    mixed4 = _rom(N.MIXED4_LUT, aux[:3], code[:4])
     int8 = code[:8].as_signed()
     int8 = Mux(int8 == -128, -127, int8)  # symmetric INT8
     return Mux(fmt == WeightFormat.W2, w2,

@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth.back import verilog
-
 from hw.axi import CONTROL, COUNTER_PREFIXES, GIE, IER, ISR, register_map
 from llmacc import isa
 from llmacc.config import AccelConfig
@@ -82,6 +80,7 @@ def _sources_digest(cfg: AccelConfig, header: str) -> str:
 
 def build(cfg: AccelConfig) -> Path:
     """The harness executable for ``cfg`` (built now, or reused)."""
+    from hw import hierarchy
     from hw.accelerator import Accelerator
 
     toolchain.apply()
@@ -96,8 +95,9 @@ def build(cfg: AccelConfig) -> Path:
         if exe.exists():
             return exe
         build_dir.mkdir(parents=True, exist_ok=True)
-        text = verilog.convert(Accelerator(cfg), name=TOP, emit_src=False)
-        (build_dir / f"{TOP}.v").write_text(text)
+        sources = hierarchy.convert(Accelerator(cfg), TOP)  # the board flow's files
+        for name, text in sources.items():
+            (build_dir / name).write_text(text)
         (build_dir / "harness_ports.h").write_text(header)
         env = dict(os.environ)
         # the wheel's verilated.mk leaves the precompiled-header include flag empty
@@ -111,7 +111,7 @@ def build(cfg: AccelConfig) -> Path:
                      "-LDFLAGS", f"-L{build_dir}"]
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-Wno-fatal",
                *trace, "--top-module", TOP, "-Mdir", "obj", "-o", "harness",
-               "-CFLAGS", f"-I{build_dir}", f"{TOP}.v", str(SOURCE)]
+               "-CFLAGS", f"-I{build_dir}", *sources, str(SOURCE)]
         run = subprocess.run(cmd, cwd=build_dir, env=env, capture_output=True, text=True)
         if run.returncode or not exe.exists():
             raise HarnessError(f"building the Verilator harness for {cfg.name} failed:\n"

@@ -5,6 +5,9 @@ import random
 
 import pytest
 import torch
+from amaranth.hdl import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import EngineError, MatrixEngine, beats, engine_layouts
 from llmacc import layout as L
@@ -14,6 +17,34 @@ from sim import stream_harness as H
 from sim import verilator
 
 LANES, CHAIN, TAP = 2, 16, 4
+
+
+def beat_layout(lanes: int, n: int, group: int) -> data.StructLayout:
+    """A whole beat as :func:`beats` writes it: the shared fields and ``lanes``."""
+    head, lane, _ = engine_layouts(lanes, n, group)
+    return data.StructLayout({**{name: f.shape for name, f in head},
+                             "lanes": data.ArrayLayout(lane, lanes)})
+
+
+class PackedEngine(wiring.Component):
+    """The engine with one stream of whole beats, as the stream harnesses drive it."""
+
+    def __init__(self, lanes: int, n: int, group: int):
+        self.engine = MatrixEngine(lanes, n, group)
+        out = engine_layouts(lanes, n, group)[2]
+        super().__init__({"i": In(stream.Signature(beat_layout(lanes, n, group))),
+                          "o": Out(stream.Signature(out))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self.engine
+        beat = self.i.payload
+        m.d.comb += [engine.i.valid.eq(self.i.valid), self.i.ready.eq(engine.i.ready),
+                     *(engine.i.payload[name].eq(beat[name]) for name, _ in
+                       engine.i.payload.shape()),
+                     *(p.eq(beat.lanes[i]) for i, p in enumerate(engine.lane_in))]
+        wiring.connect(m, wiring.flipped(self.o), engine.o)
+        return m
 
 
 def _tile(rng: random.Random, fmt: WeightFormat, nm, group: int, k: int, edge: bool):
@@ -47,7 +78,7 @@ def _tile(rng: random.Random, fmt: WeightFormat, nm, group: int, k: int, edge: b
 
 def _cases(seed: int, count: int):
     rng = random.Random(seed)
-    inp, out = engine_layouts(LANES, CHAIN, TAP)
+    inp, out = beat_layout(LANES, CHAIN, TAP), engine_layouts(LANES, CHAIN, TAP)[2]
     combos = [(fmt, nm, group) for fmt in WeightFormat
               for nm in [None, (2, 16), (4, 16), (8, 16), (2, 4)]
               for group in (16, 32, 64)
@@ -75,14 +106,14 @@ def _cases(seed: int, count: int):
 
 def test_matrix_engine_amaranth(seed):
     inputs, expected, out = _cases(seed, 70)
-    got = H.run_amaranth(MatrixEngine(LANES, CHAIN, TAP), inputs, len(expected), seed)
+    got = H.run_amaranth(PackedEngine(LANES, CHAIN, TAP), inputs, len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 
 
 @pytest.mark.verilator
 def test_matrix_engine_verilator(verilator_env, seed, tmp_path):
     inputs, expected, out = _cases(seed, 300)
-    model = verilator.build(MatrixEngine(LANES, CHAIN, TAP), "matrix_engine")
+    model = verilator.build(PackedEngine(LANES, CHAIN, TAP), "matrix_engine")
     got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 

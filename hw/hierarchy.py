@@ -1,0 +1,61 @@
+"""Modules converted once and instantiated many times, for builds too large to flatten.
+
+Amaranth elaborates every instance of a component into its own Verilog module. The U280
+matrix engine has 96 identical lanes of 64 DSPs each; flattened, its top needs far more memory
+to convert than a build machine has. A component placed with :func:`shared` is, when the top
+is elaborated for a :class:`SharedModules` platform, an ``Instance`` of a module named by its
+parameters, and :func:`convert` writes each such module once. The board flow and the
+Verilator harness both build from :func:`convert`'s files. Elaborated for
+any other platform (simulation, Verilator, the tests) the component is simply itself, so the
+simulated design and the board's are the same modules.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import ClockSignal, Instance, ResetSignal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Flow
+
+
+class SharedModules:
+    """The platform of a hierarchical conversion: collects one component per module name."""
+
+    def __init__(self) -> None:
+        self.modules: dict[str, wiring.Component] = {}
+
+    def instance(self, component: wiring.Component, name: str) -> Instance:
+        """An instance of module ``name`` wired to ``component``'s ports (which stay the
+        parent's signals: the component itself is not elaborated here)."""
+        component._MustUse__silence = True  # converted on its own (or as its first twin)
+        self.modules.setdefault(name, component)
+        ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
+        for path, member, value in component.signature.flatten(component):
+            kind = "i_" if member.flow is Flow.In else "o_"
+            ports[kind + "__".join(str(p) for p in path)] = value
+        return Instance(name, **ports)
+
+    def convert(self) -> dict[str, str]:
+        """Verilog of every shared module, by name (each elaborated flat)."""
+        from amaranth.back import verilog
+
+        return {name: verilog.convert(c, name=name, emit_src=False)
+                for name, c in self.modules.items()}
+
+
+def shared(platform, component: wiring.Component, name: str):
+    """``component``, or an instance of the shared module ``name`` when the platform is a
+    :class:`SharedModules`. ``name`` must determine the module (encode its parameters)."""
+    if isinstance(platform, SharedModules):
+        return platform.instance(component, name)
+    return component
+
+
+def convert(top: wiring.Component, name: str) -> dict[str, str]:
+    """Verilog files of ``top`` (module ``name``) with its shared modules converted once:
+    ``{file name: text}``, the top's first."""
+    from amaranth.back import verilog
+
+    platform = SharedModules()
+    files = {f"{name}.v": verilog.convert(top, name=name, emit_src=False, platform=platform)}
+    files.update((f"{module}.v", text) for module, text in platform.convert().items())
+    return files
