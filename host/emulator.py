@@ -131,21 +131,31 @@ class Emulator:
 
     # -- execution -------------------------------------------------------------------------
     def run(self, program: list[Instruction], regs: dict[Reg, int] | None = None) -> RunStats:
-        """Execute ``program`` from its first word to HALT (or its end)."""
+        """Execute ``program`` from its first word to HALT (or its end). ``regs`` are set as
+        a kernel run sets them, by a SETREG word each before the program, and cost their
+        issue cycles (:func:`host.device.kernel_program`)."""
         if regs:
             self.regs.update(regs)
         stats = RunStats(busy={u.name: 0 for u in Unit})
         free = dict.fromkeys(Unit, 0)
         tokens: dict[tuple[Unit, Unit], deque[int]] = {(a, b): deque() for a in Unit
                                                        for b in Unit}
+        # The controller's clock: in order, one instruction per issue_cycles, from the first
+        # word's arrival.
+        step = C.issue_cycles(self.cfg)
+        issue = C.fetch_beats(self.cfg) + step * len(regs or {})
         for index, insn in enumerate(program):
             try:
                 if insn.opcode is Opcode.SYS:
                     if self._sys(insn, free):
                         break
+                    issue += step
+                    if insn.func is SysFunc.SYNC:  # waits for every unit
+                        issue = max(issue, *free.values())
                     continue
                 unit = insn.unit
-                start = free[unit]
+                issue += step
+                start = max(free[unit], issue)
                 for src in Unit:
                     if insn.wait >> src.value & 1:
                         queue = tokens[(src, unit)]
@@ -153,7 +163,7 @@ class Emulator:
                             raise EmulatorError(
                                 f"waits for a token from {src.name} that no earlier "
                                 "instruction released (deadlock)")
-                        start = max(start, queue.popleft())
+                        start = max(start, queue.popleft() + C.TOKEN_EXTRA)
                 cycles = self._execute(insn, stats)
                 free[unit] = start + cycles
                 stats.busy[unit.name] += cycles
@@ -166,7 +176,7 @@ class Emulator:
         left = {f"{a.name}->{b.name}": len(q) for (a, b), q in tokens.items() if q}
         if left:
             raise EmulatorError(f"program ended with unconsumed tokens {left}")
-        stats.cycles = max(free.values())
+        stats.cycles = C.PROGRAM_EXTRA + max(issue, *free.values())
         return stats
 
     def run_interleaved(self, program: list[Instruction], regs: dict[Reg, int] | None,
@@ -257,7 +267,8 @@ class Emulator:
             self.buf[insn.buf][span] = mem[ext_idx]
         else:
             mem[ext_idx] = self.buf[insn.buf][span]
-        return C.transfer_cycles(self.cfg, rows * nbytes)
+        return C.transfer_cycles(self.cfg, insn.opcode is Opcode.LOAD, addr, insn.ext_stride,
+                                 rows, insn.words)
 
     def _matrix(self, insn: Instruction) -> C.Work:
         w, k, n, m = self.w, insn.k, insn.n, insn.m

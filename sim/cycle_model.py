@@ -1,23 +1,41 @@
-"""First-order cycle model of one instruction on one unit (the emulator's clock).
+"""Cycle model of one instruction on one unit (the emulator's clock, and ``llmacc perf``'s
+memory cycles).
 
-Each instruction's latency is its work divided by the unit's throughput plus a fixed pipeline
-or memory latency; units overlap as far as the dependency tokens allow (the emulator keeps one
-timeline per unit). The constants are first estimates; the performance model calibrates them
-against the RTL's cycle counters.
+LOAD and STORE follow the data movers as built (``hw/data_mover.py`` and the AXI masters of
+``hw/axi.py``), term by term, and are calibrated against the RTL's busy counters
+(``tests/test_cycle_model.py``): a LOAD row is one read command whose first beat comes
+``READ_LATENCY`` cycles after its address, then one beat per cycle; a STORE row streams its
+words and waits for the last burst's response; bursts split at 4 KiB and 256 beats.
+
+The matrix, attention and SFU figures are still first-order (work over throughput plus a
+pipeline latency): the RTL's sequencers fetch one buffer field per cycle and run far slower
+(``docs/PERFORMANCE.md``); they are not calibrated yet. Units overlap as far as the
+dependency tokens allow (the emulator keeps one timeline per unit).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hw.axi import BOUNDARY, BURST_MAX
+from llmacc import isa
 from llmacc.config import AccelConfig
 
-MEM_LATENCY = 64  #: cycles from an AXI read request to the first beat (HBM/DDR)
-#: The read latency of the RTL harness's memories (sim/top_harness.py) and of the performance
-#: model (sim/perf_model.py): the AXI interconnect and HBM controller of a U280 answer in some
-#: tens of cycles at 225 MHz. The emulator's first-order MEM_LATENCY above is not yet
-#: calibrated against it.
+#: Cycles from a read address to its first data beat: the RTL harness's memories
+#: (sim/top_harness.py), the emulator and the performance model. The AXI interconnect and HBM
+#: controller of a U280 answer in some tens of cycles at 225 MHz.
 READ_LATENCY = 32
+MOVER_SETUP = 3  #: a LOAD/STORE's cycles outside its rows: decode, checks, completion
+LOAD_ROW_EXTRA = 2  #: a LOAD row's command and address handshake, before the read latency
+#: a STORE row's command, its read-ahead word, the last beat's write response (one cycle in
+#: the harness) and the drain
+STORE_ROW_EXTRA = 4
+STORE_BURST_EXTRA = 1  #: each further write burst of a row: its address handshake
+#: A program's cycles outside its instructions: the instruction fetch's read latency and the
+#: completion after the last instruction (the first word's beats come on top).
+PROGRAM_EXTRA = 35
+ISSUE_CYCLES = 2  #: the controller decodes and dispatches one instruction per 2 cycles
+TOKEN_EXTRA = 2  #: from a unit's completion to the start of the instruction waiting on it
 SFU_LATENCY = 16  #: SFU pipeline depth (LUTs, multipliers, normalisation)
 ROW_LATENCY = 4  #: per-row setup of a row-wise SFU function
 REDUCE_LATENCY = 8  #: cascade drain + per-group dequantisation of a matrix tile
@@ -33,11 +51,56 @@ class Work:
     bytes: int = 0  #: bytes moved over AXI
 
 
-def transfer_cycles(cfg: AccelConfig, nbytes: int) -> int:
-    """One channel's AXI port: one beat per cycle, capped by the channel's bandwidth."""
-    beats = -(-nbytes // cfg.axi_data_bytes)
+def fetch_beats(cfg: AccelConfig) -> int:
+    """AXI beats per instruction word on the instruction port (at least one)."""
+    return -(-isa.WORD_BYTES // cfg.axi_data_bytes)
+
+
+def issue_cycles(cfg: AccelConfig) -> int:
+    """Cycles between two instructions leaving the controller. The fetch holds one word: it
+    takes the next word's beats only after handing the last word over, one cycle, so a word
+    of several beats costs its beats plus one. Ports of two or more words per beat are not
+    calibrated: there the controller's own ISSUE_CYCLES is assumed."""
+    if cfg.axi_data_bytes > isa.WORD_BYTES:
+        return ISSUE_CYCLES
+    return fetch_beats(cfg) + 1
+
+
+def beat_cycles(cfg: AccelConfig, words: int) -> int:
+    """Cycles to move ``words`` AXI words through one port: one per cycle, or fewer when the
+    channel's bandwidth is below the port's."""
     bytes_per_cycle = cfg.channel_gbps * 1e9 / (cfg.clock_mhz * 1e6)
-    return MEM_LATENCY + max(beats, int(nbytes / bytes_per_cycle + 0.999))
+    return max(words, -(-int(words * cfg.axi_data_bytes * 1000) // int(bytes_per_cycle * 1000)))
+
+
+def bursts(cfg: AccelConfig, addr: int, words: int) -> int:
+    """AXI bursts of one row of ``words`` words at byte ``addr`` (4 KiB / 256-beat rule)."""
+    w, count = cfg.axi_data_bytes, 0
+    while words > 0:
+        n = min(words, BURST_MAX, (BOUNDARY - addr % BOUNDARY) // w)
+        addr, words, count = addr + n * w, words - n, count + 1
+    return count
+
+
+def load_row_cycles(cfg: AccelConfig, words: int) -> int:
+    """One LOAD row: the next row's command waits for this row's last beat."""
+    return LOAD_ROW_EXTRA + READ_LATENCY + beat_cycles(cfg, words)
+
+
+def store_row_cycles(cfg: AccelConfig, addr: int, words: int) -> int:
+    return (STORE_ROW_EXTRA + STORE_BURST_EXTRA * (bursts(cfg, addr, words) - 1)
+            + beat_cycles(cfg, words))
+
+
+def transfer_cycles(cfg: AccelConfig, load: bool, addr: int, stride: int, rows: int,
+                    words: int) -> int:
+    """A LOAD (``load``) or STORE of ``rows`` rows of ``words`` words from byte ``addr``."""
+    if not rows or not words:
+        return MOVER_SETUP
+    if load:
+        return MOVER_SETUP + rows * load_row_cycles(cfg, words)
+    return MOVER_SETUP + sum(store_row_cycles(cfg, addr + r * stride, words)
+                             for r in range(rows))
 
 
 def matrix_cycles(cfg: AccelConfig, work: Work) -> int:

@@ -33,7 +33,7 @@ from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import WeightFormat
 from quant import schemes
-from sim.cycle_model import READ_LATENCY
+from sim.cycle_model import load_row_cycles
 
 FLIGHTLLM_TOK_S = 55.0  #: FlightLLM, U280, LLaMA2-7B decode (FPGA '24)
 ACCLLM_SPEEDUP = 2.98  #: AccLLM's throughput over FlightLLM
@@ -115,10 +115,7 @@ class Estimate:
 
 def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
     """Memory cycles to stream ``rows`` rows of ``words`` AXI words over every channel."""
-    per_channel = -(-rows // cfg.mem_channels)
-    beats_per_cycle = min(1.0, cfg.channel_gbps * 1e9 / (cfg.clock_mhz * 1e6)
-                          / cfg.axi_data_bytes)
-    return int(per_channel * (READ_LATENCY + words / beats_per_cycle))
+    return -(-rows // cfg.mem_channels) * load_row_cycles(cfg, words)
 
 
 def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llmacc import config as C
 from sim import perf_model as P
+from sim.cycle_model import READ_LATENCY
 
 CONTEXTS = (128, 256, 512, 1024, 2048)
 PREFILLS = (128, 256, 512, 1024)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     schemes = list(dict.fromkeys([args.scheme, *SCHEMES]))
     print(f"{shape.name} on {cfg.name}: {cfg.clock_mhz:g} MHz, {cfg.mem_channels} channels x "
           f"{cfg.channel_gbps:g} GB/s = {cfg.mem_bandwidth_gbps:g} GB/s, "
-          f"{cfg.axi_data_bits}-bit AXI ports, read latency {P.READ_LATENCY} cycles per row, "
+          f"{cfg.axi_data_bits}-bit AXI ports, read latency {READ_LATENCY} cycles per row, "
           f"engine {cfg.mv_rows}x{cfg.chain_len} DSPs")
     print("\ndecode tokens/s (design estimate / HBM roofline / fraction; RTL sequencer bound)")
     print("| scheme | " + " | ".join(f"ctx {c}" for c in CONTEXTS) + " | GB/token @512 | "

@@ -1,0 +1,82 @@
+"""The cycle model (sim/cycle_model.py, the emulator's clock) calibrated against the RTL top's
+counters: every LOAD/STORE's busy cycles exactly, and each data-movement program's total
+within 5%, on sim-small (make test) and sim-wide (make sim). The matrix, attention and SFU
+sequencers are not calibrated (docs/PERFORMANCE.md)."""
+
+import random
+
+import pytest
+
+from host.emulator import Emulator
+from llmacc import isa
+from llmacc.config import preset
+from llmacc.isa import Buffer, Opcode, Reg, SysFunc
+from sim import cycle_model as C
+from sim import fuzz
+from sim.top_harness import TopHarness
+
+TOLERANCE = 0.05
+CHANNEL_BYTES = 1 << 16
+
+#: (rows, words, byte address): single rows and many, bursts cut at 256 beats and at 4 KiB
+TRANSFERS = [(1, 1, 0), (1, 8, 0), (4, 8, 0), (16, 4, 64), (8, 32, 0), (2, 200, 0),
+             (1, 600, 0), (3, 300, 4096 - 64), (1, 1024, 0), (5, 3, 4096 - 8)]
+
+
+def _preamble() -> list[isa.Instruction]:
+    return [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=int(r is Reg.SEQ_LEN))
+            for r in Reg]
+
+
+def _calibrate(name: str, seed: int) -> list[str]:
+    """Every mismatch beyond the tolerance, as lines (empty when the model holds)."""
+    cfg = preset(name)
+    rng = random.Random(seed)
+    w = cfg.axi_data_bytes
+    programs = []
+    for op in (Opcode.LOAD, Opcode.STORE):
+        for rows, words, addr in TRANSFERS:
+            addr -= addr % w
+            programs.append([isa.make(op, buf=Buffer.ACT, chan=rng.randrange(cfg.mem_channels),
+                                      ext_addr=addr, buf_addr=0, words=words, rows=rows,
+                                      ext_stride=words * w + rng.choice((0, w)))])
+    programs += [fuzz.copy_program(rng, cfg, rng.randint(1, 6)) for _ in range(12)]
+    problems = []
+    with TopHarness(cfg, [CHANNEL_BYTES] * cfg.mem_channels, 1 << 12, seed=seed) as top:
+        for index, body in enumerate(programs):
+            program = _preamble() + body
+            model = Emulator(cfg, [CHANNEL_BYTES] * cfg.mem_channels).run(program)
+            rtl = top.run(isa.encode_program(program))
+            for unit in ("LOAD", "STORE"):
+                if model.busy[unit] != rtl.counters[f"busy_{unit.lower()}"]:
+                    problems.append(f"program {index}: {unit} busy model {model.busy[unit]}, "
+                                    f"RTL {rtl.counters[f'busy_{unit.lower()}']}")
+            error = model.cycles / rtl.cycles - 1
+            if abs(error) > TOLERANCE:
+                problems.append(f"program {index}: {model.cycles} cycles modelled, "
+                                f"{rtl.cycles} on the RTL ({error:+.1%})")
+    return problems
+
+
+def test_cycle_model_sim_small(sim_small_top, seed):
+    problems = _calibrate("sim-small", seed)
+    assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_cycle_model_sim_wide(verilator_env, seed):
+    problems = _calibrate("sim-wide", seed)
+    assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+
+
+def test_store_bursts_follow_the_axi_rule():
+    cfg = preset("sim-small")  # 8-byte words: 512 per 4 KiB
+    assert C.bursts(cfg, 0, 256) == 1 and C.bursts(cfg, 0, 257) == 2
+    assert C.bursts(cfg, 4096 - 8, 2) == 2 and C.bursts(cfg, 0, 1024) == 4
+    assert C.transfer_cycles(cfg, False, 0, 0, 0, 5) == C.MOVER_SETUP
+
+
+def test_bandwidth_below_the_port_stretches_the_beats():
+    cfg = preset("sim-small").replace(channel_gbps=0.4)  # half a 64-bit word per 100 MHz cycle
+    assert C.beat_cycles(cfg, 10) == 20
+    assert C.beat_cycles(preset("sim-small"), 10) == 10
