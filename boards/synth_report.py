@@ -1,8 +1,9 @@
 """``make synth-report``: yosys ``synth_xilinx`` (UltraScale+) resource counts per block.
 
 Synthesises a slice of the design block by block -- one matrix-engine lane of the given
-configuration (a sparse DSP chain), the SFU element stage, the controller, the control slave
--- and, for a small configuration, the whole top. Prints DSP48E2, logic gates, FF, BRAM and URAM per
+configuration (the ``engine_lane`` module: decode, sparse DSP chain, accumulators and
+requantisation), the SFU element stage, the controller, the control slave -- and, for a
+small configuration, the whole top. Prints DSP48E2, logic gates, FF, BRAM and URAM per
 block, then an estimate for the whole configuration (lanes times the lane, buffers from their
 sizes) against the board's capacity.
 
@@ -62,11 +63,11 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     """(name, component, how many the configuration has)."""
     from hw.axi import ControlSlave
     from hw.controller import Controller
+    from hw.matrix_engine import EngineLane
     from hw.sfu import ElementSfu
-    from hw.sparse_dsp_chain import SparseDspChain
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
-            SparseDspChain(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
+            EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
            ("SFU element stage", ElementSfu(), 1),
            (f"controller (queue {cfg.insn_queue_depth})", Controller(cfg.insn_queue_depth), 1),
            ("AXI4-Lite control slave", ControlSlave(cfg.fingerprint(), cfg.mem_channels), 1)]
