@@ -2,6 +2,7 @@
 format, every sparsity pattern, several group sizes, two tokens per pass."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw import hierarchy
 from hw.matrix_engine import EngineError, MatrixEngine, beats, engine_layouts
 from llmacc import layout as L
 from llmacc import numerics as N
@@ -125,3 +127,16 @@ def test_schedule_refuses_groups_shorter_than_the_tap_spacing():
     with pytest.raises(EngineError, match="fewer than the chain's tap spacing"):
         beats(WeightFormat.W2, (2, 16), 16, codes, keep, torch.zeros(1, 8), torch.zeros(1, 8),
               [0], torch.zeros(2, 128), [1, 1], [0, 0], CHAIN, TAP)
+
+
+def test_lanes_convert_to_one_shared_module():
+    """Board builds convert the lanes once (hw/hierarchy.py): one lane module, instanced per
+    lane, and its ports are the lane's signature."""
+    files = hierarchy.convert(MatrixEngine(3, CHAIN, TAP), "engine")
+    assert list(files) == ["engine.v", f"engine_lane_{CHAIN}_{TAP}.v"]
+    top, lane = files.values()
+    assert len(re.findall(rf"^\s*engine_lane_{CHAIN}_{TAP} lane\d ", top, re.M)) == 3
+    assert "module engine_lane" not in top and "module \\engine.lane" not in top
+    header = lane[lane.index(f"module engine_lane_{CHAIN}_{TAP}("):].split(";")[0]
+    assert sorted(re.findall(r"\\?([\w$]+)\s*[,)]", header)) == sorted(
+        ["clk", "rst", "en", "inp", "tap", "xm", "y"])
