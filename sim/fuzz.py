@@ -58,9 +58,15 @@ LOAD_BIT, STORE_BIT = 1 << Unit.LOAD.value, 1 << Unit.STORE.value  #: token mask
 KINDS = ("compute", "copy", "illegal")
 
 
+#: KV words a compute case may need: KVQUANT writes up to 3 rows of 24 two-word records
+#: (sim/instruction_cases.py), placed up to 3 words in.
+KV_CASE_WORDS = 3 * 24 * 2 + 3
+
+
 def case_config(cfg: AccelConfig) -> AccelConfig:
     """``cfg`` with buffers small enough that a compute case's images fit one channel."""
-    return cfg.replace(act_buffer_bytes=4096, weight_buffer_bytes=4096, kv_buffer_bytes=2048,
+    kv = max(2048, -(-KV_CASE_WORDS * cfg.axi_data_bytes // 512) * 512)
+    return cfg.replace(act_buffer_bytes=4096, weight_buffer_bytes=4096, kv_buffer_bytes=kv,
                        meta_buffer_bytes=2048, table_buffer_bytes=2048)
 
 
