@@ -45,19 +45,14 @@ AXI_ADDR_BITS = 64  #: Vitis masters carry 64-bit addresses
 
 
 def convert_top(cfg: AccelConfig, path: Path) -> None:
-    """Write the accelerator top's Verilog to ``path`` and its shared modules beside it
-    (:mod:`hw.hierarchy`), in this process. The top is written last: its presence means
-    the conversion finished."""
+    """Write the accelerator top's Verilog to ``path`` (named ``TOP.v``) and its shared
+    modules beside it (:func:`hw.hierarchy.write`), in this process."""
     from hw import hierarchy
     from hw.accelerator import Accelerator
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files = hierarchy.convert(Accelerator(cfg), TOP)
-    for name, text in reversed(files.items()):
-        target = path if name == f"{TOP}.v" else path.parent / name
-        tmp = target.with_suffix(".partial")
-        tmp.write_text(text)
-        tmp.rename(target)
+    if path.name != f"{TOP}.v":
+        raise ValueError(f"{path}: the top's file must be called {TOP}.v")
+    hierarchy.write(Accelerator(cfg), TOP, path.parent)
 
 
 def convert_top_limited(cfg_arg: str, path: Path, memory_bytes: int, timeout_s: float

@@ -136,13 +136,6 @@ class ComputeUnit(wiring.Component):
         head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
         beat = Signal(head_layout)
         beat_lanes = [Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)]
-
-        def set_lane(update):
-            """``update(fields)`` on the beat lane ``al``."""
-            with m.Switch(al):
-                for i, fields in enumerate(beat_lanes):
-                    with m.Case(i):
-                        m.d.sync += update(fields)
         xt = Signal(1)  # token within the pass
         xc = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
         al = Signal(range(lanes + 1))  # lane
@@ -150,6 +143,13 @@ class ComputeUnit(wiring.Component):
         s = Signal(range(slots + 1))  # scale slot
         half = Signal()  # slot: aux after mant
         rl, rt = Signal(range(lanes + 1)), Signal(1)  # result lane, token
+
+        def set_lane(update):
+            """``update(fields)`` on the beat lane ``al``."""
+            with m.Switch(al):
+                for i, fields in enumerate(beat_lanes):
+                    with m.Case(i):
+                        m.d.sync += update(fields)
 
         lo = beat_no << ln  # first kept code of the beat
         last_beat = beat_no + 1 == nbeats

@@ -4,13 +4,15 @@ Amaranth elaborates every instance of a component into its own Verilog module. T
 matrix engine has 96 identical lanes of 64 DSPs each; flattened, its top needs far more memory
 to convert than a build machine has. A component placed with :func:`shared` is, when the top
 is elaborated for a :class:`SharedModules` platform, an ``Instance`` of a module named by its
-parameters, and :func:`convert` writes each such module once. The board flow and the
-Verilator harness both build from :func:`convert`'s files. Elaborated for
+parameters, and :func:`convert` writes each such module once. The board flow, the
+Verilator harness and the lint all build from :func:`write`'s files. Elaborated for
 any other platform (simulation, Verilator, the tests) the component is simply itself, so the
 simulated design and the board's are the same modules.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from amaranth.hdl import ClockSignal, Instance, ResetSignal
 from amaranth.lib import wiring
@@ -59,3 +61,18 @@ def convert(top: wiring.Component, name: str) -> dict[str, str]:
     files = {f"{name}.v": verilog.convert(top, name=name, emit_src=False, platform=platform)}
     files.update((f"{module}.v", text) for module, text in platform.convert().items())
     return files
+
+
+def write(top: wiring.Component, name: str, directory: Path) -> list[Path]:
+    """:func:`convert`'s files written into ``directory``, the top's first in the list. Each
+    file appears whole (written aside, then renamed), and the top last: its presence means
+    the conversion finished."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, text in reversed(convert(top, name).items()):
+        path = directory / file
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(text)
+        tmp.rename(path)
+        paths.insert(0, path)
+    return paths

@@ -70,6 +70,13 @@ def case_config(cfg: AccelConfig) -> AccelConfig:
                        meta_buffer_bytes=2048, table_buffer_bytes=2048)
 
 
+def register_preamble() -> list[isa.Instruction]:
+    """SETREG of every run-time register (SEQ_LEN 1, the others 0). The registers persist
+    across kernel runs on the RTL, as in one emulator, so each program sets them all."""
+    return [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=int(r is Reg.SEQ_LEN))
+            for r in Reg]
+
+
 def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
     """The control slave's status register for ``fault`` at ``pc``."""
     return (fault != Fault.NONE) | fault << 8 | pc << 16
@@ -244,10 +251,7 @@ def draw(cfg: AccelConfig, rng: random.Random, kind: str) -> FuzzProgram:
     else:
         program = copy_program(rng, cfg, rng.randint(2, 6))  # SEQ_LEN 1 and POS 0 at first
         fuzzed = sum(i.opcode in (Opcode.LOAD, Opcode.STORE) for i in program)
-    # the run-time registers persist across runs on the RTL, as in one emulator: set them all
-    preset = {Reg.SEQ_LEN: 1}
-    program = [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=preset.get(r, 0))
-               for r in Reg] + program
+    program = register_preamble() + program
     for c, image in enumerate(start):
         emu.write_ext(c, 0, np.frombuffer(image, np.uint8))
     words = [isa.encode(i) for i in program]

@@ -95,9 +95,7 @@ def build(cfg: AccelConfig) -> Path:
         if exe.exists():
             return exe
         build_dir.mkdir(parents=True, exist_ok=True)
-        sources = hierarchy.convert(Accelerator(cfg), TOP)  # the board flow's files
-        for name, text in sources.items():
-            (build_dir / name).write_text(text)
+        sources = hierarchy.write(Accelerator(cfg), TOP, build_dir)  # the board flow's files
         (build_dir / "harness_ports.h").write_text(header)
         env = dict(os.environ)
         # the wheel's verilated.mk leaves the precompiled-header include flag empty
@@ -111,7 +109,7 @@ def build(cfg: AccelConfig) -> Path:
                      "-LDFLAGS", f"-L{build_dir}"]
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-Wno-fatal",
                *trace, "--top-module", TOP, "-Mdir", "obj", "-o", "harness",
-               "-CFLAGS", f"-I{build_dir}", *sources, str(SOURCE)]
+               "-CFLAGS", f"-I{build_dir}", *map(str, sources), str(SOURCE)]
         run = subprocess.run(cmd, cwd=build_dir, env=env, capture_output=True, text=True)
         if run.returncode or not exe.exists():
             raise HarnessError(f"building the Verilator harness for {cfg.name} failed:\n"

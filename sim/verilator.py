@@ -115,16 +115,11 @@ LINT_WAIVERS = PROJECT_ROOT / "hw" / "lint_waivers.vlt"
 
 def lint(component: wiring.Component, name: str, work: Path) -> subprocess.CompletedProcess:
     """``verilator --lint-only -Wall`` on ``component``'s Verilog files, as the board flow and
-    the harness write them (:func:`hw.hierarchy.convert`, into ``work``)."""
+    the harness write them (:func:`hw.hierarchy.write`, into ``work``)."""
     from hw import hierarchy
 
     toolchain.apply()
-    work.mkdir(parents=True, exist_ok=True)
-    sources = []
-    for file, text in hierarchy.convert(component, name).items():
-        sources.append(work / file)
-        sources[-1].write_text(text)
-    return lint_files(sources, name, work)
+    return lint_files(hierarchy.write(component, name, work), name, work)
 
 
 def lint_files(sources: list[Path], top: str, work: Path) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 from host.emulator import Emulator
 from llmacc import isa
 from llmacc.config import preset
-from llmacc.isa import Buffer, Opcode, Reg, SysFunc
+from llmacc.isa import Buffer, Opcode
 from sim import cycle_model as C
 from sim import fuzz
 from sim.top_harness import TopHarness
@@ -21,11 +21,6 @@ CHANNEL_BYTES = 1 << 16
 #: (rows, words, byte address): single rows and many, bursts cut at 256 beats and at 4 KiB
 TRANSFERS = [(1, 1, 0), (1, 8, 0), (4, 8, 0), (16, 4, 64), (8, 32, 0), (2, 200, 0),
              (1, 600, 0), (3, 300, 4096 - 64), (1, 1024, 0), (5, 3, 4096 - 8)]
-
-
-def _preamble() -> list[isa.Instruction]:
-    return [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=int(r is Reg.SEQ_LEN))
-            for r in Reg]
 
 
 def _calibrate(name: str, seed: int) -> list[str]:
@@ -44,7 +39,7 @@ def _calibrate(name: str, seed: int) -> list[str]:
     problems = []
     with TopHarness(cfg, [CHANNEL_BYTES] * cfg.mem_channels, 1 << 12, seed=seed) as top:
         for index, body in enumerate(programs):
-            program = _preamble() + body
+            program = fuzz.register_preamble() + body
             model = Emulator(cfg, [CHANNEL_BYTES] * cfg.mem_channels).run(program)
             rtl = top.run(isa.encode_program(program))
             for unit in ("LOAD", "STORE"):
