@@ -36,6 +36,7 @@ from llmacc.isa import (
     SysFunc,
     Unit,
 )
+from sim import compute_timing as T
 from sim import cycle_model as C
 
 Tensor = torch.Tensor
@@ -241,14 +242,13 @@ class Emulator:
         if op in (Opcode.LOAD, Opcode.STORE):
             return self._mem(insn)
         if op in (Opcode.MATVEC, Opcode.MATMAT):
-            work = self._matrix(insn)
+            macs, cycles = self._matrix(insn)
         elif op is Opcode.ATTN:
-            work = self._attn(insn)
+            macs, cycles = self._attn(insn)
         else:
-            work = self._sfu(insn)
-            return C.sfu_cycles(self.cfg, work)
-        stats.macs += work.macs
-        return C.matrix_cycles(self.cfg, work)
+            macs, cycles = 0, C.sfu_cycles(self.cfg, self._sfu(insn))
+        stats.macs += macs
+        return cycles
 
     def _mem(self, insn: Instruction) -> int:
         rows = self.regs[Reg.SEQ_LEN] if insn.rows_src is LenSrc.SEQ else insn.rows
@@ -270,7 +270,8 @@ class Emulator:
         return C.transfer_cycles(self.cfg, insn.opcode is Opcode.LOAD, addr, insn.ext_stride,
                                  rows, insn.words)
 
-    def _matrix(self, insn: Instruction) -> C.Work:
+    def _matrix(self, insn: Instruction) -> tuple[int, int]:
+        """Run a matrix instruction: its multiply-accumulates and cycles."""
         w, k, n, m = self.w, insn.k, insn.n, insn.m
         dwords = L.descriptor_words(w)
         desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
@@ -289,7 +290,7 @@ class Emulator:
         elif insn.out_mode is not OutMode.WIDE:
             raise EmulatorError(f"out_mode {insn.out_mode.name} is reserved")
         self._put_wide(insn.out_addr, out, step)
-        return C.Work(macs=m * n * desc.kept(k), rows=m)
+        return m * n * desc.kept(k), T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
 
     def _mask(self, rows: int, keys: int) -> Tensor:
         pos = self.regs[Reg.POS] + torch.arange(rows)
@@ -316,7 +317,7 @@ class Emulator:
         else:
             raise EmulatorError(f"ATTN function {insn.func.name} is reserved")
         self._put_wide(insn.dst, out, insn.d_step)
-        return C.Work(macs=rows * keys * d, rows=rows)
+        return rows * keys * d, T.attention_cycles(self.cfg, insn)
 
     def _sfu(self, insn: Instruction) -> C.Work:
         w, f, rows, length = self.w, insn.func, insn.rows, insn.length

@@ -1,0 +1,367 @@
+"""Cycles of the COMPUTE unit's sequencers as built (``hw/compute_unit.py``): MATVEC, MATMAT
+and ATTN, state by state, with the field fetches' two-word caches.
+
+The sequencers read every record field through a :class:`hw.buffer_access.FieldFetch`: a
+field starting in the word the fetch holds costs one cycle; one starting in the next word
+costs four (the fetch moves on by one word), any other five (two words read). So the cycles
+are the fields' count plus the refills, and the refills follow from the fields' bit addresses
+alone: :class:`Fetch` keeps the word each fetch holds and prices walks of equally spaced
+fields in closed form. A matrix pass repeats for every row block and token pair with the
+same refills as long as the fetches enter it in the same place relative to its records, so
+passes are priced once per such entry (this is what makes LLaMA-sized tiles quick).
+
+Checked against the RTL's busy counters cycle for cycle (``tests/test_cycle_model.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hw.sparse_dsp_chain import chain_latency
+from llmacc import isa
+from llmacc import layout as L
+from llmacc.config import AccelConfig
+from llmacc.isa import OutMode, WeightFormat
+
+HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
+#: From issue to the first descriptor request, and the COMPLETE state.
+MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
+COMPLETE = 1
+#: From the pass's last beat entering the engine to its results at the output: the chain's
+#: latency and the output register.
+ENGINE_DRAIN_EXTRA = 1
+
+
+class Fetch:
+    """The word a FieldFetch holds (``None``: nothing, as after a flush or a snooped
+    write)."""
+
+    def __init__(self, word_bits: int):
+        self.word_bits = word_bits
+        self.held: int | None = None
+
+    def _entry(self, word: int) -> int:
+        if self.held == word:
+            return HIT
+        return WALK if self.held is not None and self.held + 1 == word else COLD
+
+    def walk(self, bit: int, stride: int, count: int) -> int:
+        """Cycles of ``count`` fields at ``bit``, ``bit + stride``, ... (``stride`` at most
+        a word): one each, a step on per new word, and the entry."""
+        if count <= 0:
+            return 0
+        first = bit // self.word_bits
+        last = (bit + (count - 1) * stride) // self.word_bits
+        cycles = count + self._entry(first) + WALK * (last - first)
+        self.held = last
+        return cycles
+
+    def one(self, bit: int) -> int:
+        return self.walk(bit, 0, 1)
+
+    def written(self, word: int) -> None:
+        """The unit wrote ``word``: a fetch holding it (as its first or second word)
+        forgets."""
+        if self.held is not None and word in (self.held, self.held + 1):
+            self.held = None
+
+    def relative(self, base_word: int) -> int | None:
+        return None if self.held is None else self.held - base_word
+
+
+@dataclass(frozen=True)
+class MatrixShape:
+    """What a matrix instruction's cycles depend on: the instruction and its descriptor."""
+
+    k: int
+    n: int
+    m: int
+    wfmt: WeightFormat
+    nm: tuple[int, int] | None
+    group_log2: int
+    out_mode: OutMode = OutMode.WIDE
+    step: int = 0  #: words between output rows (MATMAT's out_pitch)
+    act_addr: int = 0
+    wgt_addr: int = 0
+    meta_addr: int = 0
+    out_addr: int = 0
+
+    @classmethod
+    def of(cls, insn: isa.Instruction, desc: L.Descriptor) -> MatrixShape:
+        step = insn.out_pitch if insn.opcode is isa.Opcode.MATMAT else 0
+        return cls(insn.k, insn.n, insn.m, desc.wfmt, desc.nm, desc.group_log2, insn.out_mode,
+                   step, insn.act_addr, insn.wgt_addr, insn.meta_addr, insn.out_addr)
+
+
+class _MatrixClock:
+    """One matrix instruction on the compute unit, pass by pass."""
+
+    def __init__(self, cfg: AccelConfig, s: MatrixShape):
+        self.cfg, self.s = cfg, s
+        w = cfg.axi_data_bytes
+        self.wb = 8 * w
+        keep, block = s.nm or (1, 1)
+        self.bits = L.FORMAT_BITS[s.wfmt]
+        self.ib = 0 if s.nm is None else (block - 1).bit_length()
+        self.kept = s.k // block * keep
+        groups = s.k >> s.group_log2
+        self.groups = groups
+        self.kpg = (1 << s.group_log2) * keep // block  # kept weights per group
+        self.wp = L.words((self.kept * (self.bits + self.ib) + 7) // 8, w)
+        self.mp = L.words(2 + 2 * groups + (0 if s.wfmt is WeightFormat.INT8 else groups), w)
+        self.qhdr = L.qrow_header(w)
+        self.qp = self.qhdr + L.words(s.k, w)
+        self.cover = cfg.chain_len * block // keep
+        self.nbeats = -(-self.kept // cfg.chain_len)
+        self.pack = s.wfmt is not WeightFormat.INT8
+        self.meta_rows = s.meta_addr + L.descriptor_words(w)
+        self.fa, self.fw, self.fm, self.fo = (Fetch(self.wb) for _ in range(4))
+
+    def run(self) -> int:
+        s, cfg = self.s, self.cfg
+        cycles = MATRIX_SETUP + self.fm.one(s.meta_addr * self.wb) + COMPLETE
+        if not (s.n and s.m):
+            return cycles
+        tpp = 2 if self.pack else 1
+        memo: dict = {}
+        for j0 in range(0, s.n, cfg.mv_rows):
+            lanes_ok = min(cfg.mv_rows, s.n - j0)
+            for t0 in range(0, s.m, tpp):
+                tokens_ok = min(tpp, s.m - t0)
+                bases = self._bases(j0, t0)
+                key = (lanes_ok, tokens_ok, tuple(f.relative(b) for f, b in zip(
+                    self._fetches(), bases, strict=True)))
+                if key not in memo:
+                    pass_cycles = self._pass(j0, t0, lanes_ok, tokens_ok)
+                    memo[key] = pass_cycles, tuple(f.relative(b) for f, b in zip(
+                        self._fetches(), bases, strict=True))
+                else:
+                    pass_cycles, after = memo[key]
+                    for f, b, rel in zip(self._fetches(), bases, after, strict=True):
+                        f.held = None if rel is None else b + rel
+                cycles += pass_cycles
+        return cycles
+
+    def _fetches(self) -> tuple[Fetch, ...]:
+        return self.fa, self.fw, self.fm, self.fo
+
+    def _bases(self, j0: int, t0: int) -> tuple[int, ...]:
+        """The word each fetch's records of a pass are relative to."""
+        s = self.s
+        return (s.act_addr + t0 * self.qp, s.wgt_addr + j0 * self.wp,
+                self.meta_rows + j0 * self.mp, s.out_addr + t0 * s.step)
+
+    def _pass(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
+        cfg, s, wb = self.cfg, self.s, self.wb
+        lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
+        slots = n_chain // tap
+        cycles = 0
+        for b in range(self.nbeats):
+            lo = b * n_chain
+            cycles += 1  # CLEAR
+            qrows = [s.act_addr + (t0 + t) * self.qp for t in range(tokens_ok)]
+            for q in qrows:  # HEADER
+                cycles += self.fa.one(q * wb)
+            cycles += 2 - tokens_ok  # HEADER: the absent token
+            chunks = self.cover // 8
+            col0 = b * self.cover
+            live = max(0, min(chunks, -(-(s.k - col0) // 8)))
+            for t in range(2):  # X: the activation window, 8 columns per read
+                if t < tokens_ok:
+                    cycles += self.fa.walk((qrows[t] + self.qhdr) * wb + col0 * 8, 64, live)
+                    cycles += chunks - live
+                else:
+                    cycles += chunks
+            kept_here = max(0, min(n_chain, self.kept - lo))
+            halves = 2 if self.ib else 1
+            for lane in range(lanes):  # CODES (and indices)
+                if lane >= lanes_ok:
+                    cycles += (lanes - lanes_ok) * n_chain * halves
+                    break
+                if lane >= 2:  # lanes after the second repeat it, one row further on
+                    cycles += (lanes_ok - 2) * lane_codes
+                    self.fw.held += (lanes_ok - 2) * self.wp
+                    cycles += (lanes - lanes_ok) * n_chain * halves
+                    break
+                row = s.wgt_addr + (j0 + lane) * self.wp
+                lane_codes = self.fw.walk(row * wb + lo * self.bits, self.bits, kept_here)
+                if self.ib:
+                    lane_codes += self.fw.walk(row * wb + self.kept * self.bits + lo * self.ib,
+                                               self.ib, kept_here)
+                lane_codes += (n_chain - kept_here) * halves
+                cycles += lane_codes
+            for lane in range(lanes):  # SLOTS: each slot's scale, then its type id
+                if lane >= lanes_ok:
+                    cycles += (lanes - lanes_ok) * 2 * slots
+                    break
+                if lane >= 2:
+                    cycles += (lanes_ok - 2) * lane_slots
+                    self.fm.held += (lanes_ok - 2) * self.mp
+                    cycles += (lanes - lanes_ok) * 2 * slots
+                    break
+                mrow = self.meta_rows + (j0 + lane) * self.mp
+                lane_slots = 0
+                for slot in range(slots):
+                    at = lo + slot * tap
+                    if at >= self.kept:
+                        lane_slots += 2
+                        continue
+                    g = min(at // self.kpg, self.groups - 1)
+                    lane_slots += self.fm.one(mrow * wb + 16 + 16 * g)
+                    if s.wfmt is WeightFormat.INT8:
+                        lane_slots += 1
+                    else:
+                        lane_slots += self.fm.one(mrow * wb + 16 + 16 * self.groups + 8 * g)
+                cycles += lane_slots
+            for lane in range(lanes_ok):  # SHIFTS: the rows' exponents
+                cycles += self.fm.one((self.meta_rows + (j0 + lane) * self.mp) * wb)
+            cycles += lanes - lanes_ok
+            cycles += 1  # SEND
+        cycles += chain_latency(n_chain) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
+        return cycles + self._results(j0, t0, lanes_ok, tokens_ok)
+
+    def _results(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
+        """Each lane's two token slots: one cycle per element, and with ADD the old value
+        read first (the write then invalidates the word just read)."""
+        s, wb, lanes = self.s, self.wb, self.cfg.mv_rows
+        cycles = 2 * lanes
+        for lane in range(lanes_ok):
+            for t in range(tokens_ok):
+                word = s.out_addr + (t0 + t) * s.step + ((j0 + lane) * 32) // wb
+                if s.out_mode is OutMode.ADD:
+                    cycles += self.fo.one(word * wb) - 1
+                self.fo.written(word)
+                self.fa.written(word)
+        return cycles
+
+
+def matrix_cycles(cfg: AccelConfig, shape: MatrixShape) -> int:
+    """Busy cycles of one MATVEC/MATMAT on the compute unit."""
+    return _MatrixClock(cfg, shape).run()
+
+
+def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int) -> int:
+    """Two fields fetched together (different buffers): the state waits for both."""
+    return max(fa.one(bit_a), fb.one(bit_b))
+
+
+class _Repeat:
+    """Sums a loop's step cycles, skipping ahead once a step begins in a state already seen
+    (the fetches' words relative to the step's records, and the step's phase): from there
+    the loop repeats itself, cycle for cycle."""
+
+    def __init__(self, fetches: tuple[Fetch, ...]):
+        self.fetches = fetches
+
+    def run(self, count: int, step, bases, phase=lambda i: 0) -> int:
+        """``step(i)`` runs step ``i`` and returns its cycles; ``bases(i)`` is the word each
+        fetch's records of step ``i`` start at."""
+        seen: dict = {}
+        total, i = 0, 0
+        while i < count:
+            base = bases(i)
+            key = (phase(i), tuple(f.relative(b) for f, b in zip(self.fetches, base,
+                                                                  strict=True)))
+            if key in seen:
+                j, before = seen.pop(key)
+                period, gain = i - j, total - before
+                loops = (count - i) // period
+                if loops:
+                    i += loops * period
+                    total += loops * gain
+                    for f, b, rel in zip(self.fetches, bases(i), key[1], strict=True):
+                        f.held = None if rel is None else b + rel
+                    seen.clear()
+                    continue
+            seen[key] = (i, total)
+            total += step(i)
+            i += 1
+        return total
+
+
+#: ATTN: A_CHECK, A_RANGE and COMPLETE; per query row A_ROW; per row's end the state that
+#: finds no more keys (channels)
+ATTN_SETUP = 3
+#: SCORE_SOFTMAX, per query row after its scores went into the row stage: the second pass
+#: (exponentials and their sum) and the emission of the probabilities, a cycle per key each,
+#: and the reciprocal of the sum on the serial divider with its hand-overs.
+SOFTMAX_FIXED = 54
+SOFTMAX_PER_KEY = 2
+
+
+def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
+    """Busy cycles of one ATTN on the compute unit (``hw/compute_unit.py``'s A_/S_/P_
+    states)."""
+    wb = 8 * cfg.axi_data_bytes
+    w = cfg.axi_data_bytes
+    d, keys, rows = insn.head_dim, insn.keys, insn.rows
+    if d == 0 or d % 2 or rows == 0:
+        return ATTN_SETUP
+    kv_bits = 8 if insn.kv8 else 4
+    kvp = L.kv_header(w) + L.words((d * kv_bits + 7) // 8, w)
+    qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+    fa, fw = Fetch(wb), Fetch(wb)
+    loop = _Repeat((fa, fw))
+
+    def rec(key: int) -> int:
+        return insn.kv_addr + key * kvp
+
+    total = ATTN_SETUP
+    for t in range(rows):
+        row = insn.q_addr + t * insn.a_step
+        out_row = insn.dst + t * insn.d_step
+        total += 1  # A_ROW
+        if insn.func is isa.AttnFunc.PV:
+            total += _pv_row(fa, fw, loop, row, out_row, rec, d, keys, kv_bits, kvhdr, wb)
+            continue
+        total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, 8, d)  # S_QHDR, S_QSUM
+
+        def score(key: int, row=row, out_row=out_row) -> int:
+            cycles = fw.one(rec(key) * wb)  # S_KHDR
+            for i in range(d):  # S_DOT
+                cycles += _pair(fa, (row + qhdr) * wb + 8 * i, fw,
+                                (rec(key) + kvhdr) * wb + kv_bits * i)
+            if insn.func is isa.AttnFunc.SCORE:  # S_OUT: the score written
+                fa.written(out_row + key * 32 // wb)
+            return cycles + 1
+
+        qend = L.qrow_pitch(d, w)
+
+        def near(key: int, row=row, out_row=out_row, qend=qend) -> int:
+            """Where the key's score is written relative to the query row (a write next
+            to the words the query fetch holds empties it)."""
+            return min(max(out_row + 32 * key // wb - row, -2), qend + 2)
+
+        total += loop.run(keys, score, lambda key, row=row: (row, rec(key)), near)
+        total += 1  # S_KHDR with no more keys
+        if insn.func is isa.AttnFunc.SCORE_SOFTMAX:
+            total += SOFTMAX_FIXED + SOFTMAX_PER_KEY * keys
+    return total
+
+
+def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d: int,
+            keys: int, kv_bits: int, kvhdr: int, wb: int) -> int:
+    """One PV row: the scan for the largest exponent, then per channel the keys."""
+
+    def prob(key: int) -> int:
+        return row * wb + 32 * key
+
+    def scan(key: int) -> int:  # P_SCAN
+        return _pair(fa, prob(key), fw, rec(key) * wb)
+
+    def bases(key: int) -> tuple[int, int]:
+        return prob(key) // wb, rec(key)
+
+    def phase(key: int) -> int:
+        return prob(key) % wb
+
+    cycles = loop.run(keys, scan, bases, phase) + 1
+    for i in range(d):
+        def mac(key: int, i=i) -> int:  # P_SCALE, P_MAC
+            return _pair(fa, prob(key), fw, rec(key) * wb) + fw.one(
+                (rec(key) + kvhdr) * wb + kv_bits * i)
+
+        cycles += 1 + loop.run(keys, mac, bases, phase)  # P_CHANNEL, the keys
+        cycles += 1  # P_OUT
+        fa.written(out_row + 32 * i // wb)
+    return cycles + 1  # P_CHANNEL with no more channels
