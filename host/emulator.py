@@ -246,7 +246,8 @@ class Emulator:
         elif op is Opcode.ATTN:
             macs, cycles = self._attn(insn)
         else:
-            macs, cycles = 0, C.sfu_cycles(self.cfg, self._sfu(insn))
+            self._sfu(insn)
+            macs, cycles = 0, T.sfu_cycles(self.cfg, insn)
         stats.macs += macs
         return cycles
 
@@ -296,7 +297,8 @@ class Emulator:
         pos = self.regs[Reg.POS] + torch.arange(rows)
         return N.lambda_mask(pos, keys, self.regs[Reg.SINK], self.regs[Reg.WINDOW])
 
-    def _attn(self, insn: Instruction) -> C.Work:
+    def _attn(self, insn: Instruction) -> tuple[int, int]:
+        """Run an ATTN: its multiply-accumulates and cycles."""
         w, d, keys, rows = self.w, insn.head_dim, insn.keys, insn.rows
         if d % 2 or d == 0:
             raise EmulatorError(f"head_dim {d} must be even and positive")
@@ -319,9 +321,8 @@ class Emulator:
         self._put_wide(insn.dst, out, insn.d_step)
         return rows * keys * d, T.attention_cycles(self.cfg, insn)
 
-    def _sfu(self, insn: Instruction) -> C.Work:
+    def _sfu(self, insn: Instruction) -> None:
         w, f, rows, length = self.w, insn.func, insn.rows, insn.length
-        work = C.Work(elements=rows * length, rows=rows)
         if f is SfuFunc.EMBED:
             if insn.imm <= 0:
                 raise EmulatorError(f"EMBED: scale group {insn.imm} must be positive")
@@ -330,7 +331,7 @@ class Emulator:
                                                 length, insn.imm, w)
             self._put(Buffer.ACT, insn.dst,
                       L.encode_wide(N.embed_rows(codes, mant, e, insn.imm, -insn.shift), w))
-            return work
+            return
         a = self._wide(Buffer.ACT, insn.src_a, rows, length)
         if f is SfuFunc.RMSNORM:
             gamma, eps = L.decode_gamma(self._get(Buffer.TABLE, insn.src_b, 1,
@@ -363,7 +364,7 @@ class Emulator:
             q, m, e = N.quantize_act(a.reshape(-1, seg))
             q = torch.nn.functional.pad(q, (0, pad - seg))
             self._put(Buffer.ACT, insn.dst, L.encode_qrows(q, m, e, w))
-            return work
+            return
         elif f is SfuFunc.KVQUANT:
             group, bits = insn.imm, insn.imm2
             if bits not in (4, 8) or group <= 0 or length % group:
@@ -375,8 +376,7 @@ class Emulator:
             rec = L.encode_kv(codes, m.t().reshape(-1), e.t().reshape(-1),
                               mid.t().reshape(-1), bits, w)
             self._put(Buffer.KV, insn.dst, rec)
-            return work
+            return
         else:
             raise EmulatorError(f"SFU function {f.name} is reserved")
         self._put(Buffer.ACT, insn.dst, L.encode_wide(out, w))
-        return work

@@ -174,51 +174,52 @@ class _MatrixClock:
                     cycles += chunks
             kept_here = max(0, min(n_chain, self.kept - lo))
             halves = 2 if self.ib else 1
-            for lane in range(lanes):  # CODES (and indices)
-                if lane >= lanes_ok:
-                    cycles += (lanes - lanes_ok) * n_chain * halves
-                    break
-                if lane >= 2:  # lanes after the second repeat it, one row further on
-                    cycles += (lanes_ok - 2) * lane_codes
-                    self.fw.held += (lanes_ok - 2) * self.wp
-                    cycles += (lanes - lanes_ok) * n_chain * halves
-                    break
+
+            def codes(lane: int, lo=lo, kept_here=kept_here, halves=halves) -> int:
                 row = s.wgt_addr + (j0 + lane) * self.wp
-                lane_codes = self.fw.walk(row * wb + lo * self.bits, self.bits, kept_here)
-                if self.ib:
-                    lane_codes += self.fw.walk(row * wb + self.kept * self.bits + lo * self.ib,
-                                               self.ib, kept_here)
-                lane_codes += (n_chain - kept_here) * halves
-                cycles += lane_codes
-            for lane in range(lanes):  # SLOTS: each slot's scale, then its type id
-                if lane >= lanes_ok:
-                    cycles += (lanes - lanes_ok) * 2 * slots
-                    break
-                if lane >= 2:
-                    cycles += (lanes_ok - 2) * lane_slots
-                    self.fm.held += (lanes_ok - 2) * self.mp
-                    cycles += (lanes - lanes_ok) * 2 * slots
-                    break
+                cycles = self.fw.walk(row * wb + lo * self.bits, self.bits, kept_here)
+                if self.ib:  # the kept weights' in-block indices
+                    cycles += self.fw.walk(row * wb + self.kept * self.bits + lo * self.ib,
+                                           self.ib, kept_here)
+                return cycles + (n_chain - kept_here) * halves
+
+            def scales(lane: int, lo=lo) -> int:  # each slot's scale, then its type id
                 mrow = self.meta_rows + (j0 + lane) * self.mp
-                lane_slots = 0
+                cycles = 0
                 for slot in range(slots):
                     at = lo + slot * tap
                     if at >= self.kept:
-                        lane_slots += 2
+                        cycles += 2
                         continue
                     g = min(at // self.kpg, self.groups - 1)
-                    lane_slots += self.fm.one(mrow * wb + 16 + 16 * g)
+                    cycles += self.fm.one(mrow * wb + 16 + 16 * g)
                     if s.wfmt is WeightFormat.INT8:
-                        lane_slots += 1
+                        cycles += 1
                     else:
-                        lane_slots += self.fm.one(mrow * wb + 16 + 16 * self.groups + 8 * g)
-                cycles += lane_slots
+                        cycles += self.fm.one(mrow * wb + 16 + 16 * self.groups + 8 * g)
+                return cycles
+
+            cycles += self._lanes(self.fw, self.wp, lanes_ok, codes, n_chain * halves)  # CODES
+            cycles += self._lanes(self.fm, self.mp, lanes_ok, scales, 2 * slots)  # SLOTS
             for lane in range(lanes_ok):  # SHIFTS: the rows' exponents
                 cycles += self.fm.one((self.meta_rows + (j0 + lane) * self.mp) * wb)
             cycles += lanes - lanes_ok
             cycles += 1  # SEND
         cycles += chain_latency(n_chain) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
         return cycles + self._results(j0, t0, lanes_ok, tokens_ok)
+
+    def _lanes(self, fetch: Fetch, pitch: int, lanes_ok: int, lane_cycles, idle: int) -> int:
+        """One beat state over every lane: ``lane_cycles(lane)`` for the tile's rows (from
+        the third on, the second's cycles again, one row further on) and ``idle`` cycles
+        for each lane past them (every field skipped)."""
+        cycles = last = 0
+        for lane in range(min(lanes_ok, 2)):
+            last = lane_cycles(lane)
+            cycles += last
+        if lanes_ok > 2:
+            cycles += (lanes_ok - 2) * last
+            fetch.held += (lanes_ok - 2) * pitch
+        return cycles + (self.cfg.mv_rows - lanes_ok) * idle
 
     def _results(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
         """Each lane's two token slots: one cycle per element, and with ADD the old value
@@ -240,9 +241,14 @@ def matrix_cycles(cfg: AccelConfig, shape: MatrixShape) -> int:
     return _MatrixClock(cfg, shape).run()
 
 
-def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int) -> int:
-    """Two fields fetched together (different buffers): the state waits for both."""
-    return max(fa.one(bit_a), fb.one(bit_b))
+def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False) -> int:
+    """Two fields fetched together: the state waits for both. On one buffer (``shared``)
+    they share its read port, ``fa`` first: ``fb``'s reads wait for ``fa``'s (two for a
+    refill, one for a step on)."""
+    a, b = fa.one(bit_a), fb.one(bit_b)
+    if shared and a > 1 and b > 1:
+        b += 2 if a - 1 == COLD else 1
+    return max(a, b)
 
 
 class _Repeat:
@@ -365,3 +371,95 @@ def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d:
         cycles += 1  # P_OUT
         fa.written(out_row + 32 * i // wb)
     return cycles + 1  # P_CHANNEL with no more channels
+
+
+def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> list[int]:
+    """The SFU producer's cycles per row (``hw/sfu_unit.py``'s ``_produce``): per element
+    its operand fields, fetched together (the slower one decides)."""
+    w = cfg.axi_data_bytes
+    wb = 8 * w
+    f, length, rows = insn.func, insn.length, insn.rows
+    fa, fb = Fetch(wb), Fetch(wb)
+    wide = L.wide_pitch(length, w)
+    bcast = bool(insn.imm & 1) and f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL)
+    per_row = []
+    a_pitch = wide
+    if f is isa.SfuFunc.EMBED:
+        groups = -(-length // insn.imm)
+        a_pitch = L.words(4, w) + L.words(2 * groups, w) + L.words(length, w)
+    if f is isa.SfuFunc.RMSNORM:
+        fb.one(insn.src_b * wb)  # EPS, before the rows
+    for r in range(rows):
+        row_a = insn.src_a + r * a_pitch
+        cycles = 0
+        if f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL):
+            row_b = insn.src_b + (0 if bcast else r * wide)
+            for i in range(length):
+                cycles += _pair(fa, row_a * wb + 32 * i, fb, row_b * wb + 32 * i, not bcast)
+        elif f is isa.SfuFunc.RMSNORM:
+            gamma = (insn.src_b + L.words(8, w)) * wb
+            for i in range(length):
+                cycles += _pair(fa, row_a * wb + 32 * i, fb, gamma + 16 * i)
+        elif f is isa.SfuFunc.ROPE:
+            half = insn.imm // 2
+            row_b = insn.src_b + r * L.rope_pitch(insn.imm, w)
+            for i in range(length):
+                j = (i // 2) % half + (half if i % 2 else 0)
+                cycles += _pair(fa, row_a * wb + 32 * i, fb, row_b * wb + 16 * j)
+        elif f is isa.SfuFunc.EMBED:
+            cycles += fb.one(row_a * wb)  # the row's exponent
+            codes = (row_a + L.words(4, w) + L.words(2 * groups, w)) * wb
+            scales = (row_a + L.words(4, w)) * wb
+            for i in range(length):
+                cycles += _pair(fa, codes + 8 * i, fb, scales + 16 * (i // insn.imm), True)
+        else:  # SILU and the row stage's functions: the one operand
+            cycles += fa.walk(row_a * wb, 32, length)
+        per_row.append(cycles)
+    return per_row
+
+
+#: SFU: SIZES, the serial divider's sixteen steps and hand-over, PITCHES, CHECK, START, the
+#: element stage and packer draining after the last element, COMPLETE.
+SFU_SETUP = 26
+ROPE_EXTRA = 1  #: the last pair's second value
+RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
+#: The row stage per row (segment, KV group) after receiving it: the fixed states and serial
+#: divisions (square roots for RMSNORM), and a cycle per element for each pass after the
+#: first (SOFTMAX's exponentials, RMSNORM's squares; the emission), plus one stall per
+#: written word while the packer writes it.
+ROW_FIXED = {isa.SfuFunc.SOFTMAX: 51, isa.SfuFunc.RMSNORM: 104}
+#: QUANT8 and KVQUANT per segment (KV group): (fixed, per code, per written word). The
+#: emission of one segment overlaps the next one's reception, so these are least-squares
+#: fits to the RTL on sim-small (within 3% of every measured instruction there), not counts.
+QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (106.3, 0.9, 0.32), isa.SfuFunc.KVQUANT: (102.0, 0.7, 5.77)}
+
+
+def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
+    """Busy cycles of one SFU instruction (``hw/sfu_unit.py`` and the row stage of
+    ``hw/sfu_row.py``)."""
+    f, length, rows = insn.func, insn.length, insn.rows
+    if not rows or not length:
+        return SFU_SETUP
+    wb = cfg.axi_data_bits
+    produced = sum(_sfu_producer(cfg, insn))
+    cycles = SFU_SETUP + produced
+    if f is isa.SfuFunc.ROPE:
+        return cycles + ROPE_EXTRA
+    if f is isa.SfuFunc.EMBED:
+        # the consumer's packer stalls that the producer's one-byte codes do not hide
+        return cycles + rows * length // (wb // 32 + 1)
+    if f in ROW_FIXED:
+        words = L.wide_pitch(length, cfg.axi_data_bytes)
+        cycles += rows * (ROW_FIXED[f] + 2 * length + words)
+        return cycles + (RMSNORM_EPS if f is isa.SfuFunc.RMSNORM else 0)
+    if f in QUANT_SEGMENT:
+        if f is isa.SfuFunc.QUANT8:
+            seg = insn.imm2 or length
+            codes, bits = insn.imm or seg, 8
+        else:
+            seg = codes = insn.imm
+            bits = insn.imm2
+        fixed, per_code, per_word = QUANT_SEGMENT[f]
+        words = -(-codes * bits // wb)
+        return cycles + round(rows * (length // seg) * (fixed + per_code * seg + per_word * words))
+    return cycles

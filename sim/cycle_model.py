@@ -7,15 +7,11 @@ LOAD and STORE follow the data movers as built (``hw/data_mover.py`` and the AXI
 ``READ_LATENCY`` cycles after its address, then one beat per cycle; a STORE row streams its
 words and waits for the last burst's response; bursts split at 4 KiB and 256 beats.
 
-The matrix, attention and SFU figures are still first-order (work over throughput plus a
-pipeline latency): the RTL's sequencers fetch one buffer field per cycle and run far slower
-(``docs/PERFORMANCE.md``); they are not calibrated yet. Units overlap as far as the
-dependency tokens allow (the emulator keeps one timeline per unit).
+The compute unit's and SFU's sequencers are priced in :mod:`sim.compute_timing`. Units
+overlap as far as the dependency tokens allow (the emulator keeps one timeline per unit).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from hw.axi import BOUNDARY, BURST_MAX
 from llmacc import isa
@@ -36,19 +32,6 @@ STORE_BURST_EXTRA = 1  #: each further write burst of a row: its address handsha
 PROGRAM_EXTRA = 35
 ISSUE_CYCLES = 2  #: the controller decodes and dispatches one instruction per 2 cycles
 TOKEN_EXTRA = 2  #: from a unit's completion to the start of the instruction waiting on it
-SFU_LATENCY = 16  #: SFU pipeline depth (LUTs, multipliers, normalisation)
-ROW_LATENCY = 4  #: per-row setup of a row-wise SFU function
-REDUCE_LATENCY = 8  #: cascade drain + per-group dequantisation of a matrix tile
-
-
-@dataclass(frozen=True)
-class Work:
-    """What one instruction does, counted by the emulator."""
-
-    macs: int = 0  #: multiply-accumulates on the matrix engine (after sparsity)
-    elements: int = 0  #: SFU element operations
-    rows: int = 0  #: rows (SFU) or output rows (matrix)
-    bytes: int = 0  #: bytes moved over AXI
 
 
 def fetch_beats(cfg: AccelConfig) -> int:
@@ -101,11 +84,3 @@ def transfer_cycles(cfg: AccelConfig, load: bool, addr: int, stride: int, rows: 
         return MOVER_SETUP + rows * load_row_cycles(cfg, words)
     return MOVER_SETUP + sum(store_row_cycles(cfg, addr + r * stride, words)
                              for r in range(rows))
-
-
-def matrix_cycles(cfg: AccelConfig, work: Work) -> int:
-    return REDUCE_LATENCY + cfg.chain_len + -(-work.macs // cfg.peak_macs_per_cycle)
-
-
-def sfu_cycles(cfg: AccelConfig, work: Work) -> int:
-    return SFU_LATENCY + ROW_LATENCY * work.rows + -(-work.elements // cfg.sfu_lanes)

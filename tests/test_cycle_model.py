@@ -1,10 +1,15 @@
-"""The cycle model (sim/cycle_model.py, the emulator's clock) calibrated against the RTL top's
-counters: every LOAD/STORE's busy cycles exactly, and each data-movement program's total
-within 5%, on sim-small (make test) and sim-wide (make sim). The matrix, attention and SFU
-sequencers are not calibrated (docs/PERFORMANCE.md)."""
+"""The cycle model (sim/cycle_model.py and sim/compute_timing.py, the emulator's clock)
+calibrated against the RTL top's counters, on sim-small (make test) and sim-wide (make sim):
+
+* data movement: every LOAD/STORE's busy cycles exactly, each program's total within 5%;
+* compute: random MATVEC/MATMAT, ATTN and SFU instructions (every format, sparsity, output
+  mode and function), each in a program that loads its buffers, runs it and stores the
+  results: the unit's busy cycles and the program's total within 5%.
+"""
 
 import random
 
+import numpy as np
 import pytest
 
 from host.emulator import Emulator
@@ -53,14 +58,64 @@ def _calibrate(name: str, seed: int) -> list[str]:
     return problems
 
 
+def _calibrate_compute(name: str, seed: int, count: int) -> tuple[list[str], dict]:
+    """Mismatches beyond the tolerance of ``count`` random compute programs, and the largest
+    busy error seen per opcode."""
+    cfg = preset(name)
+    rng = random.Random(seed)
+    chans, size = cfg.mem_channels, fuzz.CHANNEL_BYTES
+    ext, out = fuzz.case_layout(cfg)
+    small = fuzz.case_config(cfg)
+    problems, worst = [], {}
+    with TopHarness(cfg, [size] * chans, 1 << 12, seed=seed) as top:
+        for index in range(count):
+            case = fuzz.random_compute_case(cfg, rng)
+            image = bytearray(size)
+            for b, data in case.images.items():
+                data = data[:small.buffer_words(b) * cfg.axi_data_bytes]
+                image[ext[b]:ext[b] + len(data)] = data
+            program = fuzz.register_preamble() + fuzz.case_program(cfg, case, ext, out)
+            emu = Emulator(cfg, [size] * chans)
+            emu.write_ext(0, 0, np.frombuffer(bytes(image), np.uint8))
+            top.write(0, 0, bytes(image))
+            model = emu.run(program)
+            rtl = top.run(isa.encode_program(program))
+            unit = case.insn.unit.name
+            busy = rtl.counters[f"busy_{unit.lower()}"]
+            what = f"{case.insn.opcode.name} {case.insn.fields}"
+            for label, got, want in (("busy", model.busy[unit], busy),
+                                     ("total", model.cycles, rtl.cycles)):
+                error = got / want - 1
+                if label == "busy":
+                    op = case.insn.opcode.name
+                    worst[op] = max(worst.get(op, 0.0), abs(error))
+                if abs(error) > TOLERANCE:
+                    problems.append(f"program {index} ({what}): {unit} {label} modelled {got}, "
+                                    f"RTL {want} ({error:+.1%})")
+    return problems, worst
+
+
 def test_cycle_model_sim_small(sim_small_top, seed):
     problems = _calibrate("sim-small", seed)
+    assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+
+
+def test_compute_cycles_sim_small(sim_small_top, seed):
+    problems, worst = _calibrate_compute("sim-small", seed, 24)
+    print(f"largest busy error per opcode: {worst}")
     assert not problems, f"seed {seed}:\n" + "\n".join(problems)
 
 
 @pytest.mark.slow
 def test_cycle_model_sim_wide(verilator_env, seed):
     problems = _calibrate("sim-wide", seed)
+    assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_compute_cycles_sim_wide(verilator_env, seed):
+    problems, worst = _calibrate_compute("sim-wide", seed, 60)
+    print(f"largest busy error per opcode: {worst}")
     assert not problems, f"seed {seed}:\n" + "\n".join(problems)
 
 
