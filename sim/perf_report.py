@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
           f"{cfg.channel_gbps:g} GB/s = {cfg.mem_bandwidth_gbps:g} GB/s, "
           f"{cfg.axi_data_bits}-bit AXI ports, read latency {READ_LATENCY} cycles per row, "
           f"engine {cfg.mv_rows}x{cfg.chain_len} DSPs")
-    print("\ndecode tokens/s (design estimate / HBM roofline / fraction; RTL sequencer bound)")
+    print("\ndecode tokens/s (design estimate / HBM roofline / fraction; RTL as built, from the "
+          "calibrated cycle model)")
     print("| scheme | " + " | ".join(f"ctx {c}" for c in CONTEXTS) + " | GB/token @512 | "
-          "RTL bound tok/s |")
+          "RTL tok/s @512 |")
     print("|---" * (len(CONTEXTS) + 3) + "|")
     curves = {}
     for s in schemes:

@@ -101,7 +101,7 @@ def test_cycle_model_sim_small(sim_small_top, seed):
 
 
 def test_compute_cycles_sim_small(sim_small_top, seed):
-    problems, worst = _calibrate_compute("sim-small", seed, 24)
+    problems, worst = _calibrate_compute("sim-small", seed, 60)
     print(f"largest busy error per opcode: {worst}")
     assert not problems, f"seed {seed}:\n" + "\n".join(problems)
 
@@ -114,7 +114,7 @@ def test_cycle_model_sim_wide(verilator_env, seed):
 
 @pytest.mark.slow
 def test_compute_cycles_sim_wide(verilator_env, seed):
-    problems, worst = _calibrate_compute("sim-wide", seed, 60)
+    problems, worst = _calibrate_compute("sim-wide", seed, 120)
     print(f"largest busy error per opcode: {worst}")
     assert not problems, f"seed {seed}:\n" + "\n".join(problems)
 
