@@ -1,5 +1,6 @@
-"""Cycles of the COMPUTE unit's sequencers as built (``hw/compute_unit.py``): MATVEC, MATMAT
-and ATTN, state by state, with the field fetches' two-word caches.
+"""Cycles of the sequencers as built: the COMPUTE unit's MATVEC, MATMAT and ATTN
+(``hw/compute_unit.py``) and the SFU's instructions (``hw/sfu_unit.py``), state by state,
+with the field fetches' two-word caches.
 
 The sequencers read every record field through a :class:`hw.buffer_access.FieldFetch`: a
 field starting in the word the fetch holds costs one cycle; one starting in the next word
@@ -8,7 +9,8 @@ are the fields' count plus the refills, and the refills follow from the fields' 
 alone: :class:`Fetch` keeps the word each fetch holds and prices walks of equally spaced
 fields in closed form. A matrix pass repeats for every row block and token pair with the
 same refills as long as the fetches enter it in the same place relative to its records, so
-passes are priced once per such entry (this is what makes LLaMA-sized tiles quick).
+passes are priced once per such entry, and attention keys are skipped over once they
+repeat (this is what makes LLaMA-sized tiles quick).
 
 Checked against the RTL's busy counters cycle for cycle (``tests/test_cycle_model.py``).
 """
@@ -65,8 +67,20 @@ class Fetch:
         if self.held is not None and word in (self.held, self.held + 1):
             self.held = None
 
-    def relative(self, base_word: int) -> int | None:
-        return None if self.held is None else self.held - base_word
+
+
+def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple[int | None, ...]:
+    """Each fetch's held word relative to ``bases`` (the words its records start at)."""
+    return tuple(None if f.held is None else f.held - b
+                 for f, b in zip(fetches, bases, strict=True))
+
+
+def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...],
+           relative: tuple[int | None, ...]) -> None:
+    """Set the fetches to hold ``relative`` words past ``bases`` (the inverse of
+    :func:`_relative`)."""
+    for f, b, rel in zip(fetches, bases, relative, strict=True):
+        f.held = None if rel is None else b + rel
 
 
 @dataclass(frozen=True)
@@ -76,9 +90,7 @@ class MatrixShape:
     k: int
     n: int
     m: int
-    wfmt: WeightFormat
-    nm: tuple[int, int] | None
-    group_log2: int
+    desc: L.Descriptor
     out_mode: OutMode = OutMode.WIDE
     step: int = 0  #: words between output rows (MATMAT's out_pitch)
     act_addr: int = 0
@@ -89,8 +101,8 @@ class MatrixShape:
     @classmethod
     def of(cls, insn: isa.Instruction, desc: L.Descriptor) -> MatrixShape:
         step = insn.out_pitch if insn.opcode is isa.Opcode.MATMAT else 0
-        return cls(insn.k, insn.n, insn.m, desc.wfmt, desc.nm, desc.group_log2, insn.out_mode,
-                   step, insn.act_addr, insn.wgt_addr, insn.meta_addr, insn.out_addr)
+        return cls(insn.k, insn.n, insn.m, desc, insn.out_mode, step, insn.act_addr,
+                   insn.wgt_addr, insn.meta_addr, insn.out_addr)
 
 
 class _MatrixClock:
@@ -98,52 +110,43 @@ class _MatrixClock:
 
     def __init__(self, cfg: AccelConfig, s: MatrixShape):
         self.cfg, self.s = cfg, s
-        w = cfg.axi_data_bytes
+        w, desc = cfg.axi_data_bytes, s.desc
         self.wb = 8 * w
-        keep, block = s.nm or (1, 1)
-        self.bits = L.FORMAT_BITS[s.wfmt]
-        self.ib = 0 if s.nm is None else (block - 1).bit_length()
-        self.kept = s.k // block * keep
-        groups = s.k >> s.group_log2
-        self.groups = groups
-        self.kpg = (1 << s.group_log2) * keep // block  # kept weights per group
-        self.wp = L.words((self.kept * (self.bits + self.ib) + 7) // 8, w)
-        self.mp = L.words(2 + 2 * groups + (0 if s.wfmt is WeightFormat.INT8 else groups), w)
+        keep, block = desc.nm or (1, 1)
+        self.int8 = desc.wfmt is WeightFormat.INT8
+        self.bits, self.ib = desc.bits, desc.index_bits()
+        self.kept = desc.kept(s.k)
+        self.groups = s.k // desc.group
+        self.kpg = desc.group * keep // block  # kept weights per group
+        self.wp, self.mp = desc.wgt_pitch(s.k, w), desc.meta_pitch(s.k, w)
         self.qhdr = L.qrow_header(w)
-        self.qp = self.qhdr + L.words(s.k, w)
+        self.qp = L.qrow_pitch(s.k, w)
         self.cover = cfg.chain_len * block // keep
         self.nbeats = -(-self.kept // cfg.chain_len)
-        self.pack = s.wfmt is not WeightFormat.INT8
         self.meta_rows = s.meta_addr + L.descriptor_words(w)
-        self.fa, self.fw, self.fm, self.fo = (Fetch(self.wb) for _ in range(4))
+        self.fetches = self.fa, self.fw, self.fm, self.fo = tuple(
+            Fetch(self.wb) for _ in range(4))
 
     def run(self) -> int:
         s, cfg = self.s, self.cfg
         cycles = MATRIX_SETUP + self.fm.one(s.meta_addr * self.wb) + COMPLETE
         if not (s.n and s.m):
             return cycles
-        tpp = 2 if self.pack else 1
+        tpp = 1 if self.int8 else 2  # tokens per pass
         memo: dict = {}
         for j0 in range(0, s.n, cfg.mv_rows):
             lanes_ok = min(cfg.mv_rows, s.n - j0)
             for t0 in range(0, s.m, tpp):
                 tokens_ok = min(tpp, s.m - t0)
                 bases = self._bases(j0, t0)
-                key = (lanes_ok, tokens_ok, tuple(f.relative(b) for f, b in zip(
-                    self._fetches(), bases, strict=True)))
+                key = (lanes_ok, tokens_ok, _relative(self.fetches, bases))
                 if key not in memo:
                     pass_cycles = self._pass(j0, t0, lanes_ok, tokens_ok)
-                    memo[key] = pass_cycles, tuple(f.relative(b) for f, b in zip(
-                        self._fetches(), bases, strict=True))
-                else:
-                    pass_cycles, after = memo[key]
-                    for f, b, rel in zip(self._fetches(), bases, after, strict=True):
-                        f.held = None if rel is None else b + rel
+                    memo[key] = pass_cycles, _relative(self.fetches, bases)
+                pass_cycles, after = memo[key]
+                _place(self.fetches, bases, after)
                 cycles += pass_cycles
         return cycles
-
-    def _fetches(self) -> tuple[Fetch, ...]:
-        return self.fa, self.fw, self.fm, self.fo
 
     def _bases(self, j0: int, t0: int) -> tuple[int, ...]:
         """The word each fetch's records of a pass are relative to."""
@@ -155,15 +158,16 @@ class _MatrixClock:
         cfg, s, wb = self.cfg, self.s, self.wb
         lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
         slots = n_chain // tap
+        qrows = [s.act_addr + (t0 + t) * self.qp for t in range(tokens_ok)]
+        chunks = self.cover // 8
+        halves = 2 if self.ib else 1
         cycles = 0
         for b in range(self.nbeats):
             lo = b * n_chain
             cycles += 1  # CLEAR
-            qrows = [s.act_addr + (t0 + t) * self.qp for t in range(tokens_ok)]
             for q in qrows:  # HEADER
                 cycles += self.fa.one(q * wb)
             cycles += 2 - tokens_ok  # HEADER: the absent token
-            chunks = self.cover // 8
             col0 = b * self.cover
             live = max(0, min(chunks, -(-(s.k - col0) // 8)))
             for t in range(2):  # X: the activation window, 8 columns per read
@@ -173,9 +177,8 @@ class _MatrixClock:
                 else:
                     cycles += chunks
             kept_here = max(0, min(n_chain, self.kept - lo))
-            halves = 2 if self.ib else 1
 
-            def codes(lane: int, lo=lo, kept_here=kept_here, halves=halves) -> int:
+            def codes(lane: int, lo=lo, kept_here=kept_here) -> int:
                 row = s.wgt_addr + (j0 + lane) * self.wp
                 cycles = self.fw.walk(row * wb + lo * self.bits, self.bits, kept_here)
                 if self.ib:  # the kept weights' in-block indices
@@ -193,7 +196,7 @@ class _MatrixClock:
                         continue
                     g = min(at // self.kpg, self.groups - 1)
                     cycles += self.fm.one(mrow * wb + 16 + 16 * g)
-                    if s.wfmt is WeightFormat.INT8:
+                    if self.int8:
                         cycles += 1
                     else:
                         cycles += self.fm.one(mrow * wb + 16 + 16 * self.groups + 8 * g)
@@ -266,8 +269,7 @@ class _Repeat:
         total, i = 0, 0
         while i < count:
             base = bases(i)
-            key = (phase(i), tuple(f.relative(b) for f, b in zip(self.fetches, base,
-                                                                  strict=True)))
+            key = (phase(i), _relative(self.fetches, base))
             if key in seen:
                 j, before = seen.pop(key)
                 period, gain = i - j, total - before
@@ -275,8 +277,7 @@ class _Repeat:
                 if loops:
                     i += loops * period
                     total += loops * gain
-                    for f, b, rel in zip(self.fetches, bases(i), key[1], strict=True):
-                        f.held = None if rel is None else b + rel
+                    _place(self.fetches, bases(i), key[1])
                     seen.clear()
                     continue
             seen[key] = (i, total)
@@ -304,7 +305,7 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
     kv_bits = 8 if insn.kv8 else 4
-    kvp = L.kv_header(w) + L.words((d * kv_bits + 7) // 8, w)
+    kvp = L.kv_pitch(d, kv_bits, w)
     qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
     fa, fw = Fetch(wb), Fetch(wb)
     loop = _Repeat((fa, fw))
@@ -373,25 +374,23 @@ def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d:
     return cycles + 1  # P_CHANNEL with no more channels
 
 
-def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> list[int]:
-    """The SFU producer's cycles per row (``hw/sfu_unit.py``'s ``_produce``): per element
-    its operand fields, fetched together (the slower one decides)."""
+def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
+    """The SFU producer's cycles (``hw/sfu_unit.py``'s ``_produce``): per element its operand
+    fields, fetched together (the slower one decides)."""
     w = cfg.axi_data_bytes
     wb = 8 * w
     f, length, rows = insn.func, insn.length, insn.rows
     fa, fb = Fetch(wb), Fetch(wb)
     wide = L.wide_pitch(length, w)
     bcast = bool(insn.imm & 1) and f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL)
-    per_row = []
+    cycles = 0
     a_pitch = wide
     if f is isa.SfuFunc.EMBED:
-        groups = -(-length // insn.imm)
-        a_pitch = L.words(4, w) + L.words(2 * groups, w) + L.words(length, w)
+        a_pitch = L.embed_pitch(length, insn.imm, w)
     if f is isa.SfuFunc.RMSNORM:
         fb.one(insn.src_b * wb)  # EPS, before the rows
     for r in range(rows):
         row_a = insn.src_a + r * a_pitch
-        cycles = 0
         if f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL):
             row_b = insn.src_b + (0 if bcast else r * wide)
             for i in range(length):
@@ -408,14 +407,13 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> list[int]:
                 cycles += _pair(fa, row_a * wb + 32 * i, fb, row_b * wb + 16 * j)
         elif f is isa.SfuFunc.EMBED:
             cycles += fb.one(row_a * wb)  # the row's exponent
-            codes = (row_a + L.words(4, w) + L.words(2 * groups, w)) * wb
+            codes = (row_a + a_pitch - L.words(length, w)) * wb
             scales = (row_a + L.words(4, w)) * wb
             for i in range(length):
                 cycles += _pair(fa, codes + 8 * i, fb, scales + 16 * (i // insn.imm), True)
         else:  # SILU and the row stage's functions: the one operand
             cycles += fa.walk(row_a * wb, 32, length)
-        per_row.append(cycles)
-    return per_row
+    return cycles
 
 
 #: SFU: SIZES, the serial divider's sixteen steps and hand-over, PITCHES, CHECK, START, the
@@ -441,8 +439,7 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     if not rows or not length:
         return SFU_SETUP
     wb = cfg.axi_data_bits
-    produced = sum(_sfu_producer(cfg, insn))
-    cycles = SFU_SETUP + produced
+    cycles = SFU_SETUP + _sfu_producer(cfg, insn)
     if f is isa.SfuFunc.ROPE:
         return cycles + ROPE_EXTRA
     if f is isa.SfuFunc.EMBED:

@@ -160,6 +160,18 @@ def case_layout(cfg: AccelConfig) -> tuple[dict[Buffer, int], dict[Buffer, int]]
     return ext, {Buffer.ACT: 0, Buffer.KV: small.buffer_words(Buffer.ACT) * w}
 
 
+def case_image(cfg: AccelConfig, case: InstructionCase, channel: bytes) -> bytes:
+    """``channel`` (channel 0's bytes) with the case's buffer images where
+    :func:`case_layout` puts them."""
+    ext, _ = case_layout(cfg)
+    small = case_config(cfg)
+    image = bytearray(channel)
+    for b, raw in case.images.items():
+        raw = raw[:small.buffer_words(b) * cfg.axi_data_bytes]
+        image[ext[b]:ext[b] + len(raw)] = raw
+    return bytes(image)
+
+
 def random_compute_case(cfg: AccelConfig, rng: random.Random) -> InstructionCase:
     """One random legal SFU, matrix or attention instruction with its buffers."""
     small = case_config(cfg)
@@ -241,11 +253,7 @@ def draw(cfg: AccelConfig, rng: random.Random, kind: str) -> FuzzProgram:
     if kind == "compute":
         case = random_compute_case(cfg, rng)
         ext, out = case_layout(cfg)
-        small = case_config(cfg)
-        for b, image in case.images.items():
-            data = image[:small.buffer_words(b) * cfg.axi_data_bytes]
-            at = ext[b]
-            start[0] = start[0][:at] + data + start[0][at + len(data):]
+        start[0] = case_image(cfg, case, start[0])
         program = case_program(cfg, case, ext, out)
         focus, fuzzed = case.insn, 1
     else:

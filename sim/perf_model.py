@@ -134,8 +134,7 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
     per_pass = 1 if desc.wfmt is WeightFormat.INT8 else 2
     passes = -(-n // cfg.mv_rows) * -(-tokens // per_pass)
     engine = passes * beats
-    rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(
-        k, n, tokens, desc.wfmt, desc.nm, desc.group_log2))
+    rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(k, n, tokens, desc))
     return Operator(name, n * row_words * w, n * kept * tokens,
                     _rows_cycles(cfg, n, row_words), engine, rtl)
 

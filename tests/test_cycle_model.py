@@ -65,19 +65,15 @@ def _calibrate_compute(name: str, seed: int, count: int) -> tuple[list[str], dic
     rng = random.Random(seed)
     chans, size = cfg.mem_channels, fuzz.CHANNEL_BYTES
     ext, out = fuzz.case_layout(cfg)
-    small = fuzz.case_config(cfg)
     problems, worst = [], {}
     with TopHarness(cfg, [size] * chans, 1 << 12, seed=seed) as top:
         for index in range(count):
             case = fuzz.random_compute_case(cfg, rng)
-            image = bytearray(size)
-            for b, data in case.images.items():
-                data = data[:small.buffer_words(b) * cfg.axi_data_bytes]
-                image[ext[b]:ext[b] + len(data)] = data
+            image = fuzz.case_image(cfg, case, bytes(size))
             program = fuzz.register_preamble() + fuzz.case_program(cfg, case, ext, out)
             emu = Emulator(cfg, [size] * chans)
-            emu.write_ext(0, 0, np.frombuffer(bytes(image), np.uint8))
-            top.write(0, 0, bytes(image))
+            emu.write_ext(0, 0, np.frombuffer(image, np.uint8))
+            top.write(0, 0, image)
             model = emu.run(program)
             rtl = top.run(isa.encode_program(program))
             unit = case.insn.unit.name
