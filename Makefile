@@ -26,7 +26,7 @@ help:
 	@echo "make test      fast test suite (unit tests + Verilator smoke/block tests)"
 	@echo "make sim       hardware regression (slow tests included; build/sim/junit.xml,"
 	@echo "               build/sim/summary.md; WAVES=1 for waveforms of every RTL run)"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff and the import layers (lint-imports, pyproject.toml)"
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
 	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
 	@echo "               (tables in build/bench/)"
@@ -44,8 +44,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
+test: lint
 	$(TOOLENV) $(PY) -m pytest -n $(JOBS) -m "not slow and not vivado and not board" tests
 
 # The hardware regression: everything but the board flows, including the slow tests (10,000
@@ -58,6 +57,7 @@ sim: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 bench: $(VENV)/.installed
 	mkdir -p build/bench

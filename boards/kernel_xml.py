@@ -1,6 +1,6 @@
 """``kernel.xml``: the Vitis RTL-kernel description of the accelerator top.
 
-Written from :mod:`boards.kernel_interface` (itself from the RTL register map), and read back
+Written from :mod:`llmacc.kernel` (itself from the RTL register map), and read back
 by :func:`parse` for the consistency tests and the host's fake-XRT test, so the description the
 v++ linker sees is checked against what the control slave decodes and what the host passes.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from boards.kernel_interface import (
+from llmacc.config import AccelConfig
+from llmacc.kernel import (
     CONTROL_PORT,
     CONTROL_RANGE,
     KERNEL_NAME,
     kernel_args,
     master_ports,
 )
-from llmacc.config import AccelConfig
 
 VLNV = f"llmacc.org:kernel:{KERNEL_NAME}:1.0"
 

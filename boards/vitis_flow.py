@@ -35,9 +35,9 @@ from pathlib import Path
 
 from boards import kernel_xml
 from boards.alveo import Board, board
-from boards.kernel_interface import KERNEL_NAME, master_ports
 from llmacc import config
 from llmacc.config import AccelConfig
+from llmacc.kernel import KERNEL_NAME, master_ports
 
 TOOLS = ("vivado", "v++")
 TOP = "llmacc_top"

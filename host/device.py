@@ -14,9 +14,10 @@ import torch
 
 from compiler.compile import CompiledModel
 from compiler.lower import Program
-from host.emulator import Emulator, RunStats
 from llmacc import isa
 from llmacc.isa import Opcode, Reg, SysFunc
+from llmacc.kernel import fault_name, read_status
+from sim.emulator import Emulator, RunStats
 
 Tensor = torch.Tensor
 BACKENDS = ("emulator", "rtl", "xrt")
@@ -40,14 +41,11 @@ def kernel_program_bytes(compiled: CompiledModel) -> int:
 
 def kernel_stats(program: Program, regs: dict[Reg, int], status: int, cycles: int,
                  counters: dict[str, int]) -> RunStats:
-    """A kernel run's statistics from its status and counter registers (``hw/axi.py``);
+    """A kernel run's statistics from its status and counter registers (``llmacc/kernel.py``);
     a fault raises :class:`DeviceError` naming the fault and the program's instruction."""
-    if status & 1:
-        from hw.controller import Fault
-
-        fault, pc = status >> 8 & 0xFF, status >> 16
-        name = Fault(fault).name if fault in {f.value for f in Fault} else str(fault)
-        raise DeviceError(f"the accelerator stopped with fault {name} at instruction "
+    error, fault, pc = read_status(status)
+    if error:
+        raise DeviceError(f"the accelerator stopped with fault {fault_name(fault)} at instruction "
                           f"{pc - len(regs)} of {program.kind} {program.length}")
     busy = {u.name: counters[f"busy_{u.name.lower()}"] for u in isa.Unit}
     return RunStats(instructions=counters["dispatched"], cycles=cycles, busy=busy)

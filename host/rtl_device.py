@@ -18,8 +18,8 @@ import numpy as np
 from compiler.compile import CompiledModel
 from compiler.lower import Program
 from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
-from host.emulator import RunStats
 from llmacc.isa import Reg
+from sim.emulator import RunStats
 from sim.top_harness import HarnessError, TopHarness
 
 

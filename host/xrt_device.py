@@ -4,7 +4,7 @@ The card must hold the xclbin from the board flow (``make bitstream``). Each mem
 the package becomes one XRT buffer object in the memory bank that the xclbin connects to the
 channel's AXI port (``kernel.group_id``); the kernel receives the buffers' device addresses as
 its pointer arguments and adds them to every address it issues, so the compiled programs stay
-position-free. Arguments are passed in the order of ``boards.kernel_interface.kernel_args``,
+position-free. Arguments are passed in the order of ``llmacc.kernel.kernel_args``,
 derived from the RTL's register map; after a run the status and performance counters are read
 from the same registers the RTL back end reads.
 
@@ -20,14 +20,13 @@ from types import ModuleType
 
 import numpy as np
 
-from boards.kernel_interface import KERNEL_NAME, kernel_args
 from compiler.compile import CompiledModel
 from compiler.lower import Program
 from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
-from host.emulator import RunStats
-from hw.axi import COUNTER_PREFIXES, register_map
 from llmacc import isa
 from llmacc.isa import Reg
+from llmacc.kernel import COUNTER_PREFIXES, KERNEL_NAME, kernel_args, register_map
+from sim.emulator import RunStats
 
 RUN_TIMEOUT_MS = 60_000
 

@@ -1,7 +1,7 @@
 """The accelerator top: the board kernel and the RTL the simulator runs, one design.
 
 Ports, as a Vitis RTL kernel has them: the AXI4-Lite control slave (``ap_ctrl_hs`` at 0x00,
-arguments from 0x10: ``hw/axi.py`` ``ARGS``), an AXI4 read port for the instruction stream
+arguments from 0x10: ``llmacc/kernel.py`` ``ARGS``), an AXI4 read port for the instruction stream
 (``m_axi_insn``), one AXI4 port per external-memory channel (``m_axi_ch<c>``: HBM
 pseudo-channels on a U280), and the interrupt.
 
@@ -13,7 +13,7 @@ memory each, ``AccelConfig.buffer_words`` words of ``axi_data_bits``); the COMPU
 (``hw/compute_unit.py``: matrix engine and attention) and the SFU unit (``hw/sfu_unit.py``)
 read and write the buffers through shared request/grant ports.
 
-``status`` (0x1C): bit 0 error, bits 8..15 the :class:`Fault`, bits 16..31 its pc; ``cycles``
+``status`` (0x1C): a ``llmacc.kernel.Status`` (error, the ``Fault``, its pc); ``cycles``
 (0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``;
 ``dispatched`` (0x2C) and per unit the cycles busy and waiting for tokens (0x30..0x4C, the
 performance counters the cycle model is calibrated against).
@@ -39,6 +39,7 @@ from hw.data_mover import LoadUnit, StoreUnit
 from hw.sfu_unit import SfuUnit
 from llmacc import isa
 from llmacc.config import AccelConfig
+from llmacc.kernel import Status
 
 #: The word the fetch appends after the program: a program without HALT ends as if it had one.
 HALT_WORD = isa.encode(isa.make(isa.Opcode.SYS, func=isa.SysFunc.HALT))
@@ -195,14 +196,15 @@ class Accelerator(wiring.Component):
                            *(w.idle for w in writers)).all()
         m.d.comb += idle.eq(~controller.busy & units_idle & masters_idle & ~fetch.cmd.valid)
         active = Signal()
+        status = Signal(Status)
         with m.If(restart):
             m.d.sync += active.eq(1)
         with m.Elif(active & idle):
             m.d.sync += active.eq(0)
             m.d.comb += ctrl.finish.eq(1)
         m.d.comb += [
-            ctrl.status.eq(Cat(controller.error, Const(0, 7), controller.status,
-                               controller.fault_pc)),
+            status.error.eq(controller.error), status.fault.eq(controller.status),
+            status.pc.eq(controller.fault_pc), ctrl.status.eq(status),
             ctrl.cycles_lo.eq(controller.cycles[:32]), ctrl.cycles_hi.eq(controller.cycles[32:]),
             ctrl.dispatched.eq(controller.dispatched[:32]),
         ]

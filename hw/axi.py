@@ -5,18 +5,15 @@
   the data as a stream. One pair per external-memory channel (HBM pseudo-channel on U280).
 * :class:`ControlSlave`: the ``ap_ctrl_hs`` block at 0x00 that Vitis and XRT expect
   (ap_start, ap_done clear-on-read, ap_idle, ap_ready; GIE/IER/ISR at 0x04/0x08/0x0C) and the
-  kernel arguments from 0x10 (:func:`register_map`, the one register map that the host runtime
-  and the board flow's kernel.xml import).
+  kernel arguments from 0x10 (``llmacc.kernel.register_map``, the one register map that the
+  host runtime and the board flow's kernel.xml read too).
 """
-
-from typing import NamedTuple
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-BURST_MAX = 256
-BOUNDARY = 4096
+from llmacc.kernel import BOUNDARY, BURST_MAX, CONTROL, GIE, IER, ISR, LITE_ADDR_BITS, register_map
 
 
 def axi_signature(addr_bits: int, data_bits: int, id_bits: int = 1) -> wiring.Signature:
@@ -153,58 +150,6 @@ class AxiWriteMaster(_BurstMaster):
         with m.If(b & (axi.bresp != 0)):
             m.d.sync += self.error.eq(1)
         return m
-
-
-#: the ap_ctrl_hs block: control (ap_start/done/idle/ready), global interrupt enable,
-#: interrupt enable and interrupt status (toggle-on-write) registers
-CONTROL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
-
-
-class Register(NamedTuple):
-    """One 32-bit register of the control slave after the ap_ctrl block."""
-
-    name: str
-    offset: int
-    access: str  #: "rw" (the host writes it) or "r"
-    arg: str = ""  #: the Vitis kernel argument it belongs to ("" for none)
-    port: str = ""  #: the AXI master a pointer argument addresses ("" for a scalar)
-
-
-#: Fixed registers: (name, offset, access[, kernel argument, port]).
-ARGS = (
-    Register("program_lo", 0x10, "rw", "program", "m_axi_insn"),  #: byte address of the program
-    Register("program_hi", 0x14, "rw", "program", "m_axi_insn"),
-    Register("program_words", 0x18, "rw", "program_words"),  #: instruction words to run
-    Register("status", 0x1C, "r"),  #: bit 0 error, bits 8..15 fault code, bits 16..31 fault pc
-    Register("cycles_lo", 0x20, "r"),
-    Register("cycles_hi", 0x24, "r"),
-    Register("hw_id", 0x28, "r"),  #: AccelConfig.fingerprint()
-    Register("dispatched", 0x2C, "r"),  #: instructions dispatched in the last run
-    # per unit (isa.Unit order), cycles of the last run: busy, and waiting for tokens
-    Register("busy_load", 0x30, "r"), Register("stall_load", 0x34, "r"),
-    Register("busy_compute", 0x38, "r"), Register("stall_compute", 0x3C, "r"),
-    Register("busy_sfu", 0x40, "r"), Register("stall_sfu", 0x44, "r"),
-    Register("busy_store", 0x48, "r"), Register("stall_store", 0x4C, "r"),
-)
-#: the performance counters' names begin so (read back after every run)
-COUNTER_PREFIXES = ("dispatched", "busy_", "stall_")
-CHANNEL_BASE = 0x50  #: the first channel's base address; 8 bytes per channel
-LITE_ADDR_BITS = 12  #: the control slave decodes 4 KiB
-
-
-def register_map(channels: int) -> tuple[Register, ...]:
-    """Every register of a kernel with ``channels`` memory channels.
-
-    Each channel ``c`` has a 64-bit base address (``ch<c>_lo``/``ch<c>_hi``, kernel argument
-    ``ch<c>`` on port ``m_axi_ch<c>``) that the kernel adds to every address it issues on that
-    channel: XRT places each buffer where it likes, and the programs stay position-free.
-    """
-    if channels < 1 or CHANNEL_BASE + 8 * channels > 1 << LITE_ADDR_BITS:
-        raise ValueError(f"{channels} channels do not fit the control slave's register space")
-    bases = tuple(Register(f"ch{c}_{half}", CHANNEL_BASE + 8 * c + 4 * i, "rw", f"ch{c}",
-                           f"m_axi_ch{c}")
-                  for c in range(channels) for i, half in enumerate(("lo", "hi")))
-    return ARGS + bases
 
 
 def lite_signature(addr_bits: int = LITE_ADDR_BITS) -> wiring.Signature:

@@ -1,5 +1,5 @@
 """The COMPUTE unit: MATVEC and MATMAT on the matrix engine, ATTN on a serial datapath, each
-as the emulator executes it (``host/emulator.py``), records from :mod:`llmacc.layout`.
+as the emulator executes it (``sim/emulator.py``), records from :mod:`llmacc.layout`.
 
 **Matrix instructions.** The tile's META descriptor gives the weight format, sparsity, group
 and fusion parameters. The output rows are taken ``lanes`` at a time (one engine lane each)
@@ -28,7 +28,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from hw.buffer_access import FieldFetch, read_port, snoop_writes, word_count, write_port
-from hw.controller import Fault, IssueLayout, unit_members
+from hw.controller import IssueLayout, unit_members
 from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
 from hw.sfu import add, silu
@@ -49,6 +49,7 @@ from llmacc.isa import (
     Sparsity,
     WeightFormat,
 )
+from llmacc.kernel import Fault
 
 #: (log2 keep, log2 block, index bits) of each sparsity
 SPARSE_SHAPE = {Sparsity.DENSE: (0, 0, 0), Sparsity.N2M16: (1, 4, 4),

@@ -27,28 +27,10 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from llmacc import isa
+from llmacc.kernel import PC_BITS, Fault
 
-PC_BITS = 16
 TOKEN_BITS = 6
 COUNTER_BITS = 48
-
-
-class Fault(enum.IntEnum):
-    """``status`` codes."""
-
-    NONE = 0
-    OPCODE = 1  #: unknown opcode
-    FIELD = 2  #: a field holds a value its enum does not define
-    RESERVED = 3  #: non-zero reserved payload bits
-    SEMANTICS = 4  #: e.g. MATVEC with m != 1
-    DEADLOCK = 5  #: no unit can issue and none is busy
-    TOKENS_LEFT = 6  #: HALT with unconsumed tokens
-    # reported by the units (``fault_<unit>``), with the pc of the faulting instruction
-    ALIGN = 7  #: external address or stride not a whole number of AXI words
-    RANGE = 8  #: buffer words or memory channel out of range
-    BUS = 9  #: an AXI error response
-    UNSUPPORTED = 10  #: an instruction class or size this build cannot run
-    PARAM = 11  #: a parameter or record the function refuses (the emulator raises too)
 
 
 IssueLayout = data.StructLayout({
@@ -103,7 +85,7 @@ class Controller(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             "error": Out(1),
-            "status": Out(8),
+            "status": Out(Fault),
             "fault_pc": Out(PC_BITS),
             "regs": Out(data.ArrayLayout(32, len(isa.Reg))),
             "cycles": Out(COUNTER_BITS),

@@ -3,7 +3,7 @@
 One instruction (``isa.MemFields``) moves ``rows`` rows of ``words`` buffer words: row ``r``
 is at ``ext_addr + POS * ext_stride * pos_offset + r * ext_stride`` in channel ``chan``
 and at ``buf_addr + r * words`` in buffer ``buf``; ``rows`` is the immediate or SEQ_LEN
-(length patching), as the emulator (``host/emulator.py``) executes it.
+(length patching), as the emulator (``sim/emulator.py``) executes it.
 
 Each row is one command to the channel's AXI master (``hw/axi.py``, which splits it into
 bursts). The units check what the bus cannot: external addresses and strides must be whole
@@ -17,9 +17,10 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import command_layout
-from hw.controller import Fault, unit_members
+from hw.controller import unit_members
 from llmacc import isa
 from llmacc.config import AccelConfig
+from llmacc.kernel import Fault
 
 
 class _Mover(wiring.Component):

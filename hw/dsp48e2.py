@@ -17,6 +17,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.pipeline import delay
+from llmacc.kernel import chain_latency
 
 A_BITS, B_BITS, P_BITS = 27, 18, 48
 
@@ -58,8 +59,6 @@ class DspCascade(wiring.Component):
     ``link[i] = 0`` breaks the cascade before element ``i`` (element 0 never links).
     """
 
-    LATENCY_EXTRA = 2  #: latency is ``n + LATENCY_EXTRA`` cycles
-
     def __init__(self, n: int, group: int):
         if n < 1 or group < 1 or n % group:
             raise ValueError(f"cascade of {n} elements cannot tap every {group}")
@@ -74,7 +73,7 @@ class DspCascade(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return self.n + self.LATENCY_EXTRA
+        return chain_latency(self.n)
 
     def elaborate(self, platform):
         m = Module()

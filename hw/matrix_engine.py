@@ -27,10 +27,11 @@ from amaranth.lib.wiring import In, Out
 from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
-from hw.sparse_dsp_chain import SparseDspChain, chain_latency, window
+from hw.sparse_dsp_chain import SparseDspChain, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
+from llmacc.kernel import chain_latency
 from llmacc.layout import Descriptor, sparsity_of
 
 GROUP_SUM_BITS = 32

@@ -1,5 +1,5 @@
 """The SFU unit: executes SFU instructions (``isa.SfuFields``) from the buffers, as the
-emulator does (``host/emulator.py``), record layouts from :mod:`llmacc.layout`.
+emulator does (``sim/emulator.py``), record layouts from :mod:`llmacc.layout`.
 
 A producer walks the instruction's ``rows`` x ``length`` input elements, reads each one's
 fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table
@@ -28,7 +28,7 @@ from hw.buffer_access import (
     word_count,
     write_port,
 )
-from hw.controller import Fault, unit_members
+from hw.controller import unit_members
 from hw.serial_arith import SerialDivider
 from hw.sfu import ElementSfu
 from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
@@ -36,6 +36,7 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
 from llmacc.isa import Buffer, Reg, SfuFields, SfuFunc
+from llmacc.kernel import Fault
 
 ELEMENT_FUNCS = (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.ROPE, SfuFunc.EMBED)
 

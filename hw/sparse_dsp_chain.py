@@ -26,6 +26,7 @@ from hw.dsp48e2 import DspCascade
 from hw.pipeline import delay
 from hw.weight_decode import OPERAND_BITS
 from llmacc.isa import Sparsity
+from llmacc.kernel import chain_latency
 from llmacc.layout import SPARSITY_NM
 
 PACK_SHIFT = 18  #: bit position of the second token's product in the cascade
@@ -36,11 +37,6 @@ MAX_CHAIN = 64  #: longest chain for which two packed products stay exact
 def window(n: int) -> int:
     """Activations one beat can reach: n kept weights of the sparsest pattern (2:16)."""
     return max(n * m // k for k, m in (v for v in SPARSITY_NM.values() if v)) if n else 0
-
-
-def chain_latency(n: int) -> int:
-    """Beats from a chain's input to its taps."""
-    return n + DspCascade.LATENCY_EXTRA
 
 
 def chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:

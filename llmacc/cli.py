@@ -12,16 +12,20 @@ import importlib
 import json
 import sys
 
-from llmacc import __version__, config, isa_doc
+from llmacc import __version__
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    from llmacc import config
+
     cfg = config.load(args.name)
     print(json.dumps({**cfg.to_dict(), "fingerprint": f"{cfg.fingerprint():#010x}"}, indent=2))
     return 0
 
 
 def _cmd_isa(args: argparse.Namespace) -> int:
+    from llmacc import isa_doc
+
     print(isa_doc.render(), end="")
     return 0
 
@@ -47,7 +51,16 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``. Only the chosen subcommand's module is imported (to add its
+    arguments), so ``llmacc --help`` and ``llmacc config`` load neither torch nor the
+    simulators; ``argv=None`` builds every subcommand fully (as the tests of the help do)."""
+    chosen = None if argv is None else _chosen(argv)
     parser = argparse.ArgumentParser(prog="llmacc", description="LLM-on-FPGA co-design stack")
     parser.add_argument("--version", action="version", version=f"llmacc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -58,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
     p.set_defaults(func=_cmd_isa)
     for name, text, module_name, add_arguments, run in COMMANDS:
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text)
+        if argv is not None and name != chosen:
+            continue
         module = importlib.import_module(module_name)
         getattr(module, add_arguments)(p)
         p.set_defaults(func=getattr(module, run))
@@ -66,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     try:
         return args.func(args)
     except (OSError, ValueError, RuntimeError, ArithmeticError) as exc:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hw.sparse_dsp_chain import chain_latency
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import OutMode, WeightFormat
+from llmacc.kernel import chain_latency
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
 #: From issue to the first descriptor request, and the COMPLETE state.

@@ -13,9 +13,9 @@ overlap as far as the dependency tokens allow (the emulator keeps one timeline p
 
 from __future__ import annotations
 
-from hw.axi import BOUNDARY, BURST_MAX
 from llmacc import isa
 from llmacc.config import AccelConfig
+from llmacc.kernel import BOUNDARY, BURST_MAX
 
 #: Cycles from a read address to its first data beat: the RTL harness's memories
 #: (sim/top_harness.py), the emulator and the performance model. The AXI interconnect and HBM

@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 from amaranth.lib import data
 
-from host.emulator import Emulator, EmulatorError
-from hw.controller import Fault
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
@@ -48,6 +46,8 @@ from llmacc.isa import (
     Unit,
     WeightFormat,
 )
+from llmacc.kernel import Fault, status_word
+from sim.emulator import Emulator, EmulatorError
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 from sim.top_harness import TopHarness, waveform_suffix
 from sim.verilator import PROJECT_ROOT, waves_requested
@@ -75,11 +75,6 @@ def register_preamble() -> list[isa.Instruction]:
     across kernel runs on the RTL, as in one emulator, so each program sets them all."""
     return [isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=r, imm=int(r is Reg.SEQ_LEN))
             for r in Reg]
-
-
-def status_word(fault: Fault = Fault.NONE, pc: int = 0) -> int:
-    """The control slave's status register for ``fault`` at ``pc``."""
-    return (fault != Fault.NONE) | fault << 8 | pc << 16
 
 
 # -- programs ------------------------------------------------------------------------------

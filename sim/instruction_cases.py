@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from host.emulator import Emulator
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import AttnFunc, Buffer, Opcode, OutMode, Reg, SfuFunc, Sparsity, WeightFormat
+from sim.emulator import Emulator
 
 
 @dataclass

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.axi import CONTROL, COUNTER_PREFIXES, GIE, IER, ISR, register_map
 from llmacc import isa
 from llmacc.config import AccelConfig
+from llmacc.kernel import CONTROL, COUNTER_PREFIXES, GIE, IER, ISR, register_map
 from sim import toolchain
 from sim.cycle_model import READ_LATENCY
 from sim.verilator import BUILD_JOBS, BUILD_ROOT, PROJECT_ROOT

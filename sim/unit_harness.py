@@ -16,12 +16,12 @@ from amaranth.hdl import Elaboratable, Module, Value
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from host.emulator import EmulatorError
 from hw.buffer_access import BufferBank
-from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import AccelConfig
 from llmacc.isa import Buffer
+from llmacc.kernel import Fault
+from sim.emulator import EmulatorError
 from sim.instruction_cases import InstructionCase
 
 

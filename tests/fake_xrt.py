@@ -16,11 +16,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from boards import kernel_xml
-from host.emulator import Emulator, EmulatorError
-from hw.axi import register_map
-from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import AccelConfig
+from llmacc.kernel import Fault, register_map, status_word
+from sim.emulator import Emulator, EmulatorError
 
 PAGE = 1 << 32  #: device addresses: one 4 GiB page per buffer, so bases need the high word
 
@@ -122,7 +121,7 @@ class Kernel:
             stats = emu.run(insns)
             status = 0
         except EmulatorError:
-            stats, status = None, 1 | Fault.PARAM << 8
+            stats, status = None, status_word(Fault.PARAM)
         for c, bo in enumerate(chans):
             bo.device[:] = emu.read_ext(c, 0, bo.size)
         cycles = stats.cycles if stats else 0

@@ -8,9 +8,7 @@ import pytest
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
-from host.emulator import Emulator, EmulatorError
 from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
-from hw.controller import Fault
 from llmacc import isa
 from llmacc.config import PRESETS
 from llmacc.isa import (
@@ -22,14 +20,15 @@ from llmacc.isa import (
     SysFunc,
     WeightFormat,
 )
+from llmacc.kernel import Fault, status_word
 from sim import verilator
+from sim.emulator import Emulator, EmulatorError
 from sim.fuzz import (
     CHANNEL_BYTES,
     case_config,
     case_layout,
     case_program,
     copy_program,
-    status_word,
 )
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 from sim.top_harness import RunResult, TopHarness

@@ -10,9 +10,9 @@ from amaranth.sim import Simulator
 
 from boards import kernel_xml, vitis_flow
 from boards.alveo import BOARDS
-from boards.kernel_interface import kernel_args, master_ports
-from hw.axi import ControlSlave, register_map
+from hw.axi import ControlSlave
 from llmacc.config import preset
+from llmacc.kernel import kernel_args, master_ports, register_map
 from sim import verilator
 
 SMALL = preset("sim-small")

@@ -1,6 +1,8 @@
 """The command line: what exists so far, and its one-line errors."""
 
 import json
+import subprocess
+import sys
 
 from llmacc import cli, isa_doc
 
@@ -20,3 +22,32 @@ def test_config_error_is_one_line(capsys):
 def test_isa_prints_reference(capsys):
     assert cli.main(["isa"]) == 0
     assert capsys.readouterr().out == isa_doc.render()
+
+
+def _modules_after(statements: str) -> set[str]:
+    """Top-level packages loaded by a fresh interpreter that runs ``statements``."""
+    code = (f"import sys\n{statements}\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return set(run.stdout.splitlines()[-1].split())
+
+
+def test_help_and_config_load_no_heavy_packages():
+    """``llmacc --help`` imports neither torch nor Amaranth nor the layers above the core;
+    ``llmacc config`` no torch (it validates against the ISA's field widths, Amaranth
+    layouts)."""
+    above_core = {"torch", "amaranth", "hw", "quant", "compiler", "sim", "host", "boards"}
+    loaded = _modules_after("from llmacc import cli\ntry:\n    cli.main(['--help'])\n"
+                            "except SystemExit:\n    pass")
+    assert not loaded & above_core, loaded & above_core
+    loaded = _modules_after("from llmacc import cli\ncli.main(['config', 'sim-small'])")
+    assert not loaded & (above_core - {"amaranth"}), loaded & above_core
+
+
+def test_subcommand_help_builds_only_that_command(capsys):
+    try:
+        cli.main(["perf", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert "--context" in capsys.readouterr().out

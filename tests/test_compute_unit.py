@@ -6,11 +6,11 @@ emulator refuses or the engine's schedule cannot run."""
 import random
 
 from hw.compute_unit import ComputeUnit
-from hw.controller import Fault
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import PRESETS
 from llmacc.isa import AttnFunc, Buffer, Opcode, OutMode, Sparsity, WeightFormat
+from llmacc.kernel import Fault
 from sim.instruction_cases import InstructionCase, attn_case, mat_case
 from sim.unit_harness import check_against_emulator, run_instructions
 

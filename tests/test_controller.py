@@ -9,9 +9,10 @@ import pytest
 from amaranth.hdl import Module, Signal, Value
 from amaranth.sim import Simulator
 
-from hw.controller import Controller, Fault, IssueLayout, legality
+from hw.controller import Controller, IssueLayout, legality
 from llmacc import isa
 from llmacc.isa import Opcode, Reg, SysFunc, Unit
+from llmacc.kernel import Fault
 from sim import stream_harness as H
 from sim import verilator
 

@@ -12,12 +12,12 @@ import random
 import numpy as np
 import pytest
 
-from host.emulator import Emulator
 from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode
 from sim import cycle_model as C
 from sim import fuzz
+from sim.emulator import Emulator
 from sim.top_harness import TopHarness
 
 TOLERANCE = 0.05

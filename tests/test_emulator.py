@@ -9,10 +9,10 @@ import torch
 
 from compiler.compile import compile_model
 from host.device import EmulatorDevice
-from host.emulator import Emulator, EmulatorError
 from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
+from sim.emulator import Emulator, EmulatorError
 from tests.quant_helpers import random_sequences, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)

@@ -13,8 +13,8 @@ from compiler.lower import Program
 from host.device import DeviceError, EmulatorDevice, kernel_stats
 from host.generate import Sampler, generate
 from host.xrt_device import XrtDevice
-from hw.controller import Fault
 from llmacc.config import preset
+from llmacc.kernel import Fault, status_word
 from quant.tokenizer import Tokenizer
 from tests.fake_xrt import FakeXrt
 from tests.quant_helpers import check_run, random_sequences, tiny_int_model
@@ -94,7 +94,7 @@ def test_sampler_is_seeded_and_filtered(seed):
 
 def test_kernel_status_names_the_fault():
     prog = Program("decode", 8, 8, [])
-    status = 1 | Fault.RANGE << 8 | (2 + 5) << 16
+    status = status_word(Fault.RANGE, 2 + 5)
     with pytest.raises(DeviceError, match="fault RANGE at instruction 5 of decode 8"):
         kernel_stats(prog, {0: 0, 1: 0}, status, 10, {})
 

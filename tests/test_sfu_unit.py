@@ -6,12 +6,12 @@ import random
 
 import torch
 
-from hw.controller import Fault
 from hw.sfu_unit import SfuUnit, row_limit
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import PRESETS
 from llmacc.isa import Buffer, SfuFunc
+from llmacc.kernel import Fault
 from sim.instruction_cases import InstructionCase, sfu_case
 from sim.unit_harness import check_against_emulator
 
