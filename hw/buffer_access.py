@@ -16,7 +16,7 @@ written, records padded with zeros as the layouts say).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -128,6 +128,12 @@ def snoop_writes(m: Module, fetches, port) -> None:
     for fx in fetches:
         m.d.comb += [fx.snoop.en.eq(port.en), fx.snoop.grant.eq(port.grant),
                      fx.snoop.buf.eq(port.buf), fx.snoop.addr.eq(port.addr)]
+
+
+def view(layout: type[data.Struct], value: Value) -> data.View:
+    """The low bits of a fetched ``value`` (a :class:`FieldFetch`'s) seen as one ``layout``
+    record of ``llmacc.layout``."""
+    return data.View(layout, value[:layout.as_shape().size])
 
 
 FetchRequest = data.StructLayout({"buf": Buffer, "bit": 32})

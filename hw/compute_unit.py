@@ -27,7 +27,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from hw.buffer_access import FieldFetch, read_port, snoop_writes, word_count, write_port
+from hw.buffer_access import FieldFetch, read_port, snoop_writes, view, word_count, write_port
 from hw.controller import IssueLayout, unit_members
 from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
@@ -51,15 +51,24 @@ from llmacc.isa import (
 )
 from llmacc.kernel import Fault
 
-#: (log2 keep, log2 block, index bits) of each sparsity
-SPARSE_SHAPE = {Sparsity.DENSE: (0, 0, 0), Sparsity.N2M16: (1, 4, 4),
-                Sparsity.N4M16: (2, 4, 4), Sparsity.N8M16: (3, 4, 4), Sparsity.N2M4: (1, 2, 2)}
-
 
 def _log2(x: int) -> int:
     if x <= 0 or x & (x - 1):
         raise ValueError(f"{x} is not a power of two")
     return x.bit_length() - 1
+
+
+def sparse_shape(sparsity: Sparsity) -> tuple[int, int, int]:
+    """(log2 keep, log2 block, index bits) of ``sparsity`` (``layout.SPARSITY_NM``)."""
+    nm = L.SPARSITY_NM[sparsity]
+    if nm is None:
+        return 0, 0, 0
+    keep, block = nm
+    return _log2(keep), _log2(block), L.Descriptor(WeightFormat.W2, sparsity, 3).index_bits()
+
+
+MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
+MAX_INDEX_BITS = max(sparse_shape(sp)[2] for sp in Sparsity)  #: the widest in-block index
 
 
 class ComputeUnit(wiring.Component):
@@ -187,11 +196,13 @@ class ComputeUnit(wiring.Component):
                 with m.If(outside):
                     fail(Fault.RANGE)
                 with m.Elif(fetched):
-                    v = fm.value
-                    ok = (v[0:8] <= 3) & (v[8:16] <= 4) & (v[16:24] >= 3) & (v[16:24] <= 7) \
-                        & (v[24:32] == 0) & (v[48:64] == 0)
-                    m.d.sync += [wfmt.eq(v[0:2]), sparsity.eq(v[8:11]), glog.eq(v[16:19]),
-                                 p0.eq(v[32:40]), p1.eq(v[40:48])]
+                    desc = view(L.TileDescriptor, fm.value)
+                    ok = (desc.wfmt < len(WeightFormat)) & (desc.sparsity < len(Sparsity)) \
+                        & (desc.group_log2 >= L.GROUP_LOG2_MIN) \
+                        & (desc.group_log2 <= L.GROUP_LOG2_MAX) \
+                        & (desc.reserved0 == 0) & (desc.reserved1 == 0)
+                    m.d.sync += [wfmt.eq(desc.wfmt), sparsity.eq(desc.sparsity),
+                                 glog.eq(desc.group_log2), p0.eq(desc.p0), p1.eq(desc.p1)]
                     with m.If(~ok):
                         fail(Fault.PARAM)
                     with m.Else():
@@ -202,19 +213,21 @@ class ComputeUnit(wiring.Component):
                         with m.Case(fmt):
                             m.d.sync += bits.eq(nbits)
                 with m.Switch(sparsity):
-                    for sp, (k_, b_, i_) in SPARSE_SHAPE.items():
+                    for sp in Sparsity:
+                        log_keep, log_block, index_bits = sparse_shape(sp)
                         with m.Case(sp):
-                            m.d.sync += [lkeep.eq(k_), lblock.eq(b_), ib.eq(i_)]
+                            m.d.sync += [lkeep.eq(log_keep), lblock.eq(log_block),
+                                         ib.eq(index_bits)]
                 m.d.sync += [groups.eq(f.k >> glog), pack.eq(wfmt != WeightFormat.INT8),
                              step.eq(Mux(opcode == Opcode.MATMAT, f.out_pitch, 0)),
-                             qp.eq(qhdr + words(f.k))]
+                             qp.eq(qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
                 m.next = "SIZES"
             with m.State("SIZES"):
                 kept_now = (f.k >> lblock) << lkeep
-                aux_bytes = Mux(wfmt == WeightFormat.INT8, 0, groups)
+                aux_groups = Mux(wfmt == WeightFormat.INT8, 0, groups)
                 m.d.sync += [kept.eq(kept_now),
                              wp.eq(words((kept_now * (bits + ib) + 7) >> 3)),
-                             mp.eq(words(2 + (groups << 1) + aux_bytes)),
+                             mp.eq(words(L.row_aux_bit(groups, aux_groups) >> 3)),
                              lkpg.eq(glog + lkeep - lblock), lcover.eq(ln + lblock - lkeep),
                              nbeats.eq((kept_now + n_chain - 1) >> ln)]
                 m.next = "CHECK"
@@ -226,7 +239,8 @@ class ComputeUnit(wiring.Component):
                     (f.meta_addr + dwords + f.n * mp > depth[Buffer.META])
                     | (f.wgt_addr + f.n * wp > depth[Buffer.WGT])
                     | (f.act_addr + f.m * qp > depth[Buffer.ACT])
-                    | (f.out_addr + (f.m - 1) * step + words(f.n << 2) > depth[Buffer.ACT]))
+                    | (f.out_addr + (f.m - 1) * step + words(L.element_bit(f.n, L.WIDE) >> 3)
+                       > depth[Buffer.ACT]))
                 m.d.sync += [j0.eq(0), t0.eq(0)]
                 with m.If(misfit):
                     fail(Fault.PARAM)
@@ -255,8 +269,8 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [xt.eq(0)]
                     m.next = "X"
                 with m.Elif(fetched):
-                    m.d.sync += [beat.xm[xt].eq(fa.value[:16]), beat.xe[xt].eq(fa.value[16:32]),
-                                 xt.eq(1)]
+                    scale = view(L.QRowHeader, fa.value)
+                    m.d.sync += [beat.xm[xt].eq(scale.m), beat.xe[xt].eq(scale.e), xt.eq(1)]
                     with m.If(xt == 1):
                         m.d.sync += xt.eq(0)
                         m.next = "X"
@@ -265,7 +279,7 @@ class ComputeUnit(wiring.Component):
                 chunks = (Const(1, 8) << lcover) >> 3
                 keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
                 done, fetched = fetch_unless(~token_ok | (col >= f.k), fa, Buffer.ACT,
-                                             ((qrow + qhdr) << lb) + (col << 3))
+                                             ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
                 with m.If(fetched):
                     m.d.sync += beat.x[xt].as_value().word_select(xc, 64).eq(
                         fa.value & keep)
@@ -282,10 +296,11 @@ class ComputeUnit(wiring.Component):
                     wrow << lb) + Mux(half, kept * bits + q * ib, q * bits))
                 with m.If(fetched):
                     with m.If(half):
-                        set_lane(lambda r: r.idx[c].eq(fw.value[:4] & ((Const(1, 5) << ib) - 1)))
+                        set_lane(lambda r: r.idx[c].eq(
+                            fw.value[:MAX_INDEX_BITS] & ((Const(1, 5) << ib) - 1)))
                     with m.Else():
                         set_lane(lambda r: r.codes[c].eq(
-                            fw.value[:8] & ((Const(1, 9) << bits) - 1)))
+                            fw.value[:MAX_CODE_BITS] & ((Const(1, 9) << bits) - 1)))
                 with m.If(done):
                     m.d.sync += c.eq(c + 1)
                     with m.If(c == n_chain - 1):
@@ -299,13 +314,13 @@ class ComputeUnit(wiring.Component):
                 at = lo + s * tap
                 g = Mux((at >> lkpg) >= groups, groups - 1, at >> lkpg)
                 skip = ~row_ok | (at >= kept) | (half & (wfmt == WeightFormat.INT8))
-                done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + 16 + Mux(
-                    half, (groups << 4) + (g << 3), g << 4))
+                done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + Mux(
+                    half, L.row_aux_bit(groups, g), L.row_mant_bit(g)))
                 with m.If(fetched):
                     with m.If(half):
-                        set_lane(lambda r: r.aux[s].eq(fm.value[:8]))
+                        set_lane(lambda r: r.aux[s].eq(fm.value[:L.AUX.width]))
                     with m.Else():
-                        set_lane(lambda r: r.mant[s].eq(fm.value[:16]))
+                        set_lane(lambda r: r.mant[s].eq(fm.value[:L.MANT.width]))
                 with m.If(done):
                     m.d.sync += half.eq(~half)
                     with m.If(half):
@@ -318,7 +333,7 @@ class ComputeUnit(wiring.Component):
             with m.State("SHIFTS"):  # the rows' exponents
                 done, fetched = fetch_unless(~row_ok, fm, Buffer.META, mrow << lb)
                 with m.If(fetched):
-                    set_lane(lambda r: r.shift.eq(fm.value[:16]))
+                    set_lane(lambda r: r.shift.eq(view(L.RowRecordHead, fm.value).shift))
                 with m.If(done):
                     m.d.sync += al.eq(al + 1)
                     with m.If(al == lanes - 1):
@@ -352,7 +367,7 @@ class ComputeUnit(wiring.Component):
         ok = (row < f.n) & (tok < f.m) & (~rt | pack)
         y = engine.o.payload.y[rl][rt]
         dst = f.out_addr + tok * step
-        old = fo.value[:32].as_signed()
+        old = fo.value[:L.WIDE.width].as_signed()
         value = Signal(signed(32))
         with m.Switch(f.out_mode):
             with m.Case(OutMode.ADD):
@@ -362,7 +377,8 @@ class ComputeUnit(wiring.Component):
             with m.Default():
                 m.d.comb += value.eq(y)
         needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)
-        have_old = get(fo, Buffer.ACT, (dst << lb) + (row << 5), needs_old) | ~needs_old
+        have_old = get(fo, Buffer.ACT, (dst << lb) + L.element_bit(row, L.WIDE),
+                       needs_old) | ~needs_old
         written = Signal()
         with m.If(engine.o.valid & ok & have_old):
             m.d.comb += written.eq(self._write_wide(m, dst, row, value))
@@ -385,13 +401,13 @@ class ComputeUnit(wiring.Component):
         """Request the write of INT32 element ``index`` of the wide row at word ``base``
         (byte enables for its four bytes); true when granted."""
         w = self.cfg.axi_data_bytes
-        lw = _log2(w)
-        per_word = w // 4
+        size = L.WIDE.width // 8
+        per_word = w // size
         lane = index[:_log2(per_word)] if per_word > 1 else Const(0, 1)
         m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
-                     self.wr.addr.eq(base + (index >> (lw - 2))),
-                     self.wr.data.eq(value.as_unsigned() << (lane << 5)),
-                     self.wr.mask.eq(Const(0xF, w) << (lane << 2))]
+                     self.wr.addr.eq(base + (index >> _log2(per_word))),
+                     self.wr.data.eq(value.as_unsigned() << L.element_bit(lane, L.WIDE)),
+                     self.wr.mask.eq(Const((1 << size) - 1, w) << (lane * size))]
         return self.wr.grant
 
     def _attention(self, m, af, regs, fa, fw, get, words, fail):
@@ -420,9 +436,10 @@ class ComputeUnit(wiring.Component):
         out_row = af.dst + t * af.d_step
         vis = visible(key, regs[Reg.POS.value] + t, regs[Reg.SINK.value],
                       regs[Reg.WINDOW.value])
-        code = Mux(af.kv8, fw.value[:8].as_signed(), fw.value[:4].as_signed())
-        kv_m, kv_e, kv_mid = fw.value[:16], fw.value[16:32].as_signed(), \
-            fw.value[32:64].as_signed()
+        code = Mux(af.kv8, fw.value[:L.KV_CODE[8].width].as_signed(),
+                   fw.value[:L.KV_CODE[4].width].as_signed())
+        kv_head = view(L.KvHeader, fw.value)
+        kv_m, kv_e, kv_mid = kv_head.m, kv_head.e, kv_head.mid
 
         def next_row():
             m.d.sync += t.eq(t + 1)
@@ -432,13 +449,15 @@ class ComputeUnit(wiring.Component):
 
         with m.State("A_CHECK"):
             m.d.sync += [kvp.eq(kvhdr + words((d * kv_bits + 7) >> 3)),
-                         in_pitch.eq(Mux(is_pv, words(keys << 2), qhdr + words(d))),
+                         in_pitch.eq(Mux(is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
+                                         qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
                          out_len.eq(Mux(is_pv, d, keys)), t.eq(0)]
             m.next = "A_RANGE"
         with m.State("A_RANGE"):
             off_end = ((keys != 0) & (af.kv_addr + keys * kvp > depth[Buffer.KV])) | (
                 (af.q_addr + (af.rows - 1) * af.a_step + in_pitch > depth[Buffer.ACT]) |
-                (af.dst + (af.rows - 1) * af.d_step + words(out_len << 2) > depth[Buffer.ACT]))
+                (af.dst + (af.rows - 1) * af.d_step + words(L.element_bit(out_len, L.WIDE) >> 3)
+                 > depth[Buffer.ACT]))
             with m.If((d == 0) | d[0]):
                 fail(Fault.PARAM)
             with m.Elif((af.rows != 0) & off_end):
@@ -456,10 +475,12 @@ class ComputeUnit(wiring.Component):
                 m.next = "S_QHDR"
         # -- SCORE ----------------------------------------------------------------------------
         with m.State("S_QHDR"), m.If(get(fa, Buffer.ACT, row << lb)):
-            m.d.sync += [qm.eq(fa.value[:16]), qe.eq(fa.value[16:32])]
+            scale = view(L.QRowHeader, fa.value)
+            m.d.sync += [qm.eq(scale.m), qe.eq(scale.e)]
             m.next = "S_QSUM"
-        with m.State("S_QSUM"), m.If(get(fa, Buffer.ACT, ((row + qhdr) << lb) + (i << 3))):
-            m.d.sync += [qsum.eq(qsum + fa.value[:8].as_signed()), i.eq(i + 1)]
+        q_code = ((row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
+        with m.State("S_QSUM"), m.If(get(fa, Buffer.ACT, q_code)):
+            m.d.sync += [qsum.eq(qsum + fa.value[:L.QCODE.width].as_signed()), i.eq(i + 1)]
             with m.If(i + 1 == d):
                 m.next = "S_KHDR"
         with m.State("S_KHDR"):
@@ -474,10 +495,10 @@ class ComputeUnit(wiring.Component):
                 m.d.sync += [km.eq(kv_m), ke.eq(kv_e), kmid.eq(kv_mid), dot.eq(0), i.eq(0)]
                 m.next = "S_DOT"
         with m.State("S_DOT"):
-            q_ok = get(fa, Buffer.ACT, ((row + qhdr) << lb) + (i << 3))
+            q_ok = get(fa, Buffer.ACT, q_code)
             k_ok = get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)
             with m.If(q_ok & k_ok):
-                m.d.sync += [dot.eq(dot + fa.value[:8].as_signed() * code), i.eq(i + 1)]
+                m.d.sync += [dot.eq(dot + fa.value[:L.QCODE.width].as_signed() * code), i.eq(i + 1)]
                 with m.If(i + 1 == d):
                     m.next = "S_OUT"
         with m.State("S_OUT"):
@@ -511,13 +532,13 @@ class ComputeUnit(wiring.Component):
                     next_row()
         # -- PV -------------------------------------------------------------------------------
         with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
-            p_ok = get(fa, Buffer.ACT, (row << lb) + (key << 5), key != keys)
+            p_ok = get(fa, Buffer.ACT, (row << lb) + L.element_bit(key, L.WIDE), key != keys)
             h_ok = get(fw, Buffer.KV, rec << lb, key != keys)
             with m.If(key == keys):
                 m.d.sync += i.eq(0)
                 m.next = "P_CHANNEL"
             with m.Elif(p_ok & h_ok):
-                m.d.sync += [midsum.eq(midsum + fa.value[:32].as_signed() * kv_mid),
+                m.d.sync += [midsum.eq(midsum + fa.value[:L.WIDE.width].as_signed() * kv_mid),
                              key.eq(key + 1)]
                 with m.If(vis & (kv_m != 0) & (~seen | (kv_e > emax))):
                     m.d.sync += [emax.eq(kv_e), seen.eq(1)]
@@ -530,11 +551,11 @@ class ComputeUnit(wiring.Component):
             with m.Else():
                 m.next = "P_SCALE"
         with m.State("P_SCALE"):  # the key's probability and aligned value scale
-            p_ok = get(fa, Buffer.ACT, (row << lb) + (key << 5))
+            p_ok = get(fa, Buffer.ACT, (row << lb) + L.element_bit(key, L.WIDE))
             h_ok = get(fw, Buffer.KV, rec << lb)
             with m.If(p_ok & h_ok):
                 aligned = round_shift(Cat(kv_m, Const(0, 1)), (emax - kv_e).as_signed(), 17)
-                m.d.sync += [prob.eq(fa.value[:32]), m_al.eq(Mux(vis, aligned, 0))]
+                m.d.sync += [prob.eq(fa.value[:L.WIDE.width]), m_al.eq(Mux(vis, aligned, 0))]
                 m.next = "P_MAC"
         with m.State("P_MAC"), m.If(get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)):
             m.d.sync += [acc.eq(acc + prob * m_al * code), key.eq(key + 1)]

@@ -25,6 +25,7 @@ from hw.buffer_access import (
     FieldPacker,
     read_port,
     snoop_writes,
+    view,
     word_count,
     write_port,
 )
@@ -134,7 +135,8 @@ class SfuUnit(wiring.Component):
                     m.next = "SIZES"
             with m.State("SIZES"):
                 q8_seg = Mux(f.imm2 == 0, length, f.imm2)
-                m.d.sync += [wide.eq(words(length << 2)), kv_bits.eq(f.imm2[:4]),
+                m.d.sync += [wide.eq(words(L.element_bit(length, L.WIDE) >> 3)),
+                             kv_bits.eq(f.imm2[:4]),
                              seg.eq(Mux(func == SfuFunc.QUANT8, q8_seg, Mux(
                                  func == SfuFunc.KVQUANT, f.imm, length))),
                              pad.eq(Mux(f.imm == 0, q8_seg, f.imm))]
@@ -148,20 +150,24 @@ class SfuUnit(wiring.Component):
             with m.State("PITCHES"):
                 with m.Switch(func):
                     with m.Case(SfuFunc.EMBED):
-                        m.d.sync += [in_pitch.eq(words(4) + words(quot << 1) + words(length)),
-                                     a_off.eq(words(4) + words(quot << 1))]
+                        scales = L.embed_header(w) + words(L.element_bit(quot, L.MANT) >> 3)
+                        m.d.sync += [in_pitch.eq(scales + words(
+                                         L.element_bit(length, L.QCODE) >> 3)),
+                                     a_off.eq(scales)]
                     with m.Default():
                         m.d.sync += in_pitch.eq(wide)
                 with m.Switch(func):
                     with m.Case(SfuFunc.QUANT8):
-                        m.d.sync += [out_pitch.eq(L.qrow_header(w) + words(pad)),
+                        m.d.sync += [out_pitch.eq(L.qrow_header(w) + words(
+                                         L.element_bit(pad, L.QCODE) >> 3)),
                                      out_recs.eq(rows * quot)]
                     with m.Case(SfuFunc.KVQUANT):
                         m.d.sync += [out_pitch.eq(L.kv_header(w) + words(
                                          (seg * kv_bits + 7) >> 3)), out_recs.eq(rows * quot)]
                     with m.Default():
                         m.d.sync += [out_pitch.eq(wide), out_recs.eq(rows)]
-                m.d.sync += b_pitch.eq(Mux(func == SfuFunc.ROPE, words(f.imm << 1), Mux(
+                m.d.sync += b_pitch.eq(Mux(func == SfuFunc.ROPE, words(
+                    L.element_bit(f.imm, L.TRIG) >> 3), Mux(
                     f.imm[0] | (func == SfuFunc.RMSNORM), 0, wide)))
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -182,8 +188,8 @@ class SfuUnit(wiring.Component):
                             Buffer.TABLE, Buffer.ACT)
                 b_rows = Mux(f.imm[0] & ((func == SfuFunc.ADD) | (func == SfuFunc.MUL)), 1,
                              rows)
-                b_end = Mux(func == SfuFunc.RMSNORM, f.src_b + L.words(8, w) +
-                            words(length << 1), f.src_b + b_rows * b_pitch)
+                b_end = Mux(func == SfuFunc.RMSNORM, f.src_b + L.gamma_header(w) +
+                            words(L.element_bit(length, L.GAMMA) >> 3), f.src_b + b_rows * b_pitch)
                 uses_b = Cat(*(func == g for g in (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.ROPE,
                                                    SfuFunc.RMSNORM))).any()
                 out_buf_end = Mux(func == SfuFunc.KVQUANT, depth[Buffer.KV], depth[Buffer.ACT])
@@ -214,7 +220,7 @@ class SfuUnit(wiring.Component):
             with m.State("EPS"):
                 m.d.comb += [fb.req.valid.eq(1), fb.req.payload.buf.eq(Buffer.TABLE),
                              fb.req.payload.bit.eq(f.src_b << lb)]
-                value = fb.value.as_signed()
+                value = view(L.GammaHeader, fb.value).eps
                 with m.If(fb.req.ready):
                     m.d.sync += eps.eq(value)
                     limit = 1 << (N.EPS_BITS - 1)
@@ -250,8 +256,8 @@ class SfuUnit(wiring.Component):
         need_b = Signal()
         go = Signal()  # the fetched fields are here and the stage takes them
         m.d.comb += [a_req.buf.eq(Buffer.ACT), b_req.buf.eq(Buffer.ACT),
-                     a_req.bit.eq((row_a << lb) + (pi << 5)), b_req.bit.eq((row_b << lb) +
-                                                                          (pi << 5))]
+                     a_req.bit.eq((row_a << lb) + L.element_bit(pi, L.WIDE)),
+                     b_req.bit.eq((row_b << lb) + L.element_bit(pi, L.WIDE))]
         with m.Switch(func):
             with m.Case(SfuFunc.ADD, SfuFunc.MUL):
                 m.d.comb += need_b.eq(1)
@@ -259,32 +265,37 @@ class SfuUnit(wiring.Component):
                     m.d.comb += b_req.buf.eq(Buffer.TABLE)
             with m.Case(SfuFunc.RMSNORM):
                 m.d.comb += [need_b.eq(1), b_req.buf.eq(Buffer.TABLE),
-                             b_req.bit.eq(((f.src_b + L.words(8, w)) << lb) + (pi << 4))]
+                             b_req.bit.eq(((f.src_b + L.gamma_header(w)) << lb) +
+                                          L.element_bit(pi, L.GAMMA))]
             with m.Case(SfuFunc.ROPE):
                 m.d.comb += [need_b.eq(1), b_req.buf.eq(Buffer.TABLE),
-                             b_req.bit.eq((row_b << lb) + (Mux(phase, pj + half, pj) << 4))]
+                             b_req.bit.eq((row_b << lb) +
+                                          L.element_bit(Mux(phase, pj + half, pj), L.TRIG))]
             with m.Case(SfuFunc.EMBED):
                 m.d.comb += [need_b.eq(1),
-                             a_req.bit.eq(((row_a + a_off) << lb) + (pi << 3)),
-                             b_req.bit.eq(Mux(phase, row_a << lb, ((row_a + L.words(4, w))
-                                                                   << lb) + (gi << 4)))]
+                             a_req.bit.eq(((row_a + a_off) << lb) + L.element_bit(pi, L.QCODE)),
+                             b_req.bit.eq(Mux(phase, row_a << lb, ((row_a + L.embed_header(w))
+                                                                   << lb) +
+                                              L.element_bit(gi, L.MANT)))]
         need_a = ~((func == SfuFunc.EMBED) & phase)
         fetched = (~need_a | fa.req.ready) & (~need_b | fb.req.ready)
         m.d.comb += [fa.req.valid.eq(~produced & need_a), fb.req.valid.eq(~produced & need_b)]
-        a_val = Mux(func == SfuFunc.EMBED, fa.value[:8].as_signed(), fa.value[:32].as_signed())
+        a_val = Mux(func == SfuFunc.EMBED, fa.value[:L.QCODE.width].as_signed(),
+                    fa.value[:L.WIDE.width].as_signed())
         # element stage
         ep = el.i.payload
-        m.d.comb += [ep.func.eq(func), ep.a.eq(a_val), ep.b.eq(fb.value[:32].as_signed()),
+        m.d.comb += [ep.func.eq(func), ep.a.eq(a_val), ep.b.eq(fb.value[:L.WIDE.width].as_signed()),
                      ep.shift.eq(f.shift), ep.imm.eq(f.imm), ep.imm2.eq(f.imm2)]
         with m.Switch(func):
             with m.Case(SfuFunc.ROPE):
                 m.d.comb += [ep.a.eq(x0.as_signed()), ep.b.eq(a_val),
-                             ep.c.eq(Cat(cos, fb.value[:16]))]
+                             ep.c.eq(Cat(cos, fb.value[:L.TRIG.width]))]
             with m.Case(SfuFunc.EMBED):
-                m.d.comb += [ep.b.eq(fb.value[:16]), ep.shift.eq(e_row.as_signed() + f.shift)]
+                m.d.comb += [ep.b.eq(fb.value[:L.MANT.width]),
+                             ep.shift.eq(e_row.as_signed() + f.shift)]
         # row stage
         rp = rs.i.payload
-        m.d.comb += [rp.a.eq(a_val), rp.gamma.eq(fb.value[:16].as_signed()),
+        m.d.comb += [rp.a.eq(a_val), rp.gamma.eq(fb.value[:L.GAMMA.width].as_signed()),
                      rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
                      rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
                      rp.cmd.eps.eq(eps.as_signed())]
@@ -307,9 +318,10 @@ class SfuUnit(wiring.Component):
                      rs.i.valid.eq(~produced & fetched & to_stage & ~is_element)]
         with m.If(go):
             with m.If(rope_first):
-                m.d.sync += [x0.eq(a_val), cos.eq(fb.value[:16]), phase.eq(1), pi.eq(pi + 1)]
+                m.d.sync += [x0.eq(a_val), cos.eq(fb.value[:L.TRIG.width]), phase.eq(1),
+                             pi.eq(pi + 1)]
             with m.Elif(embed_head):
-                m.d.sync += [e_row.eq(fb.value[:16]), phase.eq(0)]
+                m.d.sync += [e_row.eq(view(L.EmbedHeader, fb.value).e), phase.eq(0)]
             with m.Else():
                 row_end = pi + 1 == length
                 m.d.sync += pi.eq(pi + 1)
@@ -343,7 +355,7 @@ class SfuUnit(wiring.Component):
             value = Mux(second, el.o.payload.y1, el.o.payload.y0)
             row_end = ci + 1 == f.length
             with m.If(el.o.valid):
-                taken = push(value, 32, align=row_end)
+                taken = push(value, L.WIDE.width, align=row_end)
                 m.d.comb += el.o.ready.eq(taken & (second | ~rope))
                 with m.If(taken):
                     m.d.sync += [ci.eq(Mux(row_end, 0, ci + 1)), cstate.eq(rope & ~second)]
@@ -351,20 +363,22 @@ class SfuUnit(wiring.Component):
         # -- row stage ------------------------------------------------------------------------
         with m.Else():
             out = rs.o.payload
-            e16 = Signal(16)
-            m.d.comb += e16.eq(out.e)
+            kv_head, q_head = Signal(L.KvHeader), Signal(L.QRowHeader)
+            m.d.comb += [kv_head.m.eq(out.m), kv_head.e.eq(out.e), kv_head.mid.eq(out.mid),
+                         q_head.m.eq(out.m), q_head.e.eq(out.e)]
             with m.Switch(cstate):
                 with m.Case(2), m.If(rs.o.valid & pk.idle):  # KVQUANT: a record at `rec`
                     m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
                     m.d.sync += cstate.eq(1)
                 with m.Case(1), m.If(rs.o.valid):  # the scale header
                     is_kv = func == SfuFunc.KVQUANT
-                    header = Mux(is_kv, Cat(out.m, e16, out.mid), Cat(out.m, e16))
-                    with m.If(push(header, Mux(is_kv, 64, 32), align=1)):
+                    header = Mux(is_kv, kv_head.as_value(), q_head.as_value())
+                    width = Mux(is_kv, L.KvHeader.as_shape().size, L.QRowHeader.as_shape().size)
+                    with m.If(push(header, width, align=1)):
                         m.d.sync += cstate.eq(0)
                 with m.Case(0):
-                    width = Mux(func == SfuFunc.QUANT8, 8, Mux(func == SfuFunc.KVQUANT,
-                                                               kv_bits, 32))
+                    width = Mux(func == SfuFunc.QUANT8, L.QCODE.width, Mux(
+                        func == SfuFunc.KVQUANT, kv_bits, L.WIDE.width))
                     padded = (func == SfuFunc.QUANT8) & (pad != seg)
                     with m.If(rs.o.valid):
                         taken = push(out.y, width, align=out.last & ~padded)
@@ -378,7 +392,7 @@ class SfuUnit(wiring.Component):
                                                   out_pitch, group_stride)
                 with m.Case(3):  # QUANT8: zero codes up to `imm`
                     last = pad_left == 1
-                    with m.If(push(0, 8, align=last)):
+                    with m.If(push(0, L.QCODE.width, align=last)):
                         m.d.sync += pad_left.eq(pad_left - 1)
                         with m.If(last):
                             m.d.comb += record_done.eq(1)

@@ -1,6 +1,12 @@
 """Byte layouts of everything the accelerator keeps in buffers and external memory, declared once.
 
-The compiler writes these records, the emulator (and the RTL) read them. Buffers are addressed
+The compiler writes these records, the emulator and the RTL read them, the cycle model prices
+their fields' fetches. The fixed-size parts (descriptor, row headers, KV header, the first
+field of a row record, the gamma and embedding headers) are ``data.Struct`` layouts below;
+the variable-length parts are arrays of the element shapes below. Encoders and decoders go
+through :func:`encode_record` / :func:`decode_record`; the RTL views fetched bits through
+the same layouts and takes element addresses from :func:`element_bit`, :func:`row_mant_bit`
+and :func:`row_aux_bit`, so no other file holds a record's offsets. Buffers are addressed
 in words of ``W = AccelConfig.axi_data_bytes`` bytes; every record starts on a word and is
 padded with zero bytes to whole words. All multi-byte fields are little-endian.
 
@@ -20,17 +26,153 @@ padded with zero bytes to whole words. All multi-byte fields are little-endian.
   ``codes: i8 x dim``.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from amaranth.hdl import Shape, signed
+from amaranth.lib import data
 
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 
 Tensor = torch.Tensor
+
+
+# -- the fixed-size records, as Amaranth layouts -------------------------------------------------
+# The compiler encodes through these, the emulator decodes through them, the RTL views the
+# fetched bits through them (``data.View``) and the cycle model takes the fields' bit
+# addresses from them. Every field is whole bytes, so a record is a little-endian byte string.
+class TileDescriptor(data.Struct):
+    """The META descriptor of one weight tile (then the tile's row records)."""
+
+    wfmt: 8  #: a WeightFormat
+    sparsity: 8  #: a Sparsity
+    group_log2: 8  #: GROUP_LOG2_MIN .. GROUP_LOG2_MAX
+    reserved0: 8
+    p0: signed(8)  #: fusion parameters of the output mode
+    p1: signed(8)
+    reserved1: 16
+
+
+GROUP_LOG2_MIN, GROUP_LOG2_MAX = 3, 7  #: quantisation groups of 8 to 128 weights
+
+
+class QRowHeader(data.Struct):
+    """A quantized row's SF16 scale, before its INT8 codes."""
+
+    m: 16
+    e: signed(16)
+
+
+class KvHeader(data.Struct):
+    """A KV row's scale and midpoint, before its 4- or 8-bit codes."""
+
+    m: 16
+    e: signed(16)
+    mid: signed(32)
+
+
+class RowRecordHead(data.Struct):
+    """A weight row's META record begins with its exponent, then ``mant: MANT x G`` and (not
+    for INT8) ``aux: AUX x G``."""
+
+    shift: signed(16)
+
+
+class GammaHeader(data.Struct):
+    """An RMSNorm gamma record's epsilon, before ``gamma: GAMMA x length``."""
+
+    eps: signed(64)
+
+
+class EmbedHeader(data.Struct):
+    """An embedding record's exponent, before ``mant: MANT x G`` and ``codes: QCODE x dim``."""
+
+    e: signed(16)
+    reserved: 16
+
+
+#: The elements of the variable-length parts.
+WIDE = signed(32)  #: a wide row's element
+QCODE = signed(8)  #: an INT8 code (quantized rows, embedding codes)
+MANT = Shape(16)  #: a group scale's mantissa
+AUX = Shape(8)  #: a group's W2 zero-point or mixed type id
+KV_CODE = {4: signed(4), 8: signed(8)}  #: a KV row's code, by its bits
+GAMMA = signed(16)  #: an RMSNorm gain
+TRIG = signed(16)  #: a RoPE cos or sin
+
+
+def record_bytes(layout: type[data.Struct]) -> int:
+    return layout.as_shape().size // 8
+
+
+def record_words(layout: type[data.Struct], w: int) -> int:
+    """Whole words of one ``layout`` record (records start on a word)."""
+    return words(record_bytes(layout), w)
+
+
+def field_bit(layout: type[data.Struct], name: str) -> int:
+    """The bit offset of ``layout.name`` within its record."""
+    return layout.as_shape()[name].offset
+
+
+def element_bit(index, shape: Shape):
+    """The bit offset of element ``index`` of an array of ``shape`` elements; ``index`` may
+    be an int or an Amaranth value (the RTL's addresses), so the widths stay declared here."""
+    width = Shape.cast(shape).width
+    if width & (width - 1):
+        raise ValueError(f"{width}-bit elements are not addressed by a shift")
+    return index << (width.bit_length() - 1)
+
+
+def row_mant_bit(g):
+    """Bit offset of group ``g``'s mantissa within a weight row's META record."""
+    return RowRecordHead.as_shape().size + element_bit(g, MANT)
+
+
+def row_aux_bit(groups, g):
+    """Bit offset of group ``g``'s aux byte within a row record of ``groups`` groups."""
+    return row_mant_bit(groups) + element_bit(g, AUX)
+
+
+def _record_dtype(shape: Shape) -> str:
+    return f"{'i' if shape.signed else 'u'}{shape.width // 8}"
+
+
+def encode_record(layout: type[data.Struct], rows: int, **values) -> np.ndarray:
+    """``rows`` records of ``layout`` as bytes [rows, record_bytes]; a field not named is
+    zero; values are per row or one for all rows."""
+    out = np.zeros((rows, record_bytes(layout)), dtype=np.uint8)
+    fields = dict(layout.as_shape())
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise LayoutError(f"{layout.__name__}: unknown fields {sorted(unknown)}")
+    for name, value in values.items():
+        fld = fields[name]
+        shape = Shape.cast(fld.shape)
+        column = np.broadcast_to(np.asarray(value, dtype=np.int64), (rows,))
+        lo, hi = (-(1 << shape.width - 1), (1 << shape.width - 1) - 1) if shape.signed \
+            else (0, (1 << shape.width) - 1)
+        if column.size and (column.min() < lo or column.max() > hi):
+            raise LayoutError(f"{layout.__name__}.{name}: values outside [{lo}, {hi}]")
+        start = fld.offset // 8
+        out[:, start:start + shape.width // 8] = _le(column[:, None], _record_dtype(shape))
+    return out
+
+
+def decode_record(layout: type[data.Struct], data_: np.ndarray,
+                  offset: int = 0) -> dict[str, np.ndarray]:
+    """The fields of the records at byte ``offset`` of rows of bytes [R, B], each [R]."""
+    return {name: _from_le(data_, _record_dtype(Shape.cast(fld.shape)), 1,
+                           offset + fld.offset // 8)[:, 0]
+            for name, fld in layout.as_shape()}
+
+
+def _check_byte_fields(layout: type[data.Struct]) -> None:
+    for name, fld in layout.as_shape():
+        if fld.offset % 8 or Shape.cast(fld.shape).width not in (8, 16, 32, 64):
+            raise AssertionError(f"{layout.__name__}.{name} is not a whole little-endian field")
 
 FORMAT_BITS = {WeightFormat.W2: 2, WeightFormat.MIXED3: 3, WeightFormat.MIXED4: 4,
                WeightFormat.INT8: 8}
@@ -50,40 +192,63 @@ def words(nbytes: int, w: int) -> int:
     return -(-nbytes // w)
 
 
+def array_words(count: int, shape: Shape, w: int) -> int:
+    """Whole words of ``count`` elements of ``shape`` (bit-packed, LSB first)."""
+    return words((count * Shape.cast(shape).width + 7) // 8, w)
+
+
 def wide_pitch(length: int, w: int) -> int:
-    return words(4 * length, w)
+    return array_words(length, WIDE, w)
 
 
 def qrow_header(w: int) -> int:
-    return words(4, w)
+    return record_words(QRowHeader, w)
 
 
 def qrow_pitch(length: int, w: int) -> int:
-    return qrow_header(w) + words(length, w)
+    return qrow_header(w) + array_words(length, QCODE, w)
 
 
 def kv_header(w: int) -> int:
-    return words(8, w)
+    return record_words(KvHeader, w)
 
 
 def kv_pitch(head_dim: int, bits: int, w: int) -> int:
-    return kv_header(w) + words((head_dim * bits + 7) // 8, w)
+    return kv_header(w) + array_words(head_dim, Shape(bits), w)
+
+
+def gamma_header(w: int) -> int:
+    return record_words(GammaHeader, w)
 
 
 def gamma_pitch(length: int, w: int) -> int:
-    return words(8, w) + words(2 * length, w)
+    return gamma_header(w) + array_words(length, GAMMA, w)
 
 
 def rope_pitch(head_dim: int, w: int) -> int:
-    return words(2 * head_dim, w)
+    return array_words(head_dim, TRIG, w)
+
+
+def embed_header(w: int) -> int:
+    return record_words(EmbedHeader, w)
+
+
+def embed_scale_words(dim: int, group: int, w: int) -> int:
+    return array_words(-(-dim // group), MANT, w)
 
 
 def embed_pitch(dim: int, group: int, w: int) -> int:
-    return words(4, w) + words(2 * -(-dim // group), w) + words(dim, w)
+    return embed_header(w) + embed_scale_words(dim, group, w) + array_words(dim, QCODE, w)
 
 
 def descriptor_words(w: int) -> int:
-    return words(8, w)
+    return record_words(TileDescriptor, w)
+
+
+def row_record_bytes(groups: int, wfmt: WeightFormat) -> int:
+    """Bytes of one weight row's META record (before padding to words)."""
+    aux = 0 if wfmt is WeightFormat.INT8 else groups
+    return row_aux_bit(groups, aux) // 8
 
 
 # -- bit packing (vectorised) ----------------------------------------------------------------
@@ -139,25 +304,23 @@ def decode_wide(data: np.ndarray, length: int) -> Tensor:
 
 def encode_qrows(codes: Tensor, m: Tensor, e: Tensor, w: int) -> np.ndarray:
     """Quantized rows: codes [R, L] int8 with SF16 scales (m, e) [R]."""
-    c, m, e = np.asarray(codes), np.asarray(m), np.asarray(e)
-    hdr = _pad_rows(np.concatenate([_le(m[:, None], "u2"), _le(e[:, None], "i2")], 1),
-                    qrow_header(w) * w)
-    body = _pad_rows(_le(c, "i1"), words(c.shape[1], w) * w)
+    c = np.asarray(codes)
+    hdr = _pad_rows(encode_record(QRowHeader, c.shape[0], m=m, e=e), qrow_header(w) * w)
+    body = _pad_rows(_le(c, "i1"), array_words(c.shape[1], QCODE, w) * w)
     return np.concatenate([hdr, body], 1)
 
 
 def decode_qrows(data: np.ndarray, length: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    m = _from_le(data, "u2", 1)[:, 0]
-    e = _from_le(data, "i2", 1, 2)[:, 0]
+    head = decode_record(QRowHeader, data)
     codes = _from_le(data, "i1", length, qrow_header(w) * w)
-    return torch.from_numpy(codes), torch.from_numpy(m), torch.from_numpy(e)
+    return torch.from_numpy(codes), torch.from_numpy(head["m"]), torch.from_numpy(head["e"])
 
 
 def encode_kv(codes: Tensor, m: Tensor, e: Tensor, mid: Tensor, bits: int, w: int) -> np.ndarray:
     """KV rows: codes [R, D] in [-(2**(bits-1)-1), ...] with (m, e, mid) [R]."""
     c = np.asarray(codes)
-    hdr = np.concatenate([_le(np.asarray(m)[:, None], "u2"), _le(np.asarray(e)[:, None], "i2"),
-                          _le(np.asarray(mid)[:, None], "i4")], 1)
+    hdr = encode_record(KvHeader, c.shape[0], m=np.asarray(m), e=np.asarray(e),
+                        mid=np.asarray(mid))
     body = pack_bits(c & ((1 << bits) - 1), bits)
     return np.concatenate([_pad_rows(hdr, kv_header(w) * w),
                            _pad_rows(body, (kv_pitch(c.shape[1], bits, w) - kv_header(w)) * w)], 1)
@@ -165,9 +328,8 @@ def encode_kv(codes: Tensor, m: Tensor, e: Tensor, mid: Tensor, bits: int, w: in
 
 def decode_kv(data: np.ndarray, head_dim: int, bits: int,
               w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    m = _from_le(data, "u2", 1)[:, 0]
-    e = _from_le(data, "i2", 1, 2)[:, 0]
-    mid = _from_le(data, "i4", 1, 4)[:, 0]
+    head = decode_record(KvHeader, data)
+    m, e, mid = head["m"], head["e"], head["mid"]
     raw = unpack_bits(np.ascontiguousarray(data[:, kv_header(w) * w:]), bits, head_dim)
     codes = raw - ((raw >> (bits - 1)) << bits)  # sign-extend
     return tuple(torch.from_numpy(x) for x in (codes, m, e, mid))
@@ -207,9 +369,7 @@ class Descriptor:
         return words((kept * (self.bits + self.index_bits()) + 7) // 8, w)
 
     def meta_pitch(self, k: int, w: int) -> int:
-        groups = k // self.group
-        aux = 0 if self.wfmt is WeightFormat.INT8 else groups
-        return words(2 + 2 * groups + aux, w)
+        return words(row_record_bytes(k // self.group, self.wfmt), w)
 
     def schedule_error(self, chain_group: int) -> str | None:
         """Why the matrix engine cannot run this tile (``None`` when it can): every tap
@@ -226,28 +386,29 @@ class Descriptor:
 
     @classmethod
     def of(cls, fmt: WeightFormat | str, nm: tuple[int, int] | None, group: int, p0: int = 0,
-           p1: int = 0) -> Descriptor:
+           p1: int = 0) -> "Descriptor":
         """The descriptor of a tile in ``fmt`` (or its ``QLinear.fmt`` name) with N:M
         sparsity ``nm`` (None: dense) and quantisation groups of ``group`` weights."""
         fmt = FORMAT_OF[fmt] if isinstance(fmt, str) else fmt
         return cls(fmt, sparsity_of(nm), group.bit_length() - 1, p0, p1)
 
     def encode(self, w: int) -> np.ndarray:
-        raw = np.array([[self.wfmt.value, self.sparsity.value, self.group_log2, 0,
-                         self.p0 & 0xFF, self.p1 & 0xFF, 0, 0]], dtype=np.uint8)
+        raw = encode_record(TileDescriptor, 1, wfmt=self.wfmt.value,
+                            sparsity=self.sparsity.value, group_log2=self.group_log2,
+                            p0=self.p0, p1=self.p1)
         return _pad_rows(raw, descriptor_words(w) * w)
 
     @classmethod
-    def decode(cls, data: np.ndarray) -> Descriptor:
-        b = [int(x) for x in data[0, :8]]
+    def decode(cls, data: np.ndarray) -> "Descriptor":
+        d = {name: int(v[0]) for name, v in decode_record(TileDescriptor, data[:1]).items()}
         try:
-            wfmt, sparsity = WeightFormat(b[0]), Sparsity(b[1])
+            wfmt, sparsity = WeightFormat(d["wfmt"]), Sparsity(d["sparsity"])
         except ValueError as exc:
             raise LayoutError(f"weight descriptor: {exc}") from None
-        if not 3 <= b[2] <= 7 or b[3] or b[6] or b[7]:
-            raise LayoutError(f"weight descriptor: bad group or reserved bytes {b}")
-        signed = [x - 256 if x > 127 else x for x in b[4:6]]
-        return cls(wfmt, sparsity, b[2], *signed)
+        if not GROUP_LOG2_MIN <= d["group_log2"] <= GROUP_LOG2_MAX or d["reserved0"] \
+                or d["reserved1"]:
+            raise LayoutError(f"weight descriptor: bad group or reserved bytes {d}")
+        return cls(wfmt, sparsity, d["group_log2"], d["p0"], d["p1"])
 
 
 def sparsity_of(nm: tuple[int, int] | None) -> Sparsity:
@@ -271,9 +432,10 @@ def encode_weight_rows(desc: Descriptor, codes: Tensor, keep: Tensor | None, man
     else:
         body = pack_bits(c.numpy(), desc.bits)
     wgt = _pad_rows(body, desc.wgt_pitch(k, w) * w)
-    parts = [_le(np.asarray(shift)[:, None], "i2"), _le(np.asarray(mant), "u2")]
+    parts = [encode_record(RowRecordHead, n, shift=np.asarray(shift)),
+             _le(np.asarray(mant), _record_dtype(MANT))]
     if desc.wfmt is not WeightFormat.INT8:
-        parts.append(_le(np.asarray(aux), "u1"))
+        parts.append(_le(np.asarray(aux), _record_dtype(AUX)))
     meta = _pad_rows(np.concatenate(parts, 1), desc.meta_pitch(k, w) * w)
     return wgt, meta
 
@@ -285,9 +447,10 @@ def decode_weight_rows(desc: Descriptor, wgt: np.ndarray, meta: np.ndarray,
         raise LayoutError(f"K = {k} is not a multiple of the group {desc.group} / sparse block")
     groups = k // desc.group
     n = wgt.shape[0]
-    shift = _from_le(meta, "i2", 1)[:, 0]
-    mant = _from_le(meta, "u2", groups, 2)
-    aux = None if desc.wfmt is WeightFormat.INT8 else _from_le(meta, "u1", groups, 2 + 2 * groups)
+    shift = decode_record(RowRecordHead, meta)["shift"]
+    mant = _from_le(meta, _record_dtype(MANT), groups, row_mant_bit(0) // 8)
+    aux = None if desc.wfmt is WeightFormat.INT8 else _from_le(
+        meta, _record_dtype(AUX), groups, row_aux_bit(groups, 0) // 8)
     kept = desc.kept(k)
     codes = unpack_bits(wgt, desc.bits, kept)
     if desc.wfmt is WeightFormat.INT8:
@@ -310,42 +473,55 @@ def decode_weight_rows(desc: Descriptor, wgt: np.ndarray, meta: np.ndarray,
 
 # -- tables ----------------------------------------------------------------------------------
 def encode_gamma(gamma: Tensor, eps: int, w: int) -> np.ndarray:
-    head = _pad_rows(_le(np.array([[eps]]), "i8"), words(8, w) * w)
-    body = _pad_rows(_le(np.asarray(gamma)[None, :], "i2"), words(2 * len(gamma), w) * w)
+    head = _pad_rows(encode_record(GammaHeader, 1, eps=eps), gamma_header(w) * w)
+    body = _pad_rows(_le(np.asarray(gamma)[None, :], _record_dtype(GAMMA)),
+                     array_words(len(gamma), GAMMA, w) * w)
     return np.concatenate([head, body], 1)
 
 
 def decode_gamma(data: np.ndarray, length: int, w: int) -> tuple[Tensor, int]:
-    eps = int(_from_le(data, "i8", 1)[0, 0])
-    return torch.from_numpy(_from_le(data, "i2", length, words(8, w) * w)[0]), eps
+    eps = int(decode_record(GammaHeader, data[:1])["eps"][0])
+    gamma = _from_le(data, _record_dtype(GAMMA), length, gamma_header(w) * w)[0]
+    return torch.from_numpy(gamma), eps
 
 
 def encode_rope(cos: Tensor, sin: Tensor, w: int) -> np.ndarray:
-    """RoPE rows [P, D/2] each -> bytes [P, pitch * W]."""
-    raw = np.concatenate([_le(np.asarray(cos), "i2"), _le(np.asarray(sin), "i2")], 1)
+    """RoPE rows [P, D/2] each -> bytes [P, pitch * W]: cos then sin."""
+    raw = np.concatenate([_le(np.asarray(cos), _record_dtype(TRIG)),
+                          _le(np.asarray(sin), _record_dtype(TRIG))], 1)
     return _pad_rows(raw, rope_pitch(2 * cos.shape[1], w) * w)
 
 
 def decode_rope(data: np.ndarray, head_dim: int) -> tuple[Tensor, Tensor]:
     half = head_dim // 2
-    return (torch.from_numpy(_from_le(data, "i2", half)),
-            torch.from_numpy(_from_le(data, "i2", half, 2 * half)))
+    sin_at = element_bit(half, TRIG) // 8
+    return (torch.from_numpy(_from_le(data, _record_dtype(TRIG), half)),
+            torch.from_numpy(_from_le(data, _record_dtype(TRIG), half, sin_at)))
 
 
 def encode_embedding(codes: Tensor, mant: Tensor, row_exp: Tensor, dim: int,
                      w: int) -> np.ndarray:
     """INT8 table rows -> embedding records [R, pitch * W]."""
     groups = mant.shape[1]
-    parts = [_pad_rows(_le(np.asarray(row_exp)[:, None], "i2"), words(4, w) * w),
-             _pad_rows(_le(np.asarray(mant), "u2"), words(2 * groups, w) * w),
-             _pad_rows(_le(np.asarray(codes)[:, :dim], "i1"), words(dim, w) * w)]
+    rows = mant.shape[0]
+    parts = [_pad_rows(encode_record(EmbedHeader, rows, e=np.asarray(row_exp)),
+                       embed_header(w) * w),
+             _pad_rows(_le(np.asarray(mant), _record_dtype(MANT)),
+                       array_words(groups, MANT, w) * w),
+             _pad_rows(_le(np.asarray(codes)[:, :dim], _record_dtype(QCODE)),
+                       array_words(dim, QCODE, w) * w)]
     return np.concatenate(parts, 1)
 
 
 def decode_embedding(data: np.ndarray, dim: int, group: int,
                      w: int) -> tuple[Tensor, Tensor, Tensor]:
     groups = -(-dim // group)
-    e = _from_le(data, "i2", 1)[:, 0]
-    mant = _from_le(data, "u2", groups, words(4, w) * w)
-    codes = _from_le(data, "i1", dim, (words(4, w) + words(2 * groups, w)) * w)
+    e = decode_record(EmbedHeader, data)["e"]
+    mant = _from_le(data, _record_dtype(MANT), groups, embed_header(w) * w)
+    codes = _from_le(data, _record_dtype(QCODE), dim,
+                     (embed_header(w) + embed_scale_words(dim, group, w)) * w)
     return torch.from_numpy(codes), torch.from_numpy(mant), torch.from_numpy(e)
+
+
+for _record in (TileDescriptor, QRowHeader, KvHeader, RowRecordHead, GammaHeader, EmbedHeader):
+    _check_byte_fields(_record)

@@ -172,7 +172,8 @@ class _MatrixClock:
             live = max(0, min(chunks, -(-(s.k - col0) // 8)))
             for t in range(2):  # X: the activation window, 8 columns per read
                 if t < tokens_ok:
-                    cycles += self.fa.walk((qrows[t] + self.qhdr) * wb + col0 * 8, 64, live)
+                    first = (qrows[t] + self.qhdr) * wb + L.element_bit(col0, L.QCODE)
+                    cycles += self.fa.walk(first, L.element_bit(8, L.QCODE), live)
                     cycles += chunks - live
                 else:
                     cycles += chunks
@@ -195,11 +196,11 @@ class _MatrixClock:
                         cycles += 2
                         continue
                     g = min(at // self.kpg, self.groups - 1)
-                    cycles += self.fm.one(mrow * wb + 16 + 16 * g)
+                    cycles += self.fm.one(mrow * wb + L.row_mant_bit(g))
                     if self.int8:
                         cycles += 1
                     else:
-                        cycles += self.fm.one(mrow * wb + 16 + 16 * self.groups + 8 * g)
+                        cycles += self.fm.one(mrow * wb + L.row_aux_bit(self.groups, g))
                 return cycles
 
             cycles += self._lanes(self.fw, self.wp, lanes_ok, codes, n_chain * halves)  # CODES
@@ -231,7 +232,7 @@ class _MatrixClock:
         cycles = 2 * lanes
         for lane in range(lanes_ok):
             for t in range(tokens_ok):
-                word = s.out_addr + (t0 + t) * s.step + ((j0 + lane) * 32) // wb
+                word = s.out_addr + (t0 + t) * s.step + L.element_bit(j0 + lane, L.WIDE) // wb
                 if s.out_mode is OutMode.ADD:
                     cycles += self.fo.one(word * wb) - 1
                 self.fo.written(word)
@@ -321,15 +322,15 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         if insn.func is isa.AttnFunc.PV:
             total += _pv_row(fa, fw, loop, row, out_row, rec, d, keys, kv_bits, kvhdr, wb)
             continue
-        total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, 8, d)  # S_QHDR, S_QSUM
+        total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, L.QCODE.width, d)  # S_QHDR, S_QSUM
 
         def score(key: int, row=row, out_row=out_row) -> int:
             cycles = fw.one(rec(key) * wb)  # S_KHDR
             for i in range(d):  # S_DOT
-                cycles += _pair(fa, (row + qhdr) * wb + 8 * i, fw,
+                cycles += _pair(fa, (row + qhdr) * wb + L.element_bit(i, L.QCODE), fw,
                                 (rec(key) + kvhdr) * wb + kv_bits * i)
             if insn.func is isa.AttnFunc.SCORE:  # S_OUT: the score written
-                fa.written(out_row + key * 32 // wb)
+                fa.written(out_row + L.element_bit(key, L.WIDE) // wb)
             return cycles + 1
 
         qend = L.qrow_pitch(d, w)
@@ -337,7 +338,7 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         def near(key: int, row=row, out_row=out_row, qend=qend) -> int:
             """Where the key's score is written relative to the query row (a write next
             to the words the query fetch holds empties it)."""
-            return min(max(out_row + 32 * key // wb - row, -2), qend + 2)
+            return min(max(out_row + L.element_bit(key, L.WIDE) // wb - row, -2), qend + 2)
 
         total += loop.run(keys, score, lambda key, row=row: (row, rec(key)), near)
         total += 1  # S_KHDR with no more keys
@@ -351,7 +352,7 @@ def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d:
     """One PV row: the scan for the largest exponent, then per channel the keys."""
 
     def prob(key: int) -> int:
-        return row * wb + 32 * key
+        return row * wb + L.element_bit(key, L.WIDE)
 
     def scan(key: int) -> int:  # P_SCAN
         return _pair(fa, prob(key), fw, rec(key) * wb)
@@ -370,7 +371,7 @@ def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d:
 
         cycles += 1 + loop.run(keys, mac, bases, phase)  # P_CHANNEL, the keys
         cycles += 1  # P_OUT
-        fa.written(out_row + 32 * i // wb)
+        fa.written(out_row + L.element_bit(i, L.WIDE) // wb)
     return cycles + 1  # P_CHANNEL with no more channels
 
 
@@ -394,25 +395,29 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
         if f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL):
             row_b = insn.src_b + (0 if bcast else r * wide)
             for i in range(length):
-                cycles += _pair(fa, row_a * wb + 32 * i, fb, row_b * wb + 32 * i, not bcast)
+                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
+                                row_b * wb + L.element_bit(i, L.WIDE), not bcast)
         elif f is isa.SfuFunc.RMSNORM:
-            gamma = (insn.src_b + L.words(8, w)) * wb
+            gamma = (insn.src_b + L.gamma_header(w)) * wb
             for i in range(length):
-                cycles += _pair(fa, row_a * wb + 32 * i, fb, gamma + 16 * i)
+                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
+                                gamma + L.element_bit(i, L.GAMMA))
         elif f is isa.SfuFunc.ROPE:
             half = insn.imm // 2
             row_b = insn.src_b + r * L.rope_pitch(insn.imm, w)
             for i in range(length):
                 j = (i // 2) % half + (half if i % 2 else 0)
-                cycles += _pair(fa, row_a * wb + 32 * i, fb, row_b * wb + 16 * j)
+                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
+                                row_b * wb + L.element_bit(j, L.TRIG))
         elif f is isa.SfuFunc.EMBED:
             cycles += fb.one(row_a * wb)  # the row's exponent
-            codes = (row_a + a_pitch - L.words(length, w)) * wb
-            scales = (row_a + L.words(4, w)) * wb
+            codes = (row_a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
+            scales = (row_a + L.embed_header(w)) * wb
             for i in range(length):
-                cycles += _pair(fa, codes + 8 * i, fb, scales + 16 * (i // insn.imm), True)
+                cycles += _pair(fa, codes + L.element_bit(i, L.QCODE), fb,
+                                scales + L.element_bit(i // insn.imm, L.MANT), True)
         else:  # SILU and the row stage's functions: the one operand
-            cycles += fa.walk(row_a * wb, 32, length)
+            cycles += fa.walk(row_a * wb, L.WIDE.width, length)
     return cycles
 
 
@@ -444,7 +449,7 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return cycles + ROPE_EXTRA
     if f is isa.SfuFunc.EMBED:
         # the consumer's packer stalls that the producer's one-byte codes do not hide
-        return cycles + rows * length // (wb // 32 + 1)
+        return cycles + rows * length // (wb // L.WIDE.width + 1)
     if f in ROW_FIXED:
         words = L.wide_pitch(length, cfg.axi_data_bytes)
         cycles += rows * (ROW_FIXED[f] + 2 * length + words)
@@ -452,7 +457,7 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     if f in QUANT_SEGMENT:
         if f is isa.SfuFunc.QUANT8:
             seg = insn.imm2 or length
-            codes, bits = insn.imm or seg, 8
+            codes, bits = insn.imm or seg, L.QCODE.width
         else:
             seg = codes = insn.imm
             bits = insn.imm2

@@ -1,0 +1,58 @@
+"""The buffer records of ``llmacc/layout.py``: the byte images the docstring documents, the
+field checks, and round trips through the declared layouts."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmacc import layout as L
+from llmacc.isa import Sparsity, WeightFormat
+
+W = 16  #: sim-small's word
+
+
+def test_quantized_row_header_is_m_then_e_little_endian():
+    row = L.encode_qrows(torch.tensor([[1, -1]]), torch.tensor([0x1234]), torch.tensor([-2]), W)
+    assert row[0, :4].tolist() == [0x34, 0x12, 0xFE, 0xFF]
+    assert row[0, W:W + 2].tolist() == [1, 0xFF] and row.shape == (1, 2 * W)
+
+
+def test_kv_header_is_m_e_mid():
+    row = L.encode_kv(torch.zeros(1, 4, dtype=torch.int64), torch.tensor([7]),
+                      torch.tensor([-1]), torch.tensor([-3]), 4, W)
+    assert row[0, :8].tolist() == [7, 0, 0xFF, 0xFF, 0xFD, 0xFF, 0xFF, 0xFF]
+
+
+def test_descriptor_bytes_and_refusals():
+    desc = L.Descriptor(WeightFormat.MIXED3, Sparsity.N2M4, 5, p0=-1, p1=3)
+    raw = desc.encode(W)
+    assert raw[0, :8].tolist() == [1, 4, 5, 0, 0xFF, 3, 0, 0] and raw.shape == (1, W)
+    assert L.Descriptor.decode(raw) == desc
+    for byte, value in ((2, L.GROUP_LOG2_MAX + 1), (3, 1), (7, 1), (0, 9)):
+        bad = raw.copy()
+        bad[0, byte] = value
+        with pytest.raises(L.LayoutError, match="weight descriptor"):
+            L.Descriptor.decode(bad)
+
+
+def test_row_record_offsets_follow_the_layout():
+    """shift, then G mantissas, then G aux bytes (none for INT8)."""
+    assert L.row_mant_bit(0) == 16 and L.row_mant_bit(3) == 16 + 3 * 16
+    assert L.row_aux_bit(4, 1) == 16 + 4 * 16 + 8
+    assert L.row_record_bytes(4, WeightFormat.W2) == 2 + 8 + 4
+    assert L.row_record_bytes(4, WeightFormat.INT8) == 2 + 8
+
+
+def test_record_fields_are_range_checked():
+    with pytest.raises(L.LayoutError, match="QRowHeader.m"):
+        L.encode_record(L.QRowHeader, 1, m=1 << 16)
+    with pytest.raises(L.LayoutError, match="unknown fields"):
+        L.encode_record(L.KvHeader, 1, scale=1)
+
+
+def test_records_round_trip(seed):
+    rng = np.random.default_rng(seed)
+    values = {"m": rng.integers(0, 1 << 16, 5), "e": rng.integers(-(1 << 15), 1 << 15, 5),
+              "mid": rng.integers(-(1 << 31), 1 << 31, 5)}
+    got = L.decode_record(L.KvHeader, L.encode_record(L.KvHeader, 5, **values))
+    assert all((got[k] == v).all() for k, v in values.items()), f"seed {seed}"
