@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import clamp, round_shift, saturate
 from llmacc import numerics as N
-from llmacc.isa import SfuFunc
+from llmacc.isa import SfuFunc, SfuStage, sfu_funcs
 
 W = N.WIDE_BITS
 
@@ -69,8 +69,26 @@ def silu(m: Module, v, f_in, f_out):
     return saturate(round_shift(v * sig, 16 + f_in - f_out, W + 1), W)
 
 
+def element_results(m: Module, p) -> dict[SfuFunc, tuple]:
+    """What each function computes from the element stage's input ``p``: ``(y0, y1)``, the
+    second only for RoPE's pair."""
+    cos, sin = p.c[:16].as_signed(), p.c[16:].as_signed()
+    prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
+    trig = Const(N.TRIG_FRAC, 5)
+    return {
+        SfuFunc.ADD: (add(p.a, p.b, p.shift), 0),
+        SfuFunc.MUL: (saturate(round_shift(prod, p.shift, W + 1), W), 0),
+        SfuFunc.SILU: (silu(m, p.a, p.imm, p.imm2), 0),
+        SfuFunc.ROPE: (saturate(round_shift(p.a * cos - p.b * sin, trig, 0), W),
+                       saturate(round_shift(p.a * sin + p.b * cos, trig, 0), W)),
+        SfuFunc.SOFTMAX: (exp2_neg(m, p.a), 0),  # the row stage's exponential step
+        SfuFunc.EMBED: (saturate(round_shift(p.a * p.b, p.shift, W + 1), W), 0),
+    }
+
+
 class ElementSfu(wiring.Component):
-    """The element stage as a stream block (one register stage)."""
+    """The element stage as a stream block (one register stage). Every element-stage
+    function of ``isa.SFU_FUNCTIONS`` must have a result here (checked when elaborated)."""
 
     i: In(stream.Signature(ElementIn))
     o: Out(stream.Signature(ElementOut))
@@ -81,25 +99,15 @@ class ElementSfu(wiring.Component):
         en = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(en)
         y0, y1 = Signal(signed(W)), Signal(signed(W))
-        cos, sin = p.c[:16].as_signed(), p.c[16:].as_signed()
+        results = element_results(m, p)
+        missing = set(sfu_funcs(stage=SfuStage.ELEMENT)) - set(results)
+        if missing:
+            names = sorted(f.name for f in missing)
+            raise ValueError(f"the element stage does not compute {names}")
         with m.Switch(p.func):
-            with m.Case(SfuFunc.ADD):
-                m.d.comb += y0.eq(add(p.a, p.b, p.shift))
-            with m.Case(SfuFunc.MUL):
-                prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
-                m.d.comb += y0.eq(saturate(round_shift(prod, p.shift, W + 1), W))
-            with m.Case(SfuFunc.SILU):
-                m.d.comb += y0.eq(silu(m, p.a, p.imm, p.imm2))
-            with m.Case(SfuFunc.ROPE):
-                m.d.comb += [
-                    y0.eq(saturate(round_shift(p.a * cos - p.b * sin, Const(N.TRIG_FRAC, 5),
-                                               0), W)),
-                    y1.eq(saturate(round_shift(p.a * sin + p.b * cos, Const(N.TRIG_FRAC, 5),
-                                               0), W))]
-            with m.Case(SfuFunc.SOFTMAX):
-                m.d.comb += y0.eq(exp2_neg(m, p.a))
-            with m.Case(SfuFunc.EMBED):
-                m.d.comb += y0.eq(saturate(round_shift(p.a * p.b, p.shift, W + 1), W))
+            for func, (first, second) in results.items():
+                with m.Case(func):
+                    m.d.comb += [y0.eq(first), y1.eq(second)]
         with m.If(en):
             m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.y0.eq(y0),
                          self.o.payload.y1.eq(y1)]

@@ -16,7 +16,7 @@ beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows 
 the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -36,10 +36,15 @@ from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
-from llmacc.isa import Buffer, Reg, SfuFields, SfuFunc
+from llmacc.isa import Buffer, Reg, SfuFields, SfuFunc, SfuStage, sfu_funcs
 from llmacc.kernel import Fault
 
-ELEMENT_FUNCS = (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.ROPE, SfuFunc.EMBED)
+ELEMENT_FUNCS = sfu_funcs(stage=SfuStage.ELEMENT)
+
+
+def one_of(func, funcs) -> Value:
+    """Whether the run-time ``func`` is one of ``funcs``."""
+    return Cat(*(func == g for g in funcs)).any()
 
 
 def row_limit(cfg: AccelConfig) -> int:
@@ -83,7 +88,10 @@ class SfuUnit(wiring.Component):
         pos, sink, window = Signal(32), Signal(32), Signal(32)
         length, rows = f.length, f.rows
         func = f.func
-        is_element = Cat(*(func == g for g in ELEMENT_FUNCS)).any()
+        is_element = one_of(func, ELEMENT_FUNCS)
+        binary, rope = one_of(func, sfu_funcs(operands="binary")), one_of(func, sfu_funcs(
+            operands="rope"))
+        gamma = one_of(func, sfu_funcs(operands="gamma"))
         # sizes, fixed per instruction
         wide = Signal(16)  # wide row pitch
         quot = Signal(16)  # segments / KV groups per row; ROPE heads; EMBED scale groups
@@ -184,14 +192,11 @@ class SfuUnit(wiring.Component):
                                            ((f.imm2 != 4) & (f.imm2 != 8)))
                     with m.Case(SfuFunc.EMBED):
                         m.d.comb += bad.eq(f.imm <= 0)
-                b_buf = Mux(f.imm[0] | (func == SfuFunc.RMSNORM) | (func == SfuFunc.ROPE),
-                            Buffer.TABLE, Buffer.ACT)
-                b_rows = Mux(f.imm[0] & ((func == SfuFunc.ADD) | (func == SfuFunc.MUL)), 1,
-                             rows)
-                b_end = Mux(func == SfuFunc.RMSNORM, f.src_b + L.gamma_header(w) +
+                b_buf = Mux(f.imm[0] | gamma | rope, Buffer.TABLE, Buffer.ACT)
+                b_rows = Mux(f.imm[0] & binary, 1, rows)
+                b_end = Mux(gamma, f.src_b + L.gamma_header(w) +
                             words(L.element_bit(length, L.GAMMA) >> 3), f.src_b + b_rows * b_pitch)
-                uses_b = Cat(*(func == g for g in (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.ROPE,
-                                                   SfuFunc.RMSNORM))).any()
+                uses_b = binary | rope | gamma
                 out_buf_end = Mux(func == SfuFunc.KVQUANT, depth[Buffer.KV], depth[Buffer.ACT])
                 off_end = (f.src_a + rows * in_pitch > depth[Buffer.ACT]) | (uses_b & (
                     b_end > Mux(b_buf == Buffer.TABLE, depth[Buffer.TABLE],
@@ -259,7 +264,7 @@ class SfuUnit(wiring.Component):
                      a_req.bit.eq((row_a << lb) + L.element_bit(pi, L.WIDE)),
                      b_req.bit.eq((row_b << lb) + L.element_bit(pi, L.WIDE))]
         with m.Switch(func):
-            with m.Case(SfuFunc.ADD, SfuFunc.MUL):
+            with m.Case(*sfu_funcs(operands="binary")):
                 m.d.comb += need_b.eq(1)
                 with m.If(f.imm[0]):
                     m.d.comb += b_req.buf.eq(Buffer.TABLE)

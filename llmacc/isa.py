@@ -110,17 +110,88 @@ class OutMode(enum.Enum, shape=2):
 
 
 class SfuFunc(enum.Enum, shape=4):
-    """Special functions over ``rows`` rows of ``length`` elements (docs/ISA.md, SFU)."""
+    """Special functions over ``rows`` rows of ``length`` elements; each is one entry of
+    :data:`SFU_FUNCTIONS` (docs/ISA.md, SFU functions)."""
 
-    RMSNORM = 0  #: gamma record at TABLE[src_b]; shift = gamma_exp - F_out
-    SOFTMAX = 1  #: Q15.16 scores -> Q0.15; Lambda mask from POS + row, SINK, WINDOW
-    SILU = 2  #: imm = F_in, imm2 = F_out
-    ROPE = 3  #: cos/sin rows at TABLE[src_b] (one per row); imm = head_dim
-    ADD = 4  #: add(a, b, shift); imm = 1: b is one broadcast row at TABLE[src_b]
-    MUL = 5  #: mul(a, b, shift); imm = 1: b is one broadcast row at TABLE[src_b]
-    QUANT8 = 6  #: wide -> INT8 rows (segments of imm2, zero-padded to imm elements)
-    KVQUANT = 7  #: wide -> KV rows per group of imm channels at imm2 bits, group-major
-    EMBED = 8  #: INT8 embedding records -> wide; imm = group, shift = -F_out
+    RMSNORM = 0
+    SOFTMAX = 1
+    SILU = 2
+    ROPE = 3
+    ADD = 4
+    MUL = 5
+    QUANT8 = 6
+    KVQUANT = 7
+    EMBED = 8
+
+
+class SfuStage(enum.Enum, shape=1):
+    """Which stage of the SFU computes a function."""
+
+    ELEMENT = 0  #: one element (or RoPE pair) per cycle, no state across a row
+    ROW = 1  #: a reduction over the row (or segment, or KV group) first
+
+
+@dataclass(frozen=True)
+class SfuSpec:
+    """One SFU function: everything the emulator, the timing model, the RTL sequencer, the
+    random instruction cases, the tests and docs/ISA.md read about it.
+
+    ``operands`` names how the instruction's rows are read and written (one of
+    :data:`SFU_OPERANDS`); ``reference`` is the name of its function in
+    ``llmacc.numerics`` (looked up there, so this module loads no torch); ``fields`` says what
+    ``shift``, ``imm`` and ``imm2`` mean; ``ranges`` are the values random legal cases draw
+    for the fields their operand kind does not fix.
+    """
+
+    stage: SfuStage
+    operands: str
+    reference: str
+    summary: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+#: How an SFU function's operands are laid out (``docs/ISA.md``, SFU).
+SFU_OPERANDS = {
+    "unary": "wide rows at src_a -> wide rows at dst; imm, imm2 as parameters",
+    "binary": "wide rows at src_a and src_b (imm = 1: one broadcast TABLE row) -> wide rows",
+    "rope": "wide rows at src_a, one cos/sin TABLE row per row at src_b -> wide rows",
+    "gamma": "wide rows at src_a, one gamma record at TABLE[src_b] -> wide rows",
+    "masked": "Q15.16 score rows at src_a under the Lambda mask -> Q0.15 rows",
+    "quant8": "wide rows at src_a -> quantized rows at dst",
+    "kvquant": "wide rows at src_a -> KV rows in KV[dst], group-major",
+    "embed": "embedding records at src_a -> wide rows",
+}
+
+#: The SFU functions, one entry each (SfuFunc order).
+SFU_FUNCTIONS: dict[SfuFunc, SfuSpec] = {
+    SfuFunc.RMSNORM: SfuSpec(SfuStage.ROW, "gamma", "rmsnorm", "RMSNorm with a gain",
+                             {"shift": "gamma_exp - F_out"}, {"shift": (-4, 20)}),
+    SfuFunc.SOFTMAX: SfuSpec(SfuStage.ROW, "masked", "softmax",
+                             "Q15.16 scores -> Q0.15 probabilities under the Lambda mask "
+                             "(POS + row, SINK, WINDOW)"),
+    SfuFunc.SILU: SfuSpec(SfuStage.ELEMENT, "unary", "silu", "SiLU, x * sigmoid(x)",
+                          {"imm": "F_in", "imm2": "F_out"}, {"imm": (0, 24), "imm2": (0, 24)}),
+    SfuFunc.ROPE: SfuSpec(SfuStage.ELEMENT, "rope", "rope", "rotary embedding of pairs",
+                          {"imm": "head_dim"}),
+    SfuFunc.ADD: SfuSpec(SfuStage.ELEMENT, "binary", "add", "add(a, b, shift)",
+                         {"shift": "b's shift", "imm": "1: b is one broadcast TABLE row"},
+                         {"shift": (-6, 40)}),
+    SfuFunc.MUL: SfuSpec(SfuStage.ELEMENT, "binary", "mul", "mul(a, b, shift)",
+                         {"shift": "the product's shift",
+                          "imm": "1: b is one broadcast TABLE row"},
+                         {"shift": (0, 40)}),
+    SfuFunc.QUANT8: SfuSpec(SfuStage.ROW, "quant8", "quantize_act",
+                            "wide -> INT8 rows per segment, zero-padded",
+                            {"imm": "codes per output row (0: the segment)",
+                             "imm2": "segment (0: the row)"}),
+    SfuFunc.KVQUANT: SfuSpec(SfuStage.ROW, "kvquant", "quantize_kv",
+                             "wide -> KV rows per group of channels",
+                             {"imm": "channels per group", "imm2": "bits (4 or 8)"}),
+    SfuFunc.EMBED: SfuSpec(SfuStage.ELEMENT, "embed", "embed_rows",
+                           "INT8 embedding records -> wide",
+                           {"imm": "scale group", "shift": "-F_out"}, {"shift": (-20, 20)}),
+}
 
 
 class AttnFunc(enum.Enum, shape=2):
@@ -458,3 +529,13 @@ def decode_program(blob: bytes) -> list[Instruction]:
 
 for _layout in LAYOUTS:
     assert _layout.as_shape().size <= PAYLOAD_BITS, _layout.__name__
+
+
+def sfu_funcs(*, operands: str | None = None, stage: SfuStage | None = None) -> tuple[SfuFunc, ...]:
+    """The SFU functions with ``operands`` and/or on ``stage``, in SfuFunc order."""
+    return tuple(func for func, spec in SFU_FUNCTIONS.items()
+                 if operands in (None, spec.operands) and stage in (None, spec.stage))
+
+
+assert set(SFU_FUNCTIONS) == set(SfuFunc), "every SfuFunc has one SFU_FUNCTIONS entry"
+assert all(spec.operands in SFU_OPERANDS for spec in SFU_FUNCTIONS.values())

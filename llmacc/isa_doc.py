@@ -38,6 +38,19 @@ def _enum_table(cls) -> list[str]:
     return rows + [""]
 
 
+def _sfu_table() -> list[str]:
+    rows = ["## SFU functions", "", inspect.cleandoc(isa.SfuFunc.__doc__ or ""), "",
+            "| value | name | stage | operands | reference (`numerics`) | what | fields |",
+            "|---|---|---|---|---|---|---|"]
+    for func, spec in isa.SFU_FUNCTIONS.items():
+        fields = "; ".join(f"`{name}`: {meaning}" for name, meaning in spec.fields.items())
+        rows.append(f"| {func.value} | `{func.name}` | {spec.stage.name.lower()} | "
+                    f"{spec.operands} | `{spec.reference}` | {spec.summary} | {fields} |")
+    rows += ["", "Operand kinds:", ""]
+    rows += [f"- **{kind}**: {text}" for kind, text in isa.SFU_OPERANDS.items()]
+    return rows + [""]
+
+
 def render() -> str:
     header_bits = isa.Header.as_shape().size
     out = [
@@ -73,8 +86,9 @@ def render() -> str:
         ]
     out += ["## Enumerations", ""]
     for cls in (isa.Opcode, isa.Unit, isa.Buffer, isa.LenSrc, isa.WeightFormat,
-                isa.Sparsity, isa.OutMode, isa.SfuFunc, isa.AttnFunc, isa.SysFunc, isa.Reg):
+                isa.Sparsity, isa.OutMode, isa.AttnFunc, isa.SysFunc, isa.Reg):
         out += _enum_table(cls)
+    out += _sfu_table()
     return "\n".join(out).rstrip() + "\n"
 
 

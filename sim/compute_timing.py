@@ -375,6 +375,11 @@ def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d:
     return cycles + 1  # P_CHANNEL with no more channels
 
 
+#: The operand kinds whose fetches the SFU producer's model follows (``isa.SFU_OPERANDS``).
+SFU_OPERAND_FETCHES = ("unary", "binary", "gamma", "rope", "embed", "masked", "quant8",
+                       "kvquant")
+
+
 def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """The SFU producer's cycles (``hw/sfu_unit.py``'s ``_produce``): per element its operand
     fields, fetched together (the slower one decides)."""
@@ -382,41 +387,45 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
     wb = 8 * w
     f, length, rows = insn.func, insn.length, insn.rows
     fa, fb = Fetch(wb), Fetch(wb)
+    operands = isa.SFU_FUNCTIONS[f].operands
+    if operands not in SFU_OPERAND_FETCHES:
+        raise ValueError(f"SFU function {f.name}: the cycle model does not know "
+                         f"{operands!r} operands")
     wide = L.wide_pitch(length, w)
-    bcast = bool(insn.imm & 1) and f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL)
+    bcast = bool(insn.imm & 1) and operands == "binary"
     cycles = 0
     a_pitch = wide
-    if f is isa.SfuFunc.EMBED:
+    if operands == "embed":
         a_pitch = L.embed_pitch(length, insn.imm, w)
-    if f is isa.SfuFunc.RMSNORM:
+    if operands == "gamma":
         fb.one(insn.src_b * wb)  # EPS, before the rows
     for r in range(rows):
         row_a = insn.src_a + r * a_pitch
-        if f in (isa.SfuFunc.ADD, isa.SfuFunc.MUL):
+        if operands == "binary":
             row_b = insn.src_b + (0 if bcast else r * wide)
             for i in range(length):
                 cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
                                 row_b * wb + L.element_bit(i, L.WIDE), not bcast)
-        elif f is isa.SfuFunc.RMSNORM:
+        elif operands == "gamma":
             gamma = (insn.src_b + L.gamma_header(w)) * wb
             for i in range(length):
                 cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
                                 gamma + L.element_bit(i, L.GAMMA))
-        elif f is isa.SfuFunc.ROPE:
+        elif operands == "rope":
             half = insn.imm // 2
             row_b = insn.src_b + r * L.rope_pitch(insn.imm, w)
             for i in range(length):
                 j = (i // 2) % half + (half if i % 2 else 0)
                 cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
                                 row_b * wb + L.element_bit(j, L.TRIG))
-        elif f is isa.SfuFunc.EMBED:
+        elif operands == "embed":
             cycles += fb.one(row_a * wb)  # the row's exponent
             codes = (row_a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
             scales = (row_a + L.embed_header(w)) * wb
             for i in range(length):
                 cycles += _pair(fa, codes + L.element_bit(i, L.QCODE), fb,
                                 scales + L.element_bit(i // insn.imm, L.MANT), True)
-        else:  # SILU and the row stage's functions: the one operand
+        else:  # the one operand: unary, masked, quant8, kvquant
             cycles += fa.walk(row_a * wb, L.WIDE.width, length)
     return cycles
 
@@ -464,4 +473,6 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         fixed, per_code, per_word = QUANT_SEGMENT[f]
         words = -(-codes * bits // wb)
         return cycles + round(rows * (length // seg) * (fixed + per_code * seg + per_word * words))
+    if isa.SFU_FUNCTIONS[f].stage is not isa.SfuStage.ELEMENT:
+        raise ValueError(f"SFU function {f.name}: the cycle model has no row-stage timing")
     return cycles

@@ -25,6 +25,7 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
 from llmacc.isa import (
+    SFU_FUNCTIONS,
     AttnFunc,
     Buffer,
     Instruction,
@@ -32,7 +33,6 @@ from llmacc.isa import (
     Opcode,
     OutMode,
     Reg,
-    SfuFunc,
     SysFunc,
     Unit,
 )
@@ -322,61 +322,76 @@ class Emulator:
         return rows * keys * d, T.attention_cycles(self.cfg, insn)
 
     def _sfu(self, insn: Instruction) -> None:
-        w, f, rows, length = self.w, insn.func, insn.rows, insn.length
-        if f is SfuFunc.EMBED:
-            if insn.imm <= 0:
-                raise EmulatorError(f"EMBED: scale group {insn.imm} must be positive")
-            pitch = L.embed_pitch(length, insn.imm, w)
-            codes, mant, e = L.decode_embedding(self._get(Buffer.ACT, insn.src_a, rows, pitch),
-                                                length, insn.imm, w)
-            self._put(Buffer.ACT, insn.dst,
-                      L.encode_wide(N.embed_rows(codes, mant, e, insn.imm, -insn.shift), w))
-            return
-        a = self._wide(Buffer.ACT, insn.src_a, rows, length)
-        if f is SfuFunc.RMSNORM:
-            gamma, eps = L.decode_gamma(self._get(Buffer.TABLE, insn.src_b, 1,
-                                                  L.gamma_pitch(length, w)), length, w)
-            out = N.rmsnorm(a, gamma, insn.shift, eps, 0)
-        elif f is SfuFunc.SOFTMAX:
-            out = N.softmax(a, self._mask(rows, length))
-        elif f is SfuFunc.SILU:
-            out = N.silu(a, insn.imm, insn.imm2)
-        elif f is SfuFunc.ROPE:
-            d = insn.imm
-            if d <= 0 or d % 2 or length % d:
-                raise EmulatorError(f"ROPE: head_dim {d} does not divide length {length}")
-            cos, sin = L.decode_rope(self._get(Buffer.TABLE, insn.src_b, rows,
-                                               L.rope_pitch(d, w)), d)
-            x = a.reshape(rows, length // d, d)
-            out = N.rope(x, cos.unsqueeze(1), sin.unsqueeze(1)).reshape(rows, length)
-        elif f in (SfuFunc.ADD, SfuFunc.MUL):
-            if insn.imm & 1:
-                b = self._wide(Buffer.TABLE, insn.src_b, 1, length)
-            else:
-                b = self._wide(Buffer.ACT, insn.src_b, rows, length)
-            out = N.add(a, b, insn.shift) if f is SfuFunc.ADD else N.mul(a, b, insn.shift)
-        elif f is SfuFunc.QUANT8:
-            seg = insn.imm2 or length
-            pad = insn.imm or seg
-            if seg <= 0 or length % seg or pad < seg:
-                raise EmulatorError(f"QUANT8: segment {seg} / padding {pad} do not fit "
-                                    f"length {length}")
-            q, m, e = N.quantize_act(a.reshape(-1, seg))
-            q = torch.nn.functional.pad(q, (0, pad - seg))
-            self._put(Buffer.ACT, insn.dst, L.encode_qrows(q, m, e, w))
-            return
-        elif f is SfuFunc.KVQUANT:
-            group, bits = insn.imm, insn.imm2
-            if bits not in (4, 8) or group <= 0 or length % group:
-                raise EmulatorError(f"KVQUANT: group {group} / bits {bits} unsupported for "
-                                    f"length {length}")
-            codes, m, e, mid = N.quantize_kv(a, group, bits)
-            g = length // group
-            codes = codes.reshape(rows, g, group).transpose(0, 1).reshape(-1, group)
-            rec = L.encode_kv(codes, m.t().reshape(-1), e.t().reshape(-1),
-                              mid.t().reshape(-1), bits, w)
-            self._put(Buffer.KV, insn.dst, rec)
-            return
+        """One SFU instruction, by its function's operand kind (``isa.SFU_FUNCTIONS``)."""
+        spec = SFU_FUNCTIONS[insn.func]
+        handler = getattr(self, f"_sfu_{spec.operands}", None)
+        if handler is None:
+            raise EmulatorError(f"SFU function {insn.func.name}: no emulation of "
+                                f"{spec.operands!r} operands")
+        reference = getattr(N, spec.reference)
+        out = handler(insn, reference)
+        if out is not None:
+            self._put(Buffer.ACT, insn.dst, L.encode_wide(out, self.w))
+
+    def _sfu_a(self, insn: Instruction) -> Tensor:
+        return self._wide(Buffer.ACT, insn.src_a, insn.rows, insn.length)
+
+    def _sfu_unary(self, insn: Instruction, reference) -> Tensor:
+        return reference(self._sfu_a(insn), insn.imm, insn.imm2)
+
+    def _sfu_binary(self, insn: Instruction, reference) -> Tensor:
+        if insn.imm & 1:
+            b = self._wide(Buffer.TABLE, insn.src_b, 1, insn.length)
         else:
-            raise EmulatorError(f"SFU function {f.name} is reserved")
-        self._put(Buffer.ACT, insn.dst, L.encode_wide(out, w))
+            b = self._wide(Buffer.ACT, insn.src_b, insn.rows, insn.length)
+        return reference(self._sfu_a(insn), b, insn.shift)
+
+    def _sfu_gamma(self, insn: Instruction, reference) -> Tensor:
+        length = insn.length
+        gamma, eps = L.decode_gamma(self._get(Buffer.TABLE, insn.src_b, 1,
+                                              L.gamma_pitch(length, self.w)), length, self.w)
+        return reference(self._sfu_a(insn), gamma, insn.shift, eps, 0)
+
+    def _sfu_masked(self, insn: Instruction, reference) -> Tensor:
+        return reference(self._sfu_a(insn), self._mask(insn.rows, insn.length))
+
+    def _sfu_rope(self, insn: Instruction, reference) -> Tensor:
+        d, rows, length = insn.imm, insn.rows, insn.length
+        if d <= 0 or d % 2 or length % d:
+            raise EmulatorError(f"ROPE: head_dim {d} does not divide length {length}")
+        cos, sin = L.decode_rope(self._get(Buffer.TABLE, insn.src_b, rows,
+                                           L.rope_pitch(d, self.w)), d)
+        x = self._sfu_a(insn).reshape(rows, length // d, d)
+        return reference(x, cos.unsqueeze(1), sin.unsqueeze(1)).reshape(rows, length)
+
+    def _sfu_quant8(self, insn: Instruction, reference) -> None:
+        length = insn.length
+        seg = insn.imm2 or length
+        pad = insn.imm or seg
+        if seg <= 0 or length % seg or pad < seg:
+            raise EmulatorError(f"QUANT8: segment {seg} / padding {pad} do not fit "
+                                f"length {length}")
+        q, m, e = reference(self._sfu_a(insn).reshape(-1, seg))
+        q = torch.nn.functional.pad(q, (0, pad - seg))
+        self._put(Buffer.ACT, insn.dst, L.encode_qrows(q, m, e, self.w))
+
+    def _sfu_kvquant(self, insn: Instruction, reference) -> None:
+        group, bits, rows, length = insn.imm, insn.imm2, insn.rows, insn.length
+        if bits not in (4, 8) or group <= 0 or length % group:
+            raise EmulatorError(f"KVQUANT: group {group} / bits {bits} unsupported for "
+                                f"length {length}")
+        codes, m, e, mid = reference(self._sfu_a(insn), group, bits)
+        groups = length // group
+        codes = codes.reshape(rows, groups, group).transpose(0, 1).reshape(-1, group)
+        records = L.encode_kv(codes, m.t().reshape(-1), e.t().reshape(-1),
+                              mid.t().reshape(-1), bits, self.w)
+        self._put(Buffer.KV, insn.dst, records)
+
+    def _sfu_embed(self, insn: Instruction, reference) -> Tensor:
+        group, rows, length = insn.imm, insn.rows, insn.length
+        if group <= 0:
+            raise EmulatorError(f"EMBED: scale group {group} must be positive")
+        pitch = L.embed_pitch(length, group, self.w)
+        codes, mant, e = L.decode_embedding(self._get(Buffer.ACT, insn.src_a, rows, pitch),
+                                            length, group, self.w)
+        return reference(codes, mant, e, group, -insn.shift)

@@ -71,44 +71,42 @@ def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc) -> Instruction
     spans = {"src_a": (Buffer.ACT, rows * wide), "dst": (Buffer.ACT, rows * wide)}
     regs = {Reg.POS: rng.randint(0, 30), Reg.SINK: rng.randint(0, 4),
             Reg.WINDOW: rng.choice((0, rng.randint(1, 10)))}
-    if func in (SfuFunc.ADD, SfuFunc.MUL):
+    spec = isa.SFU_FUNCTIONS[func]
+    f.update({name: rng.randint(lo, hi) for name, (lo, hi) in spec.ranges.items()})
+    operands = spec.operands
+    if operands == "binary":
         bcast = rng.random() < 0.3
         f["imm"] = int(bcast)
-        f["shift"] = rng.randint(-6, 40) if func is SfuFunc.ADD else rng.randint(0, 40)
         spans["src_b"] = (Buffer.TABLE, wide) if bcast else (Buffer.ACT, rows * wide)
-    elif func is SfuFunc.SILU:
-        f["imm"], f["imm2"] = rng.randint(0, 24), rng.randint(0, 24)
-    elif func is SfuFunc.ROPE:
+    elif operands == "rope":
         d = rng.choice((2, 4, 6, 8))
         f["length"] = length = d * rng.randint(1, 3)
         wide = L.wide_pitch(length, w)
         spans.update(src_a=(Buffer.ACT, rows * wide), dst=(Buffer.ACT, rows * wide),
                      src_b=(Buffer.TABLE, rows * L.rope_pitch(d, w)))
         f["imm"] = d
-    elif func is SfuFunc.RMSNORM:
-        f["shift"] = rng.randint(-4, 20)
+    elif operands == "gamma":
         spans["src_b"] = (Buffer.TABLE, L.gamma_pitch(length, w))
-    elif func is SfuFunc.QUANT8:
+    elif operands == "quant8":
         seg = rng.choice(divisors(length))
         f["imm2"] = 0 if seg == length and rng.random() < 0.5 else seg
         f["imm"] = rng.choice((0, seg, seg + rng.randint(1, 9)))
         pad = f["imm"] or seg
         spans["dst"] = (Buffer.ACT, rows * (length // seg) * L.qrow_pitch(pad, w))
-    elif func is SfuFunc.KVQUANT:
+    elif operands == "kvquant":
         group, bits = rng.choice(divisors(length)), rng.choice((4, 8))
         f["imm"], f["imm2"] = group, bits
         spans["dst"] = (Buffer.KV, rows * (length // group) * L.kv_pitch(group, bits, w))
-    elif func is SfuFunc.EMBED:
+    elif operands == "embed":
         f["imm"] = group = rng.randint(1, 9)
-        f["shift"] = rng.randint(-20, 20)
         spans["src_a"] = (Buffer.ACT, rows * L.embed_pitch(length, group, w))
     at = place(cfg, rng, spans)
     f.update(at)
-    if func is SfuFunc.RMSNORM:
+    if operands == "gamma":
         gamma = torch.tensor([rng.randint(-32768, 32767) for _ in range(length)])
         eps = rng.choice((0, rng.randint(0, 1 << 20), rng.randint(-(1 << 47), (1 << 47) - 1)))
         emu._put(Buffer.TABLE, at["src_b"], L.encode_gamma(gamma, eps, w))
-    if func is SfuFunc.EMBED:  # exponents the contract meets in practice
+    if operands == "embed":  # exponents the contract meets in practice
         for r in range(rows):
             base = (at["src_a"] + r * L.embed_pitch(length, f["imm"], w)) * w
             emu.buf[Buffer.ACT][base:base + 2] = np.frombuffer(

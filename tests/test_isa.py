@@ -167,3 +167,15 @@ def test_amaranth_view_decodes_like_python(program):
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_sfu_table_names_real_references_and_fields():
+    from llmacc import numerics
+
+    for func, spec in isa.SFU_FUNCTIONS.items():
+        assert callable(getattr(numerics, spec.reference, None)), (func, spec.reference)
+        assert set(spec.fields) | set(spec.ranges) <= {"shift", "imm", "imm2"}, func
+        for name, (lo, hi) in spec.ranges.items():
+            fld = isa.SfuFields.as_shape()[name]
+            assert -(1 << fld.width - 1) <= lo <= hi < 1 << fld.width - 1, (func, name)
+    assert isa.sfu_funcs(operands="binary") == (isa.SfuFunc.ADD, isa.SfuFunc.MUL)

@@ -7,7 +7,7 @@ import torch
 
 from hw.sfu import ElementIn, ElementOut, ElementSfu
 from llmacc import numerics as N
-from llmacc.isa import SfuFunc
+from llmacc.isa import SFU_FUNCTIONS, SfuFunc, SfuStage, sfu_funcs
 from sim import stream_harness as H
 from sim import verilator
 
@@ -16,12 +16,12 @@ WMAX, WMIN = (1 << 31) - 1, -(1 << 31)
 
 def _model(f: SfuFunc, a: int, b: int, c: int, shift: int, imm: int, imm2: int):
     t = torch.tensor
-    if f is SfuFunc.ADD:
-        return int(N.add(t([a]), t([b]), shift)[0]), 0
-    if f is SfuFunc.MUL:
-        return int(N.mul(t([a]), t([b]), shift)[0]), 0
-    if f is SfuFunc.SILU:
-        return int(N.silu(t([a]), imm, imm2)[0]), 0
+    spec = SFU_FUNCTIONS[f]
+    reference = getattr(N, spec.reference)
+    if spec.operands == "unary":
+        return int(reference(t([a]), imm, imm2)[0]), 0
+    if spec.operands == "binary":
+        return int(reference(t([a]), t([b]), shift)[0]), 0
     if f is SfuFunc.ROPE:
         cos, sin = c & 0xFFFF, c >> 16 & 0xFFFF
         cos, sin = cos - (cos >> 15 << 16), sin - (sin >> 15 << 16)
@@ -37,8 +37,10 @@ def _model(f: SfuFunc, a: int, b: int, c: int, shift: int, imm: int, imm2: int):
 def _case(rng: random.Random, f: SfuFunc, edge: bool) -> dict:
     big = lambda: rng.choice((WMAX, WMIN, 0, 1, -1)) if edge else rng.randint(WMIN, WMAX)  # noqa: E731
     a, b, c, shift, imm, imm2 = big(), big(), 0, rng.randint(-8, 40), 0, 0
-    if f is SfuFunc.SILU:
-        imm, imm2 = rng.randint(0, 24), rng.randint(0, 24)
+    spec = SFU_FUNCTIONS[f]
+    drawn = {name: rng.randint(lo, hi) for name, (lo, hi) in spec.ranges.items()}
+    shift, imm, imm2 = drawn.get("shift", shift), drawn.get("imm", imm), drawn.get("imm2", imm2)
+    if spec.operands == "unary":  # inputs up to 32 in the units of F_in = imm
         a = rng.randint(-(1 << (imm + 5)), 1 << (imm + 5)) if not edge else a
     elif f is SfuFunc.ROPE:
         ang = rng.random() * 6.3
@@ -51,12 +53,11 @@ def _case(rng: random.Random, f: SfuFunc, edge: bool) -> dict:
             if edge else rng.randint(0, 40 << 16)
     elif f is SfuFunc.EMBED:
         a, b = rng.randint(-127, 127), rng.randint(0, N.SCALE_MAX)
-    elif f is SfuFunc.ADD:
-        shift = rng.randint(-3, 40)
     return {"func": f, "a": a, "b": b, "c": c, "shift": shift, "imm": imm, "imm2": imm2}
 
 
-FUNCS = [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.ROPE, SfuFunc.SOFTMAX, SfuFunc.EMBED]
+#: The element stage's functions, and SOFTMAX's exponential step.
+FUNCS = [*sfu_funcs(stage=SfuStage.ELEMENT), SfuFunc.SOFTMAX]
 
 
 def _vectors(seed: int, count: int):
@@ -72,16 +73,18 @@ def _vectors(seed: int, count: int):
     return inputs, expected
 
 
-def test_element_sfu_amaranth(seed):
-    inputs, expected = _vectors(seed, 600)
-    got = H.run_amaranth(ElementSfu(), inputs, len(expected), seed)
-    assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
-
-
-@pytest.mark.slow  # the sigmoid/exp2 ROMs make a large model: minutes to build on 2 cores
-@pytest.mark.verilator
-def test_element_sfu_verilator(verilator_env, seed, tmp_path):
-    inputs, expected = _vectors(seed, 6000)
-    model = verilator.build(ElementSfu(), "element_sfu")
-    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+@pytest.mark.parametrize("simulator", [
+    "amaranth",
+    # the sigmoid/exp2 ROMs make a large model: minutes to build on 2 cores
+    pytest.param("verilator", marks=[pytest.mark.slow, pytest.mark.verilator]),
+])
+def test_element_sfu(simulator, seed, request, tmp_path):
+    if simulator == "amaranth":
+        inputs, expected = _vectors(seed, 600)
+        got = H.run_amaranth(ElementSfu(), inputs, len(expected), seed)
+    else:
+        request.getfixturevalue("verilator_env")
+        inputs, expected = _vectors(seed, 6000)
+        model = verilator.build(ElementSfu(), "element_sfu")
+        got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
     assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
