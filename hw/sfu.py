@@ -6,7 +6,7 @@ each exactly the numerics contract:
 * ADD: ``add(a, b, shift)``; MUL: ``mul(a, b, shift)`` (residual add, SwiGLU product, key
   transform);
 * SILU: ``silu(a, imm, imm2)`` with the sigmoid ROM ``numerics.SIGMOID_LUT`` and its
-  interpolation;
+  interpolation; GELU: ``gelu(a, imm, imm2)``, a cubic into the same kind of sigmoid;
 * ROPE: the pair ``(a, b)`` rotated by ``cos = c[0:16]``, ``sin = c[16:32]`` (Q1.14);
 * SOFTMAX: the exponential step ``exp2_neg(a)`` with ``numerics.EXP2_LUT`` (``a = max - s``);
 * EMBED: ``sat32(round_shift(a * b, shift))`` (INT8 code times its group mantissa).
@@ -59,14 +59,38 @@ def add(a, b, shift):
     return saturate(a + round_shift(b, shift, W + 1), W)
 
 
+def sigmoid_q16(m: Module, x):
+    """``numerics.sigmoid_q16(x)`` (Q.13 in, Q16 out) from the sigmoid ROM."""
+    lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
+    xq = (clamp(x, lo, -lo - 1) - lo)[:N.SIGMOID_IN_FRAC + 6]
+    return _interp(m, N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
+                   N.SIGMOID_INTERP_BITS)
+
+
 def silu(m: Module, v, f_in, f_out):
     """``numerics.silu(v, f_in, f_out)``."""
-    lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
-    xr = round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1)
-    xq = (clamp(xr, lo, -lo - 1) - lo)[:N.SIGMOID_IN_FRAC + 6]
-    sig = _interp(m, N.SIGMOID_LUT, xq[N.SIGMOID_INTERP_BITS:], xq[:N.SIGMOID_INTERP_BITS],
-                  N.SIGMOID_INTERP_BITS)
+    sig = sigmoid_q16(m, round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1))
     return saturate(round_shift(v * sig, 16 + f_in - f_out, W + 1), W)
+
+
+def gelu(m: Module, v, f_in, f_out):
+    """``numerics.gelu(v, f_in, f_out)``: the cubic of the clamped Q.13 input, then the
+    sigmoid gate as SiLU's."""
+    limit = N.GELU_CLAMP << N.SIGMOID_IN_FRAC
+    frac = Const(N.SIGMOID_IN_FRAC, 5)
+    # named steps: each is used more than once, and a signal keeps its expression shared
+    x = Signal(signed(limit.bit_length() + 1), name="gelu_x")
+    square = Signal(signed(2 * limit.bit_length() + 1), name="gelu_square")
+    cube = Signal(signed(3 * limit.bit_length() + 1), name="gelu_cube")
+    argument = Signal(signed(W), name="gelu_argument")
+    m.d.comb += [
+        x.eq(clamp(round_shift(v, (f_in - N.SIGMOID_IN_FRAC), W + 1), -limit, limit - 1)),
+        square.eq(round_shift(x * x, frac, 0)),
+        cube.eq(round_shift(square * x, frac, 0)),
+        argument.eq(round_shift(N.GELU_C1 * x + N.GELU_C3 * cube,
+                                Const(N.GELU_COEF_FRAC, 5), 0)),
+    ]
+    return saturate(round_shift(v * sigmoid_q16(m, argument), 16 + f_in - f_out, W + 1), W)
 
 
 def element_results(m: Module, p) -> dict[SfuFunc, tuple]:
@@ -79,6 +103,7 @@ def element_results(m: Module, p) -> dict[SfuFunc, tuple]:
         SfuFunc.ADD: (add(p.a, p.b, p.shift), 0),
         SfuFunc.MUL: (saturate(round_shift(prod, p.shift, W + 1), W), 0),
         SfuFunc.SILU: (silu(m, p.a, p.imm, p.imm2), 0),
+        SfuFunc.GELU: (gelu(m, p.a, p.imm, p.imm2), 0),
         SfuFunc.ROPE: (saturate(round_shift(p.a * cos - p.b * sin, trig, 0), W),
                        saturate(round_shift(p.a * sin + p.b * cos, trig, 0), W)),
         SfuFunc.SOFTMAX: (exp2_neg(m, p.a), 0),  # the row stage's exponential step

@@ -122,6 +122,7 @@ class SfuFunc(enum.Enum, shape=4):
     QUANT8 = 6
     KVQUANT = 7
     EMBED = 8
+    GELU = 9
 
 
 class SfuStage(enum.Enum, shape=1):
@@ -191,7 +192,16 @@ SFU_FUNCTIONS: dict[SfuFunc, SfuSpec] = {
     SfuFunc.EMBED: SfuSpec(SfuStage.ELEMENT, "embed", "embed_rows",
                            "INT8 embedding records -> wide",
                            {"imm": "scale group", "shift": "-F_out"}, {"shift": (-20, 20)}),
+    SfuFunc.GELU: SfuSpec(SfuStage.ELEMENT, "unary", "gelu",
+                          "GELU, tanh form (GPT-2 gelu_new, Gemma gelu_pytorch_tanh)",
+                          {"imm": "F_in", "imm2": "F_out"}, {"imm": (0, 24), "imm2": (0, 24)}),
 }
+
+
+def sfu_funcs(*, operands: str | None = None, stage: SfuStage | None = None) -> tuple[SfuFunc, ...]:
+    """The SFU functions with ``operands`` and/or on ``stage``, in SfuFunc order."""
+    return tuple(func for func, spec in SFU_FUNCTIONS.items()
+                 if operands in (None, spec.operands) and stage in (None, spec.stage))
 
 
 class AttnFunc(enum.Enum, shape=2):
@@ -529,12 +539,6 @@ def decode_program(blob: bytes) -> list[Instruction]:
 
 for _layout in LAYOUTS:
     assert _layout.as_shape().size <= PAYLOAD_BITS, _layout.__name__
-
-
-def sfu_funcs(*, operands: str | None = None, stage: SfuStage | None = None) -> tuple[SfuFunc, ...]:
-    """The SFU functions with ``operands`` and/or on ``stage``, in SfuFunc order."""
-    return tuple(func for func, spec in SFU_FUNCTIONS.items()
-                 if operands in (None, spec.operands) and stage in (None, spec.stage))
 
 
 assert set(SFU_FUNCTIONS) == set(SfuFunc), "every SfuFunc has one SFU_FUNCTIONS entry"

@@ -20,6 +20,7 @@ Formats
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 import torch
@@ -48,6 +49,11 @@ SIGMOID_STEP_LOG2 = 5  #: table step 2**-5
 SIGMOID_INTERP_BITS = 8  #: interpolation fraction bits
 SIGMOID_IN_FRAC = SIGMOID_STEP_LOG2 + SIGMOID_INTERP_BITS  #: SiLU input is first cast to Q.13
 SIGMOID_ONE = 1 << 16  #: sigmoid in Q16
+GELU_CLAMP = 8  #: GELU's cubic is taken on [-8, 8): beyond, its sigmoid is saturated anyway
+GELU_COEF_FRAC = 12  #: fraction bits of the coefficients of GELU's sigmoid argument
+#: 2 sqrt(2/pi) and 2 sqrt(2/pi) 0.044715 (tanh(u) = 2 sigmoid(2u) - 1), rounded
+GELU_C1 = math.floor(2 * math.sqrt(2 / math.pi) * (1 << GELU_COEF_FRAC) + 0.5)
+GELU_C3 = math.floor(2 * math.sqrt(2 / math.pi) * 0.044715 * (1 << GELU_COEF_FRAC) + 0.5)
 NORM_IN_BITS = 16  #: RMSNorm squares 16-bit values (15 magnitude bits) after a dynamic shift
 RSQRT_NORM_BITS = 40  #: the RMSNorm denominator is normalised to [2**40, 2**42) before isqrt
 RSQRT_NUM_SHIFT = 24  #: extra fraction bits of the RMSNorm reciprocal
@@ -601,18 +607,35 @@ def softmax(scores, mask: Tensor) -> Tensor:
     return round_shift(p * recip, SOFTMAX_RECIP_BITS - PROB_FRAC)
 
 
-def silu(v, f_in: int, f_out: int) -> Tensor:
-    """SiLU of wide ``v``: ``sat32(round_shift(v * sigmoid_q16(v), 16 + f_in - f_out))``.
-
-    The sigmoid argument is ``v`` cast to Q.13 (round_shift by ``f_in - 13``), clamped to
-    [-16, 16), looked up in steps of 2**-5 and interpolated over the low 8 bits.
-    """
-    v = _t(v)
+def sigmoid_q16(x) -> Tensor:
+    """``sigmoid(x)`` in Q16 for ``x`` in Q.13: clamped to [-16, 16), looked up in steps of
+    2**-5 and interpolated over the low 8 bits (SiLU's and GELU's gate)."""
     lo = -SIGMOID_RANGE << SIGMOID_IN_FRAC
-    xq = torch.clamp(round_shift(v, f_in - SIGMOID_IN_FRAC), lo, -lo - 1) - lo
-    sig = _interp(SIGMOID_LUT, torch.bitwise_right_shift(xq, SIGMOID_INTERP_BITS),
-                  xq & ((1 << SIGMOID_INTERP_BITS) - 1), SIGMOID_INTERP_BITS)
+    xq = torch.clamp(_t(x), lo, -lo - 1) - lo
+    return _interp(SIGMOID_LUT, torch.bitwise_right_shift(xq, SIGMOID_INTERP_BITS),
+                   xq & ((1 << SIGMOID_INTERP_BITS) - 1), SIGMOID_INTERP_BITS)
+
+
+def silu(v, f_in: int, f_out: int) -> Tensor:
+    """SiLU of wide ``v``: ``sat32(round_shift(v * sigmoid_q16(x), 16 + f_in - f_out))`` with
+    ``x`` = ``v`` cast to Q.13 (round_shift by ``f_in - 13``)."""
+    v = _t(v)
+    sig = sigmoid_q16(round_shift(v, f_in - SIGMOID_IN_FRAC))
     return saturate(round_shift(v * sig, 16 + f_in - f_out), WIDE_BITS)
+
+
+def gelu(v, f_in: int, f_out: int) -> Tensor:
+    """GELU of wide ``v`` in the tanh form that GPT-2 (``gelu_new``) and Gemma
+    (``gelu_pytorch_tanh``) use, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, written as
+    ``x sigmoid(C1 x + C3 x^3)``: ``x`` is ``v`` cast to Q.13 and clamped to [-8, 8), the cube
+    rounded to Q.13 in two steps, the argument ``round_shift(C1 x + C3 x^3, 12)``; then as
+    SiLU, ``sat32(round_shift(v * sigmoid_q16(argument), 16 + f_in - f_out))``."""
+    v = _t(v)
+    limit = GELU_CLAMP << SIGMOID_IN_FRAC
+    x = torch.clamp(round_shift(v, f_in - SIGMOID_IN_FRAC), -limit, limit - 1)
+    cube = round_shift(round_shift(x * x, SIGMOID_IN_FRAC) * x, SIGMOID_IN_FRAC)
+    argument = round_shift(GELU_C1 * x + GELU_C3 * cube, GELU_COEF_FRAC)
+    return saturate(round_shift(v * sigmoid_q16(argument), 16 + f_in - f_out), WIDE_BITS)
 
 
 def rmsnorm(v, gamma, gamma_exp: int, eps_fixed: int, f_out: int) -> Tensor:

@@ -309,6 +309,20 @@ def test_silu_close_to_float_and_saturating():
     assert big.item() == (1 << 31) - 1
 
 
+def test_gelu_close_to_both_gelu_forms_and_saturating():
+    x = torch.linspace(-30, 30, 6001, dtype=torch.float64)
+    out = N.gelu(N.encode_fixed(x, 12), 12, 12).double() / 4096
+    assert (out - torch.nn.functional.gelu(x, approximate="tanh")).abs().max() < 5e-4
+    assert (out - torch.nn.functional.gelu(x)).abs().max() < 1e-3
+    top, bottom = (1 << 31) - 1, -(1 << 31)
+    assert N.gelu(T([top, bottom]), 0, 0).tolist() == [top, 0]  # x beyond the clamp: x, 0
+    assert N.gelu(T([0]), 12, 12).item() == 0
+    # the clamp's edges in Q.13: the cubic stays within the argument's range there
+    edge = N.GELU_CLAMP << N.SIGMOID_IN_FRAC
+    near = N.gelu(T([edge - 1, -edge]), N.SIGMOID_IN_FRAC, N.SIGMOID_IN_FRAC)
+    assert near.tolist() == [edge - 1, 0]
+
+
 def test_rmsnorm_close_to_float(seed):
     g = torch.Generator().manual_seed(seed)
     for scale, f_in in ((3.0, 12), (1e-3, 20), (200.0, 8)):
