@@ -14,7 +14,7 @@ import pytest
 from llmacc import cli
 from llmacc.config import preset
 from sim import toolchain
-from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
+from tests.helpers.models import MODEL, TEXT, TOKENIZER, need_shared
 
 
 def pytest_addoption(parser):

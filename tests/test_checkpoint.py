@@ -9,7 +9,7 @@ import torch
 from quant import checkpoint
 from quant.checkpoint import CheckpointError
 from quant.model import Transformer
-from tests.quant_helpers import MODEL, MODEL_V1, need_shared, tiny_checkpoint
+from tests.helpers.models import MODEL, MODEL_V1, need_shared, tiny_checkpoint
 
 
 def test_legacy_and_v1_exports_hold_the_same_model():

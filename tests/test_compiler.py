@@ -9,7 +9,7 @@ from compiler.memory_plan import CompileError
 from host.device import EmulatorDevice
 from llmacc.config import preset
 from quant import intref
-from tests.quant_helpers import check_run, random_sequences, tiny_int_model
+from tests.helpers.models import check_run, random_sequences, tiny_int_model
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4+2:16", "w4-mixed-a8kv4+2:4", "w4a8+lambda2:6", "w8a8"]
 #: small buckets so that short tests cross several edges: prefill 8, decode 8, 32 tokens

@@ -13,7 +13,7 @@ from hw.sparse_dsp_chain import SparseDspChain, chain_layouts, window
 from llmacc.isa import Sparsity
 from llmacc.layout import SPARSITY_NM
 from sim import stream_harness as H
-from sim import verilator
+from tests.helpers.simulators import SIMULATORS, run_block
 
 N, GROUP = 16, 4
 
@@ -66,17 +66,11 @@ def _beats(seed: int, count: int = 120):
     return inputs, expected, out
 
 
-def test_sparse_chain_amaranth(seed):
-    inputs, expected, out = _beats(seed)
-    got = H.run_amaranth(StreamedCore(SparseDspChain(N, GROUP)), inputs, len(expected), seed)
-    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
-
-
-@pytest.mark.verilator
-def test_sparse_chain_verilator(verilator_env, seed, tmp_path):
-    inputs, expected, out = _beats(seed, 400)
-    model = verilator.build(StreamedCore(SparseDspChain(N, GROUP)), "sparse_dsp_chain")
-    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_sparse_chain(simulator, seed, request, tmp_path):
+    inputs, expected, out = _beats(seed) if simulator == "amaranth" else _beats(seed, 400)
+    got = run_block(simulator, request, tmp_path, lambda: StreamedCore(SparseDspChain(N, GROUP)),
+                    "sparse_dsp_chain", inputs, len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 
 

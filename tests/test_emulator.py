@@ -13,7 +13,7 @@ from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
 from sim.emulator import Emulator, EmulatorError
-from tests.quant_helpers import random_sequences, tiny_int_model
+from tests.helpers.models import random_sequences, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 
@@ -69,13 +69,13 @@ def _load(**kw):
     return isa.make(Opcode.LOAD, **fields)
 
 
-def test_wait_without_release_is_a_deadlock():
+def test_wait_without_release_is_a_deadlock(seed):
     emu = Emulator(CFG, [1024])
     store = isa.make(Opcode.STORE, wait=1 << Unit.LOAD.value, buf=Buffer.ACT, words=1, rows=1)
     with pytest.raises(EmulatorError, match="instruction 0 .*deadlock"):
         emu.run([store])
     with pytest.raises(EmulatorError, match="deadlock"):
-        emu.run_interleaved([store], None, random.Random(0))
+        emu.run_interleaved([store], None, random.Random(seed))
 
 
 def test_unconsumed_tokens_are_an_error():

@@ -4,7 +4,7 @@ import pytest
 
 from llmacc import cli
 from quant import eval as quant_eval
-from tests.quant_helpers import MODEL, TEXT, TOKENIZER, need_shared
+from tests.helpers.models import MODEL, TEXT, TOKENIZER, need_shared
 
 ARGS = ["--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--text", str(TEXT)]
 

@@ -6,7 +6,7 @@ import torch
 
 from quant import checkpoint, tokenizer
 from quant.model import ActQuant, KVCache, Transformer
-from tests.quant_helpers import MODEL, MODEL_V1, TOKENIZER, need_shared, tiny_checkpoint
+from tests.helpers.models import MODEL, MODEL_V1, TOKENIZER, need_shared, tiny_checkpoint
 
 KNOWN_START = ("Once upon a time, there was a little girl named Lily. She loved to play outside "
                "in the park.")

@@ -12,6 +12,7 @@ from llmacc.config import preset
 from sim import fuzz
 
 FULL_PROGRAMS, SHARDS = 10_000, 4
+WIDE_PROGRAMS = 1_000
 
 
 def _record(record_property, report: fuzz.FuzzReport) -> None:
@@ -52,7 +53,9 @@ def test_fuzz_sim_small(shard, sim_small_top, seed, record_property):
 @pytest.mark.slow
 @pytest.mark.verilator
 def test_fuzz_sim_wide(verilator_env, seed, record_property):
-    report = fuzz.run(preset("sim-wide"), seed, 1_000, name="fuzz-sim-wide")
+    report = fuzz.run(preset("sim-wide"), seed, WIDE_PROGRAMS, name="fuzz-sim-wide")
+    assert sum(report.programs.values()) == WIDE_PROGRAMS, report.programs
+    assert set(report.programs) == set(fuzz.KINDS), report.programs
     _record(record_property, report)
 
 

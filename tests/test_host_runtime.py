@@ -15,9 +15,9 @@ from host.generate import Sampler, generate
 from host.xrt_device import XrtDevice
 from llmacc.config import preset
 from llmacc.kernel import Fault, status_word
-from quant.tokenizer import Tokenizer
-from tests.fake_xrt import FakeXrt
-from tests.quant_helpers import check_run, random_sequences, tiny_int_model
+from tests.helpers.fake_xrt import FakeXrt
+from tests.helpers.models import check_run, random_sequences, tiny_int_model
+from tests.helpers.runtime import tiny_tokenizer
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 MAX_LEN = 24
@@ -27,13 +27,6 @@ MAX_LEN = 24
 def model(request):
     im = tiny_int_model(request.config.llmacc_seed, "w4a8", layers=1)
     return im, compile_model(im, CFG, max_len=MAX_LEN)
-
-
-def tiny_tokenizer(vocab: int) -> Tokenizer:
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
-        chr(c) for c in range(ord("A"), ord("Z") + 1)] + list("0123456789 ")
-    pieces = ["<unk>", "<s>", "</s>", *chars][:vocab]
-    return Tokenizer(pieces, [0.0] * len(pieces))
 
 
 def test_greedy_generation_is_the_integer_models(model, seed):

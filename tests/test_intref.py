@@ -11,7 +11,7 @@ from quant import intref, schemes
 from quant.finetune import finetune
 from quant.model import KVCache
 from quant.quantize import quantize
-from tests.quant_helpers import random_sequences, tiny_checkpoint
+from tests.helpers.models import random_sequences, tiny_checkpoint
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4", "w4-mixed-a8kv4+2:4", "w4a8+lambda2:4", "w8a8"]
 

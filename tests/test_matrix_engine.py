@@ -16,7 +16,7 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.isa import WeightFormat
 from sim import stream_harness as H
-from sim import verilator
+from tests.helpers.simulators import SIMULATORS, run_block
 
 LANES, CHAIN, TAP = 2, 16, 4
 
@@ -106,17 +106,11 @@ def _cases(seed: int, count: int):
     return inputs, expected, out
 
 
-def test_matrix_engine_amaranth(seed):
-    inputs, expected, out = _cases(seed, 70)
-    got = H.run_amaranth(PackedEngine(LANES, CHAIN, TAP), inputs, len(expected), seed)
-    assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
-
-
-@pytest.mark.verilator
-def test_matrix_engine_verilator(verilator_env, seed, tmp_path):
-    inputs, expected, out = _cases(seed, 300)
-    model = verilator.build(PackedEngine(LANES, CHAIN, TAP), "matrix_engine")
-    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_matrix_engine(simulator, seed, request, tmp_path):
+    inputs, expected, out = _cases(seed, 70 if simulator == "amaranth" else 300)
+    got = run_block(simulator, request, tmp_path, lambda: PackedEngine(LANES, CHAIN, TAP),
+                    "matrix_engine", inputs, len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 
 

@@ -12,7 +12,7 @@ from host import device as device_mod
 from host.device import EmulatorDevice
 from llmacc import cli, isa
 from llmacc.config import preset
-from tests.quant_helpers import TOKENIZER, random_sequences, tiny_checkpoint, tiny_int_model
+from tests.helpers.models import TOKENIZER, random_sequences, tiny_checkpoint, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
 

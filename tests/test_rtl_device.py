@@ -12,17 +12,8 @@ from host.generate import Sampler, generate
 from host.rtl_device import RtlDevice
 from llmacc.config import preset
 from quant import intref
-from tests.quant_helpers import random_sequences, tiny_int_model
-from tests.test_host_runtime import tiny_tokenizer
-
-
-def recorded(device) -> list[torch.Tensor]:
-    """The logits of every step the device runs, in order."""
-    seen = []
-    for name in ("prefill", "decode"):
-        step = getattr(device, name)
-        setattr(device, name, lambda *a, step=step: seen.append(step(*a)) or seen[-1])
-    return seen
+from tests.helpers.models import random_sequences, tiny_int_model
+from tests.helpers.runtime import recorded, tiny_tokenizer
 
 
 @pytest.mark.verilator

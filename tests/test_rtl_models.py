@@ -13,8 +13,8 @@ from host.generate import generate
 from host.rtl_device import RtlDevice
 from llmacc.config import preset
 from quant import intref, tokenizer
-from tests.quant_helpers import TOKENIZER, check_run, random_sequences, tiny_int_model
-from tests.test_rtl_device import recorded
+from tests.helpers.models import TOKENIZER, check_run, random_sequences, tiny_int_model
+from tests.helpers.runtime import recorded
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4", "w4a8+2:4", "w8a8"]
 CONFIGS = ["sim-small", "sim-wide"]

@@ -11,7 +11,7 @@ import torch
 from compiler import package
 from llmacc import cli
 from quant import tokenizer
-from tests.quant_helpers import MODEL, TOKENIZER
+from tests.helpers.models import MODEL, TOKENIZER
 
 LAST = re.compile(r"^tokens=(\d+) stop=(\w+) host_tok_s=([\d.]+) device_tok_s=([\d.]+)$")
 

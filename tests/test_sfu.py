@@ -9,7 +9,7 @@ from hw.sfu import ElementIn, ElementOut, ElementSfu
 from llmacc import numerics as N
 from llmacc.isa import SFU_FUNCTIONS, SfuFunc, SfuStage, sfu_funcs
 from sim import stream_harness as H
-from sim import verilator
+from tests.helpers.simulators import SIMULATORS_SLOW_BUILD, run_block
 
 WMAX, WMIN = (1 << 31) - 1, -(1 << 31)
 
@@ -73,18 +73,9 @@ def _vectors(seed: int, count: int):
     return inputs, expected
 
 
-@pytest.mark.parametrize("simulator", [
-    "amaranth",
-    # the sigmoid/exp2 ROMs make a large model: minutes to build on 2 cores
-    pytest.param("verilator", marks=[pytest.mark.slow, pytest.mark.verilator]),
-])
+@pytest.mark.parametrize("simulator", SIMULATORS_SLOW_BUILD)  # the sigmoid/exp2 ROMs
 def test_element_sfu(simulator, seed, request, tmp_path):
-    if simulator == "amaranth":
-        inputs, expected = _vectors(seed, 600)
-        got = H.run_amaranth(ElementSfu(), inputs, len(expected), seed)
-    else:
-        request.getfixturevalue("verilator_env")
-        inputs, expected = _vectors(seed, 6000)
-        model = verilator.build(ElementSfu(), "element_sfu")
-        got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+    inputs, expected = _vectors(seed, 600 if simulator == "amaranth" else 6000)
+    got = run_block(simulator, request, tmp_path, ElementSfu, "element_sfu", inputs,
+                    len(expected), seed)
     assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"

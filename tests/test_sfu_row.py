@@ -11,7 +11,7 @@ from hw.serial_arith import SerialDivider, SerialSqrt
 from hw.sfu_row import RowFunc, RowIn, RowOut, RowSfu, row_cmd
 from llmacc import numerics as N
 from sim import stream_harness as H
-from sim import verilator
+from tests.helpers.simulators import SIMULATORS_SLOW_BUILD, run_block
 
 WMAX, WMIN = (1 << 31) - 1, -(1 << 31)
 MAX_LEN = 48
@@ -82,18 +82,11 @@ def _vectors(seed: int, rows: int) -> tuple[list[int], list[int]]:
     return inputs, expected
 
 
-def test_row_sfu_amaranth(seed):
-    inputs, expected = _vectors(seed, 60)
-    got = H.run_amaranth(RowSfu(MAX_LEN), inputs, len(expected), seed)
-    assert (msg := H.first_mismatch(RowOut, got, expected)) is None, f"{msg} (seed {seed})"
-
-
-@pytest.mark.slow
-def test_row_sfu_verilator(seed, verilator_env, tmp_path_factory):
-    model = verilator.build(RowSfu(MAX_LEN), "row_sfu")
-    inputs, expected = _vectors(seed, 150)
-    got = H.run_verilator(model, inputs, len(expected), seed,
-                          tmp_path_factory.mktemp("row_sfu"))
+@pytest.mark.parametrize("simulator", SIMULATORS_SLOW_BUILD)
+def test_row_sfu(simulator, seed, request, tmp_path):
+    inputs, expected = _vectors(seed, 60 if simulator == "amaranth" else 150)
+    got = run_block(simulator, request, tmp_path, lambda: RowSfu(MAX_LEN), "row_sfu", inputs,
+                    len(expected), seed)
     assert (msg := H.first_mismatch(RowOut, got, expected)) is None, f"{msg} (seed {seed})"
 
 

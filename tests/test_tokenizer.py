@@ -6,7 +6,7 @@ import pytest
 
 from quant import tokenizer
 from quant.checkpoint import CheckpointError
-from tests.quant_helpers import TOKENIZER, need_shared
+from tests.helpers.models import TOKENIZER, need_shared
 
 
 def test_round_trip_and_merges():

@@ -10,7 +10,7 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.isa import WeightFormat
 from sim import stream_harness as H
-from sim import verilator
+from tests.helpers.simulators import SIMULATORS, run_block
 
 LANES = 8
 
@@ -48,15 +48,9 @@ def _vectors(seed: int):
     return inputs, expected, out
 
 
-def test_weight_decoder_amaranth(seed):
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_weight_decoder(simulator, seed, request, tmp_path):
     inputs, expected, out = _vectors(seed)
-    got = H.run_amaranth(WeightDecoder(LANES), inputs, len(expected), seed)
-    assert H.first_mismatch(out, got, expected) is None, f"seed {seed}"
-
-
-@pytest.mark.verilator
-def test_weight_decoder_verilator(verilator_env, seed, tmp_path):
-    inputs, expected, out = _vectors(seed)
-    model = verilator.build(WeightDecoder(LANES), "weight_decoder")
-    got = H.run_verilator(model, inputs, len(expected), seed, tmp_path)
+    got = run_block(simulator, request, tmp_path, lambda: WeightDecoder(LANES),
+                    "weight_decoder", inputs, len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"

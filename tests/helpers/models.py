@@ -9,7 +9,7 @@ from host.device import Device
 from quant import intref
 from quant.checkpoint import Checkpoint, ModelConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 STORIES = SHARED / "models" / "stories260K"
 MODEL, MODEL_V1, TOKENIZER = (STORIES / "stories260K.bin", STORIES / "stories260K_v1.bin",
                               STORIES / "tok512.bin")
