@@ -112,6 +112,36 @@ class _Emitter:
                       out_pitch=out_pitch if rows > 1 else 0, out_mode=lp.mode)
 
 
+@dataclass(frozen=True)
+class StepBuffers:
+    """Word addresses of one step's buffers (``Lowering.allocate``); pairs alternate between
+    layers, heads or tiles so that a load overlaps the use of the other."""
+
+    xin: int  #: embedding records (ACT)
+    x: int  #: the residual, wide rows
+    h: int  #: normed rows
+    hq: int  #: quantized normed rows
+    q: int
+    k: int
+    v: int
+    qq: int  #: quantized queries, one row per head
+    probs: int  #: one head's probabilities
+    o: int  #: attention output, all heads
+    oq: int  #: quantized attention output
+    gate: int  #: w1's output through the fused SiLU, then the SwiGLU product
+    up: int  #: w3's output
+    pq: int  #: the quantized SwiGLU product
+    logit: tuple[int, int]  #: classifier tiles
+    tables: tuple[int, int]  #: per-layer tables (TABLE)
+    final_gamma: int
+    rope: int  #: the rows' RoPE cos/sin (TABLE)
+    k_new: int  #: the step's new K rows, per KV head (KV)
+    v_new: int
+    k_head: tuple[int, int]  #: one KV head's keys
+    v_head: tuple[int, int]
+    slots: dict[str, tuple[int, int]]  #: weight and META tiles (WGT, META)
+
+
 class Lowering:
     """Programs for one placed model."""
 
@@ -131,7 +161,7 @@ class Lowering:
         return L.qrow_pitch(n, self.w)
 
     # -- buffers -------------------------------------------------------------------------
-    def allocate(self, rows: int, keys: int) -> dict[str, int | list[int]]:
+    def allocate(self, rows: int, keys: int) -> StepBuffers:
         """Buffer addresses for a step of ``rows`` rows and ``keys`` keys."""
         mc, w, p, R = self.im.config, self.w, self.p, rows
         lin = p.linears
@@ -139,148 +169,175 @@ class Lowering:
         out_tile = lin["output"].tiles[0].n
         bp = BufPlan(p.cfg)
         A, T, KV = Buffer.ACT, Buffer.TABLE, Buffer.KV
-        a: dict[str, int | list[int]] = {
-            "xin": bp.alloc(A, R * p.record_words, "embedding records"),
-            "x": bp.alloc(A, R * wp(mc.dim), "residual"),
-            "h": bp.alloc(A, R * wp(mc.dim), "normed rows"),
-            "hq": bp.alloc(A, R * qp(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
-                                         lin["output"].k)), "quantized normed rows"),
-            "q": bp.alloc(A, R * wp(mc.dim), "queries"),
-            "k": bp.alloc(A, R * wp(mc.kv_dim), "keys"),
-            "v": bp.alloc(A, R * wp(mc.kv_dim), "values"),
-            "qq": bp.alloc(A, R * mc.n_heads * qp(mc.head_dim), "quantized queries"),
-            "probs": bp.alloc(A, R * wp(keys), f"probabilities ({keys} keys)"),
-            "o": bp.alloc(A, R * wp(mc.dim), "attention output"),
-            "oq": bp.alloc(A, R * qp(lin["layers.0.wo"].k), "quantized attention output"),
-            "s": bp.alloc(A, R * wp(mc.hidden_dim), "SiLU(gate)"),
-            "up": bp.alloc(A, R * wp(mc.hidden_dim), "up projection"),
-            "pq": bp.alloc(A, R * qp(lin["layers.0.w2"].k), "quantized SwiGLU product"),
-            "logit": [bp.alloc(A, R * wp(out_tile), "logits tile") for _ in range(2)],
-            "tables": [bp.alloc(T, p.layer_tables.words, "layer tables") for _ in range(2)],
-            "final_gamma": bp.alloc(T, p.final_gamma.nbytes // w, "final norm gamma"),
-            "rope": bp.alloc(T, R * L.rope_pitch(mc.head_dim, w), "RoPE rows"),
-            "kst": bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new K rows"),
-            "vst": bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new V rows"),
-            "kbuf": [bp.alloc(KV, keys * self.kvp, f"K of one head ({keys} keys)")
-                     for _ in range(2)],
-            "vbuf": [bp.alloc(KV, keys * self.kvp, f"V of one head ({keys} keys)")
-                     for _ in range(2)],
-            "wgt": [bp.alloc(Buffer.WGT, p.cfg.buffer_words(Buffer.WGT) // 2, "weight tile")
-                    for _ in range(2)],
-            "meta": [bp.alloc(Buffer.META, p.cfg.buffer_words(Buffer.META) // 2, "META tile")
-                     for _ in range(2)],
-        }
-        return a
+
+        def two(buf: Buffer, words: int, what: str) -> tuple[int, int]:
+            return bp.alloc(buf, words, what), bp.alloc(buf, words, what)
+
+        return StepBuffers(
+            xin=bp.alloc(A, R * p.record_words, "embedding records"),
+            x=bp.alloc(A, R * wp(mc.dim), "residual"),
+            h=bp.alloc(A, R * wp(mc.dim), "normed rows"),
+            hq=bp.alloc(A, R * qp(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
+                                      lin["output"].k)), "quantized normed rows"),
+            q=bp.alloc(A, R * wp(mc.dim), "queries"),
+            k=bp.alloc(A, R * wp(mc.kv_dim), "keys"),
+            v=bp.alloc(A, R * wp(mc.kv_dim), "values"),
+            qq=bp.alloc(A, R * mc.n_heads * qp(mc.head_dim), "quantized queries"),
+            probs=bp.alloc(A, R * wp(keys), f"probabilities ({keys} keys)"),
+            o=bp.alloc(A, R * wp(mc.dim), "attention output"),
+            oq=bp.alloc(A, R * qp(lin["layers.0.wo"].k), "quantized attention output"),
+            gate=bp.alloc(A, R * wp(mc.hidden_dim), "SiLU(gate)"),
+            up=bp.alloc(A, R * wp(mc.hidden_dim), "up projection"),
+            pq=bp.alloc(A, R * qp(lin["layers.0.w2"].k), "quantized SwiGLU product"),
+            logit=two(A, R * wp(out_tile), "logits tile"),
+            tables=two(T, p.layer_tables.words, "layer tables"),
+            final_gamma=bp.alloc(T, p.final_gamma.nbytes // w, "final norm gamma"),
+            rope=bp.alloc(T, R * L.rope_pitch(mc.head_dim, w), "RoPE rows"),
+            k_new=bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new K rows"),
+            v_new=bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new V rows"),
+            k_head=two(KV, keys * self.kvp, f"K of one head ({keys} keys)"),
+            v_head=two(KV, keys * self.kvp, f"V of one head ({keys} keys)"),
+            slots={"wgt": two(Buffer.WGT, p.cfg.buffer_words(Buffer.WGT) // 2, "weight tile"),
+                   "meta": two(Buffer.META, p.cfg.buffer_words(Buffer.META) // 2,
+                               "META tile")},
+        )
 
     # -- one step -----------------------------------------------------------------------
     def _step(self, e: _Emitter, rows: int, keys: int, row0: int, decode: bool) -> None:
+        """One prefill chunk or decode step: embed, every layer, the head."""
+        buf = self.allocate(rows, keys)
+        self._embed(e, buf, rows, row0)
+        for i, layer in enumerate(self.im.layers):
+            table = buf.tables[i % 2]
+            e.transfer(Opcode.LOAD, Buffer.TABLE, table, self.p.tables[i], 0,
+                       self.p.layer_tables.words)
+            self._attention(e, buf, rows, keys, i, layer, table, decode)
+            self._ffn(e, buf, rows, i, layer, table)
+        self._head(e, buf, rows, row0)
+
+    def _rows(self, addr: int, rows: int, pitch: int) -> tuple[int, int]:
+        """A region of ``rows`` records of ``pitch`` words at ``addr``."""
+        return addr, rows * pitch
+
+    def _embed(self, e: _Emitter, buf: StepBuffers, rows: int, row0: int) -> None:
+        """The rows' embedding records to the residual, and their RoPE rows."""
+        im, p, w = self.im, self.p, self.w
+        record = p.record_words
+        e.transfer(Opcode.LOAD, Buffer.ACT, buf.xin, p.inputs, row0 * record * w, rows * record)
+        e.sfu(SfuFunc.EMBED, rows, im.config.dim, self._rows(buf.xin, rows, record),
+              self._rows(buf.x, rows, self.wp(im.config.dim)), shift=-im.F["resid"],
+              imm=im.embedding.group)
+        rope_pitch = L.rope_pitch(im.config.head_dim, w)
+        e.transfer(Opcode.LOAD, Buffer.TABLE, buf.rope, p.rope, 0, rope_pitch, rows,
+                   rope_pitch * w, at_pos=True)
+
+    def _attention(self, e: _Emitter, buf: StepBuffers, rows: int, keys: int, i: int, layer,
+                   table: int, decode: bool) -> None:
+        """Layer ``i``'s attention block: norm, Q/K/V, RoPE and the key transform, the new
+        KV rows appended, every head's scores and values, the output projection added to the
+        residual."""
         im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
-        a = self.allocate(rows, keys)
-        wp, qp = self.wp, self.qp
-        dim, kvd, hd, hid = mc.dim, mc.kv_dim, mc.head_dim, mc.hidden_dim
-        heads, kvh = mc.n_heads, mc.n_kv_heads
-        rep = heads // kvh
-        fr = im.F["resid"]
+        wp, qp, region = self.wp, self.qp, self._rows
+        dim, kvd, hd = mc.dim, mc.kv_dim, mc.head_dim
+        heads, kv_heads = mc.n_heads, mc.n_kv_heads
+        F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
         A, T = Buffer.ACT, Buffer.TABLE
-        emb_pitch = p.record_words
         kv8 = int(im.kv_bits == 8)
-        slots = {"wgt": a["wgt"], "meta": a["meta"]}
-        lin = p.linears
+        x, h = region(buf.x, R, wp(dim)), region(buf.h, R, wp(dim))
+        rope = (T, buf.rope, R * L.rope_pitch(hd, w))
+        e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, table + lt.attn_gamma, L.gamma_pitch(dim, w)),
+              shift=layer.attn_gamma_exp - F["attn_norm"])
+        kq = lin[name + "wq"].k
+        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qp(kq)), imm=kq)
+        for proj, dst, n in (("wq", buf.q, dim), ("wk", buf.k, kvd), ("wv", buf.v, kvd)):
+            e.linear(lin[name + proj], R, buf.hq, dst, wp(n), buf.slots)
+        q, k, v = (region(addr, R, wp(n)) for addr, n in ((buf.q, dim), (buf.k, kvd),
+                                                           (buf.v, kvd)))
+        e.sfu(SfuFunc.ROPE, R, dim, q, q, rope, imm=hd)
+        e.sfu(SfuFunc.ROPE, R, kvd, k, k, rope, imm=hd)
+        e.sfu(SfuFunc.ADD, R, kvd, k, k, (T, table + lt.k_centre, wp(kvd)), imm=1)
+        e.sfu(SfuFunc.MUL, R, kvd, k, k, (T, table + lt.k_recip, wp(kvd)), imm=1,
+              shift=SMOOTH_FRAC)
+        e.sfu(SfuFunc.MUL, R, dim, q, q, (T, table + lt.q_smooth, wp(dim)), imm=1,
+              shift=SMOOTH_FRAC)
+        for src, new in ((k, buf.k_new), (v, buf.v_new)):
+            e.sfu(SfuFunc.KVQUANT, R, kvd, src, region(new, kv_heads * R, self.kvp),
+                  out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)
+        for g in range(kv_heads):
+            for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
+                e.transfer(Opcode.STORE, Buffer.KV, new + g * R * self.kvp, p.kv[(i, g, s)], 0,
+                           self.kvp, R, self.kvp * w, at_pos=True)
+        qqp = qp(hd)
+        e.sfu(SfuFunc.QUANT8, R, dim, q, region(buf.qq, R * heads, qqp), imm2=hd)
+        for g in range(kv_heads):
+            kb, vb = buf.k_head[g % 2], buf.v_head[g % 2]
+            for buf_addr, s in ((kb, "k"), (vb, "v")):
+                e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, self.kvp,
+                           keys, self.kvp * w, seq=decode)
+            for head in range(g * heads // kv_heads, (g + 1) * heads // kv_heads):
+                qa, pr = buf.qq + head * qqp, buf.probs
+                e.emit(Opcode.ATTN,
+                       [Access(A, qa, qa + R * heads * qqp),
+                        Access(Buffer.KV, kb, kb + keys * self.kvp)],
+                       [Access(A, pr, pr + R * wp(keys))],
+                       func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
+                       head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wp(keys),
+                       shift=F["q"] + F["k"] - 16, kv8=kv8)
+                oa = buf.o + L.element_bit(head * hd, L.WIDE) // (8 * w)
+                e.emit(Opcode.ATTN,
+                       [Access(A, pr, pr + R * wp(keys)),
+                        Access(Buffer.KV, vb, vb + keys * self.kvp)],
+                       [Access(A, oa, oa + (R - 1) * wp(dim) + wp(hd))],
+                       func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
+                       keys=keys, rows=R, a_step=wp(keys), d_step=wp(dim),
+                       shift=F["v"] - F["o"], kv8=kv8)
+        ko = lin[name + "wo"].k
+        e.sfu(SfuFunc.QUANT8, R, dim, region(buf.o, R, wp(dim)), region(buf.oq, R, qp(ko)),
+              imm=ko)
+        e.linear(lin[name + "wo"], R, buf.oq, buf.x, wp(dim), buf.slots)
 
-        def region(addr: int, count: int, pitch: int) -> tuple[int, int]:
-            return addr, count * pitch
+    def _ffn(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, layer,
+             table: int) -> None:
+        """Layer ``i``'s SwiGLU block: norm, gate (fused SiLU) and up, their product, the
+        down projection added to the residual."""
+        mc, p, R = self.im.config, self.p, rows
+        wp, qp, region = self.wp, self.qp, self._rows
+        dim, hid = mc.dim, mc.hidden_dim
+        F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
+        x, h = region(buf.x, R, wp(dim)), region(buf.h, R, wp(dim))
+        e.sfu(SfuFunc.RMSNORM, R, dim, x, h,
+              (Buffer.TABLE, table + lt.ffn_gamma, L.gamma_pitch(dim, self.w)),
+              shift=layer.ffn_gamma_exp - F["ffn_norm"])
+        k1 = lin[name + "w1"].k
+        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qp(k1)), imm=k1)
+        e.linear(lin[name + "w1"], R, buf.hq, buf.gate, wp(hid), buf.slots)
+        e.linear(lin[name + "w3"], R, buf.hq, buf.up, wp(hid), buf.slots)
+        gate = region(buf.gate, R, wp(hid))
+        e.sfu(SfuFunc.MUL, R, hid, gate, gate, (Buffer.ACT, buf.up, R * wp(hid)),
+              shift=F["silu"] + F["up"] - F["prod"])
+        k2 = lin[name + "w2"].k
+        e.sfu(SfuFunc.QUANT8, R, hid, gate, region(buf.pq, R, qp(k2)), imm=k2)
+        e.linear(lin[name + "w2"], R, buf.pq, buf.x, wp(dim), buf.slots)
 
-        e.transfer(Opcode.LOAD, A, a["xin"], p.inputs, row0 * emb_pitch * w, R * emb_pitch)
-        e.sfu(SfuFunc.EMBED, R, dim, region(a["xin"], R, emb_pitch), region(a["x"], R, wp(dim)),
-              shift=-fr, imm=im.embedding.group)
-        rope_pitch = L.rope_pitch(hd, w)
-        e.transfer(Opcode.LOAD, T, a["rope"], p.rope, 0, rope_pitch, R, rope_pitch * w,
-                   at_pos=True)
-        rope = (T, a["rope"], R * rope_pitch)
-        x = region(a["x"], R, wp(dim))
-        h = region(a["h"], R, wp(dim))
-        for i, layer in enumerate(im.layers):
-            F, name = layer.F, f"layers.{i}."
-            tb = a["tables"][i % 2]
-            lt = p.layer_tables
-            e.transfer(Opcode.LOAD, T, tb, p.tables[i], 0, lt.words)
-            gp = L.gamma_pitch(dim, w)
-            e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, tb + lt.attn_gamma, gp),
-                  shift=layer.attn_gamma_exp - F["attn_norm"])
-            kq = lin[name + "wq"].k
-            hq = region(a["hq"], R, qp(kq))
-            e.sfu(SfuFunc.QUANT8, R, dim, h, hq, imm=kq)
-            for nm, dst, n in (("wq", "q", dim), ("wk", "k", kvd), ("wv", "v", kvd)):
-                e.linear(lin[name + nm], R, a["hq"], a[dst], wp(n), slots)
-            q, k, v = (region(a[t], R, wp(n)) for t, n in (("q", dim), ("k", kvd), ("v", kvd)))
-            e.sfu(SfuFunc.ROPE, R, dim, q, q, rope, imm=hd)
-            e.sfu(SfuFunc.ROPE, R, kvd, k, k, rope, imm=hd)
-            e.sfu(SfuFunc.ADD, R, kvd, k, k, (T, tb + lt.k_centre, wp(kvd)), imm=1)
-            e.sfu(SfuFunc.MUL, R, kvd, k, k, (T, tb + lt.k_recip, wp(kvd)), imm=1,
-                  shift=SMOOTH_FRAC)
-            e.sfu(SfuFunc.MUL, R, dim, q, q, (T, tb + lt.q_smooth, wp(dim)), imm=1,
-                  shift=SMOOTH_FRAC)
-            for src, st in ((k, "kst"), (v, "vst")):
-                e.sfu(SfuFunc.KVQUANT, R, kvd, src, region(a[st], kvh * R, self.kvp),
-                      out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)
-            for g in range(kvh):
-                for st, s in (("kst", "k"), ("vst", "v")):
-                    e.transfer(Opcode.STORE, Buffer.KV, a[st] + g * R * self.kvp,
-                               p.kv[(i, g, s)], 0, self.kvp, R, self.kvp * w, at_pos=True)
-            qqp = qp(hd)
-            e.sfu(SfuFunc.QUANT8, R, dim, q, region(a["qq"], R * heads, qqp), imm2=hd)
-            for g in range(kvh):
-                kb, vb = a["kbuf"][g % 2], a["vbuf"][g % 2]
-                for buf_addr, s in ((kb, "k"), (vb, "v")):
-                    e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, self.kvp,
-                               keys, self.kvp * w, seq=decode)
-                for hh in range(g * rep, (g + 1) * rep):
-                    qa = a["qq"] + hh * qqp
-                    pr = a["probs"]
-                    e.emit(Opcode.ATTN,
-                           [Access(A, qa, qa + R * heads * qqp),
-                            Access(Buffer.KV, kb, kb + keys * self.kvp)],
-                           [Access(A, pr, pr + R * wp(keys))],
-                           func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
-                           head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wp(keys),
-                           shift=F["q"] + F["k"] - 16, kv8=kv8)
-                    oa = a["o"] + hh * hd * 4 // w
-                    e.emit(Opcode.ATTN,
-                           [Access(A, pr, pr + R * wp(keys)),
-                            Access(Buffer.KV, vb, vb + keys * self.kvp)],
-                           [Access(A, oa, oa + (R - 1) * wp(dim) + wp(hd))],
-                           func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
-                           keys=keys, rows=R, a_step=wp(keys), d_step=wp(dim),
-                           shift=F["v"] - F["o"], kv8=kv8)
-            ko = lin[name + "wo"].k
-            e.sfu(SfuFunc.QUANT8, R, dim, region(a["o"], R, wp(dim)), region(a["oq"], R, qp(ko)),
-                  imm=ko)
-            e.linear(lin[name + "wo"], R, a["oq"], a["x"], wp(dim), slots)
-            e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, tb + lt.ffn_gamma, gp),
-                  shift=layer.ffn_gamma_exp - F["ffn_norm"])
-            k1 = lin[name + "w1"].k
-            e.sfu(SfuFunc.QUANT8, R, dim, h, region(a["hq"], R, qp(k1)), imm=k1)
-            e.linear(lin[name + "w1"], R, a["hq"], a["s"], wp(hid), slots)
-            e.linear(lin[name + "w3"], R, a["hq"], a["up"], wp(hid), slots)
-            s = region(a["s"], R, wp(hid))
-            e.sfu(SfuFunc.MUL, R, hid, s, s, (A, a["up"], R * wp(hid)),
-                  shift=F["silu"] + F["up"] - F["prod"])
-            k2 = lin[name + "w2"].k
-            e.sfu(SfuFunc.QUANT8, R, hid, s, region(a["pq"], R, qp(k2)), imm=k2)
-            e.linear(lin[name + "w2"], R, a["pq"], a["x"], wp(dim), slots)
-        fg = p.final_gamma.nbytes // w
-        e.transfer(Opcode.LOAD, T, a["final_gamma"], p.final_gamma, 0, fg)
-        e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, a["final_gamma"], fg),
+    def _head(self, e: _Emitter, buf: StepBuffers, rows: int, row0: int) -> None:
+        """The final norm and the classifier, tile by tile, the logits stored per row."""
+        im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
+        wp, qp, region = self.wp, self.qp, self._rows
+        final = p.final_gamma.nbytes // w
+        e.transfer(Opcode.LOAD, Buffer.TABLE, buf.final_gamma, p.final_gamma, 0, final)
+        x, h = region(buf.x, R, wp(mc.dim)), region(buf.h, R, wp(mc.dim))
+        e.sfu(SfuFunc.RMSNORM, R, mc.dim, x, h, (Buffer.TABLE, buf.final_gamma, final),
               shift=im.final_gamma_exp - im.F["final_norm"])
-        out = lin["output"]
-        e.sfu(SfuFunc.QUANT8, R, dim, h, region(a["hq"], R, qp(out.k)), imm=out.k)
-        lpitch = wp(mc.vocab_size) * w
+        out = p.linears["output"]
+        e.sfu(SfuFunc.QUANT8, R, mc.dim, h, region(buf.hq, R, qp(out.k)), imm=out.k)
+        logit_pitch = wp(mc.vocab_size) * w
+        tile_pitch = wp(out.tiles[0].n)
         for t, tile in enumerate(out.tiles):
-            la = a["logit"][t % 2]
-            tp = wp(out.tiles[0].n)
-            e.linear(out, R, a["hq"], la, tp, slots, (tile,))
-            e.transfer(Opcode.STORE, A, la, p.logits, row0 * lpitch + tile.n0 * 4, tp, R,
-                       lpitch)
+            logits = buf.logit[t % 2]
+            e.linear(out, R, buf.hq, logits, tile_pitch, buf.slots, (tile,))
+            e.transfer(Opcode.STORE, Buffer.ACT, logits, p.logits,
+                       row0 * logit_pitch + L.element_bit(tile.n0, L.WIDE) // 8, tile_pitch, R,
+                       logit_pitch)
 
     # -- programs -------------------------------------------------------------------------
     def _finish(self, e: _Emitter) -> list[isa.Instruction]:
