@@ -145,15 +145,15 @@ class IntModel:
         rep = heads // kvh
         fr = self.F["resid"]
         x = self.embed(tokens)
-        for i, L in enumerate(self.layers):
-            F = L.F
-            h = N.rmsnorm(x, L.attn_gamma, L.attn_gamma_exp, L.attn_eps, F["attn_norm"])
-            q = self._linear(L.wq, h, F["attn_norm"], F["q"]).reshape(t_new, heads, hd)
-            k = self._linear(L.wk, h, F["attn_norm"], F["k"]).reshape(t_new, kvh, hd)
-            v = self._linear(L.wv, h, F["attn_norm"], F["v"])
+        for i, layer in enumerate(self.layers):
+            F = layer.F
+            h = N.rmsnorm(x, layer.attn_gamma, layer.attn_gamma_exp, layer.attn_eps, F["attn_norm"])
+            q = self._linear(layer.wq, h, F["attn_norm"], F["q"]).reshape(t_new, heads, hd)
+            k = self._linear(layer.wk, h, F["attn_norm"], F["k"]).reshape(t_new, kvh, hd)
+            v = self._linear(layer.wv, h, F["attn_norm"], F["v"])
             q, k = N.rope(q, cos, sin), N.rope(k, cos, sin)
-            k = N.mul(N.add(k.reshape(t_new, -1), L.k_centre), L.k_recip, SMOOTH_FRAC)
-            q = N.mul(q.reshape(t_new, -1), L.q_smooth, SMOOTH_FRAC).reshape(t_new, heads, hd)
+            k = N.mul(N.add(k.reshape(t_new, -1), layer.k_centre), layer.k_recip, SMOOTH_FRAC)
+            q = N.mul(q.reshape(t_new, -1), layer.q_smooth, SMOOTH_FRAC).reshape(t_new, heads, hd)
             for name, val in (("k", k), ("v", v)):
                 codes, m, e, mid = N.quantize_kv(val, hd, self.kv_bits)
                 getattr(cache, name)[i, start:end] = codes.reshape(t_new, kvh, hd)
@@ -172,14 +172,14 @@ class IntModel:
                 o[:, hh] = N.attention_pv(probs, mask, cache.v[i, :end, g],
                                           cache.v_m[i, :end, g], cache.v_e[i, :end, g],
                                           cache.v_mid[i, :end, g], F["v"], F["o"])
-            a = self._linear(L.wo, o.reshape(t_new, -1), F["o"], F["wo"])
+            a = self._linear(layer.wo, o.reshape(t_new, -1), F["o"], F["wo"])
             x = N.add(x, a, F["wo"] - fr)
-            h = N.rmsnorm(x, L.ffn_gamma, L.ffn_gamma_exp, L.ffn_eps, F["ffn_norm"])
-            gate = self._linear(L.w1, h, F["ffn_norm"], F["gate"])
-            up = self._linear(L.w3, h, F["ffn_norm"], F["up"])
+            h = N.rmsnorm(x, layer.ffn_gamma, layer.ffn_gamma_exp, layer.ffn_eps, F["ffn_norm"])
+            gate = self._linear(layer.w1, h, F["ffn_norm"], F["gate"])
+            up = self._linear(layer.w3, h, F["ffn_norm"], F["up"])
             s = N.silu(gate, F["gate"], F["silu"])
             prod = N.mul(s, up, F["silu"] + F["up"] - F["prod"])
-            down = self._linear(L.w2, prod, F["prod"], F["down"])
+            down = self._linear(layer.w2, prod, F["prod"], F["down"])
             x = N.add(x, down, F["down"] - fr)
         cache.length = end
         h = N.rmsnorm(x, self.final_gamma, self.final_gamma_exp, self.final_eps,

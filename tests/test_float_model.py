@@ -26,8 +26,8 @@ def run_c_generate(ckpt, steps: int) -> list[int]:
     token, out = 1, []
     for pos in range(steps):
         x = W["tok_embeddings"][token].copy()
-        for L in range(c.n_layers):
-            p = f"layers.{L}."
+        for layer in range(c.n_layers):
+            p = f"layers.{layer}."
             xb = rmsnorm(x, W[p + "attention_norm"])
             q, k, v = W[p + "wq"] @ xb, W[p + "wk"] @ xb, W[p + "wv"] @ xb
             for i in range(0, c.dim, 2):
@@ -36,15 +36,15 @@ def run_c_generate(ckpt, steps: int) -> list[int]:
                 for vec in ((q, k) if i < c.kv_dim else (q,)):
                     v0, v1 = vec[i], vec[i + 1]
                     vec[i], vec[i + 1] = v0 * cr - v1 * ci, v0 * ci + v1 * cr
-            kc[L, pos], vc[L, pos] = k, v
+            kc[layer, pos], vc[layer, pos] = k, v
             xb = np.zeros(c.dim, np.float32)
             for h in range(c.n_heads):
                 g = h // kv_mul
                 qh = q[h * hd:(h + 1) * hd]
-                att = kc[L, :pos + 1, g * hd:(g + 1) * hd] @ qh / np.sqrt(hd)
+                att = kc[layer, :pos + 1, g * hd:(g + 1) * hd] @ qh / np.sqrt(hd)
                 att = np.exp(att - att.max())
                 att /= att.sum()
-                xb[h * hd:(h + 1) * hd] = att @ vc[L, :pos + 1, g * hd:(g + 1) * hd]
+                xb[h * hd:(h + 1) * hd] = att @ vc[layer, :pos + 1, g * hd:(g + 1) * hd]
             x = x + W[p + "wo"] @ xb
             xb = rmsnorm(x, W[p + "ffn_norm"])
             h1, h3 = W[p + "w1"] @ xb, W[p + "w3"] @ xb
