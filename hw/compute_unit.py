@@ -23,8 +23,11 @@ weights per group than the chain's tap spacing, a group smaller than the sparse 
 kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED`).
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
 from hw.buffer_access import FieldFetch, read_port, snoop_writes, view, word_count, write_port
@@ -69,6 +72,27 @@ def sparse_shape(sparsity: Sparsity) -> tuple[int, int, int]:
 
 MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
 MAX_INDEX_BITS = max(sparse_shape(sp)[2] for sp in Sparsity)  #: the widest in-block index
+
+
+@dataclass(frozen=True)
+class MatrixPass:
+    """What a matrix pass's result states read and advance: the instruction, the engine,
+    the destination's fetch, the pass (its first output row and token), the result being
+    written (lane and token), and the tile's output parameters."""
+
+    fields: data.View  #: the MatFields of the instruction
+    engine: MatrixEngine
+    fetch_out: FieldFetch  #: reads the destination (ADD)
+    get: Callable  #: requests a field; true when the fetch holds it
+    pass_row: Signal
+    pass_token: Signal
+    result_lane: Signal
+    result_token: Signal
+    beat_no: Signal  #: the pass's next beat (cleared for the next pass)
+    pack: Signal  #: two tokens per pass
+    step: Signal  #: words between result rows (MATMAT)
+    p0: Signal  #: fusion parameters of the tile
+    p1: Signal
 
 
 class ComputeUnit(wiring.Component):
@@ -132,8 +156,8 @@ class ComputeUnit(wiring.Component):
         lkeep, lblock = Signal(2), Signal(3)
         groups = Signal(14)  # G
         kept = Signal(15)
-        wp, mp, qp = Signal(16), Signal(16), Signal(16)
-        lkpg = Signal(4)  # log2 of kept weights per group
+        wgt_pitch, meta_pitch, qrow_pitch = Signal(16), Signal(16), Signal(16)
+        kpg_log2 = Signal(4)  # log2 of kept weights per group
         lcover = Signal(4)  # log2 of dense columns per beat
         nbeats = Signal(15)
         pack = Signal()  # two tokens per pass
@@ -141,35 +165,35 @@ class ComputeUnit(wiring.Component):
         dwords = L.descriptor_words(w)
         qhdr = L.qrow_header(w)
         # pass and beat state
-        j0, t0 = Signal(15), Signal(12)
+        pass_row, pass_token = Signal(15), Signal(12)
         beat_no = Signal(15)
         head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
         beat = Signal(head_layout)
         beat_lanes = [Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)]
-        xt = Signal(1)  # token within the pass
-        xc = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
-        al = Signal(range(lanes + 1))  # lane
+        x_token = Signal(1)  # token within the pass
+        x_chunk = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
+        fill_lane = Signal(range(lanes + 1))  # the beat lane being filled
         c = Signal(range(n_chain + 1))  # code within the beat
         s = Signal(range(slots + 1))  # scale slot
         half = Signal()  # slot: aux after mant
-        rl, rt = Signal(range(lanes + 1)), Signal(1)  # result lane, token
+        result_lane, result_token = Signal(range(lanes + 1)), Signal(1)  # the result written
 
         def set_lane(update):
-            """``update(fields)`` on the beat lane ``al``."""
-            with m.Switch(al):
+            """``update(fields)`` on the beat lane ``fill_lane``."""
+            with m.Switch(fill_lane):
                 for i, fields in enumerate(beat_lanes):
                     with m.Case(i):
                         m.d.sync += update(fields)
 
-        lo = beat_no << ln  # first kept code of the beat
+        first_kept = beat_no << ln  # first kept code of the beat
         last_beat = beat_no + 1 == nbeats
-        token = t0 + xt
-        token_ok = (token < f.m) & (~xt | pack)
-        qrow = f.act_addr + token * qp
-        row = j0 + al
+        token = pass_token + x_token
+        token_ok = (token < f.m) & (~x_token | pack)
+        qrow = f.act_addr + token * qrow_pitch
+        row = pass_row + fill_lane
         row_ok = row < f.n
-        wrow = f.wgt_addr + row * wp
-        mrow = f.meta_addr + dwords + row * mp
+        wrow = f.wgt_addr + row * wgt_pitch
+        mrow = f.meta_addr + dwords + row * meta_pitch
 
         def fail(code):
             m.d.sync += self.fault.eq(code)
@@ -220,15 +244,15 @@ class ComputeUnit(wiring.Component):
                                          ib.eq(index_bits)]
                 m.d.sync += [groups.eq(f.k >> glog), pack.eq(wfmt != WeightFormat.INT8),
                              step.eq(Mux(opcode == Opcode.MATMAT, f.out_pitch, 0)),
-                             qp.eq(qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
+                             qrow_pitch.eq(qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
                 m.next = "SIZES"
             with m.State("SIZES"):
                 kept_now = (f.k >> lblock) << lkeep
                 aux_groups = Mux(wfmt == WeightFormat.INT8, 0, groups)
                 m.d.sync += [kept.eq(kept_now),
-                             wp.eq(words((kept_now * (bits + ib) + 7) >> 3)),
-                             mp.eq(words(L.row_aux_bit(groups, aux_groups) >> 3)),
-                             lkpg.eq(glog + lkeep - lblock), lcover.eq(ln + lblock - lkeep),
+                             wgt_pitch.eq(words((kept_now * (bits + ib) + 7) >> 3)),
+                             meta_pitch.eq(words(L.row_aux_bit(groups, aux_groups) >> 3)),
+                             kpg_log2.eq(glog + lkeep - lblock), lcover.eq(ln + lblock - lkeep),
                              nbeats.eq((kept_now + n_chain - 1) >> ln)]
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -236,62 +260,64 @@ class ComputeUnit(wiring.Component):
                     ((f.k & ((Const(1, 17) << lblock) - 1)) != 0)
                 work = (f.n != 0) & (f.m != 0)
                 off_end = work & (
-                    (f.meta_addr + dwords + f.n * mp > depth[Buffer.META])
-                    | (f.wgt_addr + f.n * wp > depth[Buffer.WGT])
-                    | (f.act_addr + f.m * qp > depth[Buffer.ACT])
+                    (f.meta_addr + dwords + f.n * meta_pitch > depth[Buffer.META])
+                    | (f.wgt_addr + f.n * wgt_pitch > depth[Buffer.WGT])
+                    | (f.act_addr + f.m * qrow_pitch > depth[Buffer.ACT])
                     | (f.out_addr + (f.m - 1) * step + words(L.element_bit(f.n, L.WIDE) >> 3)
                        > depth[Buffer.ACT]))
-                m.d.sync += [j0.eq(0), t0.eq(0)]
+                m.d.sync += [pass_row.eq(0), pass_token.eq(0)]
                 with m.If(misfit):
                     fail(Fault.PARAM)
                 with m.Elif(off_end):
                     fail(Fault.RANGE)
                 with m.Elif(~work):
                     m.next = "COMPLETE"
-                with m.Elif((lkpg < _log2(tap)) | (glog < lblock) | (f.k == 0)):
+                with m.Elif((kpg_log2 < _log2(tap)) | (glog < lblock) | (f.k == 0)):
                     fail(Fault.UNSUPPORTED)
                 with m.Else():
                     m.d.sync += beat_no.eq(0)
                     m.next = "CLEAR"
             # -- one beat --------------------------------------------------------------------
             with m.State("CLEAR"):
-                seg_log2 = Mux(lkpg < ln, lkpg, ln)
+                seg_log2 = Mux(kpg_log2 < ln, kpg_log2, ln)
                 m.d.sync += [*(bl.eq(0) for bl in beat_lanes),
                              beat.eq(0), beat.fmt.eq(wfmt), beat.sparsity.eq(sparsity),
                              beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
-                             beat.group_end.eq(last_beat | (((lo + n_chain) & (
-                                 (Const(1, 16) << lkpg) - 1)) == 0)),
-                             xt.eq(0), xc.eq(0), al.eq(0), c.eq(0), s.eq(0), half.eq(0)]
+                             beat.group_end.eq(last_beat | (((first_kept + n_chain) & (
+                                 (Const(1, 16) << kpg_log2) - 1)) == 0)),
+                             x_token.eq(0), x_chunk.eq(0), fill_lane.eq(0), c.eq(0), s.eq(0),
+                             half.eq(0)]
                 m.next = "HEADER"
             with m.State("HEADER"):  # the tokens' scales
                 fetched = get(fa, Buffer.ACT, qrow << lb, token_ok)
                 with m.If(~token_ok):
-                    m.d.sync += [xt.eq(0)]
+                    m.d.sync += [x_token.eq(0)]
                     m.next = "X"
                 with m.Elif(fetched):
                     scale = view(L.QRowHeader, fa.value)
-                    m.d.sync += [beat.xm[xt].eq(scale.m), beat.xe[xt].eq(scale.e), xt.eq(1)]
-                    with m.If(xt == 1):
-                        m.d.sync += xt.eq(0)
+                    m.d.sync += [beat.xm[x_token].eq(scale.m), beat.xe[x_token].eq(scale.e),
+                                 x_token.eq(1)]
+                    with m.If(x_token == 1):
+                        m.d.sync += x_token.eq(0)
                         m.next = "X"
             with m.State("X"):  # the activation window, 8 columns per read
-                col = (beat_no << lcover) + (xc << 3)
+                col = (beat_no << lcover) + (x_chunk << 3)
                 chunks = (Const(1, 8) << lcover) >> 3
                 keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
                 done, fetched = fetch_unless(~token_ok | (col >= f.k), fa, Buffer.ACT,
                                              ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
                 with m.If(fetched):
-                    m.d.sync += beat.x[xt].as_value().word_select(xc, 64).eq(
+                    m.d.sync += beat.x[x_token].as_value().word_select(x_chunk, 64).eq(
                         fa.value & keep)
                 with m.If(done):
-                    m.d.sync += xc.eq(xc + 1)
-                    with m.If(xc + 1 == chunks):
-                        m.d.sync += [xc.eq(0), xt.eq(1)]
-                        with m.If(xt == 1):
-                            m.d.sync += xt.eq(0)
+                    m.d.sync += x_chunk.eq(x_chunk + 1)
+                    with m.If(x_chunk + 1 == chunks):
+                        m.d.sync += [x_chunk.eq(0), x_token.eq(1)]
+                        with m.If(x_token == 1):
+                            m.d.sync += x_token.eq(0)
                             m.next = "CODES"
             with m.State("CODES"):  # packed codes, then (sparse) their in-block indices
-                q = lo + c
+                q = first_kept + c
                 done, fetched = fetch_unless(~row_ok | (q >= kept), fw, Buffer.WGT, (
                     wrow << lb) + Mux(half, kept * bits + q * ib, q * bits))
                 with m.If(fetched):
@@ -306,13 +332,13 @@ class ComputeUnit(wiring.Component):
                     with m.If(c == n_chain - 1):
                         m.d.sync += [c.eq(0), half.eq(~half & (ib != 0))]
                         with m.If(half | (ib == 0)):
-                            m.d.sync += [half.eq(0), al.eq(al + 1)]
-                            with m.If(al == lanes - 1):
-                                m.d.sync += al.eq(0)
+                            m.d.sync += [half.eq(0), fill_lane.eq(fill_lane + 1)]
+                            with m.If(fill_lane == lanes - 1):
+                                m.d.sync += fill_lane.eq(0)
                                 m.next = "SLOTS"
             with m.State("SLOTS"):  # per tap slot: the group's scale, then its type id
-                at = lo + s * tap
-                g = Mux((at >> lkpg) >= groups, groups - 1, at >> lkpg)
+                at = first_kept + s * tap
+                g = Mux((at >> kpg_log2) >= groups, groups - 1, at >> kpg_log2)
                 skip = ~row_ok | (at >= kept) | (half & (wfmt == WeightFormat.INT8))
                 done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + Mux(
                     half, L.row_aux_bit(groups, g), L.row_mant_bit(g)))
@@ -326,18 +352,18 @@ class ComputeUnit(wiring.Component):
                     with m.If(half):
                         m.d.sync += s.eq(s + 1)
                         with m.If(s == slots - 1):
-                            m.d.sync += [s.eq(0), al.eq(al + 1)]
-                            with m.If(al == lanes - 1):
-                                m.d.sync += al.eq(0)
+                            m.d.sync += [s.eq(0), fill_lane.eq(fill_lane + 1)]
+                            with m.If(fill_lane == lanes - 1):
+                                m.d.sync += fill_lane.eq(0)
                                 m.next = "SHIFTS"
             with m.State("SHIFTS"):  # the rows' exponents
                 done, fetched = fetch_unless(~row_ok, fm, Buffer.META, mrow << lb)
                 with m.If(fetched):
                     set_lane(lambda r: r.shift.eq(view(L.RowRecordHead, fm.value).shift))
                 with m.If(done):
-                    m.d.sync += al.eq(al + 1)
-                    with m.If(al == lanes - 1):
-                        m.d.sync += al.eq(0)
+                    m.d.sync += fill_lane.eq(fill_lane + 1)
+                    with m.If(fill_lane == lanes - 1):
+                        m.d.sync += fill_lane.eq(0)
                         m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(beat),
@@ -346,56 +372,59 @@ class ComputeUnit(wiring.Component):
                 with m.If(engine.i.ready):
                     m.d.sync += beat_no.eq(beat_no + 1)
                     with m.If(last_beat):
-                        m.d.sync += [rl.eq(0), rt.eq(0)]
+                        m.d.sync += [result_lane.eq(0), result_token.eq(0)]
                         m.next = "RESULTS"
                     with m.Else():
                         m.next = "CLEAR"
             # -- the pass's results ----------------------------------------------------------
             with m.State("RESULTS"):
-                self._results(m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
-                              beat_no, lanes)
+                self._results(m, MatrixPass(f, engine, fo, get, pass_row, pass_token, result_lane,
+                                            result_token, beat_no, pack, step, p0, p1))
             self._attention(m, af, regs, fa, fw, get, words, fail)
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
         return m
 
-    def _results(self, m, f, engine, fo, get, lb, lw, j0, t0, rl, rt, pack, step, p0, p1,
-                 beat_no, lanes):
+    def _results(self, m, state: "MatrixPass"):
         """Write ``y[lane][token]`` of the pass; then the next pass or the end."""
-        row, tok = j0 + rl, t0 + rt
-        ok = (row < f.n) & (tok < f.m) & (~rt | pack)
-        y = engine.o.payload.y[rl][rt]
-        dst = f.out_addr + tok * step
-        old = fo.value[:L.WIDE.width].as_signed()
-        value = Signal(signed(32))
+        f, engine, lanes = state.fields, state.engine, self.cfg.mv_rows
+        lb = _log2(self.cfg.axi_data_bytes) + 3
+        lane, token = state.result_lane, state.result_token
+        row, tok = state.pass_row + lane, state.pass_token + token
+        ok = (row < f.n) & (tok < f.m) & (~token | state.pack)
+        y = engine.o.payload.y[lane][token]
+        dst = f.out_addr + tok * state.step
+        old = state.fetch_out.value[:L.WIDE.width].as_signed()
+        value = Signal(signed(L.WIDE.width))
         with m.Switch(f.out_mode):
             with m.Case(OutMode.ADD):
-                m.d.comb += value.eq(add(old, y, p0))
+                m.d.comb += value.eq(add(old, y, state.p0))
             with m.Case(OutMode.SILU):
-                m.d.comb += value.eq(silu(m, y, p0, p1))
+                m.d.comb += value.eq(silu(m, y, state.p0, state.p1))
             with m.Default():
                 m.d.comb += value.eq(y)
         needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)
-        have_old = get(fo, Buffer.ACT, (dst << lb) + L.element_bit(row, L.WIDE),
-                       needs_old) | ~needs_old
+        have_old = state.get(state.fetch_out, Buffer.ACT,
+                             (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
         written = Signal()
         with m.If(engine.o.valid & ok & have_old):
             m.d.comb += written.eq(self._write_wide(m, dst, row, value))
         with m.If(engine.o.valid & (written | ~ok)):
-            m.d.sync += rt.eq(~rt)
-            with m.If(rt == 1):
-                m.d.sync += rl.eq(rl + 1)
-                with m.If(rl == lanes - 1):  # the pass is written: the next one
+            m.d.sync += token.eq(~token)
+            with m.If(token == 1):
+                m.d.sync += lane.eq(lane + 1)
+                with m.If(lane == lanes - 1):  # the pass is written: the next one
                     m.d.comb += engine.o.ready.eq(1)
-                    tpp = Mux(pack, 2, 1)
-                    m.d.sync += [beat_no.eq(0), t0.eq(t0 + tpp)]
+                    tokens_per_pass = Mux(state.pack, 2, 1)
+                    next_token = state.pass_token + tokens_per_pass
+                    m.d.sync += [state.beat_no.eq(0), state.pass_token.eq(next_token)]
                     m.next = "CLEAR"
-                    with m.If(t0 + tpp >= f.m):
-                        m.d.sync += [t0.eq(0), j0.eq(j0 + lanes)]
-                        with m.If(j0 + lanes >= f.n):
+                    with m.If(next_token >= f.m):
+                        m.d.sync += [state.pass_token.eq(0),
+                                     state.pass_row.eq(state.pass_row + lanes)]
+                        with m.If(state.pass_row + lanes >= f.n):
                             m.next = "COMPLETE"
-
 
     def _write_wide(self, m, base, index, value):
         """Request the write of INT32 element ``index`` of the wide row at word ``base``
