@@ -17,14 +17,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmacc.isa import ISA_VERSION, AttnFields, Buffer, MatFields, MemFields
+from llmacc.widths import (
+    BUF_ADDR_BITS,
+    BUFFER_NAMES,
+    CHANNEL_BITS,
+    EXT_ADDR_BITS,
+    ISA_VERSION,
+    KEY_COUNT_BITS,
+    TOKEN_COUNT_BITS,
+)
+
+if TYPE_CHECKING:
+    from llmacc.isa import Buffer
 
 #: The size field of each on-chip buffer.
-BUFFER_FIELDS = {Buffer.ACT: "act_buffer_bytes", Buffer.WGT: "weight_buffer_bytes",
-                 Buffer.KV: "kv_buffer_bytes", Buffer.META: "meta_buffer_bytes",
-                 Buffer.TABLE: "table_buffer_bytes"}
+BUFFER_FIELDS = dict(zip(BUFFER_NAMES, ("act_buffer_bytes", "weight_buffer_bytes",
+                                        "kv_buffer_bytes", "meta_buffer_bytes",
+                                        "table_buffer_bytes"), strict=True))
 
 
 class ConfigError(ValueError):
@@ -91,7 +102,7 @@ class AccelConfig:
 
     def buffer_words(self, buf: Buffer) -> int:
         """Words of ``axi_data_bytes`` in an on-chip buffer."""
-        return getattr(self, BUFFER_FIELDS[buf]) // self.axi_data_bytes
+        return getattr(self, BUFFER_FIELDS[buf.name]) // self.axi_data_bytes
 
     @property
     def peak_macs_per_cycle(self) -> int:
@@ -133,23 +144,23 @@ class AccelConfig:
             self._fail("axi_data_bits", "must be one of 32, 64, 128, 256, 512")
         if not 32 <= self.axi_addr_bits <= 64:
             self._fail("axi_addr_bits", "must be between 32 and 64")
-        mem_max_chan = 1 << MemFields.as_shape()["chan"].width
+        mem_max_chan = 1 << CHANNEL_BITS
         if self.mem_channels > mem_max_chan:
             self._fail("mem_channels", f"the ISA addresses at most {mem_max_chan} channels")
-        if self.channel_bytes > 1 << MemFields.as_shape()["ext_addr"].width:
+        if self.channel_bytes > 1 << EXT_ADDR_BITS:
             self._fail("channel_bytes", "exceeds the ISA's 32-bit channel byte address")
         for name in BUFFER_FIELDS.values():
             size = getattr(self, name)
             if size % self.axi_data_bytes:
                 self._fail(name, f"must be a multiple of the AXI word ({self.axi_data_bytes} B)")
             words = size // self.axi_data_bytes
-            if words > 1 << MemFields.as_shape()["buf_addr"].width:
+            if words > 1 << BUF_ADDR_BITS:
                 self._fail(name, "has more words than the ISA's 16-bit buffer address reaches")
-        if self.max_seq_len >= 1 << AttnFields.as_shape()["keys"].width:
+        if self.max_seq_len >= 1 << KEY_COUNT_BITS:
             self._fail("max_seq_len", "exceeds the ISA's key count field")
         if self.max_seq_len % self.decode_bucket or self.max_seq_len % self.prefill_bucket:
             self._fail("max_seq_len", "must be a multiple of both bucket sizes")
-        if self.prefill_bucket >= 1 << MatFields.as_shape()["m"].width:
+        if self.prefill_bucket >= 1 << TOKEN_COUNT_BITS:
             self._fail("prefill_bucket", "exceeds the ISA's token count field")
         if not _is_pow2(self.weight_group) or not 8 <= self.weight_group <= 128:
             self._fail("weight_group", "must be a power of two in 8..128")

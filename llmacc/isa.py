@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from amaranth.hdl import Shape, signed
 from amaranth.lib import data, enum
 
-#: Version of the instruction set; the hardware ID register reports it.
-ISA_VERSION = 1
+from llmacc.widths import (
+    BUF_ADDR_BITS,
+    BUFFER_NAMES,
+    CHANNEL_BITS,
+    EXT_ADDR_BITS,
+    KEY_COUNT_BITS,
+    TOKEN_COUNT_BITS,
+)
+from llmacc.widths import ISA_VERSION as ISA_VERSION  # the hardware ID register's version
+
 #: Bits in one instruction word.
 WORD_BITS = 128
 WORD_BYTES = WORD_BITS // 8
@@ -72,6 +80,8 @@ class Buffer(enum.Enum, shape=3):
     META = 3  #: group scales, zero-points, data-type ids, sparse indices
     TABLE = 4  #: RoPE cos/sin rows and other per-position tables
 
+
+assert tuple(b.name for b in Buffer) == BUFFER_NAMES, "llmacc.widths.BUFFER_NAMES"
 
 class LenSrc(enum.Enum, shape=1):
     """Where a transfer's row count comes from: patched at run time for length adaptivity."""
@@ -243,9 +253,9 @@ class MemFields(data.Struct):
     """LOAD and STORE: a two-level strided transfer between external memory and a buffer."""
 
     buf: Buffer
-    chan: 5
-    ext_addr: 32
-    buf_addr: 16
+    chan: CHANNEL_BITS
+    ext_addr: EXT_ADDR_BITS
+    buf_addr: BUF_ADDR_BITS
     words: 16
     rows: 12
     rows_src: LenSrc
@@ -262,11 +272,11 @@ class MatFields(data.Struct):
 
     k: 14
     n: 14
-    m: 11
-    act_addr: 16
-    wgt_addr: 16
-    out_addr: 16
-    meta_addr: 16
+    m: TOKEN_COUNT_BITS
+    act_addr: BUF_ADDR_BITS
+    wgt_addr: BUF_ADDR_BITS
+    out_addr: BUF_ADDR_BITS
+    meta_addr: BUF_ADDR_BITS
     out_pitch: 11
     out_mode: OutMode
 
@@ -275,9 +285,9 @@ class SfuFields(data.Struct):
     """SFU: a row-wise function over ``rows`` rows of ``length`` elements."""
 
     func: SfuFunc
-    src_a: 16
-    src_b: 16
-    dst: 16
+    src_a: BUF_ADDR_BITS
+    src_b: BUF_ADDR_BITS
+    dst: BUF_ADDR_BITS
     length: 14
     rows: 12
     shift: signed(8)
@@ -290,11 +300,11 @@ class AttnFields(data.Struct):
     KV rows in the KV buffer; masked keys (numerics.lambda_mask) get probability 0."""
 
     func: AttnFunc
-    q_addr: 16
-    kv_addr: 16
-    dst: 16
+    q_addr: BUF_ADDR_BITS
+    kv_addr: BUF_ADDR_BITS
+    dst: BUF_ADDR_BITS
     head_dim: 8
-    keys: 12
+    keys: KEY_COUNT_BITS
     rows: 11
     a_step: 12
     d_step: 12

@@ -1,0 +1,21 @@
+"""The instruction-field widths that bound an accelerator configuration, in plain Python.
+
+:mod:`llmacc.isa` declares its fields with these numbers and :mod:`llmacc.config` checks a
+configuration against them, so ``llmacc config`` validates a configuration without loading
+Amaranth. Every other field width is written only in :mod:`llmacc.isa`.
+"""
+
+#: Version of the instruction set; the hardware ID register reports it.
+ISA_VERSION = 1
+#: External-memory channel number (LOAD/STORE ``chan``).
+CHANNEL_BITS = 5
+#: Byte address inside one channel (LOAD/STORE ``ext_addr``).
+EXT_ADDR_BITS = 32
+#: Word address inside an on-chip buffer (every ``*_addr``, ``src_*`` and ``dst`` field).
+BUF_ADDR_BITS = 16
+#: KV rows one ATTN instruction reads (``keys``).
+KEY_COUNT_BITS = 12
+#: Tokens of one MATMAT (``m``), the largest prefill bucket.
+TOKEN_COUNT_BITS = 11
+#: The on-chip buffers by name (the members of ``isa.Buffer``, in its order).
+BUFFER_NAMES = ("ACT", "WGT", "KV", "META", "TABLE")
