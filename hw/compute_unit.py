@@ -42,6 +42,7 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
 from llmacc.isa import (
+    OUT_MODES,
     AttnFields,
     AttnFunc,
     Buffer,
@@ -72,6 +73,16 @@ def sparse_shape(sparsity: Sparsity) -> tuple[int, int, int]:
 
 MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
 MAX_INDEX_BITS = max(sparse_shape(sp)[2] for sp in Sparsity)  #: the widest in-block index
+
+
+def fused_results(m: Module, y, old, p0, p1) -> dict[OutMode, object]:
+    """What each output mode of ``isa.OUT_MODES`` writes for the result ``y``, given the
+    destination's ``old`` value and the tile's parameters; refuses a mode without one."""
+    results = {OutMode.WIDE: y, OutMode.ADD: add(old, y, p0), OutMode.SILU: silu(m, y, p0, p1)}
+    missing = set(OUT_MODES) - set(results)
+    if missing:
+        raise NotImplementedError(f"no result stage for output modes {sorted(missing)}")
+    return results
 
 
 @dataclass(frozen=True)
@@ -398,13 +409,11 @@ class ComputeUnit(wiring.Component):
         old = state.fetch_out.value[:L.WIDE.width].as_signed()
         value = Signal(signed(L.WIDE.width))
         with m.Switch(f.out_mode):
-            with m.Case(OutMode.ADD):
-                m.d.comb += value.eq(add(old, y, state.p0))
-            with m.Case(OutMode.SILU):
-                m.d.comb += value.eq(silu(m, y, state.p0, state.p1))
-            with m.Default():
-                m.d.comb += value.eq(y)
-        needs_old = engine.o.valid & ok & (f.out_mode == OutMode.ADD)
+            for mode, result in fused_results(m, y, old, state.p0, state.p1).items():
+                with m.Case(mode):
+                    m.d.comb += value.eq(result)
+        residual = [mode for mode, spec in OUT_MODES.items() if spec.operands == "residual"]
+        needs_old = engine.o.valid & ok & Cat(*(f.out_mode == mode for mode in residual)).any()
         have_old = state.get(state.fetch_out, Buffer.ACT,
                              (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
         written = Signal()

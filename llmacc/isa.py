@@ -111,12 +111,49 @@ class Sparsity(enum.Enum, shape=3):
 
 
 class OutMode(enum.Enum, shape=2):
-    """What a matrix instruction does with its result (operator fusion); the parameters
-    ``p0``/``p1`` come from the tile's META descriptor."""
+    """What a matrix instruction does with its result (operator fusion); each is one entry of
+    :data:`OUT_MODES`. The parameters ``p0``/``p1`` come from the tile's META descriptor."""
 
     WIDE = 0  #: write INT32 fixed-point results
     ADD = 1  #: ``dst = add(dst, result, p0)`` (linear + residual)
     SILU = 2  #: ``dst = silu(result, p0, p1)`` (linear + SiLU; p0, p1 = exponents in, out)
+
+
+@dataclass(frozen=True)
+class OutSpec:
+    """One fused output mode: what the emulator, the timing model, the RTL result stage, the
+    random instruction cases and docs/ISA.md read about it.
+
+    ``operands`` is one of :data:`OUT_OPERANDS`; ``reference`` names the function in
+    ``llmacc.numerics`` (None: the result as it is); ``params`` says what the descriptor's
+    ``p0``/``p1`` mean; ``ranges`` are the values random legal tiles draw for them.
+    """
+
+    operands: str
+    reference: str | None
+    summary: str
+    params: Mapping[str, str]
+    ranges: Mapping[str, tuple[int, int]]
+
+
+#: How a fused output mode combines the result (``docs/ISA.md``, Output modes).
+OUT_OPERANDS = {
+    "result": "the INT32 result is written as it is",
+    "residual": "f(dst, result, p0): the destination's old value is read first",
+    "elementwise": "f(result, p0, p1), one element at a time",
+}
+
+#: The fused output modes, one entry each (OutMode order). Ignored parameters are still
+#: drawn in random cases, so a result stage that reads them is caught.
+OUT_MODES: dict[OutMode, OutSpec] = {
+    OutMode.WIDE: OutSpec("result", None, "INT32 fixed-point results", {},
+                          {"p0": (-4, 12), "p1": (0, 12)}),
+    OutMode.ADD: OutSpec("residual", "add", "linear + residual", {"p0": "the result's shift"},
+                         {"p0": (-4, 12), "p1": (0, 12)}),
+    OutMode.SILU: OutSpec("elementwise", "silu", "linear + SiLU",
+                          {"p0": "F_in", "p1": "F_out"}, {"p0": (-4, 12), "p1": (0, 12)}),
+}
+assert set(OUT_MODES) == set(OutMode), "every OutMode has an OUT_MODES entry"
 
 
 class SfuFunc(enum.Enum, shape=4):

@@ -51,6 +51,20 @@ def _sfu_table() -> list[str]:
     return rows + [""]
 
 
+def _out_mode_table() -> list[str]:
+    rows = ["## Output modes", "", inspect.cleandoc(isa.OutMode.__doc__ or ""), "",
+            "| value | name | operands | reference (`numerics`) | what | parameters |",
+            "|---|---|---|---|---|---|"]
+    for mode, spec in isa.OUT_MODES.items():
+        params = "; ".join(f"`{name}`: {meaning}" for name, meaning in spec.params.items())
+        reference = f"`{spec.reference}`" if spec.reference else "-"
+        rows.append(f"| {mode.value} | `{mode.name}` | {spec.operands} | {reference} | "
+                    f"{spec.summary} | {params} |")
+    rows += ["", "Operand kinds:", ""]
+    rows += [f"- **{kind}**: {text}" for kind, text in isa.OUT_OPERANDS.items()]
+    return rows + [""]
+
+
 def render() -> str:
     header_bits = isa.Header.as_shape().size
     out = [
@@ -88,6 +102,7 @@ def render() -> str:
     for cls in (isa.Opcode, isa.Unit, isa.Buffer, isa.LenSrc, isa.WeightFormat,
                 isa.Sparsity, isa.OutMode, isa.AttnFunc, isa.SysFunc, isa.Reg):
         out += _enum_table(cls)
+    out += _out_mode_table()
     out += _sfu_table()
     return "\n".join(out).rstrip() + "\n"
 

@@ -83,6 +83,11 @@ def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...],
         f.held = None if rel is None else b + rel
 
 
+#: The output-mode operand kinds whose fetches the result stage's model follows
+#: (``isa.OUT_OPERANDS``).
+OUT_OPERAND_FETCHES = ("result", "residual", "elementwise")
+
+
 @dataclass(frozen=True)
 class MatrixShape:
     """What a matrix instruction's cycles depend on: the instruction and its descriptor."""
@@ -226,14 +231,19 @@ class _MatrixClock:
         return cycles + (self.cfg.mv_rows - lanes_ok) * idle
 
     def _results(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
-        """Each lane's two token slots: one cycle per element, and with ADD the old value
-        read first (the write then invalidates the word just read)."""
+        """Each lane's two token slots: one cycle per element, and with a residual mode the
+        old value read first (the write then invalidates the word just read)."""
         s, wb, lanes = self.s, self.wb, self.cfg.mv_rows
+        operands = isa.OUT_MODES[s.out_mode].operands
+        if operands not in OUT_OPERAND_FETCHES:
+            raise ValueError(f"out_mode {s.out_mode.name}: the cycle model does not know "
+                             f"{operands!r} operands")
+        reads_old = operands == "residual"
         cycles = 2 * lanes
         for lane in range(lanes_ok):
             for t in range(tokens_ok):
                 word = s.out_addr + (t0 + t) * s.step + L.element_bit(j0 + lane, L.WIDE) // wb
-                if s.out_mode is OutMode.ADD:
+                if reads_old:
                     cycles += self.fo.one(word * wb) - 1
                 self.fo.written(word)
                 self.fa.written(word)

@@ -25,13 +25,13 @@ from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
 from llmacc.isa import (
+    OUT_MODES,
     SFU_FUNCTIONS,
     AttnFunc,
     Buffer,
     Instruction,
     LenSrc,
     Opcode,
-    OutMode,
     Reg,
     SysFunc,
     Unit,
@@ -284,12 +284,14 @@ class Emulator:
         acc = N.linear_acc(x, ops, mant, desc.group)
         out = N.linear_out(acc, xm, xe, shift, 0, 0)
         step = insn.out_pitch if insn.opcode is Opcode.MATMAT else 0
-        if insn.out_mode is OutMode.ADD:
-            out = N.add(self._wide(Buffer.ACT, insn.out_addr, m, n, step), out, desc.p0)
-        elif insn.out_mode is OutMode.SILU:
-            out = N.silu(out, desc.p0, desc.p1)
-        elif insn.out_mode is not OutMode.WIDE:
-            raise EmulatorError(f"out_mode {insn.out_mode.name} is reserved")
+        spec = OUT_MODES[insn.out_mode]
+        if spec.operands == "residual":
+            old = self._wide(Buffer.ACT, insn.out_addr, m, n, step)
+            out = getattr(N, spec.reference)(old, out, desc.p0)
+        elif spec.operands == "elementwise":
+            out = getattr(N, spec.reference)(out, desc.p0, desc.p1)
+        elif spec.operands != "result":
+            raise EmulatorError(f"out_mode {insn.out_mode.name}: operands {spec.operands!r}")
         self._put_wide(insn.out_addr, out, step)
         return m * n * desc.kept(k), T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
 

@@ -130,7 +130,9 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     k = unit * rng.randint(1, max(1, 96 // unit))
     n = rng.randint(1, 9)
     m = rng.randint(1, 5) if opcode is Opcode.MATMAT else 1
-    desc = L.Descriptor(fmt, sparsity, glog, rng.randint(-4, 12), rng.randint(0, 12))
+    ranges = isa.OUT_MODES[mode].ranges
+    desc = L.Descriptor(fmt, sparsity, glog, rng.randint(*ranges["p0"]),
+                        rng.randint(*ranges["p1"]))
     bits = L.FORMAT_BITS[fmt]
     if fmt is WeightFormat.INT8:
         codes = torch.randint(-127, 128, (n, k))
@@ -171,7 +173,7 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     emu._put(Buffer.WGT, fields["wgt_addr"], wgt)
     emu._put(Buffer.META, fields["meta_addr"], desc.encode(w))
     emu._put(Buffer.META, fields["meta_addr"] + dw, meta)
-    if mode is OutMode.ADD:  # residuals of a sensible size
+    if isa.OUT_MODES[mode].operands == "residual":  # residuals of a sensible size
         old = torch.randint(-(1 << 24), 1 << 24, (m, n))
         emu._put_wide(out_addr, old, fields["out_pitch"])
     return InstructionCase(emu, isa.make(opcode, **fields), {})
