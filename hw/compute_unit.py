@@ -23,7 +23,6 @@ weights per group than the chain's tap spacing, a group smaller than the sparse 
 kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED`).
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -86,24 +85,142 @@ def fused_results(m: Module, y, old, p0, p1) -> dict[OutMode, object]:
 
 
 @dataclass(frozen=True)
-class MatrixPass:
-    """What a matrix pass's result states read and advance: the instruction, the engine,
-    the destination's fetch, the pass (its first output row and token), the result being
-    written (lane and token), and the tile's output parameters."""
+class MatrixTile:
+    """A matrix instruction's tile as the sequencer holds it: the instruction's fields, the
+    META descriptor, and the sizes derived from both (registered in DESC, SHAPE and SIZES)."""
 
     fields: data.View  #: the MatFields of the instruction
-    engine: MatrixEngine
-    fetch_out: FieldFetch  #: reads the destination (ADD)
-    get: Callable  #: requests a field; true when the fetch holds it
-    pass_row: Signal
-    pass_token: Signal
-    result_lane: Signal
-    result_token: Signal
-    beat_no: Signal  #: the pass's next beat (cleared for the next pass)
+    opcode: Signal
+    wfmt: Signal
+    sparsity: Signal
+    group_log2: Signal
+    p0: Signal  #: fusion parameters of the output mode
+    p1: Signal
+    bits: Signal  #: bits per packed code
+    index_bits: Signal  #: bits per in-block index (0: dense)
+    keep_log2: Signal  #: log2 of N of N:M
+    block_log2: Signal  #: log2 of M of N:M
+    groups: Signal  #: quantisation groups per row
+    kept: Signal  #: kept weights per row
+    wgt_pitch: Signal  #: words per weight row
+    meta_pitch: Signal  #: words per row record
+    qrow_pitch: Signal  #: words per quantized activation row
+    kpg_log2: Signal  #: log2 of kept weights per group
+    cover_log2: Signal  #: log2 of the dense columns one beat covers
+    nbeats: Signal  #: beats per row
     pack: Signal  #: two tokens per pass
     step: Signal  #: words between result rows (MATMAT)
-    p0: Signal  #: fusion parameters of the tile
-    p1: Signal
+
+    @classmethod
+    def signals(cls) -> "MatrixTile":
+        return cls(
+            fields=Signal(MatFields, name="mat"), opcode=Signal(Opcode, name="opcode"),
+            wfmt=Signal(WeightFormat, name="wfmt"), sparsity=Signal(Sparsity, name="sparsity"),
+            group_log2=Signal(3, name="group_log2"), p0=Signal(signed(8), name="p0"),
+            p1=Signal(signed(8), name="p1"), bits=Signal(4, name="bits"),
+            index_bits=Signal(3, name="index_bits"), keep_log2=Signal(2, name="keep_log2"),
+            block_log2=Signal(3, name="block_log2"), groups=Signal(14, name="groups"),
+            kept=Signal(15, name="kept"), wgt_pitch=Signal(16, name="wgt_pitch"),
+            meta_pitch=Signal(16, name="meta_pitch"), qrow_pitch=Signal(16, name="qrow_pitch"),
+            kpg_log2=Signal(4, name="kpg_log2"), cover_log2=Signal(4, name="cover_log2"),
+            nbeats=Signal(15, name="nbeats"), pack=Signal(name="pack"),
+            step=Signal(11, name="step"))
+
+
+@dataclass(frozen=True)
+class MatrixPass:
+    """A pass of ``lanes`` output rows by one or two tokens: where it is, the beat being
+    assembled (its head, its lanes, and the fill position) and the result being written."""
+
+    pass_row: Signal  #: the pass's first output row
+    pass_token: Signal  #: the pass's first token
+    beat_no: Signal  #: the pass's next beat (cleared for the next pass)
+    beat: Signal  #: the beat's head (engine_layouts)
+    beat_lanes: list  #: the beat's lane operands, one Signal per lane
+    x_token: Signal  #: the token within the pass being read
+    x_chunk: Signal  #: the 8-column chunk of the activation window
+    fill_lane: Signal  #: the beat lane being filled
+    code: Signal  #: the code within the beat
+    slot: Signal  #: the scale slot
+    half: Signal  #: CODES: indices after codes; SLOTS: aux after mant
+    result_lane: Signal  #: the result being written: lane
+    result_token: Signal  #: and token
+
+    @classmethod
+    def signals(cls, cfg: AccelConfig, head_layout, lane_layout) -> "MatrixPass":
+        lanes, n_chain = cfg.mv_rows, cfg.chain_len
+        return cls(
+            pass_row=Signal(15, name="pass_row"), pass_token=Signal(12, name="pass_token"),
+            beat_no=Signal(15, name="beat_no"), beat=Signal(head_layout, name="beat"),
+            beat_lanes=[Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)],
+            x_token=Signal(1, name="x_token"),
+            x_chunk=Signal(range(window(n_chain) // 8 + 1), name="x_chunk"),
+            fill_lane=Signal(range(lanes + 1), name="fill_lane"),
+            code=Signal(range(n_chain + 1), name="code"),
+            slot=Signal(range(n_chain // cfg.chain_group + 1), name="slot"),
+            half=Signal(name="half"), result_lane=Signal(range(lanes + 1), name="result_lane"),
+            result_token=Signal(1, name="result_token"))
+
+
+@dataclass(frozen=True)
+class AttnState:
+    """What the ATTN states share: the instruction, the position (query row, key, channel),
+    the registered scales and sums, and the addresses and fields derived from them."""
+
+    fields: data.View  #: the AttnFields of the instruction
+    regs: Signal  #: the run-time registers at dispatch
+    query: Signal  #: the query (SCORE) or probability (PV) row
+    key: Signal
+    channel: Signal
+    kv_pitch: Signal  #: words per KV row
+    in_pitch: Signal  #: words per input row
+    out_len: Signal  #: elements per output row
+    qm: Signal  #: the query's scale
+    qe: Signal
+    qsum: Signal  #: the sum of the query's codes (midpoint term)
+    dot: Signal
+    km: Signal  #: the key's scale and midpoint
+    ke: Signal
+    kmid: Signal
+    emax: Signal  #: PV: the visible values' largest exponent
+    seen: Signal  #: PV: a visible value has been seen
+    midsum: Signal  #: PV: sum of probability x midpoint
+    acc: Signal
+    prob: Signal  #: PV: the key's probability
+    m_aligned: Signal  #: PV: the key's value scale aligned to emax
+    kv_bits: object  #: 4 or 8, from kv8
+    is_pv: object
+    row: object  #: buffer word of the query (probability) row
+    rec: object  #: buffer word of the key's (value's) KV row
+    out_row: object  #: buffer word of the output row
+    visible: object  #: the key is visible to the query (Lambda mask)
+    code: object  #: the KV code in the wgt fetch, signed
+    kv_head: data.View  #: the KV header in the wgt fetch
+
+    @classmethod
+    def signals(cls, cfg: AccelConfig, af, regs, fw: FieldFetch) -> "AttnState":
+        query, key = Signal(11, name="query"), Signal(13, name="key")
+        kv_pitch = Signal(16, name="kv_pitch")
+        kv_bits = Mux(af.kv8, 8, 4)
+        return cls(
+            fields=af, regs=regs, query=query, key=key, channel=Signal(9, name="channel"),
+            kv_pitch=kv_pitch, in_pitch=Signal(16, name="in_pitch"),
+            out_len=Signal(13, name="out_len"),
+            qm=Signal(16, name="qm"), qe=Signal(signed(16), name="qe"),
+            qsum=Signal(signed(24), name="qsum"), dot=Signal(signed(32), name="dot"),
+            km=Signal(16, name="km"), ke=Signal(signed(16), name="ke"),
+            kmid=Signal(signed(32), name="kmid"), emax=Signal(signed(16), name="emax"),
+            seen=Signal(name="seen"), midsum=Signal(signed(80), name="midsum"),
+            acc=Signal(signed(80), name="acc"), prob=Signal(signed(32), name="prob"),
+            m_aligned=Signal(17, name="m_aligned"), kv_bits=kv_bits,
+            is_pv=af.func == AttnFunc.PV,
+            row=af.q_addr + query * af.a_step, rec=af.kv_addr + key * kv_pitch,
+            out_row=af.dst + query * af.d_step,
+            visible=visible(key, regs[Reg.POS.value] + query, regs[Reg.SINK.value],
+                            regs[Reg.WINDOW.value]),
+            code=Mux(af.kv8, fw.value[:L.KV_CODE[8].width].as_signed(),
+                     fw.value[:L.KV_CODE[4].width].as_signed()),
+            kv_head=view(L.KvHeader, fw.value))
 
 
 class ComputeUnit(wiring.Component):
@@ -117,19 +234,19 @@ class ComputeUnit(wiring.Component):
             "rd_out": Out(read_port(cfg)),  # the destination (ADD)
             "wr": Out(write_port(cfg)),
         })
+        w = cfg.axi_data_bytes
+        self._bit_log2 = _log2(w) + 3  #: log2 of the bits in a buffer word
+        self._depth = {b: cfg.buffer_words(b) for b in Buffer}
+        self._dwords = L.descriptor_words(w)
+        self._qhdr = L.qrow_header(w)
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        w = cfg.axi_data_bytes
-        lw = _log2(w)
-        lb = lw + 3
         lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
-        ln = _log2(n_chain)
         if n_chain < 8:
             raise ValueError(f"chain_len {n_chain}: the activation window is read 8 columns "
                              "at a time")
-        slots = n_chain // tap
         m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap)
         fetch = {}
         for name in ("act", "wgt", "meta", "out"):
@@ -137,284 +254,291 @@ class ComputeUnit(wiring.Component):
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
         snoop_writes(m, fetch.values(), self.wr)
-        fa, fw, fm, fo = fetch["act"], fetch["wgt"], fetch["meta"], fetch["out"]
-        depth = {b: cfg.buffer_words(b) for b in Buffer}
-
-        def words(nbytes):
-            return word_count(nbytes, w)
-
-        def get(fx, buf, bit, when=1):
-            """Request a field (while ``when``); true when ``fx.value`` holds it."""
-            m.d.comb += [fx.req.valid.eq(when), fx.req.payload.buf.eq(buf),
-                         fx.req.payload.bit.eq(bit)]
-            return fx.req.ready
-
-        def fetch_unless(skip, fx, buf, bit):
-            """A beat field: fetched, or left zero when ``skip``. Returns ``(done, fetched)``
-            for this cycle."""
-            fetched = ~skip & get(fx, buf, bit, ~skip)
-            return skip | fetched, fetched
-
-        f = Signal(MatFields)
+        head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
+        tile = MatrixTile.signals()
+        pas = MatrixPass.signals(cfg, head_layout, lane_layout)
         af = Signal(AttnFields)
         regs = Signal(IssueLayout["regs"].shape)
-        opcode = Signal(Opcode)
-        # descriptor and tile sizes
-        wfmt, sparsity = Signal(WeightFormat), Signal(Sparsity)
-        glog = Signal(3)
-        p0, p1 = Signal(signed(8)), Signal(signed(8))
-        bits, ib = Signal(4), Signal(3)
-        lkeep, lblock = Signal(2), Signal(3)
-        groups = Signal(14)  # G
-        kept = Signal(15)
-        wgt_pitch, meta_pitch, qrow_pitch = Signal(16), Signal(16), Signal(16)
-        kpg_log2 = Signal(4)  # log2 of kept weights per group
-        lcover = Signal(4)  # log2 of dense columns per beat
-        nbeats = Signal(15)
-        pack = Signal()  # two tokens per pass
-        step = Signal(11)
-        dwords = L.descriptor_words(w)
-        qhdr = L.qrow_header(w)
-        # pass and beat state
-        pass_row, pass_token = Signal(15), Signal(12)
-        beat_no = Signal(15)
-        head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
-        beat = Signal(head_layout)
-        beat_lanes = [Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)]
-        x_token = Signal(1)  # token within the pass
-        x_chunk = Signal(range(window(n_chain) // 8 + 1))  # 8-column chunk
-        fill_lane = Signal(range(lanes + 1))  # the beat lane being filled
-        c = Signal(range(n_chain + 1))  # code within the beat
-        s = Signal(range(slots + 1))  # scale slot
-        half = Signal()  # slot: aux after mant
-        result_lane, result_token = Signal(range(lanes + 1)), Signal(1)  # the result written
-
-        def set_lane(update):
-            """``update(fields)`` on the beat lane ``fill_lane``."""
-            with m.Switch(fill_lane):
-                for i, fields in enumerate(beat_lanes):
-                    with m.Case(i):
-                        m.d.sync += update(fields)
-
-        first_kept = beat_no << ln  # first kept code of the beat
-        last_beat = beat_no + 1 == nbeats
-        token = pass_token + x_token
-        token_ok = (token < f.m) & (~x_token | pack)
-        qrow = f.act_addr + token * qrow_pitch
-        row = pass_row + fill_lane
-        row_ok = row < f.n
-        wrow = f.wgt_addr + row * wgt_pitch
-        mrow = f.meta_addr + dwords + row * meta_pitch
-
-        def fail(code):
-            m.d.sync += self.fault.eq(code)
-            m.next = "COMPLETE"
-
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.issue.ready.eq(1)
                 with m.If(self.issue.valid):
                     word = self.issue.payload.word
-                    m.d.sync += [f.eq(word.payload.mat), af.eq(word.payload.attn),
+                    m.d.sync += [tile.fields.eq(word.payload.mat), af.eq(word.payload.attn),
                                  regs.eq(self.issue.payload.regs),
-                                 opcode.eq(word.header.opcode), self.fault.eq(0)]
+                                 tile.opcode.eq(word.header.opcode), self.fault.eq(0)]
                     for fx in fetch.values():
                         m.d.comb += fx.flush.eq(1)
                     with m.If(word.header.opcode == Opcode.ATTN):
                         m.next = "A_CHECK"
                     with m.Else():
                         m.next = "DESC"
-            # -- the descriptor ---------------------------------------------------------------
-            with m.State("DESC"):
-                outside = f.meta_addr + dwords > depth[Buffer.META]
-                fetched = get(fm, Buffer.META, f.meta_addr << lb, ~outside)
-                with m.If(outside):
-                    fail(Fault.RANGE)
-                with m.Elif(fetched):
-                    desc = view(L.TileDescriptor, fm.value)
-                    ok = (desc.wfmt < len(WeightFormat)) & (desc.sparsity < len(Sparsity)) \
-                        & (desc.group_log2 >= L.GROUP_LOG2_MIN) \
-                        & (desc.group_log2 <= L.GROUP_LOG2_MAX) \
-                        & (desc.reserved0 == 0) & (desc.reserved1 == 0)
-                    m.d.sync += [wfmt.eq(desc.wfmt), sparsity.eq(desc.sparsity),
-                                 glog.eq(desc.group_log2), p0.eq(desc.p0), p1.eq(desc.p1)]
-                    with m.If(~ok):
-                        fail(Fault.PARAM)
-                    with m.Else():
-                        m.next = "SHAPE"
-            with m.State("SHAPE"):
-                with m.Switch(wfmt):
-                    for fmt, nbits in L.FORMAT_BITS.items():
-                        with m.Case(fmt):
-                            m.d.sync += bits.eq(nbits)
-                with m.Switch(sparsity):
-                    for sp in Sparsity:
-                        log_keep, log_block, index_bits = sparse_shape(sp)
-                        with m.Case(sp):
-                            m.d.sync += [lkeep.eq(log_keep), lblock.eq(log_block),
-                                         ib.eq(index_bits)]
-                m.d.sync += [groups.eq(f.k >> glog), pack.eq(wfmt != WeightFormat.INT8),
-                             step.eq(Mux(opcode == Opcode.MATMAT, f.out_pitch, 0)),
-                             qrow_pitch.eq(qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
-                m.next = "SIZES"
-            with m.State("SIZES"):
-                kept_now = (f.k >> lblock) << lkeep
-                aux_groups = Mux(wfmt == WeightFormat.INT8, 0, groups)
-                m.d.sync += [kept.eq(kept_now),
-                             wgt_pitch.eq(words((kept_now * (bits + ib) + 7) >> 3)),
-                             meta_pitch.eq(words(L.row_aux_bit(groups, aux_groups) >> 3)),
-                             kpg_log2.eq(glog + lkeep - lblock), lcover.eq(ln + lblock - lkeep),
-                             nbeats.eq((kept_now + n_chain - 1) >> ln)]
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                misfit = ((f.k & ((Const(1, 9) << glog) - 1)) != 0) | \
-                    ((f.k & ((Const(1, 17) << lblock) - 1)) != 0)
-                work = (f.n != 0) & (f.m != 0)
-                off_end = work & (
-                    (f.meta_addr + dwords + f.n * meta_pitch > depth[Buffer.META])
-                    | (f.wgt_addr + f.n * wgt_pitch > depth[Buffer.WGT])
-                    | (f.act_addr + f.m * qrow_pitch > depth[Buffer.ACT])
-                    | (f.out_addr + (f.m - 1) * step + words(L.element_bit(f.n, L.WIDE) >> 3)
-                       > depth[Buffer.ACT]))
-                m.d.sync += [pass_row.eq(0), pass_token.eq(0)]
-                with m.If(misfit):
-                    fail(Fault.PARAM)
-                with m.Elif(off_end):
-                    fail(Fault.RANGE)
-                with m.Elif(~work):
-                    m.next = "COMPLETE"
-                with m.Elif((kpg_log2 < _log2(tap)) | (glog < lblock) | (f.k == 0)):
-                    fail(Fault.UNSUPPORTED)
-                with m.Else():
-                    m.d.sync += beat_no.eq(0)
-                    m.next = "CLEAR"
-            # -- one beat --------------------------------------------------------------------
-            with m.State("CLEAR"):
-                seg_log2 = Mux(kpg_log2 < ln, kpg_log2, ln)
-                m.d.sync += [*(bl.eq(0) for bl in beat_lanes),
-                             beat.eq(0), beat.fmt.eq(wfmt), beat.sparsity.eq(sparsity),
-                             beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
-                             beat.group_end.eq(last_beat | (((first_kept + n_chain) & (
-                                 (Const(1, 16) << kpg_log2) - 1)) == 0)),
-                             x_token.eq(0), x_chunk.eq(0), fill_lane.eq(0), c.eq(0), s.eq(0),
-                             half.eq(0)]
-                m.next = "HEADER"
-            with m.State("HEADER"):  # the tokens' scales
-                fetched = get(fa, Buffer.ACT, qrow << lb, token_ok)
-                with m.If(~token_ok):
-                    m.d.sync += [x_token.eq(0)]
-                    m.next = "X"
-                with m.Elif(fetched):
-                    scale = view(L.QRowHeader, fa.value)
-                    m.d.sync += [beat.xm[x_token].eq(scale.m), beat.xe[x_token].eq(scale.e),
-                                 x_token.eq(1)]
-                    with m.If(x_token == 1):
-                        m.d.sync += x_token.eq(0)
-                        m.next = "X"
-            with m.State("X"):  # the activation window, 8 columns per read
-                col = (beat_no << lcover) + (x_chunk << 3)
-                chunks = (Const(1, 8) << lcover) >> 3
-                keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
-                done, fetched = fetch_unless(~token_ok | (col >= f.k), fa, Buffer.ACT,
-                                             ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
-                with m.If(fetched):
-                    m.d.sync += beat.x[x_token].as_value().word_select(x_chunk, 64).eq(
-                        fa.value & keep)
-                with m.If(done):
-                    m.d.sync += x_chunk.eq(x_chunk + 1)
-                    with m.If(x_chunk + 1 == chunks):
-                        m.d.sync += [x_chunk.eq(0), x_token.eq(1)]
-                        with m.If(x_token == 1):
-                            m.d.sync += x_token.eq(0)
-                            m.next = "CODES"
-            with m.State("CODES"):  # packed codes, then (sparse) their in-block indices
-                q = first_kept + c
-                done, fetched = fetch_unless(~row_ok | (q >= kept), fw, Buffer.WGT, (
-                    wrow << lb) + Mux(half, kept * bits + q * ib, q * bits))
-                with m.If(fetched):
-                    with m.If(half):
-                        set_lane(lambda r: r.idx[c].eq(
-                            fw.value[:MAX_INDEX_BITS] & ((Const(1, 5) << ib) - 1)))
-                    with m.Else():
-                        set_lane(lambda r: r.codes[c].eq(
-                            fw.value[:MAX_CODE_BITS] & ((Const(1, 9) << bits) - 1)))
-                with m.If(done):
-                    m.d.sync += c.eq(c + 1)
-                    with m.If(c == n_chain - 1):
-                        m.d.sync += [c.eq(0), half.eq(~half & (ib != 0))]
-                        with m.If(half | (ib == 0)):
-                            m.d.sync += [half.eq(0), fill_lane.eq(fill_lane + 1)]
-                            with m.If(fill_lane == lanes - 1):
-                                m.d.sync += fill_lane.eq(0)
-                                m.next = "SLOTS"
-            with m.State("SLOTS"):  # per tap slot: the group's scale, then its type id
-                at = first_kept + s * tap
-                g = Mux((at >> kpg_log2) >= groups, groups - 1, at >> kpg_log2)
-                skip = ~row_ok | (at >= kept) | (half & (wfmt == WeightFormat.INT8))
-                done, fetched = fetch_unless(skip, fm, Buffer.META, (mrow << lb) + Mux(
-                    half, L.row_aux_bit(groups, g), L.row_mant_bit(g)))
-                with m.If(fetched):
-                    with m.If(half):
-                        set_lane(lambda r: r.aux[s].eq(fm.value[:L.AUX.width]))
-                    with m.Else():
-                        set_lane(lambda r: r.mant[s].eq(fm.value[:L.MANT.width]))
-                with m.If(done):
-                    m.d.sync += half.eq(~half)
-                    with m.If(half):
-                        m.d.sync += s.eq(s + 1)
-                        with m.If(s == slots - 1):
-                            m.d.sync += [s.eq(0), fill_lane.eq(fill_lane + 1)]
-                            with m.If(fill_lane == lanes - 1):
-                                m.d.sync += fill_lane.eq(0)
-                                m.next = "SHIFTS"
-            with m.State("SHIFTS"):  # the rows' exponents
-                done, fetched = fetch_unless(~row_ok, fm, Buffer.META, mrow << lb)
-                with m.If(fetched):
-                    set_lane(lambda r: r.shift.eq(view(L.RowRecordHead, fm.value).shift))
-                with m.If(done):
-                    m.d.sync += fill_lane.eq(fill_lane + 1)
-                    with m.If(fill_lane == lanes - 1):
-                        m.d.sync += fill_lane.eq(0)
-                        m.next = "SEND"
-            with m.State("SEND"):
-                m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(beat),
-                             *(p.eq(bl) for p, bl in zip(engine.lane_in, beat_lanes,
-                                                         strict=True))]
-                with m.If(engine.i.ready):
-                    m.d.sync += beat_no.eq(beat_no + 1)
-                    with m.If(last_beat):
-                        m.d.sync += [result_lane.eq(0), result_token.eq(0)]
-                        m.next = "RESULTS"
-                    with m.Else():
-                        m.next = "CLEAR"
-            # -- the pass's results ----------------------------------------------------------
+            self._tile_states(m, tile, pas, fetch["meta"])
+            self._activation_states(m, tile, pas, fetch["act"])
+            self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine)
             with m.State("RESULTS"):
-                self._results(m, MatrixPass(f, engine, fo, get, pass_row, pass_token, result_lane,
-                                            result_token, beat_no, pack, step, p0, p1))
-            self._attention(m, af, regs, fa, fw, get, words, fail)
+                self._results(m, tile, pas, engine, fetch["out"])
+            self._attention(m, af, regs, fetch["act"], fetch["wgt"])
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
         return m
 
-    def _results(self, m, state: "MatrixPass"):
+    # -- helpers ---------------------------------------------------------------------------
+    def _words(self, nbytes):
+        return word_count(nbytes, self.cfg.axi_data_bytes)
+
+    @staticmethod
+    def _get(m, fx, buf, bit, when=1):
+        """Request a field (while ``when``); true when ``fx.value`` holds it."""
+        m.d.comb += [fx.req.valid.eq(when), fx.req.payload.buf.eq(buf),
+                     fx.req.payload.bit.eq(bit)]
+        return fx.req.ready
+
+    def _fetch_unless(self, m, skip, fx, buf, bit):
+        """A beat field: fetched, or left zero when ``skip``. Returns ``(done, fetched)`` for
+        this cycle."""
+        fetched = ~skip & self._get(m, fx, buf, bit, ~skip)
+        return skip | fetched, fetched
+
+    def _fail(self, m, code):
+        m.d.sync += self.fault.eq(code)
+        m.next = "COMPLETE"
+
+    # -- the tile ------------------------------------------------------------------------
+    def _tile_states(self, m, tile: MatrixTile, pas: MatrixPass, fm: FieldFetch):
+        """DESC, SHAPE, SIZES, CHECK: decode the descriptor, derive the tile's sizes, and
+        fault (or finish, for an empty tile) before the first pass."""
+        f, lb, dwords, depth = tile.fields, self._bit_log2, self._dwords, self._depth
+        words, n_chain, tap = self._words, self.cfg.chain_len, self.cfg.chain_group
+        ln = _log2(n_chain)
+        with m.State("DESC"):
+            outside = f.meta_addr + dwords > depth[Buffer.META]
+            fetched = self._get(m, fm, Buffer.META, f.meta_addr << lb, ~outside)
+            with m.If(outside):
+                self._fail(m, Fault.RANGE)
+            with m.Elif(fetched):
+                desc = view(L.TileDescriptor, fm.value)
+                ok = (desc.wfmt < len(WeightFormat)) & (desc.sparsity < len(Sparsity)) \
+                    & (desc.group_log2 >= L.GROUP_LOG2_MIN) \
+                    & (desc.group_log2 <= L.GROUP_LOG2_MAX) \
+                    & (desc.reserved0 == 0) & (desc.reserved1 == 0)
+                m.d.sync += [tile.wfmt.eq(desc.wfmt), tile.sparsity.eq(desc.sparsity),
+                             tile.group_log2.eq(desc.group_log2), tile.p0.eq(desc.p0),
+                             tile.p1.eq(desc.p1)]
+                with m.If(~ok):
+                    self._fail(m, Fault.PARAM)
+                with m.Else():
+                    m.next = "SHAPE"
+        with m.State("SHAPE"):
+            with m.Switch(tile.wfmt):
+                for fmt, nbits in L.FORMAT_BITS.items():
+                    with m.Case(fmt):
+                        m.d.sync += tile.bits.eq(nbits)
+            with m.Switch(tile.sparsity):
+                for sp in Sparsity:
+                    log_keep, log_block, index_bits = sparse_shape(sp)
+                    with m.Case(sp):
+                        m.d.sync += [tile.keep_log2.eq(log_keep), tile.block_log2.eq(log_block),
+                                     tile.index_bits.eq(index_bits)]
+            m.d.sync += [tile.groups.eq(f.k >> tile.group_log2),
+                         tile.pack.eq(tile.wfmt != WeightFormat.INT8),
+                         tile.step.eq(Mux(tile.opcode == Opcode.MATMAT, f.out_pitch, 0)),
+                         tile.qrow_pitch.eq(self._qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
+            m.next = "SIZES"
+        with m.State("SIZES"):
+            kept_now = (f.k >> tile.block_log2) << tile.keep_log2
+            aux_groups = Mux(tile.wfmt == WeightFormat.INT8, 0, tile.groups)
+            m.d.sync += [
+                tile.kept.eq(kept_now),
+                tile.wgt_pitch.eq(words((kept_now * (tile.bits + tile.index_bits) + 7) >> 3)),
+                tile.meta_pitch.eq(words(L.row_aux_bit(tile.groups, aux_groups) >> 3)),
+                tile.kpg_log2.eq(tile.group_log2 + tile.keep_log2 - tile.block_log2),
+                tile.cover_log2.eq(ln + tile.block_log2 - tile.keep_log2),
+                tile.nbeats.eq((kept_now + n_chain - 1) >> ln)]
+            m.next = "CHECK"
+        with m.State("CHECK"):
+            misfit = ((f.k & ((Const(1, 9) << tile.group_log2) - 1)) != 0) | \
+                ((f.k & ((Const(1, 17) << tile.block_log2) - 1)) != 0)
+            work = (f.n != 0) & (f.m != 0)
+            off_end = work & (
+                (f.meta_addr + dwords + f.n * tile.meta_pitch > depth[Buffer.META])
+                | (f.wgt_addr + f.n * tile.wgt_pitch > depth[Buffer.WGT])
+                | (f.act_addr + f.m * tile.qrow_pitch > depth[Buffer.ACT])
+                | (f.out_addr + (f.m - 1) * tile.step + words(L.element_bit(f.n, L.WIDE) >> 3)
+                   > depth[Buffer.ACT]))
+            m.d.sync += [pas.pass_row.eq(0), pas.pass_token.eq(0)]
+            with m.If(misfit):
+                self._fail(m, Fault.PARAM)
+            with m.Elif(off_end):
+                self._fail(m, Fault.RANGE)
+            with m.Elif(~work):
+                m.next = "COMPLETE"
+            with m.Elif((tile.kpg_log2 < _log2(tap)) | (tile.group_log2 < tile.block_log2)
+                        | (f.k == 0)):
+                self._fail(m, Fault.UNSUPPORTED)
+            with m.Else():
+                m.d.sync += pas.beat_no.eq(0)
+                m.next = "CLEAR"
+
+    # -- one beat ------------------------------------------------------------------------
+    def _activation_states(self, m, tile: MatrixTile, pas: MatrixPass, fa: FieldFetch):
+        """CLEAR, HEADER, X: start a beat as ``matrix_engine.beats`` schedules it, with the
+        tokens' scales and their activation window."""
+        f, lb, qhdr = tile.fields, self._bit_log2, self._qhdr
+        n_chain = self.cfg.chain_len
+        ln = _log2(n_chain)
+        beat, x_token, x_chunk = pas.beat, pas.x_token, pas.x_chunk
+        first_kept = pas.beat_no << ln  # first kept code of the beat
+        last_beat = pas.beat_no + 1 == tile.nbeats
+        token = pas.pass_token + x_token
+        token_ok = (token < f.m) & (~x_token | tile.pack)
+        qrow = f.act_addr + token * tile.qrow_pitch
+        with m.State("CLEAR"):
+            seg_log2 = Mux(tile.kpg_log2 < ln, tile.kpg_log2, ln)
+            m.d.sync += [*(bl.eq(0) for bl in pas.beat_lanes),
+                         beat.eq(0), beat.fmt.eq(tile.wfmt), beat.sparsity.eq(tile.sparsity),
+                         beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
+                         beat.group_end.eq(last_beat | (((first_kept + n_chain) & (
+                             (Const(1, 16) << tile.kpg_log2) - 1)) == 0)),
+                         x_token.eq(0), x_chunk.eq(0), pas.fill_lane.eq(0), pas.code.eq(0),
+                         pas.slot.eq(0), pas.half.eq(0)]
+            m.next = "HEADER"
+        with m.State("HEADER"):  # the tokens' scales
+            fetched = self._get(m, fa, Buffer.ACT, qrow << lb, token_ok)
+            with m.If(~token_ok):
+                m.d.sync += [x_token.eq(0)]
+                m.next = "X"
+            with m.Elif(fetched):
+                scale = view(L.QRowHeader, fa.value)
+                m.d.sync += [beat.xm[x_token].eq(scale.m), beat.xe[x_token].eq(scale.e),
+                             x_token.eq(1)]
+                with m.If(x_token == 1):
+                    m.d.sync += x_token.eq(0)
+                    m.next = "X"
+        with m.State("X"):  # the activation window, 8 columns per read
+            col = (pas.beat_no << tile.cover_log2) + (x_chunk << 3)
+            chunks = (Const(1, 8) << tile.cover_log2) >> 3
+            keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
+            done, fetched = self._fetch_unless(
+                m, ~token_ok | (col >= f.k), fa, Buffer.ACT,
+                ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
+            with m.If(fetched):
+                m.d.sync += beat.x[x_token].as_value().word_select(x_chunk, 64).eq(
+                    fa.value & keep)
+            with m.If(done):
+                m.d.sync += x_chunk.eq(x_chunk + 1)
+                with m.If(x_chunk + 1 == chunks):
+                    m.d.sync += [x_chunk.eq(0), x_token.eq(1)]
+                    with m.If(x_token == 1):
+                        m.d.sync += x_token.eq(0)
+                        m.next = "CODES"
+
+    def _weight_states(self, m, tile: MatrixTile, pas: MatrixPass, fw: FieldFetch,
+                       fm: FieldFetch, engine: MatrixEngine):
+        """CODES, SLOTS, SHIFTS, SEND: each lane's codes and indices, slot scales and type
+        ids, and row exponent; then the beat goes to the engine (after the pass's last beat,
+        RESULTS)."""
+        f, lb = tile.fields, self._bit_log2
+        lanes, n_chain, tap = self.cfg.mv_rows, self.cfg.chain_len, self.cfg.chain_group
+        ln, slots = _log2(n_chain), n_chain // tap
+        fill_lane, code, slot, half = pas.fill_lane, pas.code, pas.slot, pas.half
+
+        def set_lane(update):
+            """``update(fields)`` on the beat lane ``fill_lane``."""
+            with m.Switch(fill_lane):
+                for i, fields in enumerate(pas.beat_lanes):
+                    with m.Case(i):
+                        m.d.sync += update(fields)
+
+        first_kept = pas.beat_no << ln  # first kept code of the beat
+        last_beat = pas.beat_no + 1 == tile.nbeats
+        row = pas.pass_row + fill_lane
+        row_ok = row < f.n
+        wrow = f.wgt_addr + row * tile.wgt_pitch
+        mrow = f.meta_addr + self._dwords + row * tile.meta_pitch
+        with m.State("CODES"):  # packed codes, then (sparse) their in-block indices
+            q = first_kept + code
+            bits, index_bits = tile.bits, tile.index_bits
+            done, fetched = self._fetch_unless(m, ~row_ok | (q >= tile.kept), fw, Buffer.WGT, (
+                wrow << lb) + Mux(half, tile.kept * bits + q * index_bits, q * bits))
+            with m.If(fetched):
+                with m.If(half):
+                    set_lane(lambda r: r.idx[code].eq(
+                        fw.value[:MAX_INDEX_BITS] & ((Const(1, 5) << index_bits) - 1)))
+                with m.Else():
+                    set_lane(lambda r: r.codes[code].eq(
+                        fw.value[:MAX_CODE_BITS] & ((Const(1, 9) << bits) - 1)))
+            with m.If(done):
+                m.d.sync += code.eq(code + 1)
+                with m.If(code == n_chain - 1):
+                    m.d.sync += [code.eq(0), half.eq(~half & (index_bits != 0))]
+                    with m.If(half | (index_bits == 0)):
+                        m.d.sync += [half.eq(0), fill_lane.eq(fill_lane + 1)]
+                        with m.If(fill_lane == lanes - 1):
+                            m.d.sync += fill_lane.eq(0)
+                            m.next = "SLOTS"
+        with m.State("SLOTS"):  # per tap slot: the group's scale, then its type id
+            at = first_kept + slot * tap
+            groups, kpg_log2 = tile.groups, tile.kpg_log2
+            g = Mux((at >> kpg_log2) >= groups, groups - 1, at >> kpg_log2)
+            skip = ~row_ok | (at >= tile.kept) | (half & (tile.wfmt == WeightFormat.INT8))
+            done, fetched = self._fetch_unless(m, skip, fm, Buffer.META, (mrow << lb) + Mux(
+                half, L.row_aux_bit(groups, g), L.row_mant_bit(g)))
+            with m.If(fetched):
+                with m.If(half):
+                    set_lane(lambda r: r.aux[slot].eq(fm.value[:L.AUX.width]))
+                with m.Else():
+                    set_lane(lambda r: r.mant[slot].eq(fm.value[:L.MANT.width]))
+            with m.If(done):
+                m.d.sync += half.eq(~half)
+                with m.If(half):
+                    m.d.sync += slot.eq(slot + 1)
+                    with m.If(slot == slots - 1):
+                        m.d.sync += [slot.eq(0), fill_lane.eq(fill_lane + 1)]
+                        with m.If(fill_lane == lanes - 1):
+                            m.d.sync += fill_lane.eq(0)
+                            m.next = "SHIFTS"
+        with m.State("SHIFTS"):  # the rows' exponents
+            done, fetched = self._fetch_unless(m, ~row_ok, fm, Buffer.META, mrow << lb)
+            with m.If(fetched):
+                set_lane(lambda r: r.shift.eq(view(L.RowRecordHead, fm.value).shift))
+            with m.If(done):
+                m.d.sync += fill_lane.eq(fill_lane + 1)
+                with m.If(fill_lane == lanes - 1):
+                    m.d.sync += fill_lane.eq(0)
+                    m.next = "SEND"
+        with m.State("SEND"):
+            m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(pas.beat),
+                         *(p.eq(bl) for p, bl in zip(engine.lane_in, pas.beat_lanes,
+                                                     strict=True))]
+            with m.If(engine.i.ready):
+                m.d.sync += pas.beat_no.eq(pas.beat_no + 1)
+                with m.If(last_beat):
+                    m.d.sync += [pas.result_lane.eq(0), pas.result_token.eq(0)]
+                    m.next = "RESULTS"
+                with m.Else():
+                    m.next = "CLEAR"
+
+    # -- the pass's results --------------------------------------------------------------
+    def _results(self, m, tile: MatrixTile, pas: MatrixPass, engine: MatrixEngine,
+                 fetch_out: FieldFetch):
         """Write ``y[lane][token]`` of the pass; then the next pass or the end."""
-        f, engine, lanes = state.fields, state.engine, self.cfg.mv_rows
-        lb = _log2(self.cfg.axi_data_bytes) + 3
-        lane, token = state.result_lane, state.result_token
-        row, tok = state.pass_row + lane, state.pass_token + token
-        ok = (row < f.n) & (tok < f.m) & (~token | state.pack)
+        f, lanes, lb = tile.fields, self.cfg.mv_rows, self._bit_log2
+        lane, token = pas.result_lane, pas.result_token
+        row, tok = pas.pass_row + lane, pas.pass_token + token
+        ok = (row < f.n) & (tok < f.m) & (~token | tile.pack)
         y = engine.o.payload.y[lane][token]
-        dst = f.out_addr + tok * state.step
-        old = state.fetch_out.value[:L.WIDE.width].as_signed()
+        dst = f.out_addr + tok * tile.step
+        old = fetch_out.value[:L.WIDE.width].as_signed()
         value = Signal(signed(L.WIDE.width))
         with m.Switch(f.out_mode):
-            for mode, result in fused_results(m, y, old, state.p0, state.p1).items():
+            for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
                 with m.Case(mode):
                     m.d.comb += value.eq(result)
         residual = [mode for mode, spec in OUT_MODES.items() if spec.operands == "residual"]
         needs_old = engine.o.valid & ok & Cat(*(f.out_mode == mode for mode in residual)).any()
-        have_old = state.get(state.fetch_out, Buffer.ACT,
+        have_old = self._get(m, fetch_out, Buffer.ACT,
                              (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
         written = Signal()
         with m.If(engine.o.valid & ok & have_old):
@@ -425,14 +549,14 @@ class ComputeUnit(wiring.Component):
                 m.d.sync += lane.eq(lane + 1)
                 with m.If(lane == lanes - 1):  # the pass is written: the next one
                     m.d.comb += engine.o.ready.eq(1)
-                    tokens_per_pass = Mux(state.pack, 2, 1)
-                    next_token = state.pass_token + tokens_per_pass
-                    m.d.sync += [state.beat_no.eq(0), state.pass_token.eq(next_token)]
+                    tokens_per_pass = Mux(tile.pack, 2, 1)
+                    next_token = pas.pass_token + tokens_per_pass
+                    m.d.sync += [pas.beat_no.eq(0), pas.pass_token.eq(next_token)]
                     m.next = "CLEAR"
                     with m.If(next_token >= f.m):
-                        m.d.sync += [state.pass_token.eq(0),
-                                     state.pass_row.eq(state.pass_row + lanes)]
-                        with m.If(state.pass_row + lanes >= f.n):
+                        m.d.sync += [pas.pass_token.eq(0),
+                                     pas.pass_row.eq(pas.pass_row + lanes)]
+                        with m.If(pas.pass_row + lanes >= f.n):
                             m.next = "COMPLETE"
 
     def _write_wide(self, m, base, index, value):
@@ -448,155 +572,160 @@ class ComputeUnit(wiring.Component):
                      self.wr.mask.eq(Const((1 << size) - 1, w) << (lane * size))]
         return self.wr.grant
 
-    def _attention(self, m, af, regs, fa, fw, get, words, fail):
+    def _attention(self, m, af, regs, fa: FieldFetch, fw: FieldFetch):
         """The ATTN states: per query row, SCORE (optionally through the row stage's
         softmax) or PV, one multiply-accumulate per step."""
-        cfg = self.cfg
-        w = cfg.axi_data_bytes
-        lb = _log2(w) + 3
-        depth = {b: cfg.buffer_words(b) for b in Buffer}
-        m.submodules.softmax = rs = RowSfu(min((1 << AttnFields.as_shape()["keys"].width) - 1,
-                                               row_limit(cfg)))
-        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+        m.submodules.softmax = RowSfu(min((1 << AttnFields.as_shape()["keys"].width) - 1,
+                                          row_limit(self.cfg)))
+        st = AttnState.signals(self.cfg, af, regs, fw)
+        self._attn_setup_states(m, st)
+        self._score_states(m, st, fa, fw, m.submodules.softmax)
+        self._pv_states(m, st, fa, fw)
+
+    def _next_query(self, m, st: "AttnState"):
+        m.d.sync += st.query.eq(st.query + 1)
+        m.next = "A_ROW"
+        with m.If(st.query + 1 == st.fields.rows):
+            m.next = "COMPLETE"
+
+    def _attn_setup_states(self, m, st: "AttnState"):
+        """A_CHECK, A_RANGE, A_ROW: the pitches, the faults, and each query row's start."""
+        af, words, depth = st.fields, self._words, self._depth
         d, keys = af.head_dim, af.keys
-        t, key, i = Signal(11), Signal(13), Signal(9)  # query row, key, channel
-        kv_bits = Mux(af.kv8, 8, 4)
-        kvp, in_pitch, out_len = Signal(16), Signal(16), Signal(13)
-        is_pv = af.func == AttnFunc.PV
-        qm, qe = Signal(16), Signal(signed(16))
-        qsum, dot = Signal(signed(24)), Signal(signed(32))
-        km, ke, kmid = Signal(16), Signal(signed(16)), Signal(signed(32))
-        emax, seen = Signal(signed(16)), Signal()  # PV: the visible values' largest exponent
-        midsum, acc = Signal(signed(80)), Signal(signed(80))
-        prob, m_al = Signal(signed(32)), Signal(17)
-        row = af.q_addr + t * af.a_step  # the query (SCORE) or probability (PV) row
-        rec = af.kv_addr + key * kvp  # the key's (value's) KV row
-        out_row = af.dst + t * af.d_step
-        vis = visible(key, regs[Reg.POS.value] + t, regs[Reg.SINK.value],
-                      regs[Reg.WINDOW.value])
-        code = Mux(af.kv8, fw.value[:L.KV_CODE[8].width].as_signed(),
-                   fw.value[:L.KV_CODE[4].width].as_signed())
-        kv_head = view(L.KvHeader, fw.value)
-        kv_m, kv_e, kv_mid = kv_head.m, kv_head.e, kv_head.mid
-
-        def next_row():
-            m.d.sync += t.eq(t + 1)
-            m.next = "A_ROW"
-            with m.If(t + 1 == af.rows):
-                m.next = "COMPLETE"
-
+        w = self.cfg.axi_data_bytes
+        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
         with m.State("A_CHECK"):
-            m.d.sync += [kvp.eq(kvhdr + words((d * kv_bits + 7) >> 3)),
-                         in_pitch.eq(Mux(is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
-                                         qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
-                         out_len.eq(Mux(is_pv, d, keys)), t.eq(0)]
+            m.d.sync += [st.kv_pitch.eq(kvhdr + words((d * st.kv_bits + 7) >> 3)),
+                         st.in_pitch.eq(Mux(st.is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
+                                            qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
+                         st.out_len.eq(Mux(st.is_pv, d, keys)), st.query.eq(0)]
             m.next = "A_RANGE"
         with m.State("A_RANGE"):
-            off_end = ((keys != 0) & (af.kv_addr + keys * kvp > depth[Buffer.KV])) | (
-                (af.q_addr + (af.rows - 1) * af.a_step + in_pitch > depth[Buffer.ACT]) |
-                (af.dst + (af.rows - 1) * af.d_step + words(L.element_bit(out_len, L.WIDE) >> 3)
-                 > depth[Buffer.ACT]))
+            off_end = ((keys != 0) & (af.kv_addr + keys * st.kv_pitch > depth[Buffer.KV])) | (
+                (af.q_addr + (af.rows - 1) * af.a_step + st.in_pitch > depth[Buffer.ACT]) |
+                (af.dst + (af.rows - 1) * af.d_step
+                 + words(L.element_bit(st.out_len, L.WIDE) >> 3) > depth[Buffer.ACT]))
             with m.If((d == 0) | d[0]):
-                fail(Fault.PARAM)
+                self._fail(m, Fault.PARAM)
             with m.Elif((af.rows != 0) & off_end):
-                fail(Fault.RANGE)
+                self._fail(m, Fault.RANGE)
             with m.Elif(af.rows == 0):
                 m.next = "COMPLETE"
             with m.Else():
                 m.next = "A_ROW"
         with m.State("A_ROW"):
-            m.d.sync += [key.eq(0), i.eq(0), qsum.eq(0), emax.eq(0), seen.eq(0),
-                         midsum.eq(0)]
-            with m.If(is_pv):
+            m.d.sync += [st.key.eq(0), st.channel.eq(0), st.qsum.eq(0), st.emax.eq(0),
+                         st.seen.eq(0), st.midsum.eq(0)]
+            with m.If(st.is_pv):
                 m.next = "P_SCAN"
             with m.Else():
                 m.next = "S_QHDR"
-        # -- SCORE ----------------------------------------------------------------------------
-        with m.State("S_QHDR"), m.If(get(fa, Buffer.ACT, row << lb)):
+
+    def _score_states(self, m, st: "AttnState", fa: FieldFetch, fw: FieldFetch, rs: RowSfu):
+        """SCORE: the query's scale and code sum, then per key its header and dot product,
+        and the score written (or streamed through the softmax and drained)."""
+        af, regs, lb, get = st.fields, st.regs, self._bit_log2, self._get
+        w = self.cfg.axi_data_bytes
+        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+        d, keys, key, i = af.head_dim, af.keys, st.key, st.channel
+        q_code = ((st.row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
+        with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
             scale = view(L.QRowHeader, fa.value)
-            m.d.sync += [qm.eq(scale.m), qe.eq(scale.e)]
+            m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
             m.next = "S_QSUM"
-        q_code = ((row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
-        with m.State("S_QSUM"), m.If(get(fa, Buffer.ACT, q_code)):
-            m.d.sync += [qsum.eq(qsum + fa.value[:L.QCODE.width].as_signed()), i.eq(i + 1)]
+        with m.State("S_QSUM"), m.If(get(m, fa, Buffer.ACT, q_code)):
+            m.d.sync += [st.qsum.eq(st.qsum + fa.value[:L.QCODE.width].as_signed()),
+                         i.eq(i + 1)]
             with m.If(i + 1 == d):
                 m.next = "S_KHDR"
         with m.State("S_KHDR"):
-            fetched = get(fw, Buffer.KV, rec << lb, key != keys)
+            fetched = get(m, fw, Buffer.KV, st.rec << lb, key != keys)
             with m.If(key == keys):
                 with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
                     m.d.sync += key.eq(0)
                     m.next = "S_DRAIN"
                 with m.Else():
-                    next_row()
+                    self._next_query(m, st)
             with m.Elif(fetched):
-                m.d.sync += [km.eq(kv_m), ke.eq(kv_e), kmid.eq(kv_mid), dot.eq(0), i.eq(0)]
+                m.d.sync += [st.km.eq(st.kv_head.m), st.ke.eq(st.kv_head.e),
+                             st.kmid.eq(st.kv_head.mid), st.dot.eq(0), i.eq(0)]
                 m.next = "S_DOT"
         with m.State("S_DOT"):
-            q_ok = get(fa, Buffer.ACT, q_code)
-            k_ok = get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)
+            q_ok = get(m, fa, Buffer.ACT, q_code)
+            k_ok = get(m, fw, Buffer.KV, ((st.rec + kvhdr) << lb) + i * st.kv_bits)
             with m.If(q_ok & k_ok):
-                m.d.sync += [dot.eq(dot + fa.value[:L.QCODE.width].as_signed() * code), i.eq(i + 1)]
+                m.d.sync += [st.dot.eq(st.dot + fa.value[:L.QCODE.width].as_signed() * st.code),
+                             i.eq(i + 1)]
                 with m.If(i + 1 == d):
                     m.next = "S_OUT"
         with m.State("S_OUT"):
             shift = af.shift
-            part = saturate(round_shift(dot * km * qm, shift - ke - qe, N.WIDE_BITS + 1),
-                            N.WIDE_BITS)
-            mids = round_shift(qsum * qm * kmid, shift - qe, N.WIDE_BITS + 1)
+            part = saturate(round_shift(st.dot * st.km * st.qm, shift - st.ke - st.qe,
+                                        N.WIDE_BITS + 1), N.WIDE_BITS)
+            mids = round_shift(st.qsum * st.qm * st.kmid, shift - st.qe, N.WIDE_BITS + 1)
             score = Signal(signed(N.WIDE_BITS))
             m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
             cmd = rs.i.payload.cmd
             m.d.comb += [rs.i.payload.eq(0), rs.i.payload.a.eq(score), cmd.func.eq(RowFunc.SOFTMAX),
-                         cmd.length.eq(keys), cmd.pos.eq(regs[Reg.POS.value] + t),
+                         cmd.length.eq(keys), cmd.pos.eq(regs[Reg.POS.value] + st.query),
                          cmd.sink.eq(regs[Reg.SINK.value]),
                          cmd.window.eq(regs[Reg.WINDOW.value])]
             done = Signal()
             with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
                 m.d.comb += [rs.i.valid.eq(1), done.eq(rs.i.ready)]
             with m.Else():
-                m.d.comb += done.eq(self._write_wide(m, out_row, key, score))
+                m.d.comb += done.eq(self._write_wide(m, st.out_row, key, score))
             with m.If(done):
                 m.d.sync += key.eq(key + 1)
                 m.next = "S_KHDR"
         with m.State("S_DRAIN"):
             written = Signal()
             with m.If(rs.o.valid):
-                m.d.comb += written.eq(self._write_wide(m, out_row, key, rs.o.payload.y))
+                m.d.comb += written.eq(self._write_wide(m, st.out_row, key, rs.o.payload.y))
             with m.If(written):
                 m.d.comb += rs.o.ready.eq(1)
                 m.d.sync += key.eq(key + 1)
                 with m.If(rs.o.payload.last):
-                    next_row()
-        # -- PV -------------------------------------------------------------------------------
+                    self._next_query(m, st)
+
+    def _pv_states(self, m, st: "AttnState", fa: FieldFetch, fw: FieldFetch):
+        """PV: the largest visible value exponent and the midpoint sum over the keys, then
+        per channel the probabilities times the aligned values, written as one element."""
+        af, lb, get = st.fields, self._bit_log2, self._get
+        kvhdr = L.kv_header(self.cfg.axi_data_bytes)
+        d, keys, key, i = af.head_dim, af.keys, st.key, st.channel
+        kv_m, kv_e = st.kv_head.m, st.kv_head.e
         with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
-            p_ok = get(fa, Buffer.ACT, (row << lb) + L.element_bit(key, L.WIDE), key != keys)
-            h_ok = get(fw, Buffer.KV, rec << lb, key != keys)
+            p_ok = get(m, fa, Buffer.ACT, (st.row << lb) + L.element_bit(key, L.WIDE),
+                       key != keys)
+            h_ok = get(m, fw, Buffer.KV, st.rec << lb, key != keys)
             with m.If(key == keys):
                 m.d.sync += i.eq(0)
                 m.next = "P_CHANNEL"
             with m.Elif(p_ok & h_ok):
-                m.d.sync += [midsum.eq(midsum + fa.value[:L.WIDE.width].as_signed() * kv_mid),
-                             key.eq(key + 1)]
-                with m.If(vis & (kv_m != 0) & (~seen | (kv_e > emax))):
-                    m.d.sync += [emax.eq(kv_e), seen.eq(1)]
+                m.d.sync += [st.midsum.eq(st.midsum + fa.value[:L.WIDE.width].as_signed()
+                                          * st.kv_head.mid), key.eq(key + 1)]
+                with m.If(st.visible & (kv_m != 0) & (~st.seen | (kv_e > st.emax))):
+                    m.d.sync += [st.emax.eq(kv_e), st.seen.eq(1)]
         with m.State("P_CHANNEL"):
-            m.d.sync += [acc.eq(0), key.eq(0)]
+            m.d.sync += [st.acc.eq(0), key.eq(0)]
             with m.If(i == d):
-                next_row()
+                self._next_query(m, st)
             with m.Elif(keys == 0):
                 m.next = "P_OUT"
             with m.Else():
                 m.next = "P_SCALE"
         with m.State("P_SCALE"):  # the key's probability and aligned value scale
-            p_ok = get(fa, Buffer.ACT, (row << lb) + L.element_bit(key, L.WIDE))
-            h_ok = get(fw, Buffer.KV, rec << lb)
+            p_ok = get(m, fa, Buffer.ACT, (st.row << lb) + L.element_bit(key, L.WIDE))
+            h_ok = get(m, fw, Buffer.KV, st.rec << lb)
             with m.If(p_ok & h_ok):
-                aligned = round_shift(Cat(kv_m, Const(0, 1)), (emax - kv_e).as_signed(), 17)
-                m.d.sync += [prob.eq(fa.value[:L.WIDE.width]), m_al.eq(Mux(vis, aligned, 0))]
+                aligned = round_shift(Cat(kv_m, Const(0, 1)), (st.emax - kv_e).as_signed(), 17)
+                m.d.sync += [st.prob.eq(fa.value[:L.WIDE.width]),
+                             st.m_aligned.eq(Mux(st.visible, aligned, 0))]
                 m.next = "P_MAC"
-        with m.State("P_MAC"), m.If(get(fw, Buffer.KV, ((rec + kvhdr) << lb) + i * kv_bits)):
-            m.d.sync += [acc.eq(acc + prob * m_al * code), key.eq(key + 1)]
+        with m.State("P_MAC"), m.If(get(m, fw, Buffer.KV,
+                                        ((st.rec + kvhdr) << lb) + i * st.kv_bits)):
+            m.d.sync += [st.acc.eq(st.acc + st.prob * st.m_aligned * st.code), key.eq(key + 1)]
             m.next = "P_SCALE"
             with m.If(key + 1 == keys):
                 m.next = "P_OUT"
@@ -604,8 +733,8 @@ class ComputeUnit(wiring.Component):
             frac = N.PROB_FRAC + af.shift
             value = Signal(signed(N.WIDE_BITS))
             m.d.comb += value.eq(saturate(
-                round_shift(acc, frac - emax, N.WIDE_BITS + 1) +
-                round_shift(midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
-            with m.If(self._write_wide(m, out_row, i, value)):
+                round_shift(st.acc, frac - st.emax, N.WIDE_BITS + 1) +
+                round_shift(st.midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
+            with m.If(self._write_wide(m, st.out_row, i, value)):
                 m.d.sync += i.eq(i + 1)
                 m.next = "P_CHANNEL"
