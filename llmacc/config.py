@@ -217,8 +217,9 @@ PRESETS: dict[str, AccelConfig] = {
         weight_group=32,
     ),
     # Alveo U280: 32 HBM2 pseudo-channels of 256 MiB at 14.375 GB/s each (460 GB/s),
-    # 256-bit AXI per channel at 225 MHz user clock. 96 chains x 64 DSPs = 6,144 of the
-    # 9,024 DSP48E2 (68%), leaving room for the SFU and address generation.
+    # 512-bit AXI per channel at 225 MHz user clock (64 B per cycle: the whole channel).
+    # 96 chains x 64 DSPs = 6,144 of the 9,024 DSP48E2 (68%), leaving room for the SFU and
+    # address generation.
     "u280": AccelConfig(
         name="u280",
         clock_mhz=225.0,
@@ -232,7 +233,7 @@ PRESETS: dict[str, AccelConfig] = {
         meta_buffer_bytes=256 * 1024,
         table_buffer_bytes=128 * 1024,
         mem_channels=32,
-        axi_data_bits=256,
+        axi_data_bits=512,
         axi_addr_bits=64,
         channel_bytes=256 << 20,
         channel_gbps=14.375,

@@ -11,7 +11,7 @@ from llmacc.config import AccelConfig, ConfigError
 def test_presets_exist_and_are_valid():
     small, u280 = config.preset("sim-small"), config.preset("u280")
     assert small.dsps < 100 and u280.dsps <= u280.device_dsps
-    assert u280.mem_channels == 32 and u280.axi_data_bits == 256
+    assert u280.mem_channels == 32 and u280.axi_data_bits == 512
     assert u280.mem_bandwidth_gbps == pytest.approx(460.0)
     assert u280.max_seq_len == 2048
 
