@@ -19,7 +19,7 @@ DEMO_SCHEME ?= w8a8
 DEMO_PROMPT ?= Once upon a time
 DEMO := build/demo/stories260K-$(DEMO_SCHEME)
 
-.PHONY: setup test sim lint docs bench demo bitstream synth-report clean help
+.PHONY: setup test sim lint docs bench bench-rtl demo bitstream synth-report clean help
 
 help:
 	@echo "make setup     create .venv and install the pinned toolchain"
@@ -30,6 +30,8 @@ help:
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
 	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
 	@echo "               (tables in build/bench/)"
+	@echo "make bench-rtl the weight streamer against the HBM channel model: read"
+	@echo "               utilisation and cycle-model error per workload (CONFIG=u280)"
 	@echo "make demo      compile the shipped model and generate text on the emulator"
 	@echo "make bitstream BOARD=u280 CONFIG=u280 [REQUIRE_VIVADO=1]"
 	@echo "               Vitis build tree in build/bitstream/; runs Vivado/v++ if on PATH"
@@ -65,6 +67,10 @@ bench: $(VENV)/.installed
 		--table build/bench/compiler.md
 	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
 		--max-stories 40 --table build/bench/quant_ppl.md
+
+bench-rtl: $(VENV)/.installed
+	mkdir -p build/bench
+	$(PY) -m sim.bench_rtl --config $(CONFIG) --table build/bench/rtl_stream.md
 
 $(DEMO)/manifest.json: | $(VENV)/.installed
 	$(VENV)/bin/llmacc compile --model $(MODEL) --tokenizer $(TOKENIZER) \

@@ -49,11 +49,12 @@ def command_layout(addr_bits: int) -> data.StructLayout:
     return data.StructLayout({"addr": addr_bits, "beats": 20})
 
 
-def _burst_len(m: Module, addr, remaining, data_bytes: int):
-    """Beats of the next burst: at most 256, the rest, and up to the 4 KiB boundary."""
+def burst_len(m: Module, addr, remaining, data_bytes: int, cap: int = BURST_MAX):
+    """Beats of the next burst: at most ``cap`` (256 by AXI), the rest, and up to the 4 KiB
+    boundary."""
     to_boundary = Signal(range(BOUNDARY // data_bytes + 1))
     m.d.comb += to_boundary.eq((BOUNDARY - (addr & (BOUNDARY - 1))) // data_bytes)
-    cap = min(BURST_MAX, BOUNDARY // data_bytes)
+    cap = min(cap, BURST_MAX, BOUNDARY // data_bytes)
     first = Signal(range(cap + 1))
     m.d.comb += first.eq(Mux(to_boundary < cap, to_boundary, cap))
     n = Signal(range(cap + 1))
@@ -83,7 +84,7 @@ class _BurstMaster(wiring.Component):
                    for f in ("addr", "len", "size", "burst", "valid", "ready")}
         addr = Signal(self.addr_bits, name=f"{prefix}_next")
         remaining = Signal(21, name=f"{prefix}_remaining")
-        n = _burst_len(m, addr, remaining, nbytes)
+        n = burst_len(m, addr, remaining, nbytes)
         sent = channel["valid"] & channel["ready"]
         m.d.comb += [channel["size"].eq((nbytes - 1).bit_length()), channel["burst"].eq(1),
                      channel["addr"].eq(addr), channel["len"].eq(n - 1),

@@ -1,7 +1,8 @@
 """The kernel's host-visible facts, declared once for the RTL, the simulators, the host and
 the board flow.
 
-* the AXI4 burst rules that the masters (``hw/axi.py``) and the cycle model follow;
+* the AXI4 burst rules that the masters (``hw/axi.py``) and the cycle model follow, and the
+  weight streamers' burst size, reads in flight and FIFO depth;
 * the AXI4-Lite control slave's register map (the ``ap_ctrl_hs`` block, the kernel
   arguments, the performance counters) and the Vitis kernel arguments derived from it;
 * the status word and its :class:`Fault` codes, which the controller and the units raise, the
@@ -19,6 +20,27 @@ from llmacc.config import AccelConfig
 # -- AXI4 bursts -----------------------------------------------------------------------------
 BURST_MAX = 256  #: beats in one INCR burst
 BOUNDARY = 4096  #: bytes a burst may not cross
+
+
+# -- weight streams ---------------------------------------------------------------------------
+STREAM_BURST_BYTES = 1024  #: bytes in one weight-stream read burst (HBM's efficient size)
+#: Bursts a weight streamer keeps in flight. HBM returns the first beat 40-120 cycles after
+#: the address, 7.5 KiB at 64 B per cycle, and a burst counts until its last beat is back:
+#: 8 bursts of 1 KiB read at 0.947 of the peak in the HBM model, 16 at 0.958-0.975
+#: (``make bench-rtl``, attn shapes).
+STREAM_BURSTS_IN_FLIGHT = 16
+
+
+def stream_burst_beats(data_bytes: int) -> int:
+    """Beats of one full weight-stream burst on a port of ``data_bytes`` per beat."""
+    return max(1, min(BURST_MAX, STREAM_BURST_BYTES // data_bytes))
+
+
+def stream_fifo_words(data_bytes: int) -> int:
+    """Words of a weight streamer's FIFO: room for every beat in flight, twice over, so the
+    read channel never waits on the consumer's jitter (a power of two)."""
+    words = 2 * STREAM_BURSTS_IN_FLIGHT * stream_burst_beats(data_bytes)
+    return 1 << (words - 1).bit_length()
 
 
 # -- faults and the status word --------------------------------------------------------------

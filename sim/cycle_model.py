@@ -34,6 +34,33 @@ ISSUE_CYCLES = 2  #: the controller decodes and dispatches one instruction per 2
 TOKEN_EXTRA = 2  #: from a unit's completion to the start of the instruction waiting on it
 
 
+#: The HBM efficiency parameter: the share of a channel's peak bandwidth that a reader
+#: which never lets the channel wait gets (refresh; page and bank effects on a board). The
+#: channel model of the RTL benches (``sim/hbm_model.py``) draws its refresh bubbles from it;
+#: a board measures it.
+HBM_EFFICIENCY = 0.97
+#: The HBM channel model's read latency: uniform over this range, in cycles.
+HBM_LATENCY = (40, 120)
+#: A weight stream's cycles outside its beats: the command into the queue, the first
+#: address, and the first word through the FIFO to the consumer.
+STREAM_EXTRA = 4
+
+
+def channel_bytes_per_cycle(cfg: AccelConfig) -> float:
+    """One channel's peak bytes per cycle (``channel_gbps`` at ``clock_mhz``)."""
+    return cfg.channel_gbps * 1e3 / cfg.clock_mhz
+
+
+def stream_cycles(cfg: AccelConfig, words: int, efficiency: float = HBM_EFFICIENCY) -> int:
+    """Cycles for one weight streamer (``hw/weight_streamer.py``) to deliver ``words``
+    contiguous words to a consumer that never stalls: the mean round trip, then the words at
+    the port's rate or the channel's, whichever is lower, times ``efficiency``."""
+    if words <= 0:
+        return 0
+    rate = min(1.0, channel_bytes_per_cycle(cfg) / cfg.axi_data_bytes) * efficiency
+    return STREAM_EXTRA + sum(HBM_LATENCY) // 2 + round(words / rate)
+
+
 def fetch_beats(cfg: AccelConfig) -> int:
     """AXI beats per instruction word on the instruction port (at least one)."""
     return -(-isa.WORD_BYTES // cfg.axi_data_bytes)
@@ -52,7 +79,7 @@ def issue_cycles(cfg: AccelConfig) -> int:
 def beat_cycles(cfg: AccelConfig, words: int) -> int:
     """Cycles to move ``words`` AXI words through one port: one per cycle, or fewer when the
     channel's bandwidth is below the port's."""
-    bytes_per_cycle = cfg.channel_gbps * 1e9 / (cfg.clock_mhz * 1e6)
+    bytes_per_cycle = channel_bytes_per_cycle(cfg)
     return max(words, -(-int(words * cfg.axi_data_bytes * 1000) // int(bytes_per_cycle * 1000)))
 
 

@@ -1,0 +1,220 @@
+"""A bandwidth-faithful model of one HBM pseudo-channel's read path, for RTL benches.
+
+The RTL's memories in the top harness answer after a fixed latency at one beat per cycle.
+Whether a read path streams at line rate shows only against memory that behaves like HBM:
+:class:`HbmChannel` returns each burst 40-120 cycles (seeded, uniform) after its address, in
+order, at most the channel's bytes per cycle (``AccelConfig.channel_gbps`` at the clock, a
+token bucket), with refresh bubbles on about 3% of the cycles. :class:`HbmTiming` holds those
+numbers; their defaults are the cycle model's (``sim.cycle_model.HBM_EFFICIENCY``, the one
+parameter that a board measures later, and ``HBM_LATENCY``).
+
+:func:`stream_bench` drives a :class:`hw.weight_streamer.WeightStreamer` (or anything with
+its ports) cycle by cycle against the model through a small :class:`PortIO` adapter, so the
+same bench runs in Amaranth's simulator and under cocotb on the Verilated block.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from amaranth.hdl import Value
+
+from llmacc.config import AccelConfig
+from sim.cycle_model import HBM_EFFICIENCY, HBM_LATENCY, channel_bytes_per_cycle
+
+
+@dataclass(frozen=True)
+class HbmTiming:
+    """One channel's read timing: peak bytes per cycle, read latency range, refresh share."""
+
+    bytes_per_cycle: float
+    latency: tuple[int, int] = HBM_LATENCY
+    refresh: float = 1.0 - HBM_EFFICIENCY  #: share of cycles on which no beat can return
+
+    @classmethod
+    def of(cls, cfg: AccelConfig, **changes) -> HbmTiming:
+        """The timing of one of ``cfg``'s channels (``channel_gbps`` at ``clock_mhz``)."""
+        return cls(channel_bytes_per_cycle(cfg), **changes)
+
+    @property
+    def efficiency(self) -> float:
+        """The share of the peak a perfect reader gets: the refresh bubbles' complement."""
+        return 1.0 - self.refresh
+
+    def beats_per_cycle(self, data_bytes: int) -> float:
+        """Steady-state beats per cycle a perfect reader gets on a ``data_bytes`` port."""
+        return min(1.0, self.bytes_per_cycle / data_bytes) * self.efficiency
+
+
+class HbmChannel:
+    """A seeded read-only AXI4 slave over ``memory``: AR always ready, R in order, paced by
+    latency, bandwidth and refresh. Call :meth:`r_channel` for this cycle's R outputs, then
+    :meth:`advance` with what handshook at the clock edge."""
+
+    def __init__(self, memory: bytes, data_bytes: int, timing: HbmTiming, rng: random.Random):
+        self.memory, self.data_bytes, self.timing, self.rng = memory, data_bytes, timing, rng
+        self.now = 0
+        self.credit = 0.0
+        self.bursts: deque[list[int]] = deque()  # [addr, beats left, first-beat cycle]
+        self.last_ready = 0
+        self.holding = False  # R valid was offered and not taken: it stays valid
+        self.bubble = False
+
+    def request(self, addr: int, beats: int) -> None:
+        lo, hi = self.timing.latency
+        ready = max(self.now + self.rng.randint(lo, hi), self.last_ready)
+        self.last_ready = ready
+        self.bursts.append([addr, beats, ready])
+
+    def r_channel(self) -> tuple[bool, int, bool]:
+        """(rvalid, rdata, rlast) for this cycle."""
+        if not self.bursts:
+            return False, 0, False
+        addr, left, ready = self.bursts[0]
+        valid = self.holding or (ready <= self.now and self.credit >= self.data_bytes
+                                 and not self.bubble)
+        if not valid:
+            return False, 0, False
+        if addr + self.data_bytes > len(self.memory):
+            raise IndexError(f"read of {addr:#x} beyond the model's {len(self.memory)} bytes")
+        word = int.from_bytes(self.memory[addr:addr + self.data_bytes], "little")
+        return True, word, left == 1
+
+    def advance(self, offered: bool, taken: bool) -> None:
+        """End the cycle: ``offered`` R valid, ``taken`` it handshook."""
+        if taken:
+            burst = self.bursts[0]
+            burst[0] += self.data_bytes
+            burst[1] -= 1
+            if burst[1] == 0:
+                self.bursts.popleft()
+            self.credit -= self.data_bytes
+        self.holding = offered and not taken
+        cap = self.data_bytes + self.timing.bytes_per_cycle
+        self.credit = min(cap, self.credit + self.timing.bytes_per_cycle)
+        self.now += 1
+        self.bubble = self.rng.random() < self.timing.refresh
+
+
+class PortIO(Protocol):
+    """One clock cycle of a block: drive ``inputs`` (port name -> value), return the named
+    ``outputs`` as they settle in this cycle, then advance past the clock edge."""
+
+    async def cycle(self, inputs: dict[str, int], outputs: tuple[str, ...]) -> dict[str, int]:
+        ...
+
+
+@dataclass
+class StreamReport:
+    """What a streaming run did: the words out, the bursts asked, and how fast."""
+
+    words: list[int] = field(default_factory=list)
+    bursts: list[tuple[int, int]] = field(default_factory=list)  #: (addr, beats)
+    cycles: int = 0  #: from the first command to idle
+    first_beat: int | None = None  #: cycle of the first R beat
+    last_beat: int = 0
+    beats: int = 0
+    max_in_flight: int = 0  #: most bursts outstanding at once
+
+    def utilization(self, data_bytes: int, timing: HbmTiming) -> float:
+        """Read bytes per cycle in steady state (first to last beat) over the channel's
+        peak."""
+        span = self.last_beat - (self.first_beat or 0) + 1
+        return self.beats * data_bytes / (span * timing.bytes_per_cycle)
+
+
+STREAM_OUTPUTS = ("cmd__ready", "axi__arvalid", "axi__araddr", "axi__arlen", "axi__rready",
+                  "data__valid", "data__payload", "idle", "error")
+
+
+async def stream_bench(io: PortIO, memory: bytes, commands: list[tuple[int, int]],
+                       data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
+                       *, stall: float = 0.0, max_cycles: int = 2_000_000) -> StreamReport:
+    """Feed ``commands`` (addr, beats) to the streamer, serve its reads from the model, take
+    its words (refusing each with probability ``stall``) until it is idle with every word."""
+    hbm = HbmChannel(memory, data_bytes, timing, rng)
+    report = StreamReport()
+    want = sum(beats for _, beats in commands)
+    pending = deque(commands)
+    while True:
+        rvalid, rdata, rlast = hbm.r_channel()
+        cmd = pending[0] if pending else None
+        ready = int(rng.random() >= stall)
+        inputs = {"cmd__valid": int(cmd is not None),
+                  "cmd__payload": 0 if cmd is None else cmd[0] | cmd[1] << addr_bits,
+                  "axi__arready": 1, "axi__rvalid": int(rvalid), "axi__rdata": rdata,
+                  "axi__rlast": int(rlast), "axi__rresp": 0, "data__ready": ready}
+        out = await io.cycle(inputs, STREAM_OUTPUTS)
+        if out["error"]:
+            raise AssertionError(f"cycle {report.cycles}: error flag without an error response")
+        if cmd is not None and out["cmd__ready"]:
+            pending.popleft()
+        if out["axi__arvalid"]:
+            beats = out["axi__arlen"] + 1
+            hbm.request(out["axi__araddr"], beats)
+            report.bursts.append((out["axi__araddr"], beats))
+        taken = rvalid and bool(out["axi__rready"])
+        if taken:
+            report.beats += 1
+            report.last_beat = report.cycles
+            if report.first_beat is None:
+                report.first_beat = report.cycles
+        hbm.advance(rvalid, taken)
+        if out["data__valid"] and ready:
+            report.words.append(out["data__payload"])
+        report.max_in_flight = max(report.max_in_flight, len(hbm.bursts))
+        report.cycles += 1
+        if not pending and out["idle"] and len(report.words) == want:
+            return report
+        if report.cycles > max_cycles:
+            raise TimeoutError(f"{len(report.words)} of {want} words after {report.cycles} "
+                               "cycles")
+
+
+def expected_words(memory: bytes, commands: list[tuple[int, int]], data_bytes: int) -> list[int]:
+    """The words a streamer must give for ``commands``: each command's beats in order."""
+    return [int.from_bytes(memory[addr + i * data_bytes:addr + (i + 1) * data_bytes], "little")
+            for addr, beats in commands for i in range(beats)]
+
+
+class AmaranthIO:
+    """:class:`PortIO` over an Amaranth testbench context; port names are the Verilog
+    names (``axi__arvalid``: member ``arvalid`` of the interface ``axi``)."""
+
+    def __init__(self, ctx, dut):
+        self.ctx, self.dut = ctx, dut
+        self._signals: dict[str, object] = {}
+
+    def _signal(self, name: str):
+        if name not in self._signals:
+            obj = self.dut
+            for part in name.split("__"):
+                obj = getattr(obj, part)
+            self._signals[name] = Value.cast(obj)
+        return self._signals[name]
+
+    async def cycle(self, inputs: dict[str, int], outputs: tuple[str, ...]) -> dict[str, int]:
+        for name, value in inputs.items():
+            self.ctx.set(self._signal(name), value)
+        out = {name: self.ctx.get(self._signal(name)) for name in outputs}
+        await self.ctx.tick()
+        return out
+
+
+def random_rows(rng: random.Random, data_bytes: int, memory_bytes: int, count: int
+                ) -> list[tuple[int, int]]:
+    """``count`` row reads (addr, beats) of random length, most contiguous with the one
+    before (a weight tile's rows), some jumping (the next tile), some across 4 KiB."""
+    rows, addr = [], rng.randrange(0, 64) * data_bytes
+    for _ in range(count):
+        beats = rng.choice((1, 3, 7, 16, 40, rng.randint(1, 300)))
+        if rng.random() < 0.2:
+            addr = rng.randrange(0, memory_bytes // 2) // data_bytes * data_bytes
+        if addr + beats * data_bytes > memory_bytes:
+            addr = 0
+        rows.append((addr, beats))
+        addr += beats * data_bytes
+    return rows
