@@ -672,14 +672,47 @@ def rmsnorm_eps(eps: float, length: int, f_in: int) -> int:
     return int(check_range(fixed, EPS_BITS, "RMSNorm epsilon"))
 
 
-def rope_table(max_pos: int, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos/sin [max_pos, head_dim/2] in Q1.14 for interleaved pairs (2i, 2i+1).
+#: The RoPE frequency scalings :func:`rope_frequencies` implements (Hugging Face's
+#: ``rope_type`` names).
+ROPE_TYPES = ("default", "linear", "llama3")
 
-    Frequency ``i`` is ``theta**(-2i/head_dim)``. Generated offline in float64, stored in the
-    model package; hardware and reference read the same table.
-    """
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, rope_type: str = "default",
+                     factor: float = 1.0, low_freq_factor: float = 1.0,
+                     high_freq_factor: float = 4.0, original_max_pos: int = 8192) -> Tensor:
+    """The angular frequency of each pair, float64 [head_dim/2]: ``theta**(-2i/head_dim)``,
+    then scaled. ``linear`` divides every frequency by ``factor``; ``llama3`` (LLaMA 3.1)
+    divides the low frequencies (wavelength above ``original_max_pos / low_freq_factor``) by
+    ``factor``, keeps the high ones (below ``original_max_pos / high_freq_factor``) and blends
+    in between, as Meta's reference and Hugging Face do."""
     i = torch.arange(head_dim // 2, dtype=torch.float64)
     freq = theta ** (-2 * i / head_dim)
+    if rope_type == "default":
+        return freq
+    if rope_type == "linear":
+        return freq / factor
+    if rope_type != "llama3":
+        raise NumericsError(f"RoPE type {rope_type!r} is not one of {', '.join(ROPE_TYPES)}")
+    wavelen = 2 * math.pi / freq
+    low_wavelen = original_max_pos / low_freq_factor
+    high_wavelen = original_max_pos / high_freq_factor
+    smooth = (original_max_pos / wavelen - low_freq_factor) / (high_freq_factor
+                                                               - low_freq_factor)
+    blended = (1 - smooth) * freq / factor + smooth * freq
+    out = torch.where(wavelen > low_wavelen, freq / factor, freq)
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, out)
+
+
+def rope_table(max_pos: int, head_dim: int, theta: float = 10000.0,
+               **scaling) -> tuple[Tensor, Tensor]:
+    """cos/sin [max_pos, head_dim/2] in Q1.14 for interleaved pairs (2i, 2i+1).
+
+    The frequencies are :func:`rope_frequencies` (``scaling``: its keyword arguments).
+    Generated offline in float64, stored in the model package; hardware and reference read
+    the same table.
+    """
+    freq = rope_frequencies(head_dim, theta, **scaling)
     angle = torch.arange(max_pos, dtype=torch.float64).unsqueeze(-1) * freq
     one = 1 << TRIG_FRAC
     return _round_half_away(torch.cos(angle) * one), _round_half_away(torch.sin(angle) * one)

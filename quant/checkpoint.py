@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from llmacc import numerics as N
 
 Tensor = torch.Tensor
 
@@ -43,6 +47,19 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     shared_classifier: bool = True
+    #: RoPE frequency scaling (``numerics.rope_frequencies``): its type and parameters
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_pos: int = 8192
+
+    def rope_scaling(self) -> dict:
+        """The keyword arguments of ``numerics.rope_frequencies`` beyond theta."""
+        return {"rope_type": self.rope_type, "factor": self.rope_factor,
+                "low_freq_factor": self.rope_low_freq_factor,
+                "high_freq_factor": self.rope_high_freq_factor,
+                "original_max_pos": self.rope_original_max_pos}
 
     @property
     def head_dim(self) -> int:
@@ -61,6 +78,14 @@ class ModelConfig:
             raise CheckpointError(
                 f"{source}: dim {self.dim}, {self.n_heads} heads, {self.n_kv_heads} KV heads do "
                 "not give an even head size shared by whole query groups")
+        if self.rope_type not in N.ROPE_TYPES:
+            raise CheckpointError(f"{source}: RoPE type {self.rope_type!r} is not supported "
+                                  f"({', '.join(N.ROPE_TYPES)})")
+        if not (self.rope_theta > 0 and self.rope_factor > 0
+                and self.rope_high_freq_factor > self.rope_low_freq_factor > 0
+                and self.rope_original_max_pos > 0):
+            raise CheckpointError(f"{source}: implausible RoPE parameters theta "
+                                  f"{self.rope_theta}, {self.rope_scaling()}")
         return self
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -163,68 +188,50 @@ def load_llama2c(path: str | Path) -> Checkpoint:
         weights["output"], offset = _take_f32(blob, offset, shapes["output"], path, "output")
     if offset > len(blob):
         raise CheckpointError(f"{path}: truncated before the end of the RoPE tables")
-    if offset != len(blob) and magic == V1_MAGIC:
-        raise CheckpointError(f"{path}: {len(blob) - offset} unexpected bytes after the weights")
+    if offset != len(blob):
+        raise CheckpointError(f"{path}: {len(blob) - offset} bytes after the end that its header "
+                              f"implies ({offset} bytes): not a llama2.c export of this model")
     return Checkpoint(cfg, weights, str(path)).validate()
 
 
 # -- Hugging Face layout --------------------------------------------------------------------------
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_ST_DTYPES = ("F32", "F16", "BF16")
 _HF_NAMES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
              "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
              "w3": "mlp.up_proj", "attention_norm": "input_layernorm",
              "ffn_norm": "post_attention_layernorm"}
 
 
-def read_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of one ``.safetensors`` file (F32/F16/BF16), as float32."""
+def read_safetensors(path: str | Path, names: set[str] | None = None) -> dict[str, Tensor]:
+    """Tensors of one ``.safetensors`` file (F32/F16/BF16) as float32, read memory-mapped
+    with the ``safetensors`` package; only ``names`` (each must be there) when given."""
     path = Path(path)
-    blob = _read(path)
-    if len(blob) < 8:
-        raise CheckpointError(f"{path}: too short for a safetensors header")
-    hlen = struct.unpack_from("<Q", blob)[0]
-    if 8 + hlen > len(blob):
-        raise CheckpointError(f"{path}: safetensors header of {hlen} bytes runs past the file")
-    try:
-        header = json.loads(blob[8:8 + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: malformed safetensors header ({exc})") from exc
-    data = memoryview(blob)[8 + hlen:]
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            shape = tuple(info["shape"])
-            begin, end = info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: tensor {name}: unsupported or malformed entry "
-                                  f"{info!r}") from exc
-        count = 1
-        for s in shape:
-            count *= s
-        if end > len(data) or end - begin != count * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name} bytes {begin}..{end} do not match "
-                                  f"shape {shape} {info['dtype']} in a {len(data)}-byte body")
-        raw = bytearray(data[begin:end])
-        out[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape).to(torch.float32) \
-            if count else torch.zeros(shape)
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            missing = sorted((names or set()) - keys)
+            if missing:
+                raise CheckpointError(f"{path}: tensor {missing[0]} is not in the file (the "
+                                      "index lists it there)")
+            for name in sorted(keys if names is None else names):
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _ST_DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name} is {dtype}; supported are "
+                                          f"{', '.join(_ST_DTYPES)}")
+                out[name] = f.get_tensor(name).to(torch.float32)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: malformed or truncated safetensors file ({exc})") \
+            from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read model file ({exc.strerror})") from exc
     return out
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
     """Write float32 tensors as one safetensors file (used by tests and exporters)."""
-    header, chunks, offset = {}, [], 0
-    for name, t in tensors.items():
-        raw = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    Path(path).write_bytes(struct.pack("<Q", len(head)) + head + b"".join(chunks))
+    save_file({k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()},
+              str(path))
 
 
 def _hf_permute(w: Tensor, heads: int) -> Tensor:
@@ -238,8 +245,79 @@ def _hf_unpermute(w: Tensor, heads: int) -> Tensor:
     return w.reshape(heads, out // heads // 2, 2, cols).transpose(1, 2).reshape(out, cols)
 
 
+def _hf_rope(raw: dict, directory: Path) -> dict:
+    """ModelConfig's RoPE fields from a config.json of transformers 4.x (``rope_theta``,
+    ``rope_scaling``) or 5.x (``rope_parameters`` holding both); unknown types refused."""
+    where = f"{directory}/config.json"
+    params = raw.get("rope_parameters") or {}
+    legacy = raw.get("rope_scaling") or {}
+    for name, value in (("rope_parameters", params), ("rope_scaling", legacy)):
+        if not isinstance(value, dict) or any(isinstance(v, dict) for v in value.values()):
+            raise CheckpointError(f"{where}: {name} {value!r} is not one RoPE for every layer "
+                                  "(per-layer-type RoPE is not supported)")
+    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
+    scaling = legacy or params
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in N.ROPE_TYPES:
+        raise CheckpointError(f"{where}: RoPE type {rope_type!r} is not supported "
+                              f"({', '.join(N.ROPE_TYPES)})")
+    out = {"rope_theta": float(theta), "rope_type": rope_type}
+    if rope_type in ("linear", "llama3"):
+        out["rope_factor"] = float(scaling["factor"])
+    if rope_type == "llama3":
+        out.update(rope_low_freq_factor=float(scaling["low_freq_factor"]),
+                   rope_high_freq_factor=float(scaling["high_freq_factor"]),
+                   rope_original_max_pos=int(scaling["original_max_position_embeddings"]))
+    return out
+
+
+def _check_head_dim(raw: dict, directory: Path) -> None:
+    """Refuse an explicit ``head_dim`` other than hidden_size / num_attention_heads."""
+    head_dim = raw.get("head_dim")
+    implied = int(raw["hidden_size"]) // int(raw["num_attention_heads"])
+    if head_dim is not None and int(head_dim) != implied:
+        raise CheckpointError(f"{directory}/config.json: head_dim {head_dim} is not "
+                              f"hidden_size / num_attention_heads = {implied}; explicit head "
+                              "sizes (as Qwen3 and Gemma use) are not supported")
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def _hf_tensors(directory: Path) -> dict[str, Tensor]:
+    """The checkpoint's tensors: the files and tensors ``model.safetensors.index.json``
+    lists (sharded checkpoints), or the one ``*.safetensors`` file there is."""
+    index = directory / INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(_read(index))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: malformed index ({exc})") from exc
+        by_file: dict[str, set[str]] = {}
+        for name, file in weight_map.items():
+            by_file.setdefault(str(file), set()).add(name)
+        tensors: dict[str, Tensor] = {}
+        for file, names in sorted(by_file.items()):
+            path = directory / file
+            if path.parent != directory or not path.exists():
+                raise CheckpointError(f"{index}: shard {file!r} is not a file in {directory}")
+            tensors.update(read_safetensors(path, names))
+        return tensors
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory}: no *.safetensors files")
+    if len(files) > 1:
+        raise CheckpointError(f"{directory}: {len(files)} .safetensors files "
+                              f"({', '.join(f.name for f in files[:3])}) and no {INDEX} to say "
+                              "which tensors each holds")
+    return read_safetensors(files[0])
+
+
 def load_hf(directory: str | Path) -> Checkpoint:
-    """A Hugging Face LLaMA directory: ``config.json`` and one or more ``*.safetensors``."""
+    """A Hugging Face LLaMA directory: ``config.json`` and ``model.safetensors``, or the
+    shards ``model.safetensors.index.json`` lists."""
     directory = Path(directory)
     try:
         raw = json.loads(_read(directory / "config.json"))
@@ -249,12 +327,13 @@ def load_hf(directory: str | Path) -> Checkpoint:
         if raw.get(key) not in allowed:
             raise CheckpointError(f"{directory}/config.json: {key} {raw.get(key)!r} is not "
                                   "supported (LLaMA decoders with SwiGLU only)")
-    for key in ("rope_scaling", "attention_bias", "mlp_bias"):
+    for key in ("attention_bias", "mlp_bias"):
         if raw.get(key):
             raise CheckpointError(f"{directory}/config.json: {key} = {raw[key]!r} is not "
                                   "supported")
     try:
         tied = bool(raw.get("tie_word_embeddings", False))
+        _check_head_dim(raw, directory)
         cfg = ModelConfig(
             dim=int(raw["hidden_size"]), hidden_dim=int(raw["intermediate_size"]),
             n_layers=int(raw["num_hidden_layers"]), n_heads=int(raw["num_attention_heads"]),
@@ -262,18 +341,13 @@ def load_hf(directory: str | Path) -> Checkpoint:
             vocab_size=int(raw["vocab_size"]),
             seq_len=int(raw.get("max_position_embeddings", 2048)),
             norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(raw.get("rope_theta", 10000.0)), shared_classifier=tied,
+            shared_classifier=tied, **_hf_rope(raw, directory),
         ).validate(str(directory))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{directory}/config.json: missing or bad field {exc}") from exc
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory}: no *.safetensors files")
-    tensors: dict[str, Tensor] = {}
-    for f in files:
-        tensors.update(read_safetensors(f))
+    tensors = _hf_tensors(directory)
 
     used: set[str] = set()
 
@@ -297,6 +371,18 @@ def load_hf(directory: str | Path) -> Checkpoint:
     return Checkpoint(cfg, w, str(directory)).validate()
 
 
+def _hf_rope_scaling(c: ModelConfig) -> dict | None:
+    """transformers 4.x's ``rope_scaling`` for ``c`` (None: plain RoPE)."""
+    if c.rope_type == "default":
+        return None
+    out = {"rope_type": c.rope_type, "factor": c.rope_factor}
+    if c.rope_type == "llama3":
+        out.update(low_freq_factor=c.rope_low_freq_factor,
+                   high_freq_factor=c.rope_high_freq_factor,
+                   original_max_position_embeddings=c.rope_original_max_pos)
+    return out
+
+
 def save_hf(ckpt: Checkpoint, directory: str | Path) -> None:
     """Export to the Hugging Face layout (config.json + model.safetensors)."""
     directory = Path(directory)
@@ -308,6 +394,7 @@ def save_hf(ckpt: Checkpoint, directory: str | Path) -> None:
         "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
         "vocab_size": c.vocab_size, "max_position_embeddings": c.seq_len,
         "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
+        "rope_scaling": _hf_rope_scaling(c),
         "tie_word_embeddings": c.shared_classifier}, indent=2))
     t = {"model.embed_tokens.weight": ckpt.weights["tok_embeddings"],
          "model.norm.weight": ckpt.weights["norm"]}

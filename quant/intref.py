@@ -245,7 +245,7 @@ def build(qm: QuantizedModel, stats: Calibration | None = None) -> IntModel:
                                     SMOOTH_FRAC),
             F=F))
     fg, fge = _gamma(qm.norms["norm"])
-    cos, sin = N.rope_table(cfg.seq_len, hd, cfg.rope_theta)
+    cos, sin = N.rope_table(cfg.seq_len, hd, cfg.rope_theta, **cfg.rope_scaling())
     return IntModel(cfg, layers, qm.linears["tok_embeddings"], qm.linears["output"], fg, fge,
                     eps, cos, sin, Fg,
                     kv_bits=qm.scheme.kv_bits or 8, sink=qm.scheme.sink,

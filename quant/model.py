@@ -56,8 +56,7 @@ def fake_quant_symmetric(x: Tensor, bits: int, group: int | None = None,
 
 
 def rope_angles(cfg: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
-    hd = cfg.head_dim
-    freq = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    freq = N.rope_frequencies(cfg.head_dim, cfg.rope_theta, **cfg.rope_scaling())
     ang = positions.to(torch.float64).unsqueeze(-1) * freq
     return torch.cos(ang).float(), torch.sin(ang).float()
 

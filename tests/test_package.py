@@ -152,8 +152,9 @@ def test_compile_names_unknown_layer_types(tmp_path, capsys, damage, match):
     hf = tmp_path / "hf"
     checkpoint.save_hf(tiny_checkpoint(3, layers=1), hf)
     if damage == "extra":
-        checkpoint.write_safetensors(hf / "extra.safetensors",
-                                     {"model.layers.0.mlp.experts.0.weight": torch.zeros(4, 4)})
+        tensors = checkpoint.read_safetensors(hf / "model.safetensors")
+        tensors["model.layers.0.mlp.experts.0.weight"] = torch.zeros(4, 4)
+        checkpoint.write_safetensors(hf / "model.safetensors", tensors)
     else:
         raw = json.loads((hf / "config.json").read_text())
         (hf / "config.json").write_text(json.dumps({**raw, "model_type": "mixtral"}))
