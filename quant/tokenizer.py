@@ -92,7 +92,22 @@ def load_llama2c_tokenizer(path: str | Path, vocab_size: int) -> Tokenizer:
         pieces.append(blob[off:off + n].decode("utf-8", errors="replace"))
         scores.append(score)
         off += n
+    if off != len(blob):
+        raise CheckpointError(f"{path}: tokenizer has {_count_pieces(blob, vocab_size, off)}, "
+                              f"the model {vocab_size}: they do not belong together")
     return Tokenizer(pieces, scores)
+
+
+def _count_pieces(blob: bytes, count: int, off: int) -> str:
+    """How many llama2.c tokenizer records ``blob`` holds, ``count`` of them before ``off``
+    (for the mismatch message; bytes that are no record are said as such)."""
+    while off + 8 <= len(blob):
+        n = struct.unpack_from("<i", blob, off + 4)[0]
+        if n < 0 or off + 8 + n > len(blob):
+            break
+        off, count = off + 8 + n, count + 1
+    extra = f" and {len(blob) - off} bytes that are no piece" if off != len(blob) else ""
+    return f"{count} pieces{extra}"
 
 
 def _varint(blob: bytes, off: int) -> tuple[int, int]:

@@ -61,3 +61,22 @@ def test_truncated_llama2c_tokenizer(tmp_path):
     path.write_bytes(blob[:len(blob) // 2])
     with pytest.raises(CheckpointError, match="truncated|runs past"):
         tokenizer.load(path, 512)
+
+
+def _llama2c_tokenizer(pieces: list[bytes]) -> bytes:
+    body = b"".join(struct.pack("<fi", -float(i), len(p)) + p for i, p in enumerate(pieces))
+    return struct.pack("<i", max(len(p) for p in pieces)) + body
+
+
+def test_tokenizer_of_another_vocabulary_is_refused(tmp_path):
+    """A 1,024-piece tokenizer with a 512-vocab model used to load its first 512 pieces and
+    run; both sizes are named now, and so are bytes that are no tokenizer record."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [f"p{i}".encode() for i in range(3, 1024)]
+    path = tmp_path / "tok1024.bin"
+    path.write_bytes(_llama2c_tokenizer(pieces))
+    assert tokenizer.load(path, 1024).vocab_size == 1024
+    with pytest.raises(CheckpointError, match="tokenizer has 1024 pieces, the model 512"):
+        tokenizer.load(path, 512)
+    path.write_bytes(_llama2c_tokenizer(pieces[:512]) + b"\xff" * 7)
+    with pytest.raises(CheckpointError, match="has 512 pieces and 7 bytes that are no piece, the"):
+        tokenizer.load(path, 512)
