@@ -7,8 +7,10 @@
     PACKAGE/intref.pt       the integer reference model (tensors only; loaded weights-only)
     PACKAGE/tokenizer.bin   the tokenizer, when one was given
 
-Loading checks the format and ISA versions, each file's size and SHA-256, the configuration's
-fingerprint and every instruction word, and names the first thing that does not match.
+Loading checks the manifest's own digest (a SHA-256 over its canonical JSON, which holds every
+file's SHA-256: an edited manifest or a swapped file is refused), the format and ISA versions,
+each file's size and SHA-256, the configuration's fingerprint and every instruction word, and
+names the first thing that does not match.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from llmacc.config import AccelConfig, ConfigError
 from quant import intref
 
 FORMAT = "llmacc-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  #: 2: the manifest carries its own digest
 FILES = ("image.bin", "programs.bin", "intref.pt")
 
 
@@ -39,6 +41,12 @@ class PackageError(ValueError):
 
 def _sha(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON without its ``digest`` field."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return _sha(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str | Path | None = None,
@@ -79,6 +87,7 @@ def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str |
         "files": {n: {"bytes": len(b), "sha256": _sha(b)} for n, b in blobs.items()},
         "image": segments, "programs": index,
     }
+    manifest["digest"] = manifest_digest(manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -114,6 +123,9 @@ def load(path: str | Path) -> tuple[CompiledModel, dict]:
         if manifest.get(key) != want:
             raise PackageError(f"{root}: {key} {manifest.get(key)}, this llmacc reads {want}; "
                                "recompile the package")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise PackageError(f"{root / 'manifest.json'}: its digest does not match its contents "
+                           "(the manifest was edited); recompile the package")
     try:
         files = manifest["files"]
         missing = [n for n in FILES if n not in files]

@@ -39,11 +39,32 @@ def test_round_trip_runs_the_same(compiled, saved, seed):
     assert torch.equal(got, cm.model.forward(torch.tensor(tokens)))
 
 
-def _rewrite_manifest(root, edit):
+def _rewrite_manifest(root, edit, resign=True):
+    """Edit the manifest; ``resign`` recomputes its digest, as a deliberate forger would, so
+    that the checks behind the digest are reached."""
     path = root / "manifest.json"
     m = json.loads(path.read_text())
     edit(m)
+    if resign:
+        m["digest"] = package.manifest_digest(m)
     path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit", ["logits region", "vocabulary", "programs swapped"])
+def test_an_edited_manifest_is_refused(saved, edit):
+    """Host-interface fields and the program index used to be trusted as written: a changed
+    logits region or vocabulary, or two program entries swapped, ran and could give other
+    text. The manifest's digest covers all of it."""
+    def change(m):
+        if edit == "logits region":
+            m["host"]["logits"]["addr"] += 64
+        elif edit == "vocabulary":
+            m["host"]["vocab"] -= 1
+        else:
+            m["programs"][0], m["programs"][1] = m["programs"][1], m["programs"][0]
+    _rewrite_manifest(saved, change, resign=False)
+    with pytest.raises(package.PackageError, match="digest does not match"):
+        package.load(saved)
 
 
 def test_truncated_file_is_named(saved):
