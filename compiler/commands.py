@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a quantized model from llmacc quantize (instead of --model/--scheme)")
     p.add_argument("--config", required=True, help="accelerator preset or JSON file")
     p.add_argument("-o", "--output", required=True, metavar="PACKAGE", help="package directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing package at --output")
     p.add_argument("--prefill-bucket", type=int, default=None,
                    help="prefill rows round up to a multiple of this (default: the config's)")
     p.add_argument("--decode-bucket", type=int, default=None,
@@ -32,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    package.check_output(args.output, args.force)  # before minutes of quantization
     start = time.perf_counter()
     if args.quantized:
         if args.model or args.scheme:
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     quant_s = time.perf_counter() - start
     cm = compile_model(im, cfg, prefill_bucket=args.prefill_bucket,
                        decode_bucket=args.decode_bucket, max_len=args.max_len)
-    out = package.save(cm, args.output, scheme, args.tokenizer, source)
+    out = package.save(cm, args.output, scheme, args.tokenizer, source, force=args.force)
     st = cm.storage()
     for kind in ("prefill", "decode"):
         lens = sorted(n for k, n in cm.programs if k == kind)

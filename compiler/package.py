@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -49,14 +50,36 @@ def manifest_digest(manifest: dict) -> str:
     return _sha(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str | Path | None = None,
-         source: str = "") -> Path:
-    """Write ``cm`` as a package directory. It is written beside ``path`` first and moved in
-    place when complete; an existing directory is replaced only if it is a package."""
+def check_output(path: str | Path, force: bool = True) -> Path:
+    """Refuse, before any work, an output path that :func:`save` could not or should not
+    write: an existing file, a directory that is not a package, an existing package unless
+    ``force``, or a place where no directory can be made."""
     out = Path(path)
-    if out.exists() and not (out / "manifest.json").is_file() and (
-            not out.is_dir() or any(out.iterdir())):
-        raise PackageError(f"{out}: exists and is not a package; refusing to overwrite it")
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise PackageError(f"{out}: output path exists and is a file")
+    if out.is_dir():
+        if (out / "manifest.json").is_file():
+            if not force:
+                raise PackageError(f"{out}: a package is there already; give --force to "
+                                   "replace it")
+        elif any(out.iterdir()):
+            raise PackageError(f"{out}: exists and is not a package; refusing to overwrite it")
+    parent = out.parent.resolve()
+    ancestor = next(p for p in (parent, *parent.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise PackageError(f"{out}: cannot create the output directory: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK) or str(ancestor).startswith(("/proc", "/sys")):
+        raise PackageError(f"{out}: cannot create the output directory under {ancestor} "
+                           "(not writable)")
+    return out
+
+
+def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str | Path | None = None,
+         source: str = "", force: bool = True) -> Path:
+    """Write ``cm`` as a package directory. It is written beside ``path`` first and moved in
+    place when complete; an existing directory is replaced only if it is a package (and
+    ``force``)."""
+    out = check_output(path, force)
     image, segments = bytearray(), []
     for region, blob in cm.image:
         segments.append({"chan": region.chan, "addr": region.addr, "bytes": len(blob),
@@ -76,9 +99,14 @@ def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str |
         blobs["tokenizer.bin"] = Path(tokenizer).read_bytes()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, blob in blobs.items():
-        (tmp / name).write_bytes(blob)
+    try:
+        tmp.mkdir(parents=True)
+        for name, blob in blobs.items():
+            (tmp / name).write_bytes(blob)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PackageError(f"{out}: cannot write the package ({exc.strerror}: "
+                           f"{exc.filename})") from None
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "isa_version": isa.ISA_VERSION,
         "llmacc_version": __version__, "scheme": scheme, "source": source,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from pathlib import Path
 
@@ -66,11 +67,28 @@ def quantize(args: argparse.Namespace) -> intref.IntModel:
     return intref.build(prepare_sequences(ckpt, scheme, calib, not args.no_progress))
 
 
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a directory there,
+    or a parent that does not exist or is not writable."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{out}: output path is a directory; give a file name (.pt)")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ValueError(f"{out}: output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"{out}: cannot write there (not writable)")
+    return out
+
+
 def save(im: intref.IntModel, path: str | Path, scheme: str, source: str) -> None:
     blob = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "scheme": scheme,
                 "source": source, "state": intref.to_state(im)}, blob)
-    Path(path).write_bytes(blob.getvalue())
+    try:
+        Path(path).write_bytes(blob.getvalue())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot write the quantized model ({exc.strerror})") from None
 
 
 def load(path: str | Path) -> tuple[intref.IntModel, str]:
@@ -96,6 +114,7 @@ def load(path: str | Path) -> tuple[intref.IntModel, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.output)  # before minutes of quantization
     start = time.perf_counter()
     im = quantize(args)
     save(im, args.output, args.scheme, str(args.model))

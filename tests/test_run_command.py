@@ -2,8 +2,10 @@
 end), and the one-line errors of bad input."""
 
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +117,52 @@ def test_python_dash_m_host():
     done = subprocess.run([sys.executable, "-m", "host", "--help"], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0 and "run" in done.stdout and "quantize" in done.stdout
+
+
+@pytest.mark.parametrize("where, match", [
+    ("file", "output path exists and is a file"),
+    ("package", "a package is there already; give --force to replace it"),
+    ("proc", "cannot create the output directory under /proc"),
+])
+def test_compile_checks_its_output_before_quantizing(tmp_path, capsys, monkeypatch, shipped,
+                                                     where, match):
+    """``compile -o EXISTING_FILE`` used to quantize for minutes and only then refuse the
+    path; now the output is checked first (quantization would raise here)."""
+    from quant import commands as quantize_command
+
+    def must_not_run(args):
+        raise AssertionError("quantization started before the output path was checked")
+    monkeypatch.setattr(quantize_command, "quantize", must_not_run)
+    out = {"file": tmp_path / "taken", "package": shipped, "proc": Path("/proc/llmacc/p")}[where]
+    if where == "file":
+        out.write_text("keep me")
+    code = cli.main(["compile", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
+                     "--scheme", "w8a8", "--config", "sim-small", "-o", str(out),
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Errno" not in err, err
+    if where == "file":
+        assert out.read_text() == "keep me"
+
+
+def test_compile_force_replaces_a_package(tmp_path, capsys, shipped):
+    """An existing package is replaced only with --force (it used to be replaced without a
+    word)."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(shipped, pkg)
+    (pkg / "stale.txt").write_text("from the old package")
+    argv = ["compile", "--quantized", str(shipped.parent / "stories.pt"), "--tokenizer",
+            str(TOKENIZER), "--config", "sim-small", "-o", str(pkg), "--prefill-bucket", "16",
+            "--decode-bucket", "16", "--max-len", "64"]
+    assert cli.main(argv) == 2
+    assert "give --force" in capsys.readouterr().err and (pkg / "stale.txt").exists()
+    assert cli.main([*argv, "--force"]) == 0
+    assert not (pkg / "stale.txt").exists() and (pkg / "manifest.json").is_file()
+
+
+def test_quantize_checks_its_output_first(tmp_path, capsys):
+    for out, match in ((tmp_path, "output path is a directory"),
+                       (tmp_path / "no" / "q.pt", "does not exist")):
+        assert cli.main(["quantize", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
+                         "--scheme", "w8a8", "-o", str(out), "--no-progress"]) == 2
+        assert match in capsys.readouterr().err
