@@ -26,9 +26,17 @@ Tensor = torch.Tensor
 
 def read_stories(path: str | Path, limit: int | None = None, skip: int = 0) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        blob = Path(path).read_bytes()
     except OSError as exc:
         raise checkpoint.CheckpointError(f"{path}: cannot read text ({exc.strerror})") from exc
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise checkpoint.CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); a text "
+                                         "file of stories is expected") from None
+    if "\0" in text:
+        raise checkpoint.CheckpointError(f"{path}: holds NUL bytes, so it is not a text file "
+                                         "(a model or tokenizer given as --text?)")
     text = text.replace("\r\n", "\n")
     stories = [s.strip() for s in text.split("\n\n") if s.strip()]
     stories = stories[skip:]

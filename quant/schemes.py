@@ -84,14 +84,24 @@ def parse(name: str, group: int | None = None, finetune_steps: int | None = None
         raise ValueError(f"unknown scheme {base!r}; presets: {', '.join(PRESETS)} "
                          "(modifiers: +N:M sparsity, +lambdaSINK:WINDOW)")
     s = replace(PRESETS[base], name=name)
+    given: dict[str, str] = {}
     for mod in mods:
         if m := _SPARSE.match(mod):
+            kind = "sparsity"
             s = replace(s, sparsity=(int(m.group(1)), int(m.group(2))))
         elif m := _LAMBDA.match(mod):
+            kind = "Lambda attention"
+            if int(m.group(2)) == 0:
+                raise ValueError(f"scheme {name!r}: +{mod} has a window of 0 keys, which is "
+                                 "full attention; give WINDOW >= 1 or leave the modifier out")
             s = replace(s, sink=int(m.group(1)), window=int(m.group(2)))
         else:
             raise ValueError(f"scheme {name!r}: unknown modifier {mod!r} "
                              "(use +N:M or +lambdaSINK:WINDOW)")
+        if kind in given:
+            raise ValueError(f"scheme {name!r}: {kind} given twice (+{given[kind]} and "
+                             f"+{mod}); give it once")
+        given[kind] = mod
     if s.sparsity and not s.quantized:
         raise ValueError(f"scheme {name!r}: sparsity needs a quantized preset")
     if group is not None:

@@ -56,3 +56,12 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, capsys):
         cli.main(["eval", "--model", str(MODEL)])  # argparse: missing arguments
     assert cli.main(["eval", *ARGS[:4], "--text", str(empty), "--no-progress"]) == 2
     assert "no text to score" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_binary_text(capsys):
+    """``eval --text`` on a binary file used to score the replacement characters
+    (ppl=1996701375); the model file given as text is refused in one line."""
+    need_shared()
+    assert cli.main(["eval", *ARGS[:4], "--text", str(MODEL), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err or "NUL bytes" in err, err

@@ -137,6 +137,10 @@ def test_scheme_names_and_modifiers():
     assert set(schemes.PRESETS) >= {"w2a8kv4", "w3-mixed-a8kv4", "w4-mixed-a8kv4", "w4a8",
                                     "w8a8", "float"}
     for bad, msg in (("w5", "unknown scheme"), ("w4a8+3:4", "unsupported sparsity"),
-                     ("w4a8+foo", "unknown modifier"), ("float+2:4", "needs a quantized")):
+                     ("w4a8+foo", "unknown modifier"), ("float+2:4", "needs a quantized"),
+                     # used to be accepted: a no-op window, and the last of two sparsities won
+                     ("w4a8+lambda0:0", "window of 0 keys, which is full attention"),
+                     ("w4a8+2:4+4:16", r"sparsity given twice \(\+2:4 and \+4:16\)"),
+                     ("w4a8+lambda4:64+lambda1:8", "Lambda attention given twice")):
         with pytest.raises(ValueError, match=msg):
             schemes.parse(bad)
