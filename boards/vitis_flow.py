@@ -195,7 +195,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convert-memory-gb", type=float, default=None,
                    help="memory limit of the Verilog conversion (default: 80%% of this "
                         "machine's)")
-    p.add_argument("--convert-timeout", type=float, default=3600.0)
+    p.add_argument("--convert-timeout", type=float, default=3600.0,
+                   help="seconds the Verilog conversion may take")
 
 
 def _memory_bytes(gb: float | None) -> int:

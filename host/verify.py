@@ -24,7 +24,9 @@ from quant import intref, tokenizer
 def add_device_arguments(p: argparse.ArgumentParser, default: str = "emulator") -> None:
     """The package, tokenizer and back-end options of verify, run and sim."""
     p.add_argument("--package", required=True, help="package directory from llmacc compile")
-    p.add_argument("--backend", choices=BACKENDS, default=default)
+    p.add_argument("--backend", choices=BACKENDS, default=default,
+                   help="emulator: instruction-level emulator; rtl: the Verilated RTL; xrt: "
+                        "an Alveo card")
     p.add_argument("--xclbin", default=None, help="the board flow's xclbin (xrt back end)")
     p.add_argument("--card", type=int, default=0, help="XRT device index (xrt back end)")
     p.add_argument("--tokenizer", default=None,

@@ -51,6 +51,20 @@ COMMANDS = (
 )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, where it has one that its line does not
+    already say (argparse's ArgumentDefaultsHelpFormatter also prints "default: None")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+
 def _chosen(argv: list[str]) -> str | None:
     """The subcommand named on the command line (the first word that is not an option)."""
     return next((word for word in argv if not word.startswith("-")), None)
@@ -71,7 +85,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
     p.set_defaults(func=_cmd_isa)
     for name, text, module_name, add_arguments, run in COMMANDS:
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text,
+                           formatter_class=DefaultsHelpFormatter)
         if argv is not None and name != chosen:
             continue
         module = importlib.import_module(module_name)

@@ -37,11 +37,14 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-text", default=None,
                    help="calibration text (its last stories); default: text sampled from the "
                         "float model itself")
-    p.add_argument("--calib-stories", type=int, default=None)
+    p.add_argument("--calib-stories", type=int, default=None,
+                   help=f"calibration stories (default: {CALIB_STORIES} of --calib-text, or "
+                        f"{SAMPLED_CALIB} sampled)")
     p.add_argument("--group", type=int, default=None, help="weight group size override")
-    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="override the preset's quantization-aware fine-tuning steps")
     p.add_argument("--seed", type=int, default=0, help="seed of sampled calibration text")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

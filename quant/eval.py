@@ -204,8 +204,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", default="float",
                    help="preset[+N:M][+lambdaSINK:WINDOW]; presets: " + ", ".join(
                        schemes.PRESETS))
-    p.add_argument("--mode", default="fake", choices=MODES)
-    p.add_argument("--max-stories", type=int, default=None)
+    p.add_argument("--mode", default="fake", choices=MODES,
+                   help="float: the checkpoint; fake: fake-quantized float model; int: the "
+                        "integer reference")
+    p.add_argument("--max-stories", type=int, default=None,
+                   help="score at most this many stories (default: all)")
     p.add_argument("--skip-stories", type=int, default=0,
                    help="score from this story on (a slice the calibration does not use)")
     p.add_argument("--group", type=int, default=None, help="weight group size override")
@@ -213,10 +216,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the preset's quantization-aware fine-tuning steps")
     p.add_argument("--calib-text", default=None,
                    help="calibration text (default: --text); its LAST stories are used")
-    p.add_argument("--calib-stories", type=int, default=CALIB_STORIES)
+    p.add_argument("--calib-stories", type=int, default=CALIB_STORIES,
+                   help="calibration stories (fine-tuning; GPTQ uses the last quarter)")
     p.add_argument("--table", default=None, metavar="OUT.md",
                    help="score every preset (fake and integer) and write a markdown table")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:

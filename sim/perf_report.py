@@ -24,7 +24,8 @@ SCHEMES = ("w2a8kv4", "w2a8kv4+4:16", "w2a8kv4+lambda4:252", "w3-mixed-a8kv4", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="u280", help="accelerator preset or JSON file")
-    p.add_argument("--model", default="llama2-7b", choices=sorted(P.MODELS))
+    p.add_argument("--model", default="llama2-7b", choices=sorted(P.MODELS),
+                   help="model shapes of the estimate")
     p.add_argument("--scheme", default="w2a8kv4", help="the case of the last line")
     p.add_argument("--context", type=int, default=512, help="context length of the last line")
     p.add_argument("--out", default="build/perf", help="directory for the plots")

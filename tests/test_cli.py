@@ -1,5 +1,7 @@
 """The command line: what exists so far, and its one-line errors."""
 
+import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -50,3 +52,18 @@ def test_subcommand_help_builds_only_that_command(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert "--context" in capsys.readouterr().out
+
+
+def test_every_option_has_a_help_line_and_shows_its_default(capsys):
+    """Options without a help line (--mode, --calib-stories, --no-progress, ...) and help
+    without defaults were what a new user met."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    with contextlib.suppress(SystemExit):
+        cli.main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: fake)" in text and "(default: 512)" in text and "(default: 0)" in text
+    assert "default: None" not in text
