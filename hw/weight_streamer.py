@@ -16,7 +16,7 @@ Bursts follow the AXI rules of :func:`hw.axi.burst_len` (256 beats, 4 KiB). Data
 request order (AXI returns same-ID reads in order). An error response sets ``error``.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -95,4 +95,40 @@ class WeightStreamer(wiring.Component):
                                   & ~words.r_rdy)]
         with m.If(got & (axi.rresp != 0)):
             m.d.sync += self.error.eq(1)
+        return m
+
+
+class ChannelSlice(wiring.Component):
+    """``channels`` weight streamers side by side, read in lockstep.
+
+    The lanes take one word of every channel per cycle (a pass's weight rows are spread over
+    the channels), so the slowest channel sets the pace: each channel's FIFO absorbs its own
+    memory's jitter. Ports ``cmd{i}`` and ``axi{i}`` per channel; ``data`` carries every
+    channel's word side by side, channel 0 in the low bits.
+    """
+
+    def __init__(self, channels: int, addr_bits: int, data_bits: int):
+        self.channels, self.addr_bits, self.data_bits = channels, addr_bits, data_bits
+        members = {}
+        for i in range(channels):
+            members[f"cmd{i}"] = In(stream.Signature(command_layout(addr_bits)))
+            members[f"axi{i}"] = Out(axi_signature(addr_bits, data_bits))
+        super().__init__({**members, "data": Out(stream.Signature(channels * data_bits)),
+                          "idle": Out(1), "error": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        streamers = []
+        for i in range(self.channels):
+            m.submodules[f"ch{i}"] = s = WeightStreamer(self.addr_bits, self.data_bits)
+            wiring.connect(m, wiring.flipped(getattr(self, f"cmd{i}")), s.cmd)
+            wiring.connect(m, s.axi, wiring.flipped(getattr(self, f"axi{i}")))
+            streamers.append(s)
+        all_valid = Cat(*(s.data.valid for s in streamers)).all()
+        m.d.comb += [self.data.valid.eq(all_valid),
+                     self.data.payload.eq(Cat(*(s.data.payload for s in streamers))),
+                     self.idle.eq(Cat(*(s.idle for s in streamers)).all()),
+                     self.error.eq(Cat(*(s.error for s in streamers)).any())]
+        for s in streamers:
+            m.d.comb += s.data.ready.eq(self.data.ready & all_valid)
         return m

@@ -10,8 +10,11 @@ and the read channel's utilisation in steady state (bytes per cycle over the cha
 The last line is ``read_utilization=<min over workloads> model_error=<max |model - RTL| /
 RTL>``.
 
-What it does not yet cover: the lanes behind the FIFO (the streamer feeds a consumer that
-always takes), and several channels at once.
+Then the channel slice: two of the workloads on 1, 2 and 4 channels at once, read in
+lockstep as the lanes will (:class:`hw.weight_streamer.ChannelSlice`, each channel with its
+own HBM model), with the cycles against one channel's; ``slice_spread`` is the largest
+relative difference. What it does not yet cover: the lanes behind the FIFOs (the consumer
+always takes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-from hw.weight_streamer import WeightStreamer
+from hw.weight_streamer import ChannelSlice, WeightStreamer
 from llmacc import config
 from llmacc import layout as L
 from llmacc.isa import Sparsity, WeightFormat
@@ -94,6 +97,60 @@ def run_one(cfg: config.AccelConfig, load: Workload, seed: int) -> Result:
     return Result(load, report.cycles, model, report.utilization(w, timing))
 
 
+#: The slice runs: these workloads on 1, 2 and 4 channels in lockstep.
+SLICE_WORKLOADS = ("attn 4096x4096 W2 DENSE", "attn 4096x4096 INT8 DENSE")
+SLICE_CHANNELS = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    workload: Workload
+    channels: int
+    cycles: int
+    utilization: float  #: the least utilised channel's
+
+
+def run_slice(cfg: config.AccelConfig, load: Workload, channels: int, seed: int) -> SliceResult:
+    """One workload on each of ``channels`` channels at once, the lanes taking a word of
+    every channel per cycle (:class:`hw.weight_streamer.ChannelSlice`); words checked."""
+    w = cfg.axi_data_bytes
+    rng = random.Random(seed)
+    memories = [rng.randbytes(load.rows * load.row_words * w) for _ in range(channels)]
+    rows = [(r * load.row_words * w, load.row_words) for r in range(load.rows)]
+    timing = H.HbmTiming.of(cfg)
+    dut = ChannelSlice(channels, cfg.axi_addr_bits, cfg.axi_data_bits)
+    result = {}
+
+    async def bench(ctx):
+        result["run"] = await H.slice_bench(H.AmaranthIO(ctx, dut), memories,
+                                            [rows] * channels, w, cfg.axi_addr_bits, timing,
+                                            rng)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    words, cycles, reports = result["run"]
+    per_channel = [H.expected_words(mem, rows, w) for mem in memories]
+    want = [sum(ch[i] << (8 * w * c) for c, ch in enumerate(per_channel))
+            for i in range(len(per_channel[0]))]
+    if words != want:
+        raise AssertionError(f"{load.name} on {channels} channels: the words differ")
+    return SliceResult(load, channels, cycles, min(r.utilization(w, timing) for r in reports))
+
+
+def slice_table(results: list[SliceResult]) -> str:
+    lines = ["Channel slice: the channels in lockstep (the lanes take a word of each per cycle)",
+             "", "| workload | channels | cycles | vs 1 channel | least channel's utilisation |",
+             "|---|---|---|---|---|"]
+    first = {}
+    for r in results:
+        base = first.setdefault(r.workload.name, r.cycles)
+        lines.append(f"| {r.workload.name} | {r.channels} | {r.cycles} | "
+                     f"{r.cycles / base - 1:+.4f} | {r.utilization:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(cfg: config.AccelConfig, results: list[Result]) -> str:
     lines = [f"Weight streamer, one channel of {cfg.name} ({cfg.axi_data_bits}-bit port, "
              f"{C.channel_bytes_per_cycle(cfg):.1f} B/cycle peak, HBM efficiency "
@@ -124,11 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         loads = [load for load in loads if load.name.startswith("attn")]
     results = [run_one(cfg, load, args.seed + i) for i, load in enumerate(loads)]
     text = table(cfg, results)
-    print(text)
+    print(text, flush=True)
+    slices = [run_slice(cfg, load, n, args.seed) for load in loads
+              if load.name in SLICE_WORKLOADS for n in SLICE_CHANNELS]
+    text += "\n" + slice_table(slices)
+    print(slice_table(slices))
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(text)
-    print(f"read_utilization={min(r.utilization for r in results):.4f} "
+    spread = max(abs(r.cycles / next(b.cycles for b in slices if b.workload == r.workload
+                                     and b.channels == 1) - 1) for r in slices)
+    print(f"slice_spread={spread:.4f} (cycles per channel, 1 to {SLICE_CHANNELS[-1]} channels)")
+    utilization = min(r.utilization for r in [*results, *slices])
+    print(f"read_utilization={utilization:.4f} "
           f"model_error={max(r.model_error for r in results):.4f}")
     return 0
 

@@ -126,52 +126,105 @@ class StreamReport:
         return self.beats * data_bytes / (span * timing.bytes_per_cycle)
 
 
-STREAM_OUTPUTS = ("cmd__ready", "axi__arvalid", "axi__araddr", "axi__arlen", "axi__rready",
-                  "data__valid", "data__payload", "idle", "error")
+class _ChannelDriver:
+    """One memory channel of a bench: the command queue into ``{cmd}__*``, the HBM model
+    behind ``{axi}__*``, and what the channel did."""
+
+    def __init__(self, cmd: str, axi: str, memory: bytes, commands: list[tuple[int, int]],
+                 data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random):
+        self.cmd, self.axi, self.addr_bits = cmd, axi, addr_bits
+        self.hbm = HbmChannel(memory, data_bytes, timing, rng)
+        self.pending = deque(commands)
+        self.report = StreamReport()
+        self.r = (False, 0, False)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (f"{self.cmd}__ready", f"{self.axi}__arvalid", f"{self.axi}__araddr",
+                f"{self.axi}__arlen", f"{self.axi}__rready")
+
+    def inputs(self) -> dict[str, int]:
+        self.r = rvalid, rdata, rlast = self.hbm.r_channel()
+        cmd = self.pending[0] if self.pending else None
+        return {f"{self.cmd}__valid": int(cmd is not None),
+                f"{self.cmd}__payload": 0 if cmd is None else cmd[0] | cmd[1] << self.addr_bits,
+                f"{self.axi}__arready": 1, f"{self.axi}__rvalid": int(rvalid),
+                f"{self.axi}__rdata": rdata, f"{self.axi}__rlast": int(rlast),
+                f"{self.axi}__rresp": 0}
+
+    def after(self, out: dict[str, int], cycle: int) -> None:
+        """Account this cycle's handshakes and end it in the model."""
+        report, hbm = self.report, self.hbm
+        if self.pending and out[f"{self.cmd}__ready"]:
+            self.pending.popleft()
+        if out[f"{self.axi}__arvalid"]:
+            beats = out[f"{self.axi}__arlen"] + 1
+            hbm.request(out[f"{self.axi}__araddr"], beats)
+            report.bursts.append((out[f"{self.axi}__araddr"], beats))
+        rvalid = self.r[0]
+        taken = rvalid and bool(out[f"{self.axi}__rready"])
+        if taken:
+            report.beats += 1
+            report.last_beat = cycle
+            if report.first_beat is None:
+                report.first_beat = cycle
+        hbm.advance(rvalid, taken)
+        report.max_in_flight = max(report.max_in_flight, len(hbm.bursts))
+
+
+async def _drive(io: PortIO, channels: list[_ChannelDriver], want: int, rng: random.Random,
+                 stall: float, max_cycles: int) -> tuple[list[int], int]:
+    """Run the channels until the block is idle with ``want`` words out of ``data``;
+    returns the words and the cycles."""
+    words: list[int] = []
+    names = ("data__valid", "data__payload", "idle", "error",
+             *(name for ch in channels for name in ch.outputs()))
+    cycle = 0
+    while True:
+        ready = int(rng.random() >= stall)
+        inputs = {"data__ready": ready}
+        for ch in channels:
+            inputs.update(ch.inputs())
+        out = await io.cycle(inputs, names)
+        if out["error"]:
+            raise AssertionError(f"cycle {cycle}: error flag without an error response")
+        for ch in channels:
+            ch.after(out, cycle)
+        if out["data__valid"] and ready:
+            words.append(out["data__payload"])
+        cycle += 1
+        if all(not ch.pending for ch in channels) and out["idle"] and len(words) == want:
+            return words, cycle
+        if cycle > max_cycles:
+            raise TimeoutError(f"{len(words)} of {want} words after {cycle} cycles")
 
 
 async def stream_bench(io: PortIO, memory: bytes, commands: list[tuple[int, int]],
                        data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
                        *, stall: float = 0.0, max_cycles: int = 2_000_000) -> StreamReport:
-    """Feed ``commands`` (addr, beats) to the streamer, serve its reads from the model, take
-    its words (refusing each with probability ``stall``) until it is idle with every word."""
-    hbm = HbmChannel(memory, data_bytes, timing, rng)
-    report = StreamReport()
+    """Feed ``commands`` (addr, beats) to one streamer (ports ``cmd``, ``axi``, ``data``),
+    serve its reads from the model, take its words (refusing each with probability
+    ``stall``) until it is idle with every word."""
+    ch = _ChannelDriver("cmd", "axi", memory, commands, data_bytes, addr_bits, timing, rng)
     want = sum(beats for _, beats in commands)
-    pending = deque(commands)
-    while True:
-        rvalid, rdata, rlast = hbm.r_channel()
-        cmd = pending[0] if pending else None
-        ready = int(rng.random() >= stall)
-        inputs = {"cmd__valid": int(cmd is not None),
-                  "cmd__payload": 0 if cmd is None else cmd[0] | cmd[1] << addr_bits,
-                  "axi__arready": 1, "axi__rvalid": int(rvalid), "axi__rdata": rdata,
-                  "axi__rlast": int(rlast), "axi__rresp": 0, "data__ready": ready}
-        out = await io.cycle(inputs, STREAM_OUTPUTS)
-        if out["error"]:
-            raise AssertionError(f"cycle {report.cycles}: error flag without an error response")
-        if cmd is not None and out["cmd__ready"]:
-            pending.popleft()
-        if out["axi__arvalid"]:
-            beats = out["axi__arlen"] + 1
-            hbm.request(out["axi__araddr"], beats)
-            report.bursts.append((out["axi__araddr"], beats))
-        taken = rvalid and bool(out["axi__rready"])
-        if taken:
-            report.beats += 1
-            report.last_beat = report.cycles
-            if report.first_beat is None:
-                report.first_beat = report.cycles
-        hbm.advance(rvalid, taken)
-        if out["data__valid"] and ready:
-            report.words.append(out["data__payload"])
-        report.max_in_flight = max(report.max_in_flight, len(hbm.bursts))
-        report.cycles += 1
-        if not pending and out["idle"] and len(report.words) == want:
-            return report
-        if report.cycles > max_cycles:
-            raise TimeoutError(f"{len(report.words)} of {want} words after {report.cycles} "
-                               "cycles")
+    ch.report.words, ch.report.cycles = await _drive(io, [ch], want, rng, stall, max_cycles)
+    return ch.report
+
+
+async def slice_bench(io: PortIO, memories: list[bytes], commands: list[list[tuple[int, int]]],
+                      data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
+                      *, stall: float = 0.0, max_cycles: int = 2_000_000
+                      ) -> tuple[list[int], int, list[StreamReport]]:
+    """The same for a channel slice (ports ``cmd{i}``, ``axi{i}`` per channel, one
+    ``data`` of every channel's word side by side): its words, cycles and each channel's
+    report. Each channel has its own HBM model, with its own latencies and refresh."""
+    channels = [_ChannelDriver(f"cmd{i}", f"axi{i}", mem, cmds, data_bytes, addr_bits,
+                               timing, random.Random(rng.random()))
+                for i, (mem, cmds) in enumerate(zip(memories, commands, strict=True))]
+    want = {sum(beats for _, beats in cmds) for cmds in commands}
+    if len(want) != 1:
+        raise ValueError(f"the channels of a slice stream equal words, not {sorted(want)}")
+    words, cycles = await _drive(io, channels, want.pop(), rng, stall, max_cycles)
+    return words, cycles, [ch.report for ch in channels]
 
 
 def expected_words(memory: bytes, commands: list[tuple[int, int]], data_bytes: int) -> list[int]:
