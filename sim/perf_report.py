@@ -24,8 +24,10 @@ SCHEMES = ("w2a8kv4", "w2a8kv4+4:16", "w2a8kv4+lambda4:252", "w3-mixed-a8kv4", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="u280", help="accelerator preset or JSON file")
-    p.add_argument("--model", default="llama2-7b", choices=sorted(P.MODELS),
-                   help="model shapes of the estimate")
+    p.add_argument("--model", default="llama2-7b",
+                   help="model shapes of the estimate: one of " + ", ".join(P.MODELS)
+                        + ", or a Hugging Face config.json (or its directory) or a GGUF file, "
+                        "read without loading weights")
     p.add_argument("--scheme", default="w2a8kv4", help="the case of the last line")
     p.add_argument("--context", type=int, default=512, help="context length of the last line")
     p.add_argument("--out", default="build/perf", help="directory for the plots")
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = C.load(args.config)
-    shape = P.MODELS[args.model]
+    shape = P.model_shape(args.model)
     if not 1 <= args.context <= cfg.max_seq_len:
         raise ValueError(f"--context {args.context}: {cfg.name} supports 1..{cfg.max_seq_len}")
     schemes = list(dict.fromkeys([args.scheme, *SCHEMES]))

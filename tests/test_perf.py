@@ -54,3 +54,50 @@ def test_perf_refuses_bad_input(capsys):
     assert "--context" in capsys.readouterr().err
     assert cli.main(["perf", "--config", "u280", "--scheme", "w9"]) == 2
     assert "unknown scheme" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["llama2-13b", "llama3-8b", "mistral-7b", "smollm2-135m"])
+def test_perf_knows_the_models_people_use(model, tmp_path, capsys):
+    assert cli.main(["perf", "--model", model, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{model} on u280")
+    assert re.search(r"^decode_tok_s=[\d.]+ roofline_fraction=[\d.]+$", out.strip(), re.M)
+
+
+def test_perf_reads_shapes_from_a_config_or_gguf_without_weights(tmp_path, capsys):
+    """An HF config.json (no weights beside it) and a GGUF file's metadata give the shapes;
+    a LLaMA3-8B config.json gives the same figures as the built-in llama3-8b."""
+    gguf = pytest.importorskip("gguf")
+    import json
+
+    import numpy as np
+
+    hf = tmp_path / "llama3"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}))
+    lines = []
+    for model in (str(hf), "llama3-8b"):
+        assert cli.main(["perf", "--model", model, "--out", str(tmp_path)]) == 0
+        lines.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert lines[0] == lines[1]
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_embedding_length(256)
+    w.add_block_count(2)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_feed_forward_length(512)
+    w.add_vocab_size(1000)
+    w.add_tensor("token_embd.weight", np.zeros((1000, 256), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert P.model_shape(str(path)) == P.ModelShape("tiny", 256, 2, 4, 2, 512, 1000)
+    assert cli.main(["perf", "--model", str(tmp_path / "none.gguf")]) == 2
+    assert "neither a known model" in capsys.readouterr().err
+    (hf / "config.json").write_text("{}")
+    assert cli.main(["perf", "--model", str(hf)]) == 2
+    assert "config.json lacks or mistypes 'num_attention_heads'" in capsys.readouterr().err
