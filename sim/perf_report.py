@@ -1,6 +1,7 @@
 """``llmacc perf``: the performance table of :mod:`sim.perf_model` for one configuration and
-model, with the published anchors, and two SVG plots (tokens/s against context length; the
-roofline with each operator of a decoder layer placed on it).
+model, with the published anchors, and two plots made with matplotlib, each as PNG and SVG
+(tokens/s against context length: design estimate, roofline and RTL as built; the roofline
+with each operator of a decode step placed on it).
 
 The last line is ``decode_tok_s=<v> roofline_fraction=<v>`` for ``--scheme`` at
 ``--context`` (the design estimate).
@@ -9,7 +10,6 @@ The last line is ``decode_tok_s=<v> roofline_fraction=<v>`` for ``--scheme`` at
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from llmacc import config as C
@@ -76,90 +76,92 @@ def run(args: argparse.Namespace) -> int:
               f"{op.bound}-bound")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "decode_tok_s.svg").write_text(_lines_svg(curves, cfg.name, shape.name))
-    (out / "roofline.svg").write_text(_roofline_svg(cfg, e))
-    print(f"plots: {out / 'decode_tok_s.svg'}, {out / 'roofline.svg'}")
+    rtl = [(c, P.decode(cfg, shape, args.scheme, min(c, cfg.max_seq_len)).rtl_tok_s)
+           for c in CONTEXTS]
+    plots = _decode_plot(curves, rtl, args.scheme, cfg.name, shape.name, out)
+    plots += _roofline_plot(cfg, e, args.scheme, args.context, shape.name, out)
+    print("plots: " + ", ".join(str(p) for p in plots))
     print(f"decode_tok_s={e.tok_s:.2f} roofline_fraction={e.roofline_fraction:.3f}")
     return 0
 
 
-# -- SVG -----------------------------------------------------------------------------------
-W, H, M = 640, 400, 60
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+# -- plots (matplotlib) ------------------------------------------------------------------------
+def _decode_plot(curves: dict, rtl: list[tuple[int, float]], scheme: str, cfg_name: str,
+                 model: str, out: Path) -> list[Path]:
+    """Tokens/s against context: each scheme's design estimate (solid) and HBM roofline
+    (dashed), the RTL as built for ``scheme``, and the published anchors; log axes."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
 
-def _svg(body: list[str], title: str, xlabel: str, ylabel: str) -> str:
-    return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-        f'font-family="sans-serif" font-size="11">',
-        f'<rect width="{W}" height="{H}" fill="white"/>',
-        f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="13">{title}</text>',
-        f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle">{xlabel}</text>',
-        f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" '
-        f'text-anchor="middle">{ylabel}</text>',
-        f'<rect x="{M}" y="{M}" width="{W - 2 * M}" height="{H - 2 * M}" fill="none" '
-        'stroke="black"/>', *body, "</svg>"])
-
-
-def _lines_svg(curves: dict, cfg_name: str, model: str) -> str:
-    xs = [c for c, _, _ in next(iter(curves.values()))]
-    top = max(max(r for _, t, r in v) for v in curves.values()) * 1.1
-    top = max(top, P.FLIGHTLLM_TOK_S * P.ACCLLM_SPEEDUP * 1.1)
-
-    def px(i, y):
-        return (M + i * (W - 2 * M) / (len(xs) - 1), H - M - y / top * (H - 2 * M))
-
-    body = []
-    for i, x in enumerate(xs):
-        cx, _ = px(i, 0)
-        body.append(f'<text x="{cx}" y="{H - M + 15}" text-anchor="middle">{x}</text>')
-    for anchor, name in ((P.FLIGHTLLM_TOK_S, "FlightLLM"),
-                         (P.FLIGHTLLM_TOK_S * P.ACCLLM_SPEEDUP, "AccLLM")):
-        _, y = px(0, anchor)
-        body.append(f'<line x1="{M}" x2="{W - M}" y1="{y}" y2="{y}" stroke="grey" '
-                    f'stroke-dasharray="4"/><text x="{M + 4}" y="{y - 3}">{name} {anchor:.0f}'
-                    '</text>')
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for n, (name, curve) in enumerate(curves.items()):
-        colour = COLOURS[n % len(COLOURS)]
-        points = " ".join("{:.1f},{:.1f}".format(*px(i, t)) for i, (_, t, _) in
-                          enumerate(curve))
-        body.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
-                    'stroke-width="2"/>')
-        body.append(f'<text x="{W - M - 150}" y="{M + 15 + 13 * n}" fill="{colour}">{name}'
-                    '</text>')
-    return _svg(body, f"{model} decode on {cfg_name} (design estimate)", "context length",
-                "tokens/s")
+        colour = f"C{n % 10}"
+        xs = [c for c, _, _ in curve]
+        ax.plot(xs, [t for _, t, _ in curve], "-o", color=colour, ms=3, label=name)
+        ax.plot(xs, [r for _, _, r in curve], "--", color=colour, lw=1)
+    ax.plot([c for c, _ in rtl], [t for _, t in rtl], "-s", color="black", ms=3,
+            label=f"{scheme}, RTL as built")
+    for value, name in ((P.FLIGHTLLM_TOK_S, "FlightLLM (U280, LLaMA2-7B)"),
+                        (P.FLIGHTLLM_TOK_S * P.ACCLLM_SPEEDUP, "AccLLM (claimed)")):
+        ax.axhline(value, color="grey", ls=":", lw=1)
+        ax.annotate(f"{name} {value:.0f}", (curves[scheme][-1][0], value), xytext=(-4, 3),
+                    textcoords="offset points", fontsize=8, color="dimgrey", ha="right")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(CONTEXTS, [str(c) for c in CONTEXTS])
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"{model} decode on {cfg_name}: design estimate (solid), HBM roofline "
+                 f"(dashed), RTL as built ({scheme})", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncols=2, loc="lower left")
+    return _save(fig, out / "decode_tok_s")
 
 
-def _roofline_svg(cfg: C.AccelConfig, e: P.Estimate) -> str:
-    """log-log: MACs per byte against MACs/s; the bandwidth slope and the engine's peak."""
-    peak = cfg.peak_macs_per_cycle * e.clock_hz
-    bw = e.bandwidth
-    lo_x, hi_x = 0.01, 1000.0
-    lo_y, hi_y = peak / 1e5, peak * 2
+def _roofline_plot(cfg: C.AccelConfig, e: P.Estimate, scheme: str, context: int,
+                   model: str, out: Path) -> list[Path]:
+    """Log-log roofline: MACs per byte against MACs/s, with each operator of the decode
+    step placed on it; operators at the same point share one label."""
+    import matplotlib
 
-    def px(x, y):
-        fx = (math.log10(x) - math.log10(lo_x)) / (math.log10(hi_x) - math.log10(lo_x))
-        fy = (math.log10(y) - math.log10(lo_y)) / (math.log10(hi_y) - math.log10(lo_y))
-        return M + fx * (W - 2 * M), H - M - fy * (H - 2 * M)
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
 
+    peak, bw = cfg.peak_macs_per_cycle * e.clock_hz, e.bandwidth
+    points: dict[tuple[float, float], list[str]] = {}
+    for op in e.operators:
+        if op.bytes and op.macs:
+            key = (round(op.macs / op.bytes, 4), round(op.macs * e.clock_hz / op.cycles, -6))
+            points.setdefault(key, []).append(op.name)
+    xs = [x for x, _ in points] + [peak / bw]
+    lo_x, hi_x = min(xs) / 4, max(xs) * 16
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     ridge = peak / bw
-    x0, y0 = px(lo_x, max(lo_y, lo_x * bw))
-    x1, y1 = px(ridge, peak)
-    x2, _ = px(hi_x, peak)
-    body = [f'<polyline points="{x0:.1f},{y0:.1f} {x1:.1f},{y1:.1f} {x2:.1f},{y1:.1f}" '
-            'fill="none" stroke="black" stroke-width="2"/>',
-            f'<text x="{x1 + 5:.1f}" y="{y1 - 5:.1f}">peak {peak / 1e12:.2f} TMAC/s, '
-            f'{bw / 1e9:.0f} GB/s</text>']
-    for n, op in enumerate(e.operators):
-        if not op.bytes or not op.macs:
-            continue
-        x = op.macs / op.bytes
-        y = op.macs / (op.cycles / e.clock_hz)
-        cx, cy = px(min(max(x, lo_x), hi_x), min(max(y, lo_y), hi_y))
-        colour = COLOURS[n % len(COLOURS)]
-        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>'
-                    f'<text x="{cx + 6:.1f}" y="{cy + 4 + 10 * (n % 3 - 1):.1f}" '
-                    f'fill="{colour}">{op.name}</text>')
-    return _svg(body, f"roofline, {cfg.name}: the operators of one decode step",
-                "operational intensity (MACs / byte)", "MACs / s (log)")
+    ax.plot([lo_x, ridge, hi_x], [lo_x * bw, peak, peak], color="black", lw=2,
+            label=f"roofline: {bw / 1e9:.0f} GB/s, peak {peak / 1e12:.2f} TMAC/s")
+    for n, ((x, y), names) in enumerate(sorted(points.items())):
+        ax.plot([x], [y], "o", color=f"C{n % 10}")
+        ax.annotate(", ".join(names), (x, y), xytext=(6, -12 + 9 * (n % 4)),
+                    textcoords="offset points", fontsize=8, color=f"C{n % 10}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo_x, hi_x)
+    ax.set_xlabel("operational intensity (MACs / byte)")
+    ax.set_ylabel("MACs / s")
+    ax.set_title(f"{model} {scheme} at context {context} on {cfg.name}: the operators of one "
+                 "decode step (design estimate)", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, out / "roofline")
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    from matplotlib import pyplot as plt
+
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths

@@ -24,9 +24,13 @@ def test_perf_prints_the_table_and_writes_the_plots(tmp_path, capsys):
     assert float(m.group(1)) == pytest.approx(e.tok_s, abs=0.01)
     assert 0 < float(m.group(2)) <= 1
     assert "FlightLLM 55 tok/s" in out and "AccLLM" in out
-    for name in ("decode_tok_s.svg", "roofline.svg"):
-        text = (tmp_path / name).read_text()
-        assert text.startswith("<svg") and text.rstrip().endswith("</svg>")
+    for name in ("decode_tok_s", "roofline"):
+        svg = (tmp_path / f"{name}.svg").read_text()
+        assert "<svg" in svg and svg.rstrip().endswith("</svg>")
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    # the axes carry numbers (matplotlib tick labels), and the decode plot the RTL curve
+    decode = (tmp_path / "decode_tok_s.svg").read_text()
+    assert "RTL as built" in decode and "2048" in decode and "FlightLLM" in decode
 
 
 @pytest.mark.parametrize("scheme", ["w2a8kv4", "w4a8", "w8a8", "w2a8kv4+4:16"])
