@@ -61,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
         device.close()
     print(args.prompt + out.text if args.no_stream else "")
     clock = cm.config.clock_mhz
+    rows = cm.host.prefill_rows(len(prompt))
+    if rows != len(prompt):
+        print(f"{args.backend}: the {len(prompt)}-token prompt runs the {rows}-row prefill "
+              f"program: prefill programs are compiled per bucket of {cm.host.prefill_bucket} "
+              "rows (llmacc compile --prefill-bucket), the padding rows are computed and "
+              "discarded", file=sys.stderr)
     print(f"{args.backend}: prompt {len(prompt)} tokens, prefill {out.prefill_s:.2f} s; "
           f"{out.decode_steps} decode steps in {out.decode_s:.2f} s; device at {clock:g} MHz "
           f"({cm.config.name}, {manifest.get('scheme', '?')}): prefill "
