@@ -65,11 +65,25 @@ def perplexity(score: Callable[[list[int]], Tensor], sequences: list[list[int]],
 
 
 def _bar(done: int, total: int, start: float, what: str = "scoring") -> None:
+    """One progress line; the ETA extrapolates the rate of the work done since ``start``
+    (nothing is estimated before the first unit is done)."""
     width = 30
     fill = width * done // max(total, 1)
-    eta = (time.time() - start) / done * (total - done)
-    print(f"\r{what} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} eta {eta:5.0f}s",
+    eta = f"eta {(time.time() - start) / done * (total - done):5.0f}s" if done else "eta    ?"
+    print(f"\r{what} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {eta}",
           end="", file=sys.stderr, flush=True)
+
+
+def _progress(what: str):
+    """A progress callback ``(done, total)`` whose clock starts at its ``done == 0`` call
+    (or its first call), so set-up before the work does not inflate the ETA."""
+    start = [time.time()]
+
+    def bar(done: int, total: int) -> None:
+        if done == 0:
+            start[0] = time.time()
+        _bar(done, total, start[0], what)
+    return bar
 
 
 def calibration_sequences(tok: tokenizer.Tokenizer, text: str | Path, count: int,
@@ -117,12 +131,10 @@ def prepare_sequences(ckpt: checkpoint.Checkpoint, scheme: schemes.Scheme,
 
     if not calib:
         raise ValueError("no calibration sequences")
-    start = time.time()
-    bar = (lambda d, t: _bar(d, t, start, "quantizing")) if progress else None
+    bar = _progress("quantizing") if progress else None
     qm = quantize(ckpt, scheme, calib[-max(1, len(calib) // 4):], bar)
     if scheme.finetune.steps:
-        start = time.time()
-        bar = (lambda d, t: _bar(d, t, start, "fine-tuning")) if progress else None
+        bar = _progress("fine-tuning") if progress else None
         qm = finetune(qm, ckpt, calib, scheme.finetune, progress=bar)
     if progress:
         print(file=sys.stderr)

@@ -84,6 +84,8 @@ def finetune(qm: QuantizedModel, ckpt: Checkpoint, seqs: list[list[int]],
         return (u * scale)[:, :q.in_features]
 
     order = list(range(len(seqs)))
+    if progress is not None:
+        progress(0, steps)  # the set-up above is not a step
     for step in range(steps):
         if step % len(order) == 0:
             rng.shuffle(order)

@@ -145,7 +145,13 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
     if not scheme.quantized:
         return qm
     names = [f"layers.{i}.{k}" for i in range(cfg.n_layers) for k in LINEARS]
-    for done, name in enumerate(names):
+    # progress in weights, not matrices (wk/wv are a fraction of w1 under GQA), from the
+    # start of this loop (the calibration before it is not quantization)
+    total = sum(ckpt.weights[name].numel() for name in names)
+    done_weights = 0
+    if progress is not None:
+        progress(0, total)
+    for name in names:
         w = ckpt.weights[name]
         st = stats.inputs.get(name)
         keep = None
@@ -161,8 +167,9 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
             w, scheme.weight_fmt, scheme.dtypes, scheme.group,
             hessian=None if st is None else st.hessian, keep=keep, sparsity=scheme.sparsity,
             gptq=scheme.gptq)
+        done_weights += w.numel()
         if progress is not None:
-            progress(done + 1, len(names))
+            progress(done_weights, total)
     emb = _int8(ckpt.weights["tok_embeddings"], scheme.group)
     qm.linears["tok_embeddings"] = emb
     qm.linears["output"] = emb if cfg.shared_classifier else _int8(ckpt.weights["output"],
