@@ -16,12 +16,16 @@ instruction memory, the channel bases and the program's address into the control
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +114,33 @@ def build(cfg: AccelConfig) -> Path:
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-Wno-fatal",
                *trace, "--top-module", TOP, "-Mdir", "obj", "-o", "harness",
                "-CFLAGS", f"-I{build_dir}", *map(str, sources), str(SOURCE)]
-        run = subprocess.run(cmd, cwd=build_dir, env=env, capture_output=True, text=True)
-        if run.returncode or not exe.exists():
+        print(f"building the Verilated RTL of {cfg.name} in {build_dir} (once per "
+              "configuration and hardware version; minutes on 2 cores) ...", file=sys.stderr,
+              flush=True)
+        start = time.perf_counter()
+        stdout, stderr, code = _run_build(cmd, build_dir, env)
+        if code or not exe.exists():
+            shutil.rmtree(build_dir, ignore_errors=True)
             raise HarnessError(f"building the Verilator harness for {cfg.name} failed:\n"
-                               f"{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+                               f"{stdout[-2000:]}\n{stderr[-4000:]}")
+        print(f"built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return exe
+
+
+def _run_build(cmd: list[str], build_dir: Path, env: dict) -> tuple[str, str, int]:
+    """Run the Verilator build in its own process group. Ctrl-C stops the whole build at
+    once (make and every compiler it started) and removes the half-built directory."""
+    proc = subprocess.Popen(cmd, cwd=build_dir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    return stdout, stderr, proc.returncode
 
 
 @dataclass

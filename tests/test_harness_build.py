@@ -1,0 +1,39 @@
+"""The Verilator build behind ``--backend rtl``: Ctrl-C stops it at once, with every process
+it started, and leaves no half-built directory (it used to run on for 8 s and more)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from sim import top_harness
+
+
+def test_ctrl_c_stops_the_build_and_removes_its_directory(tmp_path):
+    build_dir = tmp_path / "harness-x"
+    build_dir.mkdir()
+    (build_dir / "half.o").write_text("partial")
+    pid_file = tmp_path / "grandchild.pid"
+    cmd = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.main_thread().ident,
+                                                             signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        top_harness._run_build(cmd, build_dir, dict(os.environ))
+    assert time.perf_counter() - start < 5
+    assert not build_dir.exists()
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not _running(grandchild)  # the build's own children are gone too
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
