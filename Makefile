@@ -35,7 +35,10 @@ help:
 	@echo "make demo      compile the shipped model and generate text on the emulator"
 	@echo "make bitstream BOARD=u280 CONFIG=u280 [REQUIRE_VIVADO=1]"
 	@echo "               Vitis build tree in build/bitstream/; runs Vivado/v++ if on PATH"
-	@echo "make synth-report  yosys synth_xilinx resource counts per block"
+	@echo "make synth-report  yosys synth_xilinx resource counts per block (CONFIG=u280;"
+	@echo "               LUT-mapped with the system yosys: apt-get install yosys)"
+	@echo "make clean     remove build/ and the pytest cache"
+	@echo "make help      this list"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

