@@ -92,7 +92,7 @@ class _Emitter:
         """Tiles of ``lp`` (default all, each writing its columns of rows at ``out``; a given
         ``tiles`` writes at ``out`` itself): LOAD WGT, LOAD META, the matrix instruction."""
         w = self.w
-        qp = L.qrow_pitch(lp.k, w)
+        qrow_pitch = L.qrow_pitch(lp.k, w)
         for tile in tiles or lp.tiles:
             slot = self.tile_count % 2
             self.tile_count += 1
@@ -103,7 +103,7 @@ class _Emitter:
             o = out if tiles else out + tile.n0 * 4 // w
             span = (rows - 1) * out_pitch + L.wide_pitch(tile.n, w)
             reads = [Access(Buffer.WGT, wa, wa + ww), Access(Buffer.META, ma, ma + mw),
-                     Access(Buffer.ACT, act, act + rows * qp)]
+                     Access(Buffer.ACT, act, act + rows * qrow_pitch)]
             if lp.mode is OutMode.ADD:
                 reads.append(Access(Buffer.ACT, o, o + span))
             self.emit(Opcode.MATVEC if rows == 1 else Opcode.MATMAT, reads,
@@ -152,11 +152,11 @@ class Lowering:
         mc = im.config
         self.kvp = L.kv_pitch(mc.head_dim, im.kv_bits, self.w)
 
-    def wp(self, n: int) -> int:
+    def wide_pitch(self, n: int) -> int:
         """Words of a wide row of ``n`` elements."""
         return L.wide_pitch(n, self.w)
 
-    def qp(self, n: int) -> int:
+    def qrow_pitch(self, n: int) -> int:
         """Words of a quantized row of ``n`` elements."""
         return L.qrow_pitch(n, self.w)
 
@@ -165,7 +165,7 @@ class Lowering:
         """Buffer addresses for a step of ``rows`` rows and ``keys`` keys."""
         mc, w, p, R = self.im.config, self.w, self.p, rows
         lin = p.linears
-        wp, qp = self.wp, self.qp
+        wide_pitch, qrow_pitch = self.wide_pitch, self.qrow_pitch
         out_tile = lin["output"].tiles[0].n
         bp = BufPlan(p.cfg)
         A, T, KV = Buffer.ACT, Buffer.TABLE, Buffer.KV
@@ -175,21 +175,21 @@ class Lowering:
 
         return StepBuffers(
             xin=bp.alloc(A, R * p.record_words, "embedding records"),
-            x=bp.alloc(A, R * wp(mc.dim), "residual"),
-            h=bp.alloc(A, R * wp(mc.dim), "normed rows"),
-            hq=bp.alloc(A, R * qp(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
+            x=bp.alloc(A, R * wide_pitch(mc.dim), "residual"),
+            h=bp.alloc(A, R * wide_pitch(mc.dim), "normed rows"),
+            hq=bp.alloc(A, R * qrow_pitch(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
                                       lin["output"].k)), "quantized normed rows"),
-            q=bp.alloc(A, R * wp(mc.dim), "queries"),
-            k=bp.alloc(A, R * wp(mc.kv_dim), "keys"),
-            v=bp.alloc(A, R * wp(mc.kv_dim), "values"),
-            qq=bp.alloc(A, R * mc.n_heads * qp(mc.head_dim), "quantized queries"),
-            probs=bp.alloc(A, R * wp(keys), f"probabilities ({keys} keys)"),
-            o=bp.alloc(A, R * wp(mc.dim), "attention output"),
-            oq=bp.alloc(A, R * qp(lin["layers.0.wo"].k), "quantized attention output"),
-            gate=bp.alloc(A, R * wp(mc.hidden_dim), "SiLU(gate)"),
-            up=bp.alloc(A, R * wp(mc.hidden_dim), "up projection"),
-            pq=bp.alloc(A, R * qp(lin["layers.0.w2"].k), "quantized SwiGLU product"),
-            logit=two(A, R * wp(out_tile), "logits tile"),
+            q=bp.alloc(A, R * wide_pitch(mc.dim), "queries"),
+            k=bp.alloc(A, R * wide_pitch(mc.kv_dim), "keys"),
+            v=bp.alloc(A, R * wide_pitch(mc.kv_dim), "values"),
+            qq=bp.alloc(A, R * mc.n_heads * qrow_pitch(mc.head_dim), "quantized queries"),
+            probs=bp.alloc(A, R * wide_pitch(keys), f"probabilities ({keys} keys)"),
+            o=bp.alloc(A, R * wide_pitch(mc.dim), "attention output"),
+            oq=bp.alloc(A, R * qrow_pitch(lin["layers.0.wo"].k), "quantized attention output"),
+            gate=bp.alloc(A, R * wide_pitch(mc.hidden_dim), "SiLU(gate)"),
+            up=bp.alloc(A, R * wide_pitch(mc.hidden_dim), "up projection"),
+            pq=bp.alloc(A, R * qrow_pitch(lin["layers.0.w2"].k), "quantized SwiGLU product"),
+            logit=two(A, R * wide_pitch(out_tile), "logits tile"),
             tables=two(T, p.layer_tables.words, "layer tables"),
             final_gamma=bp.alloc(T, p.final_gamma.nbytes // w, "final norm gamma"),
             rope=bp.alloc(T, R * L.rope_pitch(mc.head_dim, w), "RoPE rows"),
@@ -225,7 +225,7 @@ class Lowering:
         record = p.record_words
         e.transfer(Opcode.LOAD, Buffer.ACT, buf.xin, p.inputs, row0 * record * w, rows * record)
         e.sfu(SfuFunc.EMBED, rows, im.config.dim, self._rows(buf.xin, rows, record),
-              self._rows(buf.x, rows, self.wp(im.config.dim)), shift=-im.F["resid"],
+              self._rows(buf.x, rows, self.wide_pitch(im.config.dim)), shift=-im.F["resid"],
               imm=im.embedding.group)
         rope_pitch = L.rope_pitch(im.config.head_dim, w)
         e.transfer(Opcode.LOAD, Buffer.TABLE, buf.rope, p.rope, 0, rope_pitch, rows,
@@ -237,28 +237,28 @@ class Lowering:
         KV rows appended, every head's scores and values, the output projection added to the
         residual."""
         im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
-        wp, qp, region = self.wp, self.qp, self._rows
+        wide_pitch, qrow_pitch, region = self.wide_pitch, self.qrow_pitch, self._rows
         dim, kvd, hd = mc.dim, mc.kv_dim, mc.head_dim
         heads, kv_heads = mc.n_heads, mc.n_kv_heads
         F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
         A, T = Buffer.ACT, Buffer.TABLE
         kv8 = int(im.kv_bits == 8)
-        x, h = region(buf.x, R, wp(dim)), region(buf.h, R, wp(dim))
+        x, h = region(buf.x, R, wide_pitch(dim)), region(buf.h, R, wide_pitch(dim))
         rope = (T, buf.rope, R * L.rope_pitch(hd, w))
         e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, table + lt.attn_gamma, L.gamma_pitch(dim, w)),
               shift=layer.attn_gamma_exp - F["attn_norm"])
         kq = lin[name + "wq"].k
-        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qp(kq)), imm=kq)
+        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qrow_pitch(kq)), imm=kq)
         for proj, dst, n in (("wq", buf.q, dim), ("wk", buf.k, kvd), ("wv", buf.v, kvd)):
-            e.linear(lin[name + proj], R, buf.hq, dst, wp(n), buf.slots)
-        q, k, v = (region(addr, R, wp(n)) for addr, n in ((buf.q, dim), (buf.k, kvd),
+            e.linear(lin[name + proj], R, buf.hq, dst, wide_pitch(n), buf.slots)
+        q, k, v = (region(addr, R, wide_pitch(n)) for addr, n in ((buf.q, dim), (buf.k, kvd),
                                                            (buf.v, kvd)))
         e.sfu(SfuFunc.ROPE, R, dim, q, q, rope, imm=hd)
         e.sfu(SfuFunc.ROPE, R, kvd, k, k, rope, imm=hd)
-        e.sfu(SfuFunc.ADD, R, kvd, k, k, (T, table + lt.k_centre, wp(kvd)), imm=1)
-        e.sfu(SfuFunc.MUL, R, kvd, k, k, (T, table + lt.k_recip, wp(kvd)), imm=1,
+        e.sfu(SfuFunc.ADD, R, kvd, k, k, (T, table + lt.k_centre, wide_pitch(kvd)), imm=1)
+        e.sfu(SfuFunc.MUL, R, kvd, k, k, (T, table + lt.k_recip, wide_pitch(kvd)), imm=1,
               shift=SMOOTH_FRAC)
-        e.sfu(SfuFunc.MUL, R, dim, q, q, (T, table + lt.q_smooth, wp(dim)), imm=1,
+        e.sfu(SfuFunc.MUL, R, dim, q, q, (T, table + lt.q_smooth, wide_pitch(dim)), imm=1,
               shift=SMOOTH_FRAC)
         for src, new in ((k, buf.k_new), (v, buf.v_new)):
             e.sfu(SfuFunc.KVQUANT, R, kvd, src, region(new, kv_heads * R, self.kvp),
@@ -267,7 +267,7 @@ class Lowering:
             for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
                 e.transfer(Opcode.STORE, Buffer.KV, new + g * R * self.kvp, p.kv[(i, g, s)], 0,
                            self.kvp, R, self.kvp * w, at_pos=True)
-        qqp = qp(hd)
+        qqp = qrow_pitch(hd)
         e.sfu(SfuFunc.QUANT8, R, dim, q, region(buf.qq, R * heads, qqp), imm2=hd)
         for g in range(kv_heads):
             kb, vb = buf.k_head[g % 2], buf.v_head[g % 2]
@@ -279,59 +279,59 @@ class Lowering:
                 e.emit(Opcode.ATTN,
                        [Access(A, qa, qa + R * heads * qqp),
                         Access(Buffer.KV, kb, kb + keys * self.kvp)],
-                       [Access(A, pr, pr + R * wp(keys))],
+                       [Access(A, pr, pr + R * wide_pitch(keys))],
                        func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
-                       head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wp(keys),
+                       head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wide_pitch(keys),
                        shift=F["q"] + F["k"] - 16, kv8=kv8)
                 oa = buf.o + L.element_bit(head * hd, L.WIDE) // (8 * w)
                 e.emit(Opcode.ATTN,
-                       [Access(A, pr, pr + R * wp(keys)),
+                       [Access(A, pr, pr + R * wide_pitch(keys)),
                         Access(Buffer.KV, vb, vb + keys * self.kvp)],
-                       [Access(A, oa, oa + (R - 1) * wp(dim) + wp(hd))],
+                       [Access(A, oa, oa + (R - 1) * wide_pitch(dim) + wide_pitch(hd))],
                        func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
-                       keys=keys, rows=R, a_step=wp(keys), d_step=wp(dim),
+                       keys=keys, rows=R, a_step=wide_pitch(keys), d_step=wide_pitch(dim),
                        shift=F["v"] - F["o"], kv8=kv8)
         ko = lin[name + "wo"].k
-        e.sfu(SfuFunc.QUANT8, R, dim, region(buf.o, R, wp(dim)), region(buf.oq, R, qp(ko)),
-              imm=ko)
-        e.linear(lin[name + "wo"], R, buf.oq, buf.x, wp(dim), buf.slots)
+        e.sfu(SfuFunc.QUANT8, R, dim, region(buf.o, R, wide_pitch(dim)),
+              region(buf.oq, R, qrow_pitch(ko)), imm=ko)
+        e.linear(lin[name + "wo"], R, buf.oq, buf.x, wide_pitch(dim), buf.slots)
 
     def _ffn(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, layer,
              table: int) -> None:
         """Layer ``i``'s SwiGLU block: norm, gate (fused SiLU) and up, their product, the
         down projection added to the residual."""
         mc, p, R = self.im.config, self.p, rows
-        wp, qp, region = self.wp, self.qp, self._rows
+        wide_pitch, qrow_pitch, region = self.wide_pitch, self.qrow_pitch, self._rows
         dim, hid = mc.dim, mc.hidden_dim
         F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
-        x, h = region(buf.x, R, wp(dim)), region(buf.h, R, wp(dim))
+        x, h = region(buf.x, R, wide_pitch(dim)), region(buf.h, R, wide_pitch(dim))
         e.sfu(SfuFunc.RMSNORM, R, dim, x, h,
               (Buffer.TABLE, table + lt.ffn_gamma, L.gamma_pitch(dim, self.w)),
               shift=layer.ffn_gamma_exp - F["ffn_norm"])
         k1 = lin[name + "w1"].k
-        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qp(k1)), imm=k1)
-        e.linear(lin[name + "w1"], R, buf.hq, buf.gate, wp(hid), buf.slots)
-        e.linear(lin[name + "w3"], R, buf.hq, buf.up, wp(hid), buf.slots)
-        gate = region(buf.gate, R, wp(hid))
-        e.sfu(SfuFunc.MUL, R, hid, gate, gate, (Buffer.ACT, buf.up, R * wp(hid)),
+        e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qrow_pitch(k1)), imm=k1)
+        e.linear(lin[name + "w1"], R, buf.hq, buf.gate, wide_pitch(hid), buf.slots)
+        e.linear(lin[name + "w3"], R, buf.hq, buf.up, wide_pitch(hid), buf.slots)
+        gate = region(buf.gate, R, wide_pitch(hid))
+        e.sfu(SfuFunc.MUL, R, hid, gate, gate, (Buffer.ACT, buf.up, R * wide_pitch(hid)),
               shift=F["silu"] + F["up"] - F["prod"])
         k2 = lin[name + "w2"].k
-        e.sfu(SfuFunc.QUANT8, R, hid, gate, region(buf.pq, R, qp(k2)), imm=k2)
-        e.linear(lin[name + "w2"], R, buf.pq, buf.x, wp(dim), buf.slots)
+        e.sfu(SfuFunc.QUANT8, R, hid, gate, region(buf.pq, R, qrow_pitch(k2)), imm=k2)
+        e.linear(lin[name + "w2"], R, buf.pq, buf.x, wide_pitch(dim), buf.slots)
 
     def _head(self, e: _Emitter, buf: StepBuffers, rows: int, row0: int) -> None:
         """The final norm and the classifier, tile by tile, the logits stored per row."""
         im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
-        wp, qp, region = self.wp, self.qp, self._rows
+        wide_pitch, qrow_pitch, region = self.wide_pitch, self.qrow_pitch, self._rows
         final = p.final_gamma.nbytes // w
         e.transfer(Opcode.LOAD, Buffer.TABLE, buf.final_gamma, p.final_gamma, 0, final)
-        x, h = region(buf.x, R, wp(mc.dim)), region(buf.h, R, wp(mc.dim))
+        x, h = region(buf.x, R, wide_pitch(mc.dim)), region(buf.h, R, wide_pitch(mc.dim))
         e.sfu(SfuFunc.RMSNORM, R, mc.dim, x, h, (Buffer.TABLE, buf.final_gamma, final),
               shift=im.final_gamma_exp - im.F["final_norm"])
         out = p.linears["output"]
-        e.sfu(SfuFunc.QUANT8, R, mc.dim, h, region(buf.hq, R, qp(out.k)), imm=out.k)
-        logit_pitch = wp(mc.vocab_size) * w
-        tile_pitch = wp(out.tiles[0].n)
+        e.sfu(SfuFunc.QUANT8, R, mc.dim, h, region(buf.hq, R, qrow_pitch(out.k)), imm=out.k)
+        logit_pitch = wide_pitch(mc.vocab_size) * w
+        tile_pitch = wide_pitch(out.tiles[0].n)
         for t, tile in enumerate(out.tiles):
             logits = buf.logit[t % 2]
             e.linear(out, R, buf.hq, logits, tile_pitch, buf.slots, (tile,))

@@ -123,9 +123,9 @@ class _MatrixClock:
         self.kept = desc.kept(s.k)
         self.groups = s.k // desc.group
         self.kpg = desc.group * keep // block  # kept weights per group
-        self.wp, self.mp = desc.wgt_pitch(s.k, w), desc.meta_pitch(s.k, w)
+        self.wgt_pitch, self.meta_pitch = desc.wgt_pitch(s.k, w), desc.meta_pitch(s.k, w)
         self.qhdr = L.qrow_header(w)
-        self.qp = L.qrow_pitch(s.k, w)
+        self.qrow_pitch = L.qrow_pitch(s.k, w)
         self.cover = cfg.chain_len * block // keep
         self.nbeats = -(-self.kept // cfg.chain_len)
         self.meta_rows = s.meta_addr + L.descriptor_words(w)
@@ -139,31 +139,31 @@ class _MatrixClock:
             return cycles
         tpp = 1 if self.int8 else 2  # tokens per pass
         memo: dict = {}
-        for j0 in range(0, s.n, cfg.mv_rows):
-            lanes_ok = min(cfg.mv_rows, s.n - j0)
-            for t0 in range(0, s.m, tpp):
-                tokens_ok = min(tpp, s.m - t0)
-                bases = self._bases(j0, t0)
+        for pass_row in range(0, s.n, cfg.mv_rows):
+            lanes_ok = min(cfg.mv_rows, s.n - pass_row)
+            for pass_token in range(0, s.m, tpp):
+                tokens_ok = min(tpp, s.m - pass_token)
+                bases = self._bases(pass_row, pass_token)
                 key = (lanes_ok, tokens_ok, _relative(self.fetches, bases))
                 if key not in memo:
-                    pass_cycles = self._pass(j0, t0, lanes_ok, tokens_ok)
+                    pass_cycles = self._pass(pass_row, pass_token, lanes_ok, tokens_ok)
                     memo[key] = pass_cycles, _relative(self.fetches, bases)
                 pass_cycles, after = memo[key]
                 _place(self.fetches, bases, after)
                 cycles += pass_cycles
         return cycles
 
-    def _bases(self, j0: int, t0: int) -> tuple[int, ...]:
+    def _bases(self, pass_row: int, pass_token: int) -> tuple[int, ...]:
         """The word each fetch's records of a pass are relative to."""
         s = self.s
-        return (s.act_addr + t0 * self.qp, s.wgt_addr + j0 * self.wp,
-                self.meta_rows + j0 * self.mp, s.out_addr + t0 * s.step)
+        return (s.act_addr + pass_token * self.qrow_pitch, s.wgt_addr + pass_row * self.wgt_pitch,
+                self.meta_rows + pass_row * self.meta_pitch, s.out_addr + pass_token * s.step)
 
-    def _pass(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
+    def _pass(self, pass_row: int, pass_token: int, lanes_ok: int, tokens_ok: int) -> int:
         cfg, s, wb = self.cfg, self.s, self.wb
         lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
         slots = n_chain // tap
-        qrows = [s.act_addr + (t0 + t) * self.qp for t in range(tokens_ok)]
+        qrows = [s.act_addr + (pass_token + t) * self.qrow_pitch for t in range(tokens_ok)]
         chunks = self.cover // 8
         halves = 2 if self.ib else 1
         cycles = 0
@@ -185,7 +185,7 @@ class _MatrixClock:
             kept_here = max(0, min(n_chain, self.kept - lo))
 
             def codes(lane: int, lo=lo, kept_here=kept_here) -> int:
-                row = s.wgt_addr + (j0 + lane) * self.wp
+                row = s.wgt_addr + (pass_row + lane) * self.wgt_pitch
                 cycles = self.fw.walk(row * wb + lo * self.bits, self.bits, kept_here)
                 if self.ib:  # the kept weights' in-block indices
                     cycles += self.fw.walk(row * wb + self.kept * self.bits + lo * self.ib,
@@ -193,7 +193,7 @@ class _MatrixClock:
                 return cycles + (n_chain - kept_here) * halves
 
             def scales(lane: int, lo=lo) -> int:  # each slot's scale, then its type id
-                mrow = self.meta_rows + (j0 + lane) * self.mp
+                mrow = self.meta_rows + (pass_row + lane) * self.meta_pitch
                 cycles = 0
                 for slot in range(slots):
                     at = lo + slot * tap
@@ -208,14 +208,15 @@ class _MatrixClock:
                         cycles += self.fm.one(mrow * wb + L.row_aux_bit(self.groups, g))
                 return cycles
 
-            cycles += self._lanes(self.fw, self.wp, lanes_ok, codes, n_chain * halves)  # CODES
-            cycles += self._lanes(self.fm, self.mp, lanes_ok, scales, 2 * slots)  # SLOTS
+            cycles += self._lanes(self.fw, self.wgt_pitch, lanes_ok, codes,
+                                  n_chain * halves)  # CODES
+            cycles += self._lanes(self.fm, self.meta_pitch, lanes_ok, scales, 2 * slots)  # SLOTS
             for lane in range(lanes_ok):  # SHIFTS: the rows' exponents
-                cycles += self.fm.one((self.meta_rows + (j0 + lane) * self.mp) * wb)
+                cycles += self.fm.one((self.meta_rows + (pass_row + lane) * self.meta_pitch) * wb)
             cycles += lanes - lanes_ok
             cycles += 1  # SEND
         cycles += chain_latency(n_chain) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
-        return cycles + self._results(j0, t0, lanes_ok, tokens_ok)
+        return cycles + self._results(pass_row, pass_token, lanes_ok, tokens_ok)
 
     def _lanes(self, fetch: Fetch, pitch: int, lanes_ok: int, lane_cycles, idle: int) -> int:
         """One beat state over every lane: ``lane_cycles(lane)`` for the tile's rows (from
@@ -230,7 +231,7 @@ class _MatrixClock:
             fetch.held += (lanes_ok - 2) * pitch
         return cycles + (self.cfg.mv_rows - lanes_ok) * idle
 
-    def _results(self, j0: int, t0: int, lanes_ok: int, tokens_ok: int) -> int:
+    def _results(self, pass_row: int, pass_token: int, lanes_ok: int, tokens_ok: int) -> int:
         """Each lane's two token slots: one cycle per element, and with a residual mode the
         old value read first (the write then invalidates the word just read)."""
         s, wb, lanes = self.s, self.wb, self.cfg.mv_rows
@@ -242,7 +243,8 @@ class _MatrixClock:
         cycles = 2 * lanes
         for lane in range(lanes_ok):
             for t in range(tokens_ok):
-                word = s.out_addr + (t0 + t) * s.step + L.element_bit(j0 + lane, L.WIDE) // wb
+                word = (s.out_addr + (pass_token + t) * s.step
+                        + L.element_bit(pass_row + lane, L.WIDE) // wb)
                 if reads_old:
                     cycles += self.fo.one(word * wb) - 1
                 self.fo.written(word)

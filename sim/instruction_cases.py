@@ -157,22 +157,23 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     x[:, rng.randrange(k)] = 127
     xm, xe = torch.randint(1, 1 << 16, (m,)), torch.randint(-8, 8, (m,))
     act = L.encode_qrows(x, xm, xe, w)
-    qp, wp = L.qrow_pitch(k, w), desc.wgt_pitch(k, w)
-    dw, mp = L.descriptor_words(w), desc.meta_pitch(k, w)
+    qrow_pitch, wgt_pitch = L.qrow_pitch(k, w), desc.wgt_pitch(k, w)
+    desc_words, meta_pitch = L.descriptor_words(w), desc.meta_pitch(k, w)
     out_pitch = L.wide_pitch(n, w) + rng.randint(0, 2)
     out_words = (m - 1) * out_pitch + L.wide_pitch(n, w)
     act_addr = rng.randint(0, 8)
-    out_addr = act_addr + m * qp + rng.randint(0, 8)
+    out_addr = act_addr + m * qrow_pitch + rng.randint(0, 8)
     if rng.random() < 0.5:  # output below the activations
         out_addr, act_addr = rng.randint(0, 4), out_addr + out_words
     fields = {"k": k, "n": n, "m": m, "act_addr": act_addr, "out_addr": out_addr,
-              "wgt_addr": rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wp),
-              "meta_addr": rng.randint(0, cfg.buffer_words(Buffer.META) - dw - n * mp),
+              "wgt_addr": rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wgt_pitch),
+              "meta_addr": rng.randint(0, cfg.buffer_words(Buffer.META) - desc_words
+                                       - n * meta_pitch),
               "out_pitch": out_pitch if opcode is Opcode.MATMAT else 0, "out_mode": mode}
     emu._put(Buffer.ACT, act_addr, act)
     emu._put(Buffer.WGT, fields["wgt_addr"], wgt)
     emu._put(Buffer.META, fields["meta_addr"], desc.encode(w))
-    emu._put(Buffer.META, fields["meta_addr"] + dw, meta)
+    emu._put(Buffer.META, fields["meta_addr"] + desc_words, meta)
     if isa.OUT_MODES[mode].operands == "residual":  # residuals of a sensible size
         old = torch.randint(-(1 << 24), 1 << 24, (m, n))
         emu._put_wide(out_addr, old, fields["out_pitch"])
