@@ -24,8 +24,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.sim import Simulator
-
 from hw.weight_streamer import ChannelSlice, WeightStreamer
 from llmacc import config
 from llmacc import layout as L
@@ -80,17 +78,8 @@ def run_one(cfg: config.AccelConfig, load: Workload, seed: int) -> Result:
     rows = [(r * load.row_words * w, load.row_words) for r in range(load.rows)]
     timing = H.HbmTiming.of(cfg)
     dut = WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits)
-    result = {}
-
-    async def bench(ctx):
-        result["report"] = await H.stream_bench(H.AmaranthIO(ctx, dut), memory, rows, w,
-                                                cfg.axi_addr_bits, timing, rng)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    report = result["report"]
+    report = H.run_in_amaranth(dut, H.stream_bench, memory, rows, w, cfg.axi_addr_bits,
+                               timing, rng)
     if report.words != H.expected_words(memory, rows, w):
         raise AssertionError(f"{load.name}: the streamed words differ from memory")
     model = C.stream_cycles(cfg, load.rows * load.row_words)
@@ -119,18 +108,8 @@ def run_slice(cfg: config.AccelConfig, load: Workload, channels: int, seed: int)
     rows = [(r * load.row_words * w, load.row_words) for r in range(load.rows)]
     timing = H.HbmTiming.of(cfg)
     dut = ChannelSlice(channels, cfg.axi_addr_bits, cfg.axi_data_bits)
-    result = {}
-
-    async def bench(ctx):
-        result["run"] = await H.slice_bench(H.AmaranthIO(ctx, dut), memories,
-                                            [rows] * channels, w, cfg.axi_addr_bits, timing,
-                                            rng)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    words, cycles, reports = result["run"]
+    words, cycles, reports = H.run_in_amaranth(dut, H.slice_bench, memories, [rows] * channels,
+                                               w, cfg.axi_addr_bits, timing, rng)
     per_channel = [H.expected_words(mem, rows, w) for mem in memories]
     want = [sum(ch[i] << (8 * w * c) for c, ch in enumerate(per_channel))
             for i in range(len(per_channel[0]))]

@@ -271,3 +271,20 @@ def random_rows(rng: random.Random, data_bytes: int, memory_bytes: int, count: i
         rows.append((addr, beats))
         addr += beats * data_bytes
     return rows
+
+
+def run_in_amaranth(dut, bench, *args, **kwargs):
+    """Run ``bench(io, *args, **kwargs)`` (:func:`stream_bench` or :func:`slice_bench`) on
+    ``dut`` in Amaranth's simulator; returns what it returns."""
+    from amaranth.sim import Simulator
+
+    result = []
+
+    async def testbench(ctx):
+        result.append(await bench(AmaranthIO(ctx, dut), *args, **kwargs))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return result[0]

@@ -5,7 +5,6 @@ line rate when nothing downstream stalls. One test, parametrized by simulator.""
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from hw.weight_streamer import ChannelSlice, WeightStreamer
 from llmacc.config import preset
@@ -18,19 +17,9 @@ MEMORY = 1 << 18
 
 
 def _amaranth(memory, rows, timing, seed, stall):
-    dut = WeightStreamer(ADDR_BITS, DATA_BITS)
-    result = {}
-
-    async def bench(ctx):
-        result["report"] = await H.stream_bench(H.AmaranthIO(ctx, dut), memory, rows,
-                                                DATA_BITS // 8, ADDR_BITS, timing,
-                                                random.Random(seed), stall=stall)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    return result["report"]
+    return H.run_in_amaranth(WeightStreamer(ADDR_BITS, DATA_BITS), H.stream_bench, memory,
+                             rows, DATA_BITS // 8, ADDR_BITS, timing, random.Random(seed),
+                             stall=stall)
 
 
 def _check(report, memory, rows, seed):
@@ -99,18 +88,8 @@ def test_channel_slice_reads_channels_in_lockstep(seed):
     nbytes = DATA_BITS // 8
     memories = [rng.randbytes(1 << 14) for _ in range(2)]
     rows = [(i * 40 * nbytes, 40) for i in range(8)]
-    dut = ChannelSlice(2, ADDR_BITS, DATA_BITS)
-    result = {}
-
-    async def bench(ctx):
-        result["run"] = await H.slice_bench(H.AmaranthIO(ctx, dut), memories, [rows, rows],
-                                            nbytes, ADDR_BITS, H.HbmTiming(nbytes), rng,
-                                            stall=0.3)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    words, _, _ = result["run"]
+    words, _, _ = H.run_in_amaranth(ChannelSlice(2, ADDR_BITS, DATA_BITS), H.slice_bench,
+                                    memories, [rows, rows], nbytes, ADDR_BITS,
+                                    H.HbmTiming(nbytes), rng, stall=0.3)
     low, high = (H.expected_words(mem, rows, nbytes) for mem in memories)
     assert words == [a | b << DATA_BITS for a, b in zip(low, high, strict=True)], seed
