@@ -38,31 +38,38 @@ def _enum_table(cls) -> list[str]:
     return rows + [""]
 
 
-def _sfu_table() -> list[str]:
-    rows = ["## SFU functions", "", inspect.cleandoc(isa.SfuFunc.__doc__ or ""), "",
-            "| value | name | stage | operands | reference (`numerics`) | what | fields |",
-            "|---|---|---|---|---|---|---|"]
-    for func, spec in isa.SFU_FUNCTIONS.items():
-        fields = "; ".join(f"`{name}`: {meaning}" for name, meaning in spec.fields.items())
-        rows.append(f"| {func.value} | `{func.name}` | {spec.stage.name.lower()} | "
-                    f"{spec.operands} | `{spec.reference}` | {spec.summary} | {fields} |")
+def _meanings(fields) -> str:
+    return "; ".join(f"`{name}`: {meaning}" for name, meaning in fields.items())
+
+
+def _family_table(title: str, family, columns: list[str], cells: list[list[str]],
+                  operands: dict[str, str]) -> list[str]:
+    """One function family's section: its enum's doc, a row per member, the operand kinds."""
+    rows = [f"## {title}", "", inspect.cleandoc(family.__doc__ or ""), "",
+            "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    rows += ["| " + " | ".join(row) + " |" for row in cells]
     rows += ["", "Operand kinds:", ""]
-    rows += [f"- **{kind}**: {text}" for kind, text in isa.SFU_OPERANDS.items()]
+    rows += [f"- **{kind}**: {text}" for kind, text in operands.items()]
     return rows + [""]
+
+
+def _sfu_table() -> list[str]:
+    cells = [[str(func.value), f"`{func.name}`", spec.stage.name.lower(), spec.operands,
+              f"`{spec.reference}`", spec.summary, _meanings(spec.fields)]
+             for func, spec in isa.SFU_FUNCTIONS.items()]
+    return _family_table("SFU functions", isa.SfuFunc,
+                         ["value", "name", "stage", "operands", "reference (`numerics`)",
+                          "what", "fields"], cells, isa.SFU_OPERANDS)
 
 
 def _out_mode_table() -> list[str]:
-    rows = ["## Output modes", "", inspect.cleandoc(isa.OutMode.__doc__ or ""), "",
-            "| value | name | operands | reference (`numerics`) | what | parameters |",
-            "|---|---|---|---|---|---|"]
-    for mode, spec in isa.OUT_MODES.items():
-        params = "; ".join(f"`{name}`: {meaning}" for name, meaning in spec.params.items())
-        reference = f"`{spec.reference}`" if spec.reference else "-"
-        rows.append(f"| {mode.value} | `{mode.name}` | {spec.operands} | {reference} | "
-                    f"{spec.summary} | {params} |")
-    rows += ["", "Operand kinds:", ""]
-    rows += [f"- **{kind}**: {text}" for kind, text in isa.OUT_OPERANDS.items()]
-    return rows + [""]
+    cells = [[str(mode.value), f"`{mode.name}`", spec.operands,
+              f"`{spec.reference}`" if spec.reference else "-", spec.summary,
+              _meanings(spec.params)]
+             for mode, spec in isa.OUT_MODES.items()]
+    return _family_table("Output modes", isa.OutMode,
+                         ["value", "name", "operands", "reference (`numerics`)", "what",
+                          "parameters"], cells, isa.OUT_OPERANDS)
 
 
 def render() -> str:
