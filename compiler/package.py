@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -68,9 +69,11 @@ def check_output(path: str | Path, force: bool = True) -> Path:
     ancestor = next(p for p in (parent, *parent.parents) if p.exists())
     if not ancestor.is_dir():
         raise PackageError(f"{out}: cannot create the output directory: {ancestor} is a file")
-    if not os.access(ancestor, os.W_OK | os.X_OK) or str(ancestor).startswith(("/proc", "/sys")):
+    try:  # the one test that holds everywhere (permissions, read-only mounts, /proc)
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".llmacc-probe-"))
+    except OSError as exc:
         raise PackageError(f"{out}: cannot create the output directory under {ancestor} "
-                           "(not writable)")
+                           f"({exc.strerror})") from None
     return out
 
 
