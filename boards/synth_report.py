@@ -2,10 +2,11 @@
 
 Synthesises a slice of the design block by block -- one matrix-engine lane of the given
 configuration (the ``engine_lane`` module: decode, sparse DSP chain, accumulators and
-requantisation), a memory channel's weight streamer, the SFU element stage, the controller,
-the control slave -- and, for a small configuration, the whole top. Prints the resources per
-block, then an estimate for the whole configuration (each block times its instance count,
-buffers from their sizes) against the U280's capacity. The last line is
+requantisation), the engine's activation router, a memory channel's weight streamer, the
+SFU element stage, the controller, the control slave -- and, for a small configuration, the
+whole top. Prints the resources per block, then an estimate for the whole configuration
+(each block times its instance count, buffers from their sizes) against the U280's capacity.
+The last line is
 ``luts=... ffs=... dsps=... bram36=... uram=... lut_fraction=... dsp_fraction=...``.
 
 Two yosys builds:
@@ -99,10 +100,13 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     from hw.controller import Controller
     from hw.matrix_engine import EngineLane
     from hw.sfu import ElementSfu
+    from hw.sparse_dsp_chain import ActivationRouter
     from hw.weight_streamer import WeightStreamer
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
+           (f"activation router (chain {cfg.chain_len}, shared by the lanes)",
+            ActivationRouter(cfg.chain_len), 1),
            (f"weight streamer ({cfg.axi_data_bits}-bit)",
             WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),
            ("SFU element stage", ElementSfu(), 1),

@@ -6,10 +6,11 @@ multiplier and a 48-bit post-adder whose other input is the cascade ``pcin`` (OP
 PCIN) or zero (Z = 0): the run-time ``link``. Written this way, yosys ``synth_xilinx`` and
 Vivado map each element onto one DSP48E2 (``tests/test_dsp_chain.py`` counts them).
 
-:class:`DspCascade` chains ``n`` elements PCOUT -> PCIN. Operands of element ``i`` are
-delayed ``i`` cycles (the systolic skew a cascade needs), and the reduction node taps the
-cascade after every ``group`` elements and re-aligns the taps, so that one beat's partial
-sums leave together ``n + 2`` cycles after it entered.
+:class:`DspCascade` chains ``n`` elements PCOUT -> PCIN. Operands of element ``i`` must
+arrive ``i`` cycles after element 0's (the systolic skew a cascade needs: its users skew
+only the bits that vary per element, see :mod:`hw.sparse_dsp_chain`), and the reduction node
+taps the cascade after every ``group`` elements and re-aligns the taps, so that one beat's
+partial sums leave together ``n + 2`` cycles after element 0's operands entered.
 """
 
 from amaranth.hdl import Module, Signal, signed
@@ -55,8 +56,8 @@ class Dsp48e2(wiring.Component):
 class DspCascade(wiring.Component):
     """``n`` elements cascaded; ``taps[j]`` is the cascade after element ``(j+1)*group - 1``.
 
-    Inputs of one beat are presented together; element ``i`` sees them ``i`` cycles later.
-    ``link[i] = 0`` breaks the cascade before element ``i`` (element 0 never links).
+    Element ``i``'s inputs of a beat (``a``, ``b``, ``link``) come ``i`` cycles after element
+    0's. ``link[i] = 0`` breaks the cascade before element ``i`` (element 0 never links).
     """
 
     def __init__(self, n: int, group: int):
@@ -82,9 +83,7 @@ class DspCascade(wiring.Component):
             pe = Dsp48e2()
             m.submodules[f"pe{i}"] = pe
             link = self.link[i] if i else 0
-            m.d.comb += [pe.a.eq(delay(m, self.a[i], i, self.ce, f"a{i}")),  # input skew
-                         pe.b.eq(delay(m, self.b[i], i, self.ce, f"b{i}")),
-                         pe.link.eq(delay(m, link, i, self.ce, f"l{i}")),
+            m.d.comb += [pe.a.eq(self.a[i]), pe.b.eq(self.b[i]), pe.link.eq(link),
                          pe.ce.eq(self.ce)]
             if pes:
                 m.d.comb += pe.pcin.eq(pes[-1].p)

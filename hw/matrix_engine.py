@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
-from hw.sparse_dsp_chain import SparseDspChain, window
+from hw.sparse_dsp_chain import ActivationRouter, LaneChain, router_layouts, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
@@ -70,17 +70,18 @@ def engine_layouts(lanes: int, n: int, group: int):
 
 
 def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
-    """Ports of one lane: the beat's fields for the chain (``inp``, at the chain's input) and
-    those that meet the chain's taps ``latency`` beats later (``tap``)."""
+    """Ports of one lane: its weights of a beat (``inp``, at the chain's input), the
+    activations the engine's router gives its elements (``feed``), and the beat's fields that
+    meet the chain's taps ``latency`` beats later (``tap``)."""
     slots = n // group
     return {
         "inp": data.StructLayout({
-            "fmt": WeightFormat, "sparsity": Sparsity, "seg_log2": 3,
+            "fmt": WeightFormat, "sparsity": Sparsity,
             "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(4, n),
-            "aux": data.ArrayLayout(8, slots),
-            "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2)}),
+            "aux": data.ArrayLayout(8, slots)}),
+        "feed": router_layouts(n)[1],
         "tap": data.StructLayout({
-            "valid": 1, "group_end": 1, "row_end": 1, "seg_end": slots,
+            "valid": 1, "pack": 1, "group_end": 1, "row_end": 1, "seg_end": slots,
             "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16),
             "xe": data.ArrayLayout(signed(16), 2)}),
     }
@@ -96,7 +97,8 @@ class EngineLane(wiring.Component):
         self.n, self.group = n, group
         ports = lane_layouts(n, group)
         super().__init__({
-            "en": In(1), "inp": In(ports["inp"]), "tap": In(ports["tap"]),
+            "en": In(1), "inp": In(ports["inp"]), "feed": In(ports["feed"]),
+            "tap": In(ports["tap"]),
             "xm": In(data.ArrayLayout(N.SCALE_BITS, 2)),
             "y": Out(data.ArrayLayout(signed(N.WIDE_BITS), 2))})
 
@@ -106,12 +108,11 @@ class EngineLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.chain = chain = SparseDspChain(self.n, self.group)
+        m.submodules.chain = chain = LaneChain(self.n, self.group)
         inp, tap, en = self.inp, self.tap, self.en
         m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(inp.sparsity),
-                     chain.inp.seg_log2.eq(inp.seg_log2),
-                     chain.inp.pack.eq(inp.fmt != WeightFormat.INT8),
-                     chain.inp.x.eq(inp.x), chain.inp.idx.eq(inp.idx)]
+                     chain.inp.idx.eq(inp.idx), chain.feed.eq(self.feed),
+                     chain.pack.eq(tap.pack)]
         for k in range(self.n):
             m.d.comb += chain.inp.ops[k].eq(decode_operand(
                 inp.codes[k], inp.fmt, inp.aux[k // self.group]))
@@ -165,12 +166,18 @@ class MatrixEngine(wiring.Component):
         # What the taps' consumers need of a beat travels alongside the chain (not the codes
         # and activations, which the chain consumes: delaying the whole beat would cost a
         # register per bit and pipeline stage).
+        m.submodules.router = router = ActivationRouter(self.n)
+        pack = beat.fmt != WeightFormat.INT8
+        m.d.comb += [router.ce.eq(en), router.inp.x.eq(beat.x),
+                     router.inp.sparsity.eq(beat.sparsity), router.inp.seg_log2.eq(beat.seg_log2),
+                     router.inp.pack.eq(pack)]
         side_in = Signal(data.StructLayout({
-            "seg_log2": 3, "group_end": 1, "row_end": 1,
+            "seg_log2": 3, "pack": 1, "group_end": 1, "row_end": 1,
             "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2),
             "mant": data.ArrayLayout(data.ArrayLayout(N.SCALE_BITS, slots), self.lanes),
             "shift": data.ArrayLayout(signed(16), self.lanes)}))
-        m.d.comb += [side_in.seg_log2.eq(beat.seg_log2), side_in.group_end.eq(beat.group_end),
+        m.d.comb += [side_in.seg_log2.eq(beat.seg_log2), side_in.pack.eq(pack),
+                     side_in.group_end.eq(beat.group_end),
                      side_in.row_end.eq(beat.row_end), side_in.xm.eq(beat.xm),
                      side_in.xe.eq(beat.xe)]
         for lane in range(self.lanes):
@@ -190,10 +197,10 @@ class MatrixEngine(wiring.Component):
             src = self.lane_in[lane]
             m.d.comb += [unit.en.eq(en), unit.xm.eq(r_xm),
                          unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
-                         unit.inp.seg_log2.eq(beat.seg_log2), unit.inp.codes.eq(src.codes),
-                         unit.inp.idx.eq(src.idx), unit.inp.aux.eq(src.aux),
-                         unit.inp.x.eq(beat.x),
-                         unit.tap.valid.eq(valid), unit.tap.group_end.eq(side.group_end),
+                         unit.inp.codes.eq(src.codes), unit.inp.idx.eq(src.idx),
+                         unit.inp.aux.eq(src.aux), unit.feed.eq(router.feed),
+                         unit.tap.valid.eq(valid), unit.tap.pack.eq(side.pack),
+                         unit.tap.group_end.eq(side.group_end),
                          unit.tap.row_end.eq(side.row_end), unit.tap.seg_end.eq(seg_end),
                          unit.tap.mant.eq(side.mant[lane]), unit.tap.shift.eq(side.shift[lane]),
                          unit.tap.xe.eq(side.xe),

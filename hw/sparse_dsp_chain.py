@@ -1,28 +1,38 @@
-"""FlightLLM's configurable sparse DSP chain, with two products per DSP.
+"""FlightLLM's configurable sparse DSP chain, with two products per DSP, built lean.
 
-One beat feeds ``n`` kept weights (decoded operands) to ``n`` DSP48E2-shaped elements. For
-N:M sparse weights each element's **sparse multiplexer** picks, by the weight's in-block
-index, the matching activation out of its block of M (``i // N`` is the element's block), so
-every DSP does useful work every cycle whatever the pattern: dense, N:16 with N in
-{2, 4, 8} and 2:4. The cascade is cut into segments of ``2**seg_log2`` elements at run time
-(links of the DSP cascade, multiples of ``group``); the **reduction node** emits one partial
-sum per segment, so that each segment can carry one quantisation group.
+One beat feeds ``n`` kept weights (decoded operands) to ``n`` DSP48E2-shaped elements. Every
+sparsity is run as **N:16**: dense is 16:16 (the index is the element's column), 2:4 is 8:16
+(the block of 4 is placed in its block of 16), so each element reads its activation out of
+one block of 16 with **one 16:1 multiplexer per operand**, registered by the DSP's A input
+register. The cascade is cut into segments of ``2**seg_log2`` elements at run time (links of
+the DSP cascade, multiples of ``group``); the **reduction node** emits one partial sum per
+segment, so that each segment can carry one quantisation group.
+
+The work is split by who can share it:
+
+* :class:`ActivationRouter`, once per engine: the activations are the same for every lane, so
+  picking each element's block of 16 for the beat's sparsity, packing the two tokens and the
+  systolic skew (element ``i`` is ``i`` beats late) happen once, not once per lane;
+* :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element), the
+  16:1 selects and the cascade.
 
 Two tokens share each multiplier: ``A = x1 * 2**18 + x0``, ``B = w``, so the 48-bit cascade
-carries ``S1 * 2**18 + S0``. The reduction node splits it (``S0`` = the low 18 bits, sign
-extended; ``S1 = (P - S0) >> 18``). This is exact while ``|S0| < 2**17`` per beat: with
-low-bit operands (``|w| <= 16``) and INT8 activations, ``n * 16 * 127 < 2**17`` for
-``n <= 64``. INT8 weights (up to 127) would not fit, so ``pack = 0`` runs them one token per
-beat.
+carries ``S1 * 2**18 + S0``. The router hands the lanes ``x0`` and ``hi = x1 - (x0 < 0)``, so
+that ``A`` is plain wiring (``x0`` sign-extended to 18 bits under ``hi``): no adder per
+element. The reduction node splits the sum (``S0`` = the low 18 bits, sign extended;
+``S1 = (P - S0) >> 18``). This is exact while ``|S0| < 2**17`` per beat: with low-bit operands
+(``|w| <= 16``) and INT8 activations, ``n * 16 * 127 < 2**17`` for ``n <= 64``. INT8 weights
+(up to 127) would not fit, so ``pack = 0`` runs them one token per beat (``hi`` is then the
+sign extension of ``x0``).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.dsp48e2 import DspCascade
+from hw.dsp48e2 import A_BITS, DspCascade
 from hw.pipeline import delay
 from hw.weight_decode import OPERAND_BITS
 from llmacc.isa import Sparsity
@@ -32,6 +42,9 @@ from llmacc.layout import SPARSITY_NM
 PACK_SHIFT = 18  #: bit position of the second token's product in the cascade
 SUM_BITS = 32  #: per-segment partial sums after the split
 MAX_CHAIN = 64  #: longest chain for which two packed products stay exact
+BLOCK = 16  #: every sparsity runs as N:16: one block of 16 activations per element
+INDEX_BITS = (BLOCK - 1).bit_length()
+HI_BITS = 9  #: ``x1 - (x0 < 0)`` of two INT8 codes
 
 
 def window(n: int) -> int:
@@ -39,69 +52,181 @@ def window(n: int) -> int:
     return max(n * m // k for k, m in (v for v in SPARSITY_NM.values() if v)) if n else 0
 
 
-def chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
+def _as_n16(sparsity: Sparsity) -> tuple[int, int]:
+    """``(keep, block)`` of a pattern, dense as 1:1: its kept weights per block of 16 are
+    ``keep * 16 // block``."""
+    return SPARSITY_NM[sparsity] or (1, 1)
+
+
+def block_of(element: int, sparsity: Sparsity) -> int:
+    """The block of 16 activations element ``element`` reads under ``sparsity``."""
+    keep, block = _as_n16(sparsity)
+    return element // (keep * BLOCK // block)
+
+
+def index_in_block(element: int, sparsity: Sparsity, idx):
+    """Element ``element``'s column in its block of 16 from its N:M index ``idx``: plain
+    wiring, the index's bits under the place of its block of ``block`` (dense: the column)."""
+    keep, block = _as_n16(sparsity)
+    low = (block - 1).bit_length()
+    offset = element // keep % (BLOCK // block)
+    return Cat(idx[:low], Const(offset, INDEX_BITS - low))
+
+
+#: What one element receives of a beat's activations from the router (already skewed).
+ELEMENT_FEED = data.StructLayout({
+    "x0": data.ArrayLayout(signed(8), BLOCK),
+    "hi": data.ArrayLayout(signed(HI_BITS), BLOCK),
+    "link": 1,
+})
+
+
+def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
+    """The router's input (a beat's activation window and chain setting) and output (one
+    :data:`ELEMENT_FEED` per element)."""
     inp = data.StructLayout({
-        "ops": data.ArrayLayout(signed(OPERAND_BITS), n),
-        "idx": data.ArrayLayout(4, n),
         "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
         "sparsity": Sparsity,
         "seg_log2": 3,
         "pack": 1,
+    })
+    return inp, data.ArrayLayout(ELEMENT_FEED, n)
+
+
+class ActivationRouter(wiring.Component):
+    """Per element, the block of 16 activations of both tokens that its pattern reads, the
+    tokens packed (``x0``, ``hi``) and the cascade link, ``i`` beats late for element ``i``
+    (the cascade's systolic skew). Shared by every lane of an engine."""
+
+    def __init__(self, n: int):
+        self.n = n
+        inp, feed = router_layouts(n)
+        super().__init__({"inp": In(inp), "feed": Out(feed), "ce": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        inp = self.inp
+        x0 = inp.x[0]
+        his = [Mux(inp.pack, inp.x[1][k], 0) - (x0[k] < 0) for k in range(window(self.n))]
+        seg_mask = ((1 << inp.seg_log2) - 1)[:8]
+        for e in range(self.n):
+            blocks = {}
+            for sp in Sparsity:
+                blocks.setdefault(block_of(e, sp), []).append(sp)
+            lows = his_block = None
+            for b, patterns in blocks.items():
+                low = Cat(x0[b * BLOCK + j] for j in range(BLOCK))
+                high = Cat(his[b * BLOCK + j][:HI_BITS] for j in range(BLOCK))
+                if lows is None:
+                    lows, his_block = low, high
+                else:
+                    hit = Cat(inp.sparsity == sp for sp in patterns).any()
+                    lows, his_block = Mux(hit, low, lows), Mux(hit, high, his_block)
+            now = Signal(ELEMENT_FEED, name=f"feed{e}")
+            m.d.comb += [now.x0.eq(lows), now.hi.eq(his_block),
+                         now.link.eq((e & seg_mask) != 0 if e else 0)]
+            m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
+        return m
+
+
+def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
+    """One lane's chain input (operands, N:M indices and the beat's sparsity) and its
+    per-segment partial sums."""
+    inp = data.StructLayout({
+        "ops": data.ArrayLayout(signed(OPERAND_BITS), n),
+        "idx": data.ArrayLayout(4, n),
+        "sparsity": Sparsity,
     })
     out = data.StructLayout({
         "sums": data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), n // group)})
     return inp, out
 
 
-class SparseDspChain(wiring.Component):
-    """The chain as a pipelined core: ``ce`` advances it; ``out`` is ``latency`` beats behind
-    ``inp``. ``out.sums[j]`` is the partial sum of the segment ending at tap ``j`` (taps that
-    do not end a segment carry the running cascade and are ignored downstream)."""
+class LaneChain(wiring.Component):
+    """One lane's chain: ``feed`` from the :class:`ActivationRouter` (element ``i`` ``i``
+    beats late), ``inp`` this lane's operands of the same beat; ``out`` is ``latency`` beats
+    behind ``inp``, split by ``pack`` (the beat's packing, given at the taps). ``out.sums[j]``
+    is the partial sum of the segment ending at tap ``j`` (taps that do not end a segment
+    carry the running cascade and are ignored downstream)."""
 
     def __init__(self, n: int, group: int):
-        if n % 16 or n > MAX_CHAIN or n % group:
+        if n % BLOCK or n > MAX_CHAIN or n % group:
             raise ValueError(f"chain of {n} (group {group}): need a multiple of 16 up to "
                              f"{MAX_CHAIN}, divisible by the group")
+        self.n, self.group = n, group
+        inp, out = lane_chain_layouts(n, group)
+        _, feed = router_layouts(n)
+        super().__init__({"inp": In(inp), "feed": In(feed), "pack": In(1), "out": Out(out),
+                          "ce": In(1)})
+
+    @property
+    def latency(self) -> int:
+        return chain_latency(self.n)
+
+    def _index(self, e: int):
+        """Element ``e``'s column in its block of 16 under the beat's sparsity."""
+        inp = self.inp
+        value = index_in_block(e, Sparsity.DENSE, inp.idx[e])
+        for sp in Sparsity:
+            if sp is not Sparsity.DENSE:
+                value = Mux(inp.sparsity == sp, index_in_block(e, sp, inp.idx[e]), value)
+        return value
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.cascade = cas = DspCascade(self.n, self.group)
+        for e in range(self.n):
+            operand = Cat(self.inp.ops[e], self._index(e)[:INDEX_BITS])
+            late = delay(m, operand, e, self.ce, f"op{e}")  # to meet its skewed feed
+            op, col = late[:OPERAND_BITS].as_signed(), late[OPERAND_BITS:]
+            feed = self.feed[e]
+            x0 = feed.x0.as_value().word_select(col, 8)
+            hi = feed.hi.as_value().word_select(col, HI_BITS)
+            a = Cat(x0, x0[7].replicate(PACK_SHIFT - 8), hi)[:A_BITS].as_signed()
+            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op), cas.link[e].eq(feed.link)]
+        m.d.comb += cas.ce.eq(self.ce)
+        for j in range(self.n // self.group):
+            p = cas.taps[j]
+            low = p[:PACK_SHIFT].as_signed()
+            high = (p - low) >> PACK_SHIFT
+            m.d.comb += [self.out.sums[j][0].eq(Mux(self.pack, low, p)),
+                         self.out.sums[j][1].eq(Mux(self.pack, high, 0))]
+        return m
+
+
+def chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
+    """The whole chain's input (a lane's operands with the beat's activations) and output."""
+    lane_inp, out = lane_chain_layouts(n, group)
+    router_inp, _ = router_layouts(n)
+    inp = data.StructLayout({**{name: f.shape for name, f in lane_inp},
+                             **{name: f.shape for name, f in router_inp}})
+    return inp, out
+
+
+class SparseDspChain(wiring.Component):
+    """One lane with its own router: the chain as a pipelined core (``ce`` advances it;
+    ``out`` is ``latency`` beats behind ``inp``)."""
+
+    def __init__(self, n: int, group: int):
+        self.lane = LaneChain(n, group)
         self.n, self.group = n, group
         inp, out = chain_layouts(n, group)
         super().__init__({"inp": In(inp), "out": Out(out), "ce": In(1)})
 
     @property
     def latency(self) -> int:
-        return chain_latency(self.n)
-
-    def _select(self, lane: int, x, sparsity, idx):
-        """The sparse multiplexer of one element: its activation under each pattern."""
-        options = {Sparsity.DENSE: x[lane]}
-        for sp, nm in SPARSITY_NM.items():
-            if nm:
-                keep, block = nm
-                base = lane // keep * block
-                block_x = Cat(x[base + j] for j in range(block))
-                options[sp] = block_x.word_select(idx[:(block - 1).bit_length()], 8).as_signed()
-        value = options[Sparsity.DENSE]
-        for sp, sel in options.items():
-            value = Mux(sparsity == sp, sel, value)
-        return value
+        return self.lane.latency
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.cascade = cas = DspCascade(self.n, self.group)
+        m.submodules.router = router = ActivationRouter(self.n)
+        m.submodules.lane = lane = self.lane
         inp = self.inp
-        seg_mask = ((1 << inp.seg_log2) - 1)[:8]
-        for lane in range(self.n):
-            x0 = self._select(lane, inp.x[0], inp.sparsity, inp.idx[lane])
-            x1 = self._select(lane, inp.x[1], inp.sparsity, inp.idx[lane])
-            a = Mux(inp.pack, (x1 << PACK_SHIFT) + x0, x0)
-            m.d.comb += [cas.a[lane].eq(a), cas.b[lane].eq(inp.ops[lane])]
-            m.d.comb += cas.link[lane].eq((lane & seg_mask) != 0)
-        m.d.comb += cas.ce.eq(self.ce)
-        pack = delay(m, inp.pack, self.latency, self.ce, "pack")  # travels with its beat
-        for j in range(self.n // self.group):
-            p = cas.taps[j]
-            low = p[:PACK_SHIFT].as_signed()
-            high = (p - low) >> PACK_SHIFT
-            m.d.comb += [self.out.sums[j][0].eq(Mux(pack, low, p)),
-                         self.out.sums[j][1].eq(Mux(pack, high, 0))]
+        m.d.comb += [router.ce.eq(self.ce), lane.ce.eq(self.ce),
+                     router.inp.x.eq(inp.x), router.inp.sparsity.eq(inp.sparsity),
+                     router.inp.seg_log2.eq(inp.seg_log2), router.inp.pack.eq(inp.pack),
+                     lane.inp.ops.eq(inp.ops), lane.inp.idx.eq(inp.idx),
+                     lane.inp.sparsity.eq(inp.sparsity), lane.feed.eq(router.feed),
+                     self.out.eq(lane.out),
+                     lane.pack.eq(delay(m, inp.pack, self.latency, self.ce, "pack"))]
         return m
-

@@ -133,4 +133,4 @@ def test_lanes_convert_to_one_shared_module():
     assert "module engine_lane" not in top and "module \\engine.lane" not in top
     header = lane[lane.index(f"module engine_lane_{CHAIN}_{TAP}("):].split(";")[0]
     assert sorted(re.findall(r"\\?([\w$]+)\s*[,)]", header)) == sorted(
-        ["clk", "rst", "en", "inp", "tap", "xm", "y"])
+        ["clk", "rst", "en", "inp", "feed", "tap", "xm", "y"])
