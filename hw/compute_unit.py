@@ -395,10 +395,9 @@ class ComputeUnit(wiring.Component):
         token_ok = (token < f.m) & (~x_token | tile.pack)
         qrow = f.act_addr + token * tile.qrow_pitch
         with m.State("CLEAR"):
-            seg_log2 = Mux(tile.kpg_log2 < ln, tile.kpg_log2, ln)
             m.d.sync += [*(bl.eq(0) for bl in pas.beat_lanes),
                          beat.eq(0), beat.fmt.eq(tile.wfmt), beat.sparsity.eq(tile.sparsity),
-                         beat.seg_log2.eq(seg_log2), beat.row_end.eq(last_beat),
+                         beat.row_end.eq(last_beat),
                          beat.group_end.eq(last_beat | (((first_kept + n_chain) & (
                              (Const(1, 16) << tile.kpg_log2) - 1)) == 0)),
                          x_token.eq(0), x_chunk.eq(0), pas.fill_lane.eq(0), pas.code.eq(0),

@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
-from hw.sparse_dsp_chain import ActivationRouter, LaneChain, router_layouts, window
+from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 from llmacc.kernel import chain_latency
 from llmacc.layout import Descriptor, sparsity_of
-
-GROUP_SUM_BITS = 32
 
 
 class EngineError(ValueError):
@@ -50,7 +48,6 @@ def engine_layouts(lanes: int, n: int, group: int):
     head = data.StructLayout({
         "fmt": WeightFormat,
         "sparsity": Sparsity,
-        "seg_log2": 3,
         "group_end": 1,
         "row_end": 1,
         "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
@@ -81,7 +78,7 @@ def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
             "aux": data.ArrayLayout(8, slots)}),
         "feed": router_layouts(n)[1],
         "tap": data.StructLayout({
-            "valid": 1, "pack": 1, "group_end": 1, "row_end": 1, "seg_end": slots,
+            "valid": 1, "pack": 1, "group_end": 1, "row_end": 1,
             "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16),
             "xe": data.ArrayLayout(signed(16), 2)}),
     }
@@ -117,7 +114,7 @@ class EngineLane(wiring.Component):
             m.d.comb += chain.inp.ops[k].eq(decode_operand(
                 inp.codes[k], inp.fmt, inp.aux[k // self.group]))
         slots = self.n // self.group
-        gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(GROUP_SUM_BITS), 2), slots))
+        gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), slots))
         acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
         r_acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))  # the row, to requantise
         r_shift = Signal(data.ArrayLayout(signed(18), 2))
@@ -125,8 +122,8 @@ class EngineLane(wiring.Component):
         for t in range(2):
             total = 0
             for j in range(slots):
-                new = Signal(signed(GROUP_SUM_BITS), name=f"g{j}_{t}")
-                m.d.comb += new.eq(gsum[j][t] + Mux(tap.seg_end[j], chain.out.sums[j][t], 0))
+                new = Signal(signed(SUM_BITS), name=f"g{j}_{t}")
+                m.d.comb += new.eq(gsum[j][t] + chain.out.sums[j][t])
                 total = total + tap.mant[j] * new
                 with m.If(step):
                     m.d.sync += gsum[j][t].eq(Mux(tap.group_end, 0, new))
@@ -169,15 +166,13 @@ class MatrixEngine(wiring.Component):
         m.submodules.router = router = ActivationRouter(self.n)
         pack = beat.fmt != WeightFormat.INT8
         m.d.comb += [router.ce.eq(en), router.inp.x.eq(beat.x),
-                     router.inp.sparsity.eq(beat.sparsity), router.inp.seg_log2.eq(beat.seg_log2),
-                     router.inp.pack.eq(pack)]
+                     router.inp.sparsity.eq(beat.sparsity), router.inp.pack.eq(pack)]
         side_in = Signal(data.StructLayout({
-            "seg_log2": 3, "pack": 1, "group_end": 1, "row_end": 1,
+            "pack": 1, "group_end": 1, "row_end": 1,
             "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2),
             "mant": data.ArrayLayout(data.ArrayLayout(N.SCALE_BITS, slots), self.lanes),
             "shift": data.ArrayLayout(signed(16), self.lanes)}))
-        m.d.comb += [side_in.seg_log2.eq(beat.seg_log2), side_in.pack.eq(pack),
-                     side_in.group_end.eq(beat.group_end),
+        m.d.comb += [side_in.pack.eq(pack), side_in.group_end.eq(beat.group_end),
                      side_in.row_end.eq(beat.row_end), side_in.xm.eq(beat.xm),
                      side_in.xe.eq(beat.xe)]
         for lane in range(self.lanes):
@@ -185,10 +180,6 @@ class MatrixEngine(wiring.Component):
                          side_in.shift[lane].eq(self.lane_in[lane].shift)]
         side = delay(m, side_in, latency, en, "side")
         valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
-        # Slot j's sum is complete when a segment ends at its tap: one flag per slot, shared.
-        seg_end_every = (1 << side.seg_log2) // self.group
-        seg_end = Signal(slots)
-        m.d.comb += seg_end.eq(Cat(((j + 1) % seg_end_every) == 0 for j in range(slots)))
         r_valid = Signal()
         r_xm = Signal(data.ArrayLayout(N.SCALE_BITS, 2))
         for lane, unit in enumerate(self.units):
@@ -201,7 +192,7 @@ class MatrixEngine(wiring.Component):
                          unit.inp.aux.eq(src.aux), unit.feed.eq(router.feed),
                          unit.tap.valid.eq(valid), unit.tap.pack.eq(side.pack),
                          unit.tap.group_end.eq(side.group_end),
-                         unit.tap.row_end.eq(side.row_end), unit.tap.seg_end.eq(seg_end),
+                         unit.tap.row_end.eq(side.row_end),
                          unit.tap.mant.eq(side.mant[lane]), unit.tap.shift.eq(side.shift[lane]),
                          unit.tap.xe.eq(side.xe),
                          self.o.payload.y[lane].eq(unit.y)]
@@ -228,7 +219,6 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
         raise EngineError(why)
     if fmt is WeightFormat.INT8 and np.any(np.asarray(x)[1]):
         raise EngineError("INT8 weights run one token per beat (x[1] must be zero)")
-    seg = min(kept_per_group, n)
     if nm is None:
         kept_codes = codes
         idx = np.zeros_like(codes)
@@ -262,7 +252,7 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
             })
         last = b == nbeats - 1
         out.append({
-            "fmt": fmt, "sparsity": sparsity_of(nm), "seg_log2": seg.bit_length() - 1,
+            "fmt": fmt, "sparsity": sparsity_of(nm),
             "group_end": int(last or ((b + 1) * n) % kept_per_group == 0),
             "row_end": int(last),
             "x": xpad[:, b * cover:(b + 1) * cover].tolist(),

@@ -4,24 +4,27 @@ One beat feeds ``n`` kept weights (decoded operands) to ``n`` DSP48E2-shaped ele
 sparsity is run as **N:16**: dense is 16:16 (the index is the element's column), 2:4 is 8:16
 (the block of 4 is placed in its block of 16), so each element reads its activation out of
 one block of 16 with **one 16:1 multiplexer per operand**, registered by the DSP's A input
-register. The cascade is cut into segments of ``2**seg_log2`` elements at run time (links of
-the DSP cascade, multiples of ``group``); the **reduction node** emits one partial sum per
-segment, so that each segment can carry one quantisation group.
+register. The DSPs form cascades of ``group`` elements (a static OPMODE: the first of each
+starts from zero); the **reduction node** emits one partial sum per cascade (a *slot*). A
+quantisation group holds whole slots, so its sum is the sum of its slots' sums: the lane adds
+them up after its group rescale (``hw/matrix_engine.py``), which lets one beat carry several
+groups with no run-time cascade setting.
 
 The work is split by who can share it:
 
 * :class:`ActivationRouter`, once per engine: the activations are the same for every lane, so
-  picking each element's block of 16 for the beat's sparsity, packing the two tokens and the
-  systolic skew (element ``i`` is ``i`` beats late) happen once, not once per lane;
+  picking each element's block of 16 for the beat's sparsity, packing the two tokens and
+  the systolic skew (element ``i`` is ``i`` beats late) happen once, not once per lane;
 * :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element), the
   16:1 selects and the cascade.
 
 Two tokens share each multiplier: ``A = x1 * 2**18 + x0``, ``B = w``, so the 48-bit cascade
 carries ``S1 * 2**18 + S0``. The router hands the lanes ``x0`` and ``hi = x1 - (x0 < 0)``, so
 that ``A`` is plain wiring (``x0`` sign-extended to 18 bits under ``hi``): no adder per
-element. The reduction node splits the sum (``S0`` = the low 18 bits, sign extended;
-``S1 = (P - S0) >> 18``). This is exact while ``|S0| < 2**17`` per beat: with low-bit operands
-(``|w| <= 16``) and INT8 activations, ``n * 16 * 127 < 2**17`` for ``n <= 64``. INT8 weights
+element. The reduction node splits each slot's sum (``S0`` = the low 18 bits, sign
+extended; ``S1 = (P - S0) >> 18``). This is exact while ``|S0| < 2**17``: with low-bit
+operands (``|w| <= 16``) and INT8 activations (``|x| <= 127``), ``group * 16 * 127 < 2**17``
+for slots of up to 64. INT8 weights
 (up to 127) would not fit, so ``pack = 0`` runs them one token per beat (``hi`` is then the
 sign extension of ``x0``).
 """
@@ -37,11 +40,14 @@ from hw.pipeline import delay
 from hw.weight_decode import OPERAND_BITS
 from llmacc.isa import Sparsity
 from llmacc.kernel import chain_latency
-from llmacc.layout import SPARSITY_NM
+from llmacc.layout import GROUP_LOG2_MAX, SPARSITY_NM
 
 PACK_SHIFT = 18  #: bit position of the second token's product in the cascade
-SUM_BITS = 32  #: per-segment partial sums after the split
-MAX_CHAIN = 64  #: longest chain for which two packed products stay exact
+#: A slot never spans more than one quantisation group, and no group sum of 8-bit operands
+#: and INT8 activations exceeds ``2**GROUP_LOG2_MAX * 128 * 128`` in magnitude: the width of
+#: every partial and group sum (one DSP's 27-bit A port takes it for the rescale).
+SUM_BITS = ((1 << GROUP_LOG2_MAX) << (2 * (OPERAND_BITS - 1))).bit_length() + 1
+MAX_CHAIN = 64  #: longest chain: slots of up to 64 keep two packed products exact
 BLOCK = 16  #: every sparsity runs as N:16: one block of 16 activations per element
 INDEX_BITS = (BLOCK - 1).bit_length()
 HI_BITS = 9  #: ``x1 - (x0 < 0)`` of two INT8 codes
@@ -77,17 +83,15 @@ def index_in_block(element: int, sparsity: Sparsity, idx):
 ELEMENT_FEED = data.StructLayout({
     "x0": data.ArrayLayout(signed(8), BLOCK),
     "hi": data.ArrayLayout(signed(HI_BITS), BLOCK),
-    "link": 1,
 })
 
 
 def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
-    """The router's input (a beat's activation window and chain setting) and output (one
-    :data:`ELEMENT_FEED` per element)."""
+    """The router's input (a beat's activation window, sparsity and packing) and output
+    (one :data:`ELEMENT_FEED` per element)."""
     inp = data.StructLayout({
         "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
         "sparsity": Sparsity,
-        "seg_log2": 3,
         "pack": 1,
     })
     return inp, data.ArrayLayout(ELEMENT_FEED, n)
@@ -95,8 +99,8 @@ def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
 
 class ActivationRouter(wiring.Component):
     """Per element, the block of 16 activations of both tokens that its pattern reads, the
-    tokens packed (``x0``, ``hi``) and the cascade link, ``i`` beats late for element ``i``
-    (the cascade's systolic skew). Shared by every lane of an engine."""
+    tokens packed (``x0``, ``hi``), ``i`` beats late for element ``i`` (the cascade's
+    systolic skew). Shared by every lane of an engine."""
 
     def __init__(self, n: int):
         self.n = n
@@ -108,7 +112,6 @@ class ActivationRouter(wiring.Component):
         inp = self.inp
         x0 = inp.x[0]
         his = [Mux(inp.pack, inp.x[1][k], 0) - (x0[k] < 0) for k in range(window(self.n))]
-        seg_mask = ((1 << inp.seg_log2) - 1)[:8]
         for e in range(self.n):
             blocks = {}
             for sp in Sparsity:
@@ -123,15 +126,14 @@ class ActivationRouter(wiring.Component):
                     hit = Cat(inp.sparsity == sp for sp in patterns).any()
                     lows, his_block = Mux(hit, low, lows), Mux(hit, high, his_block)
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
-            m.d.comb += [now.x0.eq(lows), now.hi.eq(his_block),
-                         now.link.eq((e & seg_mask) != 0 if e else 0)]
+            m.d.comb += [now.x0.eq(lows), now.hi.eq(his_block)]
             m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
         return m
 
 
 def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
     """One lane's chain input (operands, N:M indices and the beat's sparsity) and its
-    per-segment partial sums."""
+    per-slot partial sums."""
     inp = data.StructLayout({
         "ops": data.ArrayLayout(signed(OPERAND_BITS), n),
         "idx": data.ArrayLayout(4, n),
@@ -146,8 +148,8 @@ class LaneChain(wiring.Component):
     """One lane's chain: ``feed`` from the :class:`ActivationRouter` (element ``i`` ``i``
     beats late), ``inp`` this lane's operands of the same beat; ``out`` is ``latency`` beats
     behind ``inp``, split by ``pack`` (the beat's packing, given at the taps). ``out.sums[j]``
-    is the partial sum of the segment ending at tap ``j`` (taps that do not end a segment
-    carry the running cascade and are ignored downstream)."""
+    is the partial sum of slot ``j`` (elements ``j*group`` to ``(j+1)*group - 1``) for each
+    token."""
 
     def __init__(self, n: int, group: int):
         if n % BLOCK or n > MAX_CHAIN or n % group:
@@ -183,7 +185,7 @@ class LaneChain(wiring.Component):
             x0 = feed.x0.as_value().word_select(col, 8)
             hi = feed.hi.as_value().word_select(col, HI_BITS)
             a = Cat(x0, x0[7].replicate(PACK_SHIFT - 8), hi)[:A_BITS].as_signed()
-            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op), cas.link[e].eq(feed.link)]
+            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op)]
         m.d.comb += cas.ce.eq(self.ce)
         for j in range(self.n // self.group):
             p = cas.taps[j]
@@ -224,7 +226,7 @@ class SparseDspChain(wiring.Component):
         inp = self.inp
         m.d.comb += [router.ce.eq(self.ce), lane.ce.eq(self.ce),
                      router.inp.x.eq(inp.x), router.inp.sparsity.eq(inp.sparsity),
-                     router.inp.seg_log2.eq(inp.seg_log2), router.inp.pack.eq(inp.pack),
+                     router.inp.pack.eq(inp.pack),
                      lane.inp.ops.eq(inp.ops), lane.inp.idx.eq(inp.idx),
                      lane.inp.sparsity.eq(inp.sparsity), lane.feed.eq(router.feed),
                      self.out.eq(lane.out),

@@ -18,16 +18,14 @@ from tests.helpers.simulators import SIMULATORS, run_block
 N, GROUP = 16, 4
 
 
-def chain_model(ops, idx, x, sparsity, seg_log2, pack, n=N, group=GROUP):
-    """Per-segment partial sums of one beat, from the weights' columns (numpy)."""
+def chain_model(ops, idx, x, sparsity, pack, n=N, group=GROUP):
+    """Per-slot partial sums of one beat, from the weights' columns (numpy)."""
     nm = SPARSITY_NM[sparsity]
     lanes = np.arange(n)
     cols = lanes if nm is None else lanes // nm[0] * nm[1] + np.asarray(idx)
-    seg = 1 << seg_log2
     out = []
     for j in range(n // group):
-        end = (j + 1) * group
-        start = (end - 1) // seg * seg  # the segment containing the tap
+        start, end = j * group, (j + 1) * group
         sums = []
         for t in range(2):
             xt = np.asarray(x[t])[cols] if (t == 0 or pack) else np.zeros(n, dtype=int)
@@ -58,11 +56,9 @@ def _beats(seed: int, count: int = 120):
                 idx += sorted(rng.sample(range(block), keep))
         x = [[rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(w)]
              for _ in range(2)]
-        seg_log2 = rng.choice([s for s in range(2, 5)])
         inputs.append(H.pack(inp, {"ops": ops, "idx": idx, "x": x, "sparsity": sparsity,
-                                   "seg_log2": seg_log2, "pack": pack}))
-        expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, seg_log2,
-                                                          pack)}))
+                                   "pack": pack}))
+        expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, pack)}))
     return inputs, expected, out
 
 
