@@ -522,12 +522,13 @@ class ComputeUnit(wiring.Component):
     # -- the pass's results --------------------------------------------------------------
     def _results(self, m, tile: MatrixTile, pas: MatrixPass, engine: MatrixEngine,
                  fetch_out: FieldFetch):
-        """Write ``y[lane][token]`` of the pass; then the next pass or the end."""
+        """Write the pass's results as the engine gives them (lane by lane, token 0 then 1);
+        then the next pass or the end."""
         f, lanes, lb = tile.fields, self.cfg.mv_rows, self._bit_log2
         lane, token = pas.result_lane, pas.result_token
         row, tok = pas.pass_row + lane, pas.pass_token + token
         ok = (row < f.n) & (tok < f.m) & (~token | tile.pack)
-        y = engine.o.payload.y[lane][token]
+        y = engine.o.payload.y
         dst = f.out_addr + tok * tile.step
         old = fetch_out.value[:L.WIDE.width].as_signed()
         value = Signal(signed(L.WIDE.width))
@@ -543,11 +544,11 @@ class ComputeUnit(wiring.Component):
         with m.If(engine.o.valid & ok & have_old):
             m.d.comb += written.eq(self._write_wide(m, dst, row, value))
         with m.If(engine.o.valid & (written | ~ok)):
+            m.d.comb += engine.o.ready.eq(1)
             m.d.sync += token.eq(~token)
             with m.If(token == 1):
                 m.d.sync += lane.eq(lane + 1)
                 with m.If(lane == lanes - 1):  # the pass is written: the next one
-                    m.d.comb += engine.o.ready.eq(1)
                     tokens_per_pass = Mux(tile.pack, 2, 1)
                     next_token = pas.pass_token + tokens_per_pass
                     m.d.sync += [pas.beat_no.eq(0), pas.pass_token.eq(next_token)]

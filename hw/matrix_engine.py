@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,7 +31,7 @@ from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_la
 from hw.weight_decode import decode_operand
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
-from llmacc.kernel import chain_latency
+from llmacc.kernel import RESULT_STAGES, chain_latency
 from llmacc.layout import Descriptor, sparsity_of
 
 
@@ -39,8 +39,12 @@ class EngineError(ValueError):
     """A tile the engine's schedule cannot run (names the reason)."""
 
 
+#: One result of the engine: a lane's row for one token, requantised (``linear_out``).
+RESULT = data.StructLayout({"y": signed(N.WIDE_BITS)})
+
+
 def engine_layouts(lanes: int, n: int, group: int):
-    """``(head, lane, out)``: a beat's shared fields, one lane's fields, the results.
+    """``(head, lane, out)``: a beat's shared fields, one lane's fields, one result.
 
     The lanes are separate ports: a U280 beat is some 90,000 bits, more than one signal can
     carry through Amaranth's netlist (65,536)."""
@@ -61,9 +65,7 @@ def engine_layouts(lanes: int, n: int, group: int):
         "mant": data.ArrayLayout(N.SCALE_BITS, slots),
         "shift": signed(16),
     })
-    out = data.StructLayout({
-        "y": data.ArrayLayout(data.ArrayLayout(signed(N.WIDE_BITS), 2), lanes)})
-    return head, lane, out
+    return head, lane, RESULT
 
 
 def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
@@ -79,15 +81,14 @@ def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
         "feed": router_layouts(n)[1],
         "tap": data.StructLayout({
             "valid": 1, "pack": 1, "group_end": 1, "row_end": 1,
-            "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16),
-            "xe": data.ArrayLayout(signed(16), 2)}),
+            "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16)}),
     }
 
 
 class EngineLane(wiring.Component):
-    """One weight row's datapath: decode, sparse DSP chain, exact group sums, the 48-bit
-    accumulator and the row's requantisation. ``y`` is registered one beat after the row's
-    accumulator, scaled by ``xm`` (held by the engine for that beat). The engine's lanes are
+    """One weight row's datapath: decode, sparse DSP chain, exact group sums and the 48-bit
+    accumulator. At the row's end it latches the row (``acc`` per token, and its exponent
+    ``shift``) for the :class:`ResultCollector`, and starts the next. The engine's lanes are
     identical: board builds convert this module once (:mod:`hw.hierarchy`)."""
 
     def __init__(self, n: int, group: int):
@@ -96,8 +97,7 @@ class EngineLane(wiring.Component):
         super().__init__({
             "en": In(1), "inp": In(ports["inp"]), "feed": In(ports["feed"]),
             "tap": In(ports["tap"]),
-            "xm": In(data.ArrayLayout(N.SCALE_BITS, 2)),
-            "y": Out(data.ArrayLayout(signed(N.WIDE_BITS), 2))})
+            "acc": Out(data.ArrayLayout(signed(N.ACC_BITS), 2)), "shift": Out(signed(16))})
 
     @property
     def latency(self) -> int:
@@ -116,9 +116,9 @@ class EngineLane(wiring.Component):
         slots = self.n // self.group
         gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), slots))
         acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
-        r_acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))  # the row, to requantise
-        r_shift = Signal(data.ArrayLayout(signed(18), 2))
         step = en & tap.valid
+        with m.If(step & tap.row_end):
+            m.d.sync += self.shift.eq(tap.shift)
         for t in range(2):
             total = 0
             for j in range(slots):
@@ -132,19 +132,73 @@ class EngineLane(wiring.Component):
             with m.If(step):
                 m.d.sync += acc[t].eq(new_acc)
                 with m.If(tap.row_end):
-                    m.d.sync += [acc[t].eq(0), r_acc[t].eq(new_acc),
-                                 r_shift[t].eq(tap.shift - tap.xe[t])]
-            with m.If(en):
-                m.d.sync += self.y[t].eq(saturate(
-                    round_shift(r_acc[t] * self.xm[t], r_shift[t], N.WIDE_BITS + 1),
-                    N.WIDE_BITS))
+                    m.d.sync += [acc[t].eq(0), self.acc[t].eq(new_acc)]
+        return m
+
+
+class ResultCollector(wiring.Component):
+    """The rows the lanes latched, requantised one lane and token per cycle, in the order the
+    compute unit writes them (lane by lane, token 0 then 1): ``linear_out``'s
+    ``sat32(round_shift(acc * xm, shift - xe))`` once per engine, pipelined (pick, multiply,
+    round, saturate), instead of once per lane and token.
+
+    ``start`` (one cycle, when the lanes latch a row) takes the row's token scales ``xm`` and
+    ``xe``; ``busy`` is high while the lanes' rows are still to be read, so the engine holds
+    back the next row end (not the beats before it: the next pass streams while this one
+    drains). ``o`` stalls the whole pipeline while its result waits.
+    """
+
+    STAGES = RESULT_STAGES  #: pick, multiply, round, saturate
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        super().__init__({
+            "start": In(1),
+            "acc": In(data.ArrayLayout(data.ArrayLayout(signed(N.ACC_BITS), 2), lanes)),
+            "shift": In(data.ArrayLayout(signed(16), lanes)),
+            "xm": In(data.ArrayLayout(N.SCALE_BITS, 2)), "xe": In(data.ArrayLayout(signed(16), 2)),
+            "busy": Out(1),
+            "o": Out(stream.Signature(RESULT))})
+
+    def elaborate(self, platform):
+        m = Module()
+        items = 2 * self.lanes
+        index = Signal(range(items))
+        xm = Signal.like(self.xm)
+        xe = Signal.like(self.xe)
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), index.eq(0), xm.eq(self.xm), xe.eq(self.xe)]
+        ce = ~self.o.valid | self.o.ready
+        token = index[0]
+        picked = Signal(data.StructLayout({"acc": signed(N.ACC_BITS), "xm": N.SCALE_BITS,
+                                           "shift": signed(18)}))
+        product = Signal(signed(N.ACC_BITS + N.SCALE_BITS + 1))
+        shift = Signal(signed(18))
+        rounding = round_shift(product, shift, N.WIDE_BITS + 1)
+        rounded = Signal(rounding.shape())
+        valid = Signal(self.STAGES - 1)
+        with m.If(ce):
+            with m.If(self.busy):
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == items - 1):
+                    m.d.sync += self.busy.eq(0)
+            m.d.sync += [
+                valid.eq(Cat(self.busy, valid[:-1])),
+                picked.acc.eq(self.acc.as_value().word_select(index, N.ACC_BITS)),
+                picked.xm.eq(Mux(token, xm[1], xm[0])),
+                picked.shift.eq(self.shift.as_value().word_select(index >> 1, 16).as_signed()
+                                - Mux(token, xe[1], xe[0])),
+                product.eq(picked.acc * picked.xm), shift.eq(picked.shift),
+                rounded.eq(rounding),
+                self.o.payload.y.eq(saturate(rounded, N.WIDE_BITS)),
+                self.o.valid.eq(valid[-1])]
         return m
 
 
 class MatrixEngine(wiring.Component):
     """``lanes`` chains of ``n`` DSPs tapped every ``group``; stream of beats in (the shared
-    fields as ``i``'s payload, each lane's in ``lane_in``, taken with it), one result per lane
-    and token out at every row end."""
+    fields as ``i``'s payload, each lane's in ``lane_in``, taken with it); out, after every
+    row end, its ``2 * lanes`` results one per transfer, lane by lane (token 0, then 1)."""
 
     def __init__(self, lanes: int, n: int, group: int):
         self.lanes, self.n, self.group = lanes, n, group
@@ -155,7 +209,9 @@ class MatrixEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        en = ~self.o.valid | self.o.ready
+        m.submodules.collector = collector = ResultCollector(self.lanes)
+        wiring.connect(m, wiring.flipped(self.o), collector.o)
+        en = Signal()  # the chain advances unless a row end waits for the collector
         beat = self.i.payload
         m.d.comb += self.i.ready.eq(en)
         slots = self.n // self.group
@@ -180,13 +236,14 @@ class MatrixEngine(wiring.Component):
                          side_in.shift[lane].eq(self.lane_in[lane].shift)]
         side = delay(m, side_in, latency, en, "side")
         valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
-        r_valid = Signal()
-        r_xm = Signal(data.ArrayLayout(N.SCALE_BITS, 2))
+        row_end = valid & side.row_end
+        m.d.comb += [en.eq(~(row_end & collector.busy)), collector.start.eq(row_end & en),
+                     collector.xm.eq(side.xm), collector.xe.eq(side.xe)]
         for lane, unit in enumerate(self.units):
             m.submodules[f"lane{lane}"] = shared(platform, unit, f"engine_lane_{self.n}_"
                                                  f"{self.group}")
             src = self.lane_in[lane]
-            m.d.comb += [unit.en.eq(en), unit.xm.eq(r_xm),
+            m.d.comb += [unit.en.eq(en),
                          unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
                          unit.inp.codes.eq(src.codes), unit.inp.idx.eq(src.idx),
                          unit.inp.aux.eq(src.aux), unit.feed.eq(router.feed),
@@ -194,11 +251,8 @@ class MatrixEngine(wiring.Component):
                          unit.tap.group_end.eq(side.group_end),
                          unit.tap.row_end.eq(side.row_end),
                          unit.tap.mant.eq(side.mant[lane]), unit.tap.shift.eq(side.shift[lane]),
-                         unit.tap.xe.eq(side.xe),
-                         self.o.payload.y[lane].eq(unit.y)]
-        with m.If(en):
-            m.d.sync += [r_valid.eq(valid & side.row_end), r_xm.eq(side.xm),
-                         self.o.valid.eq(r_valid)]
+                         collector.acc[lane].eq(unit.acc),
+                         collector.shift[lane].eq(unit.shift)]
         return m
 
 

@@ -206,6 +206,10 @@ def master_ports(cfg: AccelConfig) -> list[str]:
 CASCADE_LATENCY_EXTRA = 2
 
 
+#: The matrix engine's result collector: pick a lane's row, multiply, round, saturate.
+RESULT_STAGES = 4
+
+
 def chain_latency(n: int) -> int:
     """Beats from a chain of ``n`` elements' input to its taps."""
     return n + CASCADE_LATENCY_EXTRA

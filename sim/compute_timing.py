@@ -23,15 +23,15 @@ from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import OutMode, WeightFormat
-from llmacc.kernel import chain_latency
+from llmacc.kernel import RESULT_STAGES, chain_latency
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
 #: From issue to the first descriptor request, and the COMPLETE state.
 MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
 COMPLETE = 1
-#: From the pass's last beat entering the engine to its results at the output: the chain's
-#: latency and the output register.
-ENGINE_DRAIN_EXTRA = 1
+#: From the pass's last beat entering the engine to its first result at the output: the
+#: chain's latency, the lanes' row latch and the result collector's stages.
+ENGINE_DRAIN_EXTRA = RESULT_STAGES
 
 
 class Fetch:
