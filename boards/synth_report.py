@@ -2,11 +2,11 @@
 
 Synthesises a slice of the design block by block -- one matrix-engine lane of the given
 configuration (the ``engine_lane`` module: decode, sparse DSP chain, accumulators and
-requantisation), the engine's activation router, a memory channel's weight streamer, the
-SFU element stage, the controller, the control slave -- and, for a small configuration, the
-whole top. Prints the resources per block, then an estimate for the whole configuration
-(each block times its instance count, buffers from their sizes) against the U280's capacity.
-The last line is
+the row latch), the engine's activation router and result collector, a memory channel's
+weight streamer, the SFU element stage, the controller, the control slave -- and, for a
+small configuration, the whole top. Prints the resources per block, then an estimate for
+the whole configuration (each block times its instance count, buffers from their sizes)
+against the U280's capacity. The last line is
 ``luts=... ffs=... dsps=... bram36=... uram=... lut_fraction=... dsp_fraction=...``.
 
 Two yosys builds:
@@ -51,13 +51,14 @@ def system_yosys() -> str | None:
 
 
 def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
-                timeout_s: float = 3600) -> dict[str, int]:
+                timeout_s: float = 3600, platform=None) -> dict[str, int]:
     """Cell counts after ``synth_xilinx -family xcup``: up to ``stop`` with the pip yosys,
-    or (``stop=None``) the whole flow with the system's yosys."""
+    or (``stop=None``) the whole flow with the system's yosys; ``component`` elaborated for
+    ``platform``."""
     from amaranth.back import verilog
 
     path = workdir / f"{top}.v"
-    path.write_text(verilog.convert(component, name=top, emit_src=False))
+    path.write_text(verilog.convert(component, name=top, emit_src=False, platform=platform))
     run = f" -run {stop}" if stop else ""
     script = f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad{run}; stat"
     if stop:
@@ -98,7 +99,7 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     """(name, component, how many the configuration has)."""
     from hw.axi import ControlSlave
     from hw.controller import Controller
-    from hw.matrix_engine import EngineLane
+    from hw.matrix_engine import EngineLane, ResultCollector
     from hw.sfu import ElementSfu
     from hw.sparse_dsp_chain import ActivationRouter
     from hw.weight_streamer import WeightStreamer
@@ -107,6 +108,7 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
            (f"activation router (chain {cfg.chain_len}, shared by the lanes)",
             ActivationRouter(cfg.chain_len), 1),
+           (f"result collector ({cfg.mv_rows} lanes)", ResultCollector(cfg.mv_rows), 1),
            (f"weight streamer ({cfg.axi_data_bits}-bit)",
             WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),
            ("SFU element stage", ElementSfu(), 1),
@@ -133,6 +135,8 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
            ) -> dict[str, float]:
     """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
     with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates)."""
+    from hw.dsp48e2 import DspPrimitives
+
     columns = MAPPED if mapped else UNMAPPED
     estimate = dict.fromkeys(columns, 0.0)
     print(f"| block | count | {' | '.join(columns)} | seconds |", file=out)
@@ -141,7 +145,7 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
         for index, (name, component, count) in enumerate(blocks(cfg, whole_top)):
             start = time.perf_counter()
             cells = yosys_cells(component, f"block{index}", Path(tmp),
-                                stop=None if mapped else STOP)
+                                stop=None if mapped else STOP, platform=DspPrimitives())
             row = summarise(cells)
             took = time.perf_counter() - start
             for k in columns:
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print("yosys synth_xilinx -family xcup, stopped before LUT mapping: the system yosys "
               "(apt-get install yosys) is not on PATH, so this falls back to the WebAssembly "
               "yosys, which cannot run ABC; GATES are unmapped logic cells, not LUTs")
+    print("DSP elements are DSP48E2 instances (hw/dsp48e2.py: DspPrimitives) with their "
+          "registers and post-adder inside, as Vivado packs them: yosys packs neither for "
+          "UltraScale+")
     estimate = report(cfg, False, mapped)
     if args.whole_top:
         small = config.load(args.whole_top)

@@ -15,7 +15,7 @@ re-aligns the taps, so that one beat's ``n // group`` partial sums leave togethe
 cycles after element 0's operands entered.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,21 +25,38 @@ from llmacc.kernel import chain_latency
 A_BITS, B_BITS, P_BITS = 27, 18, 48
 
 
+class DspPrimitives:
+    """A platform under which every DSP element is a ``DSP48E2`` instance, configured as the
+    behavioural model below describes it: what Vivado makes of the model, written out, so
+    that a synthesis that cannot pack DSP48E2 registers and post-adders itself (yosys) counts
+    them inside the DSP, as Vivado places them. Simulation never uses it (Amaranth cannot
+    simulate a vendor primitive); the behavioural model is the tested design."""
+
+
+#: OPMODE (W, Z, Y, X): X = Y = M (the product), W = 0, Z = PCIN or 0 (UG579, table 2-7)
+OPMODE_M, OPMODE_M_PLUS_PCIN = 0b00_000_01_01, 0b00_001_01_01
+A_PORT_BITS = 30  #: the DSP48E2's A port (the multiplier takes its low 27 bits)
+
+
 class Dsp48e2(wiring.Component):
     """``p <= m + pcin`` (``cascade``) or ``p <= m``, ``m <= a * b``, with A/B, M and P
-    registers. ``ce`` is the clock enable of every register."""
+    registers. ``ce`` is the clock enable of every register; ``pcout`` (equal to ``p``)
+    feeds the next element's ``pcin`` over the dedicated cascade path."""
 
     a: In(signed(A_BITS))
     b: In(signed(B_BITS))
     ce: In(1)
     pcin: In(signed(P_BITS))
     p: Out(signed(P_BITS))
+    pcout: Out(signed(P_BITS))
 
     def __init__(self, cascade: bool):
         self.cascade = cascade
         super().__init__()
 
     def elaborate(self, platform):
+        if isinstance(platform, DspPrimitives):
+            return self._primitive()
         m = Module()
         a = Signal(signed(A_BITS), reset_less=True)
         b = Signal(signed(B_BITS), reset_less=True)
@@ -48,7 +65,39 @@ class Dsp48e2(wiring.Component):
         with m.If(self.ce):
             m.d.sync += [a.eq(self.a), b.eq(self.b), prod.eq(a * b),
                          p.eq((prod + self.pcin)[:P_BITS] if self.cascade else prod)]
-        m.d.comb += self.p.eq(p)
+        m.d.comb += [self.p.eq(p), self.pcout.eq(p)]
+        return m
+
+    def _primitive(self) -> Module:
+        """The element as one DSP48E2: AREG = BREG = MREG = PREG = 1, no pre-adder, C or D
+        register, a static OPMODE and ALUMODE = 0 (Z + X + Y)."""
+        m = Module()
+        ce = self.ce
+        regs = {f"p_{name}": 1 for name in ("AREG", "BREG", "ACASCREG", "BCASCREG", "MREG",
+                                            "PREG")}
+        regs.update({f"p_{name}": 0 for name in ("ADREG", "DREG", "CREG", "OPMODEREG",
+                                                 "ALUMODEREG", "INMODEREG", "CARRYINREG",
+                                                 "CARRYINSELREG")})
+        enables = {f"i_{name}": ce for name in ("CEA2", "CEB2", "CEM", "CEP")}
+        enables.update({f"i_{name}": 0 for name in (
+            "CEA1", "CEB1", "CEC", "CED", "CEAD", "CEALUMODE", "CECTRL", "CEINMODE",
+            "CECARRYIN")})
+        resets = {f"i_{name}": 0 for name in (
+            "RSTA", "RSTB", "RSTC", "RSTD", "RSTM", "RSTP", "RSTALLCARRYIN", "RSTALUMODE",
+            "RSTCTRL", "RSTINMODE")}
+        m.submodules.dsp = Instance(
+            "DSP48E2", **regs, **enables, **resets,
+            p_A_INPUT="DIRECT", p_B_INPUT="DIRECT", p_AMULTSEL="A", p_BMULTSEL="B",
+            p_PREADDINSEL="A", p_USE_MULT="MULTIPLY", p_USE_SIMD="ONE48",
+            p_USE_PATTERN_DETECT="NO_PATDET",
+            i_CLK=ClockSignal(), i_A=Cat(self.a, self.a[-1].replicate(A_PORT_BITS - A_BITS)),
+            i_B=self.b, i_C=Const(0, P_BITS), i_D=Const(0, A_BITS),
+            i_PCIN=self.pcin if self.cascade else Const(0, P_BITS),
+            i_ACIN=Const(0, A_PORT_BITS), i_BCIN=Const(0, B_BITS),
+            i_CARRYIN=0, i_CARRYCASCIN=0, i_MULTSIGNIN=0, i_CARRYINSEL=Const(0, 3),
+            i_OPMODE=Const(OPMODE_M_PLUS_PCIN if self.cascade else OPMODE_M, 9),
+            i_ALUMODE=Const(0, 4), i_INMODE=Const(0, 5),
+            o_P=self.p, o_PCOUT=self.pcout)
         return m
 
 
@@ -80,7 +129,7 @@ class DspCascade(wiring.Component):
             m.submodules[f"pe{i}"] = pe
             m.d.comb += [pe.a.eq(self.a[i]), pe.b.eq(self.b[i]), pe.ce.eq(self.ce)]
             if pe.cascade:
-                m.d.comb += pe.pcin.eq(pes[-1].p)
+                m.d.comb += pe.pcin.eq(pes[-1].pcout)
             pes.append(pe)
         for j in range(self.n // self.group):
             last = (j + 1) * self.group - 1

@@ -68,6 +68,14 @@ def engine_layouts(lanes: int, n: int, group: int):
     return head, lane, RESULT
 
 
+def lane_side(slots: int) -> data.StructLayout:
+    """A lane's fields of a beat that wait for the beat's slot sums: the slots' group scales
+    and the row's exponent (delayed in the lane, so that a lane's cost is all in its
+    module)."""
+    return data.StructLayout({"mant": data.ArrayLayout(N.SCALE_BITS, slots),
+                              "shift": signed(16)})
+
+
 def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
     """Ports of one lane: its weights of a beat (``inp``, at the chain's input), the
     activations the engine's router gives its elements (``feed``), and the beat's fields that
@@ -77,11 +85,10 @@ def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
         "inp": data.StructLayout({
             "fmt": WeightFormat, "sparsity": Sparsity,
             "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(4, n),
-            "aux": data.ArrayLayout(8, slots)}),
+            "aux": data.ArrayLayout(8, slots),
+            **{name: field.shape for name, field in lane_side(slots)}}),
         "feed": router_layouts(n)[1],
-        "tap": data.StructLayout({
-            "valid": 1, "pack": 1, "group_end": 1, "row_end": 1,
-            "mant": data.ArrayLayout(N.SCALE_BITS, slots), "shift": signed(16)}),
+        "tap": data.StructLayout({"valid": 1, "pack": 1, "group_end": 1, "row_end": 1}),
     }
 
 
@@ -110,21 +117,23 @@ class EngineLane(wiring.Component):
         m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(inp.sparsity),
                      chain.inp.idx.eq(inp.idx), chain.feed.eq(self.feed),
                      chain.pack.eq(tap.pack)]
+        side_in = Signal(lane_side(slots := self.n // self.group))
+        m.d.comb += [side_in.mant.eq(inp.mant), side_in.shift.eq(inp.shift)]
+        side = delay(m, side_in, self.latency, en, "side")  # meets the beat's slot sums
         for k in range(self.n):
             m.d.comb += chain.inp.ops[k].eq(decode_operand(
                 inp.codes[k], inp.fmt, inp.aux[k // self.group]))
-        slots = self.n // self.group
         gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), slots))
         acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
         step = en & tap.valid
         with m.If(step & tap.row_end):
-            m.d.sync += self.shift.eq(tap.shift)
+            m.d.sync += self.shift.eq(side.shift)
         for t in range(2):
             total = 0
             for j in range(slots):
                 new = Signal(signed(SUM_BITS), name=f"g{j}_{t}")
                 m.d.comb += new.eq(gsum[j][t] + chain.out.sums[j][t])
-                total = total + tap.mant[j] * new
+                total = total + side.mant[j] * new
                 with m.If(step):
                     m.d.sync += gsum[j][t].eq(Mux(tap.group_end, 0, new))
             new_acc = Signal(signed(N.ACC_BITS), name=f"acc_new{t}")
@@ -214,26 +223,20 @@ class MatrixEngine(wiring.Component):
         en = Signal()  # the chain advances unless a row end waits for the collector
         beat = self.i.payload
         m.d.comb += self.i.ready.eq(en)
-        slots = self.n // self.group
         latency = self.units[0].latency
-        # What the taps' consumers need of a beat travels alongside the chain (not the codes
+        # What the taps' consumers share of a beat travels alongside the chain (not the codes
         # and activations, which the chain consumes: delaying the whole beat would cost a
-        # register per bit and pipeline stage).
+        # register per bit and pipeline stage; each lane delays its own scales).
         m.submodules.router = router = ActivationRouter(self.n)
         pack = beat.fmt != WeightFormat.INT8
         m.d.comb += [router.ce.eq(en), router.inp.x.eq(beat.x),
                      router.inp.sparsity.eq(beat.sparsity), router.inp.pack.eq(pack)]
         side_in = Signal(data.StructLayout({
             "pack": 1, "group_end": 1, "row_end": 1,
-            "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2),
-            "mant": data.ArrayLayout(data.ArrayLayout(N.SCALE_BITS, slots), self.lanes),
-            "shift": data.ArrayLayout(signed(16), self.lanes)}))
+            "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2)}))
         m.d.comb += [side_in.pack.eq(pack), side_in.group_end.eq(beat.group_end),
                      side_in.row_end.eq(beat.row_end), side_in.xm.eq(beat.xm),
                      side_in.xe.eq(beat.xe)]
-        for lane in range(self.lanes):
-            m.d.comb += [side_in.mant[lane].eq(self.lane_in[lane].mant),
-                         side_in.shift[lane].eq(self.lane_in[lane].shift)]
         side = delay(m, side_in, latency, en, "side")
         valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
         row_end = valid & side.row_end
@@ -246,11 +249,11 @@ class MatrixEngine(wiring.Component):
             m.d.comb += [unit.en.eq(en),
                          unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
                          unit.inp.codes.eq(src.codes), unit.inp.idx.eq(src.idx),
-                         unit.inp.aux.eq(src.aux), unit.feed.eq(router.feed),
+                         unit.inp.aux.eq(src.aux), unit.inp.mant.eq(src.mant),
+                         unit.inp.shift.eq(src.shift), unit.feed.eq(router.feed),
                          unit.tap.valid.eq(valid), unit.tap.pack.eq(side.pack),
                          unit.tap.group_end.eq(side.group_end),
                          unit.tap.row_end.eq(side.row_end),
-                         unit.tap.mant.eq(side.mant[lane]), unit.tap.shift.eq(side.shift[lane]),
                          collector.acc[lane].eq(unit.acc),
                          collector.shift[lane].eq(unit.shift)]
         return m
