@@ -38,6 +38,7 @@ from boards.alveo import Board, board
 from llmacc import config
 from llmacc.config import AccelConfig
 from llmacc.kernel import KERNEL_NAME, master_ports
+from llmacc.paths import check_output_dir
 
 TOOLS = ("vivado", "v++")
 TOP = "llmacc_top"
@@ -209,7 +210,7 @@ def _memory_bytes(gb: float | None) -> int:
 def run(args: argparse.Namespace) -> int:
     b = board(args.board)
     cfg = config.load(args.config)
-    out = Path(args.output or f"build/bitstream/{b.name}-{cfg.name}")
+    out = check_output_dir(args.output or f"build/bitstream/{b.name}-{cfg.name}")
     info = generate(b, args.config, out, memory_bytes=_memory_bytes(args.convert_memory_gb),
                     timeout_s=args.convert_timeout)
     print(f"generated {len(info['files'])} files in {out} for {b.name} ({b.platform}), "

@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from compiler.lower import Program
 from compiler.memory_plan import Region
 from llmacc import __version__, isa
 from llmacc.config import AccelConfig, ConfigError
+from llmacc.paths import check_output_dir
 from quant import intref
 
 FORMAT = "llmacc-package"
@@ -65,16 +64,10 @@ def check_output(path: str | Path, force: bool = True) -> Path:
                                    "replace it")
         elif any(out.iterdir()):
             raise PackageError(f"{out}: exists and is not a package; refusing to overwrite it")
-    parent = out.parent.resolve()
-    ancestor = next(p for p in (parent, *parent.parents) if p.exists())
-    if not ancestor.is_dir():
-        raise PackageError(f"{out}: cannot create the output directory: {ancestor} is a file")
-    try:  # the one test that holds everywhere (permissions, read-only mounts, /proc)
-        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".llmacc-probe-"))
-    except OSError as exc:
-        raise PackageError(f"{out}: cannot create the output directory under {ancestor} "
-                           f"({exc.strerror})") from None
-    return out
+    try:
+        return check_output_dir(out)
+    except ValueError as exc:
+        raise PackageError(str(exc)) from None
 
 
 def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str | Path | None = None,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from llmacc.paths import check_output_file
 from quant import checkpoint, intref, schemes, tokenizer
 from quant.eval import (
     CALIB_STORIES,
@@ -70,20 +70,6 @@ def quantize(args: argparse.Namespace) -> intref.IntModel:
     return intref.build(prepare_sequences(ckpt, scheme, calib, not args.no_progress))
 
 
-def check_output_file(path: str | Path) -> Path:
-    """Refuse, before any work, an output file that cannot be written: a directory there,
-    or a parent that does not exist or is not writable."""
-    out = Path(path)
-    if out.is_dir():
-        raise ValueError(f"{out}: output path is a directory; give a file name (.pt)")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ValueError(f"{out}: output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ValueError(f"{out}: cannot write there (not writable)")
-    return out
-
-
 def save(im: intref.IntModel, path: str | Path, scheme: str, source: str) -> None:
     blob = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "scheme": scheme,
@@ -117,7 +103,7 @@ def load(path: str | Path) -> tuple[intref.IntModel, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_file(args.output)  # before minutes of quantization
+    check_output_file(args.output, " (.pt)")  # before minutes of quantization
     start = time.perf_counter()
     im = quantize(args)
     save(im, args.output, args.scheme, str(args.model))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from llmacc.paths import check_output_file
 from quant import checkpoint, schemes, tokenizer
 from quant.quantize import QuantizedModel, quantize
 
@@ -238,6 +239,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.table:
+        check_output_file(args.table, " (.md)")  # before hours of scoring
         names = [n for n in schemes.PRESETS if n != "float"]
         md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
                    args.calib_text, args.calib_stories, progress, args.skip_stories)

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from llmacc import config as C
+from llmacc.paths import check_output_dir
 from sim import perf_model as P
 from sim.cycle_model import READ_LATENCY
 
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = C.load(args.config)
+    check_output_dir(args.out)  # the plots come last
     shape = P.model_shape(args.model)
     if not 1 <= args.context <= cfg.max_seq_len:
         raise ValueError(f"--context {args.context}: {cfg.name} supports 1..{cfg.max_seq_len}")

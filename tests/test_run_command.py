@@ -168,3 +168,33 @@ def test_quantize_checks_its_output_first(tmp_path, capsys):
         assert cli.main(["quantize", "--model", str(MODEL), "--tokenizer", str(TOKENIZER),
                          "--scheme", "w8a8", "-o", str(out), "--no-progress"]) == 2
         assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "perf", "bitstream"])
+def test_eval_perf_and_bitstream_check_their_output_first(tmp_path, capsys, monkeypatch,
+                                                          command):
+    """The output of eval's table, perf's plots and the bitstream tree is checked before any
+    work (it used to be written, or refused, at the end): a file where a directory goes, a
+    missing directory where a file goes."""
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    argv, match = {
+        "eval": (["eval", "--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--text",
+                  str(MODEL), "--table", str(tmp_path / "no" / "t.md")], "does not exist"),
+        "perf": (["perf", "--config", "u280", "--out", str(taken)], "exists and is a file"),
+        "bitstream": (["bitstream", "--config", "sim-small", "-o", str(taken / "tree")],
+                      "is a file"),
+    }[command]
+    from boards import vitis_flow
+    from quant import eval as eval_command
+    from sim import perf_model
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError(f"{command} started its work before checking its output")
+    monkeypatch.setattr(eval_command, "table", must_not_run)
+    monkeypatch.setattr(perf_model, "model_shape", must_not_run)
+    monkeypatch.setattr(vitis_flow, "generate", must_not_run)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Errno" not in err, err
+    assert taken.read_text() == "keep me"
