@@ -8,8 +8,9 @@ mixed type id) per ``group`` elements, and the group scale mantissas. Each lane
 2. runs them through the sparse DSP chain (:mod:`hw.sparse_dsp_chain`), two tokens per DSP,
 3. accumulates each quantisation group's partial sums exactly, and at the group's end adds
    ``mant * group_sum`` into the 48-bit accumulator (BitMoD's per-group rescale),
-4. at the row's end applies :func:`llmacc.numerics.linear_out`:
-   ``sat32(round_shift(acc * m_x, shift - e_x))`` per token.
+4. at the row's end latches the row, which the engine's one :class:`ResultCollector` turns
+   into :func:`llmacc.numerics.linear_out`'s ``sat32(round_shift(acc * m_x, shift - e_x))``
+   per token, one lane and token per cycle.
 
 MATVEC is a beat stream with one token (the second token's scale is 0); MATMAT streams token
 pairs. :func:`beats` is the schedule the buffer address generator follows, and the golden
@@ -62,8 +63,7 @@ def engine_layouts(lanes: int, n: int, group: int):
         "codes": data.ArrayLayout(8, n),
         "idx": data.ArrayLayout(4, n),
         "aux": data.ArrayLayout(8, slots),
-        "mant": data.ArrayLayout(N.SCALE_BITS, slots),
-        "shift": signed(16),
+        **{name: field.shape for name, field in lane_side(slots)},
     })
     return head, lane, RESULT
 
