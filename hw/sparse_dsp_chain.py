@@ -116,17 +116,18 @@ class ActivationRouter(wiring.Component):
             blocks = {}
             for sp in Sparsity:
                 blocks.setdefault(block_of(e, sp), []).append(sp)
-            lows = his_block = None
-            for b, patterns in blocks.items():
-                low = Cat(x0[b * BLOCK + j] for j in range(BLOCK))
-                high = Cat(his[b * BLOCK + j][:HI_BITS] for j in range(BLOCK))
-                if lows is None:
-                    lows, his_block = low, high
+            x0_block = hi_block = None
+            for b, patterns in blocks.items():  # the first block found is the default
+                x0_here = Cat(x0[b * BLOCK + j] for j in range(BLOCK))
+                hi_here = Cat(his[b * BLOCK + j][:HI_BITS] for j in range(BLOCK))
+                if x0_block is None:
+                    x0_block, hi_block = x0_here, hi_here
                 else:
                     hit = Cat(inp.sparsity == sp for sp in patterns).any()
-                    lows, his_block = Mux(hit, low, lows), Mux(hit, high, his_block)
+                    x0_block = Mux(hit, x0_here, x0_block)
+                    hi_block = Mux(hit, hi_here, hi_block)
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
-            m.d.comb += [now.x0.eq(lows), now.hi.eq(his_block)]
+            m.d.comb += [now.x0.eq(x0_block), now.hi.eq(hi_block)]
             m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
         return m
 
