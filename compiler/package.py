@@ -55,8 +55,6 @@ def check_output(path: str | Path, force: bool = True) -> Path:
     write: an existing file, a directory that is not a package, an existing package unless
     ``force``, or a place where no directory can be made."""
     out = Path(path)
-    if out.is_file() or (out.exists() and not out.is_dir()):
-        raise PackageError(f"{out}: output path exists and is a file")
     if out.is_dir():
         if (out / "manifest.json").is_file():
             if not force:
@@ -64,7 +62,7 @@ def check_output(path: str | Path, force: bool = True) -> Path:
                                    "replace it")
         elif any(out.iterdir()):
             raise PackageError(f"{out}: exists and is not a package; refusing to overwrite it")
-    try:
+    try:  # also refuses a file there, or one on the way
         return check_output_dir(out)
     except ValueError as exc:
         raise PackageError(str(exc)) from None
