@@ -35,6 +35,7 @@ from pathlib import Path
 
 from boards import kernel_xml
 from boards.alveo import Board, board
+from boards.arguments import add_bitstream_arguments
 from llmacc import config
 from llmacc.config import AccelConfig
 from llmacc.kernel import KERNEL_NAME, master_ports
@@ -185,21 +186,6 @@ def generate(b: Board, cfg_arg: str, out: Path, *, memory_bytes: int, timeout_s:
     return info
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--board", default="u280", help="u280, u55c or u250")
-    p.add_argument("--config", default="u280", help="accelerator preset or JSON file")
-    p.add_argument("-o", "--output", default=None,
-                   help="build directory (default build/bitstream/<board>-<config>)")
-    p.add_argument("--require-vivado", action="store_true",
-                   default=os.environ.get("REQUIRE_VIVADO", "") not in ("", "0"),
-                   help="fail when Vivado/v++ are missing (also REQUIRE_VIVADO=1)")
-    p.add_argument("--convert-memory-gb", type=float, default=None,
-                   help="memory limit of the Verilog conversion (default: 80%% of this "
-                        "machine's)")
-    p.add_argument("--convert-timeout", type=float, default=3600.0,
-                   help="seconds the Verilog conversion may take")
-
-
 def _memory_bytes(gb: float | None) -> int:
     if gb is not None:
         return int(gb * 2**30)
@@ -234,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m boards.vitis_flow")
-    add_arguments(p)
+    add_bitstream_arguments(p)
     p.add_argument("--convert-only", action="store_true",
                    help="only write the top's Verilog to -o (used by the flow itself)")
     args = p.parse_args(argv)

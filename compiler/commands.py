@@ -16,22 +16,6 @@ from llmacc import config
 from quant import commands as quantize_command
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    quantize_command.add_source_arguments(p)
-    p.add_argument("--quantized", default=None, metavar="FILE",
-                   help="a quantized model from llmacc quantize (instead of --model/--scheme)")
-    p.add_argument("--config", required=True, help="accelerator preset or JSON file")
-    p.add_argument("-o", "--output", required=True, metavar="PACKAGE", help="package directory")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing package at --output")
-    p.add_argument("--prefill-bucket", type=int, default=None,
-                   help="prefill rows round up to a multiple of this (default: the config's)")
-    p.add_argument("--decode-bucket", type=int, default=None,
-                   help="decode keys round up to a multiple of this (default: the config's)")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="longest context (default: the smaller of the config's and the model's)")
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     package.check_output(args.output, args.force)  # before minutes of quantization

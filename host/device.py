@@ -14,13 +14,13 @@ import torch
 
 from compiler.compile import CompiledModel
 from compiler.lower import Program
+from host.arguments import BACKENDS
 from llmacc import isa
 from llmacc.isa import Opcode, Reg, SysFunc
 from llmacc.kernel import fault_name, read_status
 from sim.emulator import Emulator, RunStats
 
 Tensor = torch.Tensor
-BACKENDS = ("emulator", "rtl", "xrt")
 
 
 class DeviceError(RuntimeError):

@@ -14,26 +14,8 @@ import sys
 from compiler import package
 from host.device import open_device
 from host.generate import Sampler, generate
-from host.verify import add_device_arguments, load_tokenizer
+from host.verify import load_tokenizer
 from llmacc import config
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_device_arguments(p)
-    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended)")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when the text contains TEXT (repeatable)")
-    p.add_argument("--stop-token", action="append", type=int, default=None, metavar="ID",
-                   help="stop at this token id (repeatable; default: BOS and EOS)")
-    p.add_argument("--config", default=None,
-                   help="the accelerator configuration you expect the package to be built for "
-                        "(refused if it is not)")
-    p.add_argument("--no-stream", action="store_true", help="print the text at the end")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,26 +17,8 @@ import time
 import torch
 
 from compiler import package
-from host.device import BACKENDS, Device, open_device
+from host.device import Device, open_device
 from quant import intref, tokenizer
-
-
-def add_device_arguments(p: argparse.ArgumentParser, default: str = "emulator") -> None:
-    """The package, tokenizer and back-end options of verify, run and sim."""
-    p.add_argument("--package", required=True, help="package directory from llmacc compile")
-    p.add_argument("--backend", choices=BACKENDS, default=default,
-                   help="emulator: instruction-level emulator; rtl: the Verilated RTL; xrt: "
-                        "an Alveo card")
-    p.add_argument("--xclbin", default=None, help="the board flow's xclbin (xrt back end)")
-    p.add_argument("--card", type=int, default=0, help="XRT device index (xrt back end)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer (default: the one stored in the package)")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_device_arguments(p)
-    p.add_argument("--prompt", required=True, help="prompt text (BOS is prepended)")
-    p.add_argument("--tokens", type=int, default=16, help="decode steps after the prefill")
 
 
 def load_tokenizer(args: argparse.Namespace, cm) -> tokenizer.Tokenizer:
@@ -48,14 +30,6 @@ def load_tokenizer(args: argparse.Namespace, cm) -> tokenizer.Tokenizer:
 
 def first_difference(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in (got != ref).nonzero()[0])
-
-
-def add_sim_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--package", required=True, help="package directory from llmacc compile")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer (default: the one stored in the package)")
-    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended)")
-    p.add_argument("--tokens", type=int, default=2, help="decode steps after the prefill")
 
 
 def _prompt(args: argparse.Namespace, cm, tok) -> list[int]:

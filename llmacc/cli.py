@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Callable
 
 from llmacc import __version__
 
@@ -30,25 +31,41 @@ def _cmd_isa(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The subcommands that live with their code: (name, help, module, the module's functions
-#: that add the arguments and that run the command).
+#: The subcommands that live with their code: (name, help, the plain-Python function that
+#: adds the arguments, the function that runs the command), each as ``module:function``. The
+#: argument functions load no torch, so every parser, and ``--help``, is quick; the running
+#: module is imported only when its command runs.
 COMMANDS = (
     ("eval", "perplexity of the float, fake-quant or integer model",
-     "quant.eval", "add_arguments", "run"),
+     "quant.arguments:add_eval_arguments", "quant.eval:run"),
     ("quantize", "quantize a checkpoint to the integer reference model",
-     "quant.commands", "add_arguments", "run"),
+     "quant.arguments:add_quantize_arguments", "quant.commands:run"),
     ("compile", "quantize a checkpoint and compile it to a package",
-     "compiler.commands", "add_arguments", "run"),
+     "compiler.arguments:add_compile_arguments", "compiler.commands:run"),
     ("verify", "check a back end against the integer reference",
-     "host.verify", "add_arguments", "run"),
-    ("run", "generate text from a prompt on a back end", "host.run", "add_arguments", "run"),
+     "host.arguments:add_verify_arguments", "host.verify:run"),
+    ("run", "generate text from a prompt on a back end",
+     "host.arguments:add_run_arguments", "host.run:run"),
     ("sim", "a package on the Verilated RTL beside the emulator: bit-exactness and counted "
-     "against modelled cycles", "host.verify", "add_sim_arguments", "run_sim"),
+     "against modelled cycles", "host.arguments:add_sim_arguments", "host.verify:run_sim"),
     ("perf", "performance estimates: decode tokens/s, prefill latency, HBM roofline, "
-     "published anchors; SVG plots", "sim.perf_report", "add_arguments", "run"),
+     "published anchors; SVG plots", "sim.arguments:add_perf_arguments", "sim.perf_report:run"),
     ("bitstream", "the Vitis build tree for a board; runs Vivado/v++ when they are on PATH",
-     "boards.vitis_flow", "add_arguments", "run"),
+     "boards.arguments:add_bitstream_arguments", "boards.vitis_flow:run"),
 )
+
+
+def _function(name: str) -> Callable:
+    """The function ``module:function`` names (importing its module)."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _runner(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command that imports its module (torch, the simulators) only when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        return _function(name)(args)
+    return run
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -65,16 +82,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
-def _chosen(argv: list[str]) -> str | None:
-    """The subcommand named on the command line (the first word that is not an option)."""
-    return next((word for word in argv if not word.startswith("-")), None)
-
-
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for ``argv``. Only the chosen subcommand's module is imported (to add its
-    arguments), so ``llmacc --help`` and ``llmacc config`` load neither torch nor the
-    simulators; ``argv=None`` builds every subcommand fully (as the tests of the help do)."""
-    chosen = None if argv is None else _chosen(argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; building it loads neither torch nor the simulators."""
     parser = argparse.ArgumentParser(prog="llmacc", description="LLM-on-FPGA co-design stack")
     parser.add_argument("--version", action="version", version=f"llmacc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -84,19 +93,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
     p = sub.add_parser("isa", help="print the instruction-set reference (docs/ISA.md)")
     p.set_defaults(func=_cmd_isa)
-    for name, text, module_name, add_arguments, run in COMMANDS:
+    for name, text, add_arguments, run in COMMANDS:
         p = sub.add_parser(name, help=text, description=text,
                            formatter_class=DefaultsHelpFormatter)
-        if argv is not None and name != chosen:
-            continue
-        module = importlib.import_module(module_name)
-        getattr(module, add_arguments)(p)
-        p.set_defaults(func=getattr(module, run))
+        _function(add_arguments)(p)
+        p.set_defaults(func=_runner(run))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (OSError, ValueError, RuntimeError, ArithmeticError) as exc:

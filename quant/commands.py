@@ -16,40 +16,11 @@ import torch
 
 from llmacc.paths import check_output_file
 from quant import checkpoint, intref, schemes, tokenizer
-from quant.eval import (
-    CALIB_STORIES,
-    calibration_sequences,
-    prepare_sequences,
-    sampled_sequences,
-)
+from quant.arguments import CALIB_STORIES, SAMPLED_CALIB
+from quant.eval import calibration_sequences, prepare_sequences, sampled_sequences
 
 FORMAT = "llmacc-intmodel"
 FORMAT_VERSION = 1
-SAMPLED_CALIB = 64  #: self-generated calibration sequences when no text is given
-
-
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """The checkpoint, tokenizer, scheme and calibration options of quantize and compile."""
-    p.add_argument("--model", help="llama2.c .bin or Hugging Face directory")
-    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
-    p.add_argument("--scheme", help="quantization scheme preset[+N:M][+lambdaSINK:WINDOW]; "
-                                    "presets: " + ", ".join(schemes.PRESETS))
-    p.add_argument("--calib-text", default=None,
-                   help="calibration text (its last stories); default: text sampled from the "
-                        "float model itself")
-    p.add_argument("--calib-stories", type=int, default=None,
-                   help=f"calibration stories (default: {CALIB_STORIES} of --calib-text, or "
-                        f"{SAMPLED_CALIB} sampled)")
-    p.add_argument("--group", type=int, default=None, help="weight group size override")
-    p.add_argument("--finetune-steps", type=int, default=None,
-                   help="override the preset's quantization-aware fine-tuning steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampled calibration text")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_source_arguments(p)
-    p.add_argument("-o", "--output", required=True, help="quantized model file (.pt)")
 
 
 def quantize(args: argparse.Namespace) -> intref.IntModel:

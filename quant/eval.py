@@ -18,10 +18,9 @@ import torch
 
 from llmacc.paths import check_output_file
 from quant import checkpoint, schemes, tokenizer
+from quant.arguments import CALIB_STORIES, MODES, add_eval_arguments
 from quant.quantize import QuantizedModel, quantize
 
-MODES = ("float", "fake", "int")
-CALIB_STORIES = 512  #: fine-tuning stories; GPTQ uses the last quarter
 Tensor = torch.Tensor
 
 
@@ -210,32 +209,6 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
     return "\n".join([head, *rows]) + f"\n\n{count} scored tokens, {len(seqs)} stories.\n"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="llama2.c .bin or Hugging Face directory")
-    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
-    p.add_argument("--text", required=True, help="text file; stories separated by blank lines")
-    p.add_argument("--scheme", default="float",
-                   help="preset[+N:M][+lambdaSINK:WINDOW]; presets: " + ", ".join(
-                       schemes.PRESETS))
-    p.add_argument("--mode", default="fake", choices=MODES,
-                   help="float: the checkpoint; fake: fake-quantized float model; int: the "
-                        "integer reference")
-    p.add_argument("--max-stories", type=int, default=None,
-                   help="score at most this many stories (default: all)")
-    p.add_argument("--skip-stories", type=int, default=0,
-                   help="score from this story on (a slice the calibration does not use)")
-    p.add_argument("--group", type=int, default=None, help="weight group size override")
-    p.add_argument("--finetune-steps", type=int, default=None,
-                   help="override the preset's quantization-aware fine-tuning steps")
-    p.add_argument("--calib-text", default=None,
-                   help="calibration text (default: --text); its LAST stories are used")
-    p.add_argument("--calib-stories", type=int, default=CALIB_STORIES,
-                   help="calibration stories (fine-tuning; GPTQ uses the last quarter)")
-    p.add_argument("--table", default=None, metavar="OUT.md",
-                   help="score every preset (fake and integer) and write a markdown table")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
-
-
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.table:
@@ -255,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmacc eval", description=__doc__)
-    add_arguments(p)
+    add_eval_arguments(p)
     return run(p.parse_args(argv))
 
 

@@ -14,10 +14,10 @@ from functools import cached_property
 import torch
 
 from llmacc import numerics as N
+from llmacc.wdtypes import FORMAT_BITS as FORMAT_BITS
+from llmacc.wdtypes import FORMATS as FORMATS
 
 Tensor = torch.Tensor
-FORMATS = ("w2", "mixed3", "mixed4", "int8")
-FORMAT_BITS = {"w2": 2, "mixed3": 3, "mixed4": 4, "int8": 8}
 
 
 @dataclass

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from llmacc import numerics as N
-from quant.qlinear import FORMATS
+from llmacc import wdtypes as W
 
-T = N.WDType
+T = W.WDType
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,8 @@ FINE_TUNE = Finetune(4000)
 @dataclass(frozen=True)
 class Scheme:
     name: str
-    weight_fmt: str | None  #: qlinear.FORMATS, None = float weights
-    dtypes: tuple[N.WDType, ...] = ()  #: data types the per-group search may choose
+    weight_fmt: str | None  #: wdtypes.FORMATS, None = float weights
+    dtypes: tuple[W.WDType, ...] = ()  #: data types the per-group search may choose
     act_bits: int | None = 8
     kv_bits: int | None = 4
     group: int = 32
@@ -53,11 +52,11 @@ class Scheme:
         return self.weight_fmt is not None
 
     def check(self) -> Scheme:
-        if self.weight_fmt is not None and self.weight_fmt not in FORMATS:
+        if self.weight_fmt is not None and self.weight_fmt not in W.FORMATS:
             raise ValueError(f"scheme {self.name}: weight format {self.weight_fmt!r}")
         if self.kv_bits not in (None, 4, 8) or self.act_bits not in (None, 8):
             raise ValueError(f"scheme {self.name}: supported widths are A8 and KV4/KV8")
-        if self.sparsity is not None and tuple(self.sparsity) not in N.SPARSITY_PATTERNS:
+        if self.sparsity is not None and tuple(self.sparsity) not in W.SPARSITY_PATTERNS:
             raise ValueError(f"scheme {self.name}: unsupported sparsity {self.sparsity}")
         if self.window < 0 or self.sink < 0:
             raise ValueError(f"scheme {self.name}: negative Lambda attention size")
@@ -67,8 +66,8 @@ class Scheme:
 PRESETS: dict[str, Scheme] = {s.name: s for s in (
     Scheme("float", None, act_bits=None, kv_bits=None),
     Scheme("w2a8kv4", "w2", (T.W2,), finetune=COARSE_TUNE),
-    Scheme("w3-mixed-a8kv4", "mixed3", N.MIXED3_TYPES, finetune=COARSE_TUNE),
-    Scheme("w4-mixed-a8kv4", "mixed4", N.MIXED4_TYPES, finetune=FINE_TUNE),
+    Scheme("w3-mixed-a8kv4", "mixed3", W.MIXED3_TYPES, finetune=COARSE_TUNE),
+    Scheme("w4-mixed-a8kv4", "mixed4", W.MIXED4_TYPES, finetune=FINE_TUNE),
     Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8, finetune=FINE_TUNE),
     Scheme("w8a8", "int8", (T.INT8,), kv_bits=8),
 )}

@@ -23,17 +23,6 @@ SCHEMES = ("w2a8kv4", "w2a8kv4+4:16", "w2a8kv4+lambda4:252", "w3-mixed-a8kv4", "
            "w4a8+2:4", "w8a8")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="u280", help="accelerator preset or JSON file")
-    p.add_argument("--model", default="llama2-7b",
-                   help="model shapes of the estimate: one of " + ", ".join(P.MODELS)
-                        + ", or a Hugging Face config.json (or its directory) or a GGUF file, "
-                        "read without loading weights")
-    p.add_argument("--scheme", default="w2a8kv4", help="the case of the last line")
-    p.add_argument("--context", type=int, default=512, help="context length of the last line")
-    p.add_argument("--out", default="build/perf", help="directory for the plots")
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = C.load(args.config)
     check_output_dir(args.out)  # the plots come last
