@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.memory_plan import BufPlan, CompileError, Region
+from compiler.memory_plan import CompileError, Region
 from compiler.placement import LinearPlan, Placement, Tile
+from compiler.step_buffers import StepBuffers, StepDims, allocate_step
 from compiler.tokens import Access, Op, assign_tokens
 from llmacc import isa
 from llmacc import layout as L
@@ -112,36 +113,6 @@ class _Emitter:
                       out_pitch=out_pitch if rows > 1 else 0, out_mode=lp.mode)
 
 
-@dataclass(frozen=True)
-class StepBuffers:
-    """Word addresses of one step's buffers (``Lowering.allocate``); pairs alternate between
-    layers, heads or tiles so that a load overlaps the use of the other."""
-
-    xin: int  #: embedding records (ACT)
-    x: int  #: the residual, wide rows
-    h: int  #: normed rows
-    hq: int  #: quantized normed rows
-    q: int
-    k: int
-    v: int
-    qq: int  #: quantized queries, one row per head
-    probs: int  #: one head's probabilities
-    o: int  #: attention output, all heads
-    oq: int  #: quantized attention output
-    gate: int  #: w1's output through the fused SiLU, then the SwiGLU product
-    up: int  #: w3's output
-    pq: int  #: the quantized SwiGLU product
-    logit: tuple[int, int]  #: classifier tiles
-    tables: tuple[int, int]  #: per-layer tables (TABLE)
-    final_gamma: int
-    rope: int  #: the rows' RoPE cos/sin (TABLE)
-    k_new: int  #: the step's new K rows, per KV head (KV)
-    v_new: int
-    k_head: tuple[int, int]  #: one KV head's keys
-    v_head: tuple[int, int]
-    slots: dict[str, tuple[int, int]]  #: weight and META tiles (WGT, META)
-
-
 class Lowering:
     """Programs for one placed model."""
 
@@ -151,6 +122,7 @@ class Lowering:
         self.w = placement.w
         mc = im.config
         self.kvp = L.kv_pitch(mc.head_dim, im.kv_bits, self.w)
+        self.dims = StepDims.of_placement(im, placement)
 
     def wide_pitch(self, n: int) -> int:
         """Words of a wide row of ``n`` elements."""
@@ -163,44 +135,7 @@ class Lowering:
     # -- buffers -------------------------------------------------------------------------
     def allocate(self, rows: int, keys: int) -> StepBuffers:
         """Buffer addresses for a step of ``rows`` rows and ``keys`` keys."""
-        mc, w, p, R = self.im.config, self.w, self.p, rows
-        lin = p.linears
-        wide_pitch, qrow_pitch = self.wide_pitch, self.qrow_pitch
-        out_tile = lin["output"].tiles[0].n
-        bp = BufPlan(p.cfg)
-        A, T, KV = Buffer.ACT, Buffer.TABLE, Buffer.KV
-
-        def two(buf: Buffer, words: int, what: str) -> tuple[int, int]:
-            return bp.alloc(buf, words, what), bp.alloc(buf, words, what)
-
-        return StepBuffers(
-            xin=bp.alloc(A, R * p.record_words, "embedding records"),
-            x=bp.alloc(A, R * wide_pitch(mc.dim), "residual"),
-            h=bp.alloc(A, R * wide_pitch(mc.dim), "normed rows"),
-            hq=bp.alloc(A, R * qrow_pitch(max(lin["layers.0.wq"].k, lin["layers.0.w1"].k,
-                                      lin["output"].k)), "quantized normed rows"),
-            q=bp.alloc(A, R * wide_pitch(mc.dim), "queries"),
-            k=bp.alloc(A, R * wide_pitch(mc.kv_dim), "keys"),
-            v=bp.alloc(A, R * wide_pitch(mc.kv_dim), "values"),
-            qq=bp.alloc(A, R * mc.n_heads * qrow_pitch(mc.head_dim), "quantized queries"),
-            probs=bp.alloc(A, R * wide_pitch(keys), f"probabilities ({keys} keys)"),
-            o=bp.alloc(A, R * wide_pitch(mc.dim), "attention output"),
-            oq=bp.alloc(A, R * qrow_pitch(lin["layers.0.wo"].k), "quantized attention output"),
-            gate=bp.alloc(A, R * wide_pitch(mc.hidden_dim), "SiLU(gate)"),
-            up=bp.alloc(A, R * wide_pitch(mc.hidden_dim), "up projection"),
-            pq=bp.alloc(A, R * qrow_pitch(lin["layers.0.w2"].k), "quantized SwiGLU product"),
-            logit=two(A, R * wide_pitch(out_tile), "logits tile"),
-            tables=two(T, p.layer_tables.words, "layer tables"),
-            final_gamma=bp.alloc(T, p.final_gamma.nbytes // w, "final norm gamma"),
-            rope=bp.alloc(T, R * L.rope_pitch(mc.head_dim, w), "RoPE rows"),
-            k_new=bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new K rows"),
-            v_new=bp.alloc(KV, mc.n_kv_heads * R * self.kvp, "new V rows"),
-            k_head=two(KV, keys * self.kvp, f"K of one head ({keys} keys)"),
-            v_head=two(KV, keys * self.kvp, f"V of one head ({keys} keys)"),
-            slots={"wgt": two(Buffer.WGT, p.cfg.buffer_words(Buffer.WGT) // 2, "weight tile"),
-                   "meta": two(Buffer.META, p.cfg.buffer_words(Buffer.META) // 2,
-                               "META tile")},
-        )
+        return allocate_step(self.p.cfg, self.dims, rows, keys)
 
     # -- one step -----------------------------------------------------------------------
     def _step(self, e: _Emitter, rows: int, keys: int, row0: int, decode: bool) -> None:

@@ -50,6 +50,13 @@ class LayerTables:
     q_smooth: int
     words: int
 
+    @classmethod
+    def of(cls, dim: int, kv_dim: int, w: int) -> LayerTables:
+        """Both gamma records, the key centre and reciprocal rows, the query smoothing row."""
+        gp, kp = L.gamma_pitch(dim, w), L.wide_pitch(kv_dim, w)
+        offs = [0, gp, 2 * gp, 2 * gp + kp, 2 * gp + 2 * kp]
+        return cls(*offs, offs[-1] + L.wide_pitch(dim, w))
+
 
 @dataclass
 class Placement:
@@ -105,7 +112,9 @@ def _linears(im: IntModel) -> list[tuple[str, QLinear]]:
     return out + [("output", im.output)]
 
 
-def _tile_rows(cfg: AccelConfig, desc: L.Descriptor, k: int, n: int, name: str) -> int:
+def tile_rows(cfg: AccelConfig, desc: L.Descriptor, k: int, n: int, name: str) -> int:
+    """Output rows of one weight tile of ``name`` [n, k]: what fits half of the WGT and META
+    buffers (the other half holds the next tile)."""
     w = cfg.axi_data_bytes
     wgt_half = cfg.buffer_words(Buffer.WGT) // 2
     meta_half = cfg.buffer_words(Buffer.META) // 2 - L.descriptor_words(w)
@@ -132,7 +141,7 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     shift = q.row_exp + f_in - f_out
     if int(shift.abs().max()) >= 1 << 15:
         raise CompileError(f"{name}: row shift {int(shift.abs().max())} exceeds 16 bits")
-    rows = _tile_rows(cfg, desc, k, n, name)
+    rows = tile_rows(cfg, desc, k, n, name)
     tiles = []
     for t, n0 in enumerate(range(0, n, rows)):
         sl = slice(n0, min(n, n0 + rows))
@@ -174,10 +183,8 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placeme
     linears["output"] = place_linear(ext, cfg, "output", im.output, im.F["final_norm"],
                                      im.F["logits"])
     # Per-layer TABLE block: both gamma records and the key transform rows.
-    dim, kvd = mc.dim, mc.kv_dim
-    gp = L.gamma_pitch(dim, w)
-    offs = [0, gp, 2 * gp, 2 * gp + L.wide_pitch(kvd, w), 2 * gp + 2 * L.wide_pitch(kvd, w)]
-    lt = LayerTables(*offs, offs[-1] + L.wide_pitch(dim, w))
+    dim = mc.dim
+    lt = LayerTables.of(dim, mc.kv_dim, w)
     tables = []
     for i, layer in enumerate(im.layers):
         block = np.concatenate([

@@ -89,3 +89,20 @@ def test_tiles_the_engine_cannot_schedule_are_refused(request):
     im = tiny_int_model(request.config.llmacc_seed, "w3-mixed-a8kv4+2:16", layers=1)
     with pytest.raises(CompileError, match="tap spacing 4"):
         compile_model(im, SMALL, max_len=16)
+
+
+@pytest.mark.parametrize("name", ["w2a8kv4", "w4-mixed-a8kv4+2:4", "w8a8+4:16"])
+def test_the_step_plan_from_shapes_equals_the_placed_models(request, name):
+    """``llmacc perf`` checks a model's buffers from its shapes alone (StepDims.of_shape):
+    they must be the numbers that quantizing and placing the model gives."""
+    from compiler.placement import place
+    from compiler.step_buffers import StepDims
+    from quant import schemes
+
+    seed = request.config.llmacc_seed
+    group = 32 if name.endswith(":16") else 16
+    im = tiny_int_model(seed, name, group=group)
+    mc = im.config
+    from_shapes = StepDims.of_shape(SMALL, schemes.parse(name, group=group), mc.dim,
+                                    mc.hidden_dim, mc.n_heads, mc.n_kv_heads, mc.vocab_size)
+    assert from_shapes == StepDims.of_placement(im, place(im, SMALL)), f"seed {seed}"
