@@ -32,11 +32,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compiler.memory_plan import CompileError
+from compiler.placement import tile_rows
+from compiler.step_buffers import StepDims, allocate_step
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import AttnFunc, Opcode, WeightFormat
 from quant import schemes
+from quant.weight_quant import padded_width
 from sim import compute_timing
 from sim.cycle_model import load_row_cycles
 from sim.model_shapes import MODELS as MODELS
@@ -153,23 +157,57 @@ def visible_keys(scheme: schemes.Scheme, context: int) -> int:
     return context
 
 
+def _linears(shape: ModelShape) -> tuple[tuple[str, int, int], ...]:
+    """Each decoder layer's weight matrices: (name, K, N)."""
+    kv = shape.kv_heads * shape.head_dim
+    return (("wq", shape.dim, shape.dim), ("wk", shape.dim, kv), ("wv", shape.dim, kv),
+            ("wo", shape.dim, shape.dim), ("w1", shape.dim, shape.hidden),
+            ("w3", shape.dim, shape.hidden), ("w2", shape.hidden, shape.dim))
+
+
 def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
          context: int) -> Estimate:
     """One step of ``rows`` new tokens at ``context`` keys: every layer, then the LM head."""
     scheme = schemes.parse(scheme_name)
-    kv = shape.kv_heads * shape.head_dim
-    ops = []
-    for name, k, n in (("wq", shape.dim, shape.dim), ("wk", shape.dim, kv),
-                       ("wv", shape.dim, kv), ("wo", shape.dim, shape.dim),
-                       ("w1", shape.dim, shape.hidden), ("w3", shape.dim, shape.hidden),
-                       ("w2", shape.hidden, shape.dim)):
-        ops.append(linear(cfg, scheme, name, k, n, rows))
+    ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
     head = linear(cfg, scheme, "lm_head", shape.dim, shape.vocab, 1)
     every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
                            o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
                            o.rtl_cycles * shape.layers) for o in ops) + (head,)
     return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9, rows)
+
+
+def check_fits(cfg: AccelConfig, shape: ModelShape, scheme_name: str, context: int) -> None:
+    """Refuse, naming the buffer and by how much, a model the configuration cannot hold: a
+    weight row wider than half of the WGT or META buffer, a decode step at ``context`` keys
+    (rounded up to the decode bucket) that overflows an on-chip buffer, or weights, embedding
+    and KV cache beyond the external memory. The compiler's own plan decides each, from the
+    shapes alone."""
+    scheme = schemes.parse(scheme_name)
+    where = f"{shape.name} under {scheme_name} on config {cfg.name}"
+    keys = min(cfg.max_seq_len, -(-context // cfg.decode_bucket) * cfg.decode_bucket)
+    try:
+        dims = StepDims.of_shape(cfg, scheme, shape.dim, shape.hidden, shape.heads,
+                                 shape.kv_heads, shape.vocab)
+        desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
+        block = scheme.sparsity[1] if scheme.sparsity else 1
+        for name, k, n in _linears(shape):
+            tile_rows(cfg, desc, padded_width(k, scheme.group, block), n, name)
+        allocate_step(cfg, dims, 1, keys)
+    except CompileError as exc:
+        raise ModelShapeError(f"{where}: {exc}") from None
+    w = cfg.axi_data_bytes
+    need = (decode(cfg, shape, scheme_name, 1).bytes
+            + shape.vocab * L.embed_pitch(shape.dim, scheme.group, w) * w
+            + 2 * shape.layers * shape.kv_heads * context * L.kv_pitch(shape.head_dim,
+                                                                       dims.kv_bits, w) * w)
+    have = cfg.mem_channels * cfg.channel_bytes
+    if need > have:
+        raise ModelShapeError(f"{where}: external memory: weights, embedding and the KV cache "
+                              f"of {context} tokens need at least {need / 2**30:.2f} GiB, the "
+                              f"{cfg.mem_channels} channels hold {have / 2**30:.2f} GiB "
+                              f"({(need - have) / 2**30:.2f} GiB short)")
 
 
 def decode(cfg: AccelConfig, shape: ModelShape, scheme: str, context: int) -> Estimate:

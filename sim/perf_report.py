@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     shape = P.model_shape(args.model)
     if not 1 <= args.context <= cfg.max_seq_len:
         raise ValueError(f"--context {args.context}: {cfg.name} supports 1..{cfg.max_seq_len}")
+    P.check_fits(cfg, shape, args.scheme, args.context)
     schemes = list(dict.fromkeys([args.scheme, *SCHEMES]))
     print(f"{shape.name} on {cfg.name}: {cfg.clock_mhz:g} MHz, {cfg.mem_channels} channels x "
           f"{cfg.channel_gbps:g} GB/s = {cfg.mem_bandwidth_gbps:g} GB/s, "

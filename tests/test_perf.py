@@ -107,3 +107,21 @@ def test_perf_reads_shapes_from_a_config_or_gguf_without_weights(tmp_path, capsy
     (hf / "config.json").write_text("{}")
     assert cli.main(["perf", "--model", str(hf)]) == 2
     assert "config.json lacks or mistypes 'num_attention_heads'" in capsys.readouterr().err
+
+
+def test_a_model_the_config_cannot_hold_names_the_buffer_and_by_how_much(tmp_path, capsys):
+    """perf priced LLaMA2-7B on sim-small, and LLaMA2-70B on a U280 (8 GiB of HBM), without a
+    word; the compiler would refuse both."""
+    u280 = preset("u280")
+    P.check_fits(u280, SHAPE, "w2a8kv4", 2048)  # the reference case fits
+    with pytest.raises(P.ModelShapeError, match=r"w2: one weight row of K = 11008 .* does "
+                                                r"not fit half of the buffers of config sim-small"):
+        P.check_fits(preset("sim-small"), SHAPE, "w2a8kv4", 512)
+    small_table = u280.replace(table_buffer_bytes=128 * 1024)
+    with pytest.raises(P.ModelShapeError, match=r"TABLE buffer: layer tables needs 1026 words "
+                                                r"but only 1022 of 2048 are free"):
+        P.check_fits(small_table, SHAPE, "w2a8kv4", 512)
+    assert cli.main(["perf", "--model", "llama2-70b", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "external memory" in err and "GiB short" in err, err
+    assert not (tmp_path / "p").exists()
