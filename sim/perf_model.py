@@ -30,7 +30,7 @@ The published anchors printed beside ours: FlightLLM 55 tok/s on the U280 for LL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from compiler.memory_plan import CompileError
 from compiler.placement import tile_rows
@@ -171,7 +171,9 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
     scheme = schemes.parse(scheme_name)
     ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
-    head = linear(cfg, scheme, "lm_head", shape.dim, shape.vocab, 1)
+    # the classifier is quantized as the embedding is (quant.quantize), dense
+    classifier = replace(scheme, weight_fmt=scheme.embed_fmt, sparsity=None)
+    head = linear(cfg, classifier, "lm_head", shape.dim, shape.vocab, 1)
     every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
                            o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
                            o.rtl_cycles * shape.layers) for o in ops) + (head,)

@@ -125,3 +125,14 @@ def test_a_model_the_config_cannot_hold_names_the_buffer_and_by_how_much(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "external memory" in err and "GiB short" in err, err
     assert not (tmp_path / "p").exists()
+
+
+def test_the_lm_head_is_priced_as_the_quantizer_makes_it():
+    """The classifier is INT8 and dense under every scheme (quant.quantize); perf priced it in
+    the scheme's format, so W2's roofline was 184.5 tok/s at context 512, not 177.8."""
+    u280 = preset("u280")
+    heads = {s: P.decode(u280, SHAPE, s, 512).operators[-1]
+             for s in ("w2a8kv4", "w4a8", "w2a8kv4+4:16", "w8a8")}
+    assert len({(op.name, op.bytes, op.mem_cycles) for op in heads.values()}) == 1, heads
+    assert heads["w8a8"] == P.linear(u280, P.schemes.parse("w8a8"), "lm_head", SHAPE.dim,
+                                     SHAPE.vocab, 1)
