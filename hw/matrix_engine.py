@@ -29,7 +29,7 @@ from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
 from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
-from hw.weight_decode import decode_operand
+from hw.weight_decode import decode_code, decode_row
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 from llmacc.kernel import RESULT_STAGES, chain_latency
@@ -120,9 +120,11 @@ class EngineLane(wiring.Component):
         side_in = Signal(lane_side(slots := self.n // self.group))
         m.d.comb += [side_in.mant.eq(inp.mant), side_in.shift.eq(inp.shift)]
         side = delay(m, side_in, self.latency, en, "side")  # meets the beat's slot sums
+        rows = [decode_row(inp.fmt, inp.aux[j]) for j in range(slots)]  # once per slot
+        int8 = inp.fmt == WeightFormat.INT8
         for k in range(self.n):
-            m.d.comb += chain.inp.ops[k].eq(decode_operand(
-                inp.codes[k], inp.fmt, inp.aux[k // self.group]))
+            m.d.comb += chain.inp.ops[k].eq(decode_code(inp.codes[k], int8,
+                                                        *rows[k // self.group]))
         gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), slots))
         acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
         step = en & tap.valid
