@@ -131,10 +131,11 @@ def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
     return {"BRAM36": bram, "URAM": uram}
 
 
-def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
-           ) -> dict[str, float]:
+def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
+           only: str | None = None) -> dict[str, float]:
     """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
-    with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates)."""
+    with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates). ``only``:
+    just the blocks whose names start with it, and no estimate (it would be partial)."""
     from hw.dsp48e2 import DspPrimitives
 
     columns = MAPPED if mapped else UNMAPPED
@@ -143,6 +144,9 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
     print("|---" * (len(columns) + 3) + "|", file=out)
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, component, count) in enumerate(blocks(cfg, whole_top)):
+            if only is not None and not name.startswith(only):
+                component._MustUse__silence = True  # not synthesised this time
+                continue
             start = time.perf_counter()
             cells = yosys_cells(component, f"block{index}", Path(tmp),
                                 stop=None if mapped else STOP, platform=DspPrimitives())
@@ -152,6 +156,8 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout
                 estimate[k] += count * row[k]
             print(f"| {name} | {count or '-'} | " + " | ".join(_num(row[k]) for k in columns)
                   + f" | {took:.0f} |", file=out, flush=True)
+    if only is not None:
+        return estimate
     estimate.update({k: estimate[k] + v for k, v in buffer_estimate(cfg).items()})
     print(f"| **{cfg.name} estimate** (blocks x count + buffers) | | " + " | ".join(
         _num(estimate[k]) for k in columns) + " | |", file=out)
@@ -189,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unmapped", action="store_true",
                    help="use the pip yosys up to LUT mapping even when the system yosys is "
                    "present")
+    p.add_argument("--only", default=None, metavar="NAME",
+                   help="only the blocks whose names start with NAME (e.g. 'engine lane'); "
+                   "prints their rows and no estimate")
     args = p.parse_args(argv)
     cfg = config.load(args.config)
     mapped = not args.unmapped and system_yosys() is not None
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     print("DSP elements are DSP48E2 instances (hw/dsp48e2.py: DspPrimitives) with their "
           "registers and post-adder inside, as Vivado packs them: yosys packs neither for "
           "UltraScale+")
+    if args.only is not None:
+        report(cfg, False, mapped, only=args.only)
+        return 0
     estimate = report(cfg, False, mapped)
     if args.whole_top:
         small = config.load(args.whole_top)
