@@ -410,10 +410,14 @@ def save_hf(ckpt: Checkpoint, directory: str | Path) -> None:
 
 
 def load(path: str | Path) -> Checkpoint:
-    """Load a llama2.c ``.bin`` file or a Hugging Face directory."""
+    """Load a llama2.c ``.bin`` file, a Hugging Face directory or a GGUF file."""
     path = Path(path)
     if path.is_dir():
         return load_hf(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model file or directory")
+    if path.suffix == ".gguf":
+        from quant.gguf_import import load_gguf  # it builds on this module
+
+        return load_gguf(path)
     return load_llama2c(path)
