@@ -14,11 +14,13 @@ from compiler import package
 from compiler.compile import compile_model
 from llmacc import config
 from quant import commands as quantize_command
+from quant import tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     package.check_output(args.output, args.force)  # before minutes of quantization
+    args.tokenizer = tokenizer.path_for(args.tokenizer, args.model)
     start = time.perf_counter()
     if args.quantized:
         if args.model or args.scheme:

@@ -5,7 +5,8 @@
     PACKAGE/image.bin       external-memory image (weight tiles, META records, tables)
     PACKAGE/programs.bin    every bucket's instruction words, back to back
     PACKAGE/intref.pt       the integer reference model (tensors only; loaded weights-only)
-    PACKAGE/tokenizer.bin   the tokenizer, when one was given
+    PACKAGE/tokenizer.*     the tokenizer, when one was given (.bin, .model, or .gguf: a
+                            GGUF model's tokenizer metadata alone)
 
 Loading checks the manifest's own digest (a SHA-256 over its canonical JSON, which holds every
 file's SHA-256: an edited manifest or a swapped file is refused), the format and ISA versions,
@@ -30,6 +31,7 @@ from llmacc import __version__, isa
 from llmacc.config import AccelConfig, ConfigError
 from llmacc.paths import check_output_dir
 from quant import intref
+from quant.tokenizer import STORED_SUFFIXES, stored_form
 
 FORMAT = "llmacc-package"
 FORMAT_VERSION = 2  #: 2: the manifest carries its own digest
@@ -90,7 +92,8 @@ def save(cm: CompiledModel, path: str | Path, scheme: str = "", tokenizer: str |
     blobs = {"image.bin": bytes(image), "programs.bin": bytes(programs),
              "intref.pt": state.getvalue()}
     if tokenizer is not None:
-        blobs["tokenizer.bin"] = Path(tokenizer).read_bytes()
+        name, blob = stored_form(tokenizer)
+        blobs[name] = blob
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -194,5 +197,6 @@ def load(path: str | Path) -> tuple[CompiledModel, dict]:
 
 def tokenizer_path(root: str | Path) -> Path | None:
     """The package's tokenizer (checked by :func:`load`), if it has one."""
-    path = Path(root) / "tokenizer.bin"
-    return path if path.is_file() else None
+    found = [p for p in (Path(root) / f"tokenizer{suffix}" for suffix in STORED_SUFFIXES)
+             if p.is_file()]
+    return found[0] if found else None

@@ -14,11 +14,14 @@ from quant import schemes
 MODES = ("float", "fake", "int")  #: what ``llmacc eval --mode`` scores
 CALIB_STORIES = 512  #: fine-tuning stories; GPTQ uses the last quarter
 SAMPLED_CALIB = 64  #: self-generated calibration sequences when no text is given
+MODEL_HELP = "llama2.c .bin, Hugging Face directory or GGUF file"
+TOKENIZER_HELP = ("llama2.c tokenizer .bin, sentencepiece .model or a GGUF file (default: the "
+                  "one in a GGUF --model)")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="llama2.c .bin or Hugging Face directory")
-    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
     p.add_argument("--text", required=True, help="text file; stories separated by blank lines")
     p.add_argument("--scheme", default="float",
                    help="preset[+N:M][+lambdaSINK:WINDOW]; presets: " + ", ".join(
@@ -44,8 +47,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint, tokenizer, scheme and calibration options of quantize and compile."""
-    p.add_argument("--model", help="llama2.c .bin or Hugging Face directory")
-    p.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin or .model")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
     p.add_argument("--scheme", help="quantization scheme preset[+N:M][+lambdaSINK:WINDOW]; "
                                     "presets: " + ", ".join(schemes.PRESETS))
     p.add_argument("--calib-text", default=None,

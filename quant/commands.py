@@ -27,8 +27,9 @@ def quantize(args: argparse.Namespace) -> intref.IntModel:
     """The integer model of ``args.model`` under ``args.scheme`` (both required)."""
     if not args.model or not args.scheme:
         raise ValueError("give --model and --scheme (or --quantized FILE to llmacc compile)")
+    tok_path = tokenizer.path_for(args.tokenizer, args.model)
     ckpt = checkpoint.load(args.model)
-    tok = tokenizer.load(args.tokenizer, ckpt.config.vocab_size)
+    tok = tokenizer.load(tok_path, ckpt.config.vocab_size)
     scheme = schemes.parse(args.scheme, args.group, args.finetune_steps)
     if not scheme.quantized:
         raise ValueError("the accelerator runs quantized schemes; 'float' cannot be quantized "

@@ -211,6 +211,7 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
+    args.tokenizer = tokenizer.path_for(args.tokenizer, args.model)  # before any work
     if args.table:
         check_output_file(args.table, " (.md)")  # before hours of scoring
         names = [n for n in schemes.PRESETS if n != "float"]

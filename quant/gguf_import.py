@@ -22,6 +22,10 @@ GGUF_NAMES = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output
               "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
 
 
+#: GGUF token types kept whole by a tokenizer: control and user-defined tokens.
+GGUF_CONTROL = (3, 4)
+
+
 class _Metadata:
     """The GGUF key-value metadata, each read refused with the file and the key."""
 
@@ -47,6 +51,11 @@ def _reader(path: Path):
         return GGUFReader(path)
     except Exception as exc:  # noqa: BLE001 - the reader raises many kinds on a bad file
         raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from None
+
+
+def metadata(path: str | Path) -> _Metadata:
+    """The key-value metadata of a GGUF file."""
+    return _Metadata(_reader(Path(path)), Path(path))
 
 
 def _config(meta: _Metadata, vocab_rows: int, tied: bool) -> ModelConfig:

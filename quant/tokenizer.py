@@ -173,9 +173,14 @@ def load_sentencepiece(path: str | Path) -> Tokenizer:
 
 
 def load(path: str | Path, vocab_size: int) -> Tokenizer:
-    """A llama2.c ``.bin`` tokenizer, or a sentencepiece ``.model``."""
+    """A llama2.c ``.bin`` tokenizer, a sentencepiece ``.model``, or the one in a GGUF
+    model file."""
     path = Path(path)
-    if path.suffix == ".model":
+    if path.suffix == ".gguf":
+        from quant.gguf_tokenizer import load_gguf_tokenizer  # it builds on this module
+
+        tok = load_gguf_tokenizer(path)
+    elif path.suffix == ".model":
         tok = load_sentencepiece(path)
     else:
         tok = load_llama2c_tokenizer(path, vocab_size)
@@ -183,3 +188,32 @@ def load(path: str | Path, vocab_size: int) -> Tokenizer:
         raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} pieces, the model "
                               f"{vocab_size}")
     return tok
+
+
+def path_for(tokenizer: str | Path | None, model: str | Path | None) -> Path:
+    """The tokenizer to use: ``tokenizer`` when given, else the one a GGUF ``model`` holds."""
+    if tokenizer:
+        return Path(tokenizer)
+    if model and Path(model).suffix == ".gguf":
+        return Path(model)
+    raise CheckpointError("give --tokenizer (only a GGUF --model carries its own)")
+
+
+#: The tokenizer files a package may hold: ``tokenizer`` with one of these suffixes.
+STORED_SUFFIXES = (".bin", ".model", ".gguf")
+
+
+def stored_form(path: str | Path) -> tuple[str, bytes]:
+    """The file name and bytes under which a package keeps the tokenizer at ``path``: the
+    file itself, or for a GGUF model a GGUF file of its tokenizer metadata alone."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from quant.gguf_tokenizer import tokenizer_only_gguf
+
+        return "tokenizer.gguf", tokenizer_only_gguf(path)
+    try:
+        suffix = path.suffix if path.suffix in STORED_SUFFIXES else ".bin"  # llama2.c's
+        return f"tokenizer{suffix}", path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the tokenizer ({exc.strerror})") from None
+

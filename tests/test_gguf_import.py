@@ -15,11 +15,20 @@ from tests.helpers.models import tiny_checkpoint
 gguf = pytest.importorskip("gguf")
 
 
-def _write(path, ckpt, qtype, tied: bool = True, arch: str = "llama", drop: str = ""):
+def _write(path, ckpt, qtype, tied: bool = True, arch: str = "llama", drop: str = "",
+           tokens: list[str] | None = None):
     """``ckpt`` as llama.cpp's converter writes it: q/k rows already interleaved, linear
-    weights in ``qtype``, norms in F32."""
+    weights in ``qtype``, norms in F32; ``tokens``: a byte-level vocabulary with no merges."""
     c = ckpt.config
     w = gguf.GGUFWriter(str(path), arch)
+    if tokens is not None:
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(tokens)
+        w.add_token_types([3] * 3 + [1] * (len(tokens) - 3))
+        w.add_token_merges([])
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(1)
+        w.add_add_bos_token(True)
     w.add_context_length(c.seq_len)
     w.add_embedding_length(c.dim)
     w.add_block_count(c.n_layers)
@@ -94,3 +103,99 @@ def test_bad_gguf_files_are_refused_with_one_line(tmp_path, seed):
         with pytest.raises(CheckpointError, match="not a readable GGUF file|truncated") as exc:
             checkpoint.load(tmp_path / name)
         assert "\n" not in str(exc.value)
+
+
+def _tokenizer_gguf(path, kind: str, tokens, types, **extra):
+    """A GGUF file holding only a tokenizer's metadata (and one tiny tensor)."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model(kind)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_bos_token_id(extra.pop("bos", 1))
+    w.add_eos_token_id(extra.pop("eos", 2))
+    if "merges" in extra:
+        w.add_token_merges(extra.pop("merges"))
+        w.add_add_bos_token(False)
+    if "scores" in extra:
+        w.add_token_scores(extra.pop("scores"))
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+TEXTS = ["the theme then", " the  in a\tthe\n", "<|im_start|>user\nthe<|im_end|>", "",
+         "caf\u00e9 na\u00efve \u65e5\u672c \U0001f642"]
+
+
+def test_byte_level_gguf_tokenizer_equals_transformers(tmp_path):
+    """A GPT-2-style vocabulary (bytes, merges, control tokens) encodes as transformers'
+    own GGUF tokenizer does, and decodes back to the text."""
+    from quant import tokenizer
+    from quant.gguf_tokenizer import _byte_alphabet
+
+    transformers = pytest.importorskip("transformers")
+    control = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["\u0120 t", "h e", "\u0120t he", "i n", "\u0120 a", "t he", "\u0120the m", "e n"]
+    tokens = control + sorted(_byte_alphabet(), key=_byte_alphabet().get)
+    tokens += [m.replace(" ", "") for m in merges]
+    path = tmp_path / "bpe.gguf"
+    _tokenizer_gguf(path, "gpt2", tokens, [3] * 3 + [1] * (len(tokens) - 3), merges=merges)
+    ours = tokenizer.load(path, len(tokens))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in TEXTS:
+        ids = ours.encode(text, bos=False)
+        assert ids == theirs(text, add_special_tokens=False)["input_ids"], text
+        if "<|" not in text:
+            assert ours.decode(ids) == text
+    assert ours.encode("the")[:1] != [ours.bos]  # this vocabulary adds no BOS
+    with pytest.raises(CheckpointError, match=f"tokenizer has {len(tokens)} pieces, the model 999"):
+        tokenizer.load(path, 999)
+
+
+def test_sentencepiece_gguf_tokenizer_equals_llama2c(tmp_path):
+    """A LLaMA-style vocabulary (pieces and scores, ``\u2581`` for spaces) in GGUF encodes as
+    the same vocabulary does from llama2.c's tokenizer file."""
+    from quant import tokenizer
+    from tests.helpers.models import TEXT, TOKENIZER, need_shared
+
+    need_shared()
+    ref = tokenizer.load(TOKENIZER, 512)
+    path = tmp_path / "spm.gguf"
+    _tokenizer_gguf(path, "llama", [p.replace(" ", "\u2581") for p in ref.pieces],
+                    [1] * len(ref.pieces), scores=ref.scores)
+    ours = tokenizer.load(path, 512)
+    text = TEXT.read_text()[:4000]
+    assert ours.encode(text) == ref.encode(text)
+    assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text))
+
+
+def test_a_gguf_model_needs_no_tokenizer_flag_and_packages_keep_its_tokenizer(tmp_path, seed,
+                                                                              capsys):
+    """quantize and compile take a GGUF --model alone; the package keeps the tokenizer's
+    metadata (not the model's weights) and loads it back; without a GGUF model, --tokenizer
+    is asked for before any work."""
+    from compiler import package
+    from llmacc import cli
+    from quant import tokenizer
+    from quant.gguf_tokenizer import _byte_alphabet
+
+    ckpt = tiny_checkpoint(seed, dim=64, hidden=96, heads=4, kv_heads=2, vocab=259)
+    path = tmp_path / "tiny.gguf"
+    _write(path, ckpt, gguf.GGMLQuantizationType.F32, tokens=["<s>", "</s>", "<pad>", *sorted(
+        _byte_alphabet(), key=_byte_alphabet().get)])
+    pkg = tmp_path / "pkg"
+    assert cli.main(["compile", "--model", str(path), "--scheme", "w8a8", "--config",
+                     "sim-small", "-o", str(pkg), "--calib-stories", "2", "--finetune-steps",
+                     "0", "--no-progress", "--prefill-bucket", "16", "--decode-bucket", "16",
+                     "--max-len", "32"]) == 0
+    stored = package.tokenizer_path(pkg)
+    assert stored.name == "tokenizer.gguf" and stored.stat().st_size < path.stat().st_size / 4
+    text = "caf\u00e9 \U0001f642 ok"
+    assert tokenizer.load(stored, 259).encode(text) == tokenizer.load(path, 259).encode(text)
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"")
+    assert cli.main(["quantize", "--model", str(model), "--scheme", "w8a8",
+                     "-o", str(tmp_path / "q.pt")]) == 2
+    assert "give --tokenizer" in capsys.readouterr().err  # not the empty model file
