@@ -58,13 +58,34 @@ def metadata(path: str | Path) -> _Metadata:
     return _Metadata(_reader(Path(path)), Path(path))
 
 
-def _config(meta: _Metadata, vocab_rows: int, tied: bool) -> ModelConfig:
+def _shape(meta: _Metadata, tensors: dict) -> dict[str, int]:
+    """The LLaMA shapes in the metadata (the vocabulary, if unsaid, from the embedding's
+    rows); anything but the LLaMA architecture refused."""
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{meta.path}: GGUF architecture {arch!r} is not supported "
                               "(LLaMA decoders only)")
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError(f"{meta.path}: tensor token_embd.weight is missing")
     heads = int(meta.get("llama.attention.head_count"))
-    dim = int(meta.get("llama.embedding_length"))
+    return {"dim": int(meta.get("llama.embedding_length")),
+            "hidden": int(meta.get("llama.feed_forward_length")),
+            "layers": int(meta.get("llama.block_count")), "heads": heads,
+            "kv_heads": int(meta.get("llama.attention.head_count_kv", heads)),
+            "vocab": int(meta.get("llama.vocab_size",
+                                  int(tensors["token_embd.weight"].shape[-1])))}
+
+
+def gguf_shape(path: str | Path) -> dict[str, int]:
+    """A LLaMA GGUF file's shapes (dim, hidden, layers, heads, kv_heads, vocab), read
+    without any tensor's data (``llmacc perf --model FILE.gguf``)."""
+    reader = _reader(Path(path))
+    return _shape(_Metadata(reader, Path(path)), {t.name: t for t in reader.tensors})
+
+
+def _config(meta: _Metadata, tensors: dict) -> ModelConfig:
+    shape = _shape(meta, tensors)
+    dim, heads = shape["dim"], shape["heads"]
     rope_dims = int(meta.get("llama.rope.dimension_count", dim // heads))
     if rope_dims != dim // heads:
         raise CheckpointError(f"{meta.path}: RoPE over {rope_dims} of {dim // heads} head "
@@ -76,14 +97,12 @@ def _config(meta: _Metadata, vocab_rows: int, tied: bool) -> ModelConfig:
     rope = {"rope_type": "linear", "rope_factor": float(meta.get(
         "llama.rope.scaling.factor"))} if scaling == "linear" else {}
     return ModelConfig(
-        dim=dim, hidden_dim=int(meta.get("llama.feed_forward_length")),
-        n_layers=int(meta.get("llama.block_count")), n_heads=heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
-        vocab_size=int(meta.get("llama.vocab_size", vocab_rows)),
+        dim=dim, hidden_dim=shape["hidden"], n_layers=shape["layers"], n_heads=heads,
+        n_kv_heads=shape["kv_heads"], vocab_size=shape["vocab"],
         seq_len=int(meta.get("llama.context_length")),
         norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-        shared_classifier=tied, **rope,
+        shared_classifier="output.weight" not in tensors, **rope,
     ).validate(str(meta.path))
 
 
@@ -114,10 +133,7 @@ def load_gguf(path: str | Path) -> Checkpoint:
     if "rope_freqs.weight" in tensors:
         raise CheckpointError(f"{path}: per-frequency RoPE factors (rope_freqs.weight, as "
                               "LLaMA-3.1 GGUF files carry) are not supported")
-    if "token_embd.weight" not in tensors:
-        raise CheckpointError(f"{path}: tensor token_embd.weight is missing")
-    tied = "output.weight" not in tensors
-    cfg = _config(_Metadata(reader, path), int(tensors["token_embd.weight"].shape[-1]), tied)
+    cfg = _config(_Metadata(reader, path), tensors)
     used: set[str] = set()
 
     def get(name: str) -> torch.Tensor:
@@ -130,7 +146,7 @@ def load_gguf(path: str | Path) -> Checkpoint:
     for i in range(cfg.n_layers):
         for ours, theirs in GGUF_NAMES.items():
             w[f"layers.{i}.{ours}"] = get(f"blk.{i}.{theirs}.weight")
-    w["output"] = w["tok_embeddings"] if tied else get("output.weight")
+    w["output"] = w["tok_embeddings"] if cfg.shared_classifier else get("output.weight")
     unknown = sorted(set(tensors) - used)
     if unknown:
         raise CheckpointError(f"{path}: tensor {unknown[0]} is not part of a LLaMA decoder "

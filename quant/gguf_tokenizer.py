@@ -33,7 +33,7 @@ class ByteLevelTokenizer:
 
     def __init__(self, tokens: list[str], merges: list[str], control: list[int], bos: int,
                  eos: int, add_bos: bool):
-        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -43,7 +43,6 @@ class ByteLevelTokenizer:
             raise CheckpointError(f"byte-level BPE vocabulary does not build ({exc})") from None
         self.hf = HFTokenizer(bpe)
         self.hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        self.hf.decoder = decoders.ByteLevel()
         self.hf.add_special_tokens([AddedToken(tokens[i], special=True) for i in control])
         self.tokens, self.bos, self.eos, self.add_bos = tokens, bos, eos, add_bos
         self.control = set(control)

@@ -1,8 +1,8 @@
 """The shapes of LLaMA-family models, by name or read from a model file without its weights.
 
 ``llmacc perf`` prices these shapes (:mod:`sim.perf_model`); this module is plain Python (the
-``gguf`` reader is imported only for a GGUF file), so the command line lists the known models
-in ``--help`` without loading torch.
+GGUF reader, :mod:`quant.gguf_import`, is imported only for a GGUF file), so the command line
+lists the known models in ``--help`` without loading torch.
 """
 
 from __future__ import annotations
@@ -58,42 +58,16 @@ def _shape_from_hf_config(path: Path) -> ModelShape:
 
 
 def _shape_from_gguf(path: Path) -> ModelShape:
-    """The shapes in a GGUF file's metadata (the ``gguf`` package; no tensor is read)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise ModelShapeError(f"{path}: reading GGUF needs the gguf package "
-                              "(pip install gguf)") from None
-    try:
-        reader = GGUFReader(path)
-    except (OSError, ValueError) as exc:
-        raise ModelShapeError(f"{path}: not a readable GGUF file ({exc})") from None
+    """The shapes in a GGUF file's metadata (``quant.gguf_import``; no tensor is read)."""
+    from quant.checkpoint import CheckpointError
+    from quant.gguf_import import gguf_shape
 
-    def field(key: str) -> int:
-        f = reader.fields.get(key)
-        if f is None:
-            raise ModelShapeError(f"{path}: GGUF metadata has no {key}")
-        return int(f.parts[f.data[0]][0])
-
-    arch_field = reader.fields.get("general.architecture")
-    if arch_field is None:
-        raise ModelShapeError(f"{path}: GGUF metadata has no general.architecture")
-    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-    if arch != "llama":
-        raise ModelShapeError(f"{path}: architecture {arch!r} is not LLaMA")
-    heads = field("llama.attention.head_count")
-    kv = field("llama.attention.head_count_kv") if "llama.attention.head_count_kv" in \
-        reader.fields else heads
-    vocab_key = "llama.vocab_size"
-    if vocab_key in reader.fields:
-        vocab = field(vocab_key)
-    else:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        if tokens is None:
-            raise ModelShapeError(f"{path}: GGUF metadata has no vocabulary size")
-        vocab = len(tokens.data)
-    return ModelShape(path.stem, field("llama.embedding_length"), field("llama.block_count"),
-                      heads, kv, field("llama.feed_forward_length"), vocab)
+    try:
+        s = gguf_shape(path)
+    except CheckpointError as exc:
+        raise ModelShapeError(str(exc)) from None
+    return ModelShape(path.stem, s["dim"], s["layers"], s["heads"], s["kv_heads"], s["hidden"],
+                      s["vocab"])
 
 
 def model_shape(name_or_path: str) -> ModelShape:
