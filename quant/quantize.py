@@ -127,13 +127,30 @@ class QuantizedModel:
         return bits / max(params, 1)
 
 
-def _int8(w: Tensor, group: int) -> QLinear:
-    return quantize_matrix(w, "int8", (N.WDType.INT8,), group, gptq=False, clip=False)
+def compute_device(name: str) -> torch.device:
+    """The torch device ``--device`` names, or a one-line error where this machine has none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: the quantizer runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    return device
+
+
+def _int8(w: Tensor, group: int, device: torch.device) -> QLinear:
+    return quantize_matrix(w, "int8", (N.WDType.INT8,), group, gptq=False, clip=False,
+                           device=device)
 
 
 def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = None,
-             progress=None) -> QuantizedModel:
-    """Quantize ``ckpt`` with ``scheme``; ``calib`` token sequences enable GPTQ and Wanda."""
+             progress=None, device: str | torch.device = "cpu") -> QuantizedModel:
+    """Quantize ``ckpt`` with ``scheme``; ``calib`` token sequences enable GPTQ and Wanda.
+    The weight quantizer (type and clipping search, GPTQ) runs on ``device``."""
+    device = compute_device(str(device))
     cfg = ckpt.config
     norms = {k: v for k, v in ckpt.weights.items() if k.endswith("norm")}
     qm = QuantizedModel(cfg, scheme, {}, norms, ckpt.source, calib=calib)
@@ -166,12 +183,12 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
         qm.linears[name] = quantize_matrix(
             w, scheme.weight_fmt, scheme.dtypes, scheme.group,
             hessian=None if st is None else st.hessian, keep=keep, sparsity=scheme.sparsity,
-            gptq=scheme.gptq)
+            gptq=scheme.gptq, device=device)
         done_weights += w.numel()
         if progress is not None:
             progress(done_weights, total)
-    emb = _int8(ckpt.weights["tok_embeddings"], scheme.group)
+    emb = _int8(ckpt.weights["tok_embeddings"], scheme.group, device)
     qm.linears["tok_embeddings"] = emb
     qm.linears["output"] = emb if cfg.shared_classifier else _int8(ckpt.weights["output"],
-                                                                   scheme.group)
+                                                                   scheme.group, device)
     return qm

@@ -6,13 +6,40 @@ import torch
 from llmacc import numerics as N
 from quant import schemes
 from quant.sparsity import nm_mask, prune_mask
-from quant.weight_quant import fit_group, quantize_matrix
+from quant.weight_quant import Grid, fit_group, quantize_matrix
 
 T = N.WDType
 
 
 def _weighted_error(w, q, h):
     return float(((w - q) ** 2 * h).sum())
+
+
+def _tables():
+    """Every grid the search rounds to: the mixed types (unsorted, a repeated zero), INT8 and
+    W2 under each zero point."""
+    yield from (torch.tensor(N.code_table(t), dtype=torch.float64) for t in N.MIXED4_TYPES)
+    yield from (torch.tensor(N.code_table(t), dtype=torch.float64) for t in N.MIXED3_TYPES)
+    yield torch.arange(-N.ACT_MAX, N.ACT_MAX + 1, dtype=torch.float64)
+    yield from (torch.arange(4, dtype=torch.float64) - z for z in range(4))
+
+
+def test_grid_search_equals_the_argmin_of_distances(seed):
+    """The binary search names the entry argmin(|x - v|) names, ties included (exact
+    midpoints, table values, a repeated zero), for one table and for a table per row."""
+    g = torch.Generator().manual_seed(seed)
+    tables = list(_tables())
+    for table in tables:
+        mids = (table.sort().values[1:] + table.sort().values[:-1]) / 2
+        x = torch.cat([torch.randn(300, generator=g, dtype=torch.float64) * table.abs().max(),
+                       mids, table, mids + 1e-12, mids - 1e-12]).reshape(1, -1)
+        want = torch.argmin((x.unsqueeze(-1) - table).abs(), dim=-1)
+        assert torch.equal(Grid.of(table.reshape(1, -1)).index(x), want), table.tolist()
+    per_row = torch.stack([t for t in tables if len(t) == 8])
+    x = torch.randn(len(per_row), 50, generator=g, dtype=torch.float64) * 4
+    x[:, :10] = torch.round(x[:, :10] * 2) / 2  # on the grids and their midpoints
+    want = torch.argmin((x.unsqueeze(-1) - per_row.unsqueeze(1)).abs(), dim=-1)
+    assert torch.equal(Grid.of(per_row).index(x), want)
 
 
 def test_mixed_search_picks_the_type_a_group_was_drawn_from(seed):
@@ -161,3 +188,15 @@ def test_progress_counts_weights_from_the_start_of_quantization(seed):
                 for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
     assert calls[0] == (0, total) and calls[-1] == (total, total), (calls[:2], calls[-1])
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_device_names_are_checked_before_any_work():
+    from quant.quantize import compute_device
+
+    assert compute_device("cpu").type == "cpu"
+    for bad, msg in (("bogus", "not a device"), ("meta", "runs on cpu or cuda")):
+        with pytest.raises(ValueError, match=msg):
+            compute_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            compute_device("cuda")
