@@ -29,7 +29,11 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
-    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended)")
+    p.add_argument("--prompt", default="", help="prompt text (BOS is prepended where the "
+                                                 "vocabulary asks for it)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the model's chat template as one user turn, and "
+                        "print only the answer")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")

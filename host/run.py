@@ -14,7 +14,7 @@ import sys
 from compiler import package
 from host.device import open_device
 from host.generate import Sampler, generate
-from host.verify import load_tokenizer
+from host.verify import load_tokenizer, prompt_tokens
 from llmacc import config
 
 
@@ -28,20 +28,21 @@ def run(args: argparse.Namespace) -> int:
                              f"{cm.config.name!r}, not {want.name!r}: recompile it with "
                              f"--config {args.config}")
     tok = load_tokenizer(args, cm)
-    prompt = tok.encode(args.prompt)
+    prompt = prompt_tokens(tok, args.prompt, args.chat, args.package)
     stops = None if args.stop_token is None else frozenset(args.stop_token)
     if stops is not None and any(not 0 <= t < cm.host.vocab for t in stops):
         raise ValueError(f"stop tokens must lie in 0..{cm.host.vocab - 1}")
     device = open_device(args.backend, cm, xclbin=args.xclbin, card=args.card)
     stream = None if args.no_stream else lambda text: print(text, end="", flush=True)
     try:
-        if stream:
+        if stream and not args.chat:
             print(args.prompt, end="", flush=True)
         out = generate(device, tok, prompt, args.max_tokens, sampler=sampler,
                        stop_tokens=stops, stop_text=tuple(args.stop), on_text=stream)
     finally:
         device.close()
-    print(args.prompt + out.text if args.no_stream else "")
+    shown = "" if args.chat else args.prompt
+    print(shown + out.text if args.no_stream else "")
     clock = cm.config.clock_mhz
     rows = cm.host.prefill_rows(len(prompt))
     if rows != len(prompt):

@@ -28,12 +28,29 @@ def load_tokenizer(args: argparse.Namespace, cm) -> tokenizer.Tokenizer:
     return tokenizer.load(tok_path, cm.model.config.vocab_size)
 
 
+def prompt_tokens(tok, text: str, chat: bool, package: str) -> list[int]:
+    """The prompt's ids: ``text`` itself (BOS first where the vocabulary asks for it), or
+    with ``chat`` the model's chat template around it as one user turn."""
+    if chat:
+        template = getattr(tok, "chat_template", None)
+        if template is None:
+            raise ValueError(f"--chat: the tokenizer of {package} has no chat template (GGUF "
+                             "models carry one; llama2.c vocabularies do not)")
+        ids = tok.encode(template.user_prompt(text), bos=False)
+    else:
+        ids = tok.encode(text)
+    if not ids:
+        raise ValueError("the prompt is empty and this vocabulary adds no BOS token: give "
+                         "--prompt TEXT")
+    return ids
+
+
 def first_difference(got: torch.Tensor, ref: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in (got != ref).nonzero()[0])
 
 
 def _prompt(args: argparse.Namespace, cm, tok) -> list[int]:
-    prompt = tok.encode(args.prompt)
+    prompt = prompt_tokens(tok, args.prompt, False, args.package)
     if args.tokens < 0:
         raise ValueError("--tokens must be >= 0")
     if len(prompt) + args.tokens > cm.host.max_len:

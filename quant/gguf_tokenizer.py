@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quant.chat import ChatTemplate, ChatTemplateError
 from quant.checkpoint import CheckpointError
 from quant.gguf_import import GGUF_CONTROL, metadata
 from quant.tokenizer import Tokenizer
@@ -47,6 +48,7 @@ class ByteLevelTokenizer:
         self.tokens, self.bos, self.eos, self.add_bos = tokens, bos, eos, add_bos
         self.control = set(control)
         self._bytes = _byte_alphabet()
+        self.chat_template: ChatTemplate | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -78,14 +80,21 @@ def load_gguf_tokenizer(path: str | Path) -> Tokenizer | ByteLevelTokenizer:
     eos = int(meta.get("tokenizer.ggml.eos_token_id", 2))
     if kind == "llama":
         scores = [float(s) for s in meta.get("tokenizer.ggml.scores")]
-        return Tokenizer([t.replace("\u2581", " ") for t in tokens], scores, bos, eos)
-    if kind == "gpt2":
+        tok = Tokenizer([t.replace("\u2581", " ") for t in tokens], scores, bos, eos)
+    elif kind == "gpt2":
         types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
         control = [i for i, t in enumerate(types) if t in GGUF_CONTROL]
-        return ByteLevelTokenizer(tokens, list(meta.get("tokenizer.ggml.merges", [])), control,
-                                  bos, eos, bool(meta.get("tokenizer.ggml.add_bos_token",
-                                                          False)))
-    raise CheckpointError(f"{path}: GGUF tokenizer {kind!r} is not supported (gpt2, llama)")
+        tok = ByteLevelTokenizer(tokens, list(meta.get("tokenizer.ggml.merges", [])), control,
+                                 bos, eos, bool(meta.get("tokenizer.ggml.add_bos_token", False)))
+    else:
+        raise CheckpointError(f"{path}: GGUF tokenizer {kind!r} is not supported (gpt2, llama)")
+    source = meta.get("tokenizer.chat_template", "")
+    if source:
+        try:
+            tok.chat_template = ChatTemplate(str(source), tokens[bos], tokens[eos])
+        except ChatTemplateError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return tok
 
 
 def tokenizer_only_gguf(path: str | Path) -> bytes:

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from quant import checkpoint
+from quant.chat import ChatTemplate
 from quant.checkpoint import CheckpointError
 
 BOS, EOS = 1, 2
@@ -24,6 +25,7 @@ class Tokenizer:
         if len(pieces) != len(scores) or not pieces:
             raise CheckpointError("tokenizer needs one score per piece")
         self.pieces, self.scores, self.bos, self.eos = pieces, scores, bos, eos
+        self.chat_template: ChatTemplate | None = None  #: where the vocabulary's file has one
         self.index = {}
         for i, p in enumerate(pieces):
             self.index.setdefault(p, i)

@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 
 
 def _write(path, ckpt, qtype, tied: bool = True, arch: str = "llama", drop: str = "",
-           tokens: list[str] | None = None):
+           tokens: list[str] | None = None, chat_template: str = ""):
     """``ckpt`` as llama.cpp's converter writes it: q/k rows already interleaved, linear
     weights in ``qtype``, norms in F32; ``tokens``: a byte-level vocabulary with no merges."""
     c = ckpt.config
@@ -29,6 +29,8 @@ def _write(path, ckpt, qtype, tied: bool = True, arch: str = "llama", drop: str 
         w.add_bos_token_id(0)
         w.add_eos_token_id(1)
         w.add_add_bos_token(True)
+        if chat_template:
+            w.add_chat_template(chat_template)
     w.add_context_length(c.seq_len)
     w.add_embedding_length(c.dim)
     w.add_block_count(c.n_layers)
@@ -118,6 +120,8 @@ def _tokenizer_gguf(path, kind: str, tokens, types, **extra):
         w.add_add_bos_token(False)
     if "scores" in extra:
         w.add_token_scores(extra.pop("scores"))
+    if "chat_template" in extra:
+        w.add_chat_template(extra.pop("chat_template"))
     w.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -154,6 +158,63 @@ def test_byte_level_gguf_tokenizer_equals_transformers(tmp_path):
         tokenizer.load(path, 999)
 
 
+CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+          "{{ '<|im_start|>system\\nBe brief.<|im_end|>\\n' }}{% endif %}"
+          "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+#: block tags on their own lines (trim_blocks / lstrip_blocks), BOS/EOS, a filter, a refusal
+TAGGED = """{% for m in messages %}
+  {% if m['role'] not in ['system', 'user', 'assistant'] %}
+    {{ raise_exception('unknown role ' + m['role']) }}
+  {% endif %}
+{{ bos_token }}[{{ m['role'] | upper }}] {{ m['content'] | trim }}{{ eos_token }}
+{% endfor %}
+{% if add_generation_prompt %}[ASSISTANT]{% endif %}"""
+
+
+@pytest.mark.parametrize("template", [CHATML, TAGGED], ids=["chatml", "tagged"])
+def test_chat_template_renders_as_transformers_does(tmp_path, template):
+    """The GGUF's ``tokenizer.chat_template`` gives the text transformers'
+    ``apply_chat_template`` gives, for one user turn and for a conversation."""
+    from quant import tokenizer
+    from quant.chat import ChatTemplateError
+    from quant.gguf_tokenizer import _byte_alphabet
+
+    transformers = pytest.importorskip("transformers")
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + sorted(
+        _byte_alphabet(), key=_byte_alphabet().get) + ["he"]
+    path = tmp_path / "chat.gguf"
+    _tokenizer_gguf(path, "gpt2", tokens, [3] * 3 + [1] * (len(tokens) - 3), merges=["h e"],
+                    bos=0, eos=2, chat_template=template)
+    ours = tokenizer.load(path, len(tokens)).chat_template
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    talk = [{"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": " What is the capital of France? "},
+            {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"}]
+    for messages in (talk[1:2], talk):
+        for opened in (True, False):
+            want = theirs.apply_chat_template(messages, tokenize=False,
+                                              add_generation_prompt=opened)
+            assert ours.render(messages, opened) == want
+    assert ours.user_prompt("hi") == ours.render([{"role": "user", "content": "hi"}])
+    if template is TAGGED:
+        with pytest.raises(ChatTemplateError, match="refuses: unknown role tool"):
+            ours.render([{"role": "tool", "content": "x"}])
+
+
+def test_a_vocabulary_without_a_template_has_none_and_a_broken_one_is_refused(tmp_path):
+    from quant import tokenizer
+
+    tokens = ["<s>", "</s>", "a", "b"]
+    _tokenizer_gguf(tmp_path / "plain.gguf", "llama", tokens, [1] * 4, scores=[0.0] * 4,
+                    bos=0, eos=1)
+    assert tokenizer.load(tmp_path / "plain.gguf", 4).chat_template is None
+    _tokenizer_gguf(tmp_path / "bad.gguf", "llama", tokens, [1] * 4, scores=[0.0] * 4,
+                    bos=0, eos=1, chat_template="{% for m in messages %}")
+    with pytest.raises(CheckpointError, match="bad.gguf: the chat template does not parse"):
+        tokenizer.load(tmp_path / "bad.gguf", 4)
+
+
 def test_sentencepiece_gguf_tokenizer_equals_llama2c(tmp_path):
     """A LLaMA-style vocabulary (pieces and scores, ``\u2581`` for spaces) in GGUF encodes as
     the same vocabulary does from llama2.c's tokenizer file."""
@@ -184,7 +245,9 @@ def test_a_gguf_model_needs_no_tokenizer_flag_and_packages_keep_its_tokenizer(tm
     ckpt = tiny_checkpoint(seed, dim=64, hidden=96, heads=4, kv_heads=2, vocab=259)
     path = tmp_path / "tiny.gguf"
     _write(path, ckpt, gguf.GGMLQuantizationType.F32, tokens=["<s>", "</s>", "<pad>", *sorted(
-        _byte_alphabet(), key=_byte_alphabet().get)])
+        _byte_alphabet(), key=_byte_alphabet().get)], chat_template=(
+        "{% for m in messages %}<pad>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}:{% endif %}"))
     pkg = tmp_path / "pkg"
     assert cli.main(["compile", "--model", str(path), "--scheme", "w8a8", "--config",
                      "sim-small", "-o", str(pkg), "--calib-stories", "2", "--finetune-steps",
@@ -194,6 +257,12 @@ def test_a_gguf_model_needs_no_tokenizer_flag_and_packages_keep_its_tokenizer(tm
     assert stored.name == "tokenizer.gguf" and stored.stat().st_size < path.stat().st_size / 4
     text = "caf\u00e9 \U0001f642 ok"
     assert tokenizer.load(stored, 259).encode(text) == tokenizer.load(path, 259).encode(text)
+    # the package keeps the chat template: --chat sends <pad> h i : (no BOS, the template's
+    # own control token kept whole) and prints the answer alone
+    assert cli.main(["run", "--package", str(pkg), "--chat", "--prompt", "hi",
+                     "--max-tokens", "2", "--stop-token", "9", "--no-stream"]) == 0
+    out, err = capsys.readouterr()
+    assert "emulator: prompt 4 tokens" in err and not out.startswith("hi"), (out, err)
     model = tmp_path / "model.bin"
     model.write_bytes(b"")
     assert cli.main(["quantize", "--model", str(model), "--scheme", "w8a8",

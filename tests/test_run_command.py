@@ -62,6 +62,7 @@ def test_stop_text_ends_the_text(shipped, capsys):
     (["--temperature", "-1"], "temperature must be >= 0"),
     (["--stop-token", "9999"], "stop tokens must lie in 0..511"),
     (["--max-tokens", "-3"], "max tokens must be >= 0"),
+    (["--chat", "--prompt", "Hi"], "has no chat template (GGUF models carry one"),
 ])
 def test_run_errors_are_one_line(shipped, capsys, extra, match):
     code, out, err = _run(capsys, "--package", str(shipped), *extra)
