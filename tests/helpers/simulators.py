@@ -20,9 +20,10 @@ def run_block(simulator: str, request: pytest.FixtureRequest, tmp_path, block: C
         [], wiring.Component], name: str, inputs: list, count: int, seed: int) -> list:
     """The payloads the block ``block()`` gives for ``inputs`` in ``simulator``, with random
     idle cycles and back-pressure from ``seed``; the Verilated model is built once per
-    configuration under ``name``."""
+    configuration under ``name``, its C++ compiled without optimization (block runs are
+    short next to the build)."""
     if simulator == "amaranth":
         return H.run_amaranth(block(), inputs, count, seed)
     request.getfixturevalue("verilator_env")
-    model = verilator.build(block(), name)
+    model = verilator.build(block(), name, optimize=False)
     return H.run_verilator(model, inputs, count, seed, tmp_path)
