@@ -18,6 +18,7 @@ token to every unit set in ``release``. Units otherwise run decoupled, in progra
 unit.
 """
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -484,19 +485,52 @@ def _pack_field(layout: type[data.Struct], name: str, fshape, value) -> int:
     return value & ((1 << shape.width) - 1)
 
 
-def _unpack_field(layout: type[data.Struct], name: str, fshape, raw: int):
-    where = f"{layout.__name__}.{name}"
-    if isinstance(fshape, type) and issubclass(fshape, enum.Enum):
-        try:
-            return fshape(raw)
-        except ValueError:
-            raise IllegalInstruction(f"{where}: {raw} is not a {fshape.__name__}") from None
-    shape = Shape.cast(fshape)
-    value = raw - (1 << shape.width) if shape.signed and raw >> (shape.width - 1) else raw
-    lo, hi = _field_range(layout, name, shape)
-    if not lo <= value <= hi:
-        raise IllegalInstruction(f"{where}: {value} out of range [{lo}, {hi}]")
-    return value
+@dataclass(frozen=True)
+class _FieldDecoder:
+    """How one payload field is read from a word: derived once from its layout."""
+
+    name: str
+    where: str  #: "Layout.field", for messages
+    offset: int
+    mask: int
+    members: Mapping[int, enum.Enum] | None  #: an enum field's members by value
+    enum_name: str = ""
+    sign_bit: int = 0  #: a signed field's top bit (0 for unsigned)
+    lo: int = 0
+    hi: int = 0
+
+    def read(self, word: int):
+        raw = (word >> self.offset) & self.mask
+        if self.members is not None:
+            try:
+                return self.members[raw]
+            except KeyError:
+                raise IllegalInstruction(f"{self.where}: {raw} is not a {self.enum_name}") from None
+        value = raw - (self.mask + 1) if raw & self.sign_bit else raw
+        if not self.lo <= value <= self.hi:
+            raise IllegalInstruction(f"{self.where}: {value} out of range [{self.lo}, "
+                                     f"{self.hi}]")
+        return value
+
+
+@functools.cache
+def _decoders(layout: type[data.Struct]) -> tuple[_FieldDecoder, ...]:
+    """The field decoders of ``layout``: decoding a program read the Amaranth layout (shape
+    casts, widths) for every field of every word, most of a package's load time."""
+    out = []
+    for name, fld in layout.as_shape():
+        where, fshape = f"{layout.__name__}.{name}", fld.shape
+        mask = (1 << fld.width) - 1
+        if isinstance(fshape, type) and issubclass(fshape, enum.Enum):
+            out.append(_FieldDecoder(name, where, fld.offset, mask,
+                                     {m.value: m for m in fshape}, fshape.__name__))
+            continue
+        shape = Shape.cast(fshape)
+        lo, hi = _field_range(layout, name, shape)
+        out.append(_FieldDecoder(name, where, fld.offset, mask, None,
+                                 sign_bit=1 << (shape.width - 1) if shape.signed else 0,
+                                 lo=lo, hi=hi))
+    return tuple(out)
 
 
 def _pack(layout: type[data.Struct], values: Mapping[str, object]) -> int:
@@ -511,10 +545,7 @@ def _pack(layout: type[data.Struct], values: Mapping[str, object]) -> int:
 
 
 def _unpack(layout: type[data.Struct], word: int) -> dict[str, object]:
-    return {
-        name: _unpack_field(layout, name, fld.shape, (word >> fld.offset) & ((1 << fld.width) - 1))
-        for name, fld in layout.as_shape()
-    }
+    return {d.name: d.read(word) for d in _decoders(layout)}
 
 
 def _check_semantics(insn: "Instruction") -> None:
@@ -540,21 +571,31 @@ def encode(insn: Instruction) -> int:
     return header | payload << Header.as_shape().size
 
 
+@functools.cache
+def _layout_bits(layout) -> int:
+    """A layout's (or an enum's) width in bits."""
+    shape = layout.as_shape()
+    return shape.size if isinstance(shape, data.Layout) else shape.width
+
+
+_OPCODES = {op.value: op for op in Opcode}
+
+
 def decode(word: int) -> Instruction:
     """Decode a 128-bit word; raises :class:`IllegalInstruction` on any illegal encoding."""
     if not 0 <= word < 1 << WORD_BITS:
         raise IllegalInstruction(f"instruction word {word:#x} is not a {WORD_BITS}-bit value")
-    header_bits = Header.as_shape().size
+    header_bits = _layout_bits(Header)
     try:
-        opcode = Opcode(word & ((1 << Opcode.as_shape().width) - 1))
-    except ValueError:
+        opcode = _OPCODES[word & ((1 << _layout_bits(Opcode)) - 1)]
+    except KeyError:
         raise IllegalInstruction(
             f"Header.opcode: unknown opcode {word & 0xF} in word {word:#034x}"
         ) from None
     header = _unpack(Header, word & ((1 << header_bits) - 1))
     payload = word >> header_bits
     layout = PAYLOAD[opcode]
-    used = layout.as_shape().size
+    used = _layout_bits(layout)
     if payload >> used:
         raise IllegalInstruction(
             f"{opcode.name}: reserved payload bits [{used + header_bits}:{WORD_BITS}) are not zero"
