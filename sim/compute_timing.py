@@ -18,6 +18,7 @@ Checked against the RTL's busy counters cycle for cycle (``tests/test_cycle_mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache, wraps
 
 from llmacc import isa
 from llmacc import layout as L
@@ -252,8 +253,15 @@ class _MatrixClock:
         return cycles
 
 
+#: instruction shapes priced per process: a decode step repeats the same program, and
+#: walking the sequencers in Python dominated the emulator's time
+PRICED_SHAPES = 1 << 16
+
+
+@lru_cache(maxsize=PRICED_SHAPES)
 def matrix_cycles(cfg: AccelConfig, shape: MatrixShape) -> int:
-    """Busy cycles of one MATVEC/MATMAT on the compute unit."""
+    """Busy cycles of one MATVEC/MATMAT on the compute unit (a pure function of the
+    configuration and the shape, so it is priced once per process)."""
     return _MatrixClock(cfg, shape).run()
 
 
@@ -309,6 +317,19 @@ SOFTMAX_FIXED = 54
 SOFTMAX_PER_KEY = 2
 
 
+def _priced_once(price):
+    """``price(cfg, insn)`` cached per configuration and instruction payload (an
+    instruction's fields are a dict, so the cache keys on them as sorted pairs)."""
+    cached = lru_cache(maxsize=PRICED_SHAPES)(
+        lambda cfg, opcode, fields: price(cfg, isa.Instruction(opcode, dict(fields))))
+
+    @wraps(price)
+    def priced(cfg: AccelConfig, insn: isa.Instruction) -> int:
+        return cached(cfg, insn.opcode, tuple(sorted(insn.fields.items())))
+    return priced
+
+
+@_priced_once
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one ATTN on the compute unit (``hw/compute_unit.py``'s A_/S_/P_
     states)."""
@@ -458,6 +479,7 @@ ROW_FIXED = {isa.SfuFunc.SOFTMAX: 51, isa.SfuFunc.RMSNORM: 104}
 QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (106.3, 0.9, 0.32), isa.SfuFunc.KVQUANT: (102.0, 0.7, 5.77)}
 
 
+@_priced_once
 def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one SFU instruction (``hw/sfu_unit.py`` and the row stage of
     ``hw/sfu_row.py``)."""
