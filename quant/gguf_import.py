@@ -9,6 +9,7 @@ permuted. The tokenizer in the metadata is read elsewhere.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +43,25 @@ class _Metadata:
 
 
 def _reader(path: Path):
+    """The file's reader, shared while the file is unchanged: the model and its tokenizer
+    read the same file, and parsing SmolLM2's metadata and tensor index takes about 10 s."""
     try:
-        from gguf import GGUFReader
+        from gguf import GGUFReader  # noqa: F401 - asked for here to say what is missing
     except ImportError:
         raise CheckpointError(f"{path}: reading GGUF needs the gguf package "
                               "(pip install gguf)") from None
     try:
-        return GGUFReader(path)
+        stat = path.stat()
+        return _open_reader(path.resolve(), stat.st_mtime_ns, stat.st_size)
     except Exception as exc:  # noqa: BLE001 - the reader raises many kinds on a bad file
         raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _open_reader(path: Path, mtime_ns: int, size: int):
+    from gguf import GGUFReader
+
+    return GGUFReader(path)
 
 
 def metadata(path: str | Path) -> _Metadata:
