@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from compiler import package
 from compiler.compile import compile_model
+from compiler.memory_plan import CompileError
 from llmacc import config
 from quant import commands as quantize_command
 from quant import tokenizer
+
+
+def _keep_quantized(im, args: argparse.Namespace, seconds: float) -> Path:
+    """Save the integer model of a compile that failed after quantizing, beside the
+    package it would have made, so that nothing is lost."""
+    path = Path(f"{Path(args.output).resolve()}.quantized.pt")
+    quantize_command.save(im, path, args.scheme, str(args.model))
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +40,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         im, scheme, source = quantize_command.quantize(args), args.scheme, str(args.model)
     quant_s = time.perf_counter() - start
-    cm = compile_model(im, cfg, prefill_bucket=args.prefill_bucket,
-                       decode_bucket=args.decode_bucket, max_len=args.max_len)
+    try:
+        cm = compile_model(im, cfg, prefill_bucket=args.prefill_bucket,
+                           decode_bucket=args.decode_bucket, max_len=args.max_len)
+    except CompileError as exc:
+        if args.quantized:
+            raise
+        kept = _keep_quantized(im, args, quant_s)
+        raise CompileError(f"{exc}. The quantization ({quant_s:.0f} s) is kept: compile "
+                           f"--quantized {kept}") from None
     out = package.save(cm, args.output, scheme, args.tokenizer, source, force=args.force)
     st = cm.storage()
     for kind in ("prefill", "decode"):

@@ -43,15 +43,21 @@ class ExtPlan:
         self.used = [0] * self.cfg.mem_channels
 
     def alloc(self, name: str, nbytes: int, data: np.ndarray | None = None,
-              chan: int | None = None) -> Region:
-        """A region of ``nbytes`` (on the next channel round-robin unless ``chan`` is given)."""
+              chan: int | None = None, context_row: int = 0) -> Region:
+        """A region of ``nbytes`` (on the next channel round-robin unless ``chan`` is given);
+        ``context_row``: the bytes per token of context of a region sized by ``--max-len``,
+        so that a refusal can say that a shorter context shrinks it."""
         if chan is None:
             chan = self.take_channel()
         align = max(ALIGN, self.cfg.axi_data_bytes)
         addr = -(-self.used[chan] // align) * align
         if addr + nbytes > self.cfg.channel_bytes:
+            hint = ""
+            if context_row:
+                hint = (f"; it holds {nbytes // context_row} tokens of context: a shorter "
+                        "--max-len shrinks it, the KV cache and the inputs")
             raise CompileError(f"external memory: {name} ({nbytes} B) does not fit channel "
-                               f"{chan} ({self.cfg.channel_bytes} B, {addr} B used)")
+                               f"{chan} ({self.cfg.channel_bytes} B, {addr} B used){hint}")
         self.used[chan] = addr + nbytes
         region = Region(chan, addr, nbytes)
         if data is not None:

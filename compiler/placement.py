@@ -202,10 +202,11 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placeme
     groups = -(-dim // e.group)
     emb = L.encode_embedding(e.operands()[:, :dim], e.mant[:, :groups], e.row_exp, dim, w)
     emb_r = ext.alloc("embedding", emb.size, emb)
-    inputs = ext.alloc("inputs", max_len * emb.shape[1])
-    logits = ext.alloc("logits", max_len * L.wide_pitch(mc.vocab_size, w) * w)
+    inputs = ext.alloc("inputs", max_len * emb.shape[1], context_row=emb.shape[1])
+    logit_row = L.wide_pitch(mc.vocab_size, w) * w
+    logits = ext.alloc("logits", max_len * logit_row, context_row=logit_row)
     kvp = L.kv_pitch(mc.head_dim, im.kv_bits, w) * w
-    kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp)
+    kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp, context_row=kvp)
           for i in range(mc.n_layers) for g in range(mc.n_kv_heads) for s in "kv"}
     return Placement(cfg, ext, max_len, linears, lt, tables, final_gamma, rope_r, emb_r,
                      emb.shape[1] // w, inputs, logits, kv, im.kv_bits)

@@ -13,7 +13,7 @@ import torch
 from compiler import package
 from llmacc import cli
 from quant import tokenizer
-from tests.helpers.models import MODEL, TOKENIZER
+from tests.helpers.models import MODEL, TEXT, TOKENIZER
 
 LAST = re.compile(r"^tokens=(\d+) stop=(\w+) host_tok_s=([\d.]+) device_tok_s=([\d.]+)$")
 
@@ -199,3 +199,27 @@ def test_eval_perf_and_bitstream_check_their_output_first(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert match in err and "Errno" not in err, err
     assert taken.read_text() == "keep me"
+
+
+def test_a_compile_that_fails_after_quantizing_keeps_the_quantization(tmp_path, capsys):
+    """SmolLM2 on u280 quantized for 8 minutes, then its logits (4096 rows of 98 KB) did not
+    fit a 256 MiB channel and the work was lost. The refusal now says that the region grows
+    with --max-len, and the integer model is kept for compile --quantized."""
+    import json
+
+    from llmacc.config import preset
+
+    small = {**preset("sim-small").to_dict(), "name": "small-hbm", "channel_bytes": 1 << 19}
+    cfg = tmp_path / "small.json"
+    cfg.write_text(json.dumps(small))
+    pkg = tmp_path / "pkg"
+    argv = ["compile", "--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--scheme", "w8a8",
+            "--config", str(cfg), "--calib-text", str(TEXT), "--calib-stories", "4",
+            "--no-progress", "-o", str(pkg)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    kept = tmp_path / "pkg.quantized.pt"
+    assert err.count("\n") == 1 and "logits" in err and "a shorter --max-len" in err, err
+    assert f"compile --quantized {kept}" in err and kept.is_file() and not pkg.exists()
+    assert cli.main(["compile", "--quantized", str(kept), "--tokenizer", str(TOKENIZER),
+                     "--config", "sim-small", "-o", str(pkg), "--max-len", "64"]) == 0
