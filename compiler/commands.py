@@ -19,7 +19,7 @@ from quant import commands as quantize_command
 from quant import tokenizer
 
 
-def _keep_quantized(im, args: argparse.Namespace, seconds: float) -> Path:
+def _keep_quantized(im, args: argparse.Namespace) -> Path:
     """Save the integer model of a compile that failed after quantizing, beside the
     package it would have made, so that nothing is lost."""
     path = Path(f"{Path(args.output).resolve()}.quantized.pt")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except CompileError as exc:
         if args.quantized:
             raise
-        kept = _keep_quantized(im, args, quant_s)
+        kept = _keep_quantized(im, args)
         raise CompileError(f"{exc}. The quantization ({quant_s:.0f} s) is kept: compile "
                            f"--quantized {kept}") from None
     out = package.save(cm, args.output, scheme, args.tokenizer, source, force=args.force)
