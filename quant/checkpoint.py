@@ -427,12 +427,18 @@ def shipped_path(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / file
 
 
+def model_path(path: str | Path) -> Path:
+    """``path`` itself, or the file of the shipped model it names (a file of that name
+    wins)."""
+    if str(path) in SHIPPED and not Path(path).exists():
+        return shipped_path(str(path))
+    return Path(path)
+
+
 def load(path: str | Path) -> Checkpoint:
     """Load a llama2.c ``.bin`` file, a Hugging Face directory, a GGUF file, or a model that
     ships as a pip package by its name (:data:`SHIPPED`)."""
-    if str(path) in SHIPPED and not Path(path).exists():
-        path = shipped_path(str(path))
-    path = Path(path)
+    path = model_path(path)
     if path.is_dir():
         return load_hf(path)
     if not path.exists():

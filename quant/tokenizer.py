@@ -198,10 +198,9 @@ def path_for(tokenizer: str | Path | None, model: str | Path | None) -> Path:
     shipped model named so) holds."""
     if tokenizer:
         return Path(tokenizer)
-    if model and str(model) in checkpoint.SHIPPED and not Path(model).exists():
-        model = checkpoint.shipped_path(str(model))
-    if model and Path(model).suffix == ".gguf":
-        return Path(model)
+    path = checkpoint.model_path(model) if model else None
+    if path is not None and path.suffix == ".gguf":
+        return path
     raise CheckpointError("give --tokenizer (only a GGUF --model carries its own)")
 
 
