@@ -32,7 +32,7 @@ def prompt_tokens(tok, text: str, chat: bool, package: str) -> list[int]:
     """The prompt's ids: ``text`` itself (BOS first where the vocabulary asks for it), or
     with ``chat`` the model's chat template around it as one user turn."""
     if chat:
-        template = getattr(tok, "chat_template", None)
+        template = tok.chat_template
         if template is None:
             raise ValueError(f"--chat: the tokenizer of {package} has no chat template (GGUF "
                              "models carry one; llama2.c vocabularies do not)")
