@@ -12,10 +12,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from compiler.lower import Lowering, Program
-from compiler.memory_plan import CompileError, Region
+from compiler.memory_plan import CompileError, LogitSlice, Region
 from compiler.placement import place
 from llmacc import isa
-from llmacc import layout as L
 from llmacc.config import AccelConfig
 from quant.intref import IntModel
 
@@ -31,8 +30,7 @@ class HostInterface:
     embedding: Region  #: one record per token id
     record_bytes: int  #: bytes per embedding record
     inputs: Region
-    logits: Region
-    logits_pitch: int  #: bytes between logits rows
+    logits: tuple[LogitSlice, ...]  #: the vocabulary in column slices, one per classifier tile
     channel_bytes: tuple[int, ...]
 
     def to_dict(self) -> dict:
@@ -41,8 +39,10 @@ class HostInterface:
     @classmethod
     def from_dict(cls, d: dict) -> HostInterface:
         d = dict(d)
-        for k in ("embedding", "inputs", "logits"):
+        for k in ("embedding", "inputs"):
             d[k] = Region(**d[k])
+        d["logits"] = tuple(LogitSlice(**{**p, "region": Region(**p["region"])})
+                            for p in d["logits"])
         d["channel_bytes"] = tuple(d["channel_bytes"])
         return cls(**d)
 
@@ -121,8 +121,7 @@ def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None 
     host = HostInterface(
         placement.max_len, pb, db, im.config.vocab_size, placement.embedding,
         placement.record_words * w,
-        placement.inputs, placement.logits, L.wide_pitch(im.config.vocab_size, w) * w,
-        tuple(placement.ext.channel_bytes()))
+        placement.inputs, placement.logits, tuple(placement.ext.channel_bytes()))
     lower = Lowering(im, placement)
     out = CompiledModel(cfg, im, host, placement.ext.image)
     wanted = lengths or {"prefill": host.prefill_lengths(), "decode": host.decode_lengths()}

@@ -265,14 +265,11 @@ class Lowering:
               shift=im.final_gamma_exp - im.F["final_norm"])
         out = p.linears["output"]
         e.sfu(SfuFunc.QUANT8, R, mc.dim, h, region(buf.hq, R, qrow_pitch(out.k)), imm=out.k)
-        logit_pitch = wide_pitch(mc.vocab_size) * w
-        tile_pitch = wide_pitch(out.tiles[0].n)
-        for t, tile in enumerate(out.tiles):
-            logits = buf.logit[t % 2]
+        for t, (tile, part) in enumerate(zip(out.tiles, p.logits, strict=True)):
+            logits, tile_pitch = buf.logit[t % 2], part.pitch // w
             e.linear(out, R, buf.hq, logits, tile_pitch, buf.slots, (tile,))
-            e.transfer(Opcode.STORE, Buffer.ACT, logits, p.logits,
-                       row0 * logit_pitch + L.element_bit(tile.n0, L.WIDE) // 8, tile_pitch, R,
-                       logit_pitch)
+            e.transfer(Opcode.STORE, Buffer.ACT, logits, part.region, row0 * part.pitch,
+                       tile_pitch, R, part.pitch)
 
     # -- programs -------------------------------------------------------------------------
     def _finish(self, e: _Emitter) -> list[isa.Instruction]:

@@ -30,6 +30,19 @@ class Region:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class LogitSlice:
+    """Logits ``n0 .. n0 + n`` of every position: one output tile's rows of ``pitch`` bytes.
+
+    The classifier's logits are split by tile, each slice on its tile's channel, so that a
+    large vocabulary at a long context never has to fit one channel."""
+
+    region: Region
+    n0: int
+    n: int
+    pitch: int
+
+
 @dataclass
 class ExtPlan:
     """External memory: per-channel bump allocation with initial contents (the image)."""

@@ -34,7 +34,7 @@ from quant import intref
 from quant.tokenizer import STORED_SUFFIXES, stored_form
 
 FORMAT = "llmacc-package"
-FORMAT_VERSION = 2  #: 2: the manifest carries its own digest
+FORMAT_VERSION = 3  #: 2: the manifest carries its own digest; 3: logits in vocabulary slices
 FILES = ("image.bin", "programs.bin", "intref.pt")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.memory_plan import CompileError, ExtPlan, Region
+from compiler.memory_plan import CompileError, ExtPlan, LogitSlice, Region
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import Buffer, MatFields, OutMode
@@ -71,7 +71,7 @@ class Placement:
     embedding: Region  #: one record per vocabulary entry (the host gathers from it)
     record_words: int  #: words per embedding record
     inputs: Region  #: max_len records written by the host
-    logits: Region  #: max_len wide rows of the vocabulary
+    logits: tuple[LogitSlice, ...]  #: per classifier tile: max_len wide rows of its logits
     kv: dict[tuple[int, int, str], Region]  #: (layer, kv head, "k" | "v")
     kv_bits: int
 
@@ -156,6 +156,14 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     return LinearPlan(name, k, n, mode, tuple(tiles))
 
 
+def _logit_slice(ext: ExtPlan, tile: Tile, max_len: int, w: int) -> LogitSlice:
+    """``max_len`` rows of one classifier tile's logits, on the tile's own channel."""
+    pitch = L.wide_pitch(tile.n, w) * w
+    region = ext.alloc(f"logits[{tile.n0}:{tile.n0 + tile.n}]", max_len * pitch,
+                       chan=tile.wgt.chan, context_row=pitch)
+    return LogitSlice(region, tile.n0, tile.n, pitch)
+
+
 def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placement:
     check_model(im, cfg)
     mc = im.config
@@ -203,8 +211,7 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placeme
     emb = L.encode_embedding(e.operands()[:, :dim], e.mant[:, :groups], e.row_exp, dim, w)
     emb_r = ext.alloc("embedding", emb.size, emb)
     inputs = ext.alloc("inputs", max_len * emb.shape[1], context_row=emb.shape[1])
-    logit_row = L.wide_pitch(mc.vocab_size, w) * w
-    logits = ext.alloc("logits", max_len * logit_row, context_row=logit_row)
+    logits = tuple(_logit_slice(ext, t, max_len, w) for t in linears["output"].tiles)
     kvp = L.kv_pitch(mc.head_dim, im.kv_bits, w) * w
     kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp, context_row=kvp)
           for i in range(mc.n_layers) for g in range(mc.n_kv_heads) for s in "kv"}

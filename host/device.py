@@ -86,10 +86,13 @@ class Device(ABC):
             self.write(h.inputs.chan, h.inputs.addr + row * h.record_bytes, record)
 
     def _logits(self, rows: int) -> Tensor:
-        h = self.host
-        raw = self.read(h.logits.chan, h.logits.addr, rows * h.logits_pitch)
-        raw = raw.reshape(rows, h.logits_pitch)[:, :4 * h.vocab]
-        return torch.from_numpy(np.ascontiguousarray(raw).view("<i4").astype(np.int64))
+        """The first ``rows`` positions' wide logits, gathered from every vocabulary slice."""
+        parts = []
+        for part in self.host.logits:
+            raw = self.read(part.region.chan, part.region.addr, rows * part.pitch)
+            parts.append(raw.reshape(rows, part.pitch)[:, :4 * part.n])
+        raw = np.ascontiguousarray(np.concatenate(parts, axis=1))
+        return torch.from_numpy(raw.view("<i4").astype(np.int64))
 
     def prefill(self, tokens: list[int]) -> Tensor:
         """Wide logits [T, vocab] of a prompt (from position 0)."""

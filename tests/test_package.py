@@ -57,7 +57,7 @@ def test_an_edited_manifest_is_refused(saved, edit):
     text. The manifest's digest covers all of it."""
     def change(m):
         if edit == "logits region":
-            m["host"]["logits"]["addr"] += 64
+            m["host"]["logits"][0]["region"]["addr"] += 64
         elif edit == "vocabulary":
             m["host"]["vocab"] -= 1
         else:
