@@ -38,6 +38,7 @@ from llmacc.isa import (
 )
 from sim import compute_timing as T
 from sim import cycle_model as C
+from sim.weight_cache import PreparedTile, Source, WeightCache, grouped_acc
 
 Tensor = torch.Tensor
 
@@ -54,6 +55,24 @@ def _at(index: int, insn: Instruction, exc: Exception) -> EmulatorError:
     return EmulatorError(f"instruction {index} ({insn.opcode.name}): {exc}")
 
 
+def _rows(mem: np.ndarray, start: int, count: int, stride: int, width: int) -> np.ndarray:
+    """A view [count, width] of ``mem``: rows of ``width`` bytes, ``stride`` bytes apart
+    (bounds checked by the caller; rows may overlap, as with a stride of 0)."""
+    if count == 0:
+        return mem[:0].reshape(0, width)
+    return np.lib.stride_tricks.as_strided(mem[start:], (count, width), (stride, 1))
+
+
+def _assign(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` where ``dst``'s rows may overlap: rows are written in order, so a
+    later row's bytes win, as the hardware writes them."""
+    if dst.shape[0] > 1 and dst.strides[0] < dst.shape[1]:
+        for row in range(dst.shape[0]):
+            dst[row] = src[row]
+    else:
+        dst[...] = src
+
+
 @dataclass
 class RunStats:
     instructions: int = 0
@@ -63,7 +82,12 @@ class RunStats:
 
 
 class Emulator:
-    """One accelerator instance: ``run(program)`` executes a decoded program."""
+    """One accelerator instance: ``run(program)`` executes a decoded program.
+
+    Decoded weight tiles are kept between instructions (:mod:`sim.weight_cache`), which follows
+    every write the emulator makes; bytes poked into ``buf`` from outside must be written
+    before the first program runs.
+    """
 
     def __init__(self, cfg: AccelConfig, channel_bytes: list[int]):
         if len(channel_bytes) > cfg.mem_channels:
@@ -74,6 +98,7 @@ class Emulator:
         self.ext = [np.zeros(n, dtype=np.uint8) for n in channel_bytes]
         self.buf = {b: np.zeros(cfg.buffer_words(b) * self.w, dtype=np.uint8) for b in Buffer}
         self.regs = dict.fromkeys(Reg, 0)
+        self.weights = WeightCache(self.w)
 
     # -- memory access ---------------------------------------------------------------------
     def _ext(self, chan: int) -> np.ndarray:
@@ -88,6 +113,7 @@ class Emulator:
             raise EmulatorError(f"write of {data.size} B at {addr:#x} leaves channel {chan} "
                                 f"({mem.size} B)")
         mem[addr:addr + data.size] = data.reshape(-1)
+        self.weights.external_written(chan, addr, addr + data.size)
 
     def read_ext(self, chan: int, addr: int, nbytes: int) -> np.ndarray:
         mem = self._ext(chan)
@@ -96,34 +122,35 @@ class Emulator:
                                 f"({mem.size} B)")
         return mem[addr:addr + nbytes].copy()
 
-    def _span(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
-              width: int | None = None) -> np.ndarray:
-        """Byte indices [count, width*W] of ``count`` records of ``pitch`` words starting at
-        word ``addr``, ``step`` words apart (default: ``pitch``)."""
+    def _records(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
+                 width: int | None = None) -> np.ndarray:
+        """A view [count, width*W] of ``count`` records of ``pitch`` words starting at word
+        ``addr``, ``step`` words apart (default: ``pitch``)."""
         step = pitch if step is None else step
         width = pitch if width is None else width
         size = self.buf[buf].size // self.w
         last = addr + (count - 1) * step + width
-        if count < 0 or addr < 0 or (count and last > size):
+        if count < 0 or addr < 0 or step < 0 or (count and last > size):
             raise EmulatorError(f"{buf.name} buffer: words [{addr}, {last}) exceed its "
                                 f"{size} words")
-        rows = (addr + np.arange(count) * step)[:, None] * self.w
-        return rows + np.arange(width * self.w)
+        return _rows(self.buf[buf], addr * self.w, count, step * self.w, width * self.w)
 
     def _get(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
              width: int | None = None) -> np.ndarray:
-        return self.buf[buf][self._span(buf, addr, count, pitch, step, width)]
+        return self._records(buf, addr, count, pitch, step, width).copy()
 
     def _put(self, buf: Buffer, addr: int, data: np.ndarray, step: int | None = None) -> None:
         pitch = data.shape[1] // self.w
-        self.buf[buf][self._span(buf, addr, data.shape[0], pitch, step)] = data
+        _assign(self._records(buf, addr, data.shape[0], pitch, step), data)
+        self.weights.buffer_written(buf, addr, addr + (data.shape[0] - 1) * (step or pitch)
+                                    + pitch)
 
     def _put_wide(self, addr: int, values: Tensor, step: int) -> None:
         """Write ``values`` [R, n] as int32 at ``addr + r*step`` (only n*4 bytes per row)."""
         raw = np.ascontiguousarray(values.numpy().astype("<i4")).view(np.uint8)
-        idx = self._span(Buffer.ACT, addr, raw.shape[0], step, step,
-                         L.wide_pitch(values.shape[1], self.w))[:, :raw.shape[1]]
-        self.buf[Buffer.ACT][idx] = raw
+        rows = self._records(Buffer.ACT, addr, raw.shape[0], step, step,
+                             L.wide_pitch(values.shape[1], self.w))
+        _assign(rows[:, :raw.shape[1]], raw)
 
     def _wide(self, buf: Buffer, addr: int, rows: int, length: int,
               step: int | None = None) -> Tensor:
@@ -259,15 +286,20 @@ class Emulator:
             raise EmulatorError(f"external address {addr:#x} / stride {insn.ext_stride} is not "
                                 f"a whole number of {self.w}-byte AXI words")
         mem = self._ext(insn.chan)
-        ext_idx = (addr + np.arange(rows) * insn.ext_stride)[:, None] + np.arange(nbytes)
-        if rows and (addr < 0 or ext_idx[-1, -1] >= mem.size):
+        end = addr + max(0, rows - 1) * insn.ext_stride + nbytes
+        if rows and (addr < 0 or end > mem.size):
             raise EmulatorError(f"external range {addr:#x}+{rows}x{insn.ext_stride} leaves "
                                 f"channel {insn.chan} ({mem.size} B)")
-        span = self._span(insn.buf, insn.buf_addr, rows, insn.words)
+        on_chip = self._records(insn.buf, insn.buf_addr, rows, insn.words)
+        off_chip = _rows(mem, addr, rows, insn.ext_stride, nbytes)
         if insn.opcode is Opcode.LOAD:
-            self.buf[insn.buf][span] = mem[ext_idx]
+            _assign(on_chip, off_chip)
+            self.weights.buffer_written(insn.buf, insn.buf_addr, insn.buf_addr + rows * insn.words,
+                                        Source(insn.chan, addr, rows, insn.words, insn.ext_stride))
         else:
-            mem[ext_idx] = self.buf[insn.buf][span]
+            _assign(off_chip, on_chip)
+            if rows:
+                self.weights.external_written(insn.chan, addr, end)
         return C.transfer_cycles(self.cfg, insn.opcode is Opcode.LOAD, addr, insn.ext_stride,
                                  rows, insn.words)
 
@@ -276,13 +308,10 @@ class Emulator:
         w, k, n, m = self.w, insn.k, insn.n, insn.m
         dwords = L.descriptor_words(w)
         desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
-        wgt = self._get(Buffer.WGT, insn.wgt_addr, n, desc.wgt_pitch(k, w))
-        meta = self._get(Buffer.META, insn.meta_addr + dwords, n, desc.meta_pitch(k, w))
-        ops, mant, shift = L.decode_weight_rows(desc, wgt, meta, k)
+        tile = self._weight_tile(insn, desc)
         x, xm, xe = L.decode_qrows(self._get(Buffer.ACT, insn.act_addr, m,
                                              L.qrow_pitch(k, w)), k, w)
-        acc = N.linear_acc(x, ops, mant, desc.group)
-        out = N.linear_out(acc, xm, xe, shift, 0, 0)
+        out = N.linear_out(grouped_acc(x, tile), xm, xe, tile.shift, 0, 0)
         step = insn.out_pitch if insn.opcode is Opcode.MATMAT else 0
         spec = OUT_MODES[insn.out_mode]
         if spec.operands == "residual":
@@ -294,6 +323,23 @@ class Emulator:
             raise EmulatorError(f"out_mode {insn.out_mode.name}: operands {spec.operands!r}")
         self._put_wide(insn.out_addr, out, step)
         return m * n * desc.kept(k), T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
+
+    def _weight_tile(self, insn: Instruction, desc: L.Descriptor) -> PreparedTile:
+        """The matrix instruction's decoded weights: from the cache while its WGT and META
+        words hold the bytes of the same LOADs, else decoded here."""
+        w, k, n = self.w, insn.k, insn.n
+        wpitch, mpitch = desc.wgt_pitch(k, w), desc.meta_pitch(k, w)
+        rows0 = insn.meta_addr + L.descriptor_words(w)
+        key = self.weights.key((insn.wgt_addr, insn.wgt_addr + n * wpitch),
+                               (insn.meta_addr, rows0 + n * mpitch), k)
+        tile = None if key is None else self.weights.get(key)
+        if tile is None:
+            wgt = self._get(Buffer.WGT, insn.wgt_addr, n, wpitch)
+            meta = self._get(Buffer.META, rows0, n, mpitch)
+            tile = PreparedTile.of(*L.decode_weight_rows(desc, wgt, meta, k), desc.group)
+            if key is not None:
+                self.weights.put(key, tile)
+        return tile
 
     def _mask(self, rows: int, keys: int) -> Tensor:
         pos = self.regs[Reg.POS] + torch.arange(rows)
