@@ -26,6 +26,7 @@ padded with zero bytes to whole words. All multi-byte fields are little-endian.
   ``codes: i8 x dim``.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +104,15 @@ GAMMA = signed(16)  #: an RMSNorm gain
 TRIG = signed(16)  #: a RoPE cos or sin
 
 
+@functools.cache
 def record_bytes(layout: type[data.Struct]) -> int:
     return layout.as_shape().size // 8
+
+
+@functools.cache
+def _byte_fields(layout: type[data.Struct]) -> dict[str, tuple[int, Shape]]:
+    """Each field's byte offset and shape (the layouts never change: computed once)."""
+    return {name: (fld.offset // 8, Shape.cast(fld.shape)) for name, fld in layout.as_shape()}
 
 
 def record_words(layout: type[data.Struct], w: int) -> int:
@@ -144,19 +152,17 @@ def encode_record(layout: type[data.Struct], rows: int, **values) -> np.ndarray:
     """``rows`` records of ``layout`` as bytes [rows, record_bytes]; a field not named is
     zero; values are per row or one for all rows."""
     out = np.zeros((rows, record_bytes(layout)), dtype=np.uint8)
-    fields = dict(layout.as_shape())
+    fields = _byte_fields(layout)
     unknown = set(values) - set(fields)
     if unknown:
         raise LayoutError(f"{layout.__name__}: unknown fields {sorted(unknown)}")
     for name, value in values.items():
-        fld = fields[name]
-        shape = Shape.cast(fld.shape)
+        start, shape = fields[name]
         column = np.broadcast_to(np.asarray(value, dtype=np.int64), (rows,))
         lo, hi = (-(1 << shape.width - 1), (1 << shape.width - 1) - 1) if shape.signed \
             else (0, (1 << shape.width) - 1)
         if column.size and (column.min() < lo or column.max() > hi):
             raise LayoutError(f"{layout.__name__}.{name}: values outside [{lo}, {hi}]")
-        start = fld.offset // 8
         out[:, start:start + shape.width // 8] = _le(column[:, None], _record_dtype(shape))
     return out
 
@@ -164,9 +170,8 @@ def encode_record(layout: type[data.Struct], rows: int, **values) -> np.ndarray:
 def decode_record(layout: type[data.Struct], data_: np.ndarray,
                   offset: int = 0) -> dict[str, np.ndarray]:
     """The fields of the records at byte ``offset`` of rows of bytes [R, B], each [R]."""
-    return {name: _from_le(data_, _record_dtype(Shape.cast(fld.shape)), 1,
-                           offset + fld.offset // 8)[:, 0]
-            for name, fld in layout.as_shape()}
+    return {name: _from_le(data_, _record_dtype(shape), 1, offset + start)[:, 0]
+            for name, (start, shape) in _byte_fields(layout).items()}
 
 
 def _check_byte_fields(layout: type[data.Struct]) -> None:

@@ -108,6 +108,10 @@ def round_shift(x, s) -> Tensor:
         s = min(s, MAX_RIGHT_SHIFT)
         return torch.bitwise_right_shift(x + ((1 << (s - 1)) - (x < 0).to(I64)), s)
     s = _t(s)
+    if bool((s > 0).all()):  # right shifts only (a linear layer's rows): the same sums
+        pos = torch.clamp(s, max=MAX_RIGHT_SHIFT)
+        half = torch.bitwise_left_shift(torch.ones_like(pos), pos - 1)
+        return torch.bitwise_right_shift(x + (half - (x < 0).to(I64)), pos)
     pos = torch.clamp(s, min=0, max=MAX_RIGHT_SHIFT)
     left = torch.clamp(-s, min=0)
     half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)

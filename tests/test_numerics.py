@@ -33,6 +33,9 @@ def test_round_shift_matches_naive_model(seed):
     ss = [rng.randint(-8, 40) for _ in xs]
     got = N.round_shift(T(xs), T(ss)).tolist()
     assert got == [naive_round_shift(x, s) for x, s in zip(xs, ss, strict=True)]
+    right = [rng.randint(1, 70) for _ in xs]  # right shifts only, some past MAX_RIGHT_SHIFT
+    got = N.round_shift(T(xs), T(right)).tolist()
+    assert got == [naive_round_shift(x, s) for x, s in zip(xs, right, strict=True)]
 
 
 def test_round_shift_zero_and_left():
