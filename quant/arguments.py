@@ -36,6 +36,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="score at most this many stories (default: all)")
     p.add_argument("--skip-stories", type=int, default=0,
                    help="score from this story on (a slice the calibration does not use)")
+    p.add_argument("--window", type=int, default=None, metavar="TOKENS",
+                   help="score the text as one token stream in windows of TOKENS, each from "
+                        "its start (WikiText-2 style), instead of stories from BOS")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="with --window: score only the text's first MAX_TOKENS tokens")
     p.add_argument("--group", type=int, default=None, help="weight group size override")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="override the preset's quantization-aware fine-tuning steps")

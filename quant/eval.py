@@ -1,4 +1,5 @@
-"""Perplexity: stories (blank-line separated paragraphs) each scored from BOS, truncated at seq_len.
+"""Perplexity: stories (blank-line separated paragraphs) each scored from BOS, truncated at seq_len;
+or, with ``--window``, the text as one token stream in fixed windows (WikiText-2).
 
 ``python -m quant.eval`` (= ``llmacc eval``) scores one model/scheme/mode and prints
 ``ppl=<value> tokens=<count>`` as its last line; ``--table`` scores every preset in every mode
@@ -24,7 +25,8 @@ from quant.quantize import QuantizedModel, compute_device, quantize
 Tensor = torch.Tensor
 
 
-def read_stories(path: str | Path, limit: int | None = None, skip: int = 0) -> list[str]:
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file with ``\n`` line ends; one line error for anything else."""
     try:
         blob = Path(path).read_bytes()
     except OSError as exc:
@@ -37,7 +39,11 @@ def read_stories(path: str | Path, limit: int | None = None, skip: int = 0) -> l
     if "\0" in text:
         raise checkpoint.CheckpointError(f"{path}: holds NUL bytes, so it is not a text file "
                                          "(a model or tokenizer given as --text?)")
-    text = text.replace("\r\n", "\n")
+    return text.replace("\r\n", "\n")
+
+
+def read_stories(path: str | Path, limit: int | None = None, skip: int = 0) -> list[str]:
+    text = read_text(path)
     stories = [s.strip() for s in text.split("\n\n") if s.strip()]
     stories = stories[skip:]
     return stories if limit is None else stories[:limit]
@@ -96,6 +102,34 @@ def calibration_sequences(tok: tokenizer.Tokenizer, text: str | Path, count: int
 def encode_stories(tok: tokenizer.Tokenizer, stories: list[str], seq_len: int) -> list[list[int]]:
     """Each story from BOS, truncated at ``seq_len`` tokens."""
     return [tok.encode(s)[:seq_len] for s in stories]
+
+
+def window_sequences(tok: tokenizer.Tokenizer, path: str | Path, window: int,
+                     max_tokens: int | None = None) -> list[list[int]]:
+    """The text as one token stream (no BOS, no story split), its first ``max_tokens``
+    tokens cut into windows of ``window``, each scored from its own start: the usual way
+    to score WikiText-2."""
+    if window < 2:
+        raise ValueError(f"--window {window}: a window needs at least two tokens")
+    text = read_text(path)
+    chars = len(text) if max_tokens is None else 8 * max_tokens
+    while True:  # encode only as much text as the tokens asked for need
+        ids = tok.encode(text[:chars], bos=False)
+        if chars >= len(text) or (max_tokens is not None and len(ids) > max_tokens):
+            break
+        chars *= 2
+    ids = ids[:max_tokens]
+    return [ids[i:i + window] for i in range(0, len(ids), window)]
+
+
+def scoring_sequences(tok: tokenizer.Tokenizer, text: str | Path, seq_len: int,
+                      max_stories: int | None = None, skip_stories: int = 0,
+                      window: int | None = None,
+                      max_tokens: int | None = None) -> list[list[int]]:
+    """What perplexity scores: stories from BOS, or with ``window`` the text's windows."""
+    if window is not None:
+        return window_sequences(tok, text, min(window, seq_len), max_tokens)
+    return encode_stories(tok, read_stories(text, max_stories, skip_stories), seq_len)
 
 
 def scorer(mode: str, qm: QuantizedModel, ckpt: checkpoint.Checkpoint):
@@ -169,7 +203,8 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
              max_stories: int | None = None, group: int | None = None,
              calib_text: str | None = None, calib_stories: int = CALIB_STORIES,
              finetune_steps: int | None = None, progress: bool = True,
-             skip_stories: int = 0, device: str = "cpu") -> tuple[float, int]:
+             skip_stories: int = 0, device: str = "cpu", window: int | None = None,
+             max_tokens: int | None = None) -> tuple[float, int]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     ckpt = checkpoint.load(model_path)
@@ -179,20 +214,21 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
         mode = "float"
     qm = None if mode == "float" else prepare(ckpt, tok, scheme, calib_text or text,
                                                calib_stories, progress, device)
-    seqs = encode_stories(tok, read_stories(text, max_stories, skip_stories),
-                          ckpt.config.seq_len)
+    seqs = scoring_sequences(tok, text, ckpt.config.seq_len, max_stories, skip_stories,
+                             window, max_tokens)
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
 
 
 def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
           max_stories: int | None, calib_text: str | None = None,
           calib_stories: int = CALIB_STORIES, progress: bool = True,
-          skip_stories: int = 0, device: str = "cpu") -> str:
+          skip_stories: int = 0, device: str = "cpu", window: int | None = None,
+          max_tokens: int | None = None) -> str:
     """Markdown table: every scheme's perplexity in fake-quant and integer mode."""
     ckpt = checkpoint.load(model_path)
     tok = tokenizer.load(tokenizer_path, ckpt.config.vocab_size)
-    seqs = encode_stories(tok, read_stories(text, max_stories, skip_stories),
-                          ckpt.config.seq_len)
+    seqs = scoring_sequences(tok, text, ckpt.config.seq_len, max_stories, skip_stories,
+                             window, max_tokens)
     base, count = perplexity(scorer("float", None, ckpt), seqs)
     rows = [f"| float (fp32) | 32 | {base:.3f} | - | - | - |"]
     for name in names:
@@ -208,11 +244,14 @@ def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
                   file=sys.stderr)
     head = ("| scheme | bits/weight | ppl fake-quant | ppl integer | integer / float | "
             "integer vs fake |\n|---|---|---|---|---|---|")
-    return "\n".join([head, *rows]) + f"\n\n{count} scored tokens, {len(seqs)} stories.\n"
+    what = "stories" if window is None else f"windows of {window} tokens"
+    return "\n".join([head, *rows]) + f"\n\n{count} scored tokens, {len(seqs)} {what}.\n"
 
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
+    if args.max_tokens is not None and args.window is None:
+        raise ValueError("--max-tokens counts the tokens of --window scoring: give --window")
     args.tokenizer = tokenizer.path_for(args.tokenizer, args.model)  # before any work
     compute_device(args.device)
     if args.table:
@@ -220,13 +259,14 @@ def run(args: argparse.Namespace) -> int:
         names = [n for n in schemes.PRESETS if n != "float"]
         md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
                    args.calib_text, args.calib_stories, progress, args.skip_stories,
-                   args.device)
+                   args.device, args.window, args.max_tokens)
         Path(args.table).write_text(md)
         print(md, end="")
         return 0
     ppl, count = evaluate(args.model, args.tokenizer, args.text, args.scheme, args.mode,
                           args.max_stories, args.group, args.calib_text, args.calib_stories,
-                          args.finetune_steps, progress, args.skip_stories, args.device)
+                          args.finetune_steps, progress, args.skip_stories, args.device,
+                          args.window, args.max_tokens)
     print(f"ppl={ppl:.4f} tokens={count}")
     return 0
 

@@ -41,6 +41,23 @@ def test_story_splitting(tmp_path):
     assert quant_eval.read_stories(path, limit=1, skip=1) == ["two\nlines"]
 
 
+def test_windows_cut_one_token_stream(tmp_path):
+    """WikiText-2 style: the whole text as one stream without BOS, its first tokens in
+    fixed windows; CRLF line ends read as LF, as the stories are."""
+    from quant import tokenizer
+
+    need_shared()
+    tok = tokenizer.load(TOKENIZER, 512)
+    text = "The cat sat on the mat.\r\nIt was a sunny day, and the dog ran far away.\r\n" * 40
+    path = tmp_path / "t.raw"
+    path.write_bytes(text.encode())
+    stream = tok.encode(text.replace("\r\n", "\n"), bos=False)
+    windows = quant_eval.window_sequences(tok, path, 64, 300)
+    assert [len(w) for w in windows] == [64, 64, 64, 64, 44]
+    assert sum(windows, []) == stream[:300] and tok.bos not in windows[0]
+    assert sum(quant_eval.window_sequences(tok, path, 100), []) == stream
+
+
 def test_bad_inputs_exit_with_one_line_errors(tmp_path, capsys):
     need_shared()
     assert cli.main(["eval", *ARGS, "--scheme", "w9"]) == 2
@@ -56,6 +73,8 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, capsys):
         cli.main(["eval", "--model", str(MODEL)])  # argparse: missing arguments
     assert cli.main(["eval", *ARGS[:4], "--text", str(empty), "--no-progress"]) == 2
     assert "no text to score" in capsys.readouterr().err
+    assert cli.main(["eval", *ARGS, "--max-tokens", "100", "--no-progress"]) == 2
+    assert "give --window" in capsys.readouterr().err
 
 
 def test_eval_refuses_a_binary_text(capsys):
