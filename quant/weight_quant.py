@@ -128,6 +128,9 @@ class GroupParams:
 
     @cached_property
     def grid(self) -> Grid:
+        first = self.values[:1]
+        if torch.equal(self.values, first.expand_as(self.values)):  # one table for all rows
+            return Grid.of(first)  # (INT8, a single type): its thresholds found once
         return Grid.of(self.values)
 
     def round(self, w: Tensor) -> tuple[Tensor, Tensor]:
