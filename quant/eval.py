@@ -70,25 +70,26 @@ def perplexity(score: Callable[[list[int]], Tensor], sequences: list[list[int]],
     return math.exp(nll / count), count
 
 
-def _bar(done: int, total: int, start: float, what: str = "scoring") -> None:
+def _bar(done: int, total: int, start: float, what: str = "scoring", where: str = "") -> None:
     """One progress line; the ETA extrapolates the rate of the work done since ``start``
-    (nothing is estimated before the first unit is done)."""
+    (nothing is estimated before the first unit is done); ``where``: the unit in hand."""
     width = 30
     fill = width * done // max(total, 1)
     eta = f"eta {(time.time() - start) / done * (total - done):5.0f}s" if done else "eta    ?"
-    print(f"\r{what} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {eta}",
+    where = f" {where:<30}" if where else ""  # padded: a shorter name overwrites a longer
+    print(f"\r{what} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {eta}{where}",
           end="", file=sys.stderr, flush=True)
 
 
 def _progress(what: str):
-    """A progress callback ``(done, total)`` whose clock starts at its ``done == 0`` call
-    (or its first call), so set-up before the work does not inflate the ETA."""
+    """A progress callback ``(done, total[, where])`` whose clock starts at its ``done == 0``
+    call (or its first call), so set-up before the work does not inflate the ETA."""
     start = [time.time()]
 
-    def bar(done: int, total: int) -> None:
+    def bar(done: int, total: int, where: str = "") -> None:
         if done == 0:
             start[0] = time.time()
-        _bar(done, total, start[0], what)
+        _bar(done, total, start[0], what, where)
     return bar
 
 

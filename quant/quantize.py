@@ -167,7 +167,7 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
     total = sum(ckpt.weights[name].numel() for name in names)
     done_weights = 0
     if progress is not None:
-        progress(0, total)
+        progress(0, total, f"layer 1/{cfg.n_layers}")
     for name in names:
         w = ckpt.weights[name]
         st = stats.inputs.get(name)
@@ -185,8 +185,9 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
             hessian=None if st is None else st.hessian, keep=keep, sparsity=scheme.sparsity,
             gptq=scheme.gptq, device=device)
         done_weights += w.numel()
-        if progress is not None:
-            progress(done_weights, total)
+        if progress is not None:  # the layer just done (the next one's share is on its way)
+            layer = int(name.split(".")[1])
+            progress(done_weights, total, f"layer {layer + 1}/{cfg.n_layers} {name}")
     emb = _int8(ckpt.weights["tok_embeddings"], scheme.group, device)
     qm.linears["tok_embeddings"] = emb
     qm.linears["output"] = emb if cfg.shared_classifier else _int8(ckpt.weights["output"],

@@ -84,3 +84,15 @@ def test_eval_refuses_a_binary_text(capsys):
     assert cli.main(["eval", *ARGS[:4], "--text", str(MODEL), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "not UTF-8 text" in err or "NUL bytes" in err, err
+
+
+def test_quantizing_shows_the_layer_in_hand(capsys, seed):
+    from quant import schemes
+    from tests.helpers.models import random_sequences, tiny_checkpoint
+
+    ckpt = tiny_checkpoint(seed, layers=2)
+    calib = random_sequences(seed, 4, 16, ckpt.config.vocab_size)
+    quant_eval.prepare_sequences(ckpt, schemes.parse("w8a8"), calib, progress=True)
+    lines = capsys.readouterr().err.split("\r")
+    assert any("layer 1/2 layers.0.wq" in line for line in lines), lines
+    assert "layer 2/2 layers.1.w3" in lines[-1] and "eta     0s" in lines[-1], lines
