@@ -149,7 +149,8 @@ def _int8(w: Tensor, group: int, device: torch.device) -> QLinear:
 def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = None,
              progress=None, device: str | torch.device = "cpu") -> QuantizedModel:
     """Quantize ``ckpt`` with ``scheme``; ``calib`` token sequences enable GPTQ and Wanda.
-    The weight quantizer (type and clipping search, GPTQ) runs on ``device``."""
+    The weight quantizer (type and clipping search, GPTQ) runs on ``device``; ``progress``
+    is called as ``progress(weights_done, weights_total, where)``."""
     device = compute_device(str(device))
     cfg = ckpt.config
     norms = {k: v for k, v in ckpt.weights.items() if k.endswith("norm")}

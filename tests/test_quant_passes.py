@@ -183,7 +183,7 @@ def test_progress_counts_weights_from_the_start_of_quantization(seed):
     ckpt = tiny_checkpoint(seed)
     calls = []
     quantize(ckpt, schemes.parse("w4a8"), [list(range(1, 17))],
-             lambda done, total: calls.append((done, total)))
+             lambda done, total, where: calls.append((done, total)))
     total = sum(ckpt.layer(i, k).numel() for i in range(ckpt.config.n_layers)
                 for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
     assert calls[0] == (0, total) and calls[-1] == (total, total), (calls[:2], calls[-1])
