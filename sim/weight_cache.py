@@ -13,8 +13,8 @@ The cache never changes a result:
 * a write to external memory (a STORE, or the host) drops every source and every decoded tile
   it overlaps, so stale bytes are never taken for the new ones;
 * :func:`grouped_acc` equals :func:`llmacc.numerics.linear_acc` exactly (checked in the tests):
-  it multiplies in float32 only where every partial sum is an integer below ``2**24``, and
-  rescales the group sums in float64 where every partial sum is below ``2**53``.
+  it multiplies in float32 and rescales the group sums in float64 only where the tile's
+  operand bounds keep every partial sum an integer below ``2**24`` and ``2**53``.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ class PreparedTile:
     def of(cls, ops: Tensor, mant: Tensor, shift: Tensor, group: int) -> PreparedTile:
         n, k = ops.shape
         bound = int(ops.abs().max()) if ops.numel() else 0
-        # |x| <= 128 (any INT8 byte): every float32 partial sum of a group stays exact
-        if bound * 128 * group < F32_EXACT:
+        scale_max = int(mant.max()) if mant.numel() else 0
+        group_sum = bound * 128 * group  # |x| <= 128 (any INT8 byte) bounds a group's sum
+        # float32 group sums, and float64 sums of every group's rescaled term, stay exact
+        if group_sum < F32_EXACT and group_sum * scale_max * (k // group) < F64_EXACT:
             f32 = ops.to(torch.float32).reshape(n, k // group, group).transpose(0, 1)
             scale = mant.to(torch.float64).t().unsqueeze(-1)
             return cls(f32.contiguous(), scale.contiguous(), shift, group, True)
@@ -88,7 +90,7 @@ def grouped_acc(x: Tensor, tile: PreparedTile) -> Tensor:
     t = x.shape[0]
     xg = x.to(torch.float32).reshape(t, groups, group).permute(1, 2, 0)  # [G, group, T]
     psum = torch.bmm(tile.ops, xg).to(torch.float64)  # [G, n, T], exact integers < 2**24
-    # |psum| < 2**18 and mant < 2**16: each term < 2**34, any sum of K/8 terms < 2**53
+    # all G terms together stay below 2**53 (PreparedTile.of): the float64 sum is exact
     acc = (psum * tile.mant).sum(0).t()
     return N.check_range(acc.to(N.I64), N.ACC_BITS, "matrix accumulator")
 
