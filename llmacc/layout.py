@@ -24,10 +24,16 @@ padded with zero bytes to whole words. All multi-byte fields are little-endian.
 * **RoPE row** (TABLE, one per position): ``cos: i16 x D/2, sin: i16 x D/2``.
 * **embedding record** (EMBED input): ``E: i16``, padded, ``mant: u16 x G``, padded,
   ``codes: i8 x dim``.
+* **weight stream** (the streaming matrix path, ``hw/stream_engine.py``): a channel's weight
+  rows beat-major, in WEIGHTS words (whole beats of code and index bit planes) and SCALES
+  words (:func:`stream_scale_layout`), in the order its lanes ask for them; see the section
+  "beat-major weight streams" below.
 """
 
+import contextlib
 import functools
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import torch
@@ -530,3 +536,292 @@ def decode_embedding(data: np.ndarray, dim: int, group: int,
 
 for _record in (TileDescriptor, QRowHeader, KvHeader, RowRecordHead, GammaHeader, EmbedHeader):
     _check_byte_fields(_record)
+
+
+# -- beat-major weight streams (the streaming matrix path) -----------------------------------
+# A weight stream is what one memory channel sends its lanes during a MATVEC/MATMAT: every
+# row of the channel's share, cut into the engine's beats of ``n`` kept weights and stored in
+# the order the lanes consume them, so that a lane takes its operands out of an AXI word with
+# fixed wiring per format. Two kinds of words (:class:`StreamPart`), each one lane's:
+#
+# * **WEIGHTS**: ``beats_per_word`` beats of one row. A beat fills a slot of
+#   ``slot_planes`` planes of ``n`` bits (the smallest power of two holding its planes): the
+#   code planes first (plane ``p`` holds bit ``p`` of the beat's ``n`` codes, INT8 as bytes),
+#   the N:M index planes (``log2 M`` of them) at the top of the slot. Slot ``j`` of a word
+#   starts at plane ``j * slot_planes``.
+# * **SCALES**: :func:`stream_scale_layout`, the row's ``shift`` and the mantissa and aux
+#   byte of ``stream_scale_entries`` consecutive groups (entry ``g % E`` holds group ``g``).
+#
+# A row starts a new word of each part. The channel's lanes (``lanes``, one row each per
+# pass) share one word stream: the words come in the order in which the lanes' queues
+# (two words per part) ask for them, each request answered with one word per lane, lane 0
+# first. The queues ask twice per part at the start (WEIGHTS, SCALES, WEIGHTS, SCALES), then
+# once for each word a beat finishes (:meth:`StreamGeometry.pops`, WEIGHTS before SCALES):
+# the order depends only on the beats, never on timing. A request that no row needs any more
+# is answered with a zero word while later words follow, and not at all after the last.
+class StreamPart(IntEnum):
+    """The kinds of words of a weight stream, in the order one beat's requests are made."""
+
+    WEIGHTS = 0
+    SCALES = 1
+
+
+STREAM_QUEUE_WORDS = 2  #: words a lane's queue holds per part (the current and the next)
+
+
+def stream_scale_entries(w_bits: int) -> int:
+    """Groups per SCALES word on a port of ``w_bits``: the most (a power of two) that fit
+    beside the row's shift."""
+    fit = (w_bits - RowRecordHead.as_shape().size) // (MANT.width + AUX.width)
+    return 1 << (fit.bit_length() - 1)
+
+
+def stream_scale_layout(w_bits: int) -> data.StructLayout:
+    """One SCALES word: the row's ``shift`` (as its row record's) and ``E`` groups' ``mant``
+    and ``aux``, padded to the word."""
+    e = stream_scale_entries(w_bits)
+    fields = {"shift": RowRecordHead.as_shape()["shift"].shape,
+              "mant": data.ArrayLayout(MANT, e), "aux": data.ArrayLayout(AUX, e)}
+    return data.StructLayout({**fields,
+                              "reserved": w_bits - data.StructLayout(fields).size})
+
+
+@dataclass(frozen=True)
+class StreamGeometry:
+    """Where everything of one tile's rows lies in its weight stream: ``k`` inputs per row,
+    ``n`` kept weights per beat (the chain), words of ``w_bits``."""
+
+    desc: Descriptor
+    k: int
+    n: int
+    w_bits: int
+
+    def __post_init__(self) -> None:
+        d = self.desc
+        if self.k % d.group or (d.nm is not None and self.k % d.nm[1]):
+            raise LayoutError(f"K = {self.k} is not a multiple of the group {d.group} / "
+                              "sparse block")
+        if self.w_bits % self.n:
+            raise LayoutError(f"a {self.w_bits}-bit word holds no whole planes of {self.n}")
+        if self.beat_planes > self.word_planes:
+            raise LayoutError(
+                f"{FORMAT_NAMES[d.wfmt]} {d.sparsity.name}: a beat's {self.beat_planes} "
+                f"planes of {self.n} bits do not fit a {self.w_bits}-bit word")
+        if self.groups_per_beat > stream_scale_entries(self.w_bits):
+            raise LayoutError(f"{self.groups_per_beat} groups per beat exceed a SCALES word's "
+                              f"{stream_scale_entries(self.w_bits)}")
+
+    @property
+    def index_planes(self) -> int:
+        return self.desc.index_bits()
+
+    @property
+    def beat_planes(self) -> int:
+        return self.desc.bits + self.index_planes
+
+    @property
+    def slot_planes(self) -> int:
+        return 1 << (self.beat_planes - 1).bit_length()
+
+    @property
+    def word_planes(self) -> int:
+        return self.w_bits // self.n
+
+    @property
+    def beats_per_word(self) -> int:
+        return self.word_planes // self.slot_planes
+
+    @property
+    def kept(self) -> int:
+        return self.desc.kept(self.k)
+
+    @property
+    def beats(self) -> int:
+        """Beats of one row."""
+        return -(-self.kept // self.n)
+
+    @property
+    def groups(self) -> int:
+        return self.k // self.desc.group
+
+    @property
+    def kept_per_group(self) -> int:
+        keep, block = self.desc.nm or (1, 1)
+        return self.desc.group * keep // block
+
+    @property
+    def groups_per_beat(self) -> int:
+        return max(1, self.n // self.kept_per_group)
+
+    def code_plane(self, slot: int, p: int) -> int:
+        """The word plane of code bit ``p`` of the beat in slot ``slot``."""
+        return slot * self.slot_planes + p
+
+    def index_plane(self, slot: int, p: int) -> int:
+        """The word plane of index bit ``p`` of the beat in slot ``slot``."""
+        return (slot + 1) * self.slot_planes - self.index_planes + p
+
+    def row_words(self, part: StreamPart) -> int:
+        """Words of ``part`` in one row."""
+        if part is StreamPart.WEIGHTS:
+            return -(-self.beats // self.beats_per_word)
+        return -(-self.groups // stream_scale_entries(self.w_bits))
+
+    def pops(self, beat: int) -> tuple[StreamPart, ...]:
+        """The parts whose current word beat ``beat`` of a row finishes."""
+        last = beat == self.beats - 1
+        entries = stream_scale_entries(self.w_bits)
+        end = (beat + 1) * self.n
+        group_end = last or end % self.kept_per_group == 0
+        done_group = (end - 1) // self.kept_per_group
+        return tuple(part for part, done in (
+            (StreamPart.WEIGHTS, last or beat % self.beats_per_word == self.beats_per_word - 1),
+            (StreamPart.SCALES, last or (group_end and done_group % entries == entries - 1)))
+            if done)
+
+    def requests(self, passes: int) -> list[StreamPart]:
+        """Every request of the lanes' queues over ``passes`` rows each, in order."""
+        out = [part for _ in range(STREAM_QUEUE_WORDS) for part in StreamPart]
+        per_row = [part for beat in range(self.beats) for part in self.pops(beat)]
+        return out + per_row * passes
+
+
+@functools.cache
+def stream_geometries(n: int, w_bits: int) -> dict[tuple[WeightFormat, Sparsity], StreamGeometry]:
+    """Every format and sparsity that a beat-major stream of ``w_bits`` words holds for a
+    chain of ``n`` (their planes and slots do not depend on K or the group)."""
+    out = {}
+    for fmt in WeightFormat:
+        for sp in Sparsity:
+            # a combination that does not fit is not streamed: the layout says why
+            with contextlib.suppress(LayoutError):
+                out[fmt, sp] = StreamGeometry(Descriptor(fmt, sp, GROUP_LOG2_MAX),
+                                              16 << GROUP_LOG2_MAX, n, w_bits)
+    return out
+
+
+def _stream_rows(geom: StreamGeometry, codes: Tensor, keep: Tensor | None, mant: Tensor,
+                 shift: Tensor, aux: Tensor | None) -> dict[StreamPart, np.ndarray]:
+    """Each row's words per part, bytes [rows, row_words, W]."""
+    d, n, w_bytes = geom.desc, geom.n, geom.w_bits // 8
+    c = torch.as_tensor(codes)
+    rows = c.shape[0]
+    if d.wfmt is WeightFormat.INT8:
+        c = c & 0xFF
+    idx = torch.zeros_like(c)
+    if d.nm is not None:
+        c, idx = N.nm_compress(c, keep, *d.nm)
+    span = geom.beats * n
+    kept_codes = np.zeros((rows, span), dtype=np.int64)
+    kept_idx = np.zeros((rows, span), dtype=np.int64)
+    kept_codes[:, :geom.kept], kept_idx[:, :geom.kept] = c.numpy(), idx.numpy()
+    per_word = geom.beats_per_word
+    nwords = geom.row_words(StreamPart.WEIGHTS)
+    planes = np.zeros((rows, nwords * per_word, geom.word_planes // per_word, n), np.uint8)
+    beats = np.arange(geom.beats)
+    for p in range(d.bits):
+        planes[:, beats, geom.code_plane(0, p)] = (kept_codes.reshape(rows, -1, n) >> p) & 1
+    for p in range(geom.index_planes):
+        planes[:, beats, geom.index_plane(0, p)] = (kept_idx.reshape(rows, -1, n) >> p) & 1
+    weights = np.packbits(planes.reshape(rows, nwords, -1), axis=2, bitorder="little")
+    entries = stream_scale_entries(geom.w_bits)
+    layout = stream_scale_layout(geom.w_bits)
+    swords = geom.row_words(StreamPart.SCALES)
+    scales = np.zeros((rows, swords, w_bytes), np.uint8)
+    pad = swords * entries
+    m = np.zeros((rows, pad), np.int64)
+    a = np.zeros((rows, pad), np.int64)
+    m[:, :geom.groups] = np.asarray(mant)
+    if aux is not None and d.wfmt is not WeightFormat.INT8:
+        a[:, :geom.groups] = np.asarray(aux)
+    for word in range(swords):
+        head = encode_record(RowRecordHead, rows, shift=np.asarray(shift))
+        scales[:, word, :head.shape[1]] = head
+        lo = layout["mant"].offset // 8
+        scales[:, word, lo:lo + 2 * entries] = _le(m[:, word * entries:(word + 1) * entries],
+                                                   _record_dtype(MANT))
+        lo = layout["aux"].offset // 8
+        scales[:, word, lo:lo + entries] = _le(a[:, word * entries:(word + 1) * entries],
+                                               _record_dtype(AUX))
+    return {StreamPart.WEIGHTS: weights, StreamPart.SCALES: scales}
+
+
+def encode_weight_stream(geom: StreamGeometry, lanes: int, codes: Tensor, keep: Tensor | None,
+                         mant: Tensor, shift: Tensor, aux: Tensor | None) -> np.ndarray:
+    """One channel's weight stream, bytes [words, W]: its rows (codes [R, K] as
+    :func:`encode_weight_rows` takes them) on ``lanes`` lanes, row ``r`` on lane
+    ``r % lanes`` in pass ``r // lanes``. ``R`` must be a multiple of ``lanes``."""
+    rows = torch.as_tensor(codes).shape[0]
+    if rows % lanes:
+        raise LayoutError(f"{rows} rows do not fill passes of {lanes} lanes")
+    passes = rows // lanes
+    w_bytes = geom.w_bits // 8
+    # each lane's words of each part, its rows in order: [lanes, passes * row_words, W]
+    queues = {part: words_.reshape(passes, lanes, -1, w_bytes).swapaxes(0, 1)
+              .reshape(lanes, -1, w_bytes)
+              for part, words_ in _stream_rows(geom, codes, keep, mant, shift, aux).items()}
+    taken = dict.fromkeys(StreamPart, 0)
+    left = sum(q.shape[1] for q in queues.values())
+    out = []
+    for part in geom.requests(passes):
+        if not left:
+            break
+        q = queues[part]
+        if taken[part] < q.shape[1]:  # else no row needs it: a zero word per lane
+            out.append(q[:, taken[part]])
+            taken[part] += 1
+            left -= 1
+        else:
+            out.append(np.zeros((lanes, w_bytes), np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, w_bytes), np.uint8)
+
+
+def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_weight_stream`, the way the lanes read it: per row (``R =
+    lanes * passes``) the kept ``codes`` and ``idx`` [R, kept] (INT8 as bytes), ``mant`` and
+    ``aux`` [R, G] and ``shift`` [R]."""
+    w_bytes = geom.w_bits // 8
+    words_ = {part: [[] for _ in range(lanes)] for part in StreamPart}
+    at = 0
+    for part in geom.requests(passes):
+        if at >= stream.shape[0]:
+            break
+        for lane in range(lanes):
+            words_[part][lane].append(stream[at])
+            at += 1
+    if at != stream.shape[0]:
+        raise LayoutError(f"weight stream: {stream.shape[0] - at} words past the last request")
+    rows = lanes * passes
+
+    def row_words(part: StreamPart) -> np.ndarray:
+        """[rows, row_words, W]: a lane's first words of a part are its rows' (any zero
+        answers come after them)."""
+        count = geom.row_words(part)
+        got = [np.stack(words_[part][lane]) if words_[part][lane] else
+               np.zeros((0, w_bytes), np.uint8) for lane in range(lanes)]
+        if any(g.shape[0] < passes * count for g in got):
+            raise LayoutError(f"weight stream: too few {part.name} words")
+        return np.stack([got[r % lanes][r // lanes * count:(r // lanes + 1) * count]
+                         for r in range(rows)])
+
+    weights = row_words(StreamPart.WEIGHTS)
+    bits = np.unpackbits(weights, axis=2, bitorder="little").reshape(
+        rows, -1, geom.slot_planes, geom.n)[:, :geom.beats]
+
+    def gather(plane_of, count: int) -> np.ndarray:
+        value = sum(bits[:, :, plane_of(0, p)].astype(np.int64) << p for p in range(count))
+        return np.asarray(value).reshape(rows, -1)[:, :geom.kept] if count else np.zeros(
+            (rows, geom.kept), np.int64)
+
+    scales = row_words(StreamPart.SCALES)
+    layout = stream_scale_layout(geom.w_bits)
+    entries = stream_scale_entries(geom.w_bits)
+    flat = scales.reshape(rows * scales.shape[1], w_bytes)
+    mant = _from_le(flat, _record_dtype(MANT), entries, layout["mant"].offset // 8)
+    aux = _from_le(flat, _record_dtype(AUX), entries, layout["aux"].offset // 8)
+    return {"codes": gather(geom.code_plane, geom.desc.bits),
+            "idx": gather(geom.index_plane, geom.index_planes),
+            "mant": mant.reshape(rows, -1)[:, :geom.groups],
+            "aux": aux.reshape(rows, -1)[:, :geom.groups],
+            "shift": decode_record(RowRecordHead, scales[:, 0])["shift"]}

@@ -171,6 +171,20 @@ class _ChannelDriver:
         report.max_in_flight = max(report.max_in_flight, len(hbm.bursts))
 
 
+async def _channel_cycle(io: PortIO, channels: list[_ChannelDriver], inputs: dict[str, int],
+                         names: tuple[str, ...], cycle: int) -> dict[str, int]:
+    """One cycle of a bench: the block's ``inputs`` and every channel's, its outputs
+    ``names`` (which include every channel's and ``error``), each channel's accounting."""
+    for ch in channels:
+        inputs.update(ch.inputs())
+    out = await io.cycle(inputs, names)
+    if out["error"]:
+        raise AssertionError(f"cycle {cycle}: error flag without an error response")
+    for ch in channels:
+        ch.after(out, cycle)
+    return out
+
+
 async def _drive(io: PortIO, channels: list[_ChannelDriver], want: int, rng: random.Random,
                  stall: float, max_cycles: int) -> tuple[list[int], int]:
     """Run the channels until the block is idle with ``want`` words out of ``data``;
@@ -181,14 +195,7 @@ async def _drive(io: PortIO, channels: list[_ChannelDriver], want: int, rng: ran
     cycle = 0
     while True:
         ready = int(rng.random() >= stall)
-        inputs = {"data__ready": ready}
-        for ch in channels:
-            inputs.update(ch.inputs())
-        out = await io.cycle(inputs, names)
-        if out["error"]:
-            raise AssertionError(f"cycle {cycle}: error flag without an error response")
-        for ch in channels:
-            ch.after(out, cycle)
+        out = await _channel_cycle(io, channels, {"data__ready": ready}, names, cycle)
         if out["data__valid"] and ready:
             words.append(out["data__payload"])
         cycle += 1
@@ -225,6 +232,53 @@ async def slice_bench(io: PortIO, memories: list[bytes], commands: list[list[tup
         raise ValueError(f"the channels of a slice stream equal words, not {sorted(want)}")
     words, cycles = await _drive(io, channels, want.pop(), rng, stall, max_cycles)
     return words, cycles, [ch.report for ch in channels]
+
+
+@dataclass
+class EngineRun:
+    """What a streaming engine run did: its results, the cycles to the last one, the first
+    and last beat the engine took, and each channel's read report."""
+
+    results: list[int]
+    cycles: int
+    beats: int
+    first_beat: int
+    last_beat: int
+    reports: list[StreamReport]
+
+
+async def engine_bench(io: PortIO, memories: list[bytes], commands: list[list[tuple[int, int]]],
+                       engine_cmd: int, acts: list[int], want: int, data_bytes: int,
+                       addr_bits: int, timing: HbmTiming, rng: random.Random, *,
+                       max_cycles: int = 5_000_000) -> EngineRun:
+    """Drive a :class:`hw.stream_engine.StreamSlice`: the streamers' row reads from the
+    channels' HBM models, one engine command, the activation beats as fast as it takes them,
+    and its ``want`` results taken as they come."""
+    channels = [_ChannelDriver(f"cmd{i}", f"axi{i}", mem, cmds, data_bytes, addr_bits,
+                               timing, random.Random(rng.random()))
+                for i, (mem, cmds) in enumerate(zip(memories, commands, strict=True))]
+    names = ("ecmd__ready", "act__ready", "o__valid", "o__payload", "error",
+             *(name for ch in channels for name in ch.outputs()))
+    results: list[int] = []
+    pending = deque(acts)
+    cmd_sent, beats, first, last, cycle = False, 0, -1, -1, 0
+    while len(results) < want:
+        inputs = {"ecmd__valid": int(not cmd_sent), "ecmd__payload": engine_cmd,
+                  "act__valid": int(bool(pending)), "act__payload": pending[0] if pending
+                  else 0, "o__ready": 1}
+        out = await _channel_cycle(io, channels, inputs, names, cycle)
+        cmd_sent |= bool(out["ecmd__ready"])
+        if pending and out["act__ready"]:
+            pending.popleft()
+            beats += 1
+            first = cycle if first < 0 else first
+            last = cycle
+        if out["o__valid"]:
+            results.append(out["o__payload"])
+        cycle += 1
+        if cycle > max_cycles:
+            raise TimeoutError(f"{len(results)} of {want} results after {cycle} cycles")
+    return EngineRun(results, cycle, beats, first, last, [ch.report for ch in channels])
 
 
 def expected_words(memory: bytes, commands: list[tuple[int, int]], data_bytes: int) -> list[int]:

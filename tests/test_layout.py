@@ -1,12 +1,16 @@
 """The buffer records of ``llmacc/layout.py``: the byte images the docstring documents, the
 field checks, and round trips through the declared layouts."""
 
+import random
+
 import numpy as np
 import pytest
 import torch
 
 from llmacc import layout as L
+from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
+from tests.helpers.weights import random_tile
 
 W = 16  #: sim-small's word
 
@@ -56,3 +60,34 @@ def test_records_round_trip(seed):
               "mid": rng.integers(-(1 << 31), 1 << 31, 5)}
     got = L.decode_record(L.KvHeader, L.encode_record(L.KvHeader, 5, **values))
     assert all((got[k] == v).all() for k, v in values.items()), f"seed {seed}"
+
+
+@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512), (32, 512)])
+def test_stream_round_trip(n, w_bits, seed):
+    """Every streamed format and sparsity: the lanes' reading of a stream gives back the
+    rows' kept codes, indices, scales, aux bytes and shifts."""
+    rng = random.Random(seed)
+    for (fmt, sp), _ in L.stream_geometries(n, w_bits).items():
+        nm = L.SPARSITY_NM[sp]
+        keep_n, block = nm or (1, 1)
+        group = rng.choice([g for g in (16, 32, 128) if g >= block and n // (
+            g * keep_n // block) <= L.stream_scale_entries(w_bits)])
+        k = group * rng.randint(1, 4) * (8 if nm == (2, 16) else 1)
+        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, n, w_bits)
+        lanes, passes = rng.randint(1, 3), rng.randint(1, 3)
+        codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, lanes * passes)
+        got = L.decode_weight_stream(geom, lanes, passes, L.encode_weight_stream(
+            geom, lanes, codes, keep, mant, shift, aux))
+        kept = codes if nm is None else N.nm_compress(codes, keep, *nm)[0]
+        assert np.array_equal(got["codes"], kept.numpy()), (fmt, sp, seed)
+        if nm:
+            assert np.array_equal(got["idx"], N.nm_compress(codes, keep, *nm)[1].numpy())
+        assert np.array_equal(got["mant"], mant.numpy()), (fmt, sp, seed)
+        if fmt is not WeightFormat.INT8:
+            assert np.array_equal(got["aux"], aux.numpy()), (fmt, sp, seed)
+        assert np.array_equal(got["shift"], shift.numpy()), (fmt, sp, seed)
+
+
+def test_stream_refuses_what_a_word_cannot_hold():
+    with pytest.raises(L.LayoutError, match="12 planes of 64 bits do not fit a 512-bit word"):
+        L.StreamGeometry(L.Descriptor.of(WeightFormat.INT8, (8, 16), 128), 4096, 64, 512)

@@ -12,11 +12,11 @@ from amaranth.lib.wiring import In, Out
 
 from hw import hierarchy
 from hw.matrix_engine import EngineError, MatrixEngine, beats, engine_layouts
-from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.isa import WeightFormat
 from sim import stream_harness as H
 from tests.helpers.simulators import SIMULATORS, run_block
+from tests.helpers.weights import random_tile
 
 LANES, CHAIN, TAP = 2, 16, 4
 
@@ -49,35 +49,6 @@ class PackedEngine(wiring.Component):
         return m
 
 
-def _tile(rng: random.Random, fmt: WeightFormat, nm, group: int, k: int, edge: bool):
-    """Random stored codes, decode parameters and the dense operands the model sees."""
-    bits = L.FORMAT_BITS[fmt]
-    g = k // group
-    codes = torch.tensor([[rng.randrange(1 << bits) for _ in range(k)] for _ in range(LANES)])
-    aux = None
-    if fmt is WeightFormat.W2:
-        aux = torch.tensor([[rng.randrange(4) for _ in range(g)] for _ in range(LANES)])
-    elif fmt in (WeightFormat.MIXED3, WeightFormat.MIXED4):
-        aux = torch.tensor([[rng.randrange(6) for _ in range(g)] for _ in range(LANES)])
-    keep = None
-    if nm:
-        kn, km = nm
-        keep = torch.zeros(LANES, k, dtype=torch.bool)
-        for r in range(LANES):
-            for b in range(0, k, km):
-                for j in rng.sample(range(km), kn):
-                    keep[r, b + j] = True
-    signed = codes - 256 * (codes > 127) if fmt is WeightFormat.INT8 else codes
-    ops = N.decode_weights(signed, aux, L.FORMAT_NAMES[fmt], group, aux)
-    if keep is not None:
-        ops = torch.where(keep, ops, 0)
-    mmax = N.SCALE_MAX if edge else rng.randint(1, N.SCALE_MAX)
-    mant = torch.tensor([[rng.choice((0, mmax, rng.randint(0, mmax))) for _ in range(g)]
-                         for _ in range(LANES)])
-    shift = torch.tensor([rng.randint(-4, 30) for _ in range(LANES)])
-    return codes, keep, aux, mant, shift, ops
-
-
 def _cases(seed: int, count: int):
     rng = random.Random(seed)
     inp, out = beat_layout(LANES, CHAIN, TAP), engine_layouts(LANES, CHAIN, TAP)[2]
@@ -90,7 +61,7 @@ def _cases(seed: int, count: int):
         fmt, nm, group = combos[c % len(combos)] if c < len(combos) else rng.choice(combos)
         k = group * rng.randint(1, 3) * (max(1, 128 // group) if nm == (2, 16) else 1)
         edge = c % 5 == 0
-        codes, keep, aux, mant, shift, ops = _tile(rng, fmt, nm, group, k, edge)
+        codes, keep, aux, mant, shift, ops = random_tile(rng, fmt, nm, group, k, LANES, edge)
         x = torch.tensor([[rng.choice((-127, 127)) if edge else rng.randint(-127, 127)
                            for _ in range(k)] for _ in range(2)])
         if fmt is WeightFormat.INT8:

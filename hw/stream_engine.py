@@ -1,0 +1,190 @@
+"""The matrix engine fed from weight streams: ``channels`` memory channels, each with a
+:class:`hw.stream_unpacker.StreamUnpacker` for its ``lanes`` lanes, and one activation
+stream shared by all lanes.
+
+A command (:func:`command_layout`) starts one tile's stream: its format, sparsity and group,
+the beats of a row, the passes (rows per lane) and the words each channel sends. The engine
+counts the beats as :func:`hw.matrix_engine.beats` schedules them (group and row ends), tells
+the unpackers which words each beat finishes and which SCALES entries its slots read, and
+takes a beat whenever the activations and every channel's operands are there. Its results
+leave as the :class:`hw.matrix_engine.MatrixEngine`'s do: per pass, lane by lane (channel 0's
+lanes first), token 0 then 1.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.axi import axi_signature
+from hw.axi import command_layout as command_layout_axi
+from hw.matrix_engine import RESULT, MatrixEngine
+from hw.sparse_dsp_chain import window
+from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits, stream_geometries
+from hw.weight_streamer import WeightStreamer
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.isa import Sparsity, WeightFormat
+
+ROW_BEATS_BITS = 16  #: beats of one row (K up to 2**16 kept weights per beat of the chain)
+PASS_BITS = 16
+
+
+def command_layout() -> data.StructLayout:
+    """One tile's stream: what every channel's unpacker and the beat counter need."""
+    return data.StructLayout({
+        "fmt": WeightFormat, "sparsity": Sparsity,
+        "group_log2": range(L.GROUP_LOG2_MAX + 1),
+        "beats": ROW_BEATS_BITS, "passes": PASS_BITS, "words": WORD_COUNT_BITS})
+
+
+def activation_layout(n: int) -> data.StructLayout:
+    """One beat's activations of two tokens with their scales (the engine's window)."""
+    return data.StructLayout({
+        "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
+        "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2)})
+
+
+def command_of(geom: L.StreamGeometry, passes: int, words: int) -> dict:
+    """The command of a stream of ``geom`` over ``passes`` rows per lane, ``words`` per
+    channel (as :func:`llmacc.layout.encode_weight_stream` wrote them)."""
+    return {"fmt": geom.desc.wfmt, "sparsity": geom.desc.sparsity,
+            "group_log2": geom.desc.group_log2, "beats": geom.beats, "passes": passes,
+            "words": words}
+
+
+class StreamEngine(wiring.Component):
+    """Ports: ``cmd`` (one stream at a time; taken when the last one's beats are all in),
+    ``act`` (one beat's activations per beat), ``words`` per channel, ``o`` the results."""
+
+    def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
+        self.channels, self.lanes, self.n, self.chain_group = channels, lanes, n, chain_group
+        self.w_bits = w_bits
+        self.engine = MatrixEngine(channels * lanes, n, chain_group)
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout())),
+            "act": In(stream.Signature(activation_layout(n))),
+            "words": In(stream.Signature(w_bits)).array(channels),
+            "o": Out(stream.Signature(RESULT)),
+            "busy": Out(1)})
+
+    def _geometry_tables(self, m, fmt, sparsity):
+        """This stream's kept weights per group (log2, from the group's) and beats per
+        WEIGHTS word (a mask)."""
+        combos = stream_geometries(self.n, self.w_bits)
+        per_word_mask = Signal(slot_bits(self.n, self.w_bits))
+        with m.Switch(fmt):
+            for f in WeightFormat:
+                with m.Case(f), m.Switch(sparsity):
+                    for (cf, cs), g in combos.items():
+                        if cf is f:
+                            with m.Case(cs):
+                                m.d.comb += per_word_mask.eq(g.beats_per_word - 1)
+        drop = Signal(range(5))  # log2(block) - log2(keep)
+        with m.Switch(sparsity):
+            for s, nm in L.SPARSITY_NM.items():
+                keep, block = nm or (1, 1)
+                with m.Case(s):
+                    m.d.comb += drop.eq((block.bit_length() - 1) - (keep.bit_length() - 1))
+        return per_word_mask, drop
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self.engine
+        n, entries = self.n, L.stream_scale_entries(self.w_bits)
+        cmd = Signal(command_layout())
+        running = Signal()
+        beat = Signal(ROW_BEATS_BITS)
+        done_passes = Signal(PASS_BITS)
+        start = self.cmd.valid & ~running
+        m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
+        with m.If(start):
+            m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), beat.eq(0),
+                         done_passes.eq(0)]
+
+        mask, drop = self._geometry_tables(m, cmd.fmt, cmd.sparsity)
+        lkpg = Signal(range(L.GROUP_LOG2_MAX + 1))  # log2 of the kept weights per group
+        m.d.comb += lkpg.eq(cmd.group_log2 - drop)
+        slot = Signal(slot_bits(n, self.w_bits))
+        m.d.comb += slot.eq(beat & mask)
+        row_end = beat == cmd.beats - 1
+        end = Signal(ROW_BEATS_BITS + 7)
+        m.d.comb += end.eq((beat + 1) * n)
+        group_end = row_end | ((end & ((1 << lkpg) - 1)) == 0)
+        done_group = (end - 1) >> lkpg
+        pops = Signal(len(L.StreamPart))
+        m.d.comb += [pops[L.StreamPart.WEIGHTS].eq(row_end | (slot == mask)),
+                     pops[L.StreamPart.SCALES].eq(
+                         row_end | (group_end & ((done_group & (entries - 1)) == entries - 1)))]
+        slots = n // self.chain_group
+        entry = Signal(data.ArrayLayout(range(entries), slots))
+        for j in range(slots):
+            m.d.comb += entry[j].eq(((beat * n + j * self.chain_group) >> lkpg)
+                                    & (entries - 1))
+
+        unpackers = []
+        for c in range(self.channels):
+            m.submodules[f"unpack{c}"] = u = StreamUnpacker(self.lanes, n, self.chain_group,
+                                                            self.w_bits)
+            wiring.connect(m, wiring.flipped(self.words[c]), u.words)
+            m.d.comb += [u.start.eq(start), u.total.eq(self.cmd.payload.words),
+                         u.fmt.eq(cmd.fmt), u.sparsity.eq(cmd.sparsity), u.slot.eq(slot),
+                         u.entry.eq(entry), u.pop.eq(pops)]
+            for lane in range(self.lanes):
+                m.d.comb += engine.lane_in[c * self.lanes + lane].eq(u.lane[lane])
+            unpackers.append(u)
+        operands = Cat(*(u.ready for u in unpackers)).all()
+        go = running & self.act.valid & operands
+        fire = go & engine.i.ready
+        act, head = self.act.payload, engine.i.payload
+        m.d.comb += [engine.i.valid.eq(go), self.act.ready.eq(fire),
+                     head.fmt.eq(cmd.fmt), head.sparsity.eq(cmd.sparsity),
+                     head.group_end.eq(group_end), head.row_end.eq(row_end),
+                     head.x.eq(act.x), head.xm.eq(act.xm), head.xe.eq(act.xe),
+                     *(u.fire.eq(fire) for u in unpackers)]
+        with m.If(fire):
+            m.d.sync += beat.eq(Mux(row_end, 0, beat + 1))
+            with m.If(row_end):
+                m.d.sync += done_passes.eq(done_passes + 1)
+                with m.If(done_passes == cmd.passes - 1):
+                    m.d.sync += running.eq(0)
+        wiring.connect(m, wiring.flipped(self.o), engine.o)
+        return m
+
+
+class StreamSlice(wiring.Component):
+    """A channel slice of the streaming matrix path: per channel a
+    :class:`hw.weight_streamer.WeightStreamer` (ports ``cmd{c}``, ``axi{c}``) whose words go
+    straight into a :class:`StreamEngine` (ports ``ecmd``, ``act``, ``o``)."""
+
+    def __init__(self, channels: int, lanes: int, n: int, chain_group: int, addr_bits: int,
+                 w_bits: int):
+        self.channels, self.addr_bits, self.w_bits = channels, addr_bits, w_bits
+        self.engine = StreamEngine(channels, lanes, n, chain_group, w_bits)
+        members = {}
+        for c in range(channels):
+            members[f"cmd{c}"] = In(stream.Signature(command_layout_axi(addr_bits)))
+            members[f"axi{c}"] = Out(axi_signature(addr_bits, w_bits))
+        super().__init__({**members, "ecmd": In(stream.Signature(command_layout())),
+                          "act": In(stream.Signature(activation_layout(n))),
+                          "o": Out(stream.Signature(RESULT)), "busy": Out(1),
+                          "idle": Out(1), "error": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self.engine
+        wiring.connect(m, wiring.flipped(self.ecmd), engine.cmd)
+        wiring.connect(m, wiring.flipped(self.act), engine.act)
+        wiring.connect(m, wiring.flipped(self.o), engine.o)
+        idle, error = [], []
+        for c in range(self.channels):
+            m.submodules[f"ch{c}"] = s = WeightStreamer(self.addr_bits, self.w_bits)
+            wiring.connect(m, wiring.flipped(getattr(self, f"cmd{c}")), s.cmd)
+            wiring.connect(m, s.axi, wiring.flipped(getattr(self, f"axi{c}")))
+            wiring.connect(m, s.data, engine.words[c])
+            idle.append(s.idle)
+            error.append(s.error)
+        m.d.comb += [self.busy.eq(engine.busy), self.idle.eq(Cat(*idle).all()),
+                     self.error.eq(Cat(*error).any())]
+        return m

@@ -1,0 +1,234 @@
+"""One channel's weight stream into its lanes' beat operands, with fixed wiring per format.
+
+The stream is :mod:`llmacc.layout`'s beat-major weight stream: words of two parts (WEIGHTS:
+whole beats of codes and N:M indices as bit planes; SCALES: a row's shift and a run of
+groups' mantissas and aux bytes), one word per lane for each request of the lanes' queues.
+:class:`StreamUnpacker` holds, for each of its ``lanes`` lanes and each part, a queue of two
+words (the current and the next), and
+
+* **loads** the channel's words in the order the queues ask for them: a request is recorded
+  when a beat finishes a word (``pop``), answered by the next ``lanes`` words of the stream,
+  one per lane. The order depends only on the beats, so the compiler writes it and no word
+  carries a tag; a new stream (``start``) asks twice for each part;
+* **unpacks** the current words into each lane's operands of the beat: code bit ``p`` of
+  element ``e`` is bit ``e`` of one of a few word planes, chosen by the format, the sparsity
+  and the beat's slot in its word (the same choice for every lane, made once); the slots'
+  scales are entries of the SCALES word named by the engine (``entry``).
+
+It is ``ready`` when every lane holds both parts' current words. The engine
+(:mod:`hw.stream_engine`) counts the beats and says which words a beat finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from llmacc import layout as L
+from llmacc.isa import Sparsity, WeightFormat
+
+WORD_COUNT_BITS = 24  #: words one stream may hold (per channel)
+INDEX_PORT_BITS = 4  #: the lanes' N:16 index operand
+
+
+@functools.cache
+def stream_geometries(n: int, w_bits: int) -> dict[tuple[WeightFormat, Sparsity],
+                                                    L.StreamGeometry]:
+    """Every format and sparsity that a beat-major stream of ``w_bits`` words holds for a
+    chain of ``n`` (their planes and slots do not depend on K or the group)."""
+    out = {}
+    for fmt in WeightFormat:
+        for sp in Sparsity:
+            # a combination that does not fit is not streamed: the layout says why
+            with contextlib.suppress(L.LayoutError):
+                out[fmt, sp] = L.StreamGeometry(L.Descriptor(fmt, sp, L.GROUP_LOG2_MAX),
+                                                16 << L.GROUP_LOG2_MAX, n, w_bits)
+    return out
+
+
+def slot_bits(n: int, w_bits: int) -> int:
+    """Bits of a beat's slot number in its WEIGHTS word."""
+    most = max(g.beats_per_word for g in stream_geometries(n, w_bits).values())
+    return max(1, (most - 1).bit_length())
+
+
+def plane_sources(n: int, w_bits: int, plane_of: str, planes: int
+                  ) -> list[dict[int, list[tuple[WeightFormat, Sparsity, int]]]]:
+    """For each operand bit ``p`` below ``planes``: the word planes it can come from, each
+    with the (format, sparsity, slot) that take it there (``plane_of``: ``code_plane`` or
+    ``index_plane`` of :class:`llmacc.layout.StreamGeometry`)."""
+    out: list[dict] = [{} for _ in range(planes)]
+    for (fmt, sp), g in stream_geometries(n, w_bits).items():
+        count = g.desc.bits if plane_of == "code_plane" else g.index_planes
+        for slot in range(g.beats_per_word):
+            for p in range(count):
+                out[p].setdefault(getattr(g, plane_of)(slot, p), []).append((fmt, sp, slot))
+    return out
+
+
+def lane_stream_layout(n: int, slots: int) -> data.StructLayout:
+    """One lane's operands of a beat, as the matrix engine's lanes take them."""
+    return data.StructLayout({
+        "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(INDEX_PORT_BITS, n),
+        "aux": data.ArrayLayout(L.AUX, slots), "mant": data.ArrayLayout(L.MANT, slots),
+        "shift": signed(16)})
+
+
+class WordQueue(wiring.Component):
+    """Two words: ``cur`` (valid ``cur_valid``) and the next. ``push`` writes ``word`` into
+    the first free place; ``pop`` moves the next word up; ``clear`` empties both. Pushes
+    only go where there is room (the requests guarantee it)."""
+
+    def __init__(self, bits: int):
+        super().__init__({"push": In(1), "word": In(bits), "pop": In(1), "clear": In(1),
+                          "cur": Out(bits), "cur_valid": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        nxt = Signal.like(self.word)
+        nxt_valid = Signal()
+        with m.If(self.clear):
+            m.d.sync += [self.cur_valid.eq(0), nxt_valid.eq(0)]
+        with m.Elif(self.pop):
+            m.d.sync += [self.cur.eq(Mux(nxt_valid, nxt, self.word)),
+                         self.cur_valid.eq(nxt_valid | self.push),
+                         nxt_valid.eq(nxt_valid & self.push)]
+            with m.If(self.push & nxt_valid):
+                m.d.sync += nxt.eq(self.word)
+        with m.Elif(self.push):
+            with m.If(self.cur_valid):
+                m.d.sync += [nxt.eq(self.word), nxt_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [self.cur.eq(self.word), self.cur_valid.eq(1)]
+        return m
+
+
+class RequestQueue(wiring.Component):
+    """The parts whose words the lanes wait for, in order (one bit each: a
+    :class:`llmacc.layout.StreamPart`); up to two pushed per cycle (WEIGHTS first), one
+    taken. ``start`` empties it and asks twice for each part."""
+
+    DEPTH = L.STREAM_QUEUE_WORDS * len(L.StreamPart)
+
+    def __init__(self):
+        super().__init__({"start": In(1), "push": In(len(L.StreamPart)), "take": In(1),
+                          "head": Out(1), "valid": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self.DEPTH
+        parts = Signal(depth)
+        count = Signal(range(depth + 1))
+        m.d.comb += [self.head.eq(parts[0]), self.valid.eq(count != 0)]
+        kept = Mux(self.take, parts >> 1, parts)
+        base = count - self.take
+        second = self.push[L.StreamPart.WEIGHTS]  # a SCALES request after a WEIGHTS one
+        new = Signal(depth)
+        for i in range(depth):
+            scales_here = self.push[L.StreamPart.SCALES] & (base + second == i)
+            weights_here = self.push[L.StreamPart.WEIGHTS] & (base == i)
+            m.d.comb += new[i].eq(Mux(scales_here, 1, Mux(weights_here, 0, kept[i])))
+        initial = Cat(*(Const(int(part), 1) for _ in range(L.STREAM_QUEUE_WORDS)
+                        for part in L.StreamPart))
+        with m.If(self.start):
+            m.d.sync += [parts.eq(initial), count.eq(depth)]
+        with m.Else():
+            m.d.sync += [parts.eq(new), count.eq(base + self.push[0] + self.push[1])]
+        return m
+
+
+class StreamUnpacker(wiring.Component):
+    """``lanes`` lanes' operands out of one channel's weight stream (``words``); see the
+    module's docstring. Ports from the engine, the same for every channel: the stream's
+    ``fmt`` and ``sparsity``; ``start`` with ``total`` (the stream's words); per beat its
+    ``slot`` in its WEIGHTS word, the SCALES ``entry`` of each chain slot, which parts the
+    beat finishes (``pop``) and whether it is taken (``fire``)."""
+
+    def __init__(self, lanes: int, n: int, chain_group: int, w_bits: int):
+        self.lanes, self.n, self.w_bits = lanes, n, w_bits
+        self.slots = n // chain_group
+        self.entries = L.stream_scale_entries(w_bits)
+        lane = lane_stream_layout(n, self.slots)
+        super().__init__({
+            "words": In(stream.Signature(w_bits)),
+            "start": In(1), "total": In(WORD_COUNT_BITS),
+            "fmt": In(WeightFormat), "sparsity": In(Sparsity),
+            "slot": In(slot_bits(n, w_bits)),
+            "entry": In(data.ArrayLayout(range(self.entries), self.slots)),
+            "pop": In(len(L.StreamPart)), "fire": In(1),
+            "ready": Out(1), "lane": Out(lane).array(lanes)})
+
+    def _choices(self, m, plane_of: str, planes: int) -> list[list[tuple[int, Signal]]]:
+        """Per operand bit: (word plane, condition) pairs, the conditions shared by the
+        lanes."""
+        out = []
+        for p, sources in enumerate(plane_sources(self.n, self.w_bits, plane_of, planes)):
+            pairs = []
+            for q, uses in sources.items():
+                hit = Signal(name=f"{plane_of}{p}_from{q}")
+                m.d.comb += hit.eq(Cat(*((self.fmt == f) & (self.sparsity == s)
+                                         & (self.slot == j) for f, s, j in uses)).any())
+                pairs.append((q, hit))
+            out.append(pairs)
+        return out
+
+    def _planes(self, word, choices) -> list:
+        """Each operand bit's ``n`` bits out of ``word``: an AND-OR of its few sources."""
+        n = self.n
+        return [functools.reduce(lambda a, b: a | b,
+                                 (word[q * n:(q + 1) * n] & hit.replicate(n)
+                                  for q, hit in pairs), Const(0, n))
+                for pairs in choices]
+
+    def elaborate(self, platform):
+        m = Module()
+        n, parts = self.n, list(L.StreamPart)
+        m.submodules.requests = req = RequestQueue()
+        queues = [[WordQueue(self.w_bits) for _ in parts] for _ in range(self.lanes)]
+        for lane, row in enumerate(queues):
+            for part, q in zip(parts, row, strict=True):
+                m.submodules[f"lane{lane}_{part.name.lower()}"] = q
+
+        # loading: the next `lanes` words answer the oldest request, one per lane
+        left = Signal(WORD_COUNT_BITS)
+        lane_at = Signal(range(self.lanes))
+        take = self.words.valid & self.words.ready
+        m.d.comb += self.words.ready.eq(req.valid & (left != 0) & ~self.start)
+        last_lane = lane_at == self.lanes - 1
+        with m.If(self.start):
+            m.d.sync += [left.eq(self.total), lane_at.eq(0)]
+        with m.Elif(take):
+            m.d.sync += [left.eq(left - 1), lane_at.eq(Mux(last_lane, 0, lane_at + 1))]
+        m.d.comb += [req.start.eq(self.start), req.take.eq(take & last_lane),
+                     req.push.eq(Mux(self.fire, self.pop, 0))]
+        ready = []
+        for lane, row in enumerate(queues):
+            for part, q in zip(parts, row, strict=True):
+                m.d.comb += [q.word.eq(self.words.payload),
+                             q.push.eq(take & (lane_at == lane) & (req.head == part)),
+                             q.pop.eq(self.fire & self.pop[part]), q.clear.eq(self.start)]
+                ready.append(q.cur_valid)
+        m.d.comb += self.ready.eq(Cat(*ready).all() & ~self.start)
+
+        # unpacking: fixed wiring per format, chosen once for every lane
+        code_choices = self._choices(m, "code_plane", 8)
+        index_choices = self._choices(m, "index_plane", INDEX_PORT_BITS)
+        scale = L.stream_scale_layout(self.w_bits)
+        for lane, row in enumerate(queues):
+            out = self.lane[lane]
+            weights = row[L.StreamPart.WEIGHTS].cur
+            scales = data.View(scale, row[L.StreamPart.SCALES].cur)
+            code_planes = self._planes(weights, code_choices)
+            index_planes = self._planes(weights, index_choices)
+            for e in range(n):
+                m.d.comb += [out.codes[e].eq(Cat(*(pl[e] for pl in code_planes))),
+                             out.idx[e].eq(Cat(*(pl[e] for pl in index_planes)))]
+            for j in range(self.slots):
+                m.d.comb += [out.mant[j].eq(scales.mant[self.entry[j]]),
+                             out.aux[j].eq(scales.aux[self.entry[j]])]
+            m.d.comb += out.shift.eq(scales.shift)
+        return m

@@ -1,0 +1,159 @@
+"""The matrix engine fed from beat-major weight streams (``hw/stream_engine.py``) against
+``numerics.linear_acc`` + ``linear_out``, bit for bit: every streamed format and sparsity,
+several groups and row lengths, several passes, two channels of two lanes; and the stream
+format's own round trip (``llmacc.layout``)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from amaranth.hdl import Module
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.matrix_engine import RESULT, beats
+from hw.stream_engine import StreamEngine, activation_layout, command_layout, command_of
+from hw.stream_unpacker import stream_geometries
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.isa import WeightFormat
+from sim import stream_harness as H
+from tests.helpers.simulators import SIMULATORS, run_block
+from tests.helpers.weights import random_tile
+
+CHANNELS, LANES, CHAIN, TAP, WORD = 2, 2, 16, 4, 128
+DEPTH = 64  #: the test wrapper's queue per destination (a whole case fits)
+
+
+def item_layout(channels: int, n: int, w_bits: int) -> data.StructLayout:
+    """One input item of the wrapper: a destination (0 command, 1 activations, 2 + c the
+    words of channel c) and its payload."""
+    bits = max(command_layout().size, activation_layout(n).size, w_bits)
+    return data.StructLayout({"dest": range(2 + channels), "data": bits})
+
+
+class PackedStreamEngine(wiring.Component):
+    """The stream engine behind one tagged input stream, as the stream harnesses drive it:
+    each item goes to its destination's queue."""
+
+    def __init__(self, channels: int, lanes: int, n: int, group: int, w_bits: int):
+        self.dut = StreamEngine(channels, lanes, n, group, w_bits)
+        self.channels, self.n, self.w_bits = channels, n, w_bits
+        super().__init__({"i": In(stream.Signature(item_layout(channels, n, w_bits))),
+                          "o": Out(stream.Signature(RESULT))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        sinks = [dut.cmd, dut.act, *dut.words]
+        item = self.i.payload
+        readies = []
+        for d, sink in enumerate(sinks):
+            width = len(sink.payload.as_value()) if hasattr(sink.payload, "as_value") \
+                else len(sink.payload)
+            m.submodules[f"q{d}"] = q = fifo.SyncFIFOBuffered(width=width, depth=DEPTH)
+            m.d.comb += [q.w_data.eq(item.data[:width]),
+                         q.w_en.eq(self.i.valid & (item.dest == d)),
+                         sink.payload.eq(q.r_data), sink.valid.eq(q.r_rdy),
+                         q.r_en.eq(sink.ready)]
+            readies.append(q.w_rdy & (item.dest == d))
+        m.d.comb += self.i.ready.eq(sum(readies) != 0)
+        wiring.connect(m, wiring.flipped(self.o), dut.o)
+        return m
+
+
+def _combos():
+    out = []
+    for (fmt, sp), _ in stream_geometries(CHAIN, WORD).items():
+        nm = L.SPARSITY_NM[sp]
+        for group in (16, 32, 64):
+            keep, block = nm or (1, 1)
+            if group >= block and group * keep // block >= TAP:
+                out.append((fmt, nm, group))
+    return out
+
+
+def _cases(seed: int, count: int):
+    rng = random.Random(seed)
+    layout = item_layout(CHANNELS, CHAIN, WORD)
+    combos = _combos()
+    inputs, expected = [], []
+    for c in range(count):
+        fmt, nm, group = combos[c] if c < len(combos) else rng.choice(combos)
+        k = group * rng.randint(1, 3) * (8 if nm == (2, 16) else 1)
+        passes = rng.randint(1, 2)
+        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, CHAIN, WORD)
+        x = torch.tensor([[rng.randint(-127, 127) for _ in range(k)] for _ in range(2)])
+        if fmt is WeightFormat.INT8:
+            x[1] = 0
+        xm = torch.tensor([rng.randint(1 << 15, N.SCALE_MAX), rng.randint(0, N.SCALE_MAX)])
+        xe = torch.tensor([rng.randint(-20, 5) for _ in range(2)])
+        streams, outs = [], []
+        for _ in range(CHANNELS):
+            codes, keep, aux, mant, shift, ops = random_tile(rng, fmt, nm, group, k, LANES * passes)
+            streams.append(L.encode_weight_stream(geom, LANES, codes, keep, mant, shift, aux))
+            acc = N.linear_acc(x, ops, mant, group)
+            outs.append(N.linear_out(acc, xm, xe, shift, 0, 0))  # [2, rows]
+        words = {s.shape[0] for s in streams}
+        assert len(words) == 1
+        cmd = H.pack(command_layout(), command_of(geom, passes, words.pop()))
+        inputs.append(H.pack(layout, {"dest": 0, "data": cmd}))
+        for ch, s in enumerate(streams):
+            inputs += [H.pack(layout, {"dest": 2 + ch, "data": int.from_bytes(w.tobytes(),
+                                                                             "little")})
+                       for w in s]
+        act = activation_layout(CHAIN)
+        lane0 = [None if v is None else v[:1] for v in (codes, keep, aux, mant, shift)]
+        for beat in beats(fmt, nm, group, *lane0, x, xm, xe, CHAIN,
+                          TAP) * passes:
+            raw = H.pack(act, {name: beat[name] for name in ("x", "xm", "xe")})
+            inputs.append(H.pack(layout, {"dest": 1, "data": raw}))
+        for p in range(passes):
+            for ch in range(CHANNELS):
+                for lane in range(LANES):
+                    expected += [H.pack(RESULT, {"y": int(outs[ch][t, p * LANES + lane])})
+                                 for t in range(2)]
+    return inputs, expected
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_stream_engine(simulator, seed, request, tmp_path):
+    inputs, expected = _cases(seed, 40 if simulator == "amaranth" else 150)
+    got = run_block(simulator, request, tmp_path,
+                    lambda: PackedStreamEngine(CHANNELS, LANES, CHAIN, TAP, WORD),
+                    "stream_engine", inputs, len(expected), seed)
+    assert (msg := H.first_mismatch(RESULT, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512), (32, 512)])
+def test_stream_round_trip(n, w_bits, seed):
+    """Every streamed format and sparsity: the lanes' reading of a stream gives back the
+    rows' kept codes, indices, scales, aux bytes and shifts."""
+    rng = random.Random(seed)
+    for (fmt, sp), _ in stream_geometries(n, w_bits).items():
+        nm = L.SPARSITY_NM[sp]
+        keep_n, block = nm or (1, 1)
+        group = rng.choice([g for g in (16, 32, 128) if g >= block and n // (
+            g * keep_n // block) <= L.stream_scale_entries(w_bits)])
+        k = group * rng.randint(1, 4) * (8 if nm == (2, 16) else 1)
+        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, n, w_bits)
+        lanes, passes = rng.randint(1, 3), rng.randint(1, 3)
+        codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, lanes * passes)
+        got = L.decode_weight_stream(geom, lanes, passes, L.encode_weight_stream(
+            geom, lanes, codes, keep, mant, shift, aux))
+        kept = codes if nm is None else N.nm_compress(codes, keep, *nm)[0]
+        assert np.array_equal(got["codes"], kept.numpy()), (fmt, sp, seed)
+        if nm:
+            assert np.array_equal(got["idx"], N.nm_compress(codes, keep, *nm)[1].numpy())
+        assert np.array_equal(got["mant"], mant.numpy()), (fmt, sp, seed)
+        if fmt is not WeightFormat.INT8:
+            assert np.array_equal(got["aux"], aux.numpy()), (fmt, sp, seed)
+        assert np.array_equal(got["shift"], shift.numpy()), (fmt, sp, seed)
+
+
+def test_stream_refuses_what_a_word_cannot_hold():
+    with pytest.raises(L.LayoutError, match="12 planes of 64 bits do not fit a 512-bit word"):
+        L.StreamGeometry(L.Descriptor.of(WeightFormat.INT8, (8, 16), 128), 4096, 64, 512)
