@@ -21,7 +21,7 @@ from hw.axi import axi_signature
 from hw.axi import command_layout as command_layout_axi
 from hw.matrix_engine import RESULT, MatrixEngine
 from hw.sparse_dsp_chain import window
-from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits, stream_geometries
+from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits
 from hw.weight_streamer import WeightStreamer
 from llmacc import layout as L
 from llmacc import numerics as N
@@ -72,7 +72,7 @@ class StreamEngine(wiring.Component):
     def _geometry_tables(self, m, fmt, sparsity):
         """This stream's kept weights per group (log2, from the group's) and beats per
         WEIGHTS word (a mask)."""
-        combos = stream_geometries(self.n, self.w_bits)
+        combos = L.stream_geometries(self.n, self.w_bits)
         per_word_mask = Signal(slot_bits(self.n, self.w_bits))
         with m.Switch(fmt):
             for f in WeightFormat:

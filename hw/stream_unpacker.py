@@ -21,7 +21,6 @@ It is ``ready`` when every lane holds both parts' current words. The engine
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -35,24 +34,9 @@ WORD_COUNT_BITS = 24  #: words one stream may hold (per channel)
 INDEX_PORT_BITS = 4  #: the lanes' N:16 index operand
 
 
-@functools.cache
-def stream_geometries(n: int, w_bits: int) -> dict[tuple[WeightFormat, Sparsity],
-                                                    L.StreamGeometry]:
-    """Every format and sparsity that a beat-major stream of ``w_bits`` words holds for a
-    chain of ``n`` (their planes and slots do not depend on K or the group)."""
-    out = {}
-    for fmt in WeightFormat:
-        for sp in Sparsity:
-            # a combination that does not fit is not streamed: the layout says why
-            with contextlib.suppress(L.LayoutError):
-                out[fmt, sp] = L.StreamGeometry(L.Descriptor(fmt, sp, L.GROUP_LOG2_MAX),
-                                                16 << L.GROUP_LOG2_MAX, n, w_bits)
-    return out
-
-
 def slot_bits(n: int, w_bits: int) -> int:
     """Bits of a beat's slot number in its WEIGHTS word."""
-    most = max(g.beats_per_word for g in stream_geometries(n, w_bits).values())
+    most = max(g.beats_per_word for g in L.stream_geometries(n, w_bits).values())
     return max(1, (most - 1).bit_length())
 
 
@@ -62,7 +46,7 @@ def plane_sources(n: int, w_bits: int, plane_of: str, planes: int
     with the (format, sparsity, slot) that take it there (``plane_of``: ``code_plane`` or
     ``index_plane`` of :class:`llmacc.layout.StreamGeometry`)."""
     out: list[dict] = [{} for _ in range(planes)]
-    for (fmt, sp), g in stream_geometries(n, w_bits).items():
+    for (fmt, sp), g in L.stream_geometries(n, w_bits).items():
         count = g.desc.bits if plane_of == "code_plane" else g.index_planes
         for slot in range(g.beats_per_word):
             for p in range(count):

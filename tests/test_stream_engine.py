@@ -1,13 +1,11 @@
 """The matrix engine fed from beat-major weight streams (``hw/stream_engine.py``) against
 ``numerics.linear_acc`` + ``linear_out``, bit for bit: every streamed format and sparsity,
-several groups and row lengths, several passes, two channels of two lanes; and the stream
-format's own round trip (``llmacc.layout``)."""
+several groups and row lengths, several passes, two channels of two lanes."""
 
 from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
 from amaranth.hdl import Module
@@ -16,7 +14,6 @@ from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import RESULT, beats
 from hw.stream_engine import StreamEngine, activation_layout, command_layout, command_of
-from hw.stream_unpacker import stream_geometries
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.isa import WeightFormat
@@ -67,7 +64,7 @@ class PackedStreamEngine(wiring.Component):
 
 def _combos():
     out = []
-    for (fmt, sp), _ in stream_geometries(CHAIN, WORD).items():
+    for (fmt, sp), _ in L.stream_geometries(CHAIN, WORD).items():
         nm = L.SPARSITY_NM[sp]
         for group in (16, 32, 64):
             keep, block = nm or (1, 1)
@@ -126,34 +123,3 @@ def test_stream_engine(simulator, seed, request, tmp_path):
                     lambda: PackedStreamEngine(CHANNELS, LANES, CHAIN, TAP, WORD),
                     "stream_engine", inputs, len(expected), seed)
     assert (msg := H.first_mismatch(RESULT, got, expected)) is None, f"{msg} (seed {seed})"
-
-
-@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512), (32, 512)])
-def test_stream_round_trip(n, w_bits, seed):
-    """Every streamed format and sparsity: the lanes' reading of a stream gives back the
-    rows' kept codes, indices, scales, aux bytes and shifts."""
-    rng = random.Random(seed)
-    for (fmt, sp), _ in stream_geometries(n, w_bits).items():
-        nm = L.SPARSITY_NM[sp]
-        keep_n, block = nm or (1, 1)
-        group = rng.choice([g for g in (16, 32, 128) if g >= block and n // (
-            g * keep_n // block) <= L.stream_scale_entries(w_bits)])
-        k = group * rng.randint(1, 4) * (8 if nm == (2, 16) else 1)
-        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, n, w_bits)
-        lanes, passes = rng.randint(1, 3), rng.randint(1, 3)
-        codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, lanes * passes)
-        got = L.decode_weight_stream(geom, lanes, passes, L.encode_weight_stream(
-            geom, lanes, codes, keep, mant, shift, aux))
-        kept = codes if nm is None else N.nm_compress(codes, keep, *nm)[0]
-        assert np.array_equal(got["codes"], kept.numpy()), (fmt, sp, seed)
-        if nm:
-            assert np.array_equal(got["idx"], N.nm_compress(codes, keep, *nm)[1].numpy())
-        assert np.array_equal(got["mant"], mant.numpy()), (fmt, sp, seed)
-        if fmt is not WeightFormat.INT8:
-            assert np.array_equal(got["aux"], aux.numpy()), (fmt, sp, seed)
-        assert np.array_equal(got["shift"], shift.numpy()), (fmt, sp, seed)
-
-
-def test_stream_refuses_what_a_word_cannot_hold():
-    with pytest.raises(L.LayoutError, match="12 planes of 64 bits do not fit a 512-bit word"):
-        L.StreamGeometry(L.Descriptor.of(WeightFormat.INT8, (8, 16), 128), 4096, 64, 512)
