@@ -3,13 +3,13 @@
 The stream is :mod:`llmacc.layout`'s beat-major weight stream: words of two parts (WEIGHTS:
 whole beats of codes and N:M indices as bit planes; SCALES: a row's shift and a run of
 groups' mantissas and aux bytes), one word per lane for each request of the lanes' queues.
-:class:`StreamUnpacker` holds, for each of its ``lanes`` lanes and each part, a queue of two
-words (the current and the next), and
+:class:`StreamUnpacker` holds, for each of its ``lanes`` lanes and each part, a queue of
+``STREAM_QUEUE_WORDS`` words (the current one and those after it), and
 
 * **loads** the channel's words in the order the queues ask for them: a request is recorded
   when a beat finishes a word (``pop``), answered by the next ``lanes`` words of the stream,
   one per lane. The order depends only on the beats, so the compiler writes it and no word
-  carries a tag; a new stream (``start``) asks twice for each part;
+  carries a tag; a new stream (``start``) asks ``STREAM_QUEUE_WORDS`` times for each part;
 * **unpacks** the current words into each lane's operands of the beat: code bit ``p`` of
   element ``e`` is bit ``e`` of one of a few word planes, chosen by the format, the sparsity
   and the beat's slot in its word (the same choice for every lane, made once); the slots'
@@ -20,8 +20,6 @@ It is ``ready`` when every lane holds both parts' current words. The engine
 """
 
 from __future__ import annotations
-
-import functools
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
@@ -63,38 +61,46 @@ def lane_stream_layout(n: int, slots: int) -> data.StructLayout:
 
 
 class WordQueue(wiring.Component):
-    """Two words: ``cur`` (valid ``cur_valid``) and the next. ``push`` writes ``word`` into
-    the first free place; ``pop`` moves the next word up; ``clear`` empties both. Pushes
-    only go where there is room (the requests guarantee it)."""
+    """``depth`` words in a row: ``push`` writes ``word`` into the back, and every word moves
+    one place forward whenever the place ahead is free or being freed, up to the front
+    (``cur``, valid ``cur_valid``), which ``pop`` frees; ``clear`` empties the queue. No word
+    passes a multiplexer (registers with clock enables only). Pushes only come when a place
+    is free (the requests guarantee it), and then the back is free or moving."""
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, depth: int = L.STREAM_QUEUE_WORDS):
+        self.depth = depth
         super().__init__({"push": In(1), "word": In(bits), "pop": In(1), "clear": In(1),
                           "cur": Out(bits), "cur_valid": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        nxt = Signal.like(self.word)
-        nxt_valid = Signal()
+        words = [self.cur, *(Signal.like(self.word, name=f"word{i}")
+                             for i in range(1, self.depth))]
+        valid = [self.cur_valid, *(Signal(name=f"valid{i}") for i in range(1, self.depth))]
+        leaving = self.pop  # the place ahead is being freed
+        moves = []
+        for i in range(1, self.depth):
+            move = Signal(name=f"move{i}")
+            m.d.comb += move.eq(valid[i] & (~valid[i - 1] | leaving))
+            with m.If(move):
+                m.d.sync += words[i - 1].eq(words[i])
+            moves.append(move)
+            leaving = move
+        with m.If(self.push):
+            m.d.sync += words[-1].eq(self.word)
+        arriving = [*moves, self.push]  # what enters place i
+        leaves = [self.pop, *moves]  # what leaves place i
         with m.If(self.clear):
-            m.d.sync += [self.cur_valid.eq(0), nxt_valid.eq(0)]
-        with m.Elif(self.pop):
-            m.d.sync += [self.cur.eq(Mux(nxt_valid, nxt, self.word)),
-                         self.cur_valid.eq(nxt_valid | self.push),
-                         nxt_valid.eq(nxt_valid & self.push)]
-            with m.If(self.push & nxt_valid):
-                m.d.sync += nxt.eq(self.word)
-        with m.Elif(self.push):
-            with m.If(self.cur_valid):
-                m.d.sync += [nxt.eq(self.word), nxt_valid.eq(1)]
-            with m.Else():
-                m.d.sync += [self.cur.eq(self.word), self.cur_valid.eq(1)]
+            m.d.sync += [v.eq(0) for v in valid]
+        with m.Else():
+            m.d.sync += [v.eq(arriving[i] | (v & ~leaves[i])) for i, v in enumerate(valid)]
         return m
 
 
 class RequestQueue(wiring.Component):
     """The parts whose words the lanes wait for, in order (one bit each: a
     :class:`llmacc.layout.StreamPart`); up to two pushed per cycle (WEIGHTS first), one
-    taken. ``start`` empties it and asks twice for each part."""
+    taken. ``start`` empties it and asks ``STREAM_QUEUE_WORDS`` times for each part."""
 
     DEPTH = L.STREAM_QUEUE_WORDS * len(L.StreamPart)
 
@@ -146,27 +152,26 @@ class StreamUnpacker(wiring.Component):
             "pop": In(len(L.StreamPart)), "fire": In(1),
             "ready": Out(1), "lane": Out(lane).array(lanes)})
 
-    def _choices(self, m, plane_of: str, planes: int) -> list[list[tuple[int, Signal]]]:
-        """Per operand bit: (word plane, condition) pairs, the conditions shared by the
-        lanes."""
+    def _choices(self, m, plane_of: str, planes: int) -> list[tuple[list[int], Signal]]:
+        """Per operand bit: the word planes it can come from and which one this beat's is
+        (an index into them), the same for every lane."""
         out = []
         for p, sources in enumerate(plane_sources(self.n, self.w_bits, plane_of, planes)):
-            pairs = []
-            for q, uses in sources.items():
-                hit = Signal(name=f"{plane_of}{p}_from{q}")
-                m.d.comb += hit.eq(Cat(*((self.fmt == f) & (self.sparsity == s)
-                                         & (self.slot == j) for f, s, j in uses)).any())
-                pairs.append((q, hit))
-            out.append(pairs)
+            planes_p = sorted(sources)
+            pick = Signal(range(max(2, len(planes_p))), name=f"{plane_of}{p}_pick")
+            for i, q in enumerate(planes_p):
+                with m.If(Cat(*((self.fmt == f) & (self.sparsity == s) & (self.slot == j)
+                                for f, s, j in sources[q])).any()):
+                    m.d.comb += pick.eq(i)
+            out.append((planes_p, pick))
         return out
 
     def _planes(self, word, choices) -> list:
-        """Each operand bit's ``n`` bits out of ``word``: an AND-OR of its few sources."""
+        """Each operand bit's ``n`` bits out of ``word``: a multiplexer of its few word
+        planes."""
         n = self.n
-        return [functools.reduce(lambda a, b: a | b,
-                                 (word[q * n:(q + 1) * n] & hit.replicate(n)
-                                  for q, hit in pairs), Const(0, n))
-                for pairs in choices]
+        return [Cat(*(word[q * n:(q + 1) * n] for q in planes)).word_select(pick, n)
+                for planes, pick in choices]
 
     def elaborate(self, platform):
         m = Module()

@@ -554,8 +554,8 @@ for _record in (TileDescriptor, QRowHeader, KvHeader, RowRecordHead, GammaHeader
 #
 # A row starts a new word of each part. The channel's lanes (``lanes``, one row each per
 # pass) share one word stream: the words come in the order in which the lanes' queues
-# (two words per part) ask for them, each request answered with one word per lane, lane 0
-# first. The queues ask twice per part at the start (WEIGHTS, SCALES, WEIGHTS, SCALES), then
+# (STREAM_QUEUE_WORDS per part) ask for them, each request answered with one word per lane,
+# lane 0 first. The queues ask that many times per part at the start (WEIGHTS, SCALES, ...), then
 # once for each word a beat finishes (:meth:`StreamGeometry.pops`, WEIGHTS before SCALES):
 # the order depends only on the beats, never on timing. A request that no row needs any more
 # is answered with a zero word while later words follow, and not at all after the last.
@@ -566,7 +566,9 @@ class StreamPart(IntEnum):
     SCALES = 1
 
 
-STREAM_QUEUE_WORDS = 2  #: words a lane's queue holds per part (the current and the next)
+#: Words a lane's queue holds per part: the current one and two more, so that a part's refill
+#: waits behind the other part's without stalling the beats (``make bench-rtl``).
+STREAM_QUEUE_WORDS = 3
 
 
 def stream_scale_entries(w_bits: int) -> int:
