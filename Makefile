@@ -43,7 +43,8 @@ help:
 	@echo "make docs      regenerate docs/ISA.md from the ISA declaration"
 	@echo "make bench     compiler/emulator speed and storage, perplexity of every preset,"
 	@echo "               weight quantizer speed (tables in build/bench/)"
-	@echo "make bench-rtl the weight streamer against the HBM channel model: read"
+	@echo "make bench-rtl the weight streamer and the engine slice (streamers, unpackers,"
+	@echo "               lanes; Verilator) against the HBM channel model: read"
 	@echo "               utilisation and cycle-model error per workload (CONFIG=u280)"
 	@echo "make demo      compile the shipped model and generate text on the emulator"
 	@echo "make bitstream BOARD=u280 CONFIG=u280 [REQUIRE_VIVADO=1]"
@@ -90,7 +91,7 @@ bench: $(VENV)/.installed
 
 bench-rtl: $(VENV)/.installed
 	mkdir -p build/bench
-	$(PY) -m sim.bench_rtl --config $(CONFIG) --table build/bench/rtl_stream.md
+	$(TOOLENV) $(PY) -m sim.bench_rtl --config $(CONFIG) --table build/bench/rtl_stream.md
 
 $(DEMO)/manifest.json: | $(VENV)/.installed
 	$(VENV)/bin/llmacc compile --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) \

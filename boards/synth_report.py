@@ -102,7 +102,10 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     from hw.matrix_engine import EngineLane, ResultCollector
     from hw.sfu import ElementSfu
     from hw.sparse_dsp_chain import ActivationRouter
+    from hw.stream_unpacker import StreamUnpacker
     from hw.weight_streamer import WeightStreamer
+
+    lanes = cfg.mv_rows // cfg.mem_channels
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
@@ -111,6 +114,9 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
            (f"result collector ({cfg.mv_rows} lanes)", ResultCollector(cfg.mv_rows), 1),
            (f"weight streamer ({cfg.axi_data_bits}-bit)",
             WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),
+           (f"stream unpacker ({lanes} lanes, {cfg.axi_data_bits}-bit)",
+            StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, cfg.axi_data_bits),
+            cfg.mem_channels),
            ("SFU element stage", ElementSfu(), 1),
            (f"controller (queue {cfg.insn_queue_depth})", Controller(cfg.insn_queue_depth), 1),
            ("AXI4-Lite control slave", ControlSlave(cfg.fingerprint(), cfg.mem_channels), 1)]

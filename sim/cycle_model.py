@@ -14,8 +14,9 @@ overlap as far as the dependency tokens allow (the emulator keeps one timeline p
 from __future__ import annotations
 
 from llmacc import isa
+from llmacc import layout as L
 from llmacc.config import AccelConfig
-from llmacc.kernel import BOUNDARY, BURST_MAX
+from llmacc.kernel import BOUNDARY, BURST_MAX, RESULT_STAGES, chain_latency
 
 #: Cycles from a read address to its first data beat: the RTL harness's memories
 #: (sim/top_harness.py), the emulator and the performance model. The AXI interconnect and HBM
@@ -59,6 +60,19 @@ def stream_cycles(cfg: AccelConfig, words: int, efficiency: float = HBM_EFFICIEN
         return 0
     rate = min(1.0, channel_bytes_per_cycle(cfg) / cfg.axi_data_bytes) * efficiency
     return STREAM_EXTRA + sum(HBM_LATENCY) // 2 + round(words / rate)
+
+
+def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int, words: int,
+                         lanes: int) -> int:
+    """Cycles of one MATVEC on the streaming matrix path (``hw/stream_engine.py``): each
+    channel streams its ``words`` (:func:`stream_cycles`) while the engine takes a beat per
+    cycle once its lanes hold their first WEIGHTS and SCALES words; a pass lasts its beats,
+    or the collector's two results per lane (``lanes`` in all) if that is longer; then the
+    last beat's way through the chain and the collector."""
+    first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * (cfg.mv_rows // cfg.mem_channels)
+    compute = first + passes * max(geom.beats, 2 * lanes + 1)
+    tail = chain_latency(cfg.chain_len) + RESULT_STAGES + 2 * lanes
+    return max(stream_cycles(cfg, words), compute) + tail
 
 
 def fetch_beats(cfg: AccelConfig) -> int:

@@ -13,10 +13,19 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import RESULT, beats
-from hw.stream_engine import StreamEngine, activation_layout, command_layout, command_of
+from hw.stream_engine import (
+    StreamEngine,
+    StreamSlice,
+    activation_layout,
+    command_layout,
+    command_of,
+)
 from llmacc import layout as L
 from llmacc import numerics as N
-from llmacc.isa import WeightFormat
+from llmacc.config import preset
+from llmacc.isa import Sparsity, WeightFormat
+from sim import bench_rtl
+from sim import hbm_model as HBM
 from sim import stream_harness as H
 from tests.helpers.simulators import SIMULATORS, run_block
 from tests.helpers.weights import random_tile
@@ -123,3 +132,30 @@ def test_stream_engine(simulator, seed, request, tmp_path):
                     lambda: PackedStreamEngine(CHANNELS, LANES, CHAIN, TAP, WORD),
                     "stream_engine", inputs, len(expected), seed)
     assert (msg := H.first_mismatch(RESULT, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+#: A small engine slice for the cycle model: 2 channels x 2 lanes of 16, 128-bit words.
+SLICE_CONFIG = preset("sim-wide").replace(mv_rows=4, chain_len=16, chain_group=4,
+                                           mem_channels=2, axi_data_bits=128)
+
+
+@pytest.mark.parametrize("fmt", [WeightFormat.W2, WeightFormat.INT8])
+def test_engine_cycles_follow_the_rtl(fmt, seed):
+    """The streaming engine slice against the HBM channel models in Amaranth: results
+    equal to the integer model, cycles within 5% of ``cycle_model.engine_stream_cycles``;
+    W2 keeps the lanes busy (compute-bound), INT8 the channels (memory-bound)."""
+    cfg = SLICE_CONFIG
+    load = bench_rtl.EngineWorkload(f"{fmt.name} 128x512", fmt, Sparsity.DENSE, 128, 512)
+    case = bench_rtl.engine_case(cfg, load, cfg.mem_channels, 32, seed)
+    dut = StreamSlice(cfg.mem_channels, 2, cfg.chain_len, cfg.chain_group, cfg.axi_addr_bits,
+                      cfg.axi_data_bits)
+    run = HBM.run_in_amaranth(dut, HBM.engine_bench, case.memories,
+                              [[(0, case.words)]] * cfg.mem_channels, case.cmd,
+                              case.acts * case.passes, len(case.want), cfg.axi_data_bytes,
+                              cfg.axi_addr_bits, HBM.HbmTiming.of(cfg), random.Random(seed))
+    result = bench_rtl.engine_result(cfg, load, case, run)
+    assert result.model_error <= 0.05, (result, seed)
+    if fmt is WeightFormat.W2:
+        assert not result.memory_bound(cfg) and result.beat_rate >= 0.9, (result, seed)
+    else:
+        assert result.memory_bound(cfg) and result.utilization >= 0.85, (result, seed)
