@@ -13,18 +13,16 @@ lanes first), token 0 then 1.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import axi_signature
 from hw.axi import command_layout as command_layout_axi
-from hw.matrix_engine import RESULT, MatrixEngine
-from hw.sparse_dsp_chain import window
+from hw.matrix_engine import RESULT, MatrixEngine, engine_layouts
 from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits
 from hw.weight_streamer import WeightStreamer
 from llmacc import layout as L
-from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 
 ROW_BEATS_BITS = 16  #: beats of one row (K up to 2**16 kept weights per beat of the chain)
@@ -39,11 +37,11 @@ def command_layout() -> data.StructLayout:
         "beats": ROW_BEATS_BITS, "passes": PASS_BITS, "words": WORD_COUNT_BITS})
 
 
-def activation_layout(n: int) -> data.StructLayout:
-    """One beat's activations of two tokens with their scales (the engine's window)."""
-    return data.StructLayout({
-        "x": data.ArrayLayout(data.ArrayLayout(signed(8), window(n)), 2),
-        "xm": data.ArrayLayout(N.SCALE_BITS, 2), "xe": data.ArrayLayout(signed(16), 2)})
+def activation_layout(n: int, chain_group: int) -> data.StructLayout:
+    """One beat's activations of two tokens with their scales: the matrix engine's beat
+    fields that the weights do not set."""
+    head = engine_layouts(1, n, chain_group)[0]
+    return data.StructLayout({name: head[name].shape for name in ("x", "xm", "xe")})
 
 
 def command_of(geom: L.StreamGeometry, passes: int, words: int) -> dict:
@@ -64,7 +62,7 @@ class StreamEngine(wiring.Component):
         self.engine = MatrixEngine(channels * lanes, n, chain_group)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
-            "act": In(stream.Signature(activation_layout(n))),
+            "act": In(stream.Signature(activation_layout(n, chain_group))),
             "words": In(stream.Signature(w_bits)).array(channels),
             "o": Out(stream.Signature(RESULT)),
             "busy": Out(1)})
@@ -167,7 +165,7 @@ class StreamSlice(wiring.Component):
             members[f"cmd{c}"] = In(stream.Signature(command_layout_axi(addr_bits)))
             members[f"axi{c}"] = Out(axi_signature(addr_bits, w_bits))
         super().__init__({**members, "ecmd": In(stream.Signature(command_layout())),
-                          "act": In(stream.Signature(activation_layout(n))),
+                          "act": In(stream.Signature(activation_layout(n, chain_group))),
                           "o": Out(stream.Signature(RESULT)), "busy": Out(1),
                           "idle": Out(1), "error": Out(1)})
 

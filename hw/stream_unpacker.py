@@ -21,15 +21,17 @@ It is ``ready`` when every lane holds both parts' current words. The engine
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.matrix_engine import engine_layouts
+from hw.sparse_dsp_chain import INDEX_BITS
 from llmacc import layout as L
 from llmacc.isa import Sparsity, WeightFormat
 
 WORD_COUNT_BITS = 24  #: words one stream may hold (per channel)
-INDEX_PORT_BITS = 4  #: the lanes' N:16 index operand
+
 
 
 def slot_bits(n: int, w_bits: int) -> int:
@@ -50,14 +52,6 @@ def plane_sources(n: int, w_bits: int, plane_of: str, planes: int
             for p in range(count):
                 out[p].setdefault(getattr(g, plane_of)(slot, p), []).append((fmt, sp, slot))
     return out
-
-
-def lane_stream_layout(n: int, slots: int) -> data.StructLayout:
-    """One lane's operands of a beat, as the matrix engine's lanes take them."""
-    return data.StructLayout({
-        "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(INDEX_PORT_BITS, n),
-        "aux": data.ArrayLayout(L.AUX, slots), "mant": data.ArrayLayout(L.MANT, slots),
-        "shift": signed(16)})
 
 
 class WordQueue(wiring.Component):
@@ -142,7 +136,7 @@ class StreamUnpacker(wiring.Component):
         self.lanes, self.n, self.w_bits = lanes, n, w_bits
         self.slots = n // chain_group
         self.entries = L.stream_scale_entries(w_bits)
-        lane = lane_stream_layout(n, self.slots)
+        lane = engine_layouts(1, n, chain_group)[1]  # a lane's operands of a beat
         super().__init__({
             "words": In(stream.Signature(w_bits)),
             "start": In(1), "total": In(WORD_COUNT_BITS),
@@ -205,7 +199,7 @@ class StreamUnpacker(wiring.Component):
 
         # unpacking: fixed wiring per format, chosen once for every lane
         code_choices = self._choices(m, "code_plane", 8)
-        index_choices = self._choices(m, "index_plane", INDEX_PORT_BITS)
+        index_choices = self._choices(m, "index_plane", INDEX_BITS)
         scale = L.stream_scale_layout(self.w_bits)
         for lane, row in enumerate(queues):
             out = self.lane[lane]

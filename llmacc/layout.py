@@ -736,8 +736,8 @@ def _stream_rows(geom: StreamGeometry, codes: Tensor, keep: Tensor | None, mant:
     m[:, :geom.groups] = np.asarray(mant)
     if aux is not None and d.wfmt is not WeightFormat.INT8:
         a[:, :geom.groups] = np.asarray(aux)
+    head = encode_record(RowRecordHead, rows, shift=np.asarray(shift))  # in every word
     for word in range(swords):
-        head = encode_record(RowRecordHead, rows, shift=np.asarray(shift))
         scales[:, word, :head.shape[1]] = head
         lo = layout["mant"].offset // 8
         scales[:, word, lo:lo + 2 * entries] = _le(m[:, word * entries:(word + 1) * entries],

@@ -239,7 +239,7 @@ def engine_case(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gr
         memories.append(L.encode_weight_stream(geom, lanes, codes, keep, mant, shift,
                                                aux).tobytes())
         outs.append(N.linear_out(N.linear_acc(x, ops, mant, group), xm, xe, shift, 0, 0))
-    act = activation_layout(n)
+    act = activation_layout(n, cfg.chain_group)
     one = [None if v is None else v[:1] for v in (codes, keep, aux, mant, shift)]
     acts = [pack(act, {f: b[f] for f in ("x", "xm", "xe")})
             for b in beats(load.fmt, nm, group, *one, x, xm, xe, n, cfg.chain_group)]

@@ -37,7 +37,7 @@ DEPTH = 64  #: the test wrapper's queue per destination (a whole case fits)
 def item_layout(channels: int, n: int, w_bits: int) -> data.StructLayout:
     """One input item of the wrapper: a destination (0 command, 1 activations, 2 + c the
     words of channel c) and its payload."""
-    bits = max(command_layout().size, activation_layout(n).size, w_bits)
+    bits = max(command_layout().size, activation_layout(n, TAP).size, w_bits)
     return data.StructLayout({"dest": range(2 + channels), "data": bits})
 
 
@@ -111,7 +111,7 @@ def _cases(seed: int, count: int):
             inputs += [H.pack(layout, {"dest": 2 + ch, "data": int.from_bytes(w.tobytes(),
                                                                              "little")})
                        for w in s]
-        act = activation_layout(CHAIN)
+        act = activation_layout(CHAIN, TAP)
         lane0 = [None if v is None else v[:1] for v in (codes, keep, aux, mant, shift)]
         for beat in beats(fmt, nm, group, *lane0, x, xm, xe, CHAIN,
                           TAP) * passes:
