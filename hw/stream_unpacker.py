@@ -33,7 +33,6 @@ from llmacc.isa import Sparsity, WeightFormat
 WORD_COUNT_BITS = 24  #: words one stream may hold (per channel)
 
 
-
 def slot_bits(n: int, w_bits: int) -> int:
     """Bits of a beat's slot number in its WEIGHTS word."""
     most = max(g.beats_per_word for g in L.stream_geometries(n, w_bits).values())
