@@ -3,7 +3,9 @@
 Each element has the DSP48E2's registers: A/B input registers (AREG = BREG = 1), the
 multiplier register (MREG = 1) and the output register (PREG = 1), a 27 x 18 signed
 multiplier and a 48-bit post-adder whose other input is the cascade ``pcin`` (OPMODE Z =
-PCIN) or, for the first element of a cascade, zero (Z = 0): a static OPMODE. Written this
+PCIN) or, for the first element of a cascade, zero (Z = 0): a static OPMODE. The product is
+added or, under ``sub``, subtracted (ALUMODE, registered beside M): the weight decode hands
+sign-magnitude operands, so no LUT negates one (:mod:`hw.weight_decode`). Written this
 way, yosys ``synth_xilinx`` and Vivado map each element onto one DSP48E2
 (``tests/test_dsp_chain.py`` counts them).
 
@@ -15,7 +17,7 @@ re-aligns the taps, so that one beat's ``n // group`` partial sums leave togethe
 cycles after element 0's operands entered.
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -39,12 +41,15 @@ A_PORT_BITS = 30  #: the DSP48E2's A port (the multiplier takes its low 27 bits)
 
 
 class Dsp48e2(wiring.Component):
-    """``p <= m + pcin`` (``cascade``) or ``p <= m``, ``m <= a * b``, with A/B, M and P
-    registers. ``ce`` is the clock enable of every register; ``pcout`` (equal to ``p``)
-    feeds the next element's ``pcin`` over the dedicated cascade path."""
+    """``p <= pcin +- m`` (``cascade``) or ``p <= +-m``, ``m <= a * b``, with A/B, M and P
+    registers. ``sub`` (ALUMODE ``Z - (X + Y)``) negates the product; like the DSP48E2's
+    ALUMODE register, which sits beside MREG, it comes one cycle after ``a`` and ``b``.
+    ``ce`` is the clock enable of every register; ``pcout`` (equal to ``p``) feeds the next
+    element's ``pcin`` over the dedicated cascade path."""
 
     a: In(signed(A_BITS))
     b: In(signed(B_BITS))
+    sub: In(1)
     ce: In(1)
     pcin: In(signed(P_BITS))
     p: Out(signed(P_BITS))
@@ -61,27 +66,28 @@ class Dsp48e2(wiring.Component):
         a = Signal(signed(A_BITS), reset_less=True)
         b = Signal(signed(B_BITS), reset_less=True)
         prod = Signal(signed(A_BITS + B_BITS), reset_less=True)
+        sub = Signal(reset_less=True)
         p = Signal(signed(P_BITS), reset_less=True)
+        z = self.pcin if self.cascade else 0
         with m.If(self.ce):
-            m.d.sync += [a.eq(self.a), b.eq(self.b), prod.eq(a * b),
-                         p.eq((prod + self.pcin)[:P_BITS] if self.cascade else prod)]
+            m.d.sync += [a.eq(self.a), b.eq(self.b), prod.eq(a * b), sub.eq(self.sub),
+                         p.eq(Mux(sub, z - prod, z + prod)[:P_BITS])]
         m.d.comb += [self.p.eq(p), self.pcout.eq(p)]
         return m
 
     def _primitive(self) -> Module:
-        """The element as one DSP48E2: AREG = BREG = MREG = PREG = 1, no pre-adder, C or D
-        register, a static OPMODE and ALUMODE = 0 (Z + X + Y)."""
+        """The element as one DSP48E2: AREG = BREG = MREG = PREG = 1, ALUMODEREG = 1, no
+        pre-adder, C or D register, a static OPMODE and ALUMODE ``Z + X + Y`` or, under
+        ``sub``, ``Z - (X + Y)``."""
         m = Module()
         ce = self.ce
         regs = {f"p_{name}": 1 for name in ("AREG", "BREG", "ACASCREG", "BCASCREG", "MREG",
-                                            "PREG")}
+                                            "PREG", "ALUMODEREG")}
         regs.update({f"p_{name}": 0 for name in ("ADREG", "DREG", "CREG", "OPMODEREG",
-                                                 "ALUMODEREG", "INMODEREG", "CARRYINREG",
-                                                 "CARRYINSELREG")})
-        enables = {f"i_{name}": ce for name in ("CEA2", "CEB2", "CEM", "CEP")}
+                                                 "INMODEREG", "CARRYINREG", "CARRYINSELREG")})
+        enables = {f"i_{name}": ce for name in ("CEA2", "CEB2", "CEM", "CEP", "CEALUMODE")}
         enables.update({f"i_{name}": 0 for name in (
-            "CEA1", "CEB1", "CEC", "CED", "CEAD", "CEALUMODE", "CECTRL", "CEINMODE",
-            "CECARRYIN")})
+            "CEA1", "CEB1", "CEC", "CED", "CEAD", "CECTRL", "CEINMODE", "CECARRYIN")})
         resets = {f"i_{name}": 0 for name in (
             "RSTA", "RSTB", "RSTC", "RSTD", "RSTM", "RSTP", "RSTALLCARRYIN", "RSTALUMODE",
             "RSTCTRL", "RSTINMODE")}
@@ -96,7 +102,7 @@ class Dsp48e2(wiring.Component):
             i_ACIN=Const(0, A_PORT_BITS), i_BCIN=Const(0, B_BITS),
             i_CARRYIN=0, i_CARRYCASCIN=0, i_MULTSIGNIN=0, i_CARRYINSEL=Const(0, 3),
             i_OPMODE=Const(OPMODE_M_PLUS_PCIN if self.cascade else OPMODE_M, 9),
-            i_ALUMODE=Const(0, 4), i_INMODE=Const(0, 5),
+            i_ALUMODE=Cat(self.sub, self.sub, Const(0, 2)), i_INMODE=Const(0, 5),
             o_P=self.p, o_PCOUT=self.pcout)
         return m
 
@@ -104,7 +110,7 @@ class Dsp48e2(wiring.Component):
 class DspCascade(wiring.Component):
     """``n`` elements in cascades of ``group``; ``taps[j]`` is the sum of cascade ``j``
     (elements ``j*group`` to ``(j+1)*group - 1``). Element ``i``'s inputs of a beat (``a``,
-    ``b``) come ``i`` cycles after element 0's."""
+    ``b``) come ``i`` cycles after element 0's, its ``sub`` one cycle later still."""
 
     def __init__(self, n: int, group: int):
         if n < 1 or group < 1 or n % group:
@@ -113,6 +119,7 @@ class DspCascade(wiring.Component):
         super().__init__({
             "a": In(data.ArrayLayout(signed(A_BITS), n)),
             "b": In(data.ArrayLayout(signed(B_BITS), n)),
+            "sub": In(data.ArrayLayout(1, n)),
             "ce": In(1),
             "taps": Out(data.ArrayLayout(signed(P_BITS), n // group)),
         })
@@ -127,7 +134,8 @@ class DspCascade(wiring.Component):
         for i in range(self.n):
             pe = Dsp48e2(cascade=i % self.group != 0)
             m.submodules[f"pe{i}"] = pe
-            m.d.comb += [pe.a.eq(self.a[i]), pe.b.eq(self.b[i]), pe.ce.eq(self.ce)]
+            m.d.comb += [pe.a.eq(self.a[i]), pe.b.eq(self.b[i]), pe.sub.eq(self.sub[i]),
+                         pe.ce.eq(self.ce)]
             if pe.cascade:
                 m.d.comb += pe.pcin.eq(pes[-1].pcout)
             pes.append(pe)

@@ -29,7 +29,7 @@ from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
 from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
-from hw.weight_decode import decode_code, decode_row
+from hw.weight_decode import element_decode, slot_decode
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 from llmacc.kernel import RESULT_STAGES, chain_latency
@@ -117,14 +117,16 @@ class EngineLane(wiring.Component):
         m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(inp.sparsity),
                      chain.inp.idx.eq(inp.idx), chain.feed.eq(self.feed),
                      chain.pack.eq(tap.pack)]
-        side_in = Signal(lane_side(slots := self.n // self.group))
-        m.d.comb += [side_in.mant.eq(inp.mant), side_in.shift.eq(inp.shift)]
-        side = delay(m, side_in, self.latency, en, "side")  # meets the beat's slot sums
-        rows = [decode_row(inp.fmt, inp.aux[j]) for j in range(slots)]  # once per slot
-        int8 = inp.fmt == WeightFormat.INT8
+        slots = self.n // self.group
+        groups = [slot_decode(m, inp.fmt, inp.aux[j], f"slot{j}") for j in range(slots)]
         for k in range(self.n):
-            m.d.comb += chain.inp.ops[k].eq(decode_code(inp.codes[k], int8,
-                                                        *rows[k // self.group]))
+            op = element_decode(inp.codes[k], groups[k // self.group])
+            m.d.comb += [chain.inp.ops[k].eq(op["mag"]), chain.inp.neg[k].eq(op["neg"])]
+        side_in = Signal(lane_side(slots))
+        m.d.comb += side_in.shift.eq(inp.shift)
+        for j in range(slots):  # a group whose type id names no type counts zero
+            m.d.comb += side_in.mant[j].eq(Mux(groups[j].zero, 0, inp.mant[j]))
+        side = delay(m, side_in, self.latency, en, "side")  # meets the beat's slot sums
         gsum = Signal(data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), slots))
         acc = Signal(data.ArrayLayout(signed(N.ACC_BITS), 2))
         step = en & tap.valid

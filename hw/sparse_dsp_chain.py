@@ -137,6 +137,7 @@ def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.Stru
     per-slot partial sums."""
     inp = data.StructLayout({
         "ops": data.ArrayLayout(signed(OPERAND_BITS), n),
+        "neg": data.ArrayLayout(1, n),  # the operand's sign (``ops`` its magnitude)
         "idx": data.ArrayLayout(4, n),
         "sparsity": Sparsity,
     })
@@ -180,14 +181,16 @@ class LaneChain(wiring.Component):
         m = Module()
         m.submodules.cascade = cas = DspCascade(self.n, self.group)
         for e in range(self.n):
-            operand = Cat(self.inp.ops[e], self._index(e)[:INDEX_BITS])
+            operand = Cat(self.inp.ops[e], self._index(e)[:INDEX_BITS], self.inp.neg[e])
             late = delay(m, operand, e, self.ce, f"op{e}")  # to meet its skewed feed
-            op, col = late[:OPERAND_BITS].as_signed(), late[OPERAND_BITS:]
+            op = late[:OPERAND_BITS].as_signed()
+            col = late[OPERAND_BITS:OPERAND_BITS + INDEX_BITS]
+            sub = delay(m, late[-1], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
             x0 = feed.x0.as_value().word_select(col, 8)
             hi = feed.hi.as_value().word_select(col, HI_BITS)
             a = Cat(x0, x0[7].replicate(PACK_SHIFT - 8), hi)[:A_BITS].as_signed()
-            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op)]
+            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op), cas.sub[e].eq(sub)]
         m.d.comb += cas.ce.eq(self.ce)
         for j in range(self.n // self.group):
             p = cas.taps[j]
@@ -233,7 +236,8 @@ class SparseDspChain(wiring.Component):
         m.d.comb += [router.ce.eq(self.ce), lane.ce.eq(self.ce),
                      router.inp.x.eq(inp.x), router.inp.sparsity.eq(inp.sparsity),
                      router.inp.pack.eq(inp.pack),
-                     lane.inp.ops.eq(inp.ops), lane.inp.idx.eq(inp.idx),
+                     lane.inp.ops.eq(inp.ops), lane.inp.neg.eq(inp.neg),
+                     lane.inp.idx.eq(inp.idx),
                      lane.inp.sparsity.eq(inp.sparsity), lane.feed.eq(router.feed),
                      self.out.eq(lane.out),
                      lane.pack.eq(delay(m, inp.pack, self.latency, self.ce, "pack"))]

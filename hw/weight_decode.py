@@ -1,11 +1,23 @@
-"""On-chip weight decode: packed low-bit codes -> signed multiplier operands.
+"""On-chip weight decode: packed codes -> sign-magnitude multiplier operands.
 
 Exactly :func:`llmacc.numerics.decode_weights`: W2 codes minus the group's zero-point, the
-BitMoD mixed 3/4-bit types through the decode ROMs that the numerics module generates
-(``MIXED3_LUT``/``MIXED4_LUT``, rows indexed by the group's type id), and symmetric INT8.
-The three low-bit formats share one ROM of 16 rows: a group's row is chosen once
-(:func:`decode_row`), so that each element's decode is one 8-input table per bit.
-The per-group rescale of partial sums happens after the DSP chain (``hw/matrix_engine.py``).
+BitMoD mixed 3/4-bit types (``MIXED3_LUT``/``MIXED4_LUT``, rows indexed by the group's type
+id), and symmetric INT8. The operand leaves as a magnitude and a sign, ``neg``: the DSP48E2
+subtracts a negated product from the cascade (ALUMODE ``Z - (X + Y)``, :mod:`hw.dsp48e2`), so
+no element spends LUTs on negation, and the decode splits by who can share it:
+
+* :func:`slot_decode`, once per group and lane (a slot of the chain): the group's magnitude
+  class (``MAG_CLASSES``: INT3, FP3, INT4/INT8, FP4 and W2 under each zero-point), its
+  special value (BitMoD's extra value replaces "negative zero") and where the code's sign
+  bit sits;
+* :func:`element_decode`, once per weight: the class's magnitude of the code's low three
+  bits, the special value, the sign; INT8 passes its code through. Each magnitude bit is
+  one 6-input function of the class and three code bits: about 19 LUTs per weight where
+  one 16-row table per operand bit took 41 (yosys ``synth_xilinx``, 16 weights and their
+  group).
+
+A mixed type id that names no type decodes its whole group to zero: :func:`slot_decode`
+flags it and the lane zeroes the group's scale instead (exact: its sum counts ``0 *``).
 """
 
 from __future__ import annotations
@@ -17,57 +29,126 @@ from amaranth.lib.wiring import In, Out
 from llmacc import numerics as N
 from llmacc.isa import WeightFormat
 
-OPERAND_BITS = 8  #: decoded operands: INT8 needs 8 bits, the low-bit formats 6
+OPERAND_BITS = 8  #: decoded operands: INT8 needs 8 bits (sign included)
+MAG_BITS = N.W_OPERAND_MAX.bit_length()  #: magnitudes of the low-bit formats (up to 16)
+LOW_CODE = 3  #: a magnitude class reads the code's low three bits
 
 
-#: The low-bit formats' operands fit 6 bits (``|w| <= 16``); INT8 needs all 8.
-LOW_BITS = N.W_OPERAND_MAX.bit_length() + 1
-ROM_CODE_BITS = 4  #: the decode ROM reads a code's low 4 bits (the widest low-bit code)
-#: The one decode ROM of the low-bit formats, a row of 16 operands per (format, aux): the six
-#: mixed 3-bit types (a 3-bit code's fourth bit is ignored), the six mixed 4-bit types, and
-#: W2 under each of its four zero-points (``code - z``, the code's low 2 bits).
-ROM_ROWS = (
-    [(WeightFormat.MIXED3, t, [int(N.MIXED3_LUT[t][c & 7]) for c in range(16)])
-     for t in range(len(N.MIXED3_TYPES))]
-    + [(WeightFormat.MIXED4, t, [int(N.MIXED4_LUT[t][c]) for c in range(16)])
-       for t in range(len(N.MIXED4_TYPES))]
-    + [(WeightFormat.W2, z, [(c & 3) - z for c in range(16)]) for z in range(4)])
-ROW_BITS = (len(ROM_ROWS) - 1).bit_length()
-assert len(ROM_ROWS) == 1 << ROW_BITS, "the decode rows fill a power of two"
+def _sign_magnitude(lut, sign_bit: int) -> list[tuple[tuple[int, ...], int]]:
+    """Per type of a mixed family: (magnitudes over the code's low 3 bits, special value),
+    checked to be sign-magnitude (the negative half mirrors the positive but for the
+    special value at "negative zero")."""
+    half = 1 << sign_bit
+    rows = []
+    for row in lut.tolist():
+        pos = row[:half]
+        if pos[0] != 0 or any(row[half + i] != -pos[i] for i in range(1, half)):
+            raise AssertionError(f"decode row {row} is not sign-magnitude")
+        rows.append((tuple(pos[c % half] for c in range(1 << LOW_CODE)), row[half]))
+    return rows
 
 
-def decode_row(fmt, aux) -> tuple[Signal, Signal]:
-    """The ROM row of a group's ``aux`` (W2 zero-point or mixed type id) under ``fmt``, and
-    whether the group decodes to zero (a mixed type id that names no type). Once per group:
-    every element of the group shares it."""
-    first = {f: min(i for i, (g, _, _) in enumerate(ROM_ROWS) if g is f)
-             for f in (WeightFormat.MIXED3, WeightFormat.MIXED4, WeightFormat.W2)}
-    tid = aux[:3]
-    row = Mux(fmt == WeightFormat.W2, first[WeightFormat.W2] + aux[:2],
-              Mux(fmt == WeightFormat.MIXED3, first[WeightFormat.MIXED3] + tid,
-                  first[WeightFormat.MIXED4] + tid))
-    mixed = (fmt == WeightFormat.MIXED3) | (fmt == WeightFormat.MIXED4)
-    return row[:ROW_BITS], mixed & (tid >= len(N.MIXED3_TYPES))
+_M3 = _sign_magnitude(N.MIXED3_LUT[:len(N.MIXED3_TYPES)], 2)
+_M4 = _sign_magnitude(N.MIXED4_LUT[:len(N.MIXED4_TYPES)], 3)
+_W2_ZPS = 4
+#: W2 under zero-point z: |(c & 3) - z| and the sign (c & 3) < z
+_W2 = [tuple(abs((c & 3) - z) for c in range(1 << LOW_CODE)) for z in range(_W2_ZPS)]
+_W2_NEG = [tuple(int((c & 3) < z) for c in range(1 << LOW_CODE)) for z in range(_W2_ZPS)]
+_INT8_LOW = tuple(range(1 << LOW_CODE))  #: INT8 passes its low bits through
+
+#: The distinct magnitude tables (over a code's low 3 bits) of every format, each with the
+#: sign table it needs (only W2's sign depends on the code's low bits).
+MAG_CLASSES: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = tuple(dict.fromkeys(
+    [(mags, (0,) * 8) for mags, _ in _M3 + _M4] + list(zip(_W2, _W2_NEG, strict=True))
+    + [(_INT8_LOW, (0,) * 8)]))
+CLASS_BITS = (len(MAG_CLASSES) - 1).bit_length()
+assert CLASS_BITS <= 3, "a class and a code's low three bits must fit one 6-input LUT"
+assert max(v for m, _ in MAG_CLASSES for v in m) < 1 << MAG_BITS
+assert max(abs(special) for _, special in _M3 + _M4) < 1 << MAG_BITS
 
 
-def decode_code(code, int8, row, zero) -> Signal:
-    """One code's operand: the ROM at (``row``, the code's low bits), 0 for a ``zero``
-    group, or under ``int8`` the code itself as symmetric INT8 (-128 reads as -127)."""
-    index = Cat(code[:ROM_CODE_BITS], row)
-    entries = [v & ((1 << LOW_BITS) - 1) for _, _, ops in ROM_ROWS for v in ops]
-    # one 256-entry table per operand bit, read by a bit select (a part-select of
-    # non-power-of-two words would multiply the index)
-    low = Cat(Const(sum((e >> b & 1) << i for i, e in enumerate(entries)), len(entries))
-              .bit_select(index, 1) for b in range(LOW_BITS)).as_signed()
-    wide = code[:8].as_signed()
-    return Mux(int8, Mux(wide == -128, -127, wide), Mux(zero, 0, low))
+#: Where a code's sign bit is: none (W2, INT8), bit 2 (MIXED3), bit 3 (MIXED4).
+SIGN_NONE, SIGN_BIT2, SIGN_BIT3 = 0, 1, 2
+
+#: What a group tells each of its weights' decode (:func:`slot_decode`).
+SLOT_DECODE = data.StructLayout({
+    "cls": CLASS_BITS,  #: index into MAG_CLASSES
+    "sign_at": 2,  #: SIGN_NONE, SIGN_BIT2 or SIGN_BIT3
+    "smag": MAG_BITS,  #: the special value's magnitude (0: no special value)
+    "sneg": 1,  #: and its sign
+    "int8": 1,
+    "zero": 1,  #: a mixed type id that names no type: the group decodes to zero
+})
+
+#: One decoded weight: ``(-1)**neg * mag`` (INT8: ``mag`` is the signed code, ``neg`` 0).
+OPERAND = data.StructLayout({"mag": signed(OPERAND_BITS), "neg": 1})
 
 
-def decode_operand(code, fmt, aux) -> Signal:
-    """Combinational decode of one 8-bit ``code`` under ``fmt`` with the group's ``aux``
-    (W2 zero-point or mixed type id)."""
-    row, zero = decode_row(fmt, aux)
-    return decode_code(code, fmt == WeightFormat.INT8, row, zero)
+def _slot_entries():
+    """(format, aux) -> the SLOT_DECODE field values, every valid combination."""
+    cls = {key: i for i, key in enumerate(MAG_CLASSES)}
+    out = {}
+    for fmt, rows, sign_at in ((WeightFormat.MIXED3, _M3, SIGN_BIT2),
+                               (WeightFormat.MIXED4, _M4, SIGN_BIT3)):
+        for tid, (mags, special) in enumerate(rows):
+            out[fmt, tid] = {"cls": cls[mags, (0,) * 8], "sign_at": sign_at,
+                             "smag": abs(special), "sneg": int(special < 0)}
+    for z in range(_W2_ZPS):
+        out[WeightFormat.W2, z] = {"cls": cls[_W2[z], _W2_NEG[z]]}
+    out[WeightFormat.INT8, 0] = {"cls": cls[_INT8_LOW, (0,) * 8], "int8": 1}
+    return out
+
+
+def slot_decode(m: Module, fmt, aux, name: str) -> data.View:
+    """A group's SLOT_DECODE from the beat's ``fmt`` and the group's ``aux`` (W2 zero-point
+    or mixed type id), combinational: once per slot, shared by its weights. One table of
+    (format, low 3 aux bits): each field bit is one 5-input function."""
+    entries = _slot_entries()
+    aux_bits = max(a for _, a in entries).bit_length()
+    table = []
+    for f in WeightFormat:
+        for a in range(1 << aux_bits):
+            key = (f, a if f is not WeightFormat.W2 else a & (_W2_ZPS - 1))
+            if f is WeightFormat.INT8:
+                key = (f, 0)
+            table.append(SLOT_DECODE.const(entries.get(key, {"zero": 1})).as_value().value)
+    s = Signal(SLOT_DECODE, name=name)
+    index = Cat(aux[:aux_bits], fmt)
+    m.d.comb += s.as_value().eq(Cat(_table_bit(table, b, index)
+                                    for b in range(SLOT_DECODE.size)))
+    return s
+
+
+def _table_bit(table: list[int], bit: int, index):
+    """Bit ``bit`` of ``table[index]`` (a constant table read by a bit select)."""
+    return Const(sum((v >> bit & 1) << i for i, v in enumerate(table)),
+                 len(table)).bit_select(index, 1)
+
+
+def element_decode(code, slot: data.View) -> dict:
+    """One code's OPERAND field values under its group's ``slot`` (:func:`slot_decode`);
+    code bits above the format's width are ignored."""
+    low = Cat(code[:LOW_CODE], slot.cls)  # one 6-input function per magnitude bit
+    mags = [v for m_, _ in MAG_CLASSES for v in m_]
+    negs = [v for _, n_ in MAG_CLASSES for v in n_]
+    mag = Cat(_table_bit(mags, b, low) for b in range(MAG_BITS))
+    sign = Mux(slot.sign_at == SIGN_BIT3, code[3], Mux(slot.sign_at == SIGN_BIT2, code[2], 0))
+    zero_low = Mux(slot.sign_at == SIGN_BIT3, code[:3] == 0, code[:2] == 0)
+    special = sign & zero_low  # "negative zero" holds the type's special value
+    low_mag = Mux(special, slot.smag, mag)
+    neg = Mux(special, slot.sneg, sign | _table_bit(negs, 0, low))
+    wide = code[:8]
+    int8_mag = Cat(wide[0] | (wide == 0x80), wide[1:8])  # INT8 -128 reads as -127
+    return {"mag": Mux(slot.int8, int8_mag, low_mag), "neg": neg}
+
+
+def decode_operand(m: Module, code, fmt, aux, name: str = "slot"):
+    """The signed operand of one ``code`` under ``fmt`` and ``aux`` (0 for a zero group):
+    the reference composition of :func:`slot_decode` and :func:`element_decode`."""
+    slot = slot_decode(m, fmt, aux, name)
+    op = element_decode(code, slot)
+    mag = op["mag"].as_signed()
+    return Mux(slot.zero, 0, Mux(op["neg"], -mag, mag))
 
 
 def decoder_layouts(lanes: int) -> tuple[data.StructLayout, data.StructLayout]:
@@ -78,7 +159,8 @@ def decoder_layouts(lanes: int) -> tuple[data.StructLayout, data.StructLayout]:
 
 
 class WeightDecoder(wiring.Component):
-    """``lanes`` codes per cycle -> operands, one register stage, stream in and out."""
+    """``lanes`` codes per cycle -> signed operands, one register stage, stream in and out:
+    the decode on its own, tested against ``numerics.decode_weights``."""
 
     def __init__(self, lanes: int):
         self.lanes = lanes
@@ -93,5 +175,6 @@ class WeightDecoder(wiring.Component):
             m.d.sync += self.o.valid.eq(self.i.valid)
             for lane in range(self.lanes):
                 m.d.sync += self.o.payload.ops[lane].eq(decode_operand(
-                    self.i.payload.codes[lane], self.i.payload.fmt, self.i.payload.aux[lane]))
+                    m, self.i.payload.codes[lane], self.i.payload.fmt,
+                    self.i.payload.aux[lane], f"slot{lane}"))
         return m

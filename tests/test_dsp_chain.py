@@ -56,8 +56,11 @@ def _beats(seed: int, count: int = 120):
                 idx += sorted(rng.sample(range(block), keep))
         x = [[rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(w)]
              for _ in range(2)]
-        inputs.append(H.pack(inp, {"ops": ops, "idx": idx, "x": x, "sparsity": sparsity,
-                                   "pack": pack}))
+        # each operand as a (magnitude, sign) pair, either way round: the DSP subtracts
+        neg = [rng.randrange(2) for _ in range(N)]
+        mags = [-w if s else w for w, s in zip(ops, neg, strict=True)]
+        inputs.append(H.pack(inp, {"ops": mags, "neg": neg, "idx": idx, "x": x,
+                                   "sparsity": sparsity, "pack": pack}))
         expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, pack)}))
     return inputs, expected, out
 

@@ -23,7 +23,10 @@ def random_tile(rng: random.Random, fmt: WeightFormat, nm: tuple[int, int] | Non
     if fmt is WeightFormat.W2:
         aux = torch.tensor([[rng.randrange(4) for _ in range(g)] for _ in range(rows)])
     elif fmt in (WeightFormat.MIXED3, WeightFormat.MIXED4):
-        aux = torch.tensor([[rng.randrange(6) for _ in range(g)] for _ in range(rows)])
+        # now and then a type id that names no type: its group decodes to zero
+        types = len(N.MIXED3_TYPES)
+        aux = torch.tensor([[rng.randrange(types + 2) if rng.random() < 0.1
+                             else rng.randrange(types) for _ in range(g)] for _ in range(rows)])
     keep = None
     if nm:
         kn, km = nm
