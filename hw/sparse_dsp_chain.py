@@ -18,15 +18,15 @@ The work is split by who can share it:
 * :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element), the
   16:1 selects and the cascade.
 
-Two tokens share each multiplier: ``A = x1 * 2**18 + x0``, ``B = w``, so the 48-bit cascade
-carries ``S1 * 2**18 + S0``. The router hands the lanes ``x0`` and ``hi = x1 - (x0 < 0)``, so
-that ``A`` is plain wiring (``x0`` sign-extended to 18 bits under ``hi``): no adder per
-element. The reduction node splits each slot's sum (``S0`` = the low 18 bits, sign
+Two tokens share each multiplier: the DSP48E2's pre-adder forms ``x1 * 2**18 + x0`` from
+``A = x1 * 2**18`` (wiring) and ``D = x0``, ``B = w``, so the 48-bit cascade carries
+``S1 * 2**18 + S0``: each element selects two 8-bit activations, no fabric adder. The
+reduction node splits each slot's sum (``S0`` = the low 18 bits, sign
 extended; ``S1 = (P - S0) >> 18``, which is ``P >> 18`` plus the sign bit of ``S0``). This
 is exact while ``|S0| < 2**17``: with low-bit operands (``|w| <= 16``) and INT8 activations
 (``|x| <= 127``), ``group * 16 * 127 < 2**17`` for slots of up to 64. INT8 weights (up to
-127) would not fit, so ``pack = 0`` runs them one token per beat (``hi`` is then the sign
-extension of ``x0``).
+127) would not fit, so ``pack = 0`` runs them one token per beat (the router then hands
+``x1 = 0``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.dsp48e2 import A_BITS, DspCascade
+from hw.dsp48e2 import DspCascade
 from hw.pipeline import delay
 from hw.weight_decode import OPERAND_BITS
 from llmacc.isa import Sparsity
@@ -50,7 +50,6 @@ SUM_BITS = ((1 << GROUP_LOG2_MAX) << (2 * (OPERAND_BITS - 1))).bit_length() + 1
 MAX_CHAIN = 64  #: longest chain: slots of up to 64 keep two packed products exact
 BLOCK = 16  #: every sparsity runs as N:16: one block of 16 activations per element
 INDEX_BITS = (BLOCK - 1).bit_length()
-HI_BITS = 9  #: ``x1 - (x0 < 0)`` of two INT8 codes
 
 
 def window(n: int) -> int:
@@ -82,7 +81,7 @@ def index_in_block(element: int, sparsity: Sparsity, idx):
 #: What one element receives of a beat's activations from the router (already skewed).
 ELEMENT_FEED = data.StructLayout({
     "x0": data.ArrayLayout(signed(8), BLOCK),
-    "hi": data.ArrayLayout(signed(HI_BITS), BLOCK),
+    "x1": data.ArrayLayout(signed(8), BLOCK),  # 0 when the beat is not packed
 })
 
 
@@ -98,9 +97,9 @@ def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
 
 
 class ActivationRouter(wiring.Component):
-    """Per element, the block of 16 activations of both tokens that its pattern reads, the
-    tokens packed (``x0``, ``hi``), ``i`` beats late for element ``i`` (the cascade's
-    systolic skew). Shared by every lane of an engine."""
+    """Per element, the block of 16 activations of both tokens that its pattern reads (the
+    second token's zeroed when the beat is not packed), ``i`` beats late for element ``i``
+    (the cascade's systolic skew). Shared by every lane of an engine."""
 
     def __init__(self, n: int):
         self.n = n
@@ -111,23 +110,23 @@ class ActivationRouter(wiring.Component):
         m = Module()
         inp = self.inp
         x0 = inp.x[0]
-        his = [Mux(inp.pack, inp.x[1][k], 0) - (x0[k] < 0) for k in range(window(self.n))]
+        x1s = [Mux(inp.pack, inp.x[1][k], 0) for k in range(window(self.n))]
         for e in range(self.n):
             blocks = {}
             for sp in Sparsity:
                 blocks.setdefault(block_of(e, sp), []).append(sp)
-            x0_block = hi_block = None
+            x0_block = x1_block = None
             for b, patterns in blocks.items():  # the first block found is the default
                 x0_here = Cat(x0[b * BLOCK + j] for j in range(BLOCK))
-                hi_here = Cat(his[b * BLOCK + j][:HI_BITS] for j in range(BLOCK))
+                x1_here = Cat(x1s[b * BLOCK + j][:8] for j in range(BLOCK))
                 if x0_block is None:
-                    x0_block, hi_block = x0_here, hi_here
+                    x0_block, x1_block = x0_here, x1_here
                 else:
                     hit = Cat(inp.sparsity == sp for sp in patterns).any()
                     x0_block = Mux(hit, x0_here, x0_block)
-                    hi_block = Mux(hit, hi_here, hi_block)
+                    x1_block = Mux(hit, x1_here, x1_block)
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
-            m.d.comb += [now.x0.eq(x0_block), now.hi.eq(hi_block)]
+            m.d.comb += [now.x0.eq(x0_block), now.x1.eq(x1_block)]
             m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
         return m
 
@@ -199,9 +198,9 @@ class LaneChain(wiring.Component):
             sub = delay(m, late[-1], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
             x0 = select(m, feed.x0, col, f"x0_{e}")
-            hi = select(m, feed.hi, col, f"hi_{e}")
-            a = Cat(x0, x0[7].replicate(PACK_SHIFT - 8), hi)[:A_BITS].as_signed()
-            m.d.comb += [cas.a[e].eq(a), cas.b[e].eq(op), cas.sub[e].eq(sub)]
+            x1 = select(m, feed.x1, col, f"x1_{e}")
+            m.d.comb += [cas.a[e].eq(Cat(Const(0, PACK_SHIFT), x1).as_signed()),
+                         cas.d[e].eq(x0), cas.b[e].eq(op), cas.sub[e].eq(sub)]
         m.d.comb += cas.ce.eq(self.ce)
         for j in range(self.n // self.group):
             p = cas.taps[j]
