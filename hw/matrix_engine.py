@@ -29,7 +29,7 @@ from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay
 from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
-from hw.weight_decode import element_decode, slot_decode
+from hw.weight_decode import slot_decode
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
 from llmacc.kernel import RESULT_STAGES, chain_latency
@@ -119,9 +119,8 @@ class EngineLane(wiring.Component):
                      chain.pack.eq(tap.pack)]
         slots = self.n // self.group
         groups = [slot_decode(m, inp.fmt, inp.aux[j], f"slot{j}") for j in range(slots)]
-        for k in range(self.n):
-            op = element_decode(inp.codes[k], groups[k // self.group])
-            m.d.comb += [chain.inp.ops[k].eq(op["mag"]), chain.inp.neg[k].eq(op["neg"])]
+        m.d.comb += [chain.inp.codes.eq(inp.codes),
+                     *(chain.inp.slot[j].eq(groups[j]) for j in range(slots))]
         side_in = Signal(lane_side(slots))
         m.d.comb += side_in.shift.eq(inp.shift)
         for j in range(slots):  # a group whose type id names no type counts zero

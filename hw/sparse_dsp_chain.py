@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.dsp48e2 import DspCascade
 from hw.pipeline import delay
-from hw.weight_decode import OPERAND_BITS
+from hw.weight_decode import CODE_BITS, OPERAND_BITS, SLOT_DECODE, element_decode
 from llmacc.isa import Sparsity
 from llmacc.kernel import chain_latency
 from llmacc.layout import GROUP_LOG2_MAX, SPARSITY_NM
@@ -143,11 +143,11 @@ def select(m: Module, values: data.View, index, name: str) -> Signal:
 
 
 def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
-    """One lane's chain input (operands, N:M indices and the beat's sparsity) and its
-    per-slot partial sums."""
+    """One lane's chain input (weight codes, each slot's group decode, N:M indices and the
+    beat's sparsity) and its per-slot partial sums."""
     inp = data.StructLayout({
-        "ops": data.ArrayLayout(signed(OPERAND_BITS), n),
-        "neg": data.ArrayLayout(1, n),  # the operand's sign (``ops`` its magnitude)
+        "codes": data.ArrayLayout(CODE_BITS, n),
+        "slot": data.ArrayLayout(SLOT_DECODE, n // group),  # hw.weight_decode.slot_decode
         "idx": data.ArrayLayout(4, n),
         "sparsity": Sparsity,
     })
@@ -158,10 +158,15 @@ def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.Stru
 
 class LaneChain(wiring.Component):
     """One lane's chain: ``feed`` from the :class:`ActivationRouter` (element ``i`` ``i``
-    beats late), ``inp`` this lane's operands of the same beat; ``out`` is ``latency`` beats
+    beats late), ``inp`` this lane's weights of the same beat; ``out`` is ``latency`` beats
     behind ``inp``, split by ``pack`` (the beat's packing, given at the taps). ``out.sums[j]``
     is the partial sum of slot ``j`` (elements ``j*group`` to ``(j+1)*group - 1``) for each
-    token."""
+    token.
+
+    Each weight's code and index are delayed to meet its feed (12 bits per element), and
+    decoded there (:func:`hw.weight_decode.element_decode`) from its slot's group decode,
+    which runs down one tapped register line per slot: the decode sits between registers,
+    and synthesis cannot copy the group's logic into every weight's."""
 
     def __init__(self, n: int, group: int):
         if n % BLOCK or n > MAX_CHAIN or n % group:
@@ -187,20 +192,32 @@ class LaneChain(wiring.Component):
                 value = Mux(inp.sparsity == sp, index_in_block(e, sp, inp.idx[e]), value)
         return value
 
+    def _slot_line(self, m: Module, j: int) -> dict[int, data.View]:
+        """Slot ``j``'s group decode ``e`` beats late for each of its elements ``e`` (the
+        untapped head of the line becomes shift registers)."""
+        value, taps = self.inp.slot[j], {}
+        for d in range((j + 1) * self.group):
+            if d >= j * self.group:
+                taps[d] = value
+            value = delay(m, value, 1, self.ce, f"slot{j}_d{d}")
+        return taps
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.cascade = cas = DspCascade(self.n, self.group)
+        lines = [self._slot_line(m, j) for j in range(self.n // self.group)]
         for e in range(self.n):
-            operand = Cat(self.inp.ops[e], self._index(e)[:INDEX_BITS], self.inp.neg[e])
+            operand = Cat(self.inp.codes[e], self._index(e)[:INDEX_BITS])
             late = delay(m, operand, e, self.ce, f"op{e}")  # to meet its skewed feed
-            op = late[:OPERAND_BITS].as_signed()
-            col = late[OPERAND_BITS:OPERAND_BITS + INDEX_BITS]
-            sub = delay(m, late[-1], 1, self.ce, f"neg{e}")  # beside the product
+            op = element_decode(late[:CODE_BITS], lines[e // self.group][e])
+            col = late[CODE_BITS:]
+            sub = delay(m, op["neg"], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
             x0 = select(m, feed.x0, col, f"x0_{e}")
             x1 = select(m, feed.x1, col, f"x1_{e}")
             m.d.comb += [cas.a[e].eq(Cat(Const(0, PACK_SHIFT), x1).as_signed()),
-                         cas.d[e].eq(x0), cas.b[e].eq(op), cas.sub[e].eq(sub)]
+                         cas.d[e].eq(x0), cas.b[e].eq(op["mag"].as_signed()),
+                         cas.sub[e].eq(sub)]
         m.d.comb += cas.ce.eq(self.ce)
         for j in range(self.n // self.group):
             p = cas.taps[j]
@@ -246,7 +263,7 @@ class SparseDspChain(wiring.Component):
         m.d.comb += [router.ce.eq(self.ce), lane.ce.eq(self.ce),
                      router.inp.x.eq(inp.x), router.inp.sparsity.eq(inp.sparsity),
                      router.inp.pack.eq(inp.pack),
-                     lane.inp.ops.eq(inp.ops), lane.inp.neg.eq(inp.neg),
+                     lane.inp.codes.eq(inp.codes), lane.inp.slot.eq(inp.slot),
                      lane.inp.idx.eq(inp.idx),
                      lane.inp.sparsity.eq(inp.sparsity), lane.feed.eq(router.feed),
                      self.out.eq(lane.out),

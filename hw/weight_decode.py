@@ -30,6 +30,7 @@ from llmacc import numerics as N
 from llmacc.isa import WeightFormat
 
 OPERAND_BITS = 8  #: decoded operands: INT8 needs 8 bits (sign included)
+CODE_BITS = 8  #: a weight code as the lanes take it (the widest format's)
 MAG_BITS = N.W_OPERAND_MAX.bit_length()  #: magnitudes of the low-bit formats (up to 16)
 LOW_CODE = 3  #: a magnitude class reads the code's low three bits
 
@@ -97,6 +98,15 @@ def _slot_entries():
         out[WeightFormat.W2, z] = {"cls": cls[_W2[z], _W2_NEG[z]]}
     out[WeightFormat.INT8, 0] = {"cls": cls[_INT8_LOW, (0,) * 8], "int8": 1}
     return out
+
+
+def slot_fields(fmt: WeightFormat, aux: int) -> dict:
+    """The SLOT_DECODE field values :func:`slot_decode` gives a group (for test feeders)."""
+    entries = _slot_entries()
+    if fmt is WeightFormat.INT8:
+        return entries[fmt, 0]
+    key = (fmt, aux & (_W2_ZPS - 1) if fmt is WeightFormat.W2 else aux)
+    return entries.get(key, {"zero": 1})
 
 
 def slot_decode(m: Module, fmt, aux, name: str) -> data.View:

@@ -5,12 +5,16 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from boards.synth_report import yosys_cells
 from hw.dsp48e2 import DspCascade, DspPrimitives
 from hw.pipeline import StreamedCore
 from hw.sparse_dsp_chain import SparseDspChain, chain_layouts, window
-from llmacc.isa import Sparsity
+from hw.weight_decode import slot_fields
+from llmacc import layout as L
+from llmacc import numerics as NU
+from llmacc.isa import Sparsity, WeightFormat
 from llmacc.layout import SPARSITY_NM
 from sim import stream_harness as H
 from tests.helpers.simulators import SIMULATORS, run_block
@@ -34,6 +38,23 @@ def chain_model(ops, idx, x, sparsity, pack, n=N, group=GROUP):
     return out
 
 
+def _weights(rng, pack: bool, edge: bool, n=N, group=GROUP):
+    """A beat's codes, its slots' group decode and the operands they stand for: low-bit
+    formats when two tokens share the DSPs, INT8 too when not."""
+    formats = [f for f in WeightFormat if f is not WeightFormat.INT8 or not pack]
+    fmt = rng.choice(formats)
+    bits = L.FORMAT_BITS[fmt]
+    aux = [0 if fmt is WeightFormat.INT8 else rng.randrange(
+        4 if fmt is WeightFormat.W2 else len(NU.MIXED3_TYPES)) for _ in range(n // group)]
+    codes = [rng.choice((0x81, 0x7F, 0x80)) if edge and fmt is WeightFormat.INT8
+             else rng.randrange(1 << bits) for _ in range(n)]
+    signed = torch.tensor([[c - 256 * (c > 127) if fmt is WeightFormat.INT8 else c
+                            for c in codes]])
+    ids = torch.tensor([aux])
+    ops = NU.decode_weights(signed, ids, L.FORMAT_NAMES[fmt], group, ids)[0].tolist()
+    return codes, [slot_fields(fmt, a) for a in aux], ops
+
+
 def _beats(seed: int, count: int = 120):
     rng = random.Random(seed)
     inp, out = chain_layouts(N, GROUP)
@@ -42,11 +63,9 @@ def _beats(seed: int, count: int = 120):
     for b in range(count):
         sparsity = list(Sparsity)[b % len(Sparsity)] if b < 40 else rng.choice(list(Sparsity))
         nm = SPARSITY_NM[sparsity]
-        edge = b % 7 == 3  # saturated operands: the packed split at its bound
-        ops = [rng.choice((-16, 16)) if edge else rng.randint(-16, 16) for _ in range(N)]
+        edge = b % 7 == 3  # extreme operands and activations: the packed split at its bound
         pack = int(rng.random() < 0.8)
-        if not pack:
-            ops = [rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(N)]
+        codes, slots, ops = _weights(rng, bool(pack), edge)
         if nm is None:
             idx = [0] * N
         else:
@@ -56,10 +75,7 @@ def _beats(seed: int, count: int = 120):
                 idx += sorted(rng.sample(range(block), keep))
         x = [[rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(w)]
              for _ in range(2)]
-        # each operand as a (magnitude, sign) pair, either way round: the DSP subtracts
-        neg = [rng.randrange(2) for _ in range(N)]
-        mags = [-w if s else w for w, s in zip(ops, neg, strict=True)]
-        inputs.append(H.pack(inp, {"ops": mags, "neg": neg, "idx": idx, "x": x,
+        inputs.append(H.pack(inp, {"codes": codes, "slot": slots, "idx": idx, "x": x,
                                    "sparsity": sparsity, "pack": pack}))
         expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, pack)}))
     return inputs, expected, out
