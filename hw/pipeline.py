@@ -18,6 +18,20 @@ def delay(m: Module, value, cycles: int, ce, name: str, *, reset_less: bool = Tr
     return value
 
 
+def select(m: Module, values, index, name: str) -> Signal:
+    """``values[index]`` (an array view or a list of values of one shape) as a multiplexer:
+    a case statement, which synthesis maps onto LUTs and the slice's MUXF7/MUXF8 (a 16:1
+    one is four LUTs per bit), where a shifter (``word_select``) costs five."""
+    shape = (values.shape().elem_shape if isinstance(values, data.View)
+             else Value.cast(values[0]).shape())
+    out = Signal(shape, name=name)
+    with m.Switch(index):
+        for i in range(len(values)):
+            with m.Case(i):
+                m.d.comb += out.eq(values[i])
+    return out
+
+
 class StreamedCore(wiring.Component):
     """Stream handshake around a fixed-latency core with a clock enable (ports ``inp``,
     ``out``, ``ce``, attribute ``latency``): every beat gives one output, and the whole

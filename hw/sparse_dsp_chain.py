@@ -36,7 +36,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.dsp48e2 import DspCascade
-from hw.pipeline import delay
+from hw.pipeline import delay, select
 from hw.weight_decode import CODE_BITS, OPERAND_BITS, SLOT_DECODE, element_decode
 from llmacc.isa import Sparsity
 from llmacc.kernel import chain_latency
@@ -129,17 +129,6 @@ class ActivationRouter(wiring.Component):
             m.d.comb += [now.x0.eq(x0_block), now.x1.eq(x1_block)]
             m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
         return m
-
-
-def select(m: Module, values: data.View, index, name: str) -> Signal:
-    """``values[index]`` as a multiplexer (a case statement: synthesis maps a 16:1 one onto
-    four LUTs and the slice's MUXF7/MUXF8 per bit, which a shifter is not)."""
-    out = Signal(values.shape().elem_shape, name=name)
-    with m.Switch(index):
-        for i in range(len(values)):
-            with m.Case(i):
-                m.d.comb += out.eq(values[i])
-    return out
 
 
 def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
