@@ -219,14 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load(args.config)
     mapped = not args.unmapped and system_yosys() is not None
     if mapped:
-        print(f"yosys synth_xilinx -family xcup with LUT mapping ({system_yosys()}): "
-              f"blocks of {cfg.name}")
+        print(f"yosys synth_xilinx -family xcup {SYNTH_OPTIONS} with LUT mapping "
+              f"({system_yosys()}): blocks of {cfg.name}")
     else:
         print("yosys synth_xilinx -family xcup, stopped before LUT mapping: the system yosys "
               "(apt-get install yosys) is not on PATH, so this falls back to the WebAssembly "
               "yosys, which cannot run ABC; GATES are unmapped logic cells, not LUTs")
     print("DSP elements are DSP48E2 instances (hw/dsp48e2.py: DspPrimitives) with their "
-          "registers and post-adder inside, as Vivado packs them: yosys packs neither for "
+          "registers, pre-adder and post-adder inside, as Vivado packs them: yosys packs none for "
           "UltraScale+")
     if args.only is not None:
         report(cfg, False, mapped, only=args.only)
