@@ -26,6 +26,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import engine_layouts
+from hw.pipeline import select
 from hw.sparse_dsp_chain import INDEX_BITS
 from llmacc import layout as L
 from llmacc.isa import Sparsity, WeightFormat
@@ -210,7 +211,8 @@ class StreamUnpacker(wiring.Component):
                 m.d.comb += [out.codes[e].eq(Cat(*(pl[e] for pl in code_planes))),
                              out.idx[e].eq(Cat(*(pl[e] for pl in index_planes)))]
             for j in range(self.slots):
-                m.d.comb += [out.mant[j].eq(scales.mant[self.entry[j]]),
-                             out.aux[j].eq(scales.aux[self.entry[j]])]
+                m.d.comb += [
+                    out.mant[j].eq(select(m, scales.mant, self.entry[j], f"mant{lane}_{j}")),
+                    out.aux[j].eq(select(m, scales.aux, self.entry[j], f"aux{lane}_{j}"))]
             m.d.comb += out.shift.eq(scales.shift)
         return m
