@@ -81,10 +81,9 @@ class Dsp48e2(wiring.Component):
         return m
 
     def _primitive(self) -> Module:
-        """The element as one DSP48E2: AREG = BREG = DREG = MREG = PREG = 1, ALUMODEREG =
-        1, the pre-adder ``D + A`` unregistered (ADREG = 0, INMODE = D + A2), no C register, a
-        static OPMODE and ALUMODE ``Z + X + Y`` or, under
-        ``sub``, ``Z - (X + Y)``."""
+        """The element as one DSP48E2: AREG = BREG = DREG = MREG = PREG = ALUMODEREG = 1,
+        the pre-adder ``D + A`` unregistered (ADREG = 0, INMODE = D + A2), no C register, a
+        static OPMODE and ALUMODE ``Z + X + Y`` or, under ``sub``, ``Z - (X + Y)``."""
         m = Module()
         ce = self.ce
         regs = {f"p_{name}": 1 for name in ("AREG", "BREG", "ACASCREG", "BCASCREG", "MREG",
@@ -142,8 +141,7 @@ class DspCascade(wiring.Component):
             pe = Dsp48e2(cascade=i % self.group != 0)
             m.submodules[f"pe{i}"] = pe
             m.d.comb += [pe.a.eq(self.a[i]), pe.d.eq(self.d[i]), pe.b.eq(self.b[i]),
-                         pe.sub.eq(self.sub[i]),
-                         pe.ce.eq(self.ce)]
+                         pe.sub.eq(self.sub[i]), pe.ce.eq(self.ce)]
             if pe.cascade:
                 m.d.comb += pe.pcin.eq(pes[-1].pcout)
             pes.append(pe)

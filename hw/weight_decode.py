@@ -22,6 +22,8 @@ flags it and the lane zeroes the group's scale instead (exact: its sum counts ``
 
 from __future__ import annotations
 
+import functools
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -81,10 +83,12 @@ SLOT_DECODE = data.StructLayout({
     "zero": 1,  #: a mixed type id that names no type: the group decodes to zero
 })
 
-#: One decoded weight: ``(-1)**neg * mag`` (INT8: ``mag`` is the signed code, ``neg`` 0).
-OPERAND = data.StructLayout({"mag": signed(OPERAND_BITS), "neg": 1})
+#: Every class's magnitudes and signs, one after another: the tables element_decode reads
+_MAG_TABLE = [v for mags, _ in MAG_CLASSES for v in mags]
+_NEG_TABLE = [v for _, negs in MAG_CLASSES for v in negs]
 
 
+@functools.cache
 def _slot_entries():
     """(format, aux) -> the SLOT_DECODE field values, every valid combination."""
     cls = {key: i for i, key in enumerate(MAG_CLASSES)}
@@ -113,15 +117,11 @@ def slot_decode(m: Module, fmt, aux, name: str) -> data.View:
     """A group's SLOT_DECODE from the beat's ``fmt`` and the group's ``aux`` (W2 zero-point
     or mixed type id), combinational: once per slot, shared by its weights. One table of
     (format, low 3 aux bits): each field bit is one 5-input function."""
-    entries = _slot_entries()
-    aux_bits = max(a for _, a in entries).bit_length()
+    aux_bits = max(a for _, a in _slot_entries()).bit_length()
     table = []
     for f in WeightFormat:
         for a in range(1 << aux_bits):
-            key = (f, a if f is not WeightFormat.W2 else a & (_W2_ZPS - 1))
-            if f is WeightFormat.INT8:
-                key = (f, 0)
-            table.append(SLOT_DECODE.const(entries.get(key, {"zero": 1})).as_value().value)
+            table.append(SLOT_DECODE.const(slot_fields(f, a)).as_value().value)
     s = Signal(SLOT_DECODE, name=name)
     index = Cat(aux[:aux_bits], fmt)
     m.d.comb += s.as_value().eq(Cat(_table_bit(table, b, index)
@@ -136,17 +136,17 @@ def _table_bit(table: list[int], bit: int, index):
 
 
 def element_decode(code, slot: data.View) -> dict:
-    """One code's OPERAND field values under its group's ``slot`` (:func:`slot_decode`);
-    code bits above the format's width are ignored."""
+    """One code's operand under its group's ``slot`` (:func:`slot_decode`): ``mag``
+    (``OPERAND_BITS``, signed) and ``neg``, the operand being ``(-1)**neg * mag`` (INT8:
+    ``mag`` is the signed code, ``neg`` 0). Code bits above the format's width are
+    ignored."""
     low = Cat(code[:LOW_CODE], slot.cls)  # one 6-input function per magnitude bit
-    mags = [v for m_, _ in MAG_CLASSES for v in m_]
-    negs = [v for _, n_ in MAG_CLASSES for v in n_]
-    mag = Cat(_table_bit(mags, b, low) for b in range(MAG_BITS))
+    mag = Cat(_table_bit(_MAG_TABLE, b, low) for b in range(MAG_BITS))
     sign = Mux(slot.sign_at == SIGN_BIT3, code[3], Mux(slot.sign_at == SIGN_BIT2, code[2], 0))
     zero_low = Mux(slot.sign_at == SIGN_BIT3, code[:3] == 0, code[:2] == 0)
     special = sign & zero_low  # "negative zero" holds the type's special value
     low_mag = Mux(special, slot.smag, mag)
-    neg = Mux(special, slot.sneg, sign | _table_bit(negs, 0, low))
+    neg = Mux(special, slot.sneg, sign | _table_bit(_NEG_TABLE, 0, low))
     wide = code[:8]
     int8_mag = Cat(wide[0] | (wide == 0x80), wide[1:8])  # INT8 -128 reads as -127
     return {"mag": Mux(slot.int8, int8_mag, low_mag), "neg": neg}
