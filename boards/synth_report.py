@@ -114,8 +114,8 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
-           (f"activation router (chain {cfg.chain_len}, shared by the lanes)",
-            ActivationRouter(cfg.chain_len), 1),
+           (f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the lanes)",
+            ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
            (f"result collector ({cfg.mv_rows} lanes)", ResultCollector(cfg.mv_rows), 1),
            (f"weight streamer ({cfg.axi_data_bits}-bit)",
             WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),

@@ -10,18 +10,17 @@ way, yosys ``synth_xilinx`` and Vivado map each element onto one DSP48E2
 (``tests/test_dsp_chain.py`` counts them).
 
 :class:`DspCascade` is ``n // group`` cascades of ``group`` elements, PCOUT -> PCIN within
-each. Operands of element ``i`` must arrive ``i`` cycles after element 0's (the systolic
-skew a cascade needs: its users skew only the bits that vary per element, see
-:mod:`hw.sparse_dsp_chain`); the reduction node taps each cascade's last element and
-re-aligns the taps, so that one beat's ``n // group`` partial sums leave together ``n + 2``
-cycles after element 0's operands entered.
+each. The cascades are independent, so they run side by side: operands of element ``i``
+must arrive ``i % group`` cycles after the first element's of its cascade (the systolic
+skew, at most ``group - 1`` deep: its users skew only the bits that vary per element, see
+:mod:`hw.sparse_dsp_chain`), and one beat's ``n // group`` partial sums leave together
+``group + 2`` cycles after its first operands entered, with no deskew.
 """
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.pipeline import delay
 from llmacc.kernel import chain_latency
 
 A_BITS, B_BITS, P_BITS = 27, 18, 48
@@ -115,7 +114,8 @@ class Dsp48e2(wiring.Component):
 class DspCascade(wiring.Component):
     """``n`` elements in cascades of ``group``; ``taps[j]`` is the sum of cascade ``j``
     (elements ``j*group`` to ``(j+1)*group - 1``). Element ``i``'s inputs of a beat (``a``,
-    ``d``, ``b``) come ``i`` cycles after element 0's, its ``sub`` one cycle later still."""
+    ``d``, ``b``) come ``i % group`` cycles after the first's of its cascade, its ``sub`` one
+    cycle later still."""
 
     def __init__(self, n: int, group: int):
         if n < 1 or group < 1 or n % group:
@@ -132,7 +132,7 @@ class DspCascade(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return chain_latency(self.n)
+        return chain_latency(self.group)
 
     def elaborate(self, platform):
         m = Module()
@@ -146,7 +146,5 @@ class DspCascade(wiring.Component):
                 m.d.comb += pe.pcin.eq(pes[-1].pcout)
             pes.append(pe)
         for j in range(self.n // self.group):
-            last = (j + 1) * self.group - 1
-            m.d.comb += self.taps[j].eq(  # output deskew
-                delay(m, pes[last].p, self.n - 1 - last, self.ce, f"tap{j}"))
+            m.d.comb += self.taps[j].eq(pes[(j + 1) * self.group - 1].p)
         return m

@@ -108,7 +108,7 @@ class EngineLane(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return chain_latency(self.n)
+        return chain_latency(self.group)
 
     def elaborate(self, platform):
         m = Module()
@@ -231,7 +231,7 @@ class MatrixEngine(wiring.Component):
         # What the taps' consumers share of a beat travels alongside the chain (not the codes
         # and activations, which the chain consumes: delaying the whole beat would cost a
         # register per bit and pipeline stage; each lane delays its own scales).
-        m.submodules.router = router = ActivationRouter(self.n)
+        m.submodules.router = router = ActivationRouter(self.n, self.group)
         pack = beat.fmt != WeightFormat.INT8
         m.d.comb += [router.ce.eq(en), router.inp.x.eq(beat.x),
                      router.inp.sparsity.eq(beat.sparsity), router.inp.pack.eq(pack)]

@@ -14,9 +14,10 @@ The work is split by who can share it:
 
 * :class:`ActivationRouter`, once per engine: the activations are the same for every lane, so
   picking each element's block of 16 for the beat's sparsity, packing the two tokens and
-  the systolic skew (element ``i`` is ``i`` beats late) happen once, not once per lane;
-* :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element), the
-  16:1 selects and the cascade.
+  the systolic skew (element ``i`` is ``i % group`` beats late: the cascades run side by
+  side) happen once, not once per lane;
+* :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element, at
+  most ``group - 1`` deep), the 16:1 selects and the cascade.
 
 Two tokens share each multiplier: the DSP48E2's pre-adder forms ``x1 * 2**18 + x0`` from
 ``A = x1 * 2**18`` (wiring) and ``D = x0``, ``B = w``, so the 48-bit cascade carries
@@ -98,11 +99,11 @@ def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
 
 class ActivationRouter(wiring.Component):
     """Per element, the block of 16 activations of both tokens that its pattern reads (the
-    second token's zeroed when the beat is not packed), ``i`` beats late for element ``i``
-    (the cascade's systolic skew). Shared by every lane of an engine."""
+    second token's zeroed when the beat is not packed), ``i % group`` beats late for element
+    ``i`` (its cascade's systolic skew). Shared by every lane of an engine."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, group: int):
+        self.n, self.group = n, group
         inp, feed = router_layouts(n)
         super().__init__({"inp": In(inp), "feed": Out(feed), "ce": In(1)})
 
@@ -127,7 +128,7 @@ class ActivationRouter(wiring.Component):
                     x1_block = Mux(hit, x1_here, x1_block)
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
             m.d.comb += [now.x0.eq(x0_block), now.x1.eq(x1_block)]
-            m.d.comb += self.feed[e].eq(delay(m, now, e, self.ce, f"feed{e}"))
+            m.d.comb += self.feed[e].eq(delay(m, now, e % self.group, self.ce, f"feed{e}"))
         return m
 
 
@@ -146,11 +147,11 @@ def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.Stru
 
 
 class LaneChain(wiring.Component):
-    """One lane's chain: ``feed`` from the :class:`ActivationRouter` (element ``i`` ``i``
-    beats late), ``inp`` this lane's weights of the same beat; ``out`` is ``latency`` beats
-    behind ``inp``, split by ``pack`` (the beat's packing, given at the taps). ``out.sums[j]``
-    is the partial sum of slot ``j`` (elements ``j*group`` to ``(j+1)*group - 1``) for each
-    token.
+    """One lane's chain: ``feed`` from the :class:`ActivationRouter` (element ``i``
+    ``i % group`` beats late), ``inp`` this lane's weights of the same beat; ``out`` is
+    ``latency`` beats behind ``inp``, split by ``pack`` (the beat's packing, given at the
+    taps). ``out.sums[j]`` is the partial sum of slot ``j`` (elements ``j*group`` to
+    ``(j+1)*group - 1``) for each token.
 
     Each weight's code and index are delayed to meet its feed (12 bits per element), and
     decoded there (:func:`hw.weight_decode.element_decode`) from its slot's group decode,
@@ -170,7 +171,7 @@ class LaneChain(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return chain_latency(self.n)
+        return chain_latency(self.group)
 
     def _index(self, e: int):
         """Element ``e``'s column in its block of 16 under the beat's sparsity."""
@@ -181,14 +182,12 @@ class LaneChain(wiring.Component):
                 value = Mux(inp.sparsity == sp, index_in_block(e, sp, inp.idx[e]), value)
         return value
 
-    def _slot_line(self, m: Module, j: int) -> dict[int, data.View]:
-        """Slot ``j``'s group decode ``e`` beats late for each of its elements ``e`` (the
-        untapped head of the line becomes shift registers)."""
-        value, taps = self.inp.slot[j], {}
-        for d in range((j + 1) * self.group):
-            if d >= j * self.group:
-                taps[d] = value
-            value = delay(m, value, 1, self.ce, f"slot{j}_d{d}")
+    def _slot_line(self, m: Module, j: int) -> list[data.View]:
+        """Slot ``j``'s group decode ``k`` beats late for its ``k``-th element."""
+        value, taps = self.inp.slot[j], []
+        for k in range(self.group):
+            taps.append(value)
+            value = delay(m, value, 1, self.ce, f"slot{j}_d{k}")
         return taps
 
     def elaborate(self, platform):
@@ -197,8 +196,8 @@ class LaneChain(wiring.Component):
         lines = [self._slot_line(m, j) for j in range(self.n // self.group)]
         for e in range(self.n):
             operand = Cat(self.inp.codes[e], self._index(e)[:INDEX_BITS])
-            late = delay(m, operand, e, self.ce, f"op{e}")  # to meet its skewed feed
-            op = element_decode(late[:CODE_BITS], lines[e // self.group][e])
+            late = delay(m, operand, e % self.group, self.ce, f"op{e}")  # meets its feed
+            op = element_decode(late[:CODE_BITS], lines[e // self.group][e % self.group])
             col = late[CODE_BITS:]
             sub = delay(m, op["neg"], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
@@ -246,7 +245,7 @@ class SparseDspChain(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.router = router = ActivationRouter(self.n)
+        m.submodules.router = router = ActivationRouter(self.n, self.group)
         m.submodules.lane = lane = self.lane
         inp = self.inp
         m.d.comb += [router.ce.eq(self.ce), lane.ce.eq(self.ce),

@@ -210,6 +210,7 @@ CASCADE_LATENCY_EXTRA = 2
 RESULT_STAGES = 4
 
 
-def chain_latency(n: int) -> int:
-    """Beats from a chain of ``n`` elements' input to its taps."""
-    return n + CASCADE_LATENCY_EXTRA
+def chain_latency(group: int) -> int:
+    """Beats from a chain's input to its taps: its cascades of ``group`` elements run side
+    by side (``hw/dsp48e2.py``), so the depth is one cascade's."""
+    return group + CASCADE_LATENCY_EXTRA

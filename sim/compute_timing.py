@@ -216,7 +216,7 @@ class _MatrixClock:
                 cycles += self.fm.one((self.meta_rows + (pass_row + lane) * self.meta_pitch) * wb)
             cycles += lanes - lanes_ok
             cycles += 1  # SEND
-        cycles += chain_latency(n_chain) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
+        cycles += chain_latency(tap) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
         return cycles + self._results(pass_row, pass_token, lanes_ok, tokens_ok)
 
     def _lanes(self, fetch: Fetch, pitch: int, lanes_ok: int, lane_cycles, idle: int) -> int:

@@ -71,7 +71,7 @@ def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int, 
     last beat's way through the chain and the collector."""
     first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * (cfg.mv_rows // cfg.mem_channels)
     compute = first + passes * max(geom.beats, 2 * lanes + 1)
-    tail = chain_latency(cfg.chain_len) + RESULT_STAGES + 2 * lanes
+    tail = chain_latency(cfg.chain_group) + RESULT_STAGES + 2 * lanes
     return max(stream_cycles(cfg, words), compute) + tail
 
 
