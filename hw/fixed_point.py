@@ -1,8 +1,8 @@
 """The numerics contract's rounding and saturation as Amaranth expressions, defined once.
 
 ``round_shift`` and ``saturate`` mirror :func:`llmacc.numerics.round_shift` and
-:func:`llmacc.numerics.saturate` (half away from zero: add ``2**(s-1)``, minus one for a
-negative value, then an arithmetic shift). Every block that rounds or saturates uses these.
+:func:`llmacc.numerics.saturate` (half away from zero: minus one for a negative value, an
+arithmetic shift by ``s - 1``, add one and halve). Every block that rounds or saturates uses these.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ def saturate(x: Value, bits: int, symmetric: bool = False) -> Value:
 def round_shift_right(x: Value, s: Value) -> Value:
     """``x / 2**s`` rounded half away from zero, for an unsigned shift ``s``.
 
-    The rounding constant is as wide as the largest shift, so large shifts give 0 (not -1).
+    As ``((x - (x < 0)) >> (s - 1)) + 1 >> 1`` for ``s > 0``: the rounding bit is the last
+    one shifted out, so the adders are as wide as ``x`` (not as the largest shift, as an
+    added ``2**(s-1)`` would need), and large shifts give 0 (not -1).
     """
     xs = Shape.cast(x.shape())
-    width = max(xs.width + 1, (1 << len(s)) + 1)
-    half = (Const(1, width) << s) >> 1
-    if not xs.signed:  # a non-negative value: no sign to carry in
-        return ((Cat(x, Const(0, 1)).as_signed() + half.as_signed()) >> s).as_signed()
-    bias = half.as_signed() - ((x < 0) & (s != 0))
-    return ((x + bias) >> s).as_signed()
+    xv = x.as_signed() if xs.signed else Cat(x, Const(0, 1)).as_signed()
+    biased = xv - (xv < 0) if xs.signed else xv
+    halved = biased >> Mux(s == 0, 0, s - 1)[:len(s)]
+    return Mux(s == 0, xv, (halved + 1) >> 1).as_signed()
 
 
 def round_shift(x: Value, s: Value, max_left: int) -> Value:
