@@ -528,7 +528,7 @@ class ComputeUnit(wiring.Component):
         lane, token = pas.result_lane, pas.result_token
         row, tok = pas.pass_row + lane, pas.pass_token + token
         ok = (row < f.n) & (tok < f.m) & (~token | tile.pack)
-        y = engine.o.payload.y
+        y = engine.o.payload[0].y  # one way: the results one at a time
         dst = f.out_addr + tok * tile.step
         old = fetch_out.value[:L.WIDE.width].as_signed()
         value = Signal(signed(L.WIDE.width))

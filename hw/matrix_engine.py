@@ -8,9 +8,11 @@ mixed type id) per ``group`` elements, and the group scale mantissas. Each lane
 2. runs them through the sparse DSP chain (:mod:`hw.sparse_dsp_chain`), two tokens per DSP,
 3. accumulates each quantisation group's partial sums exactly, and at the group's end adds
    ``mant * group_sum`` into the 48-bit accumulator (BitMoD's per-group rescale),
-4. at the row's end latches the row, which the engine's one :class:`ResultCollector` turns
+4. at the row's end latches the row, which the engine's :class:`ResultCollector` turns
    into :func:`llmacc.numerics.linear_out`'s ``sat32(round_shift(acc * m_x, shift - e_x))``
-   per token, one lane and token per cycle.
+   per token, one lane and token per cycle in each of its ``ways`` (a way per memory
+   channel on the streaming path: a channel's lanes drain in the same cycles, however many
+   channels there are).
 
 MATVEC is a beat stream with one token (the second token's scale is 0); MATMAT streams token
 pairs. :func:`beats` is the schedule the buffer address generator follows, and the golden
@@ -44,8 +46,14 @@ class EngineError(ValueError):
 RESULT = data.StructLayout({"y": signed(N.WIDE_BITS)})
 
 
-def engine_layouts(lanes: int, n: int, group: int):
-    """``(head, lane, out)``: a beat's shared fields, one lane's fields, one result.
+def results_layout(ways: int) -> data.ArrayLayout:
+    """One transfer of the engine's results: a result from each of the collector's ways."""
+    return data.ArrayLayout(RESULT, ways)
+
+
+def engine_layouts(lanes: int, n: int, group: int, ways: int = 1):
+    """``(head, lane, out)``: a beat's shared fields, one lane's fields, one transfer of
+    results (:func:`results_layout`).
 
     The lanes are separate ports: a U280 beat is some 90,000 bits, more than one signal can
     carry through Amaranth's netlist (65,536)."""
@@ -65,7 +73,7 @@ def engine_layouts(lanes: int, n: int, group: int):
         "aux": data.ArrayLayout(8, slots),
         **{name: field.shape for name, field in lane_side(slots)},
     })
-    return head, lane, RESULT
+    return head, lane, results_layout(ways)
 
 
 def lane_side(slots: int) -> data.StructLayout:
@@ -149,32 +157,37 @@ class EngineLane(wiring.Component):
 
 
 class ResultCollector(wiring.Component):
-    """The rows the lanes latched, requantised one lane and token per cycle, in the order the
-    compute unit writes them (lane by lane, token 0 then 1): ``linear_out``'s
-    ``sat32(round_shift(acc * xm, shift - xe))`` once per engine, pipelined (pick, multiply,
-    round, saturate), instead of once per lane and token.
+    """The rows the lanes latched, requantised one lane and token per cycle in each of
+    ``ways`` ways (way ``w`` takes lanes ``w * lanes / ways`` on), in the order the compute
+    unit writes them (lane by lane, token 0 then 1): ``linear_out``'s
+    ``sat32(round_shift(acc * xm, shift - xe))`` once per way, pipelined (pick, multiply,
+    round, saturate), instead of once per lane and token. Each transfer of ``o`` carries
+    the ways' results of one lane index and token.
 
     ``start`` (one cycle, when the lanes latch a row) takes the row's token scales ``xm`` and
     ``xe``; ``busy`` is high while the lanes' rows are still to be read, so the engine holds
     back the next row end (not the beats before it: the next pass streams while this one
-    drains). ``o`` stalls the whole pipeline while its result waits.
+    drains). ``o`` stalls the whole pipeline while its results wait.
     """
 
     STAGES = RESULT_STAGES  #: pick, multiply, round, saturate
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
+    def __init__(self, lanes: int, ways: int = 1):
+        if lanes % ways:
+            raise ValueError(f"{lanes} lanes do not split into {ways} ways")
+        self.lanes, self.ways = lanes, ways
         super().__init__({
             "start": In(1),
             "acc": In(data.ArrayLayout(data.ArrayLayout(signed(N.ACC_BITS), 2), lanes)),
             "shift": In(data.ArrayLayout(signed(16), lanes)),
             "xm": In(data.ArrayLayout(N.SCALE_BITS, 2)), "xe": In(data.ArrayLayout(signed(16), 2)),
             "busy": Out(1),
-            "o": Out(stream.Signature(RESULT))})
+            "o": Out(stream.Signature(results_layout(ways)))})
 
     def elaborate(self, platform):
         m = Module()
-        items = 2 * self.lanes
+        per = self.lanes // self.ways
+        items = 2 * per
         index = Signal(range(items))
         xm = Signal.like(self.xm)
         xe = Signal.like(self.xe)
@@ -182,47 +195,53 @@ class ResultCollector(wiring.Component):
             m.d.sync += [self.busy.eq(1), index.eq(0), xm.eq(self.xm), xe.eq(self.xe)]
         ce = ~self.o.valid | self.o.ready
         token = index[0]
-        picked = Signal(data.StructLayout({"acc": signed(N.ACC_BITS), "xm": N.SCALE_BITS,
-                                           "shift": signed(18)}))
-        product = Signal(signed(N.ACC_BITS + N.SCALE_BITS + 1))
-        shift = Signal(signed(18))
-        rounding = round_shift(product, shift, N.WIDE_BITS + 1)
-        rounded = Signal(rounding.shape())
         valid = Signal(self.STAGES - 1)
-        acc = select(m, [a for row in self.acc for a in row], index, "acc")
-        row_shift = select(m, self.shift, index >> 1, "row_shift")
         with m.If(ce):
             with m.If(self.busy):
                 m.d.sync += index.eq(index + 1)
                 with m.If(index == items - 1):
                     m.d.sync += self.busy.eq(0)
-            m.d.sync += [
-                valid.eq(Cat(self.busy, valid[:-1])),
-                picked.acc.eq(acc),
-                picked.xm.eq(Mux(token, xm[1], xm[0])),
-                picked.shift.eq(row_shift - Mux(token, xe[1], xe[0])),
-                product.eq(picked.acc * picked.xm), shift.eq(picked.shift),
-                rounded.eq(rounding),
-                self.o.payload.y.eq(saturate(rounded, N.WIDE_BITS)),
-                self.o.valid.eq(valid[-1])]
+            m.d.sync += [valid.eq(Cat(self.busy, valid[:-1])), self.o.valid.eq(valid[-1])]
+        for w in range(self.ways):
+            lanes = range(w * per, (w + 1) * per)
+            acc = select(m, [a for lane in lanes for a in self.acc[lane]], index, f"acc{w}")
+            row_shift = select(m, [self.shift[lane] for lane in lanes], index >> 1,
+                               f"row_shift{w}")
+            self._requantise(m, ce, acc, row_shift, Mux(token, xm[1], xm[0]),
+                             Mux(token, xe[1], xe[0]), self.o.payload[w].y, w)
         return m
+
+    @staticmethod
+    def _requantise(m, ce, acc, row_shift, xm, xe, y, way: int):
+        """One way's pipeline behind its pick: multiply, round, saturate into ``y``."""
+        picked = Signal(data.StructLayout({"acc": signed(N.ACC_BITS), "xm": N.SCALE_BITS,
+                                           "shift": signed(18)}), name=f"picked{way}")
+        product = Signal(signed(N.ACC_BITS + N.SCALE_BITS + 1), name=f"product{way}")
+        shift = Signal(signed(18), name=f"shift{way}")
+        rounding = round_shift(product, shift, N.WIDE_BITS + 1)
+        rounded = Signal(rounding.shape(), name=f"rounded{way}")
+        with m.If(ce):
+            m.d.sync += [picked.acc.eq(acc), picked.xm.eq(xm), picked.shift.eq(row_shift - xe),
+                         product.eq(picked.acc * picked.xm), shift.eq(picked.shift),
+                         rounded.eq(rounding), y.eq(saturate(rounded, N.WIDE_BITS))]
 
 
 class MatrixEngine(wiring.Component):
     """``lanes`` chains of ``n`` DSPs tapped every ``group``; stream of beats in (the shared
     fields as ``i``'s payload, each lane's in ``lane_in``, taken with it); out, after every
-    row end, its ``2 * lanes`` results one per transfer, lane by lane (token 0, then 1)."""
+    row end, its ``2 * lanes`` results, ``ways`` per transfer (:class:`ResultCollector`):
+    in each way lane by lane, token 0, then 1."""
 
-    def __init__(self, lanes: int, n: int, group: int):
-        self.lanes, self.n, self.group = lanes, n, group
+    def __init__(self, lanes: int, n: int, group: int, ways: int = 1):
+        self.lanes, self.n, self.group, self.ways = lanes, n, group, ways
         self.units = [EngineLane(n, group) for _ in range(lanes)]
-        head, lane, out = engine_layouts(lanes, n, group)
+        head, lane, out = engine_layouts(lanes, n, group, ways)
         super().__init__({"i": In(stream.Signature(head)), "lane_in": In(lane).array(lanes),
                           "o": Out(stream.Signature(out))})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.collector = collector = ResultCollector(self.lanes)
+        m.submodules.collector = collector = ResultCollector(self.lanes, self.ways)
         wiring.connect(m, wiring.flipped(self.o), collector.o)
         en = Signal()  # the chain advances unless a row end waits for the collector
         beat = self.i.payload

@@ -7,8 +7,9 @@ the beats of a row, the passes (rows per lane) and the words each channel sends.
 counts the beats as :func:`hw.matrix_engine.beats` schedules them (group and row ends), tells
 the unpackers which words each beat finishes and which SCALES entries its slots read, and
 takes a beat whenever the activations and every channel's operands are there. Its results
-leave as the :class:`hw.matrix_engine.MatrixEngine`'s do: per pass, lane by lane (channel 0's
-lanes first), token 0 then 1.
+leave as the :class:`hw.matrix_engine.MatrixEngine`'s do, with a collector way per channel:
+per pass, each transfer a result of every channel (``o.payload[c]``), lane by lane, token 0
+then 1, so a pass drains in ``2 * lanes`` cycles however many channels there are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.axi import axi_signature
 from hw.axi import command_layout as command_layout_axi
-from hw.matrix_engine import RESULT, MatrixEngine, engine_layouts
+from hw.matrix_engine import MatrixEngine, engine_layouts, results_layout
 from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits
 from hw.weight_streamer import WeightStreamer
 from llmacc import layout as L
@@ -59,12 +60,12 @@ class StreamEngine(wiring.Component):
     def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
         self.channels, self.lanes, self.n, self.chain_group = channels, lanes, n, chain_group
         self.w_bits = w_bits
-        self.engine = MatrixEngine(channels * lanes, n, chain_group)
+        self.engine = MatrixEngine(channels * lanes, n, chain_group, ways=channels)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "act": In(stream.Signature(activation_layout(n, chain_group))),
             "words": In(stream.Signature(w_bits)).array(channels),
-            "o": Out(stream.Signature(RESULT)),
+            "o": Out(stream.Signature(results_layout(channels))),
             "busy": Out(1)})
 
     def _geometry_tables(self, m, fmt, sparsity):
@@ -166,7 +167,7 @@ class StreamSlice(wiring.Component):
             members[f"axi{c}"] = Out(axi_signature(addr_bits, w_bits))
         super().__init__({**members, "ecmd": In(stream.Signature(command_layout())),
                           "act": In(stream.Signature(activation_layout(n, chain_group))),
-                          "o": Out(stream.Signature(RESULT)), "busy": Out(1),
+                          "o": Out(stream.Signature(results_layout(channels))), "busy": Out(1),
                           "idle": Out(1), "error": Out(1)})
 
     def elaborate(self, platform):

@@ -218,7 +218,7 @@ def engine_case(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gr
                 seed: int) -> EngineCase:
     """Random rows of ``load`` on ``channels`` channels of ``cfg`` (``mv_rows /
     mem_channels`` lanes each), as streams, with the results of the integer model."""
-    from hw.matrix_engine import RESULT, beats
+    from hw.matrix_engine import beats, results_layout
     from hw.stream_engine import activation_layout, command_layout, command_of
 
     n, w = cfg.chain_len, cfg.axi_data_bits
@@ -243,9 +243,9 @@ def engine_case(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gr
     one = [None if v is None else v[:1] for v in (codes, keep, aux, mant, shift)]
     acts = [pack(act, {f: b[f] for f in ("x", "xm", "xe")})
             for b in beats(load.fmt, nm, group, *one, x, xm, xe, n, cfg.chain_group)]
-    want = [pack(RESULT, {"y": int(outs[c][t, p * lanes + lane])})
-            for p in range(passes) for c in range(channels) for lane in range(lanes)
-            for t in range(2)]
+    want = [pack(results_layout(channels), [{"y": int(outs[c][t, p * lanes + lane])}
+                                            for c in range(channels)])
+            for p in range(passes) for lane in range(lanes) for t in range(2)]
     words = len(memories[0]) // cfg.axi_data_bytes
     return EngineCase(geom, passes, memories,
                       pack(command_layout(), command_of(geom, passes, words)), acts, want)
@@ -259,14 +259,13 @@ def engine_result(cfg: config.AccelConfig, load: EngineWorkload, case: EngineCas
         raise AssertionError(f"{load.name} on {len(case.memories)} channels: results differ")
     timing = H.HbmTiming.of(cfg)
     channels = len(case.memories)
-    lanes = channels * (cfg.mv_rows // cfg.mem_channels)
+    lanes = cfg.mv_rows // cfg.mem_channels  # per channel
     return EngineResult(load, channels, case.words, run.beats, run.cycles,
-                        C.engine_stream_cycles(cfg, case.geometry, case.passes, case.words,
-                                               lanes),
+                        C.engine_stream_cycles(cfg, case.geometry, case.passes, case.words),
                         utilization if utilization is not None else min(
                             r.utilization(cfg.axi_data_bytes, timing) for r in run.reports),
                         run.beats / (run.last_beat - run.first_beat + 1),
-                        case.passes * (lanes // channels) * (
+                        case.passes * lanes * (
                             case.geometry.desc.wgt_pitch(load.k, cfg.axi_data_bytes)
                             + case.geometry.desc.meta_pitch(load.k, cfg.axi_data_bytes)))
 

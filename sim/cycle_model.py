@@ -62,14 +62,16 @@ def stream_cycles(cfg: AccelConfig, words: int, efficiency: float = HBM_EFFICIEN
     return STREAM_EXTRA + sum(HBM_LATENCY) // 2 + round(words / rate)
 
 
-def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int, words: int,
-                         lanes: int) -> int:
+def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int,
+                         words: int) -> int:
     """Cycles of one MATVEC on the streaming matrix path (``hw/stream_engine.py``): each
     channel streams its ``words`` (:func:`stream_cycles`) while the engine takes a beat per
     cycle once its lanes hold their first WEIGHTS and SCALES words; a pass lasts its beats,
-    or the collector's two results per lane (``lanes`` in all) if that is longer; then the
-    last beat's way through the chain and the collector."""
-    first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * (cfg.mv_rows // cfg.mem_channels)
+    or the collector's two results per lane of a channel (each channel has its way) if that
+    is longer; then the last beat's way through the chain and the collector. Nothing in it
+    grows with the channels: a slice of a few stands for all of them."""
+    lanes = cfg.mv_rows // cfg.mem_channels  # one collector way's
+    first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * lanes
     compute = first + passes * max(geom.beats, 2 * lanes + 1)
     tail = chain_latency(cfg.chain_group) + RESULT_STAGES + 2 * lanes
     return max(stream_cycles(cfg, words), compute) + tail

@@ -73,7 +73,7 @@ def _cases(seed: int, count: int):
         for beat in beats(fmt, nm, group, codes, keep, aux, mant, shift, x, xm, xe, CHAIN,
                           TAP):
             inputs.append(H.pack(inp, beat))
-        expected += [H.pack(out, {"y": int(want[t, lane])}) for lane in range(LANES)
+        expected += [H.pack(out, [{"y": int(want[t, lane])}]) for lane in range(LANES)
                      for t in range(2)]  # lane by lane, token 0 then 1
     return inputs, expected, out
 

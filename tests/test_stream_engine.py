@@ -12,7 +12,7 @@ from amaranth.hdl import Module
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.matrix_engine import RESULT, beats
+from hw.matrix_engine import beats, results_layout
 from hw.stream_engine import (
     StreamEngine,
     StreamSlice,
@@ -49,7 +49,7 @@ class PackedStreamEngine(wiring.Component):
         self.dut = StreamEngine(channels, lanes, n, group, w_bits)
         self.channels, self.n, self.w_bits = channels, n, w_bits
         super().__init__({"i": In(stream.Signature(item_layout(channels, n, w_bits))),
-                          "o": Out(stream.Signature(RESULT))})
+                          "o": Out(stream.Signature(results_layout(channels)))})
 
     def elaborate(self, platform):
         m = Module()
@@ -117,11 +117,9 @@ def _cases(seed: int, count: int):
                           TAP) * passes:
             raw = H.pack(act, {name: beat[name] for name in ("x", "xm", "xe")})
             inputs.append(H.pack(layout, {"dest": 1, "data": raw}))
-        for p in range(passes):
-            for ch in range(CHANNELS):
-                for lane in range(LANES):
-                    expected += [H.pack(RESULT, {"y": int(outs[ch][t, p * LANES + lane])})
-                                 for t in range(2)]
+        expected += [H.pack(results_layout(CHANNELS),
+                            [{"y": int(outs[ch][t, p * LANES + lane])} for ch in range(CHANNELS)])
+                     for p in range(passes) for lane in range(LANES) for t in range(2)]
     return inputs, expected
 
 
@@ -131,7 +129,8 @@ def test_stream_engine(simulator, seed, request, tmp_path):
     got = run_block(simulator, request, tmp_path,
                     lambda: PackedStreamEngine(CHANNELS, LANES, CHAIN, TAP, WORD),
                     "stream_engine", inputs, len(expected), seed)
-    assert (msg := H.first_mismatch(RESULT, got, expected)) is None, f"{msg} (seed {seed})"
+    assert (msg := H.first_mismatch(results_layout(CHANNELS), got, expected)) is None, \
+        f"{msg} (seed {seed})"
 
 
 #: A small engine slice for the cycle model: 2 channels x 2 lanes of 16, 128-bit words.
