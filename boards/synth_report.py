@@ -110,7 +110,7 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
     from hw.stream_unpacker import StreamUnpacker
     from hw.weight_streamer import WeightStreamer
 
-    lanes = cfg.mv_rows // cfg.mem_channels
+    lanes = cfg.lanes_per_channel
 
     out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
             EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),

@@ -97,6 +97,12 @@ class AccelConfig:
         return self.mv_rows * self.chain_len
 
     @property
+    def lanes_per_channel(self) -> int:
+        """The streaming matrix path's lanes per memory channel (its channel-to-lane map:
+        each channel's weight stream feeds these lanes and their collector way)."""
+        return self.mv_rows // self.mem_channels
+
+    @property
     def axi_data_bytes(self) -> int:
         return self.axi_data_bits // 8
 

@@ -222,7 +222,7 @@ def engine_case(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gr
     from hw.stream_engine import activation_layout, command_layout, command_of
 
     n, w = cfg.chain_len, cfg.axi_data_bits
-    lanes = cfg.mv_rows // cfg.mem_channels
+    lanes = cfg.lanes_per_channel
     nm = L.SPARSITY_NM[load.sparsity]
     geom = L.StreamGeometry(L.Descriptor.of(load.fmt, nm, group), load.k, n, w)
     share = -(-load.rows // cfg.mem_channels)  # the channel's rows, as the compiler splits
@@ -259,7 +259,7 @@ def engine_result(cfg: config.AccelConfig, load: EngineWorkload, case: EngineCas
         raise AssertionError(f"{load.name} on {len(case.memories)} channels: results differ")
     timing = H.HbmTiming.of(cfg)
     channels = len(case.memories)
-    lanes = cfg.mv_rows // cfg.mem_channels  # per channel
+    lanes = cfg.lanes_per_channel
     return EngineResult(load, channels, case.words, run.beats, run.cycles,
                         C.engine_stream_cycles(cfg, case.geometry, case.passes, case.words),
                         utilization if utilization is not None else min(
@@ -276,7 +276,7 @@ def build_slice(cfg: config.AccelConfig, channels: int):
     from hw.stream_engine import StreamSlice
     from sim import verilator
 
-    return verilator.build(StreamSlice(channels, cfg.mv_rows // cfg.mem_channels, cfg.chain_len,
+    return verilator.build(StreamSlice(channels, cfg.lanes_per_channel, cfg.chain_len,
                                        cfg.chain_group, cfg.axi_addr_bits, cfg.axi_data_bits),
                            f"stream_slice_{cfg.name}_{channels}", optimize=False)
 
@@ -311,7 +311,7 @@ def run_engine(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gro
 
 def engine_table(cfg: config.AccelConfig, results: list[EngineResult]) -> str:
     lines = [f"Engine slice of {cfg.name}: streamers, unpackers, "
-             f"{cfg.mv_rows // cfg.mem_channels} lanes of {cfg.chain_len} per channel and the "
+             f"{cfg.lanes_per_channel} lanes of {cfg.chain_len} per channel and the "
              "collector (Verilator)", "",
              "| workload | channels | words/channel | vs records | beats | RTL cycles | "
              "model cycles | model error | read utilisation | beats/cycle |",

@@ -70,7 +70,7 @@ def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int,
     or the collector's two results per lane of a channel (each channel has its way) if that
     is longer; then the last beat's way through the chain and the collector. Nothing in it
     grows with the channels: a slice of a few stands for all of them."""
-    lanes = cfg.mv_rows // cfg.mem_channels  # one collector way's
+    lanes = cfg.lanes_per_channel  # one collector way's
     first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * lanes
     compute = first + passes * max(geom.beats, 2 * lanes + 1)
     tail = chain_latency(cfg.chain_group) + RESULT_STAGES + 2 * lanes
