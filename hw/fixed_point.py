@@ -29,9 +29,11 @@ def round_shift_right(x: Value, s: Value) -> Value:
     one shifted out, so the adders are as wide as ``x`` (not as the largest shift, as an
     added ``2**(s-1)`` would need), and large shifts give 0 (not -1).
     """
-    xs = Shape.cast(x.shape())
-    xv = x.as_signed() if xs.signed else Cat(x, Const(0, 1)).as_signed()
-    biased = xv - (xv < 0) if xs.signed else xv
+    if Shape.cast(x.shape()).signed:
+        xv = x.as_signed()
+        biased = xv - (xv < 0)
+    else:  # a non-negative value: no sign to take off
+        xv = biased = Cat(x, Const(0, 1)).as_signed()
     halved = biased >> Mux(s == 0, 0, s - 1)[:len(s)]
     return Mux(s == 0, xv, (halved + 1) >> 1).as_signed()
 

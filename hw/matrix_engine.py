@@ -195,6 +195,7 @@ class ResultCollector(wiring.Component):
             m.d.sync += [self.busy.eq(1), index.eq(0), xm.eq(self.xm), xe.eq(self.xe)]
         ce = ~self.o.valid | self.o.ready
         token = index[0]
+        token_xm, token_xe = Mux(token, xm[1], xm[0]), Mux(token, xe[1], xe[0])  # all ways'
         valid = Signal(self.STAGES - 1)
         with m.If(ce):
             with m.If(self.busy):
@@ -207,8 +208,7 @@ class ResultCollector(wiring.Component):
             acc = select(m, [a for lane in lanes for a in self.acc[lane]], index, f"acc{w}")
             row_shift = select(m, [self.shift[lane] for lane in lanes], index >> 1,
                                f"row_shift{w}")
-            self._requantise(m, ce, acc, row_shift, Mux(token, xm[1], xm[0]),
-                             Mux(token, xe[1], xe[0]), self.o.payload[w].y, w)
+            self._requantise(m, ce, acc, row_shift, token_xm, token_xe, self.o.payload[w].y, w)
         return m
 
     @staticmethod
