@@ -21,6 +21,8 @@ the group or sparse block, a RoPE-style odd head size (:attr:`Fault.PARAM`); rec
 their buffer (:attr:`Fault.RANGE`); tiles the engine's schedule cannot run -- fewer kept
 weights per group than the chain's tap spacing, a group smaller than the sparse block (its
 kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED`).
+MATSTREAM faults UNSUPPORTED: its weights come from the memory channels' streams
+(``hw/stream_engine.py``), which this unit does not read yet; the emulator runs it.
 """
 
 from dataclasses import dataclass
@@ -271,6 +273,8 @@ class ComputeUnit(wiring.Component):
                         m.d.comb += fx.flush.eq(1)
                     with m.If(word.header.opcode == Opcode.ATTN):
                         m.next = "A_CHECK"
+                    with m.Elif(word.header.opcode == Opcode.MATSTREAM):
+                        self._fail(m, Fault.UNSUPPORTED)  # the streaming path: not here yet
                     with m.Else():
                         m.next = "DESC"
             self._tile_states(m, tile, pas, fetch["meta"])

@@ -31,6 +31,7 @@ from llmacc.widths import (
     CHANNEL_BITS,
     EXT_ADDR_BITS,
     KEY_COUNT_BITS,
+    STREAM_PAGE_BITS,
     TOKEN_COUNT_BITS,
 )
 from llmacc.widths import ISA_VERSION as ISA_VERSION  # the hardware ID register's version
@@ -50,6 +51,7 @@ class Opcode(enum.Enum, shape=4):
     MATMAT = 4  #: matrix x matrix (prefill)
     SFU = 5  #: special-function unit
     ATTN = 6  #: attention against the INT4/INT8 KV cache (on the matrix engine)
+    MATSTREAM = 7  #: matrix x tokens, the weights streamed from every memory channel
 
 
 class Unit(enum.Enum, shape=2):
@@ -69,6 +71,7 @@ UNIT_OF = {
     Opcode.MATMAT: Unit.COMPUTE,
     Opcode.SFU: Unit.SFU,
     Opcode.ATTN: Unit.COMPUTE,
+    Opcode.MATSTREAM: Unit.COMPUTE,
 }
 
 
@@ -319,6 +322,27 @@ class MatFields(data.Struct):
     out_mode: OutMode
 
 
+class StreamFields(data.Struct):
+    """MATSTREAM: ``out[m, n] = sum_k act[m, k] * W[n, k]`` as MATMAT computes it, the weight
+    rows read from the memory channels as beat-major weight streams (``llmacc.layout``), not
+    from WGT and META.
+
+    Every channel holds its share of the rows (:func:`llmacc.layout.stream_row`) as one
+    stream at byte ``page * STREAM_PAGE_BYTES`` of the channel; the META descriptor at
+    ``meta_addr`` gives the format, sparsity, group and fusion parameters.
+    """
+
+    k: 14
+    n: 14
+    m: TOKEN_COUNT_BITS
+    act_addr: BUF_ADDR_BITS
+    out_addr: BUF_ADDR_BITS
+    meta_addr: BUF_ADDR_BITS
+    out_pitch: 11
+    out_mode: OutMode
+    page: STREAM_PAGE_BITS
+
+
 class SfuFields(data.Struct):
     """SFU: a row-wise function over ``rows`` rows of ``length`` elements."""
 
@@ -369,6 +393,7 @@ PAYLOAD: dict[Opcode, type[data.Struct]] = {
     Opcode.MATMAT: MatFields,
     Opcode.SFU: SfuFields,
     Opcode.ATTN: AttnFields,
+    Opcode.MATSTREAM: StreamFields,
 }
 
 
@@ -380,6 +405,7 @@ class Payload(data.Union):
     sys: SysFields
     mem: MemFields
     mat: MatFields
+    stream: StreamFields
     sfu: SfuFields
     attn: AttnFields
     raw: PAYLOAD_BITS
@@ -415,6 +441,7 @@ FIELD_DOCS: dict[str, str] = {
     "meta_addr": "META buffer address of the tile descriptor and row records",
     "out_pitch": "words between result rows (MATMAT)",
     "out_mode": "result handling (fusion)",
+    "page": "the weight streams' start in every channel, in pages of STREAM_PAGE_BYTES",
     "q_addr": "ACT address of the first query (SCORE) or probability (PV) row",
     "kv_addr": "KV buffer address of the first KV row",
     "head_dim": "channels per head",

@@ -454,32 +454,46 @@ def encode_weight_rows(desc: Descriptor, codes: Tensor, keep: Tensor | None, man
 def decode_weight_rows(desc: Descriptor, wgt: np.ndarray, meta: np.ndarray,
                        k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The on-chip weight decoder: (operands [n, k], mant [n, G], shift [n])."""
-    if k % desc.group or (desc.nm is not None and k % desc.nm[1]):
-        raise LayoutError(f"K = {k} is not a multiple of the group {desc.group} / sparse block")
+    _check_k(desc, k)
     groups = k // desc.group
-    n = wgt.shape[0]
     shift = decode_record(RowRecordHead, meta)["shift"]
     mant = _from_le(meta, _record_dtype(MANT), groups, row_mant_bit(0) // 8)
     aux = None if desc.wfmt is WeightFormat.INT8 else _from_le(
         meta, _record_dtype(AUX), groups, row_aux_bit(groups, 0) // 8)
     kept = desc.kept(k)
     codes = unpack_bits(wgt, desc.bits, kept)
+    idx = None if desc.nm is None else unpack_bits(wgt, desc.index_bits(), kept,
+                                                   kept * desc.bits)
+    if wgt.shape[0] != mant.shape[0]:
+        raise LayoutError("weight rows and META records differ in count")
+    return weight_operands(desc, codes, idx, aux, k), torch.from_numpy(mant), \
+        torch.from_numpy(shift)
+
+
+def _check_k(desc: Descriptor, k: int) -> None:
+    if k % desc.group or (desc.nm is not None and k % desc.nm[1]):
+        raise LayoutError(f"K = {k} is not a multiple of the group {desc.group} / sparse block")
+
+
+def weight_operands(desc: Descriptor, codes: np.ndarray, idx: np.ndarray | None,
+                    aux: np.ndarray | None, k: int) -> Tensor:
+    """The operands [n, k] of kept ``codes`` [n, kept] (INT8 as bytes), their in-block
+    ``idx`` (N:M) and the groups' type ids ``aux`` [n, G] (not INT8), however they were
+    stored."""
+    kept = desc.kept(k)
     if desc.wfmt is WeightFormat.INT8:
         codes = codes - ((codes >> 7) << 8)  # sign-extend
     pos = np.broadcast_to(np.arange(kept), codes.shape)
     if desc.nm is not None:
-        idx = unpack_bits(wgt, desc.index_bits(), kept, kept * desc.bits)
         kn, km = desc.nm
         pos = (pos // kn) * km + idx  # each kept code's column
     per_code = None if aux is None else torch.from_numpy(np.take_along_axis(
-        aux, pos // desc.group, 1))
-    fmt = FORMAT_NAMES[desc.wfmt]
-    ops = N.decode_weights(torch.from_numpy(codes), per_code, fmt, 1, per_code)
+        np.asarray(aux), pos // desc.group, 1))
+    ops = N.decode_weights(torch.from_numpy(np.ascontiguousarray(codes)), per_code,
+                           FORMAT_NAMES[desc.wfmt], 1, per_code)
     if desc.nm is not None:
-        ops = N.nm_expand(ops, torch.from_numpy(idx), kn, km, k)
-    if n != mant.shape[0]:
-        raise LayoutError("weight rows and META records differ in count")
-    return ops, torch.from_numpy(mant), torch.from_numpy(shift)
+        ops = N.nm_expand(ops, torch.from_numpy(np.ascontiguousarray(idx)), kn, km, k)
+    return ops
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -827,3 +841,98 @@ def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: 
             "mant": mant.reshape(rows, -1)[:, :geom.groups],
             "aux": aux.reshape(rows, -1)[:, :geom.groups],
             "shift": decode_record(RowRecordHead, scales[:, 0])["shift"]}
+
+
+# -- a tile's rows over the memory channels (MATSTREAM) --------------------------------------
+# A MATSTREAM tile's rows are spread over every channel: a pass of the engine takes
+# ``channels * lanes`` consecutive rows, ``lanes`` of them from each channel, so each channel
+# holds one weight stream (above) of its rows, and the streams of all channels start at the
+# same byte (the instruction's ``page``). Rows past the tile's last fill the last pass with
+# zeros; their results are not written.
+def stream_row(row: int, channels: int, lanes: int) -> tuple[int, int, int]:
+    """(pass, channel, lane) of a tile's output row ``row``."""
+    per_pass = channels * lanes
+    return row // per_pass, row % per_pass // lanes, row % lanes
+
+
+def stream_passes(n: int, channels: int, lanes: int) -> int:
+    """Passes of the engine over a tile of ``n`` rows."""
+    return -(-n // (channels * lanes))
+
+
+def stream_words(geom: StreamGeometry, lanes: int, passes: int) -> int:
+    """Words of one channel's stream of ``passes`` rows per lane (the length of
+    :func:`encode_weight_stream`): every request up to the one that takes the last word a
+    row needs, answered with a word per lane."""
+    q = STREAM_QUEUE_WORDS
+    row = geom.requests(1)[len(StreamPart) * q:]  # one row's requests, in order
+    last = 0
+    for part in StreamPart:
+        need = passes * geom.row_words(part)  # the lane's words of ``part``
+        if need <= q:  # among the queues' first requests: part, other part, ...
+            at = len(StreamPart) * (need - 1) + part
+        else:
+            rows, i = divmod(need - q - 1, geom.row_words(part))
+            at = len(StreamPart) * q + rows * len(row) + \
+                [j for j, p in enumerate(row) if p is part][i]
+        last = max(last, at)
+    return lanes * (last + 1)
+
+
+def _channel_rows(n: int, channels: int, lanes: int) -> np.ndarray:
+    """[channels, passes * lanes]: the tile row behind each of a channel's stream rows, in
+    the stream's order (pass, then lane)."""
+    passes = stream_passes(n, channels, lanes)
+    p, c, lane = np.meshgrid(np.arange(passes), np.arange(channels), np.arange(lanes),
+                             indexing="ij")
+    return (p * channels * lanes + c * lanes + lane).transpose(1, 0, 2).reshape(channels, -1)
+
+
+def encode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, codes: Tensor,
+                        keep: Tensor | None, mant: Tensor, shift: Tensor, aux: Tensor | None
+                        ) -> list[np.ndarray]:
+    """Each channel's weight stream (bytes [words, W]) of a tile's rows (codes [n, K] and
+    the rest as :func:`encode_weight_rows` takes them)."""
+    c = torch.as_tensor(codes)
+    n, k = c.shape
+    rows = _channel_rows(n, channels, lanes)
+    total = rows.size
+
+    def padded(t: Tensor | None, fill: Tensor | None = None) -> Tensor | None:
+        if t is None:
+            return None
+        t = torch.as_tensor(t)
+        extra = fill if fill is not None else torch.zeros((total - n, *t.shape[1:]), dtype=t.dtype)
+        return torch.cat([t, extra.to(t.dtype)])
+
+    pad_keep = None
+    if keep is not None:  # the first N of every block of M: a legal mask for zero rows
+        kn, km = geom.desc.nm
+        pad_keep = (torch.arange(k) % km < kn).expand(total - n, k)
+    parts = [padded(c), padded(keep, pad_keep), padded(mant), padded(shift), padded(aux)]
+    out = []
+    for chan in range(channels):
+        pick = torch.from_numpy(rows[chan])
+        mine = [None if t is None else t[pick] for t in parts]
+        out.append(encode_weight_stream(geom, lanes, *mine))
+    return out
+
+
+def decode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, n: int,
+                        streams: list[np.ndarray]) -> tuple[Tensor, Tensor, Tensor]:
+    """The weights of a tile of ``n`` rows from its channels' streams, as
+    :func:`decode_weight_rows` gives them: (operands [n, K], mant [n, G], shift [n])."""
+    _check_k(geom.desc, geom.k)
+    passes = stream_passes(n, channels, lanes)
+    if len(streams) != channels:
+        raise LayoutError(f"{len(streams)} weight streams for {channels} channels")
+    got = [decode_weight_stream(geom, lanes, passes, s) for s in streams]
+    order = np.argsort(_channel_rows(n, channels, lanes).reshape(-1))[:n]
+
+    def rows(name: str) -> np.ndarray:
+        return np.concatenate([g[name] for g in got])[order]
+
+    aux = None if geom.desc.wfmt is WeightFormat.INT8 else rows("aux")
+    idx = rows("idx") if geom.desc.nm is not None else None
+    ops = weight_operands(geom.desc, rows("codes"), idx, aux, geom.k)
+    return ops, torch.from_numpy(rows("mant")), torch.from_numpy(rows("shift"))

@@ -15,6 +15,9 @@ EXT_ADDR_BITS = 32
 BUF_ADDR_BITS = 16
 #: KV rows one ATTN instruction reads (``keys``).
 KEY_COUNT_BITS = 12
+#: Where MATSTREAM's weight streams start in a channel (``page``), and the unit of it.
+STREAM_PAGE_BITS = 16
+STREAM_PAGE_BYTES = 4096
 #: Tokens of one MATMAT (``m``), the largest prefill bucket.
 TOKEN_COUNT_BITS = 11
 #: The on-chip buffers by name (the members of ``isa.Buffer``, in its order).

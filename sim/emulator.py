@@ -36,6 +36,7 @@ from llmacc.isa import (
     SysFunc,
     Unit,
 )
+from llmacc.widths import STREAM_PAGE_BYTES
 from sim import compute_timing as T
 from sim import cycle_model as C
 from sim.weight_cache import PreparedTile, Source, WeightCache, grouped_acc
@@ -268,7 +269,7 @@ class Emulator:
         op = insn.opcode
         if op in (Opcode.LOAD, Opcode.STORE):
             return self._mem(insn)
-        if op in (Opcode.MATVEC, Opcode.MATMAT):
+        if op in (Opcode.MATVEC, Opcode.MATMAT, Opcode.MATSTREAM):
             macs, cycles = self._matrix(insn)
         elif op is Opcode.ATTN:
             macs, cycles = self._attn(insn)
@@ -308,11 +309,17 @@ class Emulator:
         w, k, n, m = self.w, insn.k, insn.n, insn.m
         dwords = L.descriptor_words(w)
         desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
-        tile = self._weight_tile(insn, desc)
+        if insn.opcode is Opcode.MATSTREAM:
+            geom = L.StreamGeometry(desc, k, self.cfg.chain_len, self.cfg.axi_data_bits)
+            tile = self._stream_tile(insn, geom)
+            cycles = C.matstream_cycles(self.cfg, geom, n, m)
+        else:
+            tile = self._weight_tile(insn, desc)
+            cycles = T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
         x, xm, xe = L.decode_qrows(self._get(Buffer.ACT, insn.act_addr, m,
                                              L.qrow_pitch(k, w)), k, w)
         out = N.linear_out(grouped_acc(x, tile), xm, xe, tile.shift, 0, 0)
-        step = insn.out_pitch if insn.opcode is Opcode.MATMAT else 0
+        step = 0 if insn.opcode is Opcode.MATVEC else insn.out_pitch
         spec = OUT_MODES[insn.out_mode]
         if spec.operands == "residual":
             old = self._wide(Buffer.ACT, insn.out_addr, m, n, step)
@@ -322,7 +329,33 @@ class Emulator:
         elif spec.operands != "result":
             raise EmulatorError(f"out_mode {insn.out_mode.name}: operands {spec.operands!r}")
         self._put_wide(insn.out_addr, out, step)
-        return m * n * desc.kept(k), T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
+        return m * n * desc.kept(k), cycles
+
+    def _stream_tile(self, insn: Instruction, geom: L.StreamGeometry) -> PreparedTile:
+        """A MATSTREAM's decoded weights: every channel's stream at the instruction's page,
+        from the cache while no write has touched those bytes."""
+        cfg = self.cfg
+        why = geom.desc.schedule_error(cfg.chain_group)
+        if why:
+            raise EmulatorError(f"the engine cannot run this tile: {why}")
+        channels, lanes = cfg.mem_channels, cfg.lanes_per_channel
+        passes = L.stream_passes(insn.n, channels, lanes)
+        words = L.stream_words(geom, lanes, passes)
+        addr, nbytes = insn.page * STREAM_PAGE_BYTES, words * self.w
+        key = self.weights.stream_key(channels, addr, nbytes, geom, insn.n)
+        tile = self.weights.get(key)
+        if tile is None:
+            streams = []
+            for chan in range(channels):
+                mem = self._ext(chan)
+                if addr + nbytes > mem.size:
+                    raise EmulatorError(f"weight stream {addr:#x}+{nbytes} leaves channel "
+                                        f"{chan} ({mem.size} B)")
+                streams.append(mem[addr:addr + nbytes].reshape(words, self.w))
+            tile = PreparedTile.of(*L.decode_tile_streams(geom, channels, lanes, insn.n,
+                                                          streams), geom.desc.group)
+            self.weights.put(key, tile)
+        return tile
 
     def _weight_tile(self, insn: Instruction, desc: L.Descriptor) -> PreparedTile:
         """The matrix instruction's decoded weights: from the cache while its WGT and META

@@ -20,6 +20,7 @@ from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import AttnFunc, Buffer, Opcode, OutMode, Reg, SfuFunc, Sparsity, WeightFormat
+from llmacc.widths import STREAM_PAGE_BYTES
 from sim.emulator import Emulator
 
 
@@ -115,8 +116,10 @@ def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc) -> Instruction
 
 
 def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: Sparsity,
-             mode: OutMode, opcode: Opcode) -> InstructionCase:
-    """A random legal tile: codes, N:M keep masks, scales, type ids, and INT8 rows."""
+             mode: OutMode, opcode: Opcode, streamable: bool = False) -> InstructionCase:
+    """A random legal tile: codes, N:M keep masks, scales, type ids, and INT8 rows; for
+    MATSTREAM (or with ``streamable``) with groups a weight stream's SCALES words hold.
+    The weights come from torch's generator, the rest from ``rng``."""
     w = cfg.axi_data_bytes
     emu = random_buffers(cfg, rng)
     nm = L.SPARSITY_NM[sparsity]
@@ -124,12 +127,15 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     keep_n = nm[0] if nm else 1
     # the engine needs at least `chain_group` kept weights per quantisation group
     glog = max(3, (cfg.chain_group * block // keep_n).bit_length() - 1, block.bit_length() - 1)
+    if streamable or opcode is Opcode.MATSTREAM:  # a beat's groups fit a SCALES word
+        most = L.stream_scale_entries(cfg.axi_data_bits)
+        glog = max(glog, (-(-cfg.chain_len * block // (keep_n * most))).bit_length() - 1)
     glog = rng.randint(glog, min(glog + 2, 7))
     group = 1 << glog
     unit = max(group, block)
     k = unit * rng.randint(1, max(1, 96 // unit))
     n = rng.randint(1, 9)
-    m = rng.randint(1, 5) if opcode is Opcode.MATMAT else 1
+    m = 1 if opcode is Opcode.MATVEC else rng.randint(1, 5)
     ranges = isa.OUT_MODES[mode].ranges
     desc = L.Descriptor(fmt, sparsity, glog, rng.randint(*ranges["p0"]),
                         rng.randint(*ranges["p1"]))
@@ -165,15 +171,30 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     out_addr = act_addr + m * qrow_pitch + rng.randint(0, 8)
     if rng.random() < 0.5:  # output below the activations
         out_addr, act_addr = rng.randint(0, 4), out_addr + out_words
+    stream = opcode is Opcode.MATSTREAM
+    # MATSTREAM draws its page where the others draw wgt_addr: the same seed gives the same
+    # tile in both forms
     fields = {"k": k, "n": n, "m": m, "act_addr": act_addr, "out_addr": out_addr,
-              "wgt_addr": rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wgt_pitch),
+              "page" if stream else "wgt_addr":
+                  rng.randint(0, 3) if stream else
+                  rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wgt_pitch),
               "meta_addr": rng.randint(0, cfg.buffer_words(Buffer.META) - desc_words
                                        - n * meta_pitch),
-              "out_pitch": out_pitch if opcode is Opcode.MATMAT else 0, "out_mode": mode}
+              "out_pitch": 0 if opcode is Opcode.MATVEC else out_pitch, "out_mode": mode}
     emu._put(Buffer.ACT, act_addr, act)
-    emu._put(Buffer.WGT, fields["wgt_addr"], wgt)
     emu._put(Buffer.META, fields["meta_addr"], desc.encode(w))
-    emu._put(Buffer.META, fields["meta_addr"] + desc_words, meta)
+    if stream:
+        geom = L.StreamGeometry(desc, k, cfg.chain_len, cfg.axi_data_bits)
+        streams = L.encode_tile_streams(geom, cfg.mem_channels, cfg.lanes_per_channel, codes,
+                                        keep, mant, shift, aux)
+        at = fields["page"] * STREAM_PAGE_BYTES
+        emu.ext = [np.frombuffer(rng.randbytes(at + s.size + w), np.uint8).copy()
+                   for s in streams]
+        for mem, s in zip(emu.ext, streams, strict=True):
+            mem[at:at + s.size] = s.reshape(-1)
+    else:
+        emu._put(Buffer.WGT, fields["wgt_addr"], wgt)
+        emu._put(Buffer.META, fields["meta_addr"] + desc_words, meta)
     if isa.OUT_MODES[mode].operands == "residual":  # residuals of a sensible size
         old = torch.randint(-(1 << 24), 1 << 24, (m, n))
         emu._put_wide(out_addr, old, fields["out_pitch"])

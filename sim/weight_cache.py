@@ -10,6 +10,7 @@ per run rather than once per token.
 The cache never changes a result:
 
 * a buffer range has a known source only while nothing else has written it;
+* a MATSTREAM tile is kept per stream (:class:`StreamSource`: its bytes in every channel);
 * a write to external memory (a STORE, or the host) drops every source and every decoded tile
   it overlaps, so stale bytes are never taken for the new ones;
 * :func:`grouped_acc` equals :func:`llmacc.numerics.linear_acc` exactly (checked in the tests):
@@ -52,6 +53,18 @@ class Source:
 
     def overlaps(self, chan: int, lo: int, hi: int, w: int) -> bool:
         return chan == self.chan and lo < self.end(w) and self.addr < hi
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Where a MATSTREAM tile came from: the same bytes of every one of ``channels``."""
+
+    channels: int
+    addr: int
+    nbytes: int
+
+    def overlaps(self, chan: int, lo: int, hi: int, w: int) -> bool:
+        return chan < self.channels and lo < self.addr + self.nbytes and self.addr < hi
 
 
 @dataclass(frozen=True)
@@ -136,8 +149,9 @@ class WeightCache:
         for buf, ranges in self._sources.items():
             if any(s.overlaps(chan, lo, hi, w) for _, _, s in ranges):
                 self._sources[buf] = [r for r in ranges if not r[2].overlaps(chan, lo, hi, w)]
-        stale = [key for key in self._tiles
-                 if key[0].overlaps(chan, lo, hi, w) or key[2].overlaps(chan, lo, hi, w)]
+        stale = [key for key in self._tiles if any(
+            isinstance(part, Source | StreamSource) and part.overlaps(chan, lo, hi, w)
+            for part in key)]
         for key in stale:
             self._bytes -= self._tiles.pop(key).nbytes
 
@@ -148,6 +162,14 @@ class WeightCache:
         if ws is None or ms is None:
             return None
         return (ws[0], wgt[0] - ws[1], ms[0], meta[0] - ms[1], wgt[1] - wgt[0], k)
+
+    def stream_key(self, channels: int, addr: int, nbytes: int, geom: object, n: int) -> tuple:
+        """The cache key of a MATSTREAM tile of ``n`` rows in the streams of ``geom`` (a
+        ``layout.StreamGeometry``) at bytes ``[addr, addr + nbytes)`` of every channel."""
+        for chan in range(channels):
+            a, b = self._watched.get(chan, (addr, addr))
+            self._watched[chan] = (min(a, addr), max(b, addr + nbytes))
+        return (StreamSource(channels, addr, nbytes), geom, n)
 
     def _source_of(self, buf: Buffer, lo: int, hi: int) -> tuple[Source, int] | None:
         for a, b, s in self._sources[buf]:

@@ -118,3 +118,34 @@ def test_empty_weight_descriptor_is_reported():
     mat = isa.make(Opcode.MATVEC, k=16, n=1, m=1)
     with pytest.raises(EmulatorError, match="instruction 0 \\(MATVEC\\): weight descriptor"):
         emu.run([mat])
+
+
+@pytest.mark.parametrize("name", ["sim-small", "u280"])
+def test_matstream_equals_matmat_on_the_same_tile(name, seed):
+    """MATSTREAM, its weights read from every channel's beat-major stream, writes what
+    MATMAT writes from the WGT and META records of the same tile, in every format and
+    sparsity a stream holds and every output mode; the streams' bytes live in the cache
+    until a write to them."""
+    from llmacc import layout as L
+    from sim.instruction_cases import mat_case
+
+    cfg = preset(name)
+    rng = random.Random(seed)
+    combos = list(L.stream_geometries(cfg.chain_len, cfg.axi_data_bits))
+    assert len(combos) >= 4
+    for fmt, sp in combos:
+        mode = rng.choice(list(isa.OutMode))
+        case_seed = rng.randrange(1 << 30)
+        got = []
+        for op in (Opcode.MATMAT, Opcode.MATSTREAM):
+            torch.manual_seed(case_seed)
+            case = mat_case(cfg, random.Random(case_seed), fmt, sp, mode, op, streamable=True)
+            stats = case.emu.run([case.insn, _sys(SysFunc.HALT)])
+            got.append(case.emu.buf[Buffer.ACT].copy())
+        assert (got[0] == got[1]).all(), (fmt, sp, mode, seed)
+        assert stats.cycles > 0 and stats.macs > 0
+        # the stream changes under the cache: the next run decodes the new bytes
+        emu, insn = case.emu, case.insn
+        at = insn.page * 4096
+        emu.write_ext(0, at, bytes(emu.ext[0][at:at + cfg.axi_data_bytes] ^ 0xFF))
+        assert emu.weights.misses == 1 and not len(emu.weights)

@@ -88,6 +88,39 @@ def test_stream_round_trip(n, w_bits, seed):
         assert np.array_equal(got["shift"], shift.numpy()), (fmt, sp, seed)
 
 
+@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512)])
+def test_tile_streams_hold_what_the_records_hold(n, w_bits, seed):
+    """A tile spread over the channels' streams decodes to the operands, scales and shifts
+    of its WGT and META records, every stream as long as ``stream_words`` says."""
+    rng = random.Random(seed)
+    for (fmt, sp), _ in L.stream_geometries(n, w_bits).items():
+        nm = L.SPARSITY_NM[sp]
+        keep_n, block = nm or (1, 1)
+        group = rng.choice([g for g in (16, 32, 128) if g >= block and n // (
+            g * keep_n // block) <= L.stream_scale_entries(w_bits) and g * keep_n // block >= 8])
+        k = group * rng.randint(1, 3) * (8 if nm == (2, 16) else 1)
+        desc = L.Descriptor.of(fmt, nm, group)
+        geom = L.StreamGeometry(desc, k, n, w_bits)
+        channels, lanes = rng.randint(1, 3), rng.randint(1, 3)
+        rows = rng.randint(1, 2 * channels * lanes + 1)
+        codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, rows)
+        streams = L.encode_tile_streams(geom, channels, lanes, codes, keep, mant, shift, aux)
+        passes = L.stream_passes(rows, channels, lanes)
+        assert [len(s) for s in streams] == [L.stream_words(geom, lanes, passes)] * channels, \
+            (fmt, sp, seed)
+        got = L.decode_tile_streams(geom, channels, lanes, rows, streams)
+        want = L.decode_weight_rows(desc, *L.encode_weight_rows(
+            desc, codes, keep, mant, shift, aux, w_bits // 8), k)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b), (fmt, sp, channels, lanes, rows, seed)
+
+
+def test_stream_rows_fill_a_pass_channel_by_channel():
+    assert [L.stream_row(r, 2, 3) for r in (0, 2, 3, 5, 6, 13)] == [
+        (0, 0, 0), (0, 0, 2), (0, 1, 0), (0, 1, 2), (1, 0, 0), (2, 0, 1)]
+    assert L.stream_passes(13, 2, 3) == 3 and L.stream_passes(12, 2, 3) == 2
+
+
 def test_stream_refuses_what_a_word_cannot_hold():
     with pytest.raises(L.LayoutError, match="12 planes of 64 bits do not fit a 512-bit word"):
         L.StreamGeometry(L.Descriptor.of(WeightFormat.INT8, (8, 16), 128), 4096, 64, 512)
