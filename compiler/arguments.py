@@ -22,3 +22,7 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode keys round up to a multiple of this (default: the config's)")
     p.add_argument("--max-len", type=int, default=None,
                    help="longest context (default: the smaller of the config's and the model's)")
+    p.add_argument("--stream-weights", action="store_true",
+                   help="weights as beat-major streams in every channel, read by MATSTREAM "
+                        "(the emulator runs it; the RTL faults UNSUPPORTED until its "
+                        "streaming path lands)")

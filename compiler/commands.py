@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     quant_s = time.perf_counter() - start
     try:
         cm = compile_model(im, cfg, prefill_bucket=args.prefill_bucket,
-                           decode_bucket=args.decode_bucket, max_len=args.max_len)
+                           decode_bucket=args.decode_bucket, max_len=args.max_len,
+                           stream_weights=args.stream_weights)
     except CompileError as exc:
         if args.quantized:
             raise

@@ -109,14 +109,17 @@ class CompiledModel:
 
 def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None = None,
                   decode_bucket: int | None = None, max_len: int | None = None,
-                  lengths: dict[str, list[int]] | None = None) -> CompiledModel:
-    """Every bucket's program (or only ``lengths``' buckets, for tests) for ``im`` on ``cfg``."""
+                  lengths: dict[str, list[int]] | None = None,
+                  stream_weights: bool = False) -> CompiledModel:
+    """Every bucket's program (or only ``lengths``' buckets, for tests) for ``im`` on ``cfg``;
+    ``stream_weights``: the linears as MATSTREAM tiles where their formats stream (the
+    emulator runs them; the RTL does not yet)."""
     start = time.perf_counter()
     pb = prefill_bucket or cfg.prefill_bucket
     db = decode_bucket or cfg.decode_bucket
     if pb < 1 or db < 1:
         raise CompileError(f"bucket sizes must be positive (prefill {pb}, decode {db})")
-    placement = place(im, cfg, max_len)
+    placement = place(im, cfg, max_len, stream=stream_weights)
     w = cfg.axi_data_bytes
     host = HostInterface(
         placement.max_len, pb, db, im.config.vocab_size, placement.embedding,

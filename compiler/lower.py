@@ -30,6 +30,7 @@ from compiler.tokens import Access, Op, assign_tokens
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.isa import AttnFunc, Buffer, LenSrc, Opcode, OutMode, Reg, SfuFunc, SysFunc
+from llmacc.widths import STREAM_PAGE_BYTES
 from quant.intref import SMOOTH_FRAC, IntModel
 
 
@@ -91,26 +92,34 @@ class _Emitter:
     def linear(self, lp: LinearPlan, rows: int, act: int, out: int, out_pitch: int,
                slots: dict[str, list[int]], tiles: tuple[Tile, ...] | None = None) -> None:
         """Tiles of ``lp`` (default all, each writing its columns of rows at ``out``; a given
-        ``tiles`` writes at ``out`` itself): LOAD WGT, LOAD META, the matrix instruction."""
+        ``tiles`` writes at ``out`` itself): LOAD WGT, LOAD META, the matrix instruction; a
+        MATSTREAM tile LOADs its descriptor only."""
         w = self.w
         qrow_pitch = L.qrow_pitch(lp.k, w)
         for tile in tiles or lp.tiles:
             slot = self.tile_count % 2
             self.tile_count += 1
             wa, ma = slots["wgt"][slot], slots["meta"][slot]
-            ww, mw = tile.wgt.nbytes // w, tile.meta.nbytes // w
-            self.transfer(Opcode.LOAD, Buffer.WGT, wa, tile.wgt, 0, ww)
+            mw = tile.meta.nbytes // w
+            reads = [Access(Buffer.META, ma, ma + mw),
+                     Access(Buffer.ACT, act, act + rows * qrow_pitch)]
+            if tile.wgt is not None:
+                ww = tile.wgt.nbytes // w
+                self.transfer(Opcode.LOAD, Buffer.WGT, wa, tile.wgt, 0, ww)
+                reads.append(Access(Buffer.WGT, wa, wa + ww))
             self.transfer(Opcode.LOAD, Buffer.META, ma, tile.meta, 0, mw)
             o = out if tiles else out + tile.n0 * 4 // w
             span = (rows - 1) * out_pitch + L.wide_pitch(tile.n, w)
-            reads = [Access(Buffer.WGT, wa, wa + ww), Access(Buffer.META, ma, ma + mw),
-                     Access(Buffer.ACT, act, act + rows * qrow_pitch)]
             if lp.mode is OutMode.ADD:
                 reads.append(Access(Buffer.ACT, o, o + span))
-            self.emit(Opcode.MATVEC if rows == 1 else Opcode.MATMAT, reads,
-                      [Access(Buffer.ACT, o, o + span)], k=lp.k, n=tile.n, m=rows, act_addr=act,
-                      wgt_addr=wa, out_addr=o, meta_addr=ma,
-                      out_pitch=out_pitch if rows > 1 else 0, out_mode=lp.mode)
+            fields = {"k": lp.k, "n": tile.n, "m": rows, "act_addr": act, "out_addr": o,
+                      "meta_addr": ma, "out_pitch": out_pitch if rows > 1 else 0,
+                      "out_mode": lp.mode}
+            if tile.streams:
+                op, fields["page"] = Opcode.MATSTREAM, tile.streams[0].addr // STREAM_PAGE_BYTES
+            else:
+                op, fields["wgt_addr"] = Opcode.MATVEC if rows == 1 else Opcode.MATMAT, wa
+            self.emit(op, reads, [Access(Buffer.ACT, o, o + span)], **fields)
 
 
 class Lowering:

@@ -80,6 +80,24 @@ class ExtPlan:
             self.image.append((region, blob))
         return region
 
+    def alloc_striped(self, name: str, data: list[np.ndarray], align: int) -> tuple[Region, ...]:
+        """The same byte range of every channel, each holding its own ``data`` (as long as
+        each other), at a multiple of ``align``: a MATSTREAM tile's weight streams."""
+        nbytes = data[0].size
+        if len(data) != self.cfg.mem_channels or any(d.size != nbytes for d in data):
+            raise CompileError(f"{name}: {len(data)} streams of unequal length for "
+                               f"{self.cfg.mem_channels} channels")
+        addr = -(-max(self.used) // align) * align
+        if addr + nbytes > self.cfg.channel_bytes:
+            raise CompileError(f"external memory: {name} ({nbytes} B per channel) does not fit "
+                               f"the channels ({self.cfg.channel_bytes} B, {addr} B used)")
+        regions = []
+        for chan, d in enumerate(data):
+            self.used[chan] = addr + nbytes
+            regions.append(Region(chan, addr, nbytes))
+            self.image.append((regions[-1], np.ascontiguousarray(d, np.uint8).tobytes()))
+        return tuple(regions)
+
     def take_channel(self) -> int:
         """The next channel round-robin."""
         chan, self._next = self._next, (self._next + 1) % self.cfg.mem_channels

@@ -9,6 +9,7 @@ into the residual (``OutMode.ADD``), ``w1`` applies SiLU (``OutMode.SILU``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import numpy as np
 from compiler.memory_plan import CompileError, ExtPlan, LogitSlice, Region
 from llmacc import layout as L
 from llmacc.config import AccelConfig
-from llmacc.isa import Buffer, MatFields, OutMode
+from llmacc.isa import Buffer, MatFields, OutMode, StreamFields
+from llmacc.widths import STREAM_PAGE_BITS, STREAM_PAGE_BYTES
 from quant.checkpoint import LINEARS
 from quant.intref import IntModel
 from quant.qlinear import QLinear
@@ -24,10 +26,14 @@ from quant.qlinear import QLinear
 
 @dataclass(frozen=True)
 class Tile:
+    """Rows ``n0 .. n0 + n`` of a linear: WGT rows and META records on one channel, or (a
+    MATSTREAM tile) weight streams in every channel and META holding the descriptor only."""
+
     n0: int  #: first output row
     n: int
-    wgt: Region
+    wgt: Region | None
     meta: Region
+    streams: tuple[Region, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,28 @@ def tile_rows(cfg: AccelConfig, desc: L.Descriptor, k: int, n: int, name: str) -
     return rows
 
 
+def stream_geometry(cfg: AccelConfig, desc: L.Descriptor, k: int) -> L.StreamGeometry | None:
+    """The weight streams of a ``desc`` tile of K = ``k`` on ``cfg``, or None where its
+    format does not fit a stream's words (it goes through WGT and META instead)."""
+    try:
+        return L.StreamGeometry(desc, k, cfg.chain_len, cfg.axi_data_bits)
+    except L.LayoutError:
+        return None
+
+
+def stream_tile_rows(cfg: AccelConfig, n: int) -> int:
+    """Rows of one MATSTREAM tile: all of them, up to what the ``n`` field holds, in whole
+    passes of the engine and whole words of the output."""
+    unit = math.lcm(cfg.mem_channels * cfg.lanes_per_channel, max(1, cfg.axi_data_bytes // 4))
+    limit = (1 << StreamFields.as_shape()["n"].width) - 1
+    return min(n, limit // unit * unit)
+
+
 def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: int, f_out: int,
-                 mode: OutMode = OutMode.WIDE, p0: int = 0, p1: int = 0) -> LinearPlan:
+                 mode: OutMode = OutMode.WIDE, p0: int = 0, p1: int = 0,
+                 stream: bool = False) -> LinearPlan:
+    """The tiles of one linear in external memory; with ``stream``, as MATSTREAM tiles
+    where its format streams (:func:`stream_geometry`)."""
     w = cfg.axi_data_bytes
     k, n = q.padded_in, q.out_features
     desc = L.Descriptor.of(q.fmt, q.sparsity, q.group, p0, p1)
@@ -141,6 +167,9 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     shift = q.row_exp + f_in - f_out
     if int(shift.abs().max()) >= 1 << 15:
         raise CompileError(f"{name}: row shift {int(shift.abs().max())} exceeds 16 bits")
+    geom = stream_geometry(cfg, desc, k) if stream else None
+    if geom is not None:
+        return _place_streams(ext, cfg, name, q, geom, shift, aux, mode)
     rows = tile_rows(cfg, desc, k, n, name)
     tiles = []
     for t, n0 in enumerate(range(0, n, rows)):
@@ -156,15 +185,43 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     return LinearPlan(name, k, n, mode, tuple(tiles))
 
 
+def _place_streams(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear,
+                   geom: L.StreamGeometry, shift, aux, mode: OutMode) -> LinearPlan:
+    """MATSTREAM tiles: per tile, every channel's weight stream at one page-aligned offset
+    and the descriptor on the next channel round-robin. The classifier keeps the record
+    path's tile rows, so that its logit slices spread over the channels."""
+    w, n = cfg.axi_data_bytes, q.out_features
+    rows = tile_rows(cfg, geom.desc, geom.k, n, name) if name == "output" else \
+        stream_tile_rows(cfg, n)
+    tiles = []
+    for t, n0 in enumerate(range(0, n, rows)):
+        sl = slice(n0, min(n, n0 + rows))
+        streams = L.encode_tile_streams(
+            geom, cfg.mem_channels, cfg.lanes_per_channel, q.codes[sl],
+            None if q.keep is None else q.keep[sl], q.mant[sl], shift[sl],
+            None if aux is None else aux[sl])
+        regions = ext.alloc_striped(f"{name}.tile{t}.streams", streams, STREAM_PAGE_BYTES)
+        if regions[0].addr // STREAM_PAGE_BYTES >= 1 << STREAM_PAGE_BITS:
+            raise CompileError(f"{name}: its weight streams start past the {STREAM_PAGE_BITS}-bit "
+                               "page field")
+        desc = geom.desc.encode(w).reshape(-1)
+        mr = ext.alloc(f"{name}.tile{t}.desc", desc.size, desc)
+        tiles.append(Tile(n0, sl.stop - n0, None, mr, regions))
+    return LinearPlan(name, geom.k, n, mode, tuple(tiles))
+
+
 def _logit_slice(ext: ExtPlan, tile: Tile, max_len: int, w: int) -> LogitSlice:
     """``max_len`` rows of one classifier tile's logits, on the tile's own channel."""
     pitch = L.wide_pitch(tile.n, w) * w
     region = ext.alloc(f"logits[{tile.n0}:{tile.n0 + tile.n}]", max_len * pitch,
-                       chan=tile.wgt.chan, context_row=pitch)
+                       chan=tile.meta.chan, context_row=pitch)
     return LogitSlice(region, tile.n0, tile.n, pitch)
 
 
-def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placement:
+def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None,
+          stream: bool = False) -> Placement:
+    """The whole model in external memory; ``stream``: the linears as MATSTREAM tiles
+    where their formats stream."""
     check_model(im, cfg)
     mc = im.config
     w = cfg.axi_data_bytes
@@ -181,15 +238,15 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None) -> Placeme
         for nm, f_in, f_out in (("wq", "attn_norm", "q"), ("wk", "attn_norm", "k"),
                                 ("wv", "attn_norm", "v"), ("w3", "ffn_norm", "up")):
             linears[p + nm] = place_linear(ext, cfg, p + nm, getattr(layer, nm), F[f_in],
-                                           F[f_out])
+                                           F[f_out], stream=stream)
         linears[p + "wo"] = place_linear(ext, cfg, p + "wo", layer.wo, F["o"], F["wo"],
-                                         OutMode.ADD, F["wo"] - fr)
+                                         OutMode.ADD, F["wo"] - fr, stream=stream)
         linears[p + "w1"] = place_linear(ext, cfg, p + "w1", layer.w1, F["ffn_norm"], F["gate"],
-                                         OutMode.SILU, F["gate"], F["silu"])
+                                         OutMode.SILU, F["gate"], F["silu"], stream=stream)
         linears[p + "w2"] = place_linear(ext, cfg, p + "w2", layer.w2, F["prod"], F["down"],
-                                         OutMode.ADD, F["down"] - fr)
+                                         OutMode.ADD, F["down"] - fr, stream=stream)
     linears["output"] = place_linear(ext, cfg, "output", im.output, im.F["final_norm"],
-                                     im.F["logits"])
+                                     im.F["logits"], stream=stream)
     # Per-layer TABLE block: both gamma records and the key transform rows.
     dim = mc.dim
     lt = LayerTables.of(dim, mc.kv_dim, w)

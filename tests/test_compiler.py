@@ -7,6 +7,7 @@ import torch
 from compiler.compile import compile_model
 from compiler.memory_plan import CompileError
 from host.device import EmulatorDevice
+from llmacc import isa
 from llmacc.config import preset
 from quant import intref
 from tests.helpers.models import check_run, random_sequences, tiny_int_model
@@ -56,6 +57,28 @@ def test_u280_config_places_weights_over_many_channels(request):
     tokens = random_sequences(seed + 5, 1, 40, im.config.vocab_size)[0]
     cache = intref.IntKVCache.empty(im.config, len(tokens))
     assert torch.equal(device.prefill(tokens), im.forward(torch.tensor(tokens), cache))
+
+
+U280_SHAPE = {"dim": 64, "heads": 4, "kv_heads": 2, "hidden": 172}
+
+
+@pytest.mark.parametrize("name, cfg, shape", [
+    ("w2a8kv4", SMALL, {}), ("w3-mixed-a8kv4", SMALL, {}), ("w2a8kv4+2:4", SMALL, {}),
+    ("w8a8", preset("u280"), U280_SHAPE),
+    ("w4-mixed-a8kv4+2:4", preset("u280"), {**U280_SHAPE, "group": 32})])
+def test_streamed_weights_are_bit_exact(request, name, cfg, shape):
+    """``stream_weights``: every linear whose format streams on the config becomes MATSTREAM
+    tiles (weight streams in every channel, the descriptor alone in META); the emulator
+    runs the model equal to the integer reference, prefill and decode."""
+    seed = request.config.llmacc_seed
+    im = tiny_int_model(seed, name, layers=1, **shape)
+    cm = compile_model(im, cfg, max_len=16, stream_weights=True)
+    ops = [i.opcode for p in cm.programs.values() for i in p.instructions]
+    assert ops.count(isa.Opcode.MATSTREAM) >= 7 * len(cm.programs), name  # every layer linear
+    streams = [r for r, _ in cm.image if r.nbytes and r.addr % 4096 == 0]
+    assert {r.chan for r in streams} == set(range(cfg.mem_channels))
+    tokens = random_sequences(seed + 6, 1, 14, im.config.vocab_size)[0]
+    check_run(im, EmulatorDevice(cm), tokens, 5, f"{name} on {cfg.name} streamed, seed {seed}")
 
 
 def test_storage_with_buckets_is_much_smaller(request):

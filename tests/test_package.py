@@ -135,6 +135,23 @@ def test_compile_and_verify_the_shipped_model(shipped, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "bit-exact: 31/31"
 
 
+def test_streamed_package_of_the_shipped_model_verifies(shipped, tmp_path, capsys):
+    """``compile --stream-weights``: the shipped model's linears as MATSTREAM tiles, saved,
+    loaded and bit-exact on the emulator."""
+    pkg = tmp_path / "streamed"
+    assert cli.main(["compile", "--quantized", str(shipped.parent / "stories.pt"),
+                     "--tokenizer", str(TOKENIZER), "--config", "sim-small", "-o", str(pkg),
+                     "--prefill-bucket", "16", "--decode-bucket", "16", "--max-len", "64",
+                     "--stream-weights"]) == 0
+    cm, _ = package.load(pkg)
+    assert any(i.opcode is isa.Opcode.MATSTREAM for p in cm.programs.values()
+               for i in p.instructions)
+    code = cli.main(["verify", "--package", str(pkg), "--backend", "emulator",
+                     "--prompt", "Once upon a time", "--tokens", "12"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "bit-exact: 13/13"
+
+
 def test_verify_reports_the_first_difference(shipped, monkeypatch, capsys):
     """A back end that is off by one in one logit: named, counted, exit status 1."""
     original = device_mod.Device.decode
