@@ -117,7 +117,7 @@ def test_top_runs_programs_like_the_emulator(sim_small_top, seed):
     # An illegal word: the word before it may be a SETREG or the first LOAD, so no STORE
     # runs and the channels stay as they are.
     words = [isa.encode(i) for i in copy_program(rng, CFG, 2)]
-    words[1] = 0x7  # opcode 7 does not exist
+    words[1] = min(set(range(16)) - {o.value for o in isa.Opcode})  # an opcode with no class
     add_run(None, status_word(Fault.OPCODE, 1), words=words)
     good_run()
     good_run()
