@@ -287,6 +287,59 @@ def expected_words(memory: bytes, commands: list[tuple[int, int]], data_bytes: i
             for addr, beats in commands for i in range(beats)]
 
 
+async def shared_bench(io: PortIO, memory: bytes, commands: list[list[tuple[int, int]]],
+                       data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
+                       *, stall: float = 0.3, ar_stall: float = 0.3,
+                       max_cycles: int = 500_000) -> list[list[int]]:
+    """Read masters ``i`` (ports ``cmd{i}``, ``data{i}``) sharing one port ``axi`` to one
+    HBM model, which takes an address with probability ``1 - ar_stall``; each master's
+    data is refused with probability ``stall``. Checks that a waiting address never changes
+    and returns each master's words."""
+    hbm = HbmChannel(memory, data_bytes, timing, rng)
+    pending = [deque(c) for c in commands]
+    words: list[list[int]] = [[] for _ in commands]
+    want = [sum(beats for _, beats in c) for c in commands]
+    masters = range(len(commands))
+    names = ("axi__arvalid", "axi__araddr", "axi__arlen", "axi__rready", "error",
+             *(f"cmd{i}__ready" for i in masters),
+             *(f"{p}{i}__{f}" for i in masters for p, f in (("data", "valid"),
+                                                            ("data", "payload"))))
+    waiting = None  # the address offered and not taken last cycle
+    for cycle in range(max_cycles):
+        rvalid, rdata, rlast = hbm.r_channel()
+        arready = int(rng.random() >= ar_stall)
+        ready = [int(rng.random() >= stall) for _ in masters]
+        inputs = {"axi__arready": arready, "axi__rvalid": int(rvalid), "axi__rdata": rdata,
+                  "axi__rlast": int(rlast), "axi__rresp": 0}
+        for i in masters:
+            cmd = pending[i][0] if pending[i] else None
+            inputs.update({f"cmd{i}__valid": int(cmd is not None),
+                           f"cmd{i}__payload": 0 if cmd is None else cmd[0] | cmd[1] << addr_bits,
+                           f"data{i}__ready": ready[i]})
+        out = await io.cycle(inputs, names)
+        if out["error"]:
+            raise AssertionError(f"cycle {cycle}: error flag without an error response")
+        address = (out["axi__araddr"], out["axi__arlen"]) if out["axi__arvalid"] else None
+        if waiting is not None and address != waiting:
+            raise AssertionError(f"cycle {cycle}: the waiting address {waiting} became "
+                                 f"{address}")
+        waiting = None
+        if address is not None:
+            if arready:
+                hbm.request(address[0], address[1] + 1)
+            else:
+                waiting = address
+        for i in masters:
+            if pending[i] and out[f"cmd{i}__ready"]:
+                pending[i].popleft()
+            if out[f"data{i}__valid"] and ready[i]:
+                words[i].append(out[f"data{i}__payload"])
+        hbm.advance(rvalid, rvalid and bool(out["axi__rready"]))
+        if [len(w) for w in words] == want and not any(pending) and not hbm.bursts:
+            return words
+    raise TimeoutError(f"{[len(w) for w in words]} of {want} words after {max_cycles} cycles")
+
+
 class AmaranthIO:
     """:class:`PortIO` over an Amaranth testbench context; port names are the Verilog
     names (``axi__arvalid``: member ``arvalid`` of the interface ``axi``)."""
