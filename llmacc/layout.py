@@ -614,9 +614,7 @@ class StreamGeometry:
 
     def __post_init__(self) -> None:
         d = self.desc
-        if self.k % d.group or (d.nm is not None and self.k % d.nm[1]):
-            raise LayoutError(f"K = {self.k} is not a multiple of the group {d.group} / "
-                              "sparse block")
+        _check_k(d, self.k)
         if self.w_bits % self.n:
             raise LayoutError(f"a {self.w_bits}-bit word holds no whole planes of {self.n}")
         if self.beat_planes > self.word_planes:
@@ -860,6 +858,7 @@ def stream_passes(n: int, channels: int, lanes: int) -> int:
     return -(-n // (channels * lanes))
 
 
+@functools.cache
 def stream_words(geom: StreamGeometry, lanes: int, passes: int) -> int:
     """Words of one channel's stream of ``passes`` rows per lane (the length of
     :func:`encode_weight_stream`): every request up to the one that takes the last word a
@@ -922,7 +921,6 @@ def decode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, n: int,
                         streams: list[np.ndarray]) -> tuple[Tensor, Tensor, Tensor]:
     """The weights of a tile of ``n`` rows from its channels' streams, as
     :func:`decode_weight_rows` gives them: (operands [n, K], mant [n, G], shift [n])."""
-    _check_k(geom.desc, geom.k)
     passes = stream_passes(n, channels, lanes)
     if len(streams) != channels:
         raise LayoutError(f"{len(streams)} weight streams for {channels} channels")

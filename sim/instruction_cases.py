@@ -172,15 +172,16 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     if rng.random() < 0.5:  # output below the activations
         out_addr, act_addr = rng.randint(0, 4), out_addr + out_words
     stream = opcode is Opcode.MATSTREAM
+    fields = {"k": k, "n": n, "m": m, "act_addr": act_addr, "out_addr": out_addr,
+              "out_pitch": 0 if opcode is Opcode.MATVEC else out_pitch, "out_mode": mode}
     # MATSTREAM draws its page where the others draw wgt_addr: the same seed gives the same
     # tile in both forms
-    fields = {"k": k, "n": n, "m": m, "act_addr": act_addr, "out_addr": out_addr,
-              "page" if stream else "wgt_addr":
-                  rng.randint(0, 3) if stream else
-                  rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wgt_pitch),
-              "meta_addr": rng.randint(0, cfg.buffer_words(Buffer.META) - desc_words
-                                       - n * meta_pitch),
-              "out_pitch": 0 if opcode is Opcode.MATVEC else out_pitch, "out_mode": mode}
+    if stream:
+        fields["page"] = rng.randint(0, 3)
+    else:
+        fields["wgt_addr"] = rng.randint(0, cfg.buffer_words(Buffer.WGT) - n * wgt_pitch)
+    fields["meta_addr"] = rng.randint(0, cfg.buffer_words(Buffer.META) - desc_words
+                                      - n * meta_pitch)
     emu._put(Buffer.ACT, act_addr, act)
     emu._put(Buffer.META, fields["meta_addr"], desc.encode(w))
     if stream:

@@ -166,9 +166,6 @@ class WeightCache:
     def stream_key(self, channels: int, addr: int, nbytes: int, geom: object, n: int) -> tuple:
         """The cache key of a MATSTREAM tile of ``n`` rows in the streams of ``geom`` (a
         ``layout.StreamGeometry``) at bytes ``[addr, addr + nbytes)`` of every channel."""
-        for chan in range(channels):
-            a, b = self._watched.get(chan, (addr, addr))
-            self._watched[chan] = (min(a, addr), max(b, addr + nbytes))
         return (StreamSource(channels, addr, nbytes), geom, n)
 
     def _source_of(self, buf: Buffer, lo: int, hi: int) -> tuple[Source, int] | None:
@@ -190,6 +187,11 @@ class WeightCache:
         """Keep ``tile`` (none at all with a zero budget; the oldest go when over it)."""
         if self.budget <= 0:
             return
+        if isinstance(key[0], StreamSource):  # its bytes are read straight from the channels
+            src = key[0]
+            for chan in range(src.channels):
+                a, b = self._watched.get(chan, (src.addr, src.addr))
+                self._watched[chan] = (min(a, src.addr), max(b, src.addr + src.nbytes))
         self._tiles[key] = tile
         self._bytes += tile.nbytes
         while self._bytes > self.budget and len(self._tiles) > 1:
