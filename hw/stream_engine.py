@@ -53,44 +53,130 @@ def command_of(geom: L.StreamGeometry, passes: int, words: int) -> dict:
             "words": words}
 
 
-class StreamEngine(wiring.Component):
-    """Ports: ``cmd`` (one stream at a time; taken when the last one's beats are all in),
-    ``act`` (one beat's activations per beat), ``words`` per channel, ``o`` the results."""
+def geometry_tables(m: Module, n: int, w_bits: int, fmt, sparsity):
+    """A stream's format and sparsity, looked up: ``(per_word_mask, drop, per_word_log2,
+    held)``: beats per WEIGHTS word less one (a mask) and its log2, log2 of the sparse block
+    over the kept weights of a block (kept per group = group >> drop), and whether a stream
+    of ``w_bits`` words holds the combination at all (``layout.stream_geometries``)."""
+    combos = L.stream_geometries(n, w_bits)
+    per_word_mask = Signal(slot_bits(n, w_bits))
+    per_word_log2 = Signal(range(max(1, slot_bits(n, w_bits)) + 1))
+    held = Signal()
+    with m.Switch(fmt):
+        for f in WeightFormat:
+            with m.Case(f), m.Switch(sparsity):
+                for (cf, cs), g in combos.items():
+                    if cf is f:
+                        with m.Case(cs):
+                            m.d.comb += [per_word_mask.eq(g.beats_per_word - 1),
+                                         per_word_log2.eq(g.beats_per_word.bit_length() - 1),
+                                         held.eq(1)]
+    drop = Signal(range(5))  # log2(block) - log2(keep)
+    with m.Switch(sparsity):
+        for s, nm in L.SPARSITY_NM.items():
+            keep, block = nm or (1, 1)
+            with m.Case(s):
+                m.d.comb += drop.eq((block.bit_length() - 1) - (keep.bit_length() - 1))
+    return per_word_mask, drop, per_word_log2, held
+
+
+def length_layout() -> data.StructLayout:
+    """What a stream's length depends on: its format, sparsity and group, the beats and
+    groups of a row, and the passes (rows per lane)."""
+    return data.StructLayout({
+        "fmt": WeightFormat, "sparsity": Sparsity,
+        "group_log2": range(L.GROUP_LOG2_MAX + 1),
+        "beats": ROW_BEATS_BITS, "groups": ROW_BEATS_BITS, "passes": PASS_BITS})
+
+
+class StreamLength(wiring.Component):
+    """The words of one channel's stream, :func:`llmacc.layout.stream_words` in closed form:
+    for each part the position of the request that takes a lane's last word of it (among
+    the queues' first requests, or in the last rows: the ``i``-th word of a part in a row is
+    asked for at the beat that finishes it, behind the other part's words of the earlier
+    beats), the larger of the two plus one, times the lanes. Pipelined: ``words`` is valid
+    :attr:`LATENCY` cycles after ``i`` (held meanwhile); ``fits`` when it fits
+    ``WORD_COUNT_BITS``."""
+
+    LATENCY = 4
+
+    def __init__(self, lanes: int, n: int, w_bits: int):
+        self.lanes, self.n, self.w_bits = lanes, n, w_bits
+        super().__init__({"i": In(length_layout()), "words": Out(WORD_COUNT_BITS),
+                          "fits": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, q, parts = self.i, L.STREAM_QUEUE_WORDS, len(L.StreamPart)
+        entries = L.stream_scale_entries(self.w_bits)
+        le, ln = entries.bit_length() - 1, self.n.bit_length() - 1
+        _, drop, lbpw, _ = geometry_tables(m, self.n, self.w_bits, i.fmt, i.sparsity)
+        wide = ROW_BEATS_BITS + PASS_BITS + 2
+        # 1: the words of each part in a row, and the beats between two SCALES words (log2)
+        row_words = [Signal(ROW_BEATS_BITS + 1, name=f"row_words{p}") for p in range(parts)]
+        lps = Signal(range(L.GROUP_LOG2_MAX + le + 1))
+        m.d.sync += [row_words[L.StreamPart.WEIGHTS].eq((i.beats + (1 << lbpw) - 1) >> lbpw),
+                     row_words[L.StreamPart.SCALES].eq((i.groups + entries - 1) >> le),
+                     lps.eq(i.group_log2 - drop + le - ln)]
+        # 2: per part, the lane's words, the last one's row and its place in the row
+        need = [Signal(wide, name=f"need{p}") for p in range(parts)]
+        last_row = [Signal(PASS_BITS, name=f"last_row{p}") for p in range(parts)]
+        place = [Signal(ROW_BEATS_BITS, name=f"place{p}") for p in range(parts)]
+        for p in range(parts):
+            rw = row_words[p]
+            m.d.sync += need[p].eq(i.passes * rw)
+            # past the queues' first q words, the last is word ``place`` of row ``last_row``:
+            # divmod(P rw - q - 1, rw), which is (P - ceil((q + 1) / rw), -(q + 1) mod rw)
+            with m.Switch(rw):
+                for r in range(1, q + 1):
+                    back = -(-(q + 1) // r)
+                    with m.Case(r):
+                        m.d.sync += [last_row[p].eq(i.passes - back),
+                                     place[p].eq(back * r - (q + 1))]
+                with m.Default():
+                    m.d.sync += [last_row[p].eq(i.passes - 1), place[p].eq(rw - (q + 1))]
+        row_len = Signal(ROW_BEATS_BITS + 2)
+        m.d.sync += row_len.eq(row_words[0] + row_words[1])
+        # 3: the word's request among its row's (the other part's words of earlier beats)
+        last_beat = i.beats - 1
+        at_w = Mux(((place[0] + 1) << lbpw) - 1 < last_beat, ((place[0] + 1) << lbpw) - 1,
+                   last_beat)
+        at_s = Mux(((place[1] + 1) << lps) - 1 < last_beat, ((place[1] + 1) << lps) - 1,
+                   last_beat)
+        tail = (at_s == last_beat) & ((i.beats & ((1 << lbpw) - 1)) != 0)
+        at = [Signal(wide + ROW_BEATS_BITS, name=f"at{p}") for p in range(parts)]
+        for p, pos in enumerate((place[0] + (at_w >> lps),
+                                 place[1] + ((at_s + 1) >> lbpw) + tail)):
+            m.d.sync += at[p].eq(Mux(need[p] <= q, parts * (need[p] - 1) + p,
+                                     parts * q + last_row[p] * row_len + pos))
+        # 4: the larger, plus one, per lane
+        last = Mux(at[0] > at[1], at[0], at[1])
+        total = self.lanes * (last + 1)
+        m.d.sync += [self.words.eq(total), self.fits.eq(total < (1 << WORD_COUNT_BITS))]
+        return m
+
+
+class StreamBeats(wiring.Component):
+    """The engine's beats from weight streams: ``cmd`` (one stream at a time; taken when the
+    last one's beats are all out), ``act`` (one beat's activations per beat) and ``words``
+    per channel in; ``beat`` (the beat's shared fields, as :class:`MatrixEngine` takes them)
+    with ``lane`` (every lane's operands, channel by channel) out. The COMPUTE unit feeds
+    its engine from here on MATSTREAM; :class:`StreamEngine` is the two together."""
 
     def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
         self.channels, self.lanes, self.n, self.chain_group = channels, lanes, n, chain_group
         self.w_bits = w_bits
-        self.engine = MatrixEngine(channels * lanes, n, chain_group, ways=channels)
+        head, lane, _ = engine_layouts(channels * lanes, n, chain_group)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "act": In(stream.Signature(activation_layout(n, chain_group))),
             "words": In(stream.Signature(w_bits)).array(channels),
-            "o": Out(stream.Signature(results_layout(channels))),
+            "beat": Out(stream.Signature(head)),
+            "lane": Out(lane).array(channels * lanes),
             "busy": Out(1)})
-
-    def _geometry_tables(self, m, fmt, sparsity):
-        """This stream's kept weights per group (log2, from the group's) and beats per
-        WEIGHTS word (a mask)."""
-        combos = L.stream_geometries(self.n, self.w_bits)
-        per_word_mask = Signal(slot_bits(self.n, self.w_bits))
-        with m.Switch(fmt):
-            for f in WeightFormat:
-                with m.Case(f), m.Switch(sparsity):
-                    for (cf, cs), g in combos.items():
-                        if cf is f:
-                            with m.Case(cs):
-                                m.d.comb += per_word_mask.eq(g.beats_per_word - 1)
-        drop = Signal(range(5))  # log2(block) - log2(keep)
-        with m.Switch(sparsity):
-            for s, nm in L.SPARSITY_NM.items():
-                keep, block = nm or (1, 1)
-                with m.Case(s):
-                    m.d.comb += drop.eq((block.bit_length() - 1) - (keep.bit_length() - 1))
-        return per_word_mask, drop
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = engine = self.engine
         n, entries = self.n, L.stream_scale_entries(self.w_bits)
         cmd = Signal(command_layout())
         running = Signal()
@@ -102,7 +188,7 @@ class StreamEngine(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), beat.eq(0),
                          done_passes.eq(0)]
 
-        mask, drop = self._geometry_tables(m, cmd.fmt, cmd.sparsity)
+        mask, drop, _, _ = geometry_tables(m, n, self.w_bits, cmd.fmt, cmd.sparsity)
         lkpg = Signal(range(L.GROUP_LOG2_MAX + 1))  # log2 of the kept weights per group
         m.d.comb += lkpg.eq(cmd.group_log2 - drop)
         slot = Signal(slot_bits(n, self.w_bits))
@@ -131,13 +217,13 @@ class StreamEngine(wiring.Component):
                          u.fmt.eq(cmd.fmt), u.sparsity.eq(cmd.sparsity), u.slot.eq(slot),
                          u.entry.eq(entry), u.pop.eq(pops)]
             for lane in range(self.lanes):
-                m.d.comb += engine.lane_in[c * self.lanes + lane].eq(u.lane[lane])
+                m.d.comb += self.lane[c * self.lanes + lane].eq(u.lane[lane])
             unpackers.append(u)
         operands = Cat(*(u.ready for u in unpackers)).all()
         go = running & self.act.valid & operands
-        fire = go & engine.i.ready
-        act, head = self.act.payload, engine.i.payload
-        m.d.comb += [engine.i.valid.eq(go), self.act.ready.eq(fire),
+        fire = go & self.beat.ready
+        act, head = self.act.payload, self.beat.payload
+        m.d.comb += [self.beat.valid.eq(go), self.act.ready.eq(fire),
                      head.fmt.eq(cmd.fmt), head.sparsity.eq(cmd.sparsity),
                      head.group_end.eq(group_end), head.row_end.eq(row_end),
                      head.x.eq(act.x), head.xm.eq(act.xm), head.xe.eq(act.xe),
@@ -148,7 +234,38 @@ class StreamEngine(wiring.Component):
                 m.d.sync += done_passes.eq(done_passes + 1)
                 with m.If(done_passes == cmd.passes - 1):
                     m.d.sync += running.eq(0)
+        return m
+
+
+class StreamEngine(wiring.Component):
+    """:class:`StreamBeats` into a :class:`MatrixEngine` with a collector way per channel.
+    Ports: ``cmd``, ``act``, ``words`` per channel (as :class:`StreamBeats`), ``o`` the
+    results."""
+
+    def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
+        self.channels, self.lanes = channels, lanes
+        self.beats = StreamBeats(channels, lanes, n, chain_group, w_bits)
+        self.engine = MatrixEngine(channels * lanes, n, chain_group, ways=channels)
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout())),
+            "act": In(stream.Signature(activation_layout(n, chain_group))),
+            "words": In(stream.Signature(w_bits)).array(channels),
+            "o": Out(stream.Signature(results_layout(channels))),
+            "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.beats = beats = self.beats
+        m.submodules.engine = engine = self.engine
+        wiring.connect(m, wiring.flipped(self.cmd), beats.cmd)
+        wiring.connect(m, wiring.flipped(self.act), beats.act)
+        for c in range(self.channels):
+            wiring.connect(m, wiring.flipped(self.words[c]), beats.words[c])
+        wiring.connect(m, beats.beat, engine.i)
+        for lane in range(self.channels * self.lanes):
+            m.d.comb += engine.lane_in[lane].eq(beats.lane[lane])
         wiring.connect(m, wiring.flipped(self.o), engine.o)
+        m.d.comb += self.busy.eq(beats.busy)
         return m
 
 

@@ -8,18 +8,21 @@ import random
 
 import pytest
 import torch
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import beats, results_layout
 from hw.stream_engine import (
     StreamEngine,
+    StreamLength,
     StreamSlice,
     activation_layout,
     command_layout,
     command_of,
+    length_layout,
 )
+from hw.stream_unpacker import WORD_COUNT_BITS
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import preset
@@ -158,3 +161,54 @@ def test_engine_cycles_follow_the_rtl(fmt, seed):
         assert not result.memory_bound(cfg) and result.beat_rate >= 0.9, (result, seed)
     else:
         assert result.memory_bound(cfg) and result.utilization >= 0.85, (result, seed)
+
+
+class PackedStreamLength(wiring.Component):
+    """:class:`hw.stream_engine.StreamLength` as a stream block: a command in, held for the
+    length's latency, its word count out."""
+
+    def __init__(self, lanes: int, n: int, w_bits: int):
+        self.dut = StreamLength(lanes, n, w_bits)
+        super().__init__({"i": In(stream.Signature(length_layout())),
+                          "o": Out(stream.Signature(WORD_COUNT_BITS))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        held = Signal(length_layout())
+        wait = Signal(range(StreamLength.LATENCY + 2))
+        m.d.comb += [dut.i.eq(held), self.i.ready.eq(wait == 0),
+                     self.o.valid.eq(wait == 1), self.o.payload.eq(dut.words)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload), wait.eq(StreamLength.LATENCY + 1)]
+        with m.Elif((wait > 1) | (self.o.valid & self.o.ready)):
+            m.d.sync += wait.eq(wait - 1)
+        return m
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_stream_length_is_the_layouts(simulator, seed, request, tmp_path):
+    """The hardware's stream length equals ``layout.stream_words`` for every streamed
+    format and sparsity, groups, row lengths and passes (short rows and one pass included:
+    the last word among the queues' first requests)."""
+    rng = random.Random(seed)
+    lanes = 3
+    inputs, expected = [], []
+    for (fmt, sp), _ in L.stream_geometries(CHAIN, WORD).items():
+        keep, block = L.SPARSITY_NM[sp] or (1, 1)
+        for _ in range(6):
+            glog = rng.randint(max(L.GROUP_LOG2_MIN, block.bit_length() - 1), L.GROUP_LOG2_MAX)
+            try:
+                geom = L.StreamGeometry(L.Descriptor(fmt, sp, glog),
+                                        max(1 << glog, block) * rng.choice((1, 2, 3, 17, 60)),
+                                        CHAIN, WORD)
+            except L.LayoutError:
+                continue  # more groups per beat than a SCALES word holds
+            passes = rng.choice((1, 2, 3, 4, rng.randint(5, 300)))
+            inputs.append(H.pack(length_layout(), {
+                "fmt": fmt, "sparsity": sp, "group_log2": glog, "beats": geom.beats,
+                "groups": geom.groups, "passes": passes}))
+            expected.append(L.stream_words(geom, lanes, passes))
+    got = run_block(simulator, request, tmp_path, lambda: PackedStreamLength(lanes, CHAIN, WORD),
+                    "stream_length", inputs, len(expected), seed)
+    assert got == expected, f"seed {seed}"
