@@ -29,6 +29,7 @@ from sim.fuzz import (
     case_layout,
     case_program,
     copy_program,
+    register_preamble,
 )
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 from sim.top_harness import RunResult, TopHarness
@@ -56,12 +57,13 @@ def test_top_lints_clean(cfg, verilator_env, tmp_path):
 def _faulty(rng: random.Random, program: list[isa.Instruction], kind: Fault) -> tuple[
         list[isa.Instruction], int]:
     """``program`` made to raise ``kind``; returns it and the faulting pc. ALIGN and RANGE
-    break one LOAD/STORE; PARAM inserts a SYNC (so that everything before has run) and a
-    RoPE of an odd head size before one LOAD."""
+    break one LOAD/STORE; PARAM inserts a SYNC (so that everything before has run), a RoPE
+    of an odd head size and another SYNC (so that nothing after it runs while the SFU checks
+    the parameters) before one LOAD."""
     if kind is Fault.PARAM:
         at = rng.choice([i for i, insn in enumerate(program) if insn.opcode is Opcode.LOAD])
-        stop = [isa.make(Opcode.SYS, func=SysFunc.SYNC),
-                isa.make(Opcode.SFU, func=SfuFunc.ROPE, rows=1, length=6, imm=3)]
+        sync = isa.make(Opcode.SYS, func=SysFunc.SYNC)
+        stop = [sync, isa.make(Opcode.SFU, func=SfuFunc.ROPE, rows=1, length=6, imm=3), sync]
         return program[:at] + stop + program[at:], at + 1
     at = rng.choice([i for i, insn in enumerate(program)
                      if insn.opcode in (Opcode.LOAD, Opcode.STORE)])
@@ -97,14 +99,19 @@ def test_top_runs_programs_like_the_emulator(sim_small_top, seed):
                     for c in range(CFG.mem_channels)]
         expected.append((status, snapshot))
 
+    def copies(pairs: int) -> list[isa.Instruction]:
+        """A copy program that sets every register first: a faulting run's SETREGs issued
+        before its fault shows are not the emulator's, and the registers persist."""
+        return register_preamble() + copy_program(rng, CFG, pairs)
+
     def good_run():
-        program = copy_program(rng, CFG, rng.randint(3, 8))
+        program = copies(rng.randint(3, 8))
         emu.run(program)
         add_run(program, status_word())
 
     good_run()
     for kind in (Fault.ALIGN, Fault.RANGE, Fault.PARAM):
-        program, at = _faulty(rng, copy_program(rng, CFG, 4), kind)
+        program, at = _faulty(rng, copies(4), kind)
         if kind is not Fault.PARAM:
             with pytest.raises(EmulatorError, match=f"instruction {at} "):
                 emu.run(program)
