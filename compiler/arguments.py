@@ -24,5 +24,4 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest context (default: the smaller of the config's and the model's)")
     p.add_argument("--stream-weights", action="store_true",
                    help="weights as beat-major streams in every channel, read by MATSTREAM "
-                        "(the emulator runs it; the RTL faults UNSUPPORTED until its "
-                        "streaming path lands)")
+                        "(the channels' weight streamers feed the matrix engine)")

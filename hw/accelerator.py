@@ -11,7 +11,10 @@ to one unit per :class:`isa.Unit`. LOAD and STORE (``hw/data_mover.py``) move ro
 the channels and the five on-chip buffers (``hw/buffer_access.py``: one simple dual-port
 memory each, ``AccelConfig.buffer_words`` words of ``axi_data_bits``); the COMPUTE unit
 (``hw/compute_unit.py``: matrix engine and attention) and the SFU unit (``hw/sfu_unit.py``)
-read and write the buffers through shared request/grant ports.
+read and write the buffers through shared request/grant ports. Each channel also has a
+weight streamer (``hw/weight_streamer.py``) that reads MATSTREAM's weights straight into the
+COMPUTE unit; it shares the channel's read port with the LOAD unit's reader
+(``hw/read_share.py``).
 
 ``status`` (0x1C): a ``llmacc.kernel.Status`` (error, the ``Fault``, its pc); ``cycles``
 (0x20/0x24): cycles of the last run; ``hw_id`` (0x28): ``AccelConfig.fingerprint()``;
@@ -36,7 +39,9 @@ from hw.buffer_access import BufferBank
 from hw.compute_unit import ComputeUnit
 from hw.controller import Controller
 from hw.data_mover import LoadUnit, StoreUnit
+from hw.read_share import ReadPortShare
 from hw.sfu_unit import SfuUnit
+from hw.weight_streamer import WeightStreamer
 from llmacc import isa
 from llmacc.config import AccelConfig
 from llmacc.kernel import Status
@@ -148,8 +153,13 @@ class Accelerator(wiring.Component):
         join_port(m, self.m_axi_insn, reader=insn_rd)
         readers = [master(f"ch{c}_rd", AxiReadMaster) for c in range(cfg.mem_channels)]
         writers = [master(f"ch{c}_wr", AxiWriteMaster) for c in range(cfg.mem_channels)]
-        for c in range(cfg.mem_channels):
-            join_port(m, getattr(self, f"m_axi_ch{c}"), readers[c], writers[c])
+        streamers = [master(f"ch{c}_stream", WeightStreamer) for c in range(cfg.mem_channels)]
+        for c in range(cfg.mem_channels):  # LOAD's reader and the streamer share the reads
+            share = ReadPortShare(addr_bits, data_bits)
+            m.submodules[f"ch{c}_share"] = ResetInserter(restart)(share)
+            wiring.connect(m, readers[c].axi, share.up0)
+            wiring.connect(m, streamers[c].axi, share.up1)
+            join_port(m, getattr(self, f"m_axi_ch{c}"), share, writers[c])
 
         # -- program fetch -> controller ----------------------------------------------------
         m.submodules.fetch = fetch = ProgramFetch(cfg)
@@ -176,6 +186,13 @@ class Accelerator(wiring.Component):
                  for c in range(cfg.mem_channels)]
         self._route(m, load, readers, bases)
         self._route(m, store, writers, bases)
+        for c, (streamer, base) in enumerate(zip(streamers, bases, strict=True)):
+            cmd = getattr(compute, f"stream{c}")
+            m.d.comb += [streamer.cmd.payload.eq(cmd.payload),
+                         streamer.cmd.payload.addr.eq(cmd.payload.addr + base),
+                         streamer.cmd.valid.eq(cmd.valid), cmd.ready.eq(streamer.cmd.ready)]
+            wiring.connect(m, streamer.data, getattr(compute, f"weights{c}"))
+        m.d.comb += compute.stream_error.eq(Cat(*(s.error for s in streamers)).any())
         reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out, sfu.rd_a,
                  sfu.rd_b]
         writes = [compute.wr, sfu.wr]
@@ -193,7 +210,7 @@ class Accelerator(wiring.Component):
         units_idle = load.issue.ready & store.issue.ready & compute.issue.ready & \
             sfu.issue.ready
         masters_idle = Cat(insn_rd.idle, *(r.idle for r in readers),
-                           *(w.idle for w in writers)).all()
+                           *(w.idle for w in writers), *(s.idle for s in streamers)).all()
         m.d.comb += idle.eq(~controller.busy & units_idle & masters_idle & ~fetch.cmd.valid)
         active = Signal()
         status = Signal(Status)

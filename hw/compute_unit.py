@@ -21,16 +21,25 @@ the group or sparse block, a RoPE-style odd head size (:attr:`Fault.PARAM`); rec
 their buffer (:attr:`Fault.RANGE`); tiles the engine's schedule cannot run -- fewer kept
 weights per group than the chain's tap spacing, a group smaller than the sparse block (its
 kept weights would straddle groups unevenly), or K = 0 (:attr:`Fault.UNSUPPORTED`).
-MATSTREAM faults UNSUPPORTED: its weights come from the memory channels' streams
-(``hw/stream_engine.py``), which this unit does not read yet; the emulator runs it.
+**MATSTREAM** (``isa.StreamFields``) runs on the same engine, its weights from the memory
+channels: the unit tells each channel's weight streamer (``stream<c>``, in the top) to read
+the tile's stream at ``page * STREAM_PAGE_BYTES`` (its length from
+:class:`hw.stream_engine.StreamLength`), and :class:`hw.stream_engine.StreamBeats` turns the
+words (``weights<c>``) into the engine's lanes, ``lanes_per_channel`` rows of each channel
+per pass (``layout.stream_row``). Per pair of tokens (one, INT8) the weights stream once:
+the activation window of each beat is read from ACT as for MATVEC, for every pass, and the
+results are written while the next pass streams, a collector way per channel, one element
+per cycle. A format the streams do not hold is :attr:`Fault.UNSUPPORTED`, a stream longer
+than a streamer command :attr:`Fault.RANGE`, an error response :attr:`Fault.BUS`.
 """
 
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
-from amaranth.lib.wiring import Out
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
+from hw.axi import command_layout
 from hw.buffer_access import FieldFetch, read_port, snoop_writes, view, word_count, write_port
 from hw.controller import IssueLayout, unit_members
 from hw.fixed_point import round_shift, saturate
@@ -39,6 +48,7 @@ from hw.sfu import add, silu
 from hw.sfu_row import RowFunc, RowSfu, visible
 from hw.sfu_unit import row_limit
 from hw.sparse_dsp_chain import window
+from hw.stream_engine import StreamBeats, StreamLength, geometry_tables
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
@@ -55,6 +65,7 @@ from llmacc.isa import (
     WeightFormat,
 )
 from llmacc.kernel import Fault
+from llmacc.widths import STREAM_PAGE_BYTES
 
 
 def _log2(x: int) -> int:
@@ -145,8 +156,9 @@ class MatrixPass:
     code: Signal  #: the code within the beat
     slot: Signal  #: the scale slot
     half: Signal  #: CODES: indices after codes; SLOTS: aux after mant
-    result_lane: Signal  #: the result being written: lane
-    result_token: Signal  #: and token
+    result_lane: Signal  #: the result being written: lane (within its collector way)
+    result_token: Signal  #: token
+    result_way: Signal  #: and way (channel)
 
     @classmethod
     def signals(cls, cfg: AccelConfig, head_layout, lane_layout) -> "MatrixPass":
@@ -161,7 +173,34 @@ class MatrixPass:
             code=Signal(range(n_chain + 1), name="code"),
             slot=Signal(range(n_chain // cfg.chain_group + 1), name="slot"),
             half=Signal(name="half"), result_lane=Signal(range(lanes + 1), name="result_lane"),
-            result_token=Signal(1, name="result_token"))
+            result_token=Signal(1, name="result_token"),
+            result_way=Signal(range(cfg.mem_channels + 1), name="result_way"))
+
+
+@dataclass(frozen=True)
+class StreamTile:
+    """What a MATSTREAM adds to its :class:`MatrixTile`: where its streams start, how long
+    they are, and where the sweep (a pair of tokens over every pass) and its results are."""
+
+    streaming: Signal  #: the matrix instruction is a MATSTREAM
+    page: Signal
+    passes: Signal  #: engine passes over the tile's rows
+    words: Signal  #: words of each channel's stream
+    wait: Signal  #: cycles left for the stream length
+    issued: Signal  #: per channel its streamer command is out, and the beats' (last bit)
+    sweep_pass: Signal  #: the pass whose activations are being sent
+    result_row: Signal  #: the first row of the pass whose results are being written
+    written: Signal  #: passes of the sweep written
+
+    @classmethod
+    def signals(cls, cfg: AccelConfig) -> "StreamTile":
+        return cls(
+            streaming=Signal(name="streaming"), page=Signal(16, name="page"),
+            passes=Signal(16, name="passes"), words=Signal(24, name="stream_words"),
+            wait=Signal(range(StreamLength.LATENCY + 1), name="length_wait"),
+            issued=Signal(cfg.mem_channels + 1, name="issued"),
+            sweep_pass=Signal(16, name="sweep_pass"), result_row=Signal(16, name="result_row"),
+            written=Signal(16, name="written"))
 
 
 @dataclass(frozen=True)
@@ -235,6 +274,11 @@ class ComputeUnit(wiring.Component):
             "rd_meta": Out(read_port(cfg)),  # descriptors and row records
             "rd_out": Out(read_port(cfg)),  # the destination (ADD)
             "wr": Out(write_port(cfg)),
+            **{f"stream{c}": Out(stream.Signature(command_layout(cfg.axi_addr_bits)))
+               for c in range(cfg.mem_channels)},
+            **{f"weights{c}": In(stream.Signature(cfg.axi_data_bits))
+               for c in range(cfg.mem_channels)},
+            "stream_error": In(1),
         })
         w = cfg.axi_data_bytes
         self._bit_log2 = _log2(w) + 3  #: log2 of the bits in a buffer word
@@ -249,7 +293,14 @@ class ComputeUnit(wiring.Component):
         if n_chain < 8:
             raise ValueError(f"chain_len {n_chain}: the activation window is read 8 columns "
                              "at a time")
-        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap)
+        channels = cfg.mem_channels
+        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap, ways=channels)
+        m.submodules.stream_beats = beats = StreamBeats(channels, cfg.lanes_per_channel,
+                                                        n_chain, tap, cfg.axi_data_bits)
+        m.submodules.stream_length = length = StreamLength(cfg.lanes_per_channel, n_chain,
+                                                           cfg.axi_data_bits)
+        for c in range(channels):
+            wiring.connect(m, wiring.flipped(getattr(self, f"weights{c}")), beats.words[c])
         fetch = {}
         for name in ("act", "wgt", "meta", "out"):
             fetch[name] = fx = FieldFetch(cfg)
@@ -259,34 +310,70 @@ class ComputeUnit(wiring.Component):
         head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
         tile = MatrixTile.signals()
         pas = MatrixPass.signals(cfg, head_layout, lane_layout)
+        st = StreamTile.signals(cfg)
         af = Signal(AttnFields)
         regs = Signal(IssueLayout["regs"].shape)
-        with m.FSM():
+        old_beat = Signal()  # the field-serial path sends its beat
+        written = Signal()  # a pass's last result is taken
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.issue.ready.eq(1)
                 with m.If(self.issue.valid):
                     word = self.issue.payload.word
                     m.d.sync += [tile.fields.eq(word.payload.mat), af.eq(word.payload.attn),
                                  regs.eq(self.issue.payload.regs),
-                                 tile.opcode.eq(word.header.opcode), self.fault.eq(0)]
+                                 tile.opcode.eq(word.header.opcode), self.fault.eq(0),
+                                 st.streaming.eq(word.header.opcode == Opcode.MATSTREAM),
+                                 pas.result_lane.eq(0), pas.result_token.eq(0),
+                                 pas.result_way.eq(0)]
                     for fx in fetch.values():
                         m.d.comb += fx.flush.eq(1)
                     with m.If(word.header.opcode == Opcode.ATTN):
                         m.next = "A_CHECK"
-                    with m.Elif(word.header.opcode == Opcode.MATSTREAM):
-                        self._fail(m, Fault.UNSUPPORTED)  # the streaming path: not here yet
                     with m.Else():
+                        with m.If(word.header.opcode == Opcode.MATSTREAM):
+                            self._stream_fields(m, tile, st, word.payload.stream)
                         m.next = "DESC"
-            self._tile_states(m, tile, pas, fetch["meta"])
-            self._activation_states(m, tile, pas, fetch["act"])
-            self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine)
-            with m.State("RESULTS"):
-                self._results(m, tile, pas, engine, fetch["out"])
+            self._tile_states(m, tile, pas, st, fetch["meta"])
+            self._activation_states(m, tile, pas, st, fetch["act"])
+            self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine, old_beat)
+            self._stream_states(m, tile, pas, st, beats, length)
+            with m.State("RESULTS"), m.If(written):
+                self._next_pass(m, tile, pas)
             self._attention(m, af, regs, fetch["act"], fetch["wgt"])
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
+        m.d.comb += written.eq(self._results(m, tile, pas, st, engine, fetch["out"],
+                                             fsm.ongoing("RESULTS") | st.streaming))
+        with m.If(st.streaming & written):
+            m.d.sync += [st.result_row.eq(st.result_row + lanes), st.written.eq(st.written + 1)]
+        self._engine_input(m, engine, beats, pas, st, old_beat)
         return m
+
+    @staticmethod
+    def _stream_fields(m, tile: MatrixTile, st: StreamTile, sf):
+        """A MATSTREAM's fields where the matrix states read them (its tile is MATMAT's
+        with the weights elsewhere), and its page."""
+        f = tile.fields
+        m.d.sync += [f.eq(0), st.page.eq(sf.page),
+                     *(getattr(f, name).eq(getattr(sf, name))
+                       for name in ("k", "n", "m", "act_addr", "out_addr", "meta_addr",
+                                    "out_pitch", "out_mode"))]
+
+    def _engine_input(self, m, engine: MatrixEngine, beats: StreamBeats, pas: "MatrixPass",
+                      st: StreamTile, old_beat):
+        """The engine's one input: the streams' beats on MATSTREAM, else the field-serial
+        path's assembled beat."""
+        with m.If(st.streaming):
+            m.d.comb += [engine.i.valid.eq(beats.beat.valid),
+                         engine.i.payload.eq(beats.beat.payload),
+                         beats.beat.ready.eq(engine.i.ready),
+                         *(p.eq(src) for p, src in zip(engine.lane_in, beats.lane, strict=True))]
+        with m.Else():
+            m.d.comb += [engine.i.valid.eq(old_beat), engine.i.payload.eq(pas.beat),
+                         *(p.eq(bl) for p, bl in zip(engine.lane_in, pas.beat_lanes,
+                                                     strict=True))]
 
     # -- helpers ---------------------------------------------------------------------------
     def _words(self, nbytes):
@@ -310,12 +397,14 @@ class ComputeUnit(wiring.Component):
         m.next = "COMPLETE"
 
     # -- the tile ------------------------------------------------------------------------
-    def _tile_states(self, m, tile: MatrixTile, pas: MatrixPass, fm: FieldFetch):
+    def _tile_states(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
+                     fm: FieldFetch):
         """DESC, SHAPE, SIZES, CHECK: decode the descriptor, derive the tile's sizes, and
-        fault (or finish, for an empty tile) before the first pass."""
+        fault (or finish, for an empty tile) before the first pass (MATSTREAM: before its
+        stream length)."""
         f, lb, dwords, depth = tile.fields, self._bit_log2, self._dwords, self._depth
         words, n_chain, tap = self._words, self.cfg.chain_len, self.cfg.chain_group
-        ln = _log2(n_chain)
+        lanes, ln = self.cfg.mv_rows, _log2(n_chain)
         with m.State("DESC"):
             outside = f.meta_addr + dwords > depth[Buffer.META]
             fetched = self._get(m, fm, Buffer.META, f.meta_addr << lb, ~outside)
@@ -347,7 +436,7 @@ class ComputeUnit(wiring.Component):
                                      tile.index_bits.eq(index_bits)]
             m.d.sync += [tile.groups.eq(f.k >> tile.group_log2),
                          tile.pack.eq(tile.wfmt != WeightFormat.INT8),
-                         tile.step.eq(Mux(tile.opcode == Opcode.MATMAT, f.out_pitch, 0)),
+                         tile.step.eq(Mux(tile.opcode == Opcode.MATVEC, 0, f.out_pitch)),
                          tile.qrow_pitch.eq(self._qhdr + words(L.element_bit(f.k, L.QCODE) >> 3))]
             m.next = "SIZES"
         with m.State("SIZES"):
@@ -359,15 +448,22 @@ class ComputeUnit(wiring.Component):
                 tile.meta_pitch.eq(words(L.row_aux_bit(tile.groups, aux_groups) >> 3)),
                 tile.kpg_log2.eq(tile.group_log2 + tile.keep_log2 - tile.block_log2),
                 tile.cover_log2.eq(ln + tile.block_log2 - tile.keep_log2),
-                tile.nbeats.eq((kept_now + n_chain - 1) >> ln)]
+                tile.nbeats.eq((kept_now + n_chain - 1) >> ln),
+                st.passes.eq((f.n + lanes - 1) // lanes)]
             m.next = "CHECK"
         with m.State("CHECK"):
             misfit = ((f.k & ((Const(1, 9) << tile.group_log2) - 1)) != 0) | \
                 ((f.k & ((Const(1, 17) << tile.block_log2) - 1)) != 0)
             work = (f.n != 0) & (f.m != 0)
-            off_end = work & (
-                (f.meta_addr + dwords + f.n * tile.meta_pitch > depth[Buffer.META])
+            weights_off = (f.meta_addr + dwords + f.n * tile.meta_pitch > depth[Buffer.META]) \
                 | (f.wgt_addr + f.n * tile.wgt_pitch > depth[Buffer.WGT])
+            _, drop, _, held = geometry_tables(m, n_chain, self.cfg.axi_data_bits, tile.wfmt,
+                                               tile.sparsity)
+            entries_log2 = _log2(L.stream_scale_entries(self.cfg.axi_data_bits))
+            # a beat's groups must fit a SCALES word, the format a stream's word
+            unstreamable = ~held | (tile.group_log2 - drop + entries_log2 < ln)
+            off_end = work & (
+                (~st.streaming & weights_off)
                 | (f.act_addr + f.m * tile.qrow_pitch > depth[Buffer.ACT])
                 | (f.out_addr + (f.m - 1) * tile.step + words(L.element_bit(f.n, L.WIDE) >> 3)
                    > depth[Buffer.ACT]))
@@ -379,16 +475,21 @@ class ComputeUnit(wiring.Component):
             with m.Elif(~work):
                 m.next = "COMPLETE"
             with m.Elif((tile.kpg_log2 < _log2(tap)) | (tile.group_log2 < tile.block_log2)
-                        | (f.k == 0)):
+                        | (f.k == 0) | (st.streaming & unstreamable)):
                 self._fail(m, Fault.UNSUPPORTED)
+            with m.Elif(st.streaming):
+                m.d.sync += st.wait.eq(StreamLength.LATENCY)
+                m.next = "STREAM_LENGTH"
             with m.Else():
                 m.d.sync += pas.beat_no.eq(0)
                 m.next = "CLEAR"
 
     # -- one beat ------------------------------------------------------------------------
-    def _activation_states(self, m, tile: MatrixTile, pas: MatrixPass, fa: FieldFetch):
+    def _activation_states(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
+                           fa: FieldFetch):
         """CLEAR, HEADER, X: start a beat as ``matrix_engine.beats`` schedules it, with the
-        tokens' scales and their activation window."""
+        tokens' scales and their activation window (then its weights, or on MATSTREAM the
+        beat goes to the streams' beats)."""
         f, lb, qhdr = tile.fields, self._bit_log2, self._qhdr
         n_chain = self.cfg.chain_len
         ln = _log2(n_chain)
@@ -436,9 +537,11 @@ class ComputeUnit(wiring.Component):
                     with m.If(x_token == 1):
                         m.d.sync += x_token.eq(0)
                         m.next = "CODES"
+                        with m.If(st.streaming):
+                            m.next = "STREAM_ACT"
 
     def _weight_states(self, m, tile: MatrixTile, pas: MatrixPass, fw: FieldFetch,
-                       fm: FieldFetch, engine: MatrixEngine):
+                       fm: FieldFetch, engine: MatrixEngine, old_beat):
         """CODES, SLOTS, SHIFTS, SEND: each lane's codes and indices, slot scales and type
         ids, and row exponent; then the beat goes to the engine (after the pass's last beat,
         RESULTS)."""
@@ -512,27 +615,28 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += fill_lane.eq(0)
                     m.next = "SEND"
         with m.State("SEND"):
-            m.d.comb += [engine.i.valid.eq(1), engine.i.payload.eq(pas.beat),
-                         *(p.eq(bl) for p, bl in zip(engine.lane_in, pas.beat_lanes,
-                                                     strict=True))]
+            m.d.comb += old_beat.eq(1)
             with m.If(engine.i.ready):
                 m.d.sync += pas.beat_no.eq(pas.beat_no + 1)
                 with m.If(last_beat):
-                    m.d.sync += [pas.result_lane.eq(0), pas.result_token.eq(0)]
                     m.next = "RESULTS"
                 with m.Else():
                     m.next = "CLEAR"
 
     # -- the pass's results --------------------------------------------------------------
-    def _results(self, m, tile: MatrixTile, pas: MatrixPass, engine: MatrixEngine,
-                 fetch_out: FieldFetch):
-        """Write the pass's results as the engine gives them (lane by lane, token 0 then 1);
-        then the next pass or the end."""
-        f, lanes, lb = tile.fields, self.cfg.mv_rows, self._bit_log2
-        lane, token = pas.result_lane, pas.result_token
-        row, tok = pas.pass_row + lane, pas.pass_token + token
+    def _results(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
+                 engine: MatrixEngine, fetch_out: FieldFetch, active):
+        """While ``active``, write the results as the engine gives them: each transfer one
+        per collector way (channel), taken way by way, lane by lane, token 0 then 1.
+        Returns what is true in the cycle the pass's last result is taken."""
+        f, lb = tile.fields, self._bit_log2
+        per = self.cfg.lanes_per_channel
+        lane, token, way = pas.result_lane, pas.result_token, pas.result_way
+        first = Mux(st.streaming, st.result_row, pas.pass_row)
+        row = first + way * per + lane
+        tok = pas.pass_token + token
         ok = (row < f.n) & (tok < f.m) & (~token | tile.pack)
-        y = engine.o.payload[0].y  # one way: the results one at a time
+        y = engine.o.payload[way].y
         dst = f.out_addr + tok * tile.step
         old = fetch_out.value[:L.WIDE.width].as_signed()
         value = Signal(signed(L.WIDE.width))
@@ -541,27 +645,99 @@ class ComputeUnit(wiring.Component):
                 with m.Case(mode):
                     m.d.comb += value.eq(result)
         residual = [mode for mode, spec in OUT_MODES.items() if spec.operands == "residual"]
-        needs_old = engine.o.valid & ok & Cat(*(f.out_mode == mode for mode in residual)).any()
+        ready = active & engine.o.valid
+        needs_old = ready & ok & Cat(*(f.out_mode == mode for mode in residual)).any()
         have_old = self._get(m, fetch_out, Buffer.ACT,
                              (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
         written = Signal()
-        with m.If(engine.o.valid & ok & have_old):
+        with m.If(ready & ok & have_old):
             m.d.comb += written.eq(self._write_wide(m, dst, row, value))
-        with m.If(engine.o.valid & (written | ~ok)):
-            m.d.comb += engine.o.ready.eq(1)
-            m.d.sync += token.eq(~token)
-            with m.If(token == 1):
-                m.d.sync += lane.eq(lane + 1)
-                with m.If(lane == lanes - 1):  # the pass is written: the next one
-                    tokens_per_pass = Mux(tile.pack, 2, 1)
-                    next_token = pas.pass_token + tokens_per_pass
-                    m.d.sync += [pas.beat_no.eq(0), pas.pass_token.eq(next_token)]
-                    m.next = "CLEAR"
-                    with m.If(next_token >= f.m):
-                        m.d.sync += [pas.pass_token.eq(0),
-                                     pas.pass_row.eq(pas.pass_row + lanes)]
-                        with m.If(pas.pass_row + lanes >= f.n):
-                            m.next = "COMPLETE"
+        pass_written = Signal()
+        with m.If(ready & (written | ~ok)):
+            m.d.sync += way.eq(way + 1)
+            with m.If(way == self.cfg.mem_channels - 1):
+                m.d.comb += engine.o.ready.eq(1)
+                m.d.sync += [way.eq(0), token.eq(~token)]
+                with m.If(token == 1):
+                    m.d.sync += lane.eq(lane + 1)
+                    with m.If(lane == per - 1):
+                        m.d.sync += lane.eq(0)
+                        m.d.comb += pass_written.eq(1)
+        return pass_written
+
+    def _next_pass(self, m, tile: MatrixTile, pas: MatrixPass):
+        """After a field-serial pass: the next pair of tokens, the next rows, or the end."""
+        f, lanes = tile.fields, self.cfg.mv_rows
+        next_token = pas.pass_token + Mux(tile.pack, 2, 1)
+        m.d.sync += [pas.beat_no.eq(0), pas.pass_token.eq(next_token)]
+        m.next = "CLEAR"
+        with m.If(next_token >= f.m):
+            m.d.sync += [pas.pass_token.eq(0), pas.pass_row.eq(pas.pass_row + lanes)]
+            with m.If(pas.pass_row + lanes >= f.n):
+                m.next = "COMPLETE"
+
+    # -- MATSTREAM -------------------------------------------------------------------------
+    def _stream_states(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
+                       beats: StreamBeats, length: StreamLength):
+        """STREAM_LENGTH, _SWEEP, _ACT, _DRAIN: the streams' length; per sweep (a pair of
+        tokens) every channel's streamer and the beats started, each beat's activations
+        (read by CLEAR, HEADER, X) handed over for every pass, and the sweep's results
+        written."""
+        f, channels = tile.fields, self.cfg.mem_channels
+        beats_bits = command_layout(self.cfg.axi_addr_bits)["beats"].width
+        with m.State("STREAM_LENGTH"):  # the tile's registers held while the length is computed
+            m.d.comb += [length.i.fmt.eq(tile.wfmt), length.i.sparsity.eq(tile.sparsity),
+                         length.i.group_log2.eq(tile.group_log2),
+                         length.i.beats.eq(tile.nbeats), length.i.groups.eq(tile.groups),
+                         length.i.passes.eq(st.passes)]
+            m.d.sync += [st.wait.eq(st.wait - 1), st.words.eq(length.words)]
+            with m.If(st.wait == 0):
+                with m.If(~length.fits | (length.words >> beats_bits != 0)):
+                    self._fail(m, Fault.RANGE)  # longer than one streamer command
+                with m.Else():
+                    m.d.sync += [pas.pass_token.eq(0), st.issued.eq(0)]
+                    m.next = "STREAM_SWEEP"
+        with m.State("STREAM_SWEEP"):  # each channel's stream and the beats, once per sweep
+            cmd = beats.cmd.payload
+            m.d.comb += [beats.cmd.valid.eq(~st.issued[channels]), cmd.fmt.eq(tile.wfmt),
+                         cmd.sparsity.eq(tile.sparsity), cmd.group_log2.eq(tile.group_log2),
+                         cmd.beats.eq(tile.nbeats), cmd.passes.eq(st.passes),
+                         cmd.words.eq(st.words)]
+            with m.If(beats.cmd.ready):
+                m.d.sync += st.issued[channels].eq(1)
+            for c in range(channels):
+                port = getattr(self, f"stream{c}")
+                m.d.comb += [port.valid.eq(~st.issued[c]),
+                             port.payload.addr.eq(st.page * STREAM_PAGE_BYTES),
+                             port.payload.beats.eq(st.words)]
+                with m.If(port.ready):
+                    m.d.sync += st.issued[c].eq(1)
+            with m.If(st.issued.all()):
+                m.d.sync += [st.issued.eq(0), st.sweep_pass.eq(0), st.result_row.eq(0),
+                             st.written.eq(0), pas.beat_no.eq(0)]
+                m.next = "CLEAR"
+        with m.State("STREAM_ACT"):  # the beat's activations, once per pass
+            act = beats.act.payload
+            m.d.comb += [beats.act.valid.eq(1), act.x.eq(pas.beat.x), act.xm.eq(pas.beat.xm),
+                         act.xe.eq(pas.beat.xe)]
+            with m.If(self.stream_error):
+                self._fail(m, Fault.BUS)
+            with m.Elif(beats.act.ready):
+                m.d.sync += pas.beat_no.eq(pas.beat_no + 1)
+                m.next = "CLEAR"
+                with m.If(pas.beat_no + 1 == tile.nbeats):
+                    m.d.sync += [pas.beat_no.eq(0), st.sweep_pass.eq(st.sweep_pass + 1)]
+                    with m.If(st.sweep_pass + 1 == st.passes):
+                        m.next = "STREAM_DRAIN"
+        with m.State("STREAM_DRAIN"):  # the sweep's last results
+            next_token = pas.pass_token + Mux(tile.pack, 2, 1)
+            with m.If(self.stream_error):
+                self._fail(m, Fault.BUS)
+            with m.Elif((st.written == st.passes) & ~beats.busy):
+                m.d.sync += pas.pass_token.eq(next_token)
+                m.next = "STREAM_SWEEP"
+                with m.If(next_token >= f.m):
+                    m.next = "COMPLETE"
 
     def _write_wide(self, m, base, index, value):
         """Request the write of INT32 element ``index`` of the wide row at word ``base``

@@ -172,6 +172,9 @@ class AccelConfig:
             self._fail("weight_group", "must be a power of two in 8..128")
         if self.dsps > self.device_dsps:
             self._fail("mv_rows", f"{self.dsps} DSPs exceed the device's {self.device_dsps}")
+        if self.mv_rows % self.mem_channels:
+            self._fail("mv_rows", f"must be a multiple of mem_channels ({self.mem_channels}): "
+                       "each channel's weight stream feeds the same number of lanes")
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Cycles of the sequencers as built: the COMPUTE unit's MATVEC, MATMAT and ATTN
+"""Cycles of the sequencers as built: the COMPUTE unit's MATVEC, MATMAT, MATSTREAM and ATTN
 (``hw/compute_unit.py``) and the SFU's instructions (``hw/sfu_unit.py``), state by state,
 with the field fetches' two-word caches.
 
@@ -25,6 +25,7 @@ from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import OutMode, WeightFormat
 from llmacc.kernel import RESULT_STAGES, chain_latency
+from sim.cycle_model import READ_LATENCY
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
 #: From issue to the first descriptor request, and the COMPLETE state.
@@ -33,6 +34,16 @@ COMPLETE = 1
 #: From the pass's last beat entering the engine to its first result at the output: the
 #: chain's latency, the lanes' row latch and the result collector's stages.
 ENGINE_DRAIN_EXTRA = RESULT_STAGES
+#: MATSTREAM: the stream length's wait (``StreamLength.LATENCY`` and the state's last
+#: cycle), a sweep's start (the commands, then the state that sees them all taken), and a
+#: beat's hand-over to the stream beats after its activation window
+STREAM_LENGTH = 4 + 1
+STREAM_SWEEP = 2
+STREAM_ACT = 1
+#: From a sweep's streamer commands to its first beat's words in the lanes, past the read
+#: latency and the words the first beat needs: the streamer's burst issue and the FIFO and
+#: unpacker registers
+STREAM_FIRST_EXTRA = 8
 
 
 class Fetch:
@@ -103,12 +114,14 @@ class MatrixShape:
     wgt_addr: int = 0
     meta_addr: int = 0
     out_addr: int = 0
+    streamed: bool = False  #: MATSTREAM: the weights from the channels' streams
 
     @classmethod
     def of(cls, insn: isa.Instruction, desc: L.Descriptor) -> MatrixShape:
-        step = insn.out_pitch if insn.opcode is isa.Opcode.MATMAT else 0
+        streamed = insn.opcode is isa.Opcode.MATSTREAM
+        step = 0 if insn.opcode is isa.Opcode.MATVEC else insn.out_pitch
         return cls(insn.k, insn.n, insn.m, desc, insn.out_mode, step, insn.act_addr,
-                   insn.wgt_addr, insn.meta_addr, insn.out_addr)
+                   0 if streamed else insn.wgt_addr, insn.meta_addr, insn.out_addr, streamed)
 
 
 class _MatrixClock:
@@ -165,24 +178,11 @@ class _MatrixClock:
         lanes, n_chain, tap = cfg.mv_rows, cfg.chain_len, cfg.chain_group
         slots = n_chain // tap
         qrows = [s.act_addr + (pass_token + t) * self.qrow_pitch for t in range(tokens_ok)]
-        chunks = self.cover // 8
         halves = 2 if self.ib else 1
         cycles = 0
         for b in range(self.nbeats):
             lo = b * n_chain
-            cycles += 1  # CLEAR
-            for q in qrows:  # HEADER
-                cycles += self.fa.one(q * wb)
-            cycles += 2 - tokens_ok  # HEADER: the absent token
-            col0 = b * self.cover
-            live = max(0, min(chunks, -(-(s.k - col0) // 8)))
-            for t in range(2):  # X: the activation window, 8 columns per read
-                if t < tokens_ok:
-                    first = (qrows[t] + self.qhdr) * wb + L.element_bit(col0, L.QCODE)
-                    cycles += self.fa.walk(first, L.element_bit(8, L.QCODE), live)
-                    cycles += chunks - live
-                else:
-                    cycles += chunks
+            cycles += self._window(b, qrows)
             kept_here = max(0, min(n_chain, self.kept - lo))
 
             def codes(lane: int, lo=lo, kept_here=kept_here) -> int:
@@ -219,6 +219,25 @@ class _MatrixClock:
         cycles += chain_latency(tap) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
         return cycles + self._results(pass_row, pass_token, lanes_ok, tokens_ok)
 
+    def _window(self, b: int, qrows: list[int]) -> int:
+        """CLEAR, HEADER and X of beat ``b``: the tokens' scales and activation window, 8
+        columns per read, for the tokens whose rows ``qrows`` holds (the others skipped)."""
+        s, wb = self.s, self.wb
+        chunks = self.cover // 8
+        cycles = 1 + 2 - len(qrows)  # CLEAR; HEADER: an absent token
+        for q in qrows:  # HEADER
+            cycles += self.fa.one(q * wb)
+        col0 = b * self.cover
+        live = max(0, min(chunks, -(-(s.k - col0) // 8)))
+        for t in range(2):  # X
+            if t < len(qrows):
+                first = (qrows[t] + self.qhdr) * wb + L.element_bit(col0, L.QCODE)
+                cycles += self.fa.walk(first, L.element_bit(8, L.QCODE), live)
+                cycles += chunks - live
+            else:
+                cycles += chunks
+        return cycles
+
     def _lanes(self, fetch: Fetch, pitch: int, lanes_ok: int, lane_cycles, idle: int) -> int:
         """One beat state over every lane: ``lane_cycles(lane)`` for the tile's rows (from
         the third on, the second's cycles again, one row further on) and ``idle`` cycles
@@ -253,6 +272,68 @@ class _MatrixClock:
         return cycles
 
 
+class _StreamClock(_MatrixClock):
+    """One MATSTREAM on the compute unit: per sweep (a pair of tokens) every pass's beats
+    get their activation window as MATVEC's do and go to the stream beats; the weights
+    arrive meanwhile, and each pass's results are written while the next pass's windows
+    are read, so only the sweep's last pass waits for its drain and writes."""
+
+    def run(self) -> int:
+        s, cfg = self.s, self.cfg
+        cycles = MATRIX_SETUP + self.fm.one(s.meta_addr * self.wb) + COMPLETE
+        if not (s.n and s.m):
+            return cycles
+        cycles += STREAM_LENGTH
+        tpp = 1 if self.int8 else 2
+        lanes = cfg.mv_rows
+        passes = -(-s.n // lanes)
+        for token in range(0, s.m, tpp):
+            qrows = [s.act_addr + (token + t) * self.qrow_pitch
+                     for t in range(min(tpp, s.m - token))]
+            cycles += STREAM_SWEEP
+            window = _Repeat((self.fa,))
+            first = self._window(0, qrows)
+            windows = first + STREAM_ACT + window.run(
+                passes * self.nbeats - 1,
+                lambda i, qrows=qrows: self._window((i + 1) % self.nbeats, qrows) + STREAM_ACT,
+                lambda i: (s.act_addr,), lambda i: (i + 1) % self.nbeats)
+            cycles += windows + max(0, self._first_words() - first)
+            # a pass shorter than the one before's writes waits for the collector
+            held = self.fo.held, self.fa.held
+            full = self._written(0, token, len(qrows))
+            self.fo.held, self.fa.held = held
+            cycles += (passes - 1) * max(0, full - windows // passes)
+            cycles += chain_latency(cfg.chain_group) + ENGINE_DRAIN_EXTRA
+            cycles += self._written(passes - 1, token, len(qrows))
+        return cycles
+
+    def _first_words(self) -> int:
+        """Cycles from the sweep's start until its first beat's words are in the lanes:
+        the read latency, then one word per lane of the first WEIGHTS and SCALES words."""
+        return READ_LATENCY + STREAM_FIRST_EXTRA + 2 * self.cfg.lanes_per_channel - STREAM_SWEEP
+
+    def _written(self, last_pass: int, token: int, tokens_ok: int) -> int:
+        """The sweep's last pass's results, way by way (``layout.stream_row``): a cycle
+        each, and with a residual mode the old value read first."""
+        s, cfg, wb = self.s, self.cfg, self.wb
+        per = cfg.lanes_per_channel
+        reads_old = isa.OUT_MODES[s.out_mode].operands == "residual"
+        cycles = 2 * cfg.mv_rows + 1  # and STREAM_DRAIN seeing the sweep written
+        for lane in range(per):
+            for t in range(tokens_ok):
+                for way in range(cfg.mem_channels):
+                    row = last_pass * cfg.mv_rows + way * per + lane
+                    if row >= s.n:
+                        continue
+                    word = (s.out_addr + (token + t) * s.step
+                            + L.element_bit(row, L.WIDE) // wb)
+                    if reads_old:
+                        cycles += self.fo.one(word * wb) - 1
+                    self.fo.written(word)
+                    self.fa.written(word)
+        return cycles
+
+
 #: instruction shapes priced per process: a decode step repeats the same program, and
 #: walking the sequencers in Python dominated the emulator's time
 PRICED_SHAPES = 1 << 16
@@ -260,9 +341,9 @@ PRICED_SHAPES = 1 << 16
 
 @lru_cache(maxsize=PRICED_SHAPES)
 def matrix_cycles(cfg: AccelConfig, shape: MatrixShape) -> int:
-    """Busy cycles of one MATVEC/MATMAT on the compute unit (a pure function of the
-    configuration and the shape, so it is priced once per process)."""
-    return _MatrixClock(cfg, shape).run()
+    """Busy cycles of one MATVEC/MATMAT/MATSTREAM on the compute unit (a pure function of
+    the configuration and the shape, so it is priced once per process)."""
+    return (_StreamClock if shape.streamed else _MatrixClock)(cfg, shape).run()
 
 
 def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False) -> int:

@@ -77,24 +77,6 @@ def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int,
     return max(stream_cycles(cfg, words), compute) + tail
 
 
-def tokens_per_pass(desc: L.Descriptor) -> int:
-    """Tokens one pass of the engine carries: two packed in each DSP, one with INT8
-    weights (``docs/HARDWARE.md``, two products per DSP)."""
-    return 1 if desc.wfmt is isa.WeightFormat.INT8 else 2
-
-
-def matstream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, n: int, m: int) -> int:
-    """A MATSTREAM of ``n`` rows over ``m`` tokens: the weights streamed once per pass of
-    tokens (:func:`tokens_per_pass`), each time as :func:`engine_stream_cycles` prices it.
-    The compute unit does not run MATSTREAM yet (it faults UNSUPPORTED): until it does, this
-    is the streaming engine's model, and the results' writes into ACT are not priced."""
-    lanes = cfg.lanes_per_channel
-    passes = L.stream_passes(n, cfg.mem_channels, lanes)
-    words = L.stream_words(geom, lanes, passes)
-    sweeps = -(-m // tokens_per_pass(geom.desc))
-    return MOVER_SETUP + sweeps * engine_stream_cycles(cfg, geom, passes, words)
-
-
 def fetch_beats(cfg: AccelConfig) -> int:
     """AXI beats per instruction word on the instruction port (at least one)."""
     return -(-isa.WORD_BYTES // cfg.axi_data_bytes)

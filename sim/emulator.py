@@ -312,10 +312,9 @@ class Emulator:
         if insn.opcode is Opcode.MATSTREAM:
             geom = L.StreamGeometry(desc, k, self.cfg.chain_len, self.cfg.axi_data_bits)
             tile = self._stream_tile(insn, geom)
-            cycles = C.matstream_cycles(self.cfg, geom, n, m)
         else:
             tile = self._weight_tile(insn, desc)
-            cycles = T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
+        cycles = T.matrix_cycles(self.cfg, T.MatrixShape.of(insn, desc))
         x, xm, xe = L.decode_qrows(self._get(Buffer.ACT, insn.act_addr, m,
                                              L.qrow_pitch(k, w)), k, w)
         out = N.linear_out(grouped_acc(x, tile), xm, xe, tile.shift, 0, 0)

@@ -4,8 +4,9 @@ byte (every channel), with the status word (error flag, fault code, faulting pc)
 Three kinds of program, drawn at random:
 
 * ``compute`` -- the buffers LOADed with random bytes around one random legal SFU, MATVEC/
-  MATMAT or ATTN instruction (:mod:`sim.instruction_cases`: every function, weight format,
-  sparsity, output mode), then ACT and KV STOREd;
+  MATMAT/MATSTREAM or ATTN instruction (:mod:`sim.instruction_cases`: every function, weight
+  format, sparsity, output mode; MATSTREAM's weight streams in every channel), then ACT and
+  KV STOREd;
 * ``copy`` -- token-ordered LOAD/STORE pairs through random buffers, with strided, reshaped,
   ``SEQ_LEN``-row and ``POS``-offset transfers and SETREGs between them;
 * ``illegal`` -- a copy program, a SYNC, then one word the decoder must refuse (an unknown
@@ -47,13 +48,17 @@ from llmacc.isa import (
     WeightFormat,
 )
 from llmacc.kernel import Fault, status_word
+from llmacc.widths import STREAM_PAGE_BYTES
 from sim.emulator import Emulator, EmulatorError
 from sim.instruction_cases import InstructionCase, attn_case, mat_case, sfu_case
 from sim.top_harness import TopHarness, waveform_suffix
 from sim.verilator import PROJECT_ROOT, waves_requested
 
 WAVES_DIR = PROJECT_ROOT / "build" / "sim" / "waves"
-CHANNEL_BYTES = 1 << 14  #: each channel of a fuzz run
+CHANNEL_BYTES = 1 << 15  #: each channel of a fuzz run
+#: where a compute case's MATSTREAM weight streams start in every channel: past the buffer
+#: images of channel 0 and the stores of channel 1 (:func:`case_layout`)
+STREAM_PAGE = CHANNEL_BYTES // 2 // STREAM_PAGE_BYTES
 LOAD_BIT, STORE_BIT = 1 << Unit.LOAD.value, 1 << Unit.STORE.value  #: token masks
 KINDS = ("compute", "copy", "illegal")
 
@@ -135,7 +140,7 @@ def case_program(cfg: AccelConfig, case: InstructionCase, ext: dict[Buffer, int]
         program.append(isa.make(Opcode.LOAD, buf=b, chan=0, ext_addr=ext[b], buf_addr=0,
                                 words=small.buffer_words(b), rows=1,
                                 release=unit if last else 0))
-    insn = case.insn
+    insn = case_insn(case)
     program.append(isa.make(insn.opcode, wait=LOAD_BIT, release=STORE_BIT, **insn.fields))
     for i, b in enumerate(out):
         program.append(isa.make(Opcode.STORE, buf=b, chan=1, ext_addr=out[b], buf_addr=0,
@@ -153,6 +158,31 @@ def case_layout(cfg: AccelConfig) -> tuple[dict[Buffer, int], dict[Buffer, int]]
     for b in Buffer:
         ext[b], at = at, at + small.buffer_words(b) * w
     return ext, {Buffer.ACT: 0, Buffer.KV: small.buffer_words(Buffer.ACT) * w}
+
+
+def case_insn(case: InstructionCase) -> isa.Instruction:
+    """The case's instruction as a program runs it: a MATSTREAM's page at
+    :data:`STREAM_PAGE`."""
+    if case.insn.opcode is not Opcode.MATSTREAM:
+        return case.insn
+    return isa.make(Opcode.MATSTREAM, **{**case.insn.fields, "page": STREAM_PAGE})
+
+
+def case_images(cfg: AccelConfig, case: InstructionCase, channels: list[bytes]) -> list[bytes]:
+    """``channels`` with the case's buffer images in channel 0 (:func:`case_image`) and a
+    MATSTREAM's weight streams (the case's channel bytes from its page on) at
+    :data:`STREAM_PAGE` of every channel."""
+    out = [case_image(cfg, case, channels[0]), *channels[1:]]
+    if case.insn.opcode is not Opcode.MATSTREAM:
+        return out
+    src, dst = case.insn.page * STREAM_PAGE_BYTES, STREAM_PAGE * STREAM_PAGE_BYTES
+    for c, ext in enumerate(case.emu.ext):
+        stream = np.asarray(ext[src:]).tobytes()
+        if dst + len(stream) > CHANNEL_BYTES:
+            raise ValueError(f"a {len(stream)}-byte weight stream does not fit channel {c} "
+                             f"past byte {dst:#x}")
+        out[c] = out[c][:dst] + stream + out[c][dst + len(stream):]
+    return out
 
 
 def case_image(cfg: AccelConfig, case: InstructionCase, channel: bytes) -> bytes:
@@ -175,6 +205,9 @@ def random_compute_case(cfg: AccelConfig, rng: random.Random) -> InstructionCase
         return sfu_case(small, rng, rng.choice(list(SfuFunc)))
     if kind == "attn":
         return attn_case(small, rng, rng.choice(list(AttnFunc)))
+    if rng.random() < 0.4:  # MATSTREAM, in a format and sparsity the streams hold
+        fmt, sparsity = rng.choice(list(L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)))
+        return mat_case(small, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
     return mat_case(small, rng, rng.choice(list(WeightFormat)), rng.choice(list(Sparsity)),
                     rng.choice(list(OutMode)), rng.choice((Opcode.MATVEC, Opcode.MATMAT)))
 
@@ -248,9 +281,9 @@ def draw(cfg: AccelConfig, rng: random.Random, kind: str) -> FuzzProgram:
     if kind == "compute":
         case = random_compute_case(cfg, rng)
         ext, out = case_layout(cfg)
-        start[0] = case_image(cfg, case, start[0])
+        start = case_images(cfg, case, start)
         program = case_program(cfg, case, ext, out)
-        focus, fuzzed = case.insn, 1
+        focus, fuzzed = case_insn(case), 1
     else:
         program = copy_program(rng, cfg, rng.randint(2, 6))  # SEQ_LEN 1 and POS 0 at first
         fuzzed = sum(i.opcode in (Opcode.LOAD, Opcode.STORE) for i in program)
@@ -296,7 +329,7 @@ def _output_of(insn: isa.Instruction, w: int) -> tuple[int, int, int] | None:
     """(first word, row pitch in words, elements per row) of an instruction's INT32 output,
     for the instructions that write one."""
     f = insn.fields
-    if insn.opcode is Opcode.MATMAT:
+    if insn.opcode in (Opcode.MATMAT, Opcode.MATSTREAM):
         return f["out_addr"], f["out_pitch"], f["n"]
     if insn.opcode is Opcode.MATVEC:
         return f["out_addr"], L.wide_pitch(f["n"], w), f["n"]

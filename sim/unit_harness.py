@@ -4,11 +4,14 @@ The unit (``hw/sfu_unit.py``, ``hw/compute_unit.py``) is attached to a
 :class:`hw.buffer_access.BufferBank`; for each case (``sim/instruction_cases.py``) the
 harness loads the emulator's buffer bytes, issues the instruction with the run-time
 registers, waits for completion and returns the fault code and every buffer's bytes, for the
-tests to compare with the emulator's.
+tests to compare with the emulator's. A unit with weight-stream ports (``stream<c>`` commands,
+``weights<c>`` words: the COMPUTE unit's MATSTREAM) reads them from the case's channel
+memories, as the top's weight streamers would, with random pauses.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,17 +57,49 @@ class Outcome:
 
 
 def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[InstructionCase],
-                     max_cycles: int = 200_000) -> list[Outcome]:
+                     max_cycles: int = 200_000, seed: int = 0) -> list[Outcome]:
     """Each case on ``unit`` in one simulation (building the simulator is the slow part):
     load its images, issue, wait for completion, read the buffers back."""
     dut = UnitHarness(cfg, unit)
     w = cfg.axi_data_bytes
     outcomes = []
+    running: list[InstructionCase] = []  # the case being run, for the stream channels
+    rng = random.Random(seed)
+
+    def channel(c: int):
+        """Channel ``c``'s weight streamer: each command's words from the running case's
+        channel memory, in order, pausing at random."""
+        cmd, out = getattr(unit, f"stream{c}"), getattr(unit, f"weights{c}")
+
+        async def streamer(ctx):
+            ctx.set(cmd.ready, 1)
+            while True:
+                if not ctx.get(cmd.valid):
+                    await ctx.tick()
+                    continue
+                addr, beats = ctx.get(cmd.payload.addr), ctx.get(cmd.payload.beats)
+                await ctx.tick()
+                mem = running[-1].emu.ext[c]
+                for i in range(beats):
+                    while rng.random() < 0.2:
+                        ctx.set(out.valid, 0)
+                        await ctx.tick()
+                    word = mem[addr + i * w:addr + (i + 1) * w]
+                    ctx.set(out.payload, int.from_bytes(word.tobytes(), "little"))
+                    ctx.set(out.valid, 1)
+                    while True:
+                        taken = ctx.get(out.ready)
+                        await ctx.tick()
+                        if taken:
+                            break
+                ctx.set(out.valid, 0)
+        return streamer
 
     async def bench(ctx):
         mems = dut.bank.memories
         issue = unit.issue
         for case in cases:
+            running.append(case)
             for b, img in case.images.items():
                 for i in range(mems[b].depth):
                     ctx.set(mems[b].data[i], int.from_bytes(img[i * w:(i + 1) * w], "little"))
@@ -89,6 +124,9 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
+    for c in range(cfg.mem_channels):
+        if f"stream{c}" in unit.signature.members:
+            sim.add_testbench(channel(c), background=True)
     sim.run()
     return outcomes
 
@@ -97,7 +135,7 @@ def check_against_emulator(cfg: AccelConfig, unit: wiring.Component,
                            cases: list[InstructionCase], seed: int) -> list[int]:
     """Run every case on ``unit`` (one simulation) and on its emulator: the buffers must be
     equal byte for byte, or both must refuse the instruction. Returns the fault codes."""
-    outcomes = run_instructions(cfg, unit, cases)
+    outcomes = run_instructions(cfg, unit, cases, seed=seed)
     w = cfg.axi_data_bytes
     for case, out in zip(cases, outcomes, strict=True):
         try:

@@ -10,6 +10,7 @@ from amaranth.sim import Simulator
 
 from hw.accelerator import HALT_WORD, Accelerator, ProgramFetch
 from llmacc import isa
+from llmacc import layout as L
 from llmacc.config import PRESETS
 from llmacc.isa import (
     AttnFunc,
@@ -26,6 +27,7 @@ from sim.emulator import Emulator, EmulatorError
 from sim.fuzz import (
     CHANNEL_BYTES,
     case_config,
+    case_images,
     case_layout,
     case_program,
     copy_program,
@@ -38,10 +40,10 @@ CFG = PRESETS["sim-small"]
 CASE_CFG = case_config(CFG)
 
 
-#: The U280 top with 2 of its 96 engine lanes (which are instances of one module): Verilator's
-#: lint of the whole top needs more than 14 GB and 12 minutes. Channels, data widths, buffers
-#: and chain length are the U280's.
-U280_LINT = PRESETS["u280"].replace(name="u280-lint", mv_rows=2)
+#: The U280 top with 32 of its 96 engine lanes (instances of one module), one per channel:
+#: Verilator's lint of the whole top needs more than 14 GB and 12 minutes. Channels, data
+#: widths, buffers and chain length are the U280's.
+U280_LINT = PRESETS["u280"].replace(name="u280-lint", mv_rows=32)
 
 
 # The U280 top takes minutes to convert (its 5.5 MiB of buffers are written out word by word
@@ -165,13 +167,16 @@ def _run_top(seed: int, images: list[bytes], runs: list[dict],
 
 @pytest.mark.verilator
 def test_top_runs_compute_instructions_like_the_emulator(sim_small_top, seed):
-    """Every SFU function, matrix instructions of every format and mode, every attention
+    """Every SFU function, matrix instructions of every format and mode (MATSTREAM's
+    weights streamed from every channel through its read-port share), every attention
     function, and faulting ones, through the whole top (AXI in, units, AXI out) in one
     simulation; channel bytes and status equal the emulator's after each program."""
     rng = random.Random(seed)
     cases = [sfu_case(CASE_CFG, rng, f) for f in SfuFunc]
     cases += [mat_case(CASE_CFG, rng, fmt, rng.choice(list(Sparsity)), rng.choice(list(OutMode)),
                        rng.choice((Opcode.MATVEC, Opcode.MATMAT))) for fmt in WeightFormat]
+    cases += [mat_case(CASE_CFG, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
+              for fmt, sparsity in L.stream_geometries(CFG.chain_len, CFG.axi_data_bits)]
     cases += [attn_case(CASE_CFG, rng, f) for f in AttnFunc]
     broken = sfu_case(CASE_CFG, rng, SfuFunc.ROPE)
     cases.append(InstructionCase(broken.emu, isa.make(Opcode.SFU, **{
@@ -183,6 +188,9 @@ def test_top_runs_compute_instructions_like_the_emulator(sim_small_top, seed):
         for b, image in case.images.items():
             emu.write_ext(0, ext[b], image[:CASE_CFG.buffer_words(b) * CFG.axi_data_bytes])
         start = [emu.read_ext(c, 0, CHANNEL_BYTES).tobytes() for c in range(CFG.mem_channels)]
+        start = case_images(CFG, case, start)
+        for c, image in enumerate(start):
+            emu.write_ext(c, 0, np.frombuffer(image, np.uint8))
         program = case_program(CFG, case, ext, out)
         lengths.append(len(program))
         status = status_word()

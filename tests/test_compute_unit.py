@@ -1,9 +1,12 @@
 """The COMPUTE unit sequencer against the emulator: matrix instructions of every weight
-format, sparsity and output mode, and every attention function, on random buffers
-(``sim/instruction_cases.py``), every buffer byte compared afterwards; faults where the
-emulator refuses or the engine's schedule cannot run."""
+format, sparsity and output mode (MATSTREAM's weights from the channels' streams), and every
+attention function, on random buffers (``sim/instruction_cases.py``), every buffer byte
+compared afterwards; faults where the emulator refuses or the engine's schedule cannot
+run."""
 
 import random
+
+import pytest
 
 from hw.compute_unit import ComputeUnit
 from llmacc import isa
@@ -18,6 +21,8 @@ CFG = PRESETS["sim-small"].replace(act_buffer_bytes=4096, weight_buffer_bytes=40
                                    kv_buffer_bytes=2048, meta_buffer_bytes=2048,
                                    table_buffer_bytes=1024)
 W = CFG.axi_data_bytes
+#: 128-bit words: a beat-major stream holds every format and sparsity (64-bit words, four)
+CFG_128 = CFG.replace(axi_data_bits=128)
 
 
 def test_matrix_instructions_match_emulator(seed):
@@ -31,6 +36,16 @@ def test_matrix_instructions_match_emulator(seed):
     check_against_emulator(CFG, ComputeUnit(CFG), cases, seed)
 
 
+@pytest.mark.parametrize("cfg", [CFG, CFG_128], ids=["64-bit", "128-bit"])
+def test_matstream_matches_emulator(cfg, seed):
+    """MATSTREAM in every format and sparsity a stream of the config's words holds, every
+    output mode, one to three passes over the lanes, one to five tokens."""
+    rng = random.Random(seed)
+    cases = [mat_case(cfg, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
+             for fmt, sparsity in L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)]
+    check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+
+
 def test_attention_matches_emulator(seed):
     rng = random.Random(seed)
     cases = [attn_case(CFG, rng, f) for f in AttnFunc for _ in range(3)]
@@ -39,9 +54,9 @@ def test_attention_matches_emulator(seed):
 
 def test_compute_unit_faults(seed):
     """A descriptor that does not decode, K off the group, records off the buffers, an odd
-    head size: the emulator refuses, the unit faults. A tile the engine cannot schedule runs
-    in the emulator and is UNSUPPORTED here (the compiler never emits one), as is MATSTREAM
-    for now."""
+    head size, a MATSTREAM format that the streams do not hold: the emulator refuses, the
+    unit faults. A tile the engine cannot schedule runs in the emulator and is UNSUPPORTED
+    here (the compiler never emits one)."""
     rng = random.Random(seed)
     cases, want = [], []
 
@@ -60,6 +75,13 @@ def test_compute_unit_faults(seed):
     broken(attn_case(CFG, rng, AttnFunc.SCORE), Fault.PARAM, head_dim=5)
     broken(attn_case(CFG, rng, AttnFunc.PV), Fault.RANGE,
            kv_addr=CFG.buffer_words(Buffer.KV) - 1)
+    case = mat_case(CFG, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, Opcode.MATSTREAM)
+    at = case.insn.meta_addr * W
+    int8 = L.Descriptor(WeightFormat.INT8, Sparsity.DENSE, 5)  # 8 planes: not in 64 bits
+    assert (WeightFormat.INT8, Sparsity.DENSE) not in L.stream_geometries(CFG.chain_len,
+                                                                           CFG.axi_data_bits)
+    case.emu.buf[Buffer.META][at:at + W] = int8.encode(W)[0]
+    broken(case, Fault.UNSUPPORTED, k=64)
     assert check_against_emulator(CFG, ComputeUnit(CFG), cases, seed) == want
 
     case = mat_case(CFG, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, Opcode.MATVEC)
@@ -68,8 +90,5 @@ def test_compute_unit_faults(seed):
     at = case.insn.meta_addr * W
     case.emu.buf[Buffer.META][at:at + W] = desc.encode(W)[0]
     insn = isa.make(case.insn.opcode, **{**case.insn.fields, "k": 32})  # whole groups, blocks
-    # MATSTREAM reads the channels' weight streams, which this unit does not (yet)
-    stream = mat_case(CFG, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, Opcode.MATSTREAM)
-    out = run_instructions(CFG, ComputeUnit(CFG),
-                           [InstructionCase(case.emu, insn, case.regs), stream])
-    assert [o.fault for o in out] == [Fault.UNSUPPORTED] * 2
+    out = run_instructions(CFG, ComputeUnit(CFG), [InstructionCase(case.emu, insn, case.regs)])
+    assert [o.fault for o in out] == [Fault.UNSUPPORTED]

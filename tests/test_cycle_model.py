@@ -2,9 +2,10 @@
 calibrated against the RTL top's counters, on sim-small (make test) and sim-wide (make sim):
 
 * data movement: every LOAD/STORE's busy cycles exactly, each program's total within 5%;
-* compute: random MATVEC/MATMAT, ATTN and SFU instructions (every format, sparsity, output
-  mode and function), each in a program that loads its buffers, runs it and stores the
-  results: the unit's busy cycles and the program's total within 5%.
+* compute: random MATVEC/MATMAT/MATSTREAM, ATTN and SFU instructions (every format,
+  sparsity, output mode and function; MATSTREAM's streams in every channel), each in a
+  program that loads its buffers, runs it and stores the results: the unit's busy cycles
+  and the program's total within 5%.
 """
 
 import random
@@ -69,11 +70,12 @@ def _calibrate_compute(name: str, seed: int, count: int) -> tuple[list[str], dic
     with TopHarness(cfg, [size] * chans, 1 << 12, seed=seed) as top:
         for index in range(count):
             case = fuzz.random_compute_case(cfg, rng)
-            image = fuzz.case_image(cfg, case, bytes(size))
+            images = fuzz.case_images(cfg, case, [bytes(size)] * chans)
             program = fuzz.register_preamble() + fuzz.case_program(cfg, case, ext, out)
             emu = Emulator(cfg, [size] * chans)
-            emu.write_ext(0, 0, np.frombuffer(image, np.uint8))
-            top.write(0, 0, image)
+            for c, image in enumerate(images):
+                emu.write_ext(c, 0, np.frombuffer(image, np.uint8))
+                top.write(c, 0, image)
             model = emu.run(program)
             rtl = top.run(isa.encode_program(program))
             unit = case.insn.unit.name
