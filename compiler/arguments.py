@@ -22,6 +22,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode keys round up to a multiple of this (default: the config's)")
     p.add_argument("--max-len", type=int, default=None,
                    help="longest context (default: the smaller of the config's and the model's)")
-    p.add_argument("--stream-weights", action="store_true",
+    p.add_argument("--stream-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="weights as beat-major streams in every channel, read by MATSTREAM "
-                        "(the channels' weight streamers feed the matrix engine)")
+                        "(the channels' weight streamers feed the matrix engine; the "
+                        "default); --no-stream-weights loads them into WGT and META for "
+                        "MATVEC/MATMAT")

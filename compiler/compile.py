@@ -110,10 +110,10 @@ class CompiledModel:
 def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None = None,
                   decode_bucket: int | None = None, max_len: int | None = None,
                   lengths: dict[str, list[int]] | None = None,
-                  stream_weights: bool = False) -> CompiledModel:
+                  stream_weights: bool = True) -> CompiledModel:
     """Every bucket's program (or only ``lengths``' buckets, for tests) for ``im`` on ``cfg``;
     ``stream_weights``: the linears as MATSTREAM tiles where their formats stream (the
-    emulator runs them; the RTL does not yet)."""
+    others, and all with False, through WGT and META for MATVEC/MATMAT)."""
     start = time.perf_counter()
     pb = prefill_bucket or cfg.prefill_bucket
     db = decode_bucket or cfg.decode_bucket

@@ -18,11 +18,13 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   takes the next command only when the last is done), which is the bandwidth efficiency.
 * **RTL as built** -- the matrix and attention sequencers as they are in ``hw/``, priced by
   the calibrated cycle model (:mod:`sim.compute_timing`, equal to the RTL's busy counters on
-  every tested instruction): one buffer field per cycle (codes, indices, scales,
-  exponents, activations) with the fetches' refills, attention one multiply per cycle. Each
-  matrix is priced as one instruction of its full shape (the compiler's tiles add a few
-  cycles of set-up each); SFU instructions are left out (under 0.1% of these cycles). It
-  says by how much the current RTL misses the design.
+  every tested instruction): a matrix whose format streams on the configuration is a
+  MATSTREAM, as the compiler emits it (its weights from the channels' streams, each beat's
+  activation window read field by field); the others MATVEC/MATMAT, one buffer field per
+  cycle (codes, indices, scales, exponents, activations) with the fetches' refills;
+  attention one multiply per cycle. Each matrix is priced as one instruction of its full
+  shape (the compiler's tiles add a few cycles of set-up each); SFU instructions are left
+  out (under 0.1% of these cycles). It says by how much the current RTL misses the design.
 
 The published anchors printed beside ours: FlightLLM 55 tok/s on the U280 for LLaMA2-7B
 (FPGA '24), AccLLM 2.98x FlightLLM's throughput (~164 tok/s).
@@ -33,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from compiler.memory_plan import CompileError
-from compiler.placement import tile_rows
+from compiler.placement import stream_geometry, tile_rows
 from compiler.step_buffers import StepDims, allocate_step
 from llmacc import isa
 from llmacc import layout as L
@@ -124,7 +126,9 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
     per_pass = 1 if desc.wfmt is WeightFormat.INT8 else 2
     passes = -(-n // cfg.mv_rows) * -(-tokens // per_pass)
     engine = passes * beats
-    rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(k, n, tokens, desc))
+    streamed = stream_geometry(cfg, desc, k) is not None  # as the compiler places it
+    rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(
+        k, n, tokens, desc, step=L.wide_pitch(n, w) if streamed else 0, streamed=streamed))
     return Operator(name, n * row_words * w, n * kept * tokens,
                     _rows_cycles(cfg, n, row_words), engine, rtl)
 
