@@ -40,6 +40,7 @@ from llmacc.config import AccelConfig
 U280 = {"LUT": 1_303_680, "GATES": 1_303_680, "FF": 2_607_360, "SRL": 0, "DSP": 9024,
         "BRAM36": 2016, "URAM": 960}
 BRAM36_BYTES, URAM_BYTES = 36 * 1024 // 8, 288 * 1024 // 8
+BRAM36_WIDTH, BRAM36_DEPTH = 72, 512  #: a BRAM36 in its widest mode
 MAPPED = ("LUT", "FF", "SRL", "DSP", "BRAM36", "URAM")  #: with ABC's LUT mapping
 UNMAPPED = ("DSP", "GATES", "FF", "BRAM36", "URAM")  #: the WebAssembly yosys
 #: MUXF7/MUXF8 for multiplexers of 5 inputs and more, as Vivado maps them (yosys' own
@@ -134,12 +135,16 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
 
 
 def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
-    """On-chip buffers: the large ones in URAM, the small ones in BRAM (as Vivado maps them)."""
+    """On-chip buffers: the large ones in URAM, the small ones in BRAM (as Vivado maps them);
+    the COMPUTE unit's MATSTREAM replay memory in BRAM36 of 72 x 512, as wide as it is."""
+    from hw.compute_unit import replay_shape
     from llmacc.config import BUFFER_FIELDS
 
     sizes = [getattr(cfg, f) for f in BUFFER_FIELDS.values()]
     uram = sum(-(-s // URAM_BYTES) for s in sizes if s >= 256 * 1024)
     bram = sum(-(-s // BRAM36_BYTES) for s in sizes if s < 256 * 1024)
+    bits, depth = replay_shape(cfg)
+    bram += -(-bits // BRAM36_WIDTH) * -(-depth // BRAM36_DEPTH)
     return {"BRAM36": bram, "URAM": uram}
 
 

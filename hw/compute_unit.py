@@ -27,7 +27,8 @@ the tile's stream at ``page * STREAM_PAGE_BYTES`` (its length from
 :class:`hw.stream_engine.StreamLength`), and :class:`hw.stream_engine.StreamBeats` turns the
 words (``weights<c>``) into the engine's lanes, ``lanes_per_channel`` rows of each channel
 per pass (``layout.stream_row``). Per pair of tokens (one, INT8) the weights stream once:
-the activation window of each beat is read from ACT as for MATVEC, for every pass, and the
+in the first pass each beat's activation window is read from ACT as for MATVEC and kept in
+the replay memory (a window per beat), which gives the later passes a beat per cycle; the
 results are written while the next pass streams, a collector way per channel, one element
 per cycle. A format the streams do not hold is :attr:`Fault.UNSUPPORTED`, a stream longer
 than a streamer command :attr:`Fault.RANGE`, an error response :attr:`Fault.BUS`.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import command_layout
@@ -81,6 +83,14 @@ def sparse_shape(sparsity: Sparsity) -> tuple[int, int, int]:
         return 0, 0, 0
     keep, block = nm
     return _log2(keep), _log2(block), L.Descriptor(WeightFormat.W2, sparsity, 3).index_bits()
+
+
+def replay_shape(cfg: AccelConfig) -> tuple[int, int]:
+    """(bits, depth) of the MATSTREAM replay memory: one beat's activation window of two
+    tokens per entry, an entry per beat of the longest row (K < 2**14)."""
+    k_max = (1 << MatFields.as_shape()["k"].width) - 1
+    head, _, _ = engine_layouts(cfg.mv_rows, cfg.chain_len, cfg.chain_group)
+    return head["x"].shape.size, -(-k_max // cfg.chain_len)
 
 
 MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
@@ -188,7 +198,9 @@ class StreamTile:
     words: Signal  #: words of each channel's stream
     wait: Signal  #: cycles left for the stream length
     issued: Signal  #: per channel its streamer command is out, and the beats' (last bit)
-    sweep_pass: Signal  #: the pass whose activations are being sent
+    replay_beat: Signal  #: the next beat the replay reads
+    replay_pass: Signal  #: passes the replay has read
+    replay_valid: Signal  #: the replay memory's output holds a beat not yet taken
     result_row: Signal  #: the first row of the pass whose results are being written
     written: Signal  #: passes of the sweep written
 
@@ -199,7 +211,8 @@ class StreamTile:
             passes=Signal(16, name="passes"), words=Signal(24, name="stream_words"),
             wait=Signal(range(StreamLength.LATENCY + 1), name="length_wait"),
             issued=Signal(cfg.mem_channels + 1, name="issued"),
-            sweep_pass=Signal(16, name="sweep_pass"), result_row=Signal(16, name="result_row"),
+            replay_beat=Signal(16, name="replay_beat"), replay_pass=Signal(16, name="replay_pass"),
+            replay_valid=Signal(name="replay_valid"), result_row=Signal(16, name="result_row"),
             written=Signal(16, name="written"))
 
 
@@ -337,7 +350,8 @@ class ComputeUnit(wiring.Component):
             self._tile_states(m, tile, pas, st, fetch["meta"])
             self._activation_states(m, tile, pas, st, fetch["act"])
             self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine, old_beat)
-            self._stream_states(m, tile, pas, st, beats, length)
+            self._stream_states(m, tile, pas, st, beats, length,
+                                self._replay_memory(m, head_layout))
             with m.State("RESULTS"), m.If(written):
                 self._next_pass(m, tile, pas)
             self._attention(m, af, regs, fetch["act"], fetch["wgt"])
@@ -350,6 +364,14 @@ class ComputeUnit(wiring.Component):
             m.d.sync += [st.result_row.eq(st.result_row + lanes), st.written.eq(st.written + 1)]
         self._engine_input(m, engine, beats, pas, st, old_beat)
         return m
+
+    def _replay_memory(self, m, head_layout) -> Memory:
+        """A MATSTREAM sweep's activation windows, written in the first pass and read by
+        the others (:func:`replay_shape`)."""
+        shape = head_layout["x"].shape
+        _, depth = replay_shape(self.cfg)
+        m.submodules.replay = mem = Memory(shape=shape, depth=depth, init=[])
+        return mem
 
     @staticmethod
     def _stream_fields(m, tile: MatrixTile, st: StreamTile, sf):
@@ -627,8 +649,10 @@ class ComputeUnit(wiring.Component):
     def _results(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
                  engine: MatrixEngine, fetch_out: FieldFetch, active):
         """While ``active``, write the results as the engine gives them: each transfer one
-        per collector way (channel), taken way by way, lane by lane, token 0 then 1.
-        Returns what is true in the cycle the pass's last result is taken."""
+        per collector way (channel), taken way by way, lane by lane, token 0 then 1; the
+        first way without a result to write (a row past the tile, an absent token: every
+        later way's is too) ends its transfer. Returns what is true in the cycle the pass's
+        last result is taken."""
         f, lb = tile.fields, self._bit_log2
         per = self.cfg.lanes_per_channel
         lane, token, way = pas.result_lane, pas.result_token, pas.result_way
@@ -655,7 +679,7 @@ class ComputeUnit(wiring.Component):
         pass_written = Signal()
         with m.If(ready & (written | ~ok)):
             m.d.sync += way.eq(way + 1)
-            with m.If(way == self.cfg.mem_channels - 1):
+            with m.If((way == self.cfg.mem_channels - 1) | ~ok):
                 m.d.comb += engine.o.ready.eq(1)
                 m.d.sync += [way.eq(0), token.eq(~token)]
                 with m.If(token == 1):
@@ -678,11 +702,11 @@ class ComputeUnit(wiring.Component):
 
     # -- MATSTREAM -------------------------------------------------------------------------
     def _stream_states(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
-                       beats: StreamBeats, length: StreamLength):
-        """STREAM_LENGTH, _SWEEP, _ACT, _DRAIN: the streams' length; per sweep (a pair of
-        tokens) every channel's streamer and the beats started, each beat's activations
-        (read by CLEAR, HEADER, X) handed over for every pass, and the sweep's results
-        written."""
+                       beats: StreamBeats, length: StreamLength, replay: Memory):
+        """STREAM_LENGTH, _SWEEP, _ACT, _REPLAY, _DRAIN: the streams' length; per sweep (a
+        pair of tokens) every channel's streamer and the beats started, the first pass's
+        beats with the activation windows read by CLEAR, HEADER and X (and kept), the other
+        passes' from the replay memory, and the sweep's results written."""
         f, channels = tile.fields, self.cfg.mem_channels
         beats_bits = command_layout(self.cfg.axi_addr_bits)["beats"].width
         with m.State("STREAM_LENGTH"):  # the tile's registers held while the length is computed
@@ -713,22 +737,43 @@ class ComputeUnit(wiring.Component):
                 with m.If(port.ready):
                     m.d.sync += st.issued[c].eq(1)
             with m.If(st.issued.all()):
-                m.d.sync += [st.issued.eq(0), st.sweep_pass.eq(0), st.result_row.eq(0),
-                             st.written.eq(0), pas.beat_no.eq(0)]
+                m.d.sync += [st.issued.eq(0), st.result_row.eq(0), st.written.eq(0),
+                             pas.beat_no.eq(0)]
                 m.next = "CLEAR"
-        with m.State("STREAM_ACT"):  # the beat's activations, once per pass
-            act = beats.act.payload
+        act = beats.act.payload
+        write, read = replay.write_port(), replay.read_port()
+        with m.State("STREAM_ACT"):  # the first pass: the window just read, and kept
             m.d.comb += [beats.act.valid.eq(1), act.x.eq(pas.beat.x), act.xm.eq(pas.beat.xm),
-                         act.xe.eq(pas.beat.xe)]
+                         act.xe.eq(pas.beat.xe), write.addr.eq(pas.beat_no),
+                         write.data.eq(pas.beat.x), write.en.eq(beats.act.ready)]
             with m.If(self.stream_error):
                 self._fail(m, Fault.BUS)
             with m.Elif(beats.act.ready):
                 m.d.sync += pas.beat_no.eq(pas.beat_no + 1)
                 m.next = "CLEAR"
                 with m.If(pas.beat_no + 1 == tile.nbeats):
-                    m.d.sync += [pas.beat_no.eq(0), st.sweep_pass.eq(st.sweep_pass + 1)]
-                    with m.If(st.sweep_pass + 1 == st.passes):
+                    m.d.sync += [st.replay_beat.eq(0), st.replay_pass.eq(1),
+                                 st.replay_valid.eq(0)]
+                    m.next = "STREAM_REPLAY"
+                    with m.If(st.passes == 1):
                         m.next = "STREAM_DRAIN"
+        with m.State("STREAM_REPLAY"):  # the other passes, a beat per cycle
+            more = st.replay_pass != st.passes
+            taken = beats.act.ready
+            advance = more & (~st.replay_valid | taken)
+            m.d.comb += [beats.act.valid.eq(st.replay_valid), act.x.eq(read.data),
+                         act.xm.eq(pas.beat.xm), act.xe.eq(pas.beat.xe),
+                         read.addr.eq(st.replay_beat), read.en.eq(advance)]
+            with m.If(advance):
+                m.d.sync += [st.replay_valid.eq(1), st.replay_beat.eq(st.replay_beat + 1)]
+                with m.If(st.replay_beat + 1 == tile.nbeats):
+                    m.d.sync += [st.replay_beat.eq(0), st.replay_pass.eq(st.replay_pass + 1)]
+            with m.Elif(taken):
+                m.d.sync += st.replay_valid.eq(0)
+            with m.If(self.stream_error):
+                self._fail(m, Fault.BUS)
+            with m.Elif(~more & (~st.replay_valid | taken)):
+                m.next = "STREAM_DRAIN"
         with m.State("STREAM_DRAIN"):  # the sweep's last results
             next_token = pas.pass_token + Mux(tile.pack, 2, 1)
             with m.If(self.stream_error):

@@ -44,6 +44,8 @@ STREAM_ACT = 1
 #: latency and the words the first beat needs: the streamer's burst issue and the FIFO and
 #: unpacker registers
 STREAM_FIRST_EXTRA = 8
+#: From the first pass's last beat to the replay memory's first: the state's first read
+REPLAY_START = 1
 
 
 class Fetch:
@@ -252,31 +254,46 @@ class _MatrixClock:
         return cycles + (self.cfg.mv_rows - lanes_ok) * idle
 
     def _results(self, pass_row: int, pass_token: int, lanes_ok: int, tokens_ok: int) -> int:
-        """Each lane's two token slots: one cycle per element, and with a residual mode the
-        old value read first (the write then invalidates the word just read)."""
-        s, wb, lanes = self.s, self.wb, self.cfg.mv_rows
-        operands = isa.OUT_MODES[s.out_mode].operands
-        if operands not in OUT_OPERAND_FETCHES:
-            raise ValueError(f"out_mode {s.out_mode.name}: the cycle model does not know "
-                             f"{operands!r} operands")
-        reads_old = operands == "residual"
-        cycles = 2 * lanes
-        for lane in range(lanes_ok):
-            for t in range(tokens_ok):
-                word = (s.out_addr + (pass_token + t) * s.step
-                        + L.element_bit(pass_row + lane, L.WIDE) // wb)
+        """The pass's results as the collector gives them (``hw/compute_unit.py``)."""
+        return _collector_writes(self.cfg, self.s, self.fo, self.fa, pass_row, pass_token,
+                                 tokens_ok)
+
+
+def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, first_row: int,
+                      token: int, tokens_ok: int) -> int:
+    """The writes of one pass's results: per lane of a way and token, a transfer of one
+    result per way (channel), written way by way, one cycle each, with a residual mode the
+    old value read first; the first way without a result (past the tile's rows, or an
+    absent token) ends its transfer in a cycle."""
+    wb = 8 * cfg.axi_data_bytes
+    operands = isa.OUT_MODES[s.out_mode].operands
+    if operands not in OUT_OPERAND_FETCHES:
+        raise ValueError(f"out_mode {s.out_mode.name}: the cycle model does not know "
+                         f"{operands!r} operands")
+    reads_old = operands == "residual"
+    per, ways = cfg.lanes_per_channel, cfg.mem_channels
+    cycles = 0
+    for lane in range(per):
+        for t in range(2):
+            rows = [first_row + way * per + lane for way in range(ways)]
+            rows = [r for r in rows if r < s.n] if t < tokens_ok else []
+            cycles += min(ways, len(rows) + 1)
+            for row in rows:
+                word = (s.out_addr + (token + t) * s.step + L.element_bit(row, L.WIDE) // wb)
                 if reads_old:
-                    cycles += self.fo.one(word * wb) - 1
-                self.fo.written(word)
-                self.fa.written(word)
-        return cycles
+                    cycles += fo.one(word * wb) - 1
+                fo.written(word)
+                fa.written(word)
+    return cycles
 
 
 class _StreamClock(_MatrixClock):
-    """One MATSTREAM on the compute unit: per sweep (a pair of tokens) every pass's beats
-    get their activation window as MATVEC's do and go to the stream beats; the weights
-    arrive meanwhile, and each pass's results are written while the next pass's windows
-    are read, so only the sweep's last pass waits for its drain and writes."""
+    """One MATSTREAM on the compute unit: per sweep (a pair of tokens) the first pass's
+    beats get their activation window as MATVEC's do, the other passes' come from the
+    replay memory a beat per cycle, unless the weights' words (one a cycle after the read
+    latency) or the collector (a pass shorter than its writes) hold them back; each pass's
+    results are written while the next one runs, so only the sweep's last pass waits for
+    its drain and writes."""
 
     def run(self) -> int:
         s, cfg = self.s, self.cfg
@@ -285,53 +302,44 @@ class _StreamClock(_MatrixClock):
             return cycles
         cycles += STREAM_LENGTH
         tpp = 1 if self.int8 else 2
-        lanes = cfg.mv_rows
-        passes = -(-s.n // lanes)
+        passes = -(-s.n // cfg.mv_rows)
+        geom = L.StreamGeometry(s.desc, s.k, cfg.chain_len, cfg.axi_data_bits)
+        words = L.stream_words(geom, cfg.lanes_per_channel, passes)
         for token in range(0, s.m, tpp):
             qrows = [s.act_addr + (token + t) * self.qrow_pitch
                      for t in range(min(tpp, s.m - token))]
             cycles += STREAM_SWEEP
-            window = _Repeat((self.fa,))
             first = self._window(0, qrows)
-            windows = first + STREAM_ACT + window.run(
-                passes * self.nbeats - 1,
-                lambda i, qrows=qrows: self._window((i + 1) % self.nbeats, qrows) + STREAM_ACT,
-                lambda i: (s.act_addr,), lambda i: (i + 1) % self.nbeats)
-            cycles += windows + max(0, self._first_words() - first)
+            pass0 = max(first, self._first_words()) + STREAM_ACT + sum(
+                self._window(b, qrows) + STREAM_ACT for b in range(1, self.nbeats))
             # a pass shorter than the one before's writes waits for the collector
             held = self.fo.held, self.fa.held
             full = self._written(0, token, len(qrows))
             self.fo.held, self.fa.held = held
-            cycles += (passes - 1) * max(0, full - windows // passes)
+            sweep = pass0
+            if passes > 1:
+                sweep += REPLAY_START + (passes - 1) * max(self.nbeats, full)
+            cycles += max(sweep, self._last_word(words))
             cycles += chain_latency(cfg.chain_group) + ENGINE_DRAIN_EXTRA
             cycles += self._written(passes - 1, token, len(qrows))
         return cycles
 
     def _first_words(self) -> int:
-        """Cycles from the sweep's start until its first beat's words are in the lanes:
-        the read latency, then one word per lane of the first WEIGHTS and SCALES words."""
+        """Cycles from the sweep's first window until its first beat's words are in the
+        lanes: the read latency, then one word per lane of the first WEIGHTS and SCALES
+        words."""
         return READ_LATENCY + STREAM_FIRST_EXTRA + 2 * self.cfg.lanes_per_channel - STREAM_SWEEP
 
+    def _last_word(self, words: int) -> int:
+        """Cycles from the sweep's first window until its last beat is taken, were the
+        words the only limit: a word per cycle after the read latency."""
+        return READ_LATENCY + STREAM_FIRST_EXTRA + words - STREAM_SWEEP + STREAM_ACT
+
     def _written(self, last_pass: int, token: int, tokens_ok: int) -> int:
-        """The sweep's last pass's results, way by way (``layout.stream_row``): a cycle
-        each, and with a residual mode the old value read first."""
-        s, cfg, wb = self.s, self.cfg, self.wb
-        per = cfg.lanes_per_channel
-        reads_old = isa.OUT_MODES[s.out_mode].operands == "residual"
-        cycles = 2 * cfg.mv_rows + 1  # and STREAM_DRAIN seeing the sweep written
-        for lane in range(per):
-            for t in range(tokens_ok):
-                for way in range(cfg.mem_channels):
-                    row = last_pass * cfg.mv_rows + way * per + lane
-                    if row >= s.n:
-                        continue
-                    word = (s.out_addr + (token + t) * s.step
-                            + L.element_bit(row, L.WIDE) // wb)
-                    if reads_old:
-                        cycles += self.fo.one(word * wb) - 1
-                    self.fo.written(word)
-                    self.fa.written(word)
-        return cycles
+        """The sweep's last pass's results (rows as ``layout.stream_row`` places them), and
+        STREAM_DRAIN seeing the sweep written."""
+        return 1 + _collector_writes(self.cfg, self.s, self.fo, self.fa,
+                                     last_pass * self.cfg.mv_rows, token, tokens_ok)
 
 
 #: instruction shapes priced per process: a decode step repeats the same program, and
