@@ -193,7 +193,8 @@ class Accelerator(wiring.Component):
                          streamer.cmd.valid.eq(cmd.valid), cmd.ready.eq(streamer.cmd.ready)]
             wiring.connect(m, streamer.data, getattr(compute, f"weights{c}"))
         m.d.comb += compute.stream_error.eq(Cat(*(s.error for s in streamers)).any())
-        reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out, sfu.rd_a,
+        reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out,
+                 compute.rd_window, sfu.rd_a,
                  sfu.rd_b]
         writes = [compute.wr, sfu.wr]
         m.submodules.buffers = bank = BufferBank(cfg, len(reads), len(writes))

@@ -286,6 +286,7 @@ class ComputeUnit(wiring.Component):
             "rd_wgt": Out(read_port(cfg)),  # weight rows, KV rows
             "rd_meta": Out(read_port(cfg)),  # descriptors and row records
             "rd_out": Out(read_port(cfg)),  # the destination (ADD)
+            "rd_window": Out(read_port(cfg)),  # MATSTREAM: activation windows, whole words
             "wr": Out(write_port(cfg)),
             **{f"stream{c}": Out(stream.Signature(command_layout(cfg.axi_addr_bits)))
                for c in range(cfg.mem_channels)},
@@ -352,6 +353,7 @@ class ComputeUnit(wiring.Component):
             self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine, old_beat)
             self._stream_states(m, tile, pas, st, beats, length,
                                 self._replay_memory(m, head_layout))
+            self._window_words(m, tile, pas, st)
             with m.State("RESULTS"), m.If(written):
                 self._next_pass(m, tile, pas)
             self._attention(m, af, regs, fetch["act"], fetch["wgt"])
@@ -534,14 +536,14 @@ class ComputeUnit(wiring.Component):
             fetched = self._get(m, fa, Buffer.ACT, qrow << lb, token_ok)
             with m.If(~token_ok):
                 m.d.sync += [x_token.eq(0)]
-                m.next = "X"
+                self._to_window(m, st)
             with m.Elif(fetched):
                 scale = view(L.QRowHeader, fa.value)
                 m.d.sync += [beat.xm[x_token].eq(scale.m), beat.xe[x_token].eq(scale.e),
                              x_token.eq(1)]
                 with m.If(x_token == 1):
                     m.d.sync += x_token.eq(0)
-                    m.next = "X"
+                    self._to_window(m, st)
         with m.State("X"):  # the activation window, 8 columns per read
             col = (pas.beat_no << tile.cover_log2) + (x_chunk << 3)
             chunks = (Const(1, 8) << tile.cover_log2) >> 3
@@ -561,6 +563,58 @@ class ComputeUnit(wiring.Component):
                         m.next = "CODES"
                         with m.If(st.streaming):
                             m.next = "STREAM_ACT"
+
+    @staticmethod
+    def _to_window(m, st: StreamTile):
+        """From HEADER to the beat's window: 8 columns per field fetch (X), or on MATSTREAM
+        whole words (STREAM_X)."""
+        with m.If(st.streaming):
+            m.next = "STREAM_X"
+        with m.Else():
+            m.next = "X"
+
+    def _window_words(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile):
+        """STREAM_X: a MATSTREAM beat's activation window of each token read from ACT as
+        whole words, a read per cycle (``rd_window``: the word comes a cycle after its
+        grant), the columns past K left zero; then the beat goes to the stream beats."""
+        f, cfg, port = tile.fields, self.cfg, self.rd_window
+        w, wl = cfg.axi_data_bytes, _log2(cfg.axi_data_bytes)
+        beat = pas.beat
+        token, word = pas.x_token, pas.x_chunk  # the next read
+        pending = Signal(name="window_pending")
+        at = Signal(data.StructLayout({"token": 1, "word": len(word)}), name="window_at")
+        col0 = pas.beat_no << tile.cover_log2  # the beat's first column
+        words = Mux(tile.cover_log2 > wl,
+                    Const(1, len(word) + 1) << (tile.cover_log2 - wl).as_unsigned(), 1)
+        tok = pas.pass_token + token
+        token_ok = (tok < f.m) & (~token | tile.pack)
+        qrow = f.act_addr + tok * tile.qrow_pitch + self._qhdr
+        col = col0 + (word << wl)
+        # the word that arrives: its bytes from the beat's first column, past K zero
+        got_col = col0 + (at.word << wl)
+        shifted = port.data >> ((col0 & (w - 1)) << 3)
+        keep = Cat(*(Mux(((at.word << wl) + i < (Const(1, 16) << tile.cover_log2))
+                         & (got_col + i < f.k), 0xFF, 0) for i in range(w)))
+        done = Signal(name="window_done")  # every word asked for
+        with m.State("STREAM_X"):
+            with m.If(pending):
+                m.d.sync += beat.x[at.token].as_value().word_select(at.word, 8 * w).eq(
+                    shifted & keep)
+            last_word = word + 1 == words
+            skip = ~token_ok | (col >= f.k)  # no read: nothing of it is kept
+            m.d.comb += [port.buf.eq(Buffer.ACT), port.addr.eq(qrow + (col >> wl)),
+                         port.en.eq(~done & ~skip)]
+            m.d.sync += pending.eq(0)
+            with m.If(done):  # the last word is stored as the state is left
+                m.d.sync += [done.eq(0), token.eq(0), word.eq(0)]
+                m.next = "STREAM_ACT"
+            with m.Elif(~token_ok):  # an absent token: no words
+                m.d.sync += [token.eq(1), word.eq(0), done.eq(token == 1)]
+            with m.Elif(skip | port.grant):
+                m.d.sync += [pending.eq(~skip), at.token.eq(token), at.word.eq(word),
+                             word.eq(word + 1)]
+                with m.If(last_word):
+                    m.d.sync += [token.eq(1), word.eq(0), done.eq(token == 1)]
 
     def _weight_states(self, m, tile: MatrixTile, pas: MatrixPass, fw: FieldFetch,
                        fm: FieldFetch, engine: MatrixEngine, old_beat):

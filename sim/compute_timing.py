@@ -289,7 +289,8 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
 
 class _StreamClock(_MatrixClock):
     """One MATSTREAM on the compute unit: per sweep (a pair of tokens) the first pass's
-    beats get their activation window as MATVEC's do, the other passes' come from the
+    beats get their tokens' scales as MATVEC's do and their activation windows a whole word
+    per cycle (STREAM_X), the other passes' come from the
     replay memory a beat per cycle, unless the weights' words (one a cycle after the read
     latency) or the collector (a pass shorter than its writes) hold them back; each pass's
     results are written while the next one runs, so only the sweep's last pass waits for
@@ -309,9 +310,9 @@ class _StreamClock(_MatrixClock):
             qrows = [s.act_addr + (token + t) * self.qrow_pitch
                      for t in range(min(tpp, s.m - token))]
             cycles += STREAM_SWEEP
-            first = self._window(0, qrows)
+            first = self._words_window(0, qrows)
             pass0 = max(first, self._first_words()) + STREAM_ACT + sum(
-                self._window(b, qrows) + STREAM_ACT for b in range(1, self.nbeats))
+                self._words_window(b, qrows) + STREAM_ACT for b in range(1, self.nbeats))
             # a pass shorter than the one before's writes waits for the collector
             held = self.fo.held, self.fa.held
             full = self._written(0, token, len(qrows))
@@ -323,6 +324,16 @@ class _StreamClock(_MatrixClock):
             cycles += chain_latency(cfg.chain_group) + ENGINE_DRAIN_EXTRA
             cycles += self._written(passes - 1, token, len(qrows))
         return cycles
+
+    def _words_window(self, b: int, qrows: list[int]) -> int:
+        """CLEAR, HEADER and STREAM_X of beat ``b``: the scales as :meth:`_window` fetches
+        them, then per token a cycle for each word of its window (read, or past K), an
+        absent token a cycle, and the state's last."""
+        words = max(1, self.cover // self.cfg.axi_data_bytes)
+        cycles = 1 + 2 - len(qrows)
+        for q in qrows:
+            cycles += self.fa.one(q * self.wb)
+        return cycles + len(qrows) * words + (2 - len(qrows)) + 1
 
     def _first_words(self) -> int:
         """Cycles from the sweep's first window until its first beat's words are in the

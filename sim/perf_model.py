@@ -20,7 +20,7 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   the calibrated cycle model (:mod:`sim.compute_timing`, equal to the RTL's busy counters on
   every tested instruction): a matrix whose format streams on the configuration is a
   MATSTREAM, as the compiler emits it (its weights from the channels' streams, the first
-  pass's activation windows read field by field and replayed for the other passes); the
+  pass's activation windows read as whole words and replayed for the other passes); the
   others MATVEC/MATMAT, one buffer field per
   cycle (codes, indices, scales, exponents, activations) with the fetches' refills;
   attention one multiply per cycle. Each matrix is priced as one instruction of its full

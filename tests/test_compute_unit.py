@@ -21,8 +21,10 @@ CFG = PRESETS["sim-small"].replace(act_buffer_bytes=4096, weight_buffer_bytes=40
                                    kv_buffer_bytes=2048, meta_buffer_bytes=2048,
                                    table_buffer_bytes=1024)
 W = CFG.axi_data_bytes
-#: 128-bit words: a beat-major stream holds every format and sparsity (64-bit words, four)
+#: 128-bit words: a beat-major stream holds every format and sparsity (64-bit words, four);
+#: 256-bit: a beat's activation window (16 columns, dense) is part of an ACT word
 CFG_128 = CFG.replace(axi_data_bits=128)
+CFG_256 = CFG.replace(axi_data_bits=256)
 
 
 def test_matrix_instructions_match_emulator(seed):
@@ -36,10 +38,11 @@ def test_matrix_instructions_match_emulator(seed):
     check_against_emulator(CFG, ComputeUnit(CFG), cases, seed)
 
 
-@pytest.mark.parametrize("cfg", [CFG, CFG_128], ids=["64-bit", "128-bit"])
+@pytest.mark.parametrize("cfg", [CFG, CFG_128, CFG_256], ids=["64-bit", "128-bit", "256-bit"])
 def test_matstream_matches_emulator(cfg, seed):
     """MATSTREAM in every format and sparsity a stream of the config's words holds, every
-    output mode, one to three passes over the lanes, one to five tokens."""
+    output mode, one to three passes over the lanes (the later ones replayed), one to five
+    tokens; activation windows of several ACT words and of part of one."""
     rng = random.Random(seed)
     cases = [mat_case(cfg, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
              for fmt, sparsity in L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)]
