@@ -178,7 +178,7 @@ class StreamUnpacker(wiring.Component):
 
         # loading: the next `lanes` words answer the oldest request, one per lane
         left = Signal(WORD_COUNT_BITS)
-        lane_at = Signal(range(self.lanes))
+        lane_at = Signal(range(max(2, self.lanes)))  # one bit even for one lane (lint)
         take = self.words.valid & self.words.ready
         m.d.comb += self.words.ready.eq(req.valid & (left != 0) & ~self.start)
         last_lane = lane_at == self.lanes - 1
