@@ -27,7 +27,7 @@ the tile's stream at ``page * STREAM_PAGE_BYTES`` (its length from
 :class:`hw.stream_engine.StreamLength`), and :class:`hw.stream_engine.StreamBeats` turns the
 words (``weights<c>``) into the engine's lanes, ``lanes_per_channel`` rows of each channel
 per pass (``layout.stream_row``). Per pair of tokens (one, INT8) the weights stream once:
-in the first pass each beat's activation window is read from ACT as for MATVEC and kept in
+in the first pass each beat's activation window is read from ACT as whole words and kept in
 the replay memory (a window per beat), which gives the later passes a beat per cycle; the
 results are written while the next pass streams, a collector way per channel, one element
 per cycle. A format the streams do not hold is :attr:`Fault.UNSUPPORTED`, a stream longer
@@ -51,6 +51,7 @@ from hw.sfu_row import RowFunc, RowSfu, visible
 from hw.sfu_unit import row_limit
 from hw.sparse_dsp_chain import window
 from hw.stream_engine import StreamBeats, StreamLength, geometry_tables
+from hw.stream_unpacker import WORD_COUNT_BITS
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
@@ -67,7 +68,7 @@ from llmacc.isa import (
     WeightFormat,
 )
 from llmacc.kernel import Fault
-from llmacc.widths import STREAM_PAGE_BYTES
+from llmacc.widths import STREAM_PAGE_BITS, STREAM_PAGE_BYTES
 
 
 def _log2(x: int) -> int:
@@ -207,8 +208,8 @@ class StreamTile:
     @classmethod
     def signals(cls, cfg: AccelConfig) -> "StreamTile":
         return cls(
-            streaming=Signal(name="streaming"), page=Signal(16, name="page"),
-            passes=Signal(16, name="passes"), words=Signal(24, name="stream_words"),
+            streaming=Signal(name="streaming"), page=Signal(STREAM_PAGE_BITS, name="page"),
+            passes=Signal(16, name="passes"), words=Signal(WORD_COUNT_BITS, name="stream_words"),
             wait=Signal(range(StreamLength.LATENCY + 1), name="length_wait"),
             issued=Signal(cfg.mem_channels + 1, name="issued"),
             replay_beat=Signal(16, name="replay_beat"), replay_pass=Signal(16, name="replay_pass"),
@@ -481,11 +482,11 @@ class ComputeUnit(wiring.Component):
             work = (f.n != 0) & (f.m != 0)
             weights_off = (f.meta_addr + dwords + f.n * tile.meta_pitch > depth[Buffer.META]) \
                 | (f.wgt_addr + f.n * tile.wgt_pitch > depth[Buffer.WGT])
-            _, drop, _, held = geometry_tables(m, n_chain, self.cfg.axi_data_bits, tile.wfmt,
-                                               tile.sparsity)
+            _, _, _, held = geometry_tables(m, n_chain, self.cfg.axi_data_bits, tile.wfmt,
+                                            tile.sparsity)
             entries_log2 = _log2(L.stream_scale_entries(self.cfg.axi_data_bits))
             # a beat's groups must fit a SCALES word, the format a stream's word
-            unstreamable = ~held | (tile.group_log2 - drop + entries_log2 < ln)
+            unstreamable = ~held | (tile.kpg_log2 + entries_log2 < ln)
             off_end = work & (
                 (~st.streaming & weights_off)
                 | (f.act_addr + f.m * tile.qrow_pitch > depth[Buffer.ACT])
@@ -561,8 +562,6 @@ class ComputeUnit(wiring.Component):
                     with m.If(x_token == 1):
                         m.d.sync += x_token.eq(0)
                         m.next = "CODES"
-                        with m.If(st.streaming):
-                            m.next = "STREAM_ACT"
 
     @staticmethod
     def _to_window(m, st: StreamTile):
@@ -759,8 +758,8 @@ class ComputeUnit(wiring.Component):
                        beats: StreamBeats, length: StreamLength, replay: Memory):
         """STREAM_LENGTH, _SWEEP, _ACT, _REPLAY, _DRAIN: the streams' length; per sweep (a
         pair of tokens) every channel's streamer and the beats started, the first pass's
-        beats with the activation windows read by CLEAR, HEADER and X (and kept), the other
-        passes' from the replay memory, and the sweep's results written."""
+        beats with the activation windows read by CLEAR, HEADER and STREAM_X (and kept), the
+        other passes' from the replay memory, and the sweep's results written."""
         f, channels = tile.fields, self.cfg.mem_channels
         beats_bits = command_layout(self.cfg.axi_addr_bits)["beats"].width
         with m.State("STREAM_LENGTH"):  # the tile's registers held while the length is computed

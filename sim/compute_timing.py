@@ -221,14 +221,17 @@ class _MatrixClock:
         cycles += chain_latency(tap) + ENGINE_DRAIN_EXTRA  # RESULTS: the drain
         return cycles + self._results(pass_row, pass_token, lanes_ok, tokens_ok)
 
+    def _scales(self, qrows: list[int]) -> int:
+        """CLEAR and HEADER of a beat: the scales of the tokens whose rows ``qrows`` holds,
+        a cycle for an absent one."""
+        return 1 + 2 - len(qrows) + sum(self.fa.one(q * self.wb) for q in qrows)
+
     def _window(self, b: int, qrows: list[int]) -> int:
         """CLEAR, HEADER and X of beat ``b``: the tokens' scales and activation window, 8
         columns per read, for the tokens whose rows ``qrows`` holds (the others skipped)."""
         s, wb = self.s, self.wb
         chunks = self.cover // 8
-        cycles = 1 + 2 - len(qrows)  # CLEAR; HEADER: an absent token
-        for q in qrows:  # HEADER
-            cycles += self.fa.one(q * wb)
+        cycles = self._scales(qrows)
         col0 = b * self.cover
         live = max(0, min(chunks, -(-(s.k - col0) // 8)))
         for t in range(2):  # X
@@ -290,11 +293,10 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
 class _StreamClock(_MatrixClock):
     """One MATSTREAM on the compute unit: per sweep (a pair of tokens) the first pass's
     beats get their tokens' scales as MATVEC's do and their activation windows a whole word
-    per cycle (STREAM_X), the other passes' come from the
-    replay memory a beat per cycle, unless the weights' words (one a cycle after the read
-    latency) or the collector (a pass shorter than its writes) hold them back; each pass's
-    results are written while the next one runs, so only the sweep's last pass waits for
-    its drain and writes."""
+    per cycle (STREAM_X), the other passes' come from the replay memory a beat per cycle,
+    unless the weights' words (one a cycle after the read latency) or the collector (a pass
+    shorter than its writes) hold them back; each pass's results are written while the next
+    one runs, so only the sweep's last pass waits for its drain and writes."""
 
     def run(self) -> int:
         s, cfg = self.s, self.cfg
@@ -330,10 +332,7 @@ class _StreamClock(_MatrixClock):
         them, then per token a cycle for each word of its window (read, or past K), an
         absent token a cycle, and the state's last."""
         words = max(1, self.cover // self.cfg.axi_data_bytes)
-        cycles = 1 + 2 - len(qrows)
-        for q in qrows:
-            cycles += self.fa.one(q * self.wb)
-        return cycles + len(qrows) * words + (2 - len(qrows)) + 1
+        return self._scales(qrows) + len(qrows) * words + (2 - len(qrows)) + 1
 
     def _first_words(self) -> int:
         """Cycles from the sweep's first window until its first beat's words are in the
