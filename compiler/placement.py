@@ -143,6 +143,20 @@ def stream_geometry(cfg: AccelConfig, desc: L.Descriptor, k: int) -> L.StreamGeo
         return None
 
 
+def matrix_geometry(cfg: AccelConfig, desc: L.Descriptor, k: int,
+                    name: str) -> L.StreamGeometry | None:
+    """How a streamed ``desc`` tile of K = ``k`` runs on ``cfg``: its weight streams
+    (MATSTREAM), or None where its format does not fit a stream's words (MATVEC/MATMAT from
+    WGT and META); refuses it where ``cfg`` has no such record path."""
+    geom = stream_geometry(cfg, desc, k)
+    if geom is None and not cfg.record_matrices:
+        raise CompileError(
+            f"{name}: {desc.wfmt.name} weights with {desc.sparsity.name} sparsity do not fit "
+            f"a {cfg.axi_data_bits}-bit weight stream, and config {cfg.name} has no record "
+            "path for MATVEC/MATMAT (record_matrices is false)")
+    return geom
+
+
 def stream_tile_rows(cfg: AccelConfig, n: int) -> int:
     """Rows of one MATSTREAM tile: all of them, up to what the ``n`` field holds, in whole
     passes of the engine and whole words of the output."""
@@ -167,7 +181,7 @@ def place_linear(ext: ExtPlan, cfg: AccelConfig, name: str, q: QLinear, f_in: in
     shift = q.row_exp + f_in - f_out
     if int(shift.abs().max()) >= 1 << 15:
         raise CompileError(f"{name}: row shift {int(shift.abs().max())} exceeds 16 bits")
-    geom = stream_geometry(cfg, desc, k) if stream else None
+    geom = matrix_geometry(cfg, desc, k, name) if stream else None
     if geom is not None:
         return _place_streams(ext, cfg, name, q, geom, shift, aux, mode)
     rows = tile_rows(cfg, desc, k, n, name)
@@ -223,6 +237,10 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None,
     """The whole model in external memory; ``stream``: the linears as MATSTREAM tiles
     where their formats stream."""
     check_model(im, cfg)
+    if not stream and not cfg.record_matrices:
+        raise CompileError(f"config {cfg.name} has no record path for MATVEC/MATMAT "
+                           "(record_matrices is false): its weights must stream (drop "
+                           "--no-stream-weights)")
     mc = im.config
     w = cfg.axi_data_bytes
     longest = min(cfg.max_seq_len, mc.seq_len, im.rope_cos.shape[0])

@@ -9,7 +9,9 @@ activation window, packed codes and sparse indices, per-slot group scales and ty
 exponents -- reading the fields through :class:`FieldFetch` ports, then writes the pass's
 results: plain (``OutMode.WIDE``), added to what the destination holds (``ADD``, the
 residual) or through SiLU (``SILU``), one INT32 element at a time with byte enables (the
-emulator leaves the rest of a row's last word alone).
+emulator leaves the rest of a row's last word alone). This record path is built with
+``cfg.record_matrices``; without it MATVEC and MATMAT are :attr:`Fault.UNSUPPORTED` and the
+unit is smaller by its beat registers and the select in front of the engine.
 
 **Attention** (``isa.AttnFields``) runs on one multiplier, element by element: scores of
 INT8 queries against INT4/INT8 keys with the midpoint term (``numerics.attention_scores``),
@@ -160,7 +162,7 @@ class MatrixPass:
     pass_token: Signal  #: the pass's first token
     beat_no: Signal  #: the pass's next beat (cleared for the next pass)
     beat: Signal  #: the beat's head (engine_layouts)
-    beat_lanes: list  #: the beat's lane operands, one Signal per lane
+    beat_lanes: list  #: the beat's lane operands, one Signal per lane (the record path)
     x_token: Signal  #: the token within the pass being read
     x_chunk: Signal  #: the 8-column chunk of the activation window
     fill_lane: Signal  #: the beat lane being filled
@@ -177,7 +179,8 @@ class MatrixPass:
         return cls(
             pass_row=Signal(15, name="pass_row"), pass_token=Signal(12, name="pass_token"),
             beat_no=Signal(15, name="beat_no"), beat=Signal(head_layout, name="beat"),
-            beat_lanes=[Signal(lane_layout, name=f"beat_lane{i}") for i in range(lanes)],
+            beat_lanes=[Signal(lane_layout, name=f"beat_lane{i}")
+                        for i in range(lanes if cfg.record_matrices else 0)],
             x_token=Signal(1, name="x_token"),
             x_chunk=Signal(range(window(n_chain) // 8 + 1), name="x_chunk"),
             fill_lane=Signal(range(lanes + 1), name="fill_lane"),
@@ -343,26 +346,33 @@ class ComputeUnit(wiring.Component):
                                  pas.result_way.eq(0)]
                     for fx in fetch.values():
                         m.d.comb += fx.flush.eq(1)
+                    # without the record path, MATVEC and MATMAT: the weights must stream
+                    refused = Const(0) if cfg.record_matrices else \
+                        (word.header.opcode == Opcode.MATVEC) \
+                        | (word.header.opcode == Opcode.MATMAT)
                     with m.If(word.header.opcode == Opcode.ATTN):
                         m.next = "A_CHECK"
+                    with m.Elif(refused):
+                        self._fail(m, Fault.UNSUPPORTED)
                     with m.Else():
                         with m.If(word.header.opcode == Opcode.MATSTREAM):
                             self._stream_fields(m, tile, st, word.payload.stream)
                         m.next = "DESC"
             self._tile_states(m, tile, pas, st, fetch["meta"])
             self._activation_states(m, tile, pas, st, fetch["act"])
-            self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine, old_beat)
+            if cfg.record_matrices:
+                self._weight_states(m, tile, pas, fetch["wgt"], fetch["meta"], engine, old_beat)
+                with m.State("RESULTS"), m.If(written):
+                    self._next_pass(m, tile, pas)
             self._stream_states(m, tile, pas, st, beats, length,
                                 self._replay_memory(m, head_layout))
             self._window_words(m, tile, pas, st)
-            with m.State("RESULTS"), m.If(written):
-                self._next_pass(m, tile, pas)
             self._attention(m, af, regs, fetch["act"], fetch["wgt"])
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
-        m.d.comb += written.eq(self._results(m, tile, pas, st, engine, fetch["out"],
-                                             fsm.ongoing("RESULTS") | st.streaming))
+        writing = st.streaming | (fsm.ongoing("RESULTS") if cfg.record_matrices else 0)
+        m.d.comb += written.eq(self._results(m, tile, pas, st, engine, fetch["out"], writing))
         with m.If(st.streaming & written):
             m.d.sync += [st.result_row.eq(st.result_row + lanes), st.written.eq(st.written + 1)]
         self._engine_input(m, engine, beats, pas, st, old_beat)
@@ -389,12 +399,15 @@ class ComputeUnit(wiring.Component):
     def _engine_input(self, m, engine: MatrixEngine, beats: StreamBeats, pas: "MatrixPass",
                       st: StreamTile, old_beat):
         """The engine's one input: the streams' beats on MATSTREAM, else the field-serial
-        path's assembled beat."""
+        path's assembled beat (without the record path, always the streams')."""
+        streams = [engine.i.valid.eq(beats.beat.valid), engine.i.payload.eq(beats.beat.payload),
+                   beats.beat.ready.eq(engine.i.ready),
+                   *(p.eq(src) for p, src in zip(engine.lane_in, beats.lane, strict=True))]
+        if not self.cfg.record_matrices:
+            m.d.comb += streams
+            return
         with m.If(st.streaming):
-            m.d.comb += [engine.i.valid.eq(beats.beat.valid),
-                         engine.i.payload.eq(beats.beat.payload),
-                         beats.beat.ready.eq(engine.i.ready),
-                         *(p.eq(src) for p, src in zip(engine.lane_in, beats.lane, strict=True))]
+            m.d.comb += streams
         with m.Else():
             m.d.comb += [engine.i.valid.eq(old_beat), engine.i.payload.eq(pas.beat),
                          *(p.eq(bl) for p, bl in zip(engine.lane_in, pas.beat_lanes,
@@ -514,7 +527,7 @@ class ComputeUnit(wiring.Component):
                            fa: FieldFetch):
         """CLEAR, HEADER, X: start a beat as ``matrix_engine.beats`` schedules it, with the
         tokens' scales and their activation window (then its weights, or on MATSTREAM the
-        beat goes to the streams' beats)."""
+        beat goes to the streams' beats; X is the record path's)."""
         f, lb, qhdr = tile.fields, self._bit_log2, self._qhdr
         n_chain = self.cfg.chain_len
         ln = _log2(n_chain)
@@ -545,28 +558,31 @@ class ComputeUnit(wiring.Component):
                 with m.If(x_token == 1):
                     m.d.sync += x_token.eq(0)
                     self._to_window(m, st)
-        with m.State("X"):  # the activation window, 8 columns per read
-            col = (pas.beat_no << tile.cover_log2) + (x_chunk << 3)
-            chunks = (Const(1, 8) << tile.cover_log2) >> 3
-            keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
-            done, fetched = self._fetch_unless(
-                m, ~token_ok | (col >= f.k), fa, Buffer.ACT,
-                ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
-            with m.If(fetched):
-                m.d.sync += beat.x[x_token].as_value().word_select(x_chunk, 64).eq(
-                    fa.value & keep)
-            with m.If(done):
-                m.d.sync += x_chunk.eq(x_chunk + 1)
-                with m.If(x_chunk + 1 == chunks):
-                    m.d.sync += [x_chunk.eq(0), x_token.eq(1)]
-                    with m.If(x_token == 1):
-                        m.d.sync += x_token.eq(0)
-                        m.next = "CODES"
+        if self.cfg.record_matrices:  # the record path's window
+            with m.State("X"):  # the activation window, 8 columns per read
+                col = (pas.beat_no << tile.cover_log2) + (x_chunk << 3)
+                chunks = (Const(1, 8) << tile.cover_log2) >> 3
+                keep = Cat(*(Mux(col + i < f.k, 0xFF, 0) for i in range(8)))
+                done, fetched = self._fetch_unless(
+                    m, ~token_ok | (col >= f.k), fa, Buffer.ACT,
+                    ((qrow + qhdr) << lb) + L.element_bit(col, L.QCODE))
+                with m.If(fetched):
+                    m.d.sync += beat.x[x_token].as_value().word_select(x_chunk, 64).eq(
+                        fa.value & keep)
+                with m.If(done):
+                    m.d.sync += x_chunk.eq(x_chunk + 1)
+                    with m.If(x_chunk + 1 == chunks):
+                        m.d.sync += [x_chunk.eq(0), x_token.eq(1)]
+                        with m.If(x_token == 1):
+                            m.d.sync += x_token.eq(0)
+                            m.next = "CODES"
 
-    @staticmethod
-    def _to_window(m, st: StreamTile):
+    def _to_window(self, m, st: StreamTile):
         """From HEADER to the beat's window: 8 columns per field fetch (X), or on MATSTREAM
         whole words (STREAM_X)."""
+        if not self.cfg.record_matrices:
+            m.next = "STREAM_X"
+            return
         with m.If(st.streaming):
             m.next = "STREAM_X"
         with m.Else():

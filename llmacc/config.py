@@ -53,7 +53,10 @@ class AccelConfig:
     The matrix engine has ``mv_rows`` DSP chains side by side; each chain has ``chain_len``
     DSP48E2-shaped elements, cascaded in groups of ``chain_group`` (links between groups are
     configurable at run time). Each element takes two low-bit products per cycle when the
-    weight format allows packing (``pack_products``).
+    weight format allows packing (``pack_products``). ``record_matrices``: the COMPUTE unit
+    also runs MATVEC/MATMAT, assembling the engine's beats a field at a time from the WGT and
+    META records; without it every linear streams (MATSTREAM), and the unit is smaller by
+    the record path's beat registers and the select in front of the engine.
     """
 
     name: str
@@ -63,6 +66,7 @@ class AccelConfig:
     chain_len: int
     chain_group: int
     pack_products: int = 2
+    record_matrices: bool = True
     # Special-function unit lanes (elements per cycle).
     sfu_lanes: int = 8
     # On-chip buffers, in bytes.
@@ -134,6 +138,8 @@ class AccelConfig:
                 self._fail(f.name, f"must be a number, not {type(value).__name__}")
             if f.type == "int" and not isinstance(value, int):
                 self._fail(f.name, "must be an integer")
+            if f.type == "bool" and not isinstance(value, bool):
+                self._fail(f.name, "must be true or false")
             if f.type in ("int", "float") and not value > 0:
                 self._fail(f.name, "must be positive")
         if not _is_pow2(self.chain_group):
@@ -228,13 +234,14 @@ PRESETS: dict[str, AccelConfig] = {
     # Alveo U280: 32 HBM2 pseudo-channels of 256 MiB at 14.375 GB/s each (460 GB/s),
     # 512-bit AXI per channel at 225 MHz user clock (64 B per cycle: the whole channel).
     # 96 chains x 64 DSPs = 6,144 of the 9,024 DSP48E2 (68%), leaving room for the SFU and
-    # address generation.
+    # address generation. Every linear streams: no field-serial record path.
     "u280": AccelConfig(
         name="u280",
         clock_mhz=225.0,
         mv_rows=96,
         chain_len=64,
         chain_group=16,
+        record_matrices=False,
         sfu_lanes=64,
         act_buffer_bytes=1 << 20,
         weight_buffer_bytes=2 << 20,

@@ -307,6 +307,9 @@ class Emulator:
     def _matrix(self, insn: Instruction) -> tuple[int, int]:
         """Run a matrix instruction: its multiply-accumulates and cycles."""
         w, k, n, m = self.w, insn.k, insn.n, insn.m
+        if insn.opcode is not Opcode.MATSTREAM and not self.cfg.record_matrices:
+            raise EmulatorError(f"config {self.cfg.name} has no record path for MATVEC/MATMAT "
+                                "(record_matrices is false): its weights stream (MATSTREAM)")
         dwords = L.descriptor_words(w)
         desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
         if insn.opcode is Opcode.MATSTREAM:

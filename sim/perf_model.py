@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from compiler.memory_plan import CompileError
-from compiler.placement import stream_geometry, tile_rows
+from compiler.placement import matrix_geometry, tile_rows
 from compiler.step_buffers import StepDims, allocate_step
 from llmacc import isa
 from llmacc import layout as L
@@ -127,7 +127,7 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
     per_pass = 1 if desc.wfmt is WeightFormat.INT8 else 2
     passes = -(-n // cfg.mv_rows) * -(-tokens // per_pass)
     engine = passes * beats
-    streamed = stream_geometry(cfg, desc, k) is not None  # as the compiler places it
+    streamed = matrix_geometry(cfg, desc, k, name) is not None  # as the compiler places it
     rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(
         k, n, tokens, desc, step=L.wide_pitch(n, w) if streamed else 0, streamed=streamed))
     return Operator(name, n * row_words * w, n * kept * tokens,
@@ -200,7 +200,9 @@ def check_fits(cfg: AccelConfig, shape: ModelShape, scheme_name: str, context: i
         desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
         block = scheme.sparsity[1] if scheme.sparsity else 1
         for name, k, n in _linears(shape):
-            tile_rows(cfg, desc, padded_width(k, scheme.group, block), n, name)
+            width = padded_width(k, scheme.group, block)
+            tile_rows(cfg, desc, width, n, name)
+            matrix_geometry(cfg, desc, width, name)
         allocate_step(cfg, dims, 1, keys)
     except CompileError as exc:
         raise ModelShapeError(f"{where}: {exc}") from None

@@ -114,6 +114,17 @@ def test_tiles_the_engine_cannot_schedule_are_refused(request):
         compile_model(im, SMALL, max_len=16)
 
 
+@pytest.mark.parametrize("name, stream, match", [
+    ("w8a8", False, "config u280 has no record path .*drop --no-stream-weights"),
+    ("w8a8+2:4", True, "INT8 weights with N2M4 sparsity do not fit a 512-bit weight stream")])
+def test_without_the_record_path_what_does_not_stream_is_refused(request, name, stream, match):
+    """u280 has no MATVEC/MATMAT (``record_matrices``): the record path asked for, or a
+    format its streams do not hold (INT8 with N:M), is a compile error."""
+    im = tiny_int_model(request.config.llmacc_seed, name, layers=1, **U280_SHAPE, group=64)
+    with pytest.raises(CompileError, match=match):
+        compile_model(im, preset("u280"), max_len=16, stream_weights=stream)
+
+
 @pytest.mark.parametrize("name", ["w2a8kv4", "w4-mixed-a8kv4+2:4", "w8a8+4:16"])
 def test_the_step_plan_from_shapes_equals_the_placed_models(request, name):
     """``llmacc perf`` checks a model's buffers from its shapes alone (StepDims.of_shape):

@@ -49,6 +49,20 @@ def test_matstream_matches_emulator(cfg, seed):
     check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
 
 
+def test_without_the_record_path_every_matrix_streams(seed):
+    """A build without the record path (``record_matrices=False``, as u280): MATSTREAM as
+    before; MATVEC and MATMAT refused by the emulator and UNSUPPORTED on the unit."""
+    cfg = CFG_128.replace(record_matrices=False)
+    rng = random.Random(seed)
+    combos = rng.sample(list(L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)), 3)
+    cases = [mat_case(cfg, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
+             for fmt, sparsity in combos]
+    cases += [mat_case(cfg, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, op)
+              for op in (Opcode.MATVEC, Opcode.MATMAT)]
+    faults = check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+    assert faults == [Fault.NONE] * 3 + [Fault.UNSUPPORTED] * 2, f"seed {seed}"
+
+
 def test_attention_matches_emulator(seed):
     rng = random.Random(seed)
     cases = [attn_case(CFG, rng, f) for f in AttnFunc for _ in range(3)]

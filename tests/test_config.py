@@ -35,6 +35,7 @@ def test_unknown_preset_lists_known():
     ("max_seq_len", 500, "max_seq_len = 500: must be a multiple of both bucket sizes"),
     ("weight_group", 48, "weight_group = 48"),
     ("pack_products", 3, "pack_products = 3"),
+    ("record_matrices", 1, "record_matrices = 1: must be true or false"),
 ])
 def test_validation_names_field_and_value(field, value, message):
     with pytest.raises(ConfigError, match=message):

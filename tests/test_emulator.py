@@ -113,6 +113,13 @@ def test_registers_and_seq_rows():
     assert not act[3 * w:].any()
 
 
+def test_matvec_without_the_record_path_is_refused():
+    emu = Emulator(preset("u280"), [1024])
+    with pytest.raises(EmulatorError, match="instruction 0 \\(MATVEC\\): config u280 has no "
+                       "record path"):
+        emu.run([isa.make(Opcode.MATVEC, k=16, n=1, m=1)])
+
+
 def test_empty_weight_descriptor_is_reported():
     emu = Emulator(CFG, [1024])
     mat = isa.make(Opcode.MATVEC, k=16, n=1, m=1)
@@ -125,11 +132,11 @@ def test_matstream_equals_matmat_on_the_same_tile(name, seed):
     """MATSTREAM, its weights read from every channel's beat-major stream, writes what
     MATMAT writes from the WGT and META records of the same tile, in every format and
     sparsity a stream holds and every output mode; the streams' bytes live in the cache
-    until a write to them."""
+    until a write to them (u280 with the record path it is built without, for MATMAT)."""
     from llmacc import layout as L
     from sim.instruction_cases import mat_case
 
-    cfg = preset(name)
+    cfg = preset(name).replace(record_matrices=True)
     rng = random.Random(seed)
     combos = list(L.stream_geometries(cfg.chain_len, cfg.axi_data_bits))
     assert len(combos) >= 4
