@@ -192,7 +192,9 @@ class Accelerator(wiring.Component):
                          streamer.cmd.payload.addr.eq(cmd.payload.addr + base),
                          streamer.cmd.valid.eq(cmd.valid), cmd.ready.eq(streamer.cmd.ready)]
             wiring.connect(m, streamer.data, getattr(compute, f"weights{c}"))
-        m.d.comb += compute.stream_error.eq(Cat(*(s.error for s in streamers)).any())
+            m.d.comb += streamer.abort.eq(compute.stream_abort)
+        m.d.comb += [compute.stream_error.eq(Cat(*(s.error for s in streamers)).any()),
+                     compute.streams_idle.eq(Cat(*(s.idle for s in streamers)).all())]
         reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out,
                  compute.rd_window, sfu.rd_a,
                  sfu.rd_b]

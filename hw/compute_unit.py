@@ -33,12 +33,15 @@ in the first pass each beat's activation window is read from ACT as whole words 
 the replay memory (a window per beat), which gives the later passes a beat per cycle; the
 results are written while the next pass streams, a collector way per channel, one element
 per cycle. A format the streams do not hold is :attr:`Fault.UNSUPPORTED`, a stream longer
-than a streamer command :attr:`Fault.RANGE`, an error response :attr:`Fault.BUS`.
+than a streamer command :attr:`Fault.RANGE`, an error response :attr:`Fault.BUS`. Every
+fault passes through FAULTED before completing: ``stream_abort`` empties the streamers
+until ``streams_idle`` (no burst left in flight) while the engine and the beats are cleared,
+so that the next program's streams start clean.
 """
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -297,6 +300,8 @@ class ComputeUnit(wiring.Component):
             **{f"weights{c}": In(stream.Signature(cfg.axi_data_bits))
                for c in range(cfg.mem_channels)},
             "stream_error": In(1),
+            "stream_abort": Out(1),
+            "streams_idle": In(1),
         })
         w = cfg.axi_data_bytes
         self._bit_log2 = _log2(w) + 3  #: log2 of the bits in a buffer word
@@ -313,8 +318,9 @@ class ComputeUnit(wiring.Component):
                              "at a time")
         channels = cfg.mem_channels
         m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap, ways=channels)
-        m.submodules.stream_beats = beats = StreamBeats(channels, cfg.lanes_per_channel,
-                                                        n_chain, tap, cfg.axi_data_bits)
+        beats = StreamBeats(channels, cfg.lanes_per_channel, n_chain, tap, cfg.axi_data_bits)
+        m.submodules.stream_beats = ResetInserter(self.stream_abort)(beats)
+        m.d.comb += engine.clear.eq(self.stream_abort)
         m.submodules.stream_length = length = StreamLength(cfg.lanes_per_channel, n_chain,
                                                            cfg.axi_data_bits)
         for c in range(channels):
@@ -368,6 +374,10 @@ class ComputeUnit(wiring.Component):
                                 self._replay_memory(m, head_layout))
             self._window_words(m, tile, pas, st)
             self._attention(m, af, regs, fetch["act"], fetch["wgt"])
+            with m.State("FAULTED"):  # streams emptied, engine and beats cleared
+                m.d.comb += self.stream_abort.eq(1)
+                with m.If(self.streams_idle):
+                    m.next = "COMPLETE"
             with m.State("COMPLETE"):
                 m.d.comb += self.complete.eq(1)
                 m.next = "IDLE"
@@ -432,7 +442,7 @@ class ComputeUnit(wiring.Component):
 
     def _fail(self, m, code):
         m.d.sync += self.fault.eq(code)
-        m.next = "COMPLETE"
+        m.next = "FAULTED"
 
     # -- the tile ------------------------------------------------------------------------
     def _tile_states(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,

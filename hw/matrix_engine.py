@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -230,14 +230,17 @@ class MatrixEngine(wiring.Component):
     """``lanes`` chains of ``n`` DSPs tapped every ``group``; stream of beats in (the shared
     fields as ``i``'s payload, each lane's in ``lane_in``, taken with it); out, after every
     row end, its ``2 * lanes`` results, ``ways`` per transfer (:class:`ResultCollector`):
-    in each way lane by lane, token 0, then 1."""
+    in each way lane by lane, token 0, then 1. ``clear`` (a cycle is enough) drops a
+    stream cut short: the engine's state is reset and every lane's partial sums zeroed
+    (a row and group end forced on the lanes, which board builds share as one module
+    outside the reset)."""
 
     def __init__(self, lanes: int, n: int, group: int, ways: int = 1):
         self.lanes, self.n, self.group, self.ways = lanes, n, group, ways
         self.units = [EngineLane(n, group) for _ in range(lanes)]
         head, lane, out = engine_layouts(lanes, n, group, ways)
         super().__init__({"i": In(stream.Signature(head)), "lane_in": In(lane).array(lanes),
-                          "o": Out(stream.Signature(out))})
+                          "o": Out(stream.Signature(out)), "clear": In(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -269,17 +272,17 @@ class MatrixEngine(wiring.Component):
             m.submodules[f"lane{lane}"] = shared(platform, unit, f"engine_lane_{self.n}_"
                                                  f"{self.group}")
             src = self.lane_in[lane]
-            m.d.comb += [unit.en.eq(en),
+            m.d.comb += [unit.en.eq(en | self.clear),
                          unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
                          unit.inp.codes.eq(src.codes), unit.inp.idx.eq(src.idx),
                          unit.inp.aux.eq(src.aux), unit.inp.mant.eq(src.mant),
                          unit.inp.shift.eq(src.shift), unit.feed.eq(router.feed),
-                         unit.tap.valid.eq(valid), unit.tap.pack.eq(side.pack),
-                         unit.tap.group_end.eq(side.group_end),
-                         unit.tap.row_end.eq(side.row_end),
+                         unit.tap.valid.eq(valid | self.clear), unit.tap.pack.eq(side.pack),
+                         unit.tap.group_end.eq(side.group_end | self.clear),
+                         unit.tap.row_end.eq(side.row_end | self.clear),
                          collector.acc[lane].eq(unit.acc),
                          collector.shift[lane].eq(unit.shift)]
-        return m
+        return ResetInserter(self.clear)(m)
 
 
 def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep, aux, mant,

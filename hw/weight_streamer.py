@@ -14,6 +14,9 @@ wait for one burst to return before asking for the next nor let the read data ch
 
 Bursts follow the AXI rules of :func:`hw.axi.burst_len` (256 beats, 4 KiB). Data leaves in
 request order (AXI returns same-ID reads in order). An error response sets ``error``.
+``abort`` ends the stream early (the compute unit's fault): the queue and the FIFO are
+emptied, no burst is asked for (an address already shown is held until taken, as AXI
+requires), and the bursts in flight are received and dropped; ``idle`` once they are in.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
@@ -31,7 +34,7 @@ class WeightStreamer(wiring.Component):
     """``cmd`` (addr, beats) -> coalesced full bursts, several in flight -> ``data`` words.
 
     ``addr`` must be aligned to the data width. ``idle`` when no command is queued or
-    running and every word has left through ``data``.
+    running and every word has left through ``data`` (or, on ``abort``, been dropped).
     """
 
     def __init__(self, addr_bits: int, data_bits: int, *, queue_depth: int = 4):
@@ -43,6 +46,7 @@ class WeightStreamer(wiring.Component):
             "cmd": In(stream.Signature(command_layout(addr_bits))),
             "data": Out(stream.Signature(data_bits)),
             "axi": Out(axi_signature(addr_bits, data_bits)),
+            "abort": In(1),
             "idle": Out(1),
             "error": Out(1),
         })
@@ -64,7 +68,9 @@ class WeightStreamer(wiring.Component):
         head = data.View(layout, queue.r_data)
         end = Signal(self.addr_bits)
         m.d.comb += end.eq(addr + remaining * nbytes)
-        absorb = queue.r_rdy & ((remaining == 0) | (head.addr == end)) & \
+        # an address shown last cycle and not taken stays as it is (AXI): nothing absorbed
+        shown = Signal()
+        absorb = ~self.abort & ~shown & queue.r_rdy & ((remaining == 0) | (head.addr == end)) & \
             (remaining < (1 << COMMAND_BEATS_BITS))
         n = burst_len(m, addr, remaining, nbytes, self.burst_beats)
 
@@ -73,24 +79,27 @@ class WeightStreamer(wiring.Component):
         bursts_open = Signal(range(STREAM_BURSTS_IN_FLIGHT + 1))
         room = in_flight + words.level + n <= self.fifo_words
         tail_waits = (n == remaining) & absorb  # a short tail that the next row extends
+        ask = (remaining != 0) & ~tail_waits & room & (bursts_open < STREAM_BURSTS_IN_FLIGHT)
         m.d.comb += [axi.arid.eq(0), axi.araddr.eq(addr), axi.arlen.eq(n - 1),
                      axi.arsize.eq((nbytes - 1).bit_length()), axi.arburst.eq(1),
-                     axi.arvalid.eq((remaining != 0) & ~tail_waits & room
-                                    & (bursts_open < STREAM_BURSTS_IN_FLIGHT))]
+                     axi.arvalid.eq(Mux(self.abort, shown, ask))]
         sent = axi.arvalid & axi.arready
         got = axi.rvalid & axi.rready
-        m.d.comb += queue.r_en.eq(absorb)
+        m.d.comb += queue.r_en.eq(absorb | self.abort)
+        left = remaining - Mux(sent, n, 0) + Mux(absorb, head.beats, 0)
         m.d.sync += [
-            remaining.eq(remaining - Mux(sent, n, 0) + Mux(absorb, head.beats, 0)),
+            shown.eq(axi.arvalid & ~axi.arready),
+            remaining.eq(Mux(self.abort & ~shown, 0, left)),
             addr.eq(Mux(absorb & (remaining == 0), head.addr, addr + Mux(sent, n * nbytes, 0))),
             in_flight.eq(in_flight + Mux(sent, n, 0) - got),
             bursts_open.eq(bursts_open + sent - (got & axi.rlast)),
         ]
 
-        m.d.comb += [words.w_data.eq(axi.rdata), words.w_en.eq(axi.rvalid),
-                     axi.rready.eq(words.w_rdy), axi.bready.eq(1),
-                     self.data.payload.eq(words.r_data), self.data.valid.eq(words.r_rdy),
-                     words.r_en.eq(self.data.ready),
+        m.d.comb += [words.w_data.eq(axi.rdata), words.w_en.eq(axi.rvalid & ~self.abort),
+                     axi.rready.eq(words.w_rdy | self.abort), axi.bready.eq(1),
+                     self.data.payload.eq(words.r_data),
+                     self.data.valid.eq(words.r_rdy & ~self.abort),
+                     words.r_en.eq(self.data.ready | self.abort),
                      self.idle.eq(~queue.r_rdy & (remaining == 0) & (in_flight == 0)
                                   & ~words.r_rdy)]
         with m.If(got & (axi.rresp != 0)):

@@ -131,12 +131,16 @@ class _ChannelDriver:
     behind ``{axi}__*``, and what the channel did."""
 
     def __init__(self, cmd: str, axi: str, memory: bytes, commands: list[tuple[int, int]],
-                 data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random):
+                 data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
+                 ar_stall: float = 0.0):
         self.cmd, self.axi, self.addr_bits = cmd, axi, addr_bits
         self.hbm = HbmChannel(memory, data_bytes, timing, rng)
         self.pending = deque(commands)
         self.report = StreamReport()
         self.r = (False, 0, False)
+        #: the address channel refuses with this probability; a refused address must wait
+        self.ar_stall, self.rng, self.arready = ar_stall, rng, 1
+        self.waiting: tuple[int, int] | None = None
 
     def outputs(self) -> tuple[str, ...]:
         return (f"{self.cmd}__ready", f"{self.axi}__arvalid", f"{self.axi}__araddr",
@@ -145,9 +149,10 @@ class _ChannelDriver:
     def inputs(self) -> dict[str, int]:
         self.r = rvalid, rdata, rlast = self.hbm.r_channel()
         cmd = self.pending[0] if self.pending else None
+        self.arready = int(self.rng.random() >= self.ar_stall) if self.ar_stall else 1
         return {f"{self.cmd}__valid": int(cmd is not None),
                 f"{self.cmd}__payload": 0 if cmd is None else cmd[0] | cmd[1] << self.addr_bits,
-                f"{self.axi}__arready": 1, f"{self.axi}__rvalid": int(rvalid),
+                f"{self.axi}__arready": self.arready, f"{self.axi}__rvalid": int(rvalid),
                 f"{self.axi}__rdata": rdata, f"{self.axi}__rlast": int(rlast),
                 f"{self.axi}__rresp": 0}
 
@@ -156,10 +161,17 @@ class _ChannelDriver:
         report, hbm = self.report, self.hbm
         if self.pending and out[f"{self.cmd}__ready"]:
             self.pending.popleft()
-        if out[f"{self.axi}__arvalid"]:
-            beats = out[f"{self.axi}__arlen"] + 1
-            hbm.request(out[f"{self.axi}__araddr"], beats)
-            report.bursts.append((out[f"{self.axi}__araddr"], beats))
+        address = ((out[f"{self.axi}__araddr"], out[f"{self.axi}__arlen"] + 1)
+                   if out[f"{self.axi}__arvalid"] else None)
+        if self.waiting is not None and address != self.waiting:
+            raise AssertionError(f"cycle {cycle}: the waiting address (addr, beats) "
+                                 f"{self.waiting} became {address}")
+        self.waiting = None
+        if address is not None and not self.arready:
+            self.waiting = address
+        elif address is not None:
+            hbm.request(*address)
+            report.bursts.append(address)
         rvalid = self.r[0]
         taken = rvalid and bool(out[f"{self.axi}__rready"])
         if taken:
@@ -207,14 +219,58 @@ async def _drive(io: PortIO, channels: list[_ChannelDriver], want: int, rng: ran
 
 async def stream_bench(io: PortIO, memory: bytes, commands: list[tuple[int, int]],
                        data_bytes: int, addr_bits: int, timing: HbmTiming, rng: random.Random,
-                       *, stall: float = 0.0, max_cycles: int = 2_000_000) -> StreamReport:
+                       *, stall: float = 0.0, ar_stall: float = 0.0,
+                       max_cycles: int = 2_000_000) -> StreamReport:
     """Feed ``commands`` (addr, beats) to one streamer (ports ``cmd``, ``axi``, ``data``),
-    serve its reads from the model, take its words (refusing each with probability
-    ``stall``) until it is idle with every word."""
-    ch = _ChannelDriver("cmd", "axi", memory, commands, data_bytes, addr_bits, timing, rng)
+    serve its reads from the model (refusing an address with probability ``ar_stall``),
+    take its words (refusing each with probability ``stall``) until it is idle with every
+    word."""
+    ch = _ChannelDriver("cmd", "axi", memory, commands, data_bytes, addr_bits, timing, rng,
+                        ar_stall)
     want = sum(beats for _, beats in commands)
     ch.report.words, ch.report.cycles = await _drive(io, [ch], want, rng, stall, max_cycles)
     return ch.report
+
+
+async def abort_bench(io: PortIO, memory: bytes, first: list[tuple[int, int]],
+                      then: list[tuple[int, int]], data_bytes: int, addr_bits: int,
+                      timing: HbmTiming, rng: random.Random, *, abort_after: int,
+                      on_waiting: bool = False, stall: float = 0.3, ar_stall: float = 0.3,
+                      max_cycles: int = 500_000) -> tuple[list[int], list[int]]:
+    """A stream cut short, then a clean one: ``first``'s commands until ``abort_after`` of
+    its words have left (``on_waiting``: and an address waits to be taken, the moment AXI
+    makes hardest), then ``abort`` (no more commands) until the streamer is idle, then
+    ``then``'s commands. Checks that no word leaves while aborting and that idle comes only
+    with no burst left in flight; returns the words before the abort and ``then``'s."""
+    ch = _ChannelDriver("cmd", "axi", memory, first, data_bytes, addr_bits, timing, rng,
+                        ar_stall)
+    names = ("data__valid", "data__payload", "idle", "error", *ch.outputs())
+    before: list[int] = []
+    words: list[int] = []
+    phase = "first"
+    want = sum(beats for _, beats in then)
+    for cycle in range(max_cycles):
+        ready = int(rng.random() >= stall)
+        out = await _channel_cycle(io, [ch], {"data__ready": ready,
+                                              "abort": int(phase == "abort")}, names, cycle)
+        if out["idle"] and ch.hbm.bursts:
+            raise AssertionError(f"cycle {cycle}: idle with {len(ch.hbm.bursts)} bursts "
+                                 "in flight")
+        if out["data__valid"] and ready:
+            if phase == "abort":
+                raise AssertionError(f"cycle {cycle}: a word left while aborting")
+            (before if phase == "first" else words).append(out["data__payload"])
+        if phase == "first" and len(before) >= abort_after and (
+                ch.waiting is not None or not on_waiting):
+            phase = "abort"
+            ch.pending.clear()
+        elif phase == "abort" and out["idle"]:
+            phase = "then"
+            ch.pending.extend(then)
+        elif phase == "then" and not ch.pending and out["idle"] and len(words) == want:
+            return before, words
+    raise TimeoutError(f"{phase}: {len(before)} + {len(words)} words after {max_cycles} "
+                       "cycles")
 
 
 async def slice_bench(io: PortIO, memories: list[bytes], commands: list[list[tuple[int, int]]],

@@ -6,7 +6,9 @@ harness loads the emulator's buffer bytes, issues the instruction with the run-t
 registers, waits for completion and returns the fault code and every buffer's bytes, for the
 tests to compare with the emulator's. A unit with weight-stream ports (``stream<c>`` commands,
 ``weights<c>`` words: the COMPUTE unit's MATSTREAM) reads them from the case's channel
-memories, as the top's weight streamers would, with random pauses.
+memories, as the top's weight streamers would, with random pauses; ``stream_abort`` cuts the
+command short and ``streams_idle`` says when no channel is in one. An error response can be
+made to come after a given number of a case's words (``bus_errors``).
 """
 
 from __future__ import annotations
@@ -57,42 +59,60 @@ class Outcome:
 
 
 def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[InstructionCase],
-                     max_cycles: int = 200_000, seed: int = 0) -> list[Outcome]:
+                     max_cycles: int = 200_000, seed: int = 0,
+                     bus_errors: dict[int, int] | None = None) -> list[Outcome]:
     """Each case on ``unit`` in one simulation (building the simulator is the slow part):
-    load its images, issue, wait for completion, read the buffers back."""
+    load its images, issue, wait for completion, read the buffers back. ``bus_errors``:
+    case index -> the words channel 0 gives in that case before an error response."""
     dut = UnitHarness(cfg, unit)
     w = cfg.axi_data_bytes
     outcomes = []
     running: list[InstructionCase] = []  # the case being run, for the stream channels
     rng = random.Random(seed)
+    busy = [False] * cfg.mem_channels  # a channel in a command
+    given = [0]  # channel 0's words in the running case
 
     def channel(c: int):
         """Channel ``c``'s weight streamer: each command's words from the running case's
-        channel memory, in order, pausing at random."""
+        channel memory, in order, pausing at random, until ``stream_abort``."""
         cmd, out = getattr(unit, f"stream{c}"), getattr(unit, f"weights{c}")
+
+        def mark(ctx, now: bool):
+            busy[c] = now
+            ctx.set(unit.streams_idle, int(not any(busy)))
 
         async def streamer(ctx):
             ctx.set(cmd.ready, 1)
+            mark(ctx, False)
             while True:
                 if not ctx.get(cmd.valid):
                     await ctx.tick()
                     continue
                 addr, beats = ctx.get(cmd.payload.addr), ctx.get(cmd.payload.beats)
+                mark(ctx, True)
                 await ctx.tick()
                 mem = running[-1].emu.ext[c]
                 for i in range(beats):
-                    while rng.random() < 0.2:
+                    while rng.random() < 0.2 and not ctx.get(unit.stream_abort):
                         ctx.set(out.valid, 0)
                         await ctx.tick()
+                    if ctx.get(unit.stream_abort):
+                        break
                     word = mem[addr + i * w:addr + (i + 1) * w]
                     ctx.set(out.payload, int.from_bytes(word.tobytes(), "little"))
                     ctx.set(out.valid, 1)
                     while True:
                         taken = ctx.get(out.ready)
                         await ctx.tick()
-                        if taken:
+                        if taken or ctx.get(unit.stream_abort):
                             break
+                    if c == 0:
+                        given[0] += 1
+                        errors = (bus_errors or {}).get(len(running) - 1)
+                        ctx.set(unit.stream_error, int(errors is not None
+                                                       and given[0] >= errors))
                 ctx.set(out.valid, 0)
+                mark(ctx, False)
         return streamer
 
     async def bench(ctx):
@@ -100,6 +120,9 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
         issue = unit.issue
         for case in cases:
             running.append(case)
+            given[0] = 0
+            if "stream_error" in unit.signature.members:  # sticky until the next start
+                ctx.set(unit.stream_error, 0)
             for b, img in case.images.items():
                 for i in range(mems[b].depth):
                     ctx.set(mems[b].data[i], int.from_bytes(img[i * w:(i + 1) * w], "little"))

@@ -109,3 +109,21 @@ def test_compute_unit_faults(seed):
     insn = isa.make(case.insn.opcode, **{**case.insn.fields, "k": 32})  # whole groups, blocks
     out = run_instructions(CFG, ComputeUnit(CFG), [InstructionCase(case.emu, insn, case.regs)])
     assert [o.fault for o in out] == [Fault.UNSUPPORTED]
+
+
+def test_a_stream_cut_short_leaves_nothing_behind(seed):
+    """An error response in the middle of a MATSTREAM's weights: BUS, and the next
+    MATSTREAM is the emulator's byte for byte (FAULTED emptied the streams and cleared the
+    engine's partial rows and the beats' queues)."""
+    rng = random.Random(seed)
+    fmt, sparsity = rng.choice(list(L.stream_geometries(CFG_128.chain_len,
+                                                        CFG_128.axi_data_bits)))
+    cut = mat_case(CFG_128, rng, fmt, sparsity, OutMode.WIDE, Opcode.MATSTREAM)
+    clean = mat_case(CFG_128, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
+    out = run_instructions(CFG_128, ComputeUnit(CFG_128), [cut, clean], seed=seed,
+                           bus_errors={0: rng.randint(1, 2)})
+    assert out[0].fault == Fault.BUS, f"{Fault(out[0].fault).name} (seed {seed})"
+    clean.emu.run([clean.insn], clean.regs)
+    assert out[1].fault == Fault.NONE, f"seed {seed}"
+    for b, want in clean.images.items():
+        assert out[1].images[b] == want, f"{b.name} differs (seed {seed}, {clean.insn})"

@@ -16,10 +16,10 @@ ADDR_BITS, DATA_BITS = 32, 64
 MEMORY = 1 << 18
 
 
-def _amaranth(memory, rows, timing, seed, stall):
+def _amaranth(memory, rows, timing, seed, stall, ar_stall=0.0):
     return H.run_in_amaranth(WeightStreamer(ADDR_BITS, DATA_BITS), H.stream_bench, memory,
                              rows, DATA_BITS // 8, ADDR_BITS, timing, random.Random(seed),
-                             stall=stall)
+                             stall=stall, ar_stall=ar_stall)
 
 
 def _check(report, memory, rows, seed):
@@ -41,19 +41,42 @@ def _check(report, memory, rows, seed):
     "verilator", marks=pytest.mark.verilator)])
 def test_streamer_gives_every_word_in_order(simulator, request, seed):
     """Random rows (contiguous runs, jumps, 4 KiB crossings) under consumer back-pressure
-    and HBM timing: the words are the rows' words in order, bursts keep the rules."""
+    and HBM timing: the words are the rows' words in order, bursts keep the rules (in
+    Amaranth, with a refusing address channel: a waiting address never changes)."""
     rng = random.Random(seed)
     memory = bytes(rng.getrandbits(8) for _ in range(MEMORY))
     rows = H.random_rows(rng, DATA_BITS // 8, MEMORY, 30)
     timing = H.HbmTiming(bytes_per_cycle=DATA_BITS // 8)
     if simulator == "amaranth":
-        report = _amaranth(memory, rows, timing, seed, stall=0.3)
+        report = _amaranth(memory, rows, timing, seed, stall=0.3, ar_stall=0.3)
         _check(report, memory, rows, seed)
         return
     request.getfixturevalue("verilator_env")
     model = verilator.build(WeightStreamer(ADDR_BITS, DATA_BITS), "weight_streamer")
     tests, failed = model.run("sim.benches.tb_streamer", seed=seed)
     assert failed == 0 and tests == 1, f"seed {seed}"
+
+
+@pytest.mark.parametrize("on_waiting", [False, True], ids=["any", "address-waiting"])
+def test_an_aborted_stream_leaves_nothing_behind(on_waiting, seed):
+    """A stream cut short (the compute unit's fault) at a random word, or while an address
+    waits to be taken: no word leaves while aborting, the waiting address stays, idle waits
+    for every burst in flight, and the next stream's words are its own, in order."""
+    rng = random.Random(seed)
+    nbytes = DATA_BITS // 8
+    memory = bytes(rng.getrandbits(8) for _ in range(MEMORY))
+    for _ in range(3):
+        first = H.random_rows(rng, nbytes, MEMORY, 20)
+        then = H.random_rows(rng, nbytes, MEMORY, 10)
+        # few addresses wait (a burst is up to 128 words): abort at the first one that does
+        after = 0 if on_waiting else rng.randrange(sum(beats for _, beats in first) // 2)
+        before, words = H.run_in_amaranth(
+            WeightStreamer(ADDR_BITS, DATA_BITS), H.abort_bench, memory, first, then, nbytes,
+            ADDR_BITS, H.HbmTiming(bytes_per_cycle=nbytes), rng, abort_after=after,
+            on_waiting=on_waiting, ar_stall=0.6 if on_waiting else 0.3)
+        assert len(before) >= after, f"seed {seed}"
+        assert before == H.expected_words(memory, first, nbytes)[:len(before)], f"seed {seed}"
+        assert words == H.expected_words(memory, then, nbytes), f"seed {seed}"
 
 
 def test_streamer_keeps_reads_in_flight_at_line_rate(seed):
