@@ -135,7 +135,7 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[Block]:
     (the units less what the rows above count, the AXI masters, the read-port shares)."""
     from hw.accelerator import ProgramFetch
     from hw.axi import AxiReadMaster, AxiWriteMaster, ControlSlave
-    from hw.compute_unit import ComputeUnit
+    from hw.compute_unit import ComputeUnit, index_in_code
     from hw.controller import Controller
     from hw.data_mover import LoadUnit, StoreUnit
     from hw.matrix_engine import EngineLane, ResultCollector
@@ -148,15 +148,18 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[Block]:
 
     lanes, channels = cfg.lanes_per_channel, cfg.mem_channels
     addr, data = cfg.axi_addr_bits, cfg.axi_data_bits
-    out = [Block(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group})",
-                 EngineLane(cfg.chain_len, cfg.chain_group), cfg.mv_rows),
+    in_code = index_in_code(cfg)
+    index = ", index in the codes" if in_code else ""
+    out = [Block(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group}{index})",
+                 EngineLane(cfg.chain_len, cfg.chain_group, in_code), cfg.mv_rows),
            Block(f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the "
                  "lanes)", ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
            Block(f"result collector way (a channel's {lanes} lanes)", ResultCollector(lanes),
                  channels),
            Block(f"weight streamer ({data}-bit)", WeightStreamer(addr, data), channels),
-           Block(f"stream unpacker ({lanes} lanes, {data}-bit)",
-                 StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, data), channels),
+           Block(f"stream unpacker ({lanes} lanes, {data}-bit{index})",
+                 StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, data, in_code),
+                 channels),
            Block("COMPUTE unit, less the lanes, router, collector and unpackers",
                  ComputeUnit(cfg), 1,
                  ("engine.router", "engine.collector", "stream_beats.unpack*"),

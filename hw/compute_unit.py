@@ -56,7 +56,7 @@ from hw.sfu_row import RowFunc, RowSfu, visible
 from hw.sfu_unit import row_limit
 from hw.sparse_dsp_chain import window
 from hw.stream_engine import StreamBeats, StreamLength, geometry_tables
-from hw.stream_unpacker import WORD_COUNT_BITS
+from hw.stream_unpacker import WORD_COUNT_BITS, index_fits_code
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
@@ -89,6 +89,13 @@ def sparse_shape(sparsity: Sparsity) -> tuple[int, int, int]:
         return 0, 0, 0
     keep, block = nm
     return _log2(keep), _log2(block), L.Descriptor(WeightFormat.W2, sparsity, 3).index_bits()
+
+
+def index_in_code(cfg: AccelConfig) -> bool:
+    """Whether the engine's lanes take the N:M indices in their codes' high bits
+    (``hw.sparse_dsp_chain.INDEX_IN_CODE_AT``): where only weight streams feed them (no
+    record path) and no streamable format needs the room."""
+    return not cfg.record_matrices and index_fits_code(cfg.chain_len, cfg.axi_data_bits)
 
 
 def replay_shape(cfg: AccelConfig) -> tuple[int, int]:
@@ -317,8 +324,11 @@ class ComputeUnit(wiring.Component):
             raise ValueError(f"chain_len {n_chain}: the activation window is read 8 columns "
                              "at a time")
         channels = cfg.mem_channels
-        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap, ways=channels)
-        beats = StreamBeats(channels, cfg.lanes_per_channel, n_chain, tap, cfg.axi_data_bits)
+        in_code = index_in_code(cfg)
+        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap, ways=channels,
+                                                    index_in_code=in_code)
+        beats = StreamBeats(channels, cfg.lanes_per_channel, n_chain, tap, cfg.axi_data_bits,
+                            in_code)
         m.submodules.stream_beats = ResetInserter(self.stream_abort)(beats)
         m.d.comb += engine.clear.eq(self.stream_abort)
         m.submodules.stream_length = length = StreamLength(cfg.lanes_per_channel, n_chain,
@@ -331,7 +341,8 @@ class ComputeUnit(wiring.Component):
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
         snoop_writes(m, fetch.values(), self.wr)
-        head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap)
+        head_layout, lane_layout, _ = engine_layouts(lanes, n_chain, tap,
+                                                     index_in_code=in_code)
         tile = MatrixTile.signals()
         pas = MatrixPass.signals(cfg, head_layout, lane_layout)
         st = StreamTile.signals(cfg)

@@ -30,7 +30,16 @@ from amaranth.lib.wiring import In, Out
 from hw.fixed_point import round_shift, saturate
 from hw.hierarchy import shared
 from hw.pipeline import delay, select
-from hw.sparse_dsp_chain import SUM_BITS, ActivationRouter, LaneChain, router_layouts, window
+from hw.sparse_dsp_chain import (
+    INDEX_BITS,
+    INDEX_IN_CODE_AT,
+    SUM_BITS,
+    ActivationRouter,
+    LaneChain,
+    router_layouts,
+    skewed_sparsity_layout,
+    window,
+)
 from hw.weight_decode import slot_decode
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
@@ -51,9 +60,11 @@ def results_layout(ways: int) -> data.ArrayLayout:
     return data.ArrayLayout(RESULT, ways)
 
 
-def engine_layouts(lanes: int, n: int, group: int, ways: int = 1):
-    """``(head, lane, out)``: a beat's shared fields, one lane's fields, one transfer of
-    results (:func:`results_layout`).
+def engine_layouts(lanes: int, n: int, group: int, ways: int = 1,
+                   index_in_code: bool = False):
+    """``(head, lane, out)``: a beat's shared fields, one lane's fields (no ``idx`` where
+    the N:M index rides in the codes' high bits, ``hw.sparse_dsp_chain.INDEX_IN_CODE_AT``),
+    one transfer of results (:func:`results_layout`).
 
     The lanes are separate ports: a U280 beat is some 90,000 bits, more than one signal can
     carry through Amaranth's netlist (65,536)."""
@@ -69,7 +80,7 @@ def engine_layouts(lanes: int, n: int, group: int, ways: int = 1):
     })
     lane = data.StructLayout({
         "codes": data.ArrayLayout(8, n),
-        "idx": data.ArrayLayout(4, n),
+        **({} if index_in_code else {"idx": data.ArrayLayout(INDEX_BITS, n)}),
         "aux": data.ArrayLayout(8, slots),
         **{name: field.shape for name, field in lane_side(slots)},
     })
@@ -84,18 +95,18 @@ def lane_side(slots: int) -> data.StructLayout:
                               "shift": signed(16)})
 
 
-def lane_layouts(n: int, group: int) -> dict[str, data.StructLayout]:
+def lane_layouts(n: int, group: int, index_in_code: bool = False
+                 ) -> dict[str, data.StructLayout]:
     """Ports of one lane: its weights of a beat (``inp``, at the chain's input), the
-    activations the engine's router gives its elements (``feed``), and the beat's fields that
-    meet the chain's taps ``latency`` beats later (``tap``)."""
-    slots = n // group
+    activations the engine's router gives its elements (``feed``) with the sparsity at each
+    skew depth (``sparsity``), and the beat's fields that meet the chain's taps ``latency``
+    beats later (``tap``)."""
+    _, lane, _ = engine_layouts(1, n, group, index_in_code=index_in_code)
     return {
-        "inp": data.StructLayout({
-            "fmt": WeightFormat, "sparsity": Sparsity,
-            "codes": data.ArrayLayout(8, n), "idx": data.ArrayLayout(4, n),
-            "aux": data.ArrayLayout(8, slots),
-            **{name: field.shape for name, field in lane_side(slots)}}),
+        "inp": data.StructLayout({"fmt": WeightFormat,
+                                  **{name: field.shape for name, field in lane}}),
         "feed": router_layouts(n)[1],
+        "sparsity": skewed_sparsity_layout(group),
         "tap": data.StructLayout({"valid": 1, "pack": 1, "group_end": 1, "row_end": 1}),
     }
 
@@ -106,12 +117,12 @@ class EngineLane(wiring.Component):
     ``shift``) for the :class:`ResultCollector`, and starts the next. The engine's lanes are
     identical: board builds convert this module once (:mod:`hw.hierarchy`)."""
 
-    def __init__(self, n: int, group: int):
-        self.n, self.group = n, group
-        ports = lane_layouts(n, group)
+    def __init__(self, n: int, group: int, index_in_code: bool = False):
+        self.n, self.group, self.index_in_code = n, group, index_in_code
+        ports = lane_layouts(n, group, index_in_code)
         super().__init__({
             "en": In(1), "inp": In(ports["inp"]), "feed": In(ports["feed"]),
-            "tap": In(ports["tap"]),
+            "sparsity": In(ports["sparsity"]), "tap": In(ports["tap"]),
             "acc": Out(data.ArrayLayout(signed(N.ACC_BITS), 2)), "shift": Out(signed(16))})
 
     @property
@@ -120,11 +131,12 @@ class EngineLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.chain = chain = LaneChain(self.n, self.group)
+        m.submodules.chain = chain = LaneChain(self.n, self.group, self.index_in_code)
         inp, tap, en = self.inp, self.tap, self.en
-        m.d.comb += [chain.ce.eq(en), chain.inp.sparsity.eq(inp.sparsity),
-                     chain.inp.idx.eq(inp.idx), chain.feed.eq(self.feed),
-                     chain.pack.eq(tap.pack)]
+        m.d.comb += [chain.ce.eq(en), chain.feed.eq(self.feed),
+                     chain.sparsity.eq(self.sparsity), chain.pack.eq(tap.pack)]
+        if not self.index_in_code:
+            m.d.comb += chain.inp.idx.eq(inp.idx)
         slots = self.n // self.group
         groups = [slot_decode(m, inp.fmt, inp.aux[j], f"slot{j}") for j in range(slots)]
         m.d.comb += [chain.inp.codes.eq(inp.codes),
@@ -235,10 +247,12 @@ class MatrixEngine(wiring.Component):
     (a row and group end forced on the lanes, which board builds share as one module
     outside the reset)."""
 
-    def __init__(self, lanes: int, n: int, group: int, ways: int = 1):
+    def __init__(self, lanes: int, n: int, group: int, ways: int = 1,
+                 index_in_code: bool = False):
         self.lanes, self.n, self.group, self.ways = lanes, n, group, ways
-        self.units = [EngineLane(n, group) for _ in range(lanes)]
-        head, lane, out = engine_layouts(lanes, n, group, ways)
+        self.index_in_code = index_in_code
+        self.units = [EngineLane(n, group, index_in_code) for _ in range(lanes)]
+        head, lane, out = engine_layouts(lanes, n, group, ways, index_in_code)
         super().__init__({"i": In(stream.Signature(head)), "lane_in": In(lane).array(lanes),
                           "o": Out(stream.Signature(out)), "clear": In(1)})
 
@@ -269,14 +283,13 @@ class MatrixEngine(wiring.Component):
         m.d.comb += [en.eq(~(row_end & collector.busy)), collector.start.eq(row_end & en),
                      collector.xm.eq(side.xm), collector.xe.eq(side.xe)]
         for lane, unit in enumerate(self.units):
-            m.submodules[f"lane{lane}"] = shared(platform, unit, f"engine_lane_{self.n}_"
-                                                 f"{self.group}")
+            m.submodules[f"lane{lane}"] = shared(
+                platform, unit, f"engine_lane_{self.n}_{self.group}"
+                f"{'_icode' if self.index_in_code else ''}")
             src = self.lane_in[lane]
-            m.d.comb += [unit.en.eq(en | self.clear),
-                         unit.inp.fmt.eq(beat.fmt), unit.inp.sparsity.eq(beat.sparsity),
-                         unit.inp.codes.eq(src.codes), unit.inp.idx.eq(src.idx),
-                         unit.inp.aux.eq(src.aux), unit.inp.mant.eq(src.mant),
-                         unit.inp.shift.eq(src.shift), unit.feed.eq(router.feed),
+            m.d.comb += [unit.en.eq(en | self.clear), unit.inp.fmt.eq(beat.fmt),
+                         *(unit.inp[name].eq(src[name]) for name, _ in src.shape()),
+                         unit.feed.eq(router.feed), unit.sparsity.eq(router.sparsity),
                          unit.tap.valid.eq(valid | self.clear), unit.tap.pack.eq(side.pack),
                          unit.tap.group_end.eq(side.group_end | self.clear),
                          unit.tap.row_end.eq(side.row_end | self.clear),
@@ -286,12 +299,14 @@ class MatrixEngine(wiring.Component):
 
 
 def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep, aux, mant,
-          shift, x, xm, xe, n: int, chain_group: int) -> list[dict]:
+          shift, x, xm, xe, n: int, chain_group: int, index_in_code: bool = False
+          ) -> list[dict]:
     """The beats of one tile of ``lanes`` rows against two tokens (the engine's schedule).
 
     ``codes`` [lanes, K] stored codes (INT8 as bytes), ``keep`` [lanes, K] bool (N:M) or None,
     ``aux``/``mant`` [lanes, K/group], ``shift`` [lanes], ``x`` [2, K] INT8 codes with scales
-    ``xm``/``xe`` [2]. INT8 tiles take one token (``x[1]`` must be zero).
+    ``xm``/``xe`` [2]. INT8 tiles take one token (``x[1]`` must be zero). ``index_in_code``:
+    the indices ride in the codes' bits 4-7, as such an engine takes them.
     """
     codes = np.asarray(codes)
     lanes, k = codes.shape
@@ -302,6 +317,8 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
         raise EngineError(why)
     if fmt is WeightFormat.INT8 and np.any(np.asarray(x)[1]):
         raise EngineError("INT8 weights run one token per beat (x[1] must be zero)")
+    if index_in_code and fmt is WeightFormat.INT8 and nm is not None:
+        raise EngineError("INT8 codes leave no room for an N:M index in their high bits")
     if nm is None:
         kept_codes = codes
         idx = np.zeros_like(codes)
@@ -326,8 +343,10 @@ def beats(fmt: WeightFormat, nm: tuple[int, int] | None, group: int, codes, keep
             slot_groups = [min((lo + s * chain_group) // kept_per_group, k // group - 1)
                            for s in range(n // chain_group)]
             valid = [lo + s * chain_group < kept for s in range(n // chain_group)]
+            fields = {"codes": (c | ix << INDEX_IN_CODE_AT).tolist()} if index_in_code else \
+                {"codes": c.tolist(), "idx": ix.tolist()}
             lane_recs.append({
-                "codes": c.tolist(), "idx": ix.tolist(),
+                **fields,
                 "aux": [int(aux[r][g]) if aux is not None else 0 for g in slot_groups],
                 "mant": [int(mant[r][g]) if v else 0 for g, v in zip(slot_groups, valid,
                                                                      strict=True)],

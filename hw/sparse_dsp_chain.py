@@ -16,8 +16,11 @@ The work is split by who can share it:
   picking each element's block of 16 for the beat's sparsity, packing the two tokens and
   the systolic skew (element ``i`` is ``i % group`` beats late: the cascades run side by
   side) happen once, not once per lane;
-* :class:`LaneChain`, once per lane: the operand and index skew (12 bits per element, at
-  most ``group - 1`` deep), the 16:1 selects and the cascade.
+* :class:`LaneChain`, once per lane: the operand and index skew (at most ``group - 1``
+  deep: 12 bits per element, or 8 where the index rides in the code's high bits,
+  :data:`INDEX_IN_CODE_AT`), the 16:1 selects and the cascade. The router hands each skew
+  depth its beat's sparsity, so a lane finds a weight's column after the skew, from the
+  few bits it delays.
 
 Two tokens share each multiplier: the DSP48E2's pre-adder forms ``x1 * 2**18 + x0`` from
 ``A = x1 * 2**18`` (wiring) and ``D = x0``, ``B = w``, so the 48-bit cascade carries
@@ -53,6 +56,12 @@ BLOCK = 16  #: every sparsity runs as N:16: one block of 16 activations per elem
 INDEX_BITS = (BLOCK - 1).bit_length()
 
 
+#: Where a lane's N:M index rides when it rides in the code (``index_in_code``): bits 4-7
+#: hold the index under every format but INT8, whose beats then never carry one (the low-bit
+#: formats' decode reads only bits 0-3), so a lane delays 8 bits per weight, not 12.
+INDEX_IN_CODE_AT = CODE_BITS - INDEX_BITS
+
+
 def window(n: int) -> int:
     """Activations one beat can reach: n kept weights of the sparsest pattern (2:16)."""
     return max(n * m // k for k, m in (v for v in SPARSITY_NM.values() if v)) if n else 0
@@ -86,6 +95,11 @@ ELEMENT_FEED = data.StructLayout({
 })
 
 
+def skewed_sparsity_layout(group: int) -> data.ArrayLayout:
+    """The beat's sparsity ``k`` beats late, for each skew depth ``k`` below ``group``."""
+    return data.ArrayLayout(Sparsity, group)
+
+
 def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
     """The router's input (a beat's activation window, sparsity and packing) and output
     (one :data:`ELEMENT_FEED` per element)."""
@@ -100,12 +114,14 @@ def router_layouts(n: int) -> tuple[data.StructLayout, data.ArrayLayout]:
 class ActivationRouter(wiring.Component):
     """Per element, the block of 16 activations of both tokens that its pattern reads (the
     second token's zeroed when the beat is not packed), ``i % group`` beats late for element
-    ``i`` (its cascade's systolic skew). Shared by every lane of an engine."""
+    ``i`` (its cascade's systolic skew), and the beat's sparsity at every skew depth
+    (``sparsity``). Shared by every lane of an engine."""
 
     def __init__(self, n: int, group: int):
         self.n, self.group = n, group
         inp, feed = router_layouts(n)
-        super().__init__({"inp": In(inp), "feed": Out(feed), "ce": In(1)})
+        super().__init__({"inp": In(inp), "feed": Out(feed),
+                          "sparsity": Out(skewed_sparsity_layout(group)), "ce": In(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -129,17 +145,19 @@ class ActivationRouter(wiring.Component):
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
             m.d.comb += [now.x0.eq(x0_block), now.x1.eq(x1_block)]
             m.d.comb += self.feed[e].eq(delay(m, now, e % self.group, self.ce, f"feed{e}"))
+        for k in range(self.group):
+            m.d.comb += self.sparsity[k].eq(delay(m, inp.sparsity, k, self.ce, f"sparsity{k}"))
         return m
 
 
-def lane_chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
-    """One lane's chain input (weight codes, each slot's group decode, N:M indices and the
-    beat's sparsity) and its per-slot partial sums."""
+def lane_chain_layouts(n: int, group: int, index_in_code: bool = False
+                       ) -> tuple[data.StructLayout, data.StructLayout]:
+    """One lane's chain input (weight codes, each slot's group decode and, unless they ride
+    in the codes, the N:M indices) and its per-slot partial sums."""
     inp = data.StructLayout({
         "codes": data.ArrayLayout(CODE_BITS, n),
         "slot": data.ArrayLayout(SLOT_DECODE, n // group),  # hw.weight_decode.slot_decode
-        "idx": data.ArrayLayout(4, n),
-        "sparsity": Sparsity,
+        **({} if index_in_code else {"idx": data.ArrayLayout(INDEX_BITS, n)}),
     })
     out = data.StructLayout({
         "sums": data.ArrayLayout(data.ArrayLayout(signed(SUM_BITS), 2), n // group)})
@@ -153,33 +171,37 @@ class LaneChain(wiring.Component):
     taps). ``out.sums[j]`` is the partial sum of slot ``j`` (elements ``j*group`` to
     ``(j+1)*group - 1``) for each token.
 
-    Each weight's code and index are delayed to meet its feed (12 bits per element), and
-    decoded there (:func:`hw.weight_decode.element_decode`) from its slot's group decode,
-    which runs down one tapped register line per slot: the decode sits between registers,
-    and synthesis cannot copy the group's logic into every weight's."""
+    Each weight's code and index are delayed to meet its feed (12 bits per element, 8 with
+    ``index_in_code``), and decoded there (:func:`hw.weight_decode.element_decode`) from its
+    slot's group decode, which runs down one tapped register line per slot: the decode sits
+    between registers, and synthesis cannot copy the group's logic into every weight's. Its
+    column comes out of the delayed index under the router's ``sparsity`` of the same depth.
+    """
 
-    def __init__(self, n: int, group: int):
+    def __init__(self, n: int, group: int, index_in_code: bool = False):
         if n % BLOCK or n > MAX_CHAIN or n % group:
             self._MustUse__silence = True  # refused: never to be elaborated
             raise ValueError(f"chain of {n} (group {group}): need a multiple of 16 up to "
                              f"{MAX_CHAIN}, divisible by the group")
-        self.n, self.group = n, group
-        inp, out = lane_chain_layouts(n, group)
+        self.n, self.group, self.index_in_code = n, group, index_in_code
+        inp, out = lane_chain_layouts(n, group, index_in_code)
         _, feed = router_layouts(n)
-        super().__init__({"inp": In(inp), "feed": In(feed), "pack": In(1), "out": Out(out),
-                          "ce": In(1)})
+        super().__init__({"inp": In(inp), "feed": In(feed),
+                          "sparsity": In(skewed_sparsity_layout(group)), "pack": In(1),
+                          "out": Out(out), "ce": In(1)})
 
     @property
     def latency(self) -> int:
         return chain_latency(self.group)
 
-    def _index(self, e: int):
-        """Element ``e``'s column in its block of 16 under the beat's sparsity."""
-        inp = self.inp
-        value = index_in_block(e, Sparsity.DENSE, inp.idx[e])
+    def _column(self, e: int, idx):
+        """Element ``e``'s column in its block of 16 from its delayed index ``idx``, under
+        the sparsity of the beat it is working on."""
+        sparsity = self.sparsity[e % self.group]
+        value = index_in_block(e, Sparsity.DENSE, idx)
         for sp in Sparsity:
             if sp is not Sparsity.DENSE:
-                value = Mux(inp.sparsity == sp, index_in_block(e, sp, inp.idx[e]), value)
+                value = Mux(sparsity == sp, index_in_block(e, sp, idx), value)
         return value
 
     def _slot_line(self, m: Module, j: int) -> list[data.View]:
@@ -195,10 +217,11 @@ class LaneChain(wiring.Component):
         m.submodules.cascade = cas = DspCascade(self.n, self.group)
         lines = [self._slot_line(m, j) for j in range(self.n // self.group)]
         for e in range(self.n):
-            operand = Cat(self.inp.codes[e], self._index(e)[:INDEX_BITS])
+            code = self.inp.codes[e]
+            operand = code if self.index_in_code else Cat(code, self.inp.idx[e])
             late = delay(m, operand, e % self.group, self.ce, f"op{e}")  # meets its feed
             op = element_decode(late[:CODE_BITS], lines[e // self.group][e % self.group])
-            col = late[CODE_BITS:]
+            col = self._column(e, late[INDEX_IN_CODE_AT if self.index_in_code else CODE_BITS:])
             sub = delay(m, op["neg"], 1, self.ce, f"neg{e}")  # beside the product
             feed = self.feed[e]
             x0 = select(m, feed.x0, col, f"x0_{e}")
@@ -216,9 +239,10 @@ class LaneChain(wiring.Component):
         return m
 
 
-def chain_layouts(n: int, group: int) -> tuple[data.StructLayout, data.StructLayout]:
+def chain_layouts(n: int, group: int, index_in_code: bool = False
+                  ) -> tuple[data.StructLayout, data.StructLayout]:
     """The whole chain's input (a lane's operands with the beat's activations) and output."""
-    lane_inp, out = lane_chain_layouts(n, group)
+    lane_inp, out = lane_chain_layouts(n, group, index_in_code)
     router_inp, _ = router_layouts(n)
     inp = data.StructLayout({**{name: f.shape for name, f in lane_inp},
                              **{name: f.shape for name, f in router_inp}})
@@ -229,14 +253,14 @@ class SparseDspChain(wiring.Component):
     """One lane with its own router: the chain as a pipelined core (``ce`` advances it;
     ``out`` is ``latency`` beats behind ``inp``)."""
 
-    def __init__(self, n: int, group: int):
+    def __init__(self, n: int, group: int, index_in_code: bool = False):
         try:
-            self.lane = LaneChain(n, group)
+            self.lane = LaneChain(n, group, index_in_code)
         except ValueError:
             self._MustUse__silence = True  # refused with its lane
             raise
         self.n, self.group = n, group
-        inp, out = chain_layouts(n, group)
+        inp, out = chain_layouts(n, group, index_in_code)
         super().__init__({"inp": In(inp), "out": Out(out), "ce": In(1)})
 
     @property
@@ -252,8 +276,9 @@ class SparseDspChain(wiring.Component):
                      router.inp.x.eq(inp.x), router.inp.sparsity.eq(inp.sparsity),
                      router.inp.pack.eq(inp.pack),
                      lane.inp.codes.eq(inp.codes), lane.inp.slot.eq(inp.slot),
-                     lane.inp.idx.eq(inp.idx),
-                     lane.inp.sparsity.eq(inp.sparsity), lane.feed.eq(router.feed),
+                     lane.feed.eq(router.feed), lane.sparsity.eq(router.sparsity),
                      self.out.eq(lane.out),
                      lane.pack.eq(delay(m, inp.pack, self.latency, self.ce, "pack"))]
+        if not self.lane.index_in_code:
+            m.d.comb += lane.inp.idx.eq(inp.idx)
         return m

@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from hw.axi import axi_signature
 from hw.axi import command_layout as command_layout_axi
 from hw.matrix_engine import MatrixEngine, engine_layouts, results_layout
-from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, slot_bits
+from hw.stream_unpacker import WORD_COUNT_BITS, StreamUnpacker, index_fits_code, slot_bits
 from hw.weight_streamer import WeightStreamer
 from llmacc import layout as L
 from llmacc.isa import Sparsity, WeightFormat
@@ -163,10 +163,12 @@ class StreamBeats(wiring.Component):
     with ``lane`` (every lane's operands, channel by channel) out. The COMPUTE unit feeds
     its engine from here on MATSTREAM; :class:`StreamEngine` is the two together."""
 
-    def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
+    def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int,
+                 index_in_code: bool = False):
         self.channels, self.lanes, self.n, self.chain_group = channels, lanes, n, chain_group
-        self.w_bits = w_bits
-        head, lane, _ = engine_layouts(channels * lanes, n, chain_group)
+        self.w_bits, self.index_in_code = w_bits, index_in_code
+        head, lane, _ = engine_layouts(channels * lanes, n, chain_group,
+                                       index_in_code=index_in_code)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "act": In(stream.Signature(activation_layout(n, chain_group))),
@@ -211,7 +213,7 @@ class StreamBeats(wiring.Component):
         unpackers = []
         for c in range(self.channels):
             m.submodules[f"unpack{c}"] = u = StreamUnpacker(self.lanes, n, self.chain_group,
-                                                            self.w_bits)
+                                                            self.w_bits, self.index_in_code)
             wiring.connect(m, wiring.flipped(self.words[c]), u.words)
             m.d.comb += [u.start.eq(start), u.total.eq(self.cmd.payload.words),
                          u.fmt.eq(cmd.fmt), u.sparsity.eq(cmd.sparsity), u.slot.eq(slot),
@@ -238,14 +240,17 @@ class StreamBeats(wiring.Component):
 
 
 class StreamEngine(wiring.Component):
-    """:class:`StreamBeats` into a :class:`MatrixEngine` with a collector way per channel.
+    """:class:`StreamBeats` into a :class:`MatrixEngine` with a collector way per channel,
+    the N:M indices in the codes where the streams leave them room (fed by streams only).
     Ports: ``cmd``, ``act``, ``words`` per channel (as :class:`StreamBeats`), ``o`` the
     results."""
 
     def __init__(self, channels: int, lanes: int, n: int, chain_group: int, w_bits: int):
         self.channels, self.lanes = channels, lanes
-        self.beats = StreamBeats(channels, lanes, n, chain_group, w_bits)
-        self.engine = MatrixEngine(channels * lanes, n, chain_group, ways=channels)
+        index_in_code = index_fits_code(n, w_bits)
+        self.beats = StreamBeats(channels, lanes, n, chain_group, w_bits, index_in_code)
+        self.engine = MatrixEngine(channels * lanes, n, chain_group, ways=channels,
+                                   index_in_code=index_in_code)
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
             "act": In(stream.Signature(activation_layout(n, chain_group))),

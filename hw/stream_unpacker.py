@@ -27,7 +27,8 @@ from amaranth.lib.wiring import In, Out
 
 from hw.matrix_engine import engine_layouts
 from hw.pipeline import select
-from hw.sparse_dsp_chain import INDEX_BITS
+from hw.sparse_dsp_chain import INDEX_BITS, INDEX_IN_CODE_AT
+from hw.weight_decode import CODE_BITS
 from llmacc import layout as L
 from llmacc.isa import Sparsity, WeightFormat
 
@@ -52,6 +53,31 @@ def plane_sources(n: int, w_bits: int, plane_of: str, planes: int
             for p in range(count):
                 out[p].setdefault(getattr(g, plane_of)(slot, p), []).append((fmt, sp, slot))
     return out
+
+
+def index_fits_code(n: int, w_bits: int) -> bool:
+    """Whether every beat streamed on words of ``w_bits`` to chains of ``n`` leaves its N:M
+    index room in its codes' high bits (``hw.sparse_dsp_chain.INDEX_IN_CODE_AT``): no
+    format of more code bits than that carries an index."""
+    return all(g.index_planes == 0 or g.desc.bits <= INDEX_IN_CODE_AT
+               for g in L.stream_geometries(n, w_bits).values())
+
+
+def operand_sources(n: int, w_bits: int, index_in_code: bool
+                    ) -> dict[str, list[dict[int, list[tuple[WeightFormat, Sparsity, int]]]]]:
+    """:func:`plane_sources` of a lane's ``codes`` bits and ``idx`` bits; with
+    ``index_in_code`` the index bits are codes bits from ``INDEX_IN_CODE_AT`` on."""
+    codes = plane_sources(n, w_bits, "code_plane", CODE_BITS)
+    idx = plane_sources(n, w_bits, "index_plane", INDEX_BITS)
+    if not index_in_code:
+        return {"codes": codes, "idx": idx}
+    if not index_fits_code(n, w_bits):
+        raise ValueError(f"a {w_bits}-bit stream to chains of {n} holds INT8 with an N:M "
+                         "index: no room for the index in the codes")
+    for p, sources in enumerate(idx):
+        for plane, takers in sources.items():
+            codes[INDEX_IN_CODE_AT + p].setdefault(plane, []).extend(takers)
+    return {"codes": codes}
 
 
 class WordQueue(wiring.Component):
@@ -132,11 +158,14 @@ class StreamUnpacker(wiring.Component):
     ``slot`` in its WEIGHTS word, the SCALES ``entry`` of each chain slot, which parts the
     beat finishes (``pop``) and whether it is taken (``fire``)."""
 
-    def __init__(self, lanes: int, n: int, chain_group: int, w_bits: int):
+    def __init__(self, lanes: int, n: int, chain_group: int, w_bits: int,
+                 index_in_code: bool = False):
         self.lanes, self.n, self.w_bits = lanes, n, w_bits
         self.slots = n // chain_group
         self.entries = L.stream_scale_entries(w_bits)
-        lane = engine_layouts(1, n, chain_group)[1]  # a lane's operands of a beat
+        self.sources = operand_sources(n, w_bits, index_in_code)
+        # a lane's operands of a beat
+        lane = engine_layouts(1, n, chain_group, index_in_code=index_in_code)[1]
         super().__init__({
             "words": In(stream.Signature(w_bits)),
             "start": In(1), "total": In(WORD_COUNT_BITS),
@@ -146,13 +175,13 @@ class StreamUnpacker(wiring.Component):
             "pop": In(len(L.StreamPart)), "fire": In(1),
             "ready": Out(1), "lane": Out(lane).array(lanes)})
 
-    def _choices(self, m, plane_of: str, planes: int) -> list[tuple[list[int], Signal]]:
-        """Per operand bit: the word planes it can come from and which one this beat's is
-        (an index into them), the same for every lane."""
+    def _choices(self, m, field: str) -> list[tuple[list[int], Signal]]:
+        """Per bit of a lane's operand ``field``: the word planes it can come from and which
+        one this beat's is (an index into them), the same for every lane."""
         out = []
-        for p, sources in enumerate(plane_sources(self.n, self.w_bits, plane_of, planes)):
+        for p, sources in enumerate(self.sources[field]):
             planes_p = sorted(sources)
-            pick = Signal(range(max(2, len(planes_p))), name=f"{plane_of}{p}_pick")
+            pick = Signal(range(max(2, len(planes_p))), name=f"{field}{p}_pick")
             for i, q in enumerate(planes_p):
                 with m.If(Cat(*((self.fmt == f) & (self.sparsity == s) & (self.slot == j)
                                 for f, s, j in sources[q])).any()):
@@ -198,18 +227,16 @@ class StreamUnpacker(wiring.Component):
         m.d.comb += self.ready.eq(Cat(*ready).all() & ~self.start)
 
         # unpacking: fixed wiring per format, chosen once for every lane
-        code_choices = self._choices(m, "code_plane", 8)
-        index_choices = self._choices(m, "index_plane", INDEX_BITS)
+        choices = {field: self._choices(m, field) for field in self.sources}
         scale = L.stream_scale_layout(self.w_bits)
         for lane, row in enumerate(queues):
             out = self.lane[lane]
             weights = row[L.StreamPart.WEIGHTS].cur
             scales = data.View(scale, row[L.StreamPart.SCALES].cur)
-            code_planes = self._planes(weights, code_choices)
-            index_planes = self._planes(weights, index_choices)
-            for e in range(n):
-                m.d.comb += [out.codes[e].eq(Cat(*(pl[e] for pl in code_planes))),
-                             out.idx[e].eq(Cat(*(pl[e] for pl in index_planes)))]
+            for field, field_choices in choices.items():
+                planes = self._planes(weights, field_choices)
+                for e in range(n):
+                    m.d.comb += out[field][e].eq(Cat(*(pl[e] for pl in planes)))
             for j in range(self.slots):
                 m.d.comb += [
                     out.mant[j].eq(select(m, scales.mant, self.entry[j], f"mant{lane}_{j}")),

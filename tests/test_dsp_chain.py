@@ -10,7 +10,7 @@ import torch
 from boards.synth_report import yosys_cells
 from hw.dsp48e2 import DspCascade, DspPrimitives
 from hw.pipeline import StreamedCore
-from hw.sparse_dsp_chain import SparseDspChain, chain_layouts, window
+from hw.sparse_dsp_chain import INDEX_IN_CODE_AT, SparseDspChain, chain_layouts, window
 from hw.weight_decode import slot_fields
 from llmacc import layout as L
 from llmacc import numerics as NU
@@ -38,10 +38,10 @@ def chain_model(ops, idx, x, sparsity, pack, n=N, group=GROUP):
     return out
 
 
-def _weights(rng, pack: bool, edge: bool, n=N, group=GROUP):
+def _weights(rng, pack: bool, edge: bool, int8: bool, n=N, group=GROUP):
     """A beat's codes, its slots' group decode and the operands they stand for: low-bit
-    formats when two tokens share the DSPs, INT8 too when not."""
-    formats = [f for f in WeightFormat if f is not WeightFormat.INT8 or not pack]
+    formats when two tokens share the DSPs, INT8 too when not (and ``int8``)."""
+    formats = [f for f in WeightFormat if f is not WeightFormat.INT8 or not pack and int8]
     fmt = rng.choice(formats)
     bits = L.FORMAT_BITS[fmt]
     aux = [0 if fmt is WeightFormat.INT8 else rng.randrange(
@@ -55,9 +55,11 @@ def _weights(rng, pack: bool, edge: bool, n=N, group=GROUP):
     return codes, [slot_fields(fmt, a) for a in aux], ops
 
 
-def _beats(seed: int, count: int = 120):
+def _beats(seed: int, index_in_code: bool, count: int = 120):
+    """Beats of every sparsity and format (the indices in the codes' high bits with
+    ``index_in_code``, where INT8 beats are dense) and the sums they give."""
     rng = random.Random(seed)
-    inp, out = chain_layouts(N, GROUP)
+    inp, out = chain_layouts(N, GROUP, index_in_code)
     w = window(N)
     inputs, expected = [], []
     for b in range(count):
@@ -65,7 +67,7 @@ def _beats(seed: int, count: int = 120):
         nm = SPARSITY_NM[sparsity]
         edge = b % 7 == 3  # extreme operands and activations: the packed split at its bound
         pack = int(rng.random() < 0.8)
-        codes, slots, ops = _weights(rng, bool(pack), edge)
+        codes, slots, ops = _weights(rng, bool(pack), edge, nm is None or not index_in_code)
         if nm is None:
             idx = [0] * N
         else:
@@ -75,17 +77,23 @@ def _beats(seed: int, count: int = 120):
                 idx += sorted(rng.sample(range(block), keep))
         x = [[rng.choice((-127, 127)) if edge else rng.randint(-127, 127) for _ in range(w)]
              for _ in range(2)]
-        inputs.append(H.pack(inp, {"codes": codes, "slot": slots, "idx": idx, "x": x,
-                                   "sparsity": sparsity, "pack": pack}))
+        fields = {"codes": [c | i << INDEX_IN_CODE_AT for c, i in zip(codes, idx, strict=True)]}\
+            if index_in_code else {"codes": codes, "idx": idx}
+        inputs.append(H.pack(inp, {**fields, "slot": slots, "x": x, "sparsity": sparsity,
+                                   "pack": pack}))
         expected.append(H.pack(out, {"sums": chain_model(ops, idx, x, sparsity, pack)}))
     return inputs, expected, out
 
 
+@pytest.mark.parametrize("index_in_code", [False, True], ids=["index", "index_in_code"])
 @pytest.mark.parametrize("simulator", SIMULATORS)
-def test_sparse_chain(simulator, seed, request, tmp_path):
-    inputs, expected, out = _beats(seed) if simulator == "amaranth" else _beats(seed, 400)
-    got = run_block(simulator, request, tmp_path, lambda: StreamedCore(SparseDspChain(N, GROUP)),
-                    "sparse_dsp_chain", inputs, len(expected), seed)
+def test_sparse_chain(simulator, index_in_code, seed, request, tmp_path):
+    count = 120 if simulator == "amaranth" else 400
+    inputs, expected, out = _beats(seed, index_in_code, count)
+    got = run_block(simulator, request, tmp_path,
+                    lambda: StreamedCore(SparseDspChain(N, GROUP, index_in_code)),
+                    f"sparse_dsp_chain{'_icode' if index_in_code else ''}", inputs,
+                    len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 
 

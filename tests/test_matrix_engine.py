@@ -21,9 +21,10 @@ from tests.helpers.weights import random_tile
 LANES, CHAIN, TAP = 2, 16, 4
 
 
-def beat_layout(lanes: int, n: int, group: int) -> data.StructLayout:
+def beat_layout(lanes: int, n: int, group: int, index_in_code: bool = False
+                ) -> data.StructLayout:
     """A whole beat as :func:`beats` writes it: the shared fields and ``lanes``."""
-    head, lane, _ = engine_layouts(lanes, n, group)
+    head, lane, _ = engine_layouts(lanes, n, group, index_in_code=index_in_code)
     return data.StructLayout({**{name: f.shape for name, f in head},
                              "lanes": data.ArrayLayout(lane, lanes)})
 
@@ -31,10 +32,11 @@ def beat_layout(lanes: int, n: int, group: int) -> data.StructLayout:
 class PackedEngine(wiring.Component):
     """The engine with one stream of whole beats, as the stream harnesses drive it."""
 
-    def __init__(self, lanes: int, n: int, group: int):
-        self.engine = MatrixEngine(lanes, n, group)
+    def __init__(self, lanes: int, n: int, group: int, index_in_code: bool = False):
+        self.engine = MatrixEngine(lanes, n, group, index_in_code=index_in_code)
         out = engine_layouts(lanes, n, group)[2]
-        super().__init__({"i": In(stream.Signature(beat_layout(lanes, n, group))),
+        super().__init__({"i": In(stream.Signature(beat_layout(lanes, n, group,
+                                                               index_in_code))),
                           "o": Out(stream.Signature(out))})
 
     def elaborate(self, platform):
@@ -49,13 +51,17 @@ class PackedEngine(wiring.Component):
         return m
 
 
-def _cases(seed: int, count: int):
+def _cases(seed: int, count: int, index_in_code: bool = False):
+    """Tiles of every format, sparsity and group as beats (INT8 only dense where the
+    indices ride in the codes) and the results they give."""
     rng = random.Random(seed)
-    inp, out = beat_layout(LANES, CHAIN, TAP), engine_layouts(LANES, CHAIN, TAP)[2]
+    inp = beat_layout(LANES, CHAIN, TAP, index_in_code)
+    out = engine_layouts(LANES, CHAIN, TAP)[2]
     combos = [(fmt, nm, group) for fmt in WeightFormat
               for nm in [None, (2, 16), (4, 16), (8, 16), (2, 4)]
               for group in (16, 32, 64)
-              if group * (nm[0] if nm else 1) // (nm[1] if nm else 1) >= TAP]
+              if group * (nm[0] if nm else 1) // (nm[1] if nm else 1) >= TAP
+              and not (index_in_code and fmt is WeightFormat.INT8 and nm)]
     inputs, expected = [], []
     for c in range(count):
         fmt, nm, group = combos[c % len(combos)] if c < len(combos) else rng.choice(combos)
@@ -71,18 +77,21 @@ def _cases(seed: int, count: int):
         acc = N.linear_acc(x, ops, mant, group)
         want = N.linear_out(acc, xm, xe, shift, 0, 0)  # [2 tokens, lanes]
         for beat in beats(fmt, nm, group, codes, keep, aux, mant, shift, x, xm, xe, CHAIN,
-                          TAP):
+                          TAP, index_in_code):
             inputs.append(H.pack(inp, beat))
         expected += [H.pack(out, [{"y": int(want[t, lane])}]) for lane in range(LANES)
                      for t in range(2)]  # lane by lane, token 0 then 1
     return inputs, expected, out
 
 
+@pytest.mark.parametrize("index_in_code", [False, True], ids=["index", "index_in_code"])
 @pytest.mark.parametrize("simulator", SIMULATORS)
-def test_matrix_engine(simulator, seed, request, tmp_path):
-    inputs, expected, out = _cases(seed, 70 if simulator == "amaranth" else 300)
-    got = run_block(simulator, request, tmp_path, lambda: PackedEngine(LANES, CHAIN, TAP),
-                    "matrix_engine", inputs, len(expected), seed)
+def test_matrix_engine(simulator, index_in_code, seed, request, tmp_path):
+    inputs, expected, out = _cases(seed, 70 if simulator == "amaranth" else 300, index_in_code)
+    got = run_block(simulator, request, tmp_path,
+                    lambda: PackedEngine(LANES, CHAIN, TAP, index_in_code),
+                    f"matrix_engine{'_icode' if index_in_code else ''}", inputs,
+                    len(expected), seed)
     assert (msg := H.first_mismatch(out, got, expected)) is None, f"{msg} (seed {seed})"
 
 
@@ -105,7 +114,7 @@ def test_lanes_convert_to_one_shared_module():
     assert "module engine_lane" not in top and "module \\engine.lane" not in top
     header = lane[lane.index(f"module engine_lane_{CHAIN}_{TAP}("):].split(";")[0]
     assert sorted(re.findall(r"\\?([\w$]+)\s*[,)]", header)) == sorted(
-        ["clk", "rst", "en", "inp", "feed", "tap", "acc", "shift"])
+        ["clk", "rst", "en", "inp", "feed", "sparsity", "tap", "acc", "shift"])
 
 
 def test_the_synth_report_counts_what_other_rows_do_not(tmp_path):
