@@ -110,6 +110,11 @@ class Estimate:
     def rtl_tok_s(self) -> float:
         return self.tokens * self.clock_hz / sum(op.rtl_cycles for op in self.operators)
 
+    @property
+    def rtl_roofline_fraction(self) -> float:
+        """The RTL as built against the HBM roofline: the headline figure."""
+        return self.rtl_tok_s / self.roofline_tok_s
+
 
 def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
     """Memory cycles to stream ``rows`` rows of ``words`` AXI words over every channel."""

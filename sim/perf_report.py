@@ -4,12 +4,14 @@ model, with the published anchors, and two plots made with matplotlib, each as P
 with each operator of a decode step placed on it).
 
 The last line is ``decode_tok_s=<v> roofline_fraction=<v>`` for ``--scheme`` at
-``--context`` (the design estimate).
+``--context``: the RTL as built (the calibrated cycle model of its sequencers) and its
+fraction of the HBM roofline. The design estimate is a labelled column, never that line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from llmacc import config as C
@@ -73,8 +75,18 @@ def run(args: argparse.Namespace) -> int:
     plots = _decode_plot(curves, rtl, args.scheme, cfg.name, shape.name, out)
     plots += _roofline_plot(cfg, e, args.scheme, args.context, shape.name, out)
     print("plots: " + ", ".join(str(p) for p in plots))
-    print(f"decode_tok_s={e.tok_s:.2f} roofline_fraction={e.roofline_fraction:.3f}")
+    print(f"{args.scheme} at context {args.context}: RTL as built {e.rtl_tok_s:.3g} tok/s "
+          f"(design estimate {e.tok_s:.3g}, HBM roofline {e.roofline_tok_s:.3g})")
+    print(f"decode_tok_s={_fixed(e.rtl_tok_s)} "
+          f"roofline_fraction={_fixed(e.rtl_roofline_fraction)}")
     return 0
+
+
+def _fixed(value: float, digits: int = 3) -> str:
+    """``value`` in plain decimals with ``digits`` significant digits (no exponent: the last
+    line is read by scripts)."""
+    places = max(2, digits - math.floor(math.log10(value)) - 1) if value > 0 else 2
+    return f"{value:.{places}f}"
 
 
 # -- plots (matplotlib) ------------------------------------------------------------------------
