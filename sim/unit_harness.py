@@ -106,7 +106,7 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
                         await ctx.tick()
                         if taken or ctx.get(unit.stream_abort):
                             break
-                    if c == 0:
+                    if c == 0 and taken:  # a word an abort cut off was never given
                         given[0] += 1
                         errors = (bus_errors or {}).get(len(running) - 1)
                         ctx.set(unit.stream_error, int(errors is not None
