@@ -148,10 +148,11 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[Block]:
 
     lanes, channels = cfg.lanes_per_channel, cfg.mem_channels
     addr, data = cfg.axi_addr_bits, cfg.axi_data_bits
-    in_code = index_in_code(cfg)
+    in_code, preskewed = index_in_code(cfg), cfg.stream_skew != 0
     index = ", index in the codes" if in_code else ""
-    out = [Block(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group}{index})",
-                 EngineLane(cfg.chain_len, cfg.chain_group, in_code), cfg.mv_rows),
+    skew = ", streams pre-skewed" if preskewed else ""
+    out = [Block(f"engine lane (chain {cfg.chain_len}/{cfg.chain_group}{index}{skew})",
+                 EngineLane(cfg.chain_len, cfg.chain_group, in_code, preskewed), cfg.mv_rows),
            Block(f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the "
                  "lanes)", ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
            Block(f"result collector way (a channel's {lanes} lanes)", ResultCollector(lanes),

@@ -34,7 +34,8 @@ from quant import intref
 from quant.tokenizer import STORED_SUFFIXES, stored_form
 
 FORMAT = "llmacc-package"
-FORMAT_VERSION = 3  #: 2: the manifest carries its own digest; 3: logits in vocabulary slices
+FORMAT_VERSION = 4  #: 2: the manifest carries its own digest; 3: logits in vocabulary slices;
+#: 4: weight streams pre-skewed where only streams feed the lanes (u280)
 FILES = ("image.bin", "programs.bin", "intref.pt")
 
 

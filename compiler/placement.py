@@ -138,7 +138,7 @@ def stream_geometry(cfg: AccelConfig, desc: L.Descriptor, k: int) -> L.StreamGeo
     """The weight streams of a ``desc`` tile of K = ``k`` on ``cfg``, or None where its
     format does not fit a stream's words (it goes through WGT and META instead)."""
     try:
-        return L.StreamGeometry(desc, k, cfg.chain_len, cfg.axi_data_bits)
+        return L.stream_geometry(cfg, desc, k)
     except L.LayoutError:
         return None
 

@@ -32,11 +32,12 @@ per pass (``layout.stream_row``). Per pair of tokens (one, INT8) the weights str
 in the first pass each beat's activation window is read from ACT as whole words and kept in
 the replay memory (a window per beat), which gives the later passes a beat per cycle; the
 results are written while the next pass streams, a collector way per channel, one element
-per cycle. A format the streams do not hold is :attr:`Fault.UNSUPPORTED`, a stream longer
-than a streamer command :attr:`Fault.RANGE`, an error response :attr:`Fault.BUS`. Every
-fault passes through FAULTED before completing: ``stream_abort`` empties the streamers
-until ``streams_idle`` (no burst left in flight) while the engine and the beats are cleared,
-so that the next program's streams start clean.
+per cycle. Without the record path the streams come pre-skewed and the lanes keep no skew
+registers (``AccelConfig.stream_skew``). A format the streams do not hold is
+:attr:`Fault.UNSUPPORTED`, a stream longer than a streamer command :attr:`Fault.RANGE`, an
+error response :attr:`Fault.BUS`. Every fault passes through FAULTED before completing:
+``stream_abort`` empties the streamers until ``streams_idle`` (no burst left in flight)
+while the engine and the beats are cleared, so that the next program's streams start clean.
 """
 
 from dataclasses import dataclass
@@ -325,14 +326,15 @@ class ComputeUnit(wiring.Component):
                              "at a time")
         channels = cfg.mem_channels
         in_code = index_in_code(cfg)
-        m.submodules.engine = engine = MatrixEngine(lanes, n_chain, tap, ways=channels,
-                                                    index_in_code=in_code)
+        preskewed = cfg.stream_skew != 0  # streams only: no skew registers in the lanes
+        m.submodules.engine = engine = MatrixEngine(
+            lanes, n_chain, tap, ways=channels, index_in_code=in_code, preskewed=preskewed)
         beats = StreamBeats(channels, cfg.lanes_per_channel, n_chain, tap, cfg.axi_data_bits,
-                            in_code)
+                            in_code, preskewed)
         m.submodules.stream_beats = ResetInserter(self.stream_abort)(beats)
         m.d.comb += engine.clear.eq(self.stream_abort)
         m.submodules.stream_length = length = StreamLength(cfg.lanes_per_channel, n_chain,
-                                                           cfg.axi_data_bits)
+                                                           cfg.axi_data_bits, cfg.stream_skew)
         for c in range(channels):
             wiring.connect(m, wiring.flipped(getattr(self, f"weights{c}")), beats.words[c])
         fetch = {}
@@ -425,7 +427,7 @@ class ComputeUnit(wiring.Component):
                    beats.beat.ready.eq(engine.i.ready),
                    *(p.eq(src) for p, src in zip(engine.lane_in, beats.lane, strict=True))]
         if not self.cfg.record_matrices:
-            m.d.comb += streams
+            m.d.comb += [*streams, engine.hold.eq(beats.hold), engine.tail.eq(beats.tail)]
             return
         with m.If(st.streaming):
             m.d.comb += streams

@@ -117,8 +117,10 @@ class EngineLane(wiring.Component):
     ``shift``) for the :class:`ResultCollector`, and starts the next. The engine's lanes are
     identical: board builds convert this module once (:mod:`hw.hierarchy`)."""
 
-    def __init__(self, n: int, group: int, index_in_code: bool = False):
+    def __init__(self, n: int, group: int, index_in_code: bool = False,
+                 preskewed: bool = False):
         self.n, self.group, self.index_in_code = n, group, index_in_code
+        self.preskewed = preskewed
         ports = lane_layouts(n, group, index_in_code)
         super().__init__({
             "en": In(1), "inp": In(ports["inp"]), "feed": In(ports["feed"]),
@@ -131,7 +133,8 @@ class EngineLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.chain = chain = LaneChain(self.n, self.group, self.index_in_code)
+        m.submodules.chain = chain = LaneChain(self.n, self.group, self.index_in_code,
+                                               self.preskewed)
         inp, tap, en = self.inp, self.tap, self.en
         m.d.comb += [chain.ce.eq(en), chain.feed.eq(self.feed),
                      chain.sparsity.eq(self.sparsity), chain.pack.eq(tap.pack)]
@@ -245,16 +248,23 @@ class MatrixEngine(wiring.Component):
     in each way lane by lane, token 0, then 1. ``clear`` (a cycle is enough) drops a
     stream cut short: the engine's state is reset and every lane's partial sums zeroed
     (a row and group end forced on the lanes, which board builds share as one module
-    outside the reset)."""
+    outside the reset).
+
+    ``preskewed``: the lanes' weights come pre-skewed (``llmacc.layout.StreamGeometry.skew``)
+    and the chain advances by beats, not cycles: ``hold`` stops it while a stream owes the
+    next beat, so that a weight and its activation meet whatever the stalls; a ``tail`` beat
+    (the stream's last weights, no activations) advances it without reaching the taps.
+    Between streams the chain runs free and drains."""
 
     def __init__(self, lanes: int, n: int, group: int, ways: int = 1,
-                 index_in_code: bool = False):
+                 index_in_code: bool = False, preskewed: bool = False):
         self.lanes, self.n, self.group, self.ways = lanes, n, group, ways
-        self.index_in_code = index_in_code
-        self.units = [EngineLane(n, group, index_in_code) for _ in range(lanes)]
+        self.index_in_code, self.preskewed = index_in_code, preskewed
+        self.units = [EngineLane(n, group, index_in_code, preskewed) for _ in range(lanes)]
         head, lane, out = engine_layouts(lanes, n, group, ways, index_in_code)
+        flow = {"hold": In(1), "tail": In(1)} if preskewed else {}
         super().__init__({"i": In(stream.Signature(head)), "lane_in": In(lane).array(lanes),
-                          "o": Out(stream.Signature(out)), "clear": In(1)})
+                          "o": Out(stream.Signature(out)), "clear": In(1), **flow})
 
     def elaborate(self, platform):
         m = Module()
@@ -278,14 +288,17 @@ class MatrixEngine(wiring.Component):
                      side_in.row_end.eq(beat.row_end), side_in.xm.eq(beat.xm),
                      side_in.xe.eq(beat.xe)]
         side = delay(m, side_in, latency, en, "side")
-        valid = delay(m, self.i.valid, latency, en, "valid", reset_less=False)
+        real = self.i.valid & ~self.tail if self.preskewed else self.i.valid
+        valid = delay(m, real, latency, en, "valid", reset_less=False)
         row_end = valid & side.row_end
-        m.d.comb += [en.eq(~(row_end & collector.busy)), collector.start.eq(row_end & en),
+        blocked = row_end & collector.busy
+        m.d.comb += [en.eq(~(blocked | self.hold) if self.preskewed else ~blocked),
+                     collector.start.eq(row_end & en),
                      collector.xm.eq(side.xm), collector.xe.eq(side.xe)]
         for lane, unit in enumerate(self.units):
             m.submodules[f"lane{lane}"] = shared(
                 platform, unit, f"engine_lane_{self.n}_{self.group}"
-                f"{'_icode' if self.index_in_code else ''}")
+                f"{'_icode' if self.index_in_code else ''}{'_pre' if self.preskewed else ''}")
             src = self.lane_in[lane]
             m.d.comb += [unit.en.eq(en | self.clear), unit.inp.fmt.eq(beat.fmt),
                          *(unit.inp[name].eq(src[name]) for name, _ in src.shape()),

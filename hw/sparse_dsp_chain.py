@@ -18,9 +18,10 @@ The work is split by who can share it:
   side) happen once, not once per lane;
 * :class:`LaneChain`, once per lane: the operand and index skew (at most ``group - 1``
   deep: 12 bits per element, or 8 where the index rides in the code's high bits,
-  :data:`INDEX_IN_CODE_AT`), the 16:1 selects and the cascade. The router hands each skew
-  depth its beat's sparsity, so a lane finds a weight's column after the skew, from the
-  few bits it delays.
+  :data:`INDEX_IN_CODE_AT`; none where the weight stream comes pre-skewed,
+  ``llmacc.layout.StreamGeometry.skew``), the 16:1 selects and the cascade. The router
+  hands each skew depth its beat's sparsity, so a lane finds a weight's column after the
+  skew, from the few bits it delays.
 
 Two tokens share each multiplier: the DSP48E2's pre-adder forms ``x1 * 2**18 + x0`` from
 ``A = x1 * 2**18`` (wiring) and ``D = x0``, ``B = w``, so the 48-bit cascade carries
@@ -172,18 +173,22 @@ class LaneChain(wiring.Component):
     ``(j+1)*group - 1``) for each token.
 
     Each weight's code and index are delayed to meet its feed (12 bits per element, 8 with
-    ``index_in_code``), and decoded there (:func:`hw.weight_decode.element_decode`) from its
+    ``index_in_code``; with ``preskewed`` they come that late already: element ``i`` of
+    ``inp`` belongs to the beat ``i % group`` beats before, as pre-skewed streams hold them),
+    and decoded there (:func:`hw.weight_decode.element_decode`) from its
     slot's group decode, which runs down one tapped register line per slot: the decode sits
     between registers, and synthesis cannot copy the group's logic into every weight's. Its
     column comes out of the delayed index under the router's ``sparsity`` of the same depth.
     """
 
-    def __init__(self, n: int, group: int, index_in_code: bool = False):
+    def __init__(self, n: int, group: int, index_in_code: bool = False,
+                 preskewed: bool = False):
         if n % BLOCK or n > MAX_CHAIN or n % group:
             self._MustUse__silence = True  # refused: never to be elaborated
             raise ValueError(f"chain of {n} (group {group}): need a multiple of 16 up to "
                              f"{MAX_CHAIN}, divisible by the group")
         self.n, self.group, self.index_in_code = n, group, index_in_code
+        self.preskewed = preskewed
         inp, out = lane_chain_layouts(n, group, index_in_code)
         _, feed = router_layouts(n)
         super().__init__({"inp": In(inp), "feed": In(feed),
@@ -219,7 +224,8 @@ class LaneChain(wiring.Component):
         for e in range(self.n):
             code = self.inp.codes[e]
             operand = code if self.index_in_code else Cat(code, self.inp.idx[e])
-            late = delay(m, operand, e % self.group, self.ce, f"op{e}")  # meets its feed
+            late = operand if self.preskewed else \
+                delay(m, operand, e % self.group, self.ce, f"op{e}")  # meets its feed
             op = element_decode(late[:CODE_BITS], lines[e // self.group][e % self.group])
             col = self._column(e, late[INDEX_IN_CODE_AT if self.index_in_code else CODE_BITS:])
             sub = delay(m, op["neg"], 1, self.ce, f"neg{e}")  # beside the product

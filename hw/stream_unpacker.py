@@ -15,7 +15,8 @@ groups' mantissas and aux bytes), one word per lane for each request of the lane
   and the beat's slot in its word (the same choice for every lane, made once); the slots'
   scales are entries of the SCALES word named by the engine (``entry``).
 
-It is ``ready`` when every lane holds both parts' current words. The engine
+It is ``ready`` when every lane holds both parts' current words (a pre-skewed stream's
+``tail`` beats need WEIGHTS words only). The engine
 (:mod:`hw.stream_engine`) counts the beats and says which words a beat finishes.
 """
 
@@ -172,7 +173,7 @@ class StreamUnpacker(wiring.Component):
             "fmt": In(WeightFormat), "sparsity": In(Sparsity),
             "slot": In(slot_bits(n, w_bits)),
             "entry": In(data.ArrayLayout(range(self.entries), self.slots)),
-            "pop": In(len(L.StreamPart)), "fire": In(1),
+            "pop": In(len(L.StreamPart)), "fire": In(1), "tail": In(1),
             "ready": Out(1), "lane": Out(lane).array(lanes)})
 
     def _choices(self, m, field: str) -> list[tuple[list[int], Signal]]:
@@ -217,14 +218,16 @@ class StreamUnpacker(wiring.Component):
             m.d.sync += [left.eq(left - 1), lane_at.eq(Mux(last_lane, 0, lane_at + 1))]
         m.d.comb += [req.start.eq(self.start), req.take.eq(take & last_lane),
                      req.push.eq(Mux(self.fire, self.pop, 0))]
-        ready = []
+        ready = {part: [] for part in parts}
         for lane, row in enumerate(queues):
             for part, q in zip(parts, row, strict=True):
                 m.d.comb += [q.word.eq(self.words.payload),
                              q.push.eq(take & (lane_at == lane) & (req.head == part)),
                              q.pop.eq(self.fire & self.pop[part]), q.clear.eq(self.start)]
-                ready.append(q.cur_valid)
-        m.d.comb += self.ready.eq(Cat(*ready).all() & ~self.start)
+                ready[part].append(q.cur_valid)
+        scales_ready = Cat(*ready[L.StreamPart.SCALES]).all() | self.tail
+        m.d.comb += self.ready.eq(Cat(*ready[L.StreamPart.WEIGHTS]).all() & scales_ready
+                                  & ~self.start)
 
         # unpacking: fixed wiring per format, chosen once for every lane
         choices = {field: self._choices(m, field) for field in self.sources}

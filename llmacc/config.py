@@ -107,6 +107,13 @@ class AccelConfig:
         return self.mv_rows // self.mem_channels
 
     @property
+    def stream_skew(self) -> int:
+        """Beats by which weight streams delay a chain element's weights (its place in its
+        cascade, ``llmacc.layout.StreamGeometry.skew``): the cascade spacing where only
+        streams feed the lanes (no record path), which then keep no skew registers; else 0."""
+        return 0 if self.record_matrices else self.chain_group
+
+    @property
     def axi_data_bytes(self) -> int:
         return self.axi_data_bits // 8
 

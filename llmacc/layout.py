@@ -34,6 +34,7 @@ import contextlib
 import functools
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from amaranth.lib import data
 
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
+
+if TYPE_CHECKING:
+    from llmacc.config import AccelConfig
 
 Tensor = torch.Tensor
 
@@ -566,13 +570,21 @@ for _record in (TileDescriptor, QRowHeader, KvHeader, RowRecordHead, GammaHeader
 # * **SCALES**: :func:`stream_scale_layout`, the row's ``shift`` and the mantissa and aux
 #   byte of ``stream_scale_entries`` consecutive groups (entry ``g % E`` holds group ``g``).
 #
-# A row starts a new word of each part. The channel's lanes (``lanes``, one row each per
-# pass) share one word stream: the words come in the order in which the lanes' queues
-# (STREAM_QUEUE_WORDS per part) ask for them, each request answered with one word per lane,
-# lane 0 first. The queues ask that many times per part at the start (WEIGHTS, SCALES, ...), then
-# once for each word a beat finishes (:meth:`StreamGeometry.pops`, WEIGHTS before SCALES):
-# the order depends only on the beats, never on timing. A request that no row needs any more
-# is answered with a zero word while later words follow, and not at all after the last.
+# A row starts a new word of each part. **Pre-skewed streams** (``skew``, the chain's tap
+# spacing, where only streams feed the lanes): a lane's beats, row after row, are shifted
+# element by element, element ``e`` of the stream's beat ``t`` holding that of the lane's
+# beat ``t - e % skew`` (zero before the first), so that each weight reaches its DSP when
+# the cascade does and the lanes keep no skew registers; ``skew - 1`` tail beats after the
+# last row carry what is left (WEIGHTS words only, starting a new word).
+#
+# The channel's lanes (``lanes``, one row each per pass) share one word stream: the words
+# come in the order in which the lanes' queues (STREAM_QUEUE_WORDS per part) ask for them,
+# each request answered with one word per lane, lane 0 first. The queues ask that many
+# times per part at the start (WEIGHTS, SCALES, ...), then once for each word a beat
+# finishes (:meth:`StreamGeometry.pops`, WEIGHTS before SCALES; a tail beat finishes
+# WEIGHTS words only): the order depends only on the beats, never on timing. A request
+# that no row needs any more is answered with a zero word while later words follow, and
+# not at all after the last.
 class StreamPart(IntEnum):
     """The kinds of words of a weight stream, in the order one beat's requests are made."""
 
@@ -605,16 +617,20 @@ def stream_scale_layout(w_bits: int) -> data.StructLayout:
 @dataclass(frozen=True)
 class StreamGeometry:
     """Where everything of one tile's rows lies in its weight stream: ``k`` inputs per row,
-    ``n`` kept weights per beat (the chain), words of ``w_bits``."""
+    ``n`` kept weights per beat (the chain), words of ``w_bits``; ``skew``: the chain's tap
+    spacing where the stream is pre-skewed for it, else 0."""
 
     desc: Descriptor
     k: int
     n: int
     w_bits: int
+    skew: int = 0
 
     def __post_init__(self) -> None:
         d = self.desc
         _check_k(d, self.k)
+        if self.skew < 0 or (self.skew and self.n % self.skew):
+            raise LayoutError(f"a skew of {self.skew} does not divide a chain of {self.n}")
         if self.w_bits % self.n:
             raise LayoutError(f"a {self.w_bits}-bit word holds no whole planes of {self.n}")
         if self.beat_planes > self.word_planes:
@@ -675,11 +691,26 @@ class StreamGeometry:
         """The word plane of index bit ``p`` of the beat in slot ``slot``."""
         return (slot + 1) * self.slot_planes - self.index_planes + p
 
+    @property
+    def tail(self) -> int:
+        """Beats after a pre-skewed stream's last row: what its later elements still need."""
+        return max(0, self.skew - 1)
+
+    @property
+    def tail_words(self) -> int:
+        """WEIGHTS words of a lane's tail beats."""
+        return -(-self.tail // self.beats_per_word)
+
     def row_words(self, part: StreamPart) -> int:
         """Words of ``part`` in one row."""
         if part is StreamPart.WEIGHTS:
             return -(-self.beats // self.beats_per_word)
         return -(-self.groups // stream_scale_entries(self.w_bits))
+
+    def lane_words(self, part: StreamPart, passes: int) -> int:
+        """Words of ``part`` a lane takes over ``passes`` rows (the tail's included)."""
+        return passes * self.row_words(part) + (self.tail_words
+                                               if part is StreamPart.WEIGHTS else 0)
 
     def pops(self, beat: int) -> tuple[StreamPart, ...]:
         """The parts whose current word beat ``beat`` of a row finishes."""
@@ -697,7 +728,13 @@ class StreamGeometry:
         """Every request of the lanes' queues over ``passes`` rows each, in order."""
         out = [part for _ in range(STREAM_QUEUE_WORDS) for part in StreamPart]
         per_row = [part for beat in range(self.beats) for part in self.pops(beat)]
-        return out + per_row * passes
+        return out + per_row * passes + [StreamPart.WEIGHTS] * self.tail_words
+
+
+def stream_geometry(cfg: "AccelConfig", desc: Descriptor, k: int) -> StreamGeometry:
+    """The streams of a ``desc`` tile of K = ``k`` on the engine of ``cfg`` (pre-skewed
+    where its lanes take nothing else, ``AccelConfig.stream_skew``)."""
+    return StreamGeometry(desc, k, cfg.chain_len, cfg.axi_data_bits, cfg.stream_skew)
 
 
 @functools.cache
@@ -714,10 +751,10 @@ def stream_geometries(n: int, w_bits: int) -> dict[tuple[WeightFormat, Sparsity]
     return out
 
 
-def _stream_rows(geom: StreamGeometry, codes: Tensor, keep: Tensor | None, mant: Tensor,
-                 shift: Tensor, aux: Tensor | None) -> dict[StreamPart, np.ndarray]:
-    """Each row's words per part, bytes [rows, row_words, W]."""
-    d, n, w_bytes = geom.desc, geom.n, geom.w_bits // 8
+def _kept_beats(geom: StreamGeometry, codes: Tensor, keep: Tensor | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's kept codes (INT8 as bytes) and N:M indices by beat, [rows, beats, n]."""
+    d, n = geom.desc, geom.n
     c = torch.as_tensor(codes)
     rows = c.shape[0]
     if d.wfmt is WeightFormat.INT8:
@@ -725,19 +762,45 @@ def _stream_rows(geom: StreamGeometry, codes: Tensor, keep: Tensor | None, mant:
     idx = torch.zeros_like(c)
     if d.nm is not None:
         c, idx = N.nm_compress(c, keep, *d.nm)
-    span = geom.beats * n
-    kept_codes = np.zeros((rows, span), dtype=np.int64)
-    kept_idx = np.zeros((rows, span), dtype=np.int64)
-    kept_codes[:, :geom.kept], kept_idx[:, :geom.kept] = c.numpy(), idx.numpy()
-    per_word = geom.beats_per_word
-    nwords = geom.row_words(StreamPart.WEIGHTS)
-    planes = np.zeros((rows, nwords * per_word, geom.word_planes // per_word, n), np.uint8)
-    beats = np.arange(geom.beats)
+    out = []
+    for t in (c, idx):
+        kept = np.zeros((rows, geom.beats * n), dtype=np.int64)
+        kept[:, :geom.kept] = t.numpy()
+        out.append(kept.reshape(rows, geom.beats, n))
+    return out[0], out[1]
+
+
+def _skew(beats: np.ndarray, skew: int, back: bool = False) -> np.ndarray:
+    """A lane's beats [..., T, n] with element ``e`` moved ``e % skew`` beats later (zero
+    before its first), or, ``back``, earlier again."""
+    if not skew:
+        return beats
+    t, n = beats.shape[-2:]
+    late = np.arange(n) % skew
+    at = np.arange(t)[:, None] + (late if back else -late)[None, :]
+    inside = (at >= 0) & (at < t)
+    got = np.take_along_axis(beats, np.broadcast_to(np.clip(at, 0, t - 1), beats.shape), -2)
+    return np.where(inside, got, 0)
+
+
+def _beat_words(geom: StreamGeometry, codes: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Beats of codes and indices [..., B, n] packed as WEIGHTS words, bytes [..., words,
+    W]: ``beats_per_word`` beats a word, the last word's unused slots zero."""
+    d, n, per_word = geom.desc, geom.n, geom.beats_per_word
+    lead, count = codes.shape[:-2], codes.shape[-2]
+    nwords = -(-count // per_word)
+    planes = np.zeros((*lead, nwords * per_word, geom.slot_planes, n), np.uint8)
     for p in range(d.bits):
-        planes[:, beats, geom.code_plane(0, p)] = (kept_codes.reshape(rows, -1, n) >> p) & 1
+        planes[..., :count, geom.code_plane(0, p), :] = (codes >> p) & 1
     for p in range(geom.index_planes):
-        planes[:, beats, geom.index_plane(0, p)] = (kept_idx.reshape(rows, -1, n) >> p) & 1
-    weights = np.packbits(planes.reshape(rows, nwords, -1), axis=2, bitorder="little")
+        planes[..., :count, geom.index_plane(0, p), :] = (idx >> p) & 1
+    return np.packbits(planes.reshape(*lead, nwords, -1), axis=-1, bitorder="little")
+
+
+def _scale_words(geom: StreamGeometry, rows: int, mant: Tensor, shift: Tensor,
+                 aux: Tensor | None) -> np.ndarray:
+    """Each row's SCALES words, bytes [rows, row_words, W]."""
+    d, w_bytes = geom.desc, geom.w_bits // 8
     entries = stream_scale_entries(geom.w_bits)
     layout = stream_scale_layout(geom.w_bits)
     swords = geom.row_words(StreamPart.SCALES)
@@ -757,7 +820,32 @@ def _stream_rows(geom: StreamGeometry, codes: Tensor, keep: Tensor | None, mant:
         lo = layout["aux"].offset // 8
         scales[:, word, lo:lo + entries] = _le(a[:, word * entries:(word + 1) * entries],
                                                _record_dtype(AUX))
-    return {StreamPart.WEIGHTS: weights, StreamPart.SCALES: scales}
+    return scales
+
+
+def _lane_queues(geom: StreamGeometry, lanes: int, codes: Tensor, keep: Tensor | None,
+                 mant: Tensor, shift: Tensor, aux: Tensor | None) -> dict[StreamPart, np.ndarray]:
+    """Each lane's words of each part in the order it takes them, bytes [lanes, words, W]:
+    its rows' (row ``r`` on lane ``r % lanes``), pre-skewed with the tail's where ``skew``."""
+    rows = torch.as_tensor(codes).shape[0]
+    passes, w_bytes, beats, n = rows // lanes, geom.w_bits // 8, geom.beats, geom.n
+
+    def by_lane(x: np.ndarray) -> np.ndarray:  # [rows, ...] -> [lanes, passes, ...]
+        return x.reshape(passes, lanes, *x.shape[1:]).swapaxes(0, 1)
+
+    beat_arrays = []
+    for b in _kept_beats(geom, codes, keep):
+        seq = by_lane(b).reshape(lanes, passes * beats, n)
+        seq = np.concatenate([seq, np.zeros((lanes, geom.tail, n), np.int64)], axis=1)
+        beat_arrays.append(_skew(seq, geom.skew))
+    (c, i) = beat_arrays
+    body = _beat_words(geom, c[:, :passes * beats].reshape(lanes, passes, beats, n),
+                       i[:, :passes * beats].reshape(lanes, passes, beats, n))
+    weights = [body.reshape(lanes, -1, w_bytes)]
+    if geom.tail:
+        weights.append(_beat_words(geom, c[:, passes * beats:], i[:, passes * beats:]))
+    scales = by_lane(_scale_words(geom, rows, mant, shift, aux)).reshape(lanes, -1, w_bytes)
+    return {StreamPart.WEIGHTS: np.concatenate(weights, axis=1), StreamPart.SCALES: scales}
 
 
 def encode_weight_stream(geom: StreamGeometry, lanes: int, codes: Tensor, keep: Tensor | None,
@@ -770,10 +858,7 @@ def encode_weight_stream(geom: StreamGeometry, lanes: int, codes: Tensor, keep: 
         raise LayoutError(f"{rows} rows do not fill passes of {lanes} lanes")
     passes = rows // lanes
     w_bytes = geom.w_bits // 8
-    # each lane's words of each part, its rows in order: [lanes, passes * row_words, W]
-    queues = {part: words_.reshape(passes, lanes, -1, w_bytes).swapaxes(0, 1)
-              .reshape(lanes, -1, w_bytes)
-              for part, words_ in _stream_rows(geom, codes, keep, mant, shift, aux).items()}
+    queues = _lane_queues(geom, lanes, codes, keep, mant, shift, aux)
     taken = dict.fromkeys(StreamPart, 0)
     left = sum(q.shape[1] for q in queues.values())
     out = []
@@ -808,34 +893,48 @@ def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: 
         raise LayoutError(f"weight stream: {stream.shape[0] - at} words past the last request")
     rows = lanes * passes
 
-    def row_words(part: StreamPart) -> np.ndarray:
-        """[rows, row_words, W]: a lane's first words of a part are its rows' (any zero
-        answers come after them)."""
-        count = geom.row_words(part)
+    def lane_words(part: StreamPart) -> np.ndarray:
+        """[lanes, words, W]: a lane's words of a part that its rows (and tail) take (any
+        zero answers come after them)."""
+        count = geom.lane_words(part, passes)
         got = [np.stack(words_[part][lane]) if words_[part][lane] else
                np.zeros((0, w_bytes), np.uint8) for lane in range(lanes)]
-        if any(g.shape[0] < passes * count for g in got):
+        if any(g.shape[0] < count for g in got):
             raise LayoutError(f"weight stream: too few {part.name} words")
-        return np.stack([got[r % lanes][r // lanes * count:(r // lanes + 1) * count]
-                         for r in range(rows)])
+        return np.stack([g[:count] for g in got])
 
-    weights = row_words(StreamPart.WEIGHTS)
-    bits = np.unpackbits(weights, axis=2, bitorder="little").reshape(
-        rows, -1, geom.slot_planes, geom.n)[:, :geom.beats]
+    def row_major(x: np.ndarray) -> np.ndarray:  # [lanes, passes, ...] -> [rows, ...]
+        return x.swapaxes(0, 1).reshape(rows, *x.shape[2:])
 
-    def gather(plane_of, count: int) -> np.ndarray:
-        value = sum(bits[:, :, plane_of(0, p)].astype(np.int64) << p for p in range(count))
-        return np.asarray(value).reshape(rows, -1)[:, :geom.kept] if count else np.zeros(
-            (rows, geom.kept), np.int64)
+    weights = lane_words(StreamPart.WEIGHTS)
+    beats, n, rw = geom.beats, geom.n, geom.row_words(StreamPart.WEIGHTS)
 
-    scales = row_words(StreamPart.SCALES)
+    def beat_values(words_w: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` beats' codes and indices [..., count, n] of WEIGHTS words."""
+        bits = np.unpackbits(words_w, axis=-1, bitorder="little").reshape(
+            *words_w.shape[:-2], -1, geom.slot_planes, n)[..., :count, :, :].astype(np.int64)
+        codes = sum((bits[..., geom.code_plane(0, p), :] << p for p in range(geom.desc.bits)),
+                    np.zeros(bits.shape[:-2] + (n,), np.int64))
+        idx = sum((bits[..., geom.index_plane(0, p), :] << p
+                   for p in range(geom.index_planes)), np.zeros_like(codes))
+        return codes, idx
+
+    body = beat_values(weights[:, :passes * rw].reshape(lanes, passes, rw, w_bytes), beats)
+    tail = beat_values(weights[:, passes * rw:], geom.tail)
+    kept = {}
+    for name, b, t in zip(("codes", "idx"), body, tail, strict=True):
+        seq = np.concatenate([b.reshape(lanes, passes * beats, n), t], axis=1)
+        seq = _skew(seq, geom.skew, back=True)[:, :passes * beats]
+        kept[name] = row_major(seq.reshape(lanes, passes, beats * n))[:, :geom.kept]
+
+    swords = geom.row_words(StreamPart.SCALES)
+    scales = row_major(lane_words(StreamPart.SCALES).reshape(lanes, passes, swords, w_bytes))
     layout = stream_scale_layout(geom.w_bits)
     entries = stream_scale_entries(geom.w_bits)
     flat = scales.reshape(rows * scales.shape[1], w_bytes)
     mant = _from_le(flat, _record_dtype(MANT), entries, layout["mant"].offset // 8)
     aux = _from_le(flat, _record_dtype(AUX), entries, layout["aux"].offset // 8)
-    return {"codes": gather(geom.code_plane, geom.desc.bits),
-            "idx": gather(geom.index_plane, geom.index_planes),
+    return {**kept,
             "mant": mant.reshape(rows, -1)[:, :geom.groups],
             "aux": aux.reshape(rows, -1)[:, :geom.groups],
             "shift": decode_record(RowRecordHead, scales[:, 0])["shift"]}
@@ -862,18 +961,21 @@ def stream_passes(n: int, channels: int, lanes: int) -> int:
 def stream_words(geom: StreamGeometry, lanes: int, passes: int) -> int:
     """Words of one channel's stream of ``passes`` rows per lane (the length of
     :func:`encode_weight_stream`): every request up to the one that takes the last word a
-    row needs, answered with a word per lane."""
+    lane needs (of its rows or its tail), answered with a word per lane."""
     q = STREAM_QUEUE_WORDS
-    row = geom.requests(1)[len(StreamPart) * q:]  # one row's requests, in order
+    row = [part for beat in range(geom.beats) for part in geom.pops(beat)]  # a row's requests
     last = 0
     for part in StreamPart:
-        need = passes * geom.row_words(part)  # the lane's words of ``part``
+        need = geom.lane_words(part, passes)  # the lane's words of ``part``
+        pop = need - q - 1  # the pop of ``part`` that asks for the last of them
         if need <= q:  # among the queues' first requests: part, other part, ...
             at = len(StreamPart) * (need - 1) + part
-        else:
-            rows, i = divmod(need - q - 1, geom.row_words(part))
+        elif pop < passes * geom.row_words(part):
+            rows, i = divmod(pop, geom.row_words(part))
             at = len(StreamPart) * q + rows * len(row) + \
                 [j for j, p in enumerate(row) if p is part][i]
+        else:  # a tail beat's (WEIGHTS only)
+            at = len(StreamPart) * q + passes * len(row) + pop - passes * geom.row_words(part)
         last = max(last, at)
     return lanes * (last + 1)
 

@@ -224,7 +224,8 @@ def engine_case(cfg: config.AccelConfig, load: EngineWorkload, channels: int, gr
     n, w = cfg.chain_len, cfg.axi_data_bits
     lanes = cfg.lanes_per_channel
     nm = L.SPARSITY_NM[load.sparsity]
-    geom = L.StreamGeometry(L.Descriptor.of(load.fmt, nm, group), load.k, n, w)
+    geom = L.StreamGeometry(L.Descriptor.of(load.fmt, nm, group), load.k, n, w,
+                            skew=cfg.chain_group)  # the slice's engine takes streams only
     share = -(-load.rows // cfg.mem_channels)  # the channel's rows, as the compiler splits
     passes = -(-share // lanes)
     gen = torch.Generator().manual_seed(seed)

@@ -296,7 +296,8 @@ class _StreamClock(_MatrixClock):
     per cycle (STREAM_X), the other passes' come from the replay memory a beat per cycle,
     unless the weights' words (one a cycle after the read latency) or the collector (a pass
     shorter than its writes) hold them back; each pass's results are written while the next
-    one runs, so only the sweep's last pass waits for its drain and writes."""
+    one runs, so only the sweep's last pass waits for its drain and writes. A pre-skewed
+    stream's tail beats (``StreamGeometry.tail``) advance the chain after the last row."""
 
     def run(self) -> int:
         s, cfg = self.s, self.cfg
@@ -306,7 +307,7 @@ class _StreamClock(_MatrixClock):
         cycles += STREAM_LENGTH
         tpp = 1 if self.int8 else 2
         passes = -(-s.n // cfg.mv_rows)
-        geom = L.StreamGeometry(s.desc, s.k, cfg.chain_len, cfg.axi_data_bits)
+        geom = L.stream_geometry(cfg, s.desc, s.k)
         words = L.stream_words(geom, cfg.lanes_per_channel, passes)
         for token in range(0, s.m, tpp):
             qrows = [s.act_addr + (token + t) * self.qrow_pitch
@@ -322,8 +323,9 @@ class _StreamClock(_MatrixClock):
             sweep = pass0
             if passes > 1:
                 sweep += REPLAY_START + (passes - 1) * max(self.nbeats, full)
-            cycles += max(sweep, self._last_word(words))
-            cycles += chain_latency(cfg.chain_group) + ENGINE_DRAIN_EXTRA
+            # a pre-skewed stream's tail beats follow the last row's, as their words come
+            cycles += max(sweep + geom.tail, self._last_word(words))
+            cycles += chain_latency(cfg.chain_group) - geom.tail + ENGINE_DRAIN_EXTRA
             cycles += self._written(passes - 1, token, len(qrows))
         return cycles
 

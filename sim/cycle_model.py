@@ -68,13 +68,15 @@ def engine_stream_cycles(cfg: AccelConfig, geom: L.StreamGeometry, passes: int,
     channel streams its ``words`` (:func:`stream_cycles`) while the engine takes a beat per
     cycle once its lanes hold their first WEIGHTS and SCALES words; a pass lasts its beats,
     or the collector's two results per lane of a channel (each channel has its way) if that
-    is longer; then the last beat's way through the chain and the collector. Nothing in it
-    grows with the channels: a slice of a few stands for all of them."""
+    is longer; a pre-skewed stream's tail beats after the last (``geom.tail``, taken as
+    their words come, the chain advancing with them); then the last beat's way through the
+    chain and the collector. Nothing in it grows with the channels: a slice of a few stands
+    for all of them."""
     lanes = cfg.lanes_per_channel  # one collector way's
     first = STREAM_EXTRA + sum(HBM_LATENCY) // 2 + 2 * lanes
-    compute = first + passes * max(geom.beats, 2 * lanes + 1)
-    tail = chain_latency(cfg.chain_group) + RESULT_STAGES + 2 * lanes
-    return max(stream_cycles(cfg, words), compute) + tail
+    compute = first + passes * max(geom.beats, 2 * lanes + 1) + geom.tail
+    drain = chain_latency(cfg.chain_group) - geom.tail + RESULT_STAGES + 2 * lanes
+    return max(stream_cycles(cfg, words), compute) + drain
 
 
 def fetch_beats(cfg: AccelConfig) -> int:

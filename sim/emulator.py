@@ -313,7 +313,7 @@ class Emulator:
         dwords = L.descriptor_words(w)
         desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
         if insn.opcode is Opcode.MATSTREAM:
-            geom = L.StreamGeometry(desc, k, self.cfg.chain_len, self.cfg.axi_data_bits)
+            geom = L.stream_geometry(self.cfg, desc, k)
             tile = self._stream_tile(insn, geom)
         else:
             tile = self._weight_tile(insn, desc)

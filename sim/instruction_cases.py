@@ -185,7 +185,7 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     emu._put(Buffer.ACT, act_addr, act)
     emu._put(Buffer.META, fields["meta_addr"], desc.encode(w))
     if stream:
-        geom = L.StreamGeometry(desc, k, cfg.chain_len, cfg.axi_data_bits)
+        geom = L.stream_geometry(cfg, desc, k)
         streams = L.encode_tile_streams(geom, cfg.mem_channels, cfg.lanes_per_channel, codes,
                                         keep, mant, shift, aux)
         at = fields["page"] * STREAM_PAGE_BYTES

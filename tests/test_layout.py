@@ -62,10 +62,11 @@ def test_records_round_trip(seed):
     assert all((got[k] == v).all() for k, v in values.items()), f"seed {seed}"
 
 
-@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512), (32, 512)])
-def test_stream_round_trip(n, w_bits, seed):
-    """Every streamed format and sparsity: the lanes' reading of a stream gives back the
-    rows' kept codes, indices, scales, aux bytes and shifts."""
+@pytest.mark.parametrize("n, w_bits, skew", [(16, 128, 0), (64, 512, 0), (32, 512, 0),
+                                             (16, 128, 4), (64, 512, 16), (16, 512, 16)])
+def test_stream_round_trip(n, w_bits, skew, seed):
+    """Every streamed format and sparsity, plain and pre-skewed: the lanes' reading of a
+    stream gives back the rows' kept codes, indices, scales, aux bytes and shifts."""
     rng = random.Random(seed)
     for (fmt, sp), _ in L.stream_geometries(n, w_bits).items():
         nm = L.SPARSITY_NM[sp]
@@ -73,11 +74,12 @@ def test_stream_round_trip(n, w_bits, seed):
         group = rng.choice([g for g in (16, 32, 128) if g >= block and n // (
             g * keep_n // block) <= L.stream_scale_entries(w_bits)])
         k = group * rng.randint(1, 4) * (8 if nm == (2, 16) else 1)
-        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, n, w_bits)
+        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, n, w_bits, skew)
         lanes, passes = rng.randint(1, 3), rng.randint(1, 3)
         codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, lanes * passes)
-        got = L.decode_weight_stream(geom, lanes, passes, L.encode_weight_stream(
-            geom, lanes, codes, keep, mant, shift, aux))
+        stream = L.encode_weight_stream(geom, lanes, codes, keep, mant, shift, aux)
+        assert len(stream) == L.stream_words(geom, lanes, passes), (fmt, sp, seed)
+        got = L.decode_weight_stream(geom, lanes, passes, stream)
         kept = codes if nm is None else N.nm_compress(codes, keep, *nm)[0]
         assert np.array_equal(got["codes"], kept.numpy()), (fmt, sp, seed)
         if nm:
@@ -88,8 +90,8 @@ def test_stream_round_trip(n, w_bits, seed):
         assert np.array_equal(got["shift"], shift.numpy()), (fmt, sp, seed)
 
 
-@pytest.mark.parametrize("n, w_bits", [(16, 128), (64, 512)])
-def test_tile_streams_hold_what_the_records_hold(n, w_bits, seed):
+@pytest.mark.parametrize("n, w_bits, skew", [(16, 128, 0), (64, 512, 0), (64, 512, 16)])
+def test_tile_streams_hold_what_the_records_hold(n, w_bits, skew, seed):
     """A tile spread over the channels' streams decodes to the operands, scales and shifts
     of its WGT and META records, every stream as long as ``stream_words`` says."""
     rng = random.Random(seed)
@@ -100,7 +102,7 @@ def test_tile_streams_hold_what_the_records_hold(n, w_bits, seed):
             g * keep_n // block) <= L.stream_scale_entries(w_bits) and g * keep_n // block >= 8])
         k = group * rng.randint(1, 3) * (8 if nm == (2, 16) else 1)
         desc = L.Descriptor.of(fmt, nm, group)
-        geom = L.StreamGeometry(desc, k, n, w_bits)
+        geom = L.StreamGeometry(desc, k, n, w_bits, skew)
         channels, lanes = rng.randint(1, 3), rng.randint(1, 3)
         rows = rng.randint(1, 2 * channels * lanes + 1)
         codes, keep, aux, mant, shift, _ = random_tile(rng, fmt, nm, group, k, rows)
@@ -113,6 +115,33 @@ def test_tile_streams_hold_what_the_records_hold(n, w_bits, seed):
             desc, codes, keep, mant, shift, aux, w_bits // 8), k)
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b), (fmt, sp, channels, lanes, rows, seed)
+
+
+def test_a_pre_skewed_stream_delays_each_element_by_its_place_in_the_cascade():
+    """W2 dense on 16-element beats, 4 to a 128-bit word, skew 4: the first word holds beats
+    0-3, where element ``e`` carries row beat ``t - e % 4`` (zero before the first); three
+    tail beats follow the last row in a word of their own."""
+    desc = L.Descriptor.of(WeightFormat.W2, None, 16)
+    geom = L.StreamGeometry(desc, 64, 16, 128, skew=4)
+    assert (geom.beats, geom.tail, geom.tail_words) == (4, 3, 1)
+    codes = torch.arange(64).remainder(4).reshape(1, 64) - 2  # beat b, element e: e % 4 - 2
+    codes[0, 16:] = torch.arange(48) // 16  # beats 1, 2, 3: their beat number
+    stream = L.encode_weight_stream(geom, 1, codes, None, torch.ones(1, 4, dtype=torch.int64),
+                                    torch.zeros(1, dtype=torch.int64),
+                                    torch.zeros(1, 4, dtype=torch.int64))
+    first = stream[0]  # the first request: WEIGHTS
+    planes = np.unpackbits(first, bitorder="little").reshape(4, 2, 16)  # beat, plane, element
+    stored = (planes[:, 0] + 2 * planes[:, 1]).astype(np.int64)
+    plain = L.encode_weight_stream(L.StreamGeometry(desc, 64, 16, 128), 1, codes, None,
+                                   torch.ones(1, 4, dtype=torch.int64),
+                                   torch.zeros(1, dtype=torch.int64),
+                                   torch.zeros(1, 4, dtype=torch.int64))[0]
+    row = np.unpackbits(plain, bitorder="little").reshape(4, 2, 16)
+    row = (row[:, 0] + 2 * row[:, 1]).astype(np.int64)
+    for t in range(4):
+        for e in range(16):
+            want = row[t - e % 4, e] if t >= e % 4 else 0
+            assert stored[t, e] == want, (t, e)
 
 
 def test_stream_rows_fill_a_pass_channel_by_channel():

@@ -34,7 +34,7 @@ from tests.helpers.simulators import SIMULATORS, run_block
 from tests.helpers.weights import random_tile
 
 CHANNELS, LANES, CHAIN, TAP, WORD = 2, 2, 16, 4, 128
-DEPTH = 64  #: the test wrapper's queue per destination (a whole case fits)
+DEPTH = 128  #: the test wrapper's queue per destination (a whole case fits)
 
 
 def item_layout(channels: int, n: int, w_bits: int) -> data.StructLayout:
@@ -94,7 +94,7 @@ def _cases(seed: int, count: int):
         fmt, nm, group = combos[c] if c < len(combos) else rng.choice(combos)
         k = group * rng.randint(1, 3) * (8 if nm == (2, 16) else 1)
         passes = rng.randint(1, 2)
-        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, CHAIN, WORD)
+        geom = L.StreamGeometry(L.Descriptor.of(fmt, nm, group), k, CHAIN, WORD, skew=TAP)
         x = torch.tensor([[rng.randint(-127, 127) for _ in range(k)] for _ in range(2)])
         if fmt is WeightFormat.INT8:
             x[1] = 0
@@ -167,8 +167,8 @@ class PackedStreamLength(wiring.Component):
     """:class:`hw.stream_engine.StreamLength` as a stream block: a command in, held for the
     length's latency, its word count out."""
 
-    def __init__(self, lanes: int, n: int, w_bits: int):
-        self.dut = StreamLength(lanes, n, w_bits)
+    def __init__(self, lanes: int, n: int, w_bits: int, skew: int):
+        self.dut = StreamLength(lanes, n, w_bits, skew)
         super().__init__({"i": In(stream.Signature(length_layout())),
                           "o": Out(stream.Signature(WORD_COUNT_BITS))})
 
@@ -186,11 +186,13 @@ class PackedStreamLength(wiring.Component):
         return m
 
 
+@pytest.mark.parametrize("skew", [0, TAP, CHAIN])
 @pytest.mark.parametrize("simulator", SIMULATORS)
-def test_stream_length_is_the_layouts(simulator, seed, request, tmp_path):
+def test_stream_length_is_the_layouts(simulator, skew, seed, request, tmp_path):
     """The hardware's stream length equals ``layout.stream_words`` for every streamed
     format and sparsity, groups, row lengths and passes (short rows and one pass included:
-    the last word among the queues' first requests)."""
+    the last word among the queues' first requests), plain and pre-skewed (a tail of 3
+    beats: its words among the rows' requests; of 15: after them)."""
     rng = random.Random(seed)
     lanes = 3
     inputs, expected = [], []
@@ -201,7 +203,7 @@ def test_stream_length_is_the_layouts(simulator, seed, request, tmp_path):
             try:
                 geom = L.StreamGeometry(L.Descriptor(fmt, sp, glog),
                                         max(1 << glog, block) * rng.choice((1, 2, 3, 17, 60)),
-                                        CHAIN, WORD)
+                                        CHAIN, WORD, skew)
             except L.LayoutError:
                 continue  # more groups per beat than a SCALES word holds
             passes = rng.choice((1, 2, 3, 4, rng.randint(5, 300)))
@@ -209,6 +211,7 @@ def test_stream_length_is_the_layouts(simulator, seed, request, tmp_path):
                 "fmt": fmt, "sparsity": sp, "group_log2": glog, "beats": geom.beats,
                 "groups": geom.groups, "passes": passes}))
             expected.append(L.stream_words(geom, lanes, passes))
-    got = run_block(simulator, request, tmp_path, lambda: PackedStreamLength(lanes, CHAIN, WORD),
-                    "stream_length", inputs, len(expected), seed)
+    got = run_block(simulator, request, tmp_path,
+                    lambda: PackedStreamLength(lanes, CHAIN, WORD, skew),
+                    f"stream_length_skew{skew}", inputs, len(expected), seed)
     assert got == expected, f"seed {seed}"
