@@ -155,8 +155,8 @@ def blocks(cfg: AccelConfig, whole_top: bool) -> list[Block]:
                  EngineLane(cfg.chain_len, cfg.chain_group, in_code, preskewed), cfg.mv_rows),
            Block(f"activation router (chain {cfg.chain_len}/{cfg.chain_group}, shared by the "
                  "lanes)", ActivationRouter(cfg.chain_len, cfg.chain_group), 1),
-           Block(f"result collector way (a channel's {lanes} lanes)", ResultCollector(lanes),
-                 channels),
+           Block(f"result collector way ({cfg.lanes_per_way} lanes)",
+                 ResultCollector(cfg.lanes_per_way), cfg.collector_ways),
            Block(f"weight streamer ({data}-bit)", WeightStreamer(addr, data), channels),
            Block(f"stream unpacker ({lanes} lanes, {data}-bit{index})",
                  StreamUnpacker(lanes, cfg.chain_len, cfg.chain_group, data, in_code),

@@ -31,9 +31,10 @@ words (``weights<c>``) into the engine's lanes, ``lanes_per_channel`` rows of ea
 per pass (``layout.stream_row``). Per pair of tokens (one, INT8) the weights stream once:
 in the first pass each beat's activation window is read from ACT as whole words and kept in
 the replay memory (a window per beat), which gives the later passes a beat per cycle; the
-results are written while the next pass streams, a collector way per channel, one element
-per cycle. Without the record path the streams come pre-skewed and the lanes keep no skew
-registers (``AccelConfig.stream_skew``). A format the streams do not hold is
+results are written while the next pass streams, one element per cycle, out of
+``cfg.collector_ways`` collector ways (whole channels' lanes each). Without the record path
+the streams come pre-skewed and the lanes keep no skew registers
+(``AccelConfig.stream_skew``). A format the streams do not hold is
 :attr:`Fault.UNSUPPORTED`, a stream longer than a streamer command :attr:`Fault.RANGE`, an
 error response :attr:`Fault.BUS`. Every fault passes through FAULTED before completing:
 ``stream_abort`` empties the streamers until ``streams_idle`` (no burst left in flight)
@@ -182,7 +183,7 @@ class MatrixPass:
     half: Signal  #: CODES: indices after codes; SLOTS: aux after mant
     result_lane: Signal  #: the result being written: lane (within its collector way)
     result_token: Signal  #: token
-    result_way: Signal  #: and way (channel)
+    result_way: Signal  #: and way (``cfg.collector_ways``)
 
     @classmethod
     def signals(cls, cfg: AccelConfig, head_layout, lane_layout) -> "MatrixPass":
@@ -199,7 +200,7 @@ class MatrixPass:
             slot=Signal(range(n_chain // cfg.chain_group + 1), name="slot"),
             half=Signal(name="half"), result_lane=Signal(range(lanes + 1), name="result_lane"),
             result_token=Signal(1, name="result_token"),
-            result_way=Signal(range(cfg.mem_channels + 1), name="result_way"))
+            result_way=Signal(range(cfg.collector_ways + 1), name="result_way"))
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,8 @@ class ComputeUnit(wiring.Component):
         in_code = index_in_code(cfg)
         preskewed = cfg.stream_skew != 0  # streams only: no skew registers in the lanes
         m.submodules.engine = engine = MatrixEngine(
-            lanes, n_chain, tap, ways=channels, index_in_code=in_code, preskewed=preskewed)
+            lanes, n_chain, tap, ways=cfg.collector_ways, index_in_code=in_code,
+            preskewed=preskewed)
         beats = StreamBeats(channels, cfg.lanes_per_channel, n_chain, tap, cfg.axi_data_bits,
                             in_code, preskewed)
         m.submodules.stream_beats = ResetInserter(self.stream_abort)(beats)
@@ -741,12 +743,13 @@ class ComputeUnit(wiring.Component):
     def _results(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
                  engine: MatrixEngine, fetch_out: FieldFetch, active):
         """While ``active``, write the results as the engine gives them: each transfer one
-        per collector way (channel), taken way by way, lane by lane, token 0 then 1; the
+        per collector way (``cfg.lanes_per_way`` lanes: whole channels' rows), taken way by
+        way, lane by lane, token 0 then 1; the
         first way without a result to write (a row past the tile, an absent token: every
         later way's is too) ends its transfer. Returns what is true in the cycle the pass's
         last result is taken."""
         f, lb = tile.fields, self._bit_log2
-        per = self.cfg.lanes_per_channel
+        per = self.cfg.lanes_per_way
         lane, token, way = pas.result_lane, pas.result_token, pas.result_way
         first = Mux(st.streaming, st.result_row, pas.pass_row)
         row = first + way * per + lane
@@ -771,7 +774,7 @@ class ComputeUnit(wiring.Component):
         pass_written = Signal()
         with m.If(ready & (written | ~ok)):
             m.d.sync += way.eq(way + 1)
-            with m.If((way == self.cfg.mem_channels - 1) | ~ok):
+            with m.If((way == self.cfg.collector_ways - 1) | ~ok):
                 m.d.comb += engine.o.ready.eq(1)
                 m.d.sync += [way.eq(0), token.eq(~token)]
                 with m.If(token == 1):

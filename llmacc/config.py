@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,18 @@ class AccelConfig:
         """The streaming matrix path's lanes per memory channel (its channel-to-lane map:
         each channel's weight stream feeds these lanes and their collector way)."""
         return self.mv_rows // self.mem_channels
+
+    @property
+    def collector_ways(self) -> int:
+        """Ways of the COMPUTE unit's result collector, each requantising a result per
+        cycle for ``mv_rows / collector_ways`` lanes (whole channels): as many as INT32
+        results fill an AXI word (what a writer at line rate takes per cycle), at most one
+        per channel. 16 on the u280: a pass's 96 rows drain in 12 cycles, under its beats."""
+        return math.gcd(self.mem_channels, self.axi_data_bits // 32)
+
+    @property
+    def lanes_per_way(self) -> int:
+        return self.mv_rows // self.collector_ways
 
     @property
     def stream_skew(self) -> int:

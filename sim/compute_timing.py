@@ -265,16 +265,16 @@ class _MatrixClock:
 def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, first_row: int,
                       token: int, tokens_ok: int) -> int:
     """The writes of one pass's results: per lane of a way and token, a transfer of one
-    result per way (channel), written way by way, one cycle each, with a residual mode the
-    old value read first; the first way without a result (past the tile's rows, or an
-    absent token) ends its transfer in a cycle."""
+    result per way (``cfg.collector_ways``), written way by way, one cycle each, with a
+    residual mode the old value read first; the first way without a result (past the
+    tile's rows, or an absent token) ends its transfer in a cycle."""
     wb = 8 * cfg.axi_data_bytes
     operands = isa.OUT_MODES[s.out_mode].operands
     if operands not in OUT_OPERAND_FETCHES:
         raise ValueError(f"out_mode {s.out_mode.name}: the cycle model does not know "
                          f"{operands!r} operands")
     reads_old = operands == "residual"
-    per, ways = cfg.lanes_per_channel, cfg.mem_channels
+    per, ways = cfg.lanes_per_way, cfg.collector_ways
     cycles = 0
     for lane in range(per):
         for t in range(2):

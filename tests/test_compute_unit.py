@@ -67,6 +67,19 @@ def test_without_the_record_path_every_matrix_streams(seed):
     assert faults == [Fault.NONE] * 3 + [Fault.UNSUPPORTED] * 2, f"seed {seed}"
 
 
+def test_collector_ways_span_channels(seed):
+    """Four channels of one lane on 64-bit words: two INT32 results a word, so two collector
+    ways of two channels' lanes each (``collector_ways``, as u280's 16 ways of 6 lanes);
+    without the record path, its streams pre-skewed. MATSTREAM equal to the emulator."""
+    cfg = CFG.replace(mem_channels=4, record_matrices=False)
+    assert (cfg.collector_ways, cfg.lanes_per_way, cfg.stream_skew) == (2, 2, cfg.chain_group)
+    rng = random.Random(seed)
+    cases = [mat_case(cfg, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
+             for fmt, sparsity in L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)]
+    faults = check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+    assert faults == [Fault.NONE] * len(cases), f"seed {seed}"
+
+
 def test_attention_matches_emulator(seed):
     rng = random.Random(seed)
     cases = [attn_case(CFG, rng, f) for f in AttnFunc for _ in range(3)]
