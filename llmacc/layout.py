@@ -724,11 +724,14 @@ class StreamGeometry:
             (StreamPart.SCALES, last or (group_end and done_group % entries == entries - 1)))
             if done)
 
+    def row_requests(self) -> list[StreamPart]:
+        """The requests one row's beats make, in order."""
+        return [part for beat in range(self.beats) for part in self.pops(beat)]
+
     def requests(self, passes: int) -> list[StreamPart]:
         """Every request of the lanes' queues over ``passes`` rows each, in order."""
         out = [part for _ in range(STREAM_QUEUE_WORDS) for part in StreamPart]
-        per_row = [part for beat in range(self.beats) for part in self.pops(beat)]
-        return out + per_row * passes + [StreamPart.WEIGHTS] * self.tail_words
+        return out + self.row_requests() * passes + [StreamPart.WEIGHTS] * self.tail_words
 
 
 def stream_geometry(cfg: "AccelConfig", desc: Descriptor, k: int) -> StreamGeometry:
@@ -963,7 +966,7 @@ def stream_words(geom: StreamGeometry, lanes: int, passes: int) -> int:
     :func:`encode_weight_stream`): every request up to the one that takes the last word a
     lane needs (of its rows or its tail), answered with a word per lane."""
     q = STREAM_QUEUE_WORDS
-    row = [part for beat in range(geom.beats) for part in geom.pops(beat)]  # a row's requests
+    row = geom.row_requests()
     last = 0
     for part in StreamPart:
         need = geom.lane_words(part, passes)  # the lane's words of ``part``
