@@ -43,6 +43,8 @@ from amaranth.lib import data
 
 from llmacc import numerics as N
 from llmacc.isa import Sparsity, WeightFormat
+from llmacc.widths import GROUP_LOG2_MAX as GROUP_LOG2_MAX
+from llmacc.widths import GROUP_LOG2_MIN as GROUP_LOG2_MIN
 
 if TYPE_CHECKING:
     from llmacc.config import AccelConfig
@@ -64,9 +66,6 @@ class TileDescriptor(data.Struct):
     p0: signed(8)  #: fusion parameters of the output mode
     p1: signed(8)
     reserved1: 16
-
-
-GROUP_LOG2_MIN, GROUP_LOG2_MAX = 3, 7  #: quantisation groups of 8 to 128 weights
 
 
 class QRowHeader(data.Struct):

@@ -18,6 +18,8 @@ KEY_COUNT_BITS = 12
 #: Where MATSTREAM's weight streams start in a channel (``page``), and the unit of it.
 STREAM_PAGE_BITS = 16
 STREAM_PAGE_BYTES = 4096
+#: Quantisation groups a weight tile's descriptor names (``group_log2``): 8 to 128 weights.
+GROUP_LOG2_MIN, GROUP_LOG2_MAX = 3, 7
 #: Tokens of one MATMAT (``m``), the largest prefill bucket.
 TOKEN_COUNT_BITS = 11
 #: The on-chip buffers by name (the members of ``isa.Buffer``, in its order).

@@ -27,7 +27,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
     p.add_argument("--text", required=True, help="text file; stories separated by blank lines")
     p.add_argument("--scheme", default="float",
-                   help="preset[+N:M][+lambdaSINK:WINDOW]; presets: " + ", ".join(
+                   help="preset[+N:M][+lambdaSINK:WINDOW][+gGROUP]; presets: " + ", ".join(
                        schemes.PRESETS))
     p.add_argument("--mode", default="fake", choices=MODES,
                    help="float: the checkpoint; fake: fake-quantized float model; int: the "
@@ -58,8 +58,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint, tokenizer, scheme and calibration options of quantize and compile."""
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
-    p.add_argument("--scheme", help="quantization scheme preset[+N:M][+lambdaSINK:WINDOW]; "
-                                    "presets: " + ", ".join(schemes.PRESETS))
+    p.add_argument("--scheme", help="quantization scheme preset[+N:M][+lambdaSINK:WINDOW]"
+                                    "[+gGROUP]; presets: " + ", ".join(schemes.PRESETS))
     p.add_argument("--calib-text", default=None,
                    help="calibration text (its last stories); default: text sampled from the "
                         "float model itself")

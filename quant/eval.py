@@ -220,6 +220,11 @@ def evaluate(model_path: str, tokenizer_path: str, text: str, scheme_name: str, 
     return perplexity(scorer(mode, qm, ckpt), seqs, progress)
 
 
+#: The rows of ``--table``: every quantized preset, and W2 with groups of 128 (the u280
+#: performance case, ``llmacc perf``) beside its default 32.
+TABLE_SCHEMES = (*(n for n in schemes.PRESETS if n != "float"), "w2a8kv4+g128")
+
+
 def table(model_path: str, tokenizer_path: str, text: str, names: list[str],
           max_stories: int | None, calib_text: str | None = None,
           calib_stories: int = CALIB_STORIES, progress: bool = True,
@@ -256,9 +261,11 @@ def run(args: argparse.Namespace) -> int:
     args.tokenizer = tokenizer.path_for(args.tokenizer, args.model)  # before any work
     compute_device(args.device)
     if args.table:
+        if args.group is not None or args.scheme != "float":
+            raise ValueError("--table scores every preset and w2a8kv4+g128 with their own "
+                             "groups: leave out --group and --scheme")
         check_output_file(args.table, " (.md)")  # before hours of scoring
-        names = [n for n in schemes.PRESETS if n != "float"]
-        md = table(args.model, args.tokenizer, args.text, names, args.max_stories,
+        md = table(args.model, args.tokenizer, args.text, list(TABLE_SCHEMES), args.max_stories,
                    args.calib_text, args.calib_stories, progress, args.skip_stories,
                    args.device, args.window, args.max_tokens)
         Path(args.table).write_text(md)

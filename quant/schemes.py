@@ -1,7 +1,8 @@
-"""Quantization schemes: the presets and the ``+N:M`` / ``+lambdaS:W`` modifiers.
+"""Quantization schemes: the presets and the ``+N:M``, ``+lambdaS:W`` and ``+gG`` modifiers.
 
-A scheme name is ``PRESET[+N:M][+lambdaSINK:WINDOW]``, e.g. ``w4a8+2:4`` or
-``w2a8kv4+lambda4:64``. Presets: ``float`` (unquantized), ``w2a8kv4`` (AccLLM),
+A scheme name is ``PRESET[+N:M][+lambdaSINK:WINDOW][+gGROUP]``, e.g. ``w4a8+2:4``,
+``w2a8kv4+lambda4:64`` or ``w2a8kv4+g128`` (quantisation groups of 128 weights instead of the
+presets' 32). Presets: ``float`` (unquantized), ``w2a8kv4`` (AccLLM),
 ``w3-mixed-a8kv4`` and ``w4-mixed-a8kv4`` (BitMoD per-group data types), ``w4a8``, ``w8a8``.
 Schemes without a KV width keep an INT8 KV cache.
 """
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass, replace
 
 from llmacc import wdtypes as W
+from llmacc.widths import GROUP_LOG2_MAX, GROUP_LOG2_MIN
 
 T = W.WDType
 
@@ -58,6 +60,10 @@ class Scheme:
             raise ValueError(f"scheme {self.name}: supported widths are A8 and KV4/KV8")
         if self.sparsity is not None and tuple(self.sparsity) not in W.SPARSITY_PATTERNS:
             raise ValueError(f"scheme {self.name}: unsupported sparsity {self.sparsity}")
+        lo, hi = 1 << GROUP_LOG2_MIN, 1 << GROUP_LOG2_MAX
+        if self.group & (self.group - 1) or not lo <= self.group <= hi:
+            raise ValueError(f"scheme {self.name}: group {self.group} must be a power of two "
+                             f"in {lo}..{hi}")
         if self.window < 0 or self.sink < 0:
             raise ValueError(f"scheme {self.name}: negative Lambda attention size")
         return self
@@ -74,14 +80,22 @@ PRESETS: dict[str, Scheme] = {s.name: s for s in (
 
 _SPARSE = re.compile(r"^(\d+):(\d+)$")
 _LAMBDA = re.compile(r"^lambda(\d+):(\d+)$")
+_GROUP = re.compile(r"^g(\d+)$")
+MODIFIERS = "+N:M sparsity, +lambdaSINK:WINDOW, +gGROUP"
+
+
+def names_group(name: str) -> bool:
+    """Whether the scheme name gives its group (``+gGROUP``)."""
+    return any(_GROUP.match(mod) for mod in name.split("+")[1:])
 
 
 def parse(name: str, group: int | None = None, finetune_steps: int | None = None) -> Scheme:
-    """A preset with optional modifiers; ``group`` and ``finetune_steps`` override."""
+    """A preset with optional modifiers; ``group`` (``--group``) and ``finetune_steps``
+    override. A ``group`` that differs from the name's ``+gGROUP`` is refused."""
     base, *mods = name.split("+")
     if base not in PRESETS:
         raise ValueError(f"unknown scheme {base!r}; presets: {', '.join(PRESETS)} "
-                         "(modifiers: +N:M sparsity, +lambdaSINK:WINDOW)")
+                         f"(modifiers: {MODIFIERS})")
     s = replace(PRESETS[base], name=name)
     given: dict[str, str] = {}
     for mod in mods:
@@ -94,9 +108,12 @@ def parse(name: str, group: int | None = None, finetune_steps: int | None = None
                 raise ValueError(f"scheme {name!r}: +{mod} has a window of 0 keys, which is "
                                  "full attention; give WINDOW >= 1 or leave the modifier out")
             s = replace(s, sink=int(m.group(1)), window=int(m.group(2)))
+        elif m := _GROUP.match(mod):
+            kind = "group"
+            s = replace(s, group=int(m.group(1)))
         else:
             raise ValueError(f"scheme {name!r}: unknown modifier {mod!r} "
-                             "(use +N:M or +lambdaSINK:WINDOW)")
+                             "(use +N:M, +lambdaSINK:WINDOW or +gGROUP)")
         if kind in given:
             raise ValueError(f"scheme {name!r}: {kind} given twice (+{given[kind]} and "
                              f"+{mod}); give it once")
@@ -104,6 +121,9 @@ def parse(name: str, group: int | None = None, finetune_steps: int | None = None
     if s.sparsity and not s.quantized:
         raise ValueError(f"scheme {name!r}: sparsity needs a quantized preset")
     if group is not None:
+        if "group" in given and group != s.group:
+            raise ValueError(f"scheme {name!r} names group {s.group}, --group says {group}; "
+                             "give one")
         s = replace(s, group=group)
     if finetune_steps is not None:
         s = replace(s, finetune=replace(s.finetune, steps=finetune_steps))

@@ -65,7 +65,9 @@ U280_SHAPE = {"dim": 64, "heads": 4, "kv_heads": 2, "hidden": 172}
 @pytest.mark.parametrize("name, cfg, shape", [
     ("w2a8kv4", SMALL, {}), ("w3-mixed-a8kv4", SMALL, {}), ("w2a8kv4+2:4", SMALL, {}),
     ("w8a8", preset("u280"), U280_SHAPE),
-    ("w4-mixed-a8kv4+2:4", preset("u280"), {**U280_SHAPE, "group": 32})])
+    ("w4-mixed-a8kv4+2:4", preset("u280"), {**U280_SHAPE, "group": 32}),
+    # the u280 performance case: W2 in groups of 128 (K = 64 and 172 padded to 128 and 256)
+    ("w2a8kv4", preset("u280"), {**U280_SHAPE, "group": 128})])
 def test_streamed_weights_are_bit_exact(request, name, cfg, shape):
     """``stream_weights``: every linear whose format streams on the config becomes MATSTREAM
     tiles (weight streams in every channel, the descriptor alone in META); the emulator

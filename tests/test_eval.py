@@ -75,6 +75,11 @@ def test_bad_inputs_exit_with_one_line_errors(tmp_path, capsys):
     assert "no text to score" in capsys.readouterr().err
     assert cli.main(["eval", *ARGS, "--max-tokens", "100", "--no-progress"]) == 2
     assert "give --window" in capsys.readouterr().err
+    # the table has a row per group it scores; an override used to be dropped silently
+    table = tmp_path / "t.md"
+    assert cli.main(["eval", *ARGS, "--table", str(table), "--group", "128"]) == 2
+    assert "leave out --group" in capsys.readouterr().err and not table.exists()
+    assert quant_eval.TABLE_SCHEMES[-1] == "w2a8kv4+g128"
 
 
 def test_eval_refuses_a_binary_text(capsys):

@@ -161,6 +161,10 @@ def test_scheme_names_and_modifiers():
     s = schemes.parse("w4a8+2:4+lambda4:64")
     assert s.sparsity == (2, 4) and (s.sink, s.window) == (4, 64) and s.kv_bits == 8
     assert schemes.parse("w2a8kv4", group=64).group == 64
+    g = schemes.parse("w2a8kv4+lambda4:64+g128")
+    assert (g.group, g.window, g.name) == (128, 64, "w2a8kv4+lambda4:64+g128")
+    assert schemes.parse("w2a8kv4+g128", group=128).group == 128
+    assert schemes.names_group("w4a8+2:4+g64") and not schemes.names_group("w4a8+2:4")
     assert set(schemes.PRESETS) >= {"w2a8kv4", "w3-mixed-a8kv4", "w4-mixed-a8kv4", "w4a8",
                                     "w8a8", "float"}
     for bad, msg in (("w5", "unknown scheme"), ("w4a8+3:4", "unsupported sparsity"),
@@ -168,9 +172,17 @@ def test_scheme_names_and_modifiers():
                      # used to be accepted: a no-op window, and the last of two sparsities won
                      ("w4a8+lambda0:0", "window of 0 keys, which is full attention"),
                      ("w4a8+2:4+4:16", r"sparsity given twice \(\+2:4 and \+4:16\)"),
-                     ("w4a8+lambda4:64+lambda1:8", "Lambda attention given twice")):
+                     ("w4a8+lambda4:64+lambda1:8", "Lambda attention given twice"),
+                     # a group the descriptor cannot name (48 was read as 32)
+                     ("w2a8kv4+g48", "group 48 must be a power of two in 8..128"),
+                     ("w2a8kv4+g256", "group 256 must be"), ("w2a8kv4+g4", "group 4 must be"),
+                     ("w2a8kv4+g64+g128", r"group given twice \(\+g64 and \+g128\)")):
         with pytest.raises(ValueError, match=msg):
             schemes.parse(bad)
+    with pytest.raises(ValueError, match="names group 128, --group says 32"):
+        schemes.parse("w2a8kv4+g128", group=32)
+    with pytest.raises(ValueError, match="group 48 must be"):
+        schemes.parse("w2a8kv4", group=48)
 
 
 def test_progress_counts_weights_from_the_start_of_quantization(seed):
