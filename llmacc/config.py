@@ -25,6 +25,8 @@ from llmacc.widths import (
     BUFFER_NAMES,
     CHANNEL_BITS,
     EXT_ADDR_BITS,
+    GROUP_LOG2_MAX,
+    GROUP_LOG2_MIN,
     ISA_VERSION,
     KEY_COUNT_BITS,
     TOKEN_COUNT_BITS,
@@ -90,6 +92,8 @@ class AccelConfig:
     decode_bucket: int = 16
     # Device capacity, for the resource check.
     device_dsps: int = 9024
+    #: The quantisation group of this configuration's performance case: ``llmacc perf``
+    #: prices the schemes that name no group (``+gGROUP``) at it.
     weight_group: int = 128
 
     def __post_init__(self) -> None:
@@ -194,8 +198,9 @@ class AccelConfig:
             self._fail("max_seq_len", "must be a multiple of both bucket sizes")
         if self.prefill_bucket >= 1 << TOKEN_COUNT_BITS:
             self._fail("prefill_bucket", "exceeds the ISA's token count field")
-        if not _is_pow2(self.weight_group) or not 8 <= self.weight_group <= 128:
-            self._fail("weight_group", "must be a power of two in 8..128")
+        lo, hi = 1 << GROUP_LOG2_MIN, 1 << GROUP_LOG2_MAX
+        if not _is_pow2(self.weight_group) or not lo <= self.weight_group <= hi:
+            self._fail("weight_group", f"must be a power of two in {lo}..{hi}")
         if self.dsps > self.device_dsps:
             self._fail("mv_rows", f"{self.dsps} DSPs exceed the device's {self.device_dsps}")
         if self.mv_rows % self.mem_channels:

@@ -123,8 +123,10 @@ def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
 
 def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
            tokens: int) -> Operator:
-    """A weight matrix [n, k] applied to ``tokens`` rows."""
+    """A weight matrix [n, k] applied to ``tokens`` rows (K zero-padded to the group, as
+    the quantizer stores it)."""
     desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
+    k = padded_width(k, scheme.group, scheme.sparsity[1] if scheme.sparsity else 1)
     w = cfg.axi_data_bytes
     row_words = desc.wgt_pitch(k, w) + desc.meta_pitch(k, w)
     kept = desc.kept(k)
@@ -175,10 +177,20 @@ def _linears(shape: ModelShape) -> tuple[tuple[str, int, int], ...]:
             ("w3", shape.dim, shape.hidden), ("w2", shape.hidden, shape.dim))
 
 
+def case_scheme(cfg: AccelConfig, name: str) -> str:
+    """The scheme name as the configuration's performance case prices it: a quantized
+    scheme that names no group gets the configuration's ``weight_group`` (``+gGROUP``), so
+    every printed name says its group."""
+    if schemes.names_group(name) or not schemes.parse(name).quantized:
+        return name
+    return f"{name}+g{cfg.weight_group}"
+
+
 def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
          context: int) -> Estimate:
-    """One step of ``rows`` new tokens at ``context`` keys: every layer, then the LM head."""
-    scheme = schemes.parse(scheme_name)
+    """One step of ``rows`` new tokens at ``context`` keys: every layer, then the LM head
+    (``scheme_name`` as :func:`case_scheme` resolves it)."""
+    scheme = schemes.parse(case_scheme(cfg, scheme_name))
     ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
     # the classifier is quantized as the embedding is (quant.quantize), dense
@@ -196,6 +208,7 @@ def check_fits(cfg: AccelConfig, shape: ModelShape, scheme_name: str, context: i
     (rounded up to the decode bucket) that overflows an on-chip buffer, or weights, embedding
     and KV cache beyond the external memory. The compiler's own plan decides each, from the
     shapes alone."""
+    scheme_name = case_scheme(cfg, scheme_name)
     scheme = schemes.parse(scheme_name)
     where = f"{shape.name} under {scheme_name} on config {cfg.name}"
     keys = min(cfg.max_seq_len, -(-context // cfg.decode_bucket) * cfg.decode_bucket)

@@ -21,8 +21,8 @@ from sim.cycle_model import READ_LATENCY
 
 CONTEXTS = (128, 256, 512, 1024, 2048)
 PREFILLS = (128, 256, 512, 1024)
-SCHEMES = ("w2a8kv4", "w2a8kv4+4:16", "w2a8kv4+lambda4:252", "w3-mixed-a8kv4", "w4a8",
-           "w4a8+2:4", "w8a8")
+SCHEMES = ("w2a8kv4", "w2a8kv4+g32", "w2a8kv4+4:16", "w2a8kv4+lambda4:252", "w3-mixed-a8kv4",
+           "w4a8", "w4a8+2:4", "w8a8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,12 +31,14 @@ def run(args: argparse.Namespace) -> int:
     shape = P.model_shape(args.model)
     if not 1 <= args.context <= cfg.max_seq_len:
         raise ValueError(f"--context {args.context}: {cfg.name} supports 1..{cfg.max_seq_len}")
+    args.scheme = P.case_scheme(cfg, args.scheme)
     P.check_fits(cfg, shape, args.scheme, args.context)
-    schemes = list(dict.fromkeys([args.scheme, *SCHEMES]))
+    schemes = list(dict.fromkeys(P.case_scheme(cfg, s) for s in [args.scheme, *SCHEMES]))
     print(f"{shape.name} on {cfg.name}: {cfg.clock_mhz:g} MHz, {cfg.mem_channels} channels x "
           f"{cfg.channel_gbps:g} GB/s = {cfg.mem_bandwidth_gbps:g} GB/s, "
           f"{cfg.axi_data_bits}-bit AXI ports, read latency {READ_LATENCY} cycles per row, "
-          f"engine {cfg.mv_rows}x{cfg.chain_len} DSPs")
+          f"engine {cfg.mv_rows}x{cfg.chain_len} DSPs; weight groups of {cfg.weight_group} "
+          "where a scheme names none (the configuration's weight_group)")
     print("\ndecode tokens/s (design estimate / HBM roofline / fraction; RTL as built, from the "
           "calibrated cycle model)")
     print("| scheme | " + " | ".join(f"ctx {c}" for c in CONTEXTS) + " | GB/token @512 | "

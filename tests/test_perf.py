@@ -135,5 +135,25 @@ def test_the_lm_head_is_priced_as_the_quantizer_makes_it():
     heads = {s: P.decode(u280, SHAPE, s, 512).operators[-1]
              for s in ("w2a8kv4", "w4a8", "w2a8kv4+4:16", "w8a8")}
     assert len({(op.name, op.bytes, op.mem_cycles) for op in heads.values()}) == 1, heads
-    assert heads["w8a8"] == P.linear(u280, P.schemes.parse("w8a8"), "lm_head", SHAPE.dim,
-                                     SHAPE.vocab, 1)
+    w8a8 = P.schemes.parse(P.case_scheme(u280, "w8a8"))
+    assert heads["w8a8"] == P.linear(u280, w8a8, "lm_head", SHAPE.dim, SHAPE.vocab, 1)
+
+
+def test_schemes_without_a_group_take_the_configs_and_say_so(tmp_path, capsys):
+    """The u280 performance case is W2 at groups of 128 (``weight_group``), whose scales cost
+    0.19 bits a weight instead of 0.75 at the presets' 32; a scheme's ``+gGROUP`` wins, and
+    every printed name says its group."""
+    u280 = preset("u280")
+    assert u280.weight_group == 128 and preset("sim-small").weight_group == 32
+    assert P.case_scheme(u280, "w2a8kv4") == "w2a8kv4+g128"
+    assert P.case_scheme(u280, "w2a8kv4+g32") == "w2a8kv4+g32"
+    assert P.case_scheme(preset("sim-small"), "w4a8+2:4") == "w4a8+2:4+g32"
+    assert P.case_scheme(u280, "float") == "float"
+    at = {s: P.decode(u280, SHAPE, s, 512) for s in ("w2a8kv4", "w2a8kv4+g128", "w2a8kv4+g32")}
+    assert at["w2a8kv4"].bytes == at["w2a8kv4+g128"].bytes < at["w2a8kv4+g32"].bytes
+    assert at["w2a8kv4+g128"].roofline_tok_s > 1.2 * at["w2a8kv4+g32"].roofline_tok_s
+    assert cli.main(["perf", "--config", "u280", "--model", "llama2-7b", "--scheme", "w2a8kv4",
+                     "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| w2a8kv4+g128 |" in out and "| w2a8kv4+g32 |" in out and "| w8a8+g128 |" in out
+    assert "w2a8kv4+g128 at context 512: RTL as built" in out
