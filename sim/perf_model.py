@@ -108,7 +108,15 @@ class Estimate:
 
     @property
     def rtl_tok_s(self) -> float:
-        return self.tokens * self.clock_hz / sum(op.rtl_cycles for op in self.operators)
+        return self.tokens / self.rtl_seconds
+
+    @property
+    def rtl_seconds(self) -> float:
+        return sum(op.rtl_cycles for op in self.operators) / self.clock_hz
+
+    def compute_bound_seconds(self, cfg: AccelConfig) -> float:
+        """Every MAC of the step at the engine's peak (``cfg.peak_macs_per_cycle``)."""
+        return sum(op.macs for op in self.operators) / cfg.peak_macs_per_cycle / self.clock_hz
 
     @property
     def rtl_roofline_fraction(self) -> float:

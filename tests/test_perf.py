@@ -25,6 +25,8 @@ def test_perf_prints_the_table_and_writes_the_plots(tmp_path, capsys):
     assert float(m.group(2)) == pytest.approx(e.rtl_tok_s / e.roofline_tok_s, rel=0.01)
     assert f"design estimate {e.tok_s:.3g}" in out
     assert "FlightLLM 55 tok/s" in out and "AccLLM" in out
+    pre = P.prefill(preset("u280"), SHAPE, "w2a8kv4", 512)
+    assert f"prefill of 512 tokens: RTL as built {pre.rtl_seconds:.4g} s" in out
     for name in ("decode_tok_s", "roofline"):
         svg = (tmp_path / f"{name}.svg").read_text()
         assert "<svg" in svg and svg.rstrip().endswith("</svg>")
@@ -40,6 +42,17 @@ def test_no_estimate_beats_the_roofline(scheme):
         e = P.decode(preset("u280"), SHAPE, scheme, context)
         assert e.tok_s <= e.roofline_tok_s
         assert e.rtl_tok_s < e.tok_s  # the sequencers as built are slower than the design
+
+
+@pytest.mark.parametrize("scheme", ["w2a8kv4", "w8a8", "w2a8kv4+4:16"])
+def test_no_prefill_beats_the_compute_bound(scheme):
+    """Prefill is priced three ways: the design, the RTL as built, and every MAC at the
+    engine's peak (2 per DSP per cycle); neither of the first two is under the third."""
+    cfg = preset("u280")
+    e = P.prefill(cfg, SHAPE, scheme, 512)
+    bound = e.compute_bound_seconds(cfg)
+    assert bound == pytest.approx(sum(o.macs for o in e.operators) / (6144 * 2) / 225e6)
+    assert bound <= e.seconds <= e.rtl_seconds
 
 
 def test_bytes_follow_the_format_sparsity_and_window():
