@@ -18,6 +18,7 @@ from quant.checkpoint import LINEARS, Checkpoint, ModelConfig
 from quant.model import ActQuant, Transformer
 from quant.qlinear import QLinear
 from quant.schemes import Scheme
+from quant.smooth import smooth_checkpoint
 from quant.sparsity import prune_mask
 from quant.weight_quant import padded_width, quantize_matrix
 
@@ -30,6 +31,7 @@ class InputStats:
 
     hessian: Tensor  #: X^T X, [K, K] float64
     tokens: int = 0
+    absmax: Tensor | None = None  #: per-channel max |X| [K] (quant.smooth)
 
     @property
     def channel_norm(self) -> Tensor:
@@ -57,6 +59,8 @@ class Calibration:
                                                                 dtype=torch.float64)))
         s.hessian += x.T @ x
         s.tokens += x.shape[0]
+        peak = x.abs().amax(0)
+        s.absmax = peak if s.absmax is None else torch.maximum(s.absmax, peak)
 
 
 def calibrate(model: Transformer, calib: list[list[int]]) -> Calibration:
@@ -153,9 +157,15 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
     is called as ``progress(weights_done, weights_total, where)``."""
     device = compute_device(str(device))
     cfg = ckpt.config
+    stats = calibrate(Transformer(ckpt), calib) if calib else Calibration()
+    if scheme.smooth:
+        if not calib:
+            raise ValueError(f"scheme {scheme.name}: smoothing needs calibration text")
+        ckpt = smooth_checkpoint(ckpt, {n: st.absmax for n, st in stats.inputs.items()},
+                                 scheme.smooth)
+        stats = calibrate(Transformer(ckpt), calib)  # the smoothed layers' inputs
     norms = {k: v for k, v in ckpt.weights.items() if k.endswith("norm")}
     qm = QuantizedModel(cfg, scheme, {}, norms, ckpt.source, calib=calib)
-    stats = calibrate(Transformer(ckpt), calib) if calib else Calibration()
     if scheme.kv_bits is not None:
         if not calib:
             raise ValueError(f"scheme {scheme.name}: KV quantization needs calibration text")

@@ -48,6 +48,7 @@ class Scheme:
     window: int = 0
     gptq: bool = True
     finetune: Finetune = Finetune()
+    smooth: float = 0.0  #: SmoothQuant's migration strength alpha (quant.smooth); 0: none
 
     @property
     def quantized(self) -> bool:
@@ -64,6 +65,9 @@ class Scheme:
         if self.group & (self.group - 1) or not lo <= self.group <= hi:
             raise ValueError(f"scheme {self.name}: group {self.group} must be a power of two "
                              f"in {lo}..{hi}")
+        if not 0 <= self.smooth < 1:
+            raise ValueError(f"scheme {self.name}: smoothing strength {self.smooth} must lie "
+                             "in [0, 1)")
         if self.window < 0 or self.sink < 0:
             raise ValueError(f"scheme {self.name}: negative Lambda attention size")
         return self
@@ -75,7 +79,8 @@ PRESETS: dict[str, Scheme] = {s.name: s for s in (
     Scheme("w3-mixed-a8kv4", "mixed3", W.MIXED3_TYPES, finetune=COARSE_TUNE),
     Scheme("w4-mixed-a8kv4", "mixed4", W.MIXED4_TYPES, finetune=FINE_TUNE),
     Scheme("w4a8", "mixed4", (T.INT4,), kv_bits=8, finetune=FINE_TUNE),
-    Scheme("w8a8", "int8", (T.INT8,), kv_bits=8),
+    # INT8 weights take the activations' outliers easily: A8 alone lost SmolLM2's chat answers
+    Scheme("w8a8", "int8", (T.INT8,), kv_bits=8, smooth=0.5),
 )}
 
 _SPARSE = re.compile(r"^(\d+):(\d+)$")

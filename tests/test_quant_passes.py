@@ -212,3 +212,61 @@ def test_device_names_are_checked_before_any_work():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             compute_device("cuda")
+
+
+def _loud_checkpoint(seed):
+    """A tiny model whose norms make three loud channels (LLaMA's activation outliers)."""
+    from tests.helpers.models import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(seed)
+    for i in range(ckpt.config.n_layers):
+        for norm in ("attention_norm", "ffn_norm"):
+            ckpt.weights[f"layers.{i}.{norm}"][[1, 7, 20]] *= 40.0
+    return ckpt
+
+
+def test_smoothing_keeps_the_float_model_and_helps_a8(seed):
+    """SmoothQuant moves each norm's outlier channels into the layers it feeds: the float
+    model is the same function, and per-token INT8 inputs lose less of those layers."""
+    from quant.model import Transformer, fake_quant_symmetric
+    from quant.quantize import calibrate
+    from quant.smooth import NORM_FEEDS, smooth_checkpoint
+    from tests.helpers.models import random_sequences
+
+    ckpt = _loud_checkpoint(seed)
+    calib = random_sequences(seed, 4, 24, ckpt.config.vocab_size)
+    stats = calibrate(Transformer(ckpt), calib)
+    absmax = {n: st.absmax for n, st in stats.inputs.items()}
+    smoothed = smooth_checkpoint(ckpt, absmax, 0.5)
+    assert set(NORM_FEEDS) == {"attention_norm", "ffn_norm"}
+    tokens = torch.tensor(random_sequences(seed + 1, 1, 48, ckpt.config.vocab_size)[0])
+    ref = Transformer(ckpt).forward(tokens)
+    diff = float((Transformer(smoothed).forward(tokens) - ref).abs().max() / ref.abs().max())
+    assert diff < 1e-3, (diff, seed)  # float32 rounding (a wrong fold moves logits by ~1)
+    # the inputs of wq are flatter across channels: max over median channel peak
+    after = calibrate(Transformer(smoothed), calib).inputs["layers.0.wq"].absmax
+    spread = {n: float(a.max() / a.median()) for n, a in (("before", absmax["layers.0.wq"]),
+                                                          ("after", after))}
+    assert spread["after"] < spread["before"] / 3, (spread, seed)
+    # each layer the norms feed loses less to per-token INT8 inputs (here the A8 error of
+    # the whole model is the w2 inputs', which no norm feeds)
+    inputs = {}
+    for tag, c in (("plain", ckpt), ("smoothed", smoothed)):
+        Transformer(c).forward(tokens, observer=lambda n, x, t=tag: inputs.setdefault((t, n), x))
+    for name in (f"layers.{i}.{n}" for i in range(2) for feeds in NORM_FEEDS.values()
+                 for n in feeds):
+        err = {}
+        for tag, c in (("plain", ckpt), ("smoothed", smoothed)):
+            x, w = inputs[tag, name], c.weights[name]
+            err[tag] = float((fake_quant_symmetric(x, 8) @ w.T - x @ w.T).pow(2).mean())
+        assert err["smoothed"] < err["plain"] / 3, (name, err, seed)
+    with pytest.raises(ValueError, match="must lie in"):
+        smooth_checkpoint(ckpt, absmax, 1.0)
+
+
+def test_w8a8_is_smoothed_and_smoothing_needs_calibration(seed):
+    from quant.quantize import quantize
+
+    assert schemes.parse("w8a8").smooth == 0.5 and schemes.parse("w4a8").smooth == 0.0
+    with pytest.raises(ValueError, match="smoothing needs calibration text"):
+        quantize(_loud_checkpoint(seed), schemes.parse("w8a8"), None)
