@@ -286,11 +286,11 @@ PRESETS: dict[str, AccelConfig] = {
 
 
 # Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider configuration of
-# the RTL regression (`make sim`).
+# the RTL regression (`make sim`); its table buffer holds a SmolLM2-135M layer's tables twice.
 PRESETS["sim-wide"] = PRESETS["sim-small"].replace(
     name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8,
     act_buffer_bytes=128 * 1024, weight_buffer_bytes=32 * 1024, meta_buffer_bytes=8 * 1024,
-    mem_channels=4, axi_data_bits=128, channel_gbps=1.6)
+    table_buffer_bytes=32 * 1024, mem_channels=4, axi_data_bits=128, channel_gbps=1.6)
 
 
 def preset(name: str) -> AccelConfig:

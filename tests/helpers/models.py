@@ -78,3 +78,17 @@ def check_run(im: intref.IntModel, device: Device, tokens: list[int], prompt: in
         ref = im.forward(torch.tensor(tokens[pos:pos + 1]), cache)[0]
         got = device.decode(tokens[pos], pos)
         assert torch.equal(got, ref), f"{where}: decode at position {pos} differs"
+
+
+def check_run_on_rtl(im: intref.IntModel, cm, tokens: list[int], prompt: int, where: str,
+                     seed: int) -> int:
+    """:func:`check_run` on the Verilated top of ``cm``'s configuration, its memories
+    stalling at random; returns the device cycles of every step."""
+    from host.rtl_device import RtlDevice
+
+    device = RtlDevice(cm, seed=seed, stall=0.05)
+    try:
+        check_run(im, device, tokens, prompt, where)
+        return sum(s.cycles for s in device.stats)
+    finally:
+        device.close()
