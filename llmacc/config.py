@@ -25,11 +25,10 @@ from llmacc.widths import (
     BUFFER_NAMES,
     CHANNEL_BITS,
     EXT_ADDR_BITS,
-    GROUP_LOG2_MAX,
-    GROUP_LOG2_MIN,
     ISA_VERSION,
     KEY_COUNT_BITS,
     TOKEN_COUNT_BITS,
+    group_error,
 )
 
 if TYPE_CHECKING:
@@ -198,9 +197,8 @@ class AccelConfig:
             self._fail("max_seq_len", "must be a multiple of both bucket sizes")
         if self.prefill_bucket >= 1 << TOKEN_COUNT_BITS:
             self._fail("prefill_bucket", "exceeds the ISA's token count field")
-        lo, hi = 1 << GROUP_LOG2_MIN, 1 << GROUP_LOG2_MAX
-        if not _is_pow2(self.weight_group) or not lo <= self.weight_group <= hi:
-            self._fail("weight_group", f"must be a power of two in {lo}..{hi}")
+        if (why := group_error(self.weight_group)) is not None:
+            self._fail("weight_group", why)
         if self.dsps > self.device_dsps:
             self._fail("mv_rows", f"{self.dsps} DSPs exceed the device's {self.device_dsps}")
         if self.mv_rows % self.mem_channels:

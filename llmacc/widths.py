@@ -20,6 +20,16 @@ STREAM_PAGE_BITS = 16
 STREAM_PAGE_BYTES = 4096
 #: Quantisation groups a weight tile's descriptor names (``group_log2``): 8 to 128 weights.
 GROUP_LOG2_MIN, GROUP_LOG2_MAX = 3, 7
+
+
+def group_error(group: int) -> str | None:
+    """Why ``group`` weights cannot be a quantisation group (None when they can)."""
+    lo, hi = 1 << GROUP_LOG2_MIN, 1 << GROUP_LOG2_MAX
+    if group & (group - 1) or not lo <= group <= hi:
+        return f"must be a power of two in {lo}..{hi}"
+    return None
+
+
 #: Tokens of one MATMAT (``m``), the largest prefill bucket.
 TOKEN_COUNT_BITS = 11
 #: The on-chip buffers by name (the members of ``isa.Buffer``, in its order).

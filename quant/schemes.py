@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 
 from llmacc import wdtypes as W
-from llmacc.widths import GROUP_LOG2_MAX, GROUP_LOG2_MIN
+from llmacc.widths import group_error
 
 T = W.WDType
 
@@ -61,10 +61,8 @@ class Scheme:
             raise ValueError(f"scheme {self.name}: supported widths are A8 and KV4/KV8")
         if self.sparsity is not None and tuple(self.sparsity) not in W.SPARSITY_PATTERNS:
             raise ValueError(f"scheme {self.name}: unsupported sparsity {self.sparsity}")
-        lo, hi = 1 << GROUP_LOG2_MIN, 1 << GROUP_LOG2_MAX
-        if self.group & (self.group - 1) or not lo <= self.group <= hi:
-            raise ValueError(f"scheme {self.name}: group {self.group} must be a power of two "
-                             f"in {lo}..{hi}")
+        if (why := group_error(self.group)) is not None:
+            raise ValueError(f"scheme {self.name}: group {self.group} {why}")
         if not 0 <= self.smooth < 1:
             raise ValueError(f"scheme {self.name}: smoothing strength {self.smooth} must lie "
                              "in [0, 1)")
@@ -118,7 +116,7 @@ def parse(name: str, group: int | None = None, finetune_steps: int | None = None
             s = replace(s, group=int(m.group(1)))
         else:
             raise ValueError(f"scheme {name!r}: unknown modifier {mod!r} "
-                             "(use +N:M, +lambdaSINK:WINDOW or +gGROUP)")
+                             f"(modifiers: {MODIFIERS})")
         if kind in given:
             raise ValueError(f"scheme {name!r}: {kind} given twice (+{given[kind]} and "
                              f"+{mod}); give it once")

@@ -8,9 +8,8 @@ A8 rounding sees are flatter. ``s_j = max|X_j|**alpha / max|W_j|**(1 - alpha)`` 
 al., SmoothQuant, 2023), ``X_j`` over the calibration tokens, ``W_j`` over the column of every
 layer the norm feeds; ``alpha`` is the scheme's ``smooth``.
 
-On SmolLM2-135M's chat prompt (37 tokens with the template's system prompt), A8 alone turns
-"The capital of France is Paris." into "L'Étoile, la Marseur, la"; smoothed at alpha 0.5 the
-A8 model answers as the float one (docs/QUANT.md).
+On SmolLM2-135M, w8a8 fake-quantized, WikiText-2 perplexity goes from 30.593 to 30.111 at
+alpha 0.5 (float 29.52; docs/QUANT.md, with the command).
 """
 
 from __future__ import annotations
