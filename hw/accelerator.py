@@ -195,9 +195,8 @@ class Accelerator(wiring.Component):
             m.d.comb += streamer.abort.eq(compute.stream_abort)
         m.d.comb += [compute.stream_error.eq(Cat(*(s.error for s in streamers)).any()),
                      compute.streams_idle.eq(Cat(*(s.idle for s in streamers)).all())]
-        reads = [compute.rd_act, compute.rd_wgt, compute.rd_meta, compute.rd_out,
-                 compute.rd_window, sfu.rd_a,
-                 sfu.rd_b]
+        reads = [getattr(unit, name) for unit in (compute, sfu)
+                 for name in unit.signature.members if name.startswith("rd_")]
         writes = [compute.wr, sfu.wr]
         m.submodules.buffers = bank = BufferBank(cfg, len(reads), len(writes))
         m.d.comb += [bank.load_en.eq(load.wr_en), bank.load_buf.eq(load.buf),

@@ -1,4 +1,4 @@
-"""The COMPUTE unit: MATVEC and MATMAT on the matrix engine, ATTN on a serial datapath, each
+"""The COMPUTE unit: MATVEC and MATMAT on the matrix engine, ATTN on its lanes of a head, each
 as the emulator executes it (``sim/emulator.py``), records from :mod:`llmacc.layout`.
 
 **Matrix instructions.** The tile's META descriptor gives the weight format, sparsity, group
@@ -13,10 +13,11 @@ emulator leaves the rest of a row's last word alone). This record path is built 
 ``cfg.record_matrices``; without it MATVEC and MATMAT are :attr:`Fault.UNSUPPORTED` and the
 unit is smaller by its beat registers and the select in front of the engine.
 
-**Attention** (``isa.AttnFields``) runs on one multiplier, element by element: scores of
-INT8 queries against INT4/INT8 keys with the midpoint term (``numerics.attention_scores``),
-optionally through the row stage's softmax under the Lambda mask, and probabilities times
-values with block-float aligned value scales (``numerics.attention_pv``).
+**Attention** (``isa.AttnFields``, :mod:`hw.attention`) takes ``cfg.attention_lanes``
+elements of a head per cycle from whole KV words: scores of INT8 queries against INT4/INT8
+keys with the midpoint term (``numerics.attention_scores``), optionally through the row
+stage's softmax under the Lambda mask, and probabilities times values with block-float
+aligned value scales (``numerics.attention_pv``).
 
 Faults, before anything is written: a descriptor that does not decode, K not a multiple of
 the group or sparse block, a RoPE-style odd head size (:attr:`Fault.PARAM`); records outside
@@ -48,29 +49,24 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw.attention import Attention
 from hw.axi import command_layout
 from hw.buffer_access import FieldFetch, read_port, snoop_writes, view, word_count, write_port
 from hw.controller import IssueLayout, unit_members
-from hw.fixed_point import round_shift, saturate
 from hw.matrix_engine import MatrixEngine, engine_layouts
 from hw.sfu import add, silu
-from hw.sfu_row import RowFunc, RowSfu, visible
-from hw.sfu_unit import row_limit
 from hw.sparse_dsp_chain import window
 from hw.stream_engine import StreamBeats, StreamLength, geometry_tables
 from hw.stream_unpacker import WORD_COUNT_BITS, index_fits_code
 from llmacc import layout as L
-from llmacc import numerics as N
 from llmacc.config import AccelConfig
 from llmacc.isa import (
     OUT_MODES,
     AttnFields,
-    AttnFunc,
     Buffer,
     MatFields,
     Opcode,
     OutMode,
-    Reg,
     Sparsity,
     WeightFormat,
 )
@@ -232,77 +228,18 @@ class StreamTile:
             written=Signal(16, name="written"))
 
 
-@dataclass(frozen=True)
-class AttnState:
-    """What the ATTN states share: the instruction, the position (query row, key, channel),
-    the registered scales and sums, and the addresses and fields derived from them."""
-
-    fields: data.View  #: the AttnFields of the instruction
-    regs: Signal  #: the run-time registers at dispatch
-    query: Signal  #: the query (SCORE) or probability (PV) row
-    key: Signal
-    channel: Signal
-    kv_pitch: Signal  #: words per KV row
-    in_pitch: Signal  #: words per input row
-    out_len: Signal  #: elements per output row
-    qm: Signal  #: the query's scale
-    qe: Signal
-    qsum: Signal  #: the sum of the query's codes (midpoint term)
-    dot: Signal
-    km: Signal  #: the key's scale and midpoint
-    ke: Signal
-    kmid: Signal
-    emax: Signal  #: PV: the visible values' largest exponent
-    seen: Signal  #: PV: a visible value has been seen
-    midsum: Signal  #: PV: sum of probability x midpoint
-    acc: Signal
-    prob: Signal  #: PV: the key's probability
-    m_aligned: Signal  #: PV: the key's value scale aligned to emax
-    kv_bits: object  #: 4 or 8, from kv8
-    is_pv: object
-    row: object  #: buffer word of the query (probability) row
-    rec: object  #: buffer word of the key's (value's) KV row
-    out_row: object  #: buffer word of the output row
-    visible: object  #: the key is visible to the query (Lambda mask)
-    code: object  #: the KV code in the wgt fetch, signed
-    kv_head: data.View  #: the KV header in the wgt fetch
-
-    @classmethod
-    def signals(cls, cfg: AccelConfig, af, regs, fw: FieldFetch) -> "AttnState":
-        query, key = Signal(11, name="query"), Signal(13, name="key")
-        kv_pitch = Signal(16, name="kv_pitch")
-        kv_bits = Mux(af.kv8, 8, 4)
-        return cls(
-            fields=af, regs=regs, query=query, key=key, channel=Signal(9, name="channel"),
-            kv_pitch=kv_pitch, in_pitch=Signal(16, name="in_pitch"),
-            out_len=Signal(13, name="out_len"),
-            qm=Signal(16, name="qm"), qe=Signal(signed(16), name="qe"),
-            qsum=Signal(signed(24), name="qsum"), dot=Signal(signed(32), name="dot"),
-            km=Signal(16, name="km"), ke=Signal(signed(16), name="ke"),
-            kmid=Signal(signed(32), name="kmid"), emax=Signal(signed(16), name="emax"),
-            seen=Signal(name="seen"), midsum=Signal(signed(80), name="midsum"),
-            acc=Signal(signed(80), name="acc"), prob=Signal(signed(32), name="prob"),
-            m_aligned=Signal(17, name="m_aligned"), kv_bits=kv_bits,
-            is_pv=af.func == AttnFunc.PV,
-            row=af.q_addr + query * af.a_step, rec=af.kv_addr + key * kv_pitch,
-            out_row=af.dst + query * af.d_step,
-            visible=visible(key, regs[Reg.POS.value] + query, regs[Reg.SINK.value],
-                            regs[Reg.WINDOW.value]),
-            code=Mux(af.kv8, fw.value[:L.KV_CODE[8].width].as_signed(),
-                     fw.value[:L.KV_CODE[4].width].as_signed()),
-            kv_head=view(L.KvHeader, fw.value))
-
-
 class ComputeUnit(wiring.Component):
     def __init__(self, cfg: AccelConfig):
         self.cfg = cfg
         super().__init__({
             **unit_members(),
-            "rd_act": Out(read_port(cfg)),  # activations, queries, probabilities
-            "rd_wgt": Out(read_port(cfg)),  # weight rows, KV rows
+            "rd_act": Out(read_port(cfg)),  # activations, queries
+            **({"rd_wgt": Out(read_port(cfg))} if cfg.record_matrices else {}),  # weight rows
             "rd_meta": Out(read_port(cfg)),  # descriptors and row records
             "rd_out": Out(read_port(cfg)),  # the destination (ADD)
-            "rd_window": Out(read_port(cfg)),  # MATSTREAM: activation windows, whole words
+            # whole ACT words: MATSTREAM's activation windows, PV's probabilities
+            "rd_window": Out(read_port(cfg)),
+            "rd_kv": Out(read_port(cfg)),  # ATTN: KV rows, whole words
             "wr": Out(write_port(cfg)),
             **{f"stream{c}": Out(stream.Signature(command_layout(cfg.axi_addr_bits)))
                for c in range(cfg.mem_channels)},
@@ -340,7 +277,8 @@ class ComputeUnit(wiring.Component):
         for c in range(channels):
             wiring.connect(m, wiring.flipped(getattr(self, f"weights{c}")), beats.words[c])
         fetch = {}
-        for name in ("act", "wgt", "meta", "out"):
+        for name in ("act", "wgt", "meta", "out") if cfg.record_matrices else ("act", "meta",
+                                                                                "out"):
             fetch[name] = fx = FieldFetch(cfg)
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
@@ -388,7 +326,7 @@ class ComputeUnit(wiring.Component):
             self._stream_states(m, tile, pas, st, beats, length,
                                 self._replay_memory(m, head_layout))
             self._window_words(m, tile, pas, st)
-            self._attention(m, af, regs, fetch["act"], fetch["wgt"])
+            Attention(self, cfg).states(m, af, regs, fetch["act"])
             with m.State("FAULTED"):  # streams emptied, engine and beats cleared
                 m.d.comb += self.stream_abort.eq(1)
                 with m.If(self.streams_idle):
@@ -891,170 +829,3 @@ class ComputeUnit(wiring.Component):
                      self.wr.data.eq(value.as_unsigned() << L.element_bit(lane, L.WIDE)),
                      self.wr.mask.eq(Const((1 << size) - 1, w) << (lane * size))]
         return self.wr.grant
-
-    def _attention(self, m, af, regs, fa: FieldFetch, fw: FieldFetch):
-        """The ATTN states: per query row, SCORE (optionally through the row stage's
-        softmax) or PV, one multiply-accumulate per step."""
-        m.submodules.softmax = RowSfu(min((1 << AttnFields.as_shape()["keys"].width) - 1,
-                                          row_limit(self.cfg)))
-        st = AttnState.signals(self.cfg, af, regs, fw)
-        self._attn_setup_states(m, st)
-        self._score_states(m, st, fa, fw, m.submodules.softmax)
-        self._pv_states(m, st, fa, fw)
-
-    def _next_query(self, m, st: "AttnState"):
-        m.d.sync += st.query.eq(st.query + 1)
-        m.next = "A_ROW"
-        with m.If(st.query + 1 == st.fields.rows):
-            m.next = "COMPLETE"
-
-    def _attn_setup_states(self, m, st: "AttnState"):
-        """A_CHECK, A_RANGE, A_ROW: the pitches, the faults, and each query row's start."""
-        af, words, depth = st.fields, self._words, self._depth
-        d, keys = af.head_dim, af.keys
-        w = self.cfg.axi_data_bytes
-        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
-        with m.State("A_CHECK"):
-            m.d.sync += [st.kv_pitch.eq(kvhdr + words((d * st.kv_bits + 7) >> 3)),
-                         st.in_pitch.eq(Mux(st.is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
-                                            qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
-                         st.out_len.eq(Mux(st.is_pv, d, keys)), st.query.eq(0)]
-            m.next = "A_RANGE"
-        with m.State("A_RANGE"):
-            off_end = ((keys != 0) & (af.kv_addr + keys * st.kv_pitch > depth[Buffer.KV])) | (
-                (af.q_addr + (af.rows - 1) * af.a_step + st.in_pitch > depth[Buffer.ACT]) |
-                (af.dst + (af.rows - 1) * af.d_step
-                 + words(L.element_bit(st.out_len, L.WIDE) >> 3) > depth[Buffer.ACT]))
-            with m.If((d == 0) | d[0]):
-                self._fail(m, Fault.PARAM)
-            with m.Elif((af.rows != 0) & off_end):
-                self._fail(m, Fault.RANGE)
-            with m.Elif(af.rows == 0):
-                m.next = "COMPLETE"
-            with m.Else():
-                m.next = "A_ROW"
-        with m.State("A_ROW"):
-            m.d.sync += [st.key.eq(0), st.channel.eq(0), st.qsum.eq(0), st.emax.eq(0),
-                         st.seen.eq(0), st.midsum.eq(0)]
-            with m.If(st.is_pv):
-                m.next = "P_SCAN"
-            with m.Else():
-                m.next = "S_QHDR"
-
-    def _score_states(self, m, st: "AttnState", fa: FieldFetch, fw: FieldFetch, rs: RowSfu):
-        """SCORE: the query's scale and code sum, then per key its header and dot product,
-        and the score written (or streamed through the softmax and drained)."""
-        af, regs, lb, get = st.fields, st.regs, self._bit_log2, self._get
-        w = self.cfg.axi_data_bytes
-        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
-        d, keys, key, i = af.head_dim, af.keys, st.key, st.channel
-        q_code = ((st.row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
-        with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
-            scale = view(L.QRowHeader, fa.value)
-            m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
-            m.next = "S_QSUM"
-        with m.State("S_QSUM"), m.If(get(m, fa, Buffer.ACT, q_code)):
-            m.d.sync += [st.qsum.eq(st.qsum + fa.value[:L.QCODE.width].as_signed()),
-                         i.eq(i + 1)]
-            with m.If(i + 1 == d):
-                m.next = "S_KHDR"
-        with m.State("S_KHDR"):
-            fetched = get(m, fw, Buffer.KV, st.rec << lb, key != keys)
-            with m.If(key == keys):
-                with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
-                    m.d.sync += key.eq(0)
-                    m.next = "S_DRAIN"
-                with m.Else():
-                    self._next_query(m, st)
-            with m.Elif(fetched):
-                m.d.sync += [st.km.eq(st.kv_head.m), st.ke.eq(st.kv_head.e),
-                             st.kmid.eq(st.kv_head.mid), st.dot.eq(0), i.eq(0)]
-                m.next = "S_DOT"
-        with m.State("S_DOT"):
-            q_ok = get(m, fa, Buffer.ACT, q_code)
-            k_ok = get(m, fw, Buffer.KV, ((st.rec + kvhdr) << lb) + i * st.kv_bits)
-            with m.If(q_ok & k_ok):
-                m.d.sync += [st.dot.eq(st.dot + fa.value[:L.QCODE.width].as_signed() * st.code),
-                             i.eq(i + 1)]
-                with m.If(i + 1 == d):
-                    m.next = "S_OUT"
-        with m.State("S_OUT"):
-            shift = af.shift
-            part = saturate(round_shift(st.dot * st.km * st.qm, shift - st.ke - st.qe,
-                                        N.WIDE_BITS + 1), N.WIDE_BITS)
-            mids = round_shift(st.qsum * st.qm * st.kmid, shift - st.qe, N.WIDE_BITS + 1)
-            score = Signal(signed(N.WIDE_BITS))
-            m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
-            cmd = rs.i.payload.cmd
-            m.d.comb += [rs.i.payload.eq(0), rs.i.payload.a.eq(score), cmd.func.eq(RowFunc.SOFTMAX),
-                         cmd.length.eq(keys), cmd.pos.eq(regs[Reg.POS.value] + st.query),
-                         cmd.sink.eq(regs[Reg.SINK.value]),
-                         cmd.window.eq(regs[Reg.WINDOW.value])]
-            done = Signal()
-            with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
-                m.d.comb += [rs.i.valid.eq(1), done.eq(rs.i.ready)]
-            with m.Else():
-                m.d.comb += done.eq(self._write_wide(m, st.out_row, key, score))
-            with m.If(done):
-                m.d.sync += key.eq(key + 1)
-                m.next = "S_KHDR"
-        with m.State("S_DRAIN"):
-            written = Signal()
-            with m.If(rs.o.valid):
-                m.d.comb += written.eq(self._write_wide(m, st.out_row, key, rs.o.payload.y))
-            with m.If(written):
-                m.d.comb += rs.o.ready.eq(1)
-                m.d.sync += key.eq(key + 1)
-                with m.If(rs.o.payload.last):
-                    self._next_query(m, st)
-
-    def _pv_states(self, m, st: "AttnState", fa: FieldFetch, fw: FieldFetch):
-        """PV: the largest visible value exponent and the midpoint sum over the keys, then
-        per channel the probabilities times the aligned values, written as one element."""
-        af, lb, get = st.fields, self._bit_log2, self._get
-        kvhdr = L.kv_header(self.cfg.axi_data_bytes)
-        d, keys, key, i = af.head_dim, af.keys, st.key, st.channel
-        kv_m, kv_e = st.kv_head.m, st.kv_head.e
-        with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
-            p_ok = get(m, fa, Buffer.ACT, (st.row << lb) + L.element_bit(key, L.WIDE),
-                       key != keys)
-            h_ok = get(m, fw, Buffer.KV, st.rec << lb, key != keys)
-            with m.If(key == keys):
-                m.d.sync += i.eq(0)
-                m.next = "P_CHANNEL"
-            with m.Elif(p_ok & h_ok):
-                m.d.sync += [st.midsum.eq(st.midsum + fa.value[:L.WIDE.width].as_signed()
-                                          * st.kv_head.mid), key.eq(key + 1)]
-                with m.If(st.visible & (kv_m != 0) & (~st.seen | (kv_e > st.emax))):
-                    m.d.sync += [st.emax.eq(kv_e), st.seen.eq(1)]
-        with m.State("P_CHANNEL"):
-            m.d.sync += [st.acc.eq(0), key.eq(0)]
-            with m.If(i == d):
-                self._next_query(m, st)
-            with m.Elif(keys == 0):
-                m.next = "P_OUT"
-            with m.Else():
-                m.next = "P_SCALE"
-        with m.State("P_SCALE"):  # the key's probability and aligned value scale
-            p_ok = get(m, fa, Buffer.ACT, (st.row << lb) + L.element_bit(key, L.WIDE))
-            h_ok = get(m, fw, Buffer.KV, st.rec << lb)
-            with m.If(p_ok & h_ok):
-                aligned = round_shift(Cat(kv_m, Const(0, 1)), (st.emax - kv_e).as_signed(), 17)
-                m.d.sync += [st.prob.eq(fa.value[:L.WIDE.width]),
-                             st.m_aligned.eq(Mux(st.visible, aligned, 0))]
-                m.next = "P_MAC"
-        with m.State("P_MAC"), m.If(get(m, fw, Buffer.KV,
-                                        ((st.rec + kvhdr) << lb) + i * st.kv_bits)):
-            m.d.sync += [st.acc.eq(st.acc + st.prob * st.m_aligned * st.code), key.eq(key + 1)]
-            m.next = "P_SCALE"
-            with m.If(key + 1 == keys):
-                m.next = "P_OUT"
-        with m.State("P_OUT"):
-            frac = N.PROB_FRAC + af.shift
-            value = Signal(signed(N.WIDE_BITS))
-            m.d.comb += value.eq(saturate(
-                round_shift(st.acc, frac - st.emax, N.WIDE_BITS + 1) +
-                round_shift(st.midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
-            with m.If(self._write_wide(m, st.out_row, i, value)):
-                m.d.sync += i.eq(i + 1)
-                m.next = "P_CHANNEL"

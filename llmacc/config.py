@@ -130,6 +130,12 @@ class AccelConfig:
         return 0 if self.record_matrices else self.chain_group
 
     @property
+    def attention_lanes(self) -> int:
+        """Elements of a head that ATTN takes per cycle (``hw/attention.py``): half a
+        buffer word's bytes, so that an INT4 KV word is four sub-steps, an INT8 one two."""
+        return self.axi_data_bytes // 2
+
+    @property
     def axi_data_bytes(self) -> int:
         return self.axi_data_bits // 8
 

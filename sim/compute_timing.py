@@ -1,6 +1,6 @@
 """Cycles of the sequencers as built: the COMPUTE unit's MATVEC, MATMAT, MATSTREAM and ATTN
-(``hw/compute_unit.py``) and the SFU's instructions (``hw/sfu_unit.py``), state by state,
-with the field fetches' two-word caches.
+(``hw/compute_unit.py``, ``hw/attention.py``) and the SFU's instructions
+(``hw/sfu_unit.py``), state by state, with the field fetches' two-word caches.
 
 The sequencers read every record field through a :class:`hw.buffer_access.FieldFetch`: a
 field starting in the word the fetch holds costs one cycle; one starting in the next word
@@ -9,8 +9,9 @@ are the fields' count plus the refills, and the refills follow from the fields' 
 alone: :class:`Fetch` keeps the word each fetch holds and prices walks of equally spaced
 fields in closed form. A matrix pass repeats for every row block and token pair with the
 same refills as long as the fetches enter it in the same place relative to its records, so
-passes are priced once per such entry, and attention keys are skipped over once they
-repeat (this is what makes LLaMA-sized tiles quick).
+passes are priced once per such entry (this is what makes LLaMA-sized tiles quick).
+Attention reads its KV rows as whole words, a word a cycle, so its keys are priced in
+closed form.
 
 Checked against the RTL's busy counters cycle for cycle (``tests/test_cycle_model.py``).
 """
@@ -376,45 +377,15 @@ def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False) ->
     return max(a, b)
 
 
-class _Repeat:
-    """Sums a loop's step cycles, skipping ahead once a step begins in a state already seen
-    (the fetches' words relative to the step's records, and the step's phase): from there
-    the loop repeats itself, cycle for cycle."""
-
-    def __init__(self, fetches: tuple[Fetch, ...]):
-        self.fetches = fetches
-
-    def run(self, count: int, step, bases, phase=lambda i: 0) -> int:
-        """``step(i)`` runs step ``i`` and returns its cycles; ``bases(i)`` is the word each
-        fetch's records of step ``i`` start at."""
-        seen: dict = {}
-        total, i = 0, 0
-        while i < count:
-            base = bases(i)
-            key = (phase(i), _relative(self.fetches, base))
-            if key in seen:
-                j, before = seen.pop(key)
-                period, gain = i - j, total - before
-                loops = (count - i) // period
-                if loops:
-                    i += loops * period
-                    total += loops * gain
-                    _place(self.fetches, bases(i), key[1])
-                    seen.clear()
-                    continue
-            seen[key] = (i, total)
-            total += step(i)
-            i += 1
-        return total
-
-
-#: ATTN: A_CHECK, A_RANGE and COMPLETE; per query row A_ROW; per row's end the state that
-#: finds no more keys (channels)
+#: ATTN: A_CHECK, A_RANGE and COMPLETE (per query row A_ROW)
 ATTN_SETUP = 3
+#: ATTN's key loops, past a cycle per word read: the last word's arithmetic, and (SCORE) its
+#: score leaving the register
+ATTN_PIPE = 2
 #: SCORE_SOFTMAX, per query row after its scores went into the row stage: the second pass
 #: (exponentials and their sum) and the emission of the probabilities, a cycle per key each,
 #: and the reciprocal of the sum on the serial divider with its hand-overs.
-SOFTMAX_FIXED = 54
+SOFTMAX_FIXED = 55
 SOFTMAX_PER_KEY = 2
 
 
@@ -432,81 +403,35 @@ def _priced_once(price):
 
 @_priced_once
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
-    """Busy cycles of one ATTN on the compute unit (``hw/compute_unit.py``'s A_/S_/P_
-    states)."""
+    """Busy cycles of one ATTN on the compute unit (``hw/attention.py``'s A_/S_/P_ states):
+    a key is its header word and a cycle per sub-step of ``attention_lanes`` elements, the
+    reads a cycle ahead of the arithmetic."""
     wb = 8 * cfg.axi_data_bytes
     w = cfg.axi_data_bytes
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
-    kv_bits = 8 if insn.kv8 else 4
-    kvp = L.kv_pitch(d, kv_bits, w)
-    qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
-    fa, fw = Fetch(wb), Fetch(wb)
-    loop = _Repeat((fa, fw))
-
-    def rec(key: int) -> int:
-        return insn.kv_addr + key * kvp
-
+    qhdr = L.qrow_header(w)
+    steps = -(-d // cfg.attention_lanes)
+    key_loop = keys * (1 + steps) + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
+    fa = Fetch(wb)
     total = ATTN_SETUP
     for t in range(rows):
         row = insn.q_addr + t * insn.a_step
         out_row = insn.dst + t * insn.d_step
         total += 1  # A_ROW
         if insn.func is isa.AttnFunc.PV:
-            total += _pv_row(fa, fw, loop, row, out_row, rec, d, keys, kv_bits, kvhdr, wb)
+            scan = keys + ATTN_PIPE if keys else 1  # P_SCAN: a key a cycle
+            total += scan + key_loop + d + 1  # P_OUT: an element a cycle, then the next row
             continue
         total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, L.QCODE.width, d)  # S_QHDR, S_QSUM
-
-        def score(key: int, row=row, out_row=out_row) -> int:
-            cycles = fw.one(rec(key) * wb)  # S_KHDR
-            for i in range(d):  # S_DOT
-                cycles += _pair(fa, (row + qhdr) * wb + L.element_bit(i, L.QCODE), fw,
-                                (rec(key) + kvhdr) * wb + kv_bits * i)
-            if insn.func is isa.AttnFunc.SCORE:  # S_OUT: the score written
+        total += key_loop
+        if insn.func is isa.AttnFunc.SCORE:  # the scores written next to the query rows
+            for key in range(keys):
                 fa.written(out_row + L.element_bit(key, L.WIDE) // wb)
-            return cycles + 1
-
-        qend = L.qrow_pitch(d, w)
-
-        def near(key: int, row=row, out_row=out_row, qend=qend) -> int:
-            """Where the key's score is written relative to the query row (a write next
-            to the words the query fetch holds empties it)."""
-            return min(max(out_row + L.element_bit(key, L.WIDE) // wb - row, -2), qend + 2)
-
-        total += loop.run(keys, score, lambda key, row=row: (row, rec(key)), near)
-        total += 1  # S_KHDR with no more keys
-        if insn.func is isa.AttnFunc.SCORE_SOFTMAX:
+        else:
             total += SOFTMAX_FIXED + SOFTMAX_PER_KEY * keys
     return total
-
-
-def _pv_row(fa: Fetch, fw: Fetch, loop: _Repeat, row: int, out_row: int, rec, d: int,
-            keys: int, kv_bits: int, kvhdr: int, wb: int) -> int:
-    """One PV row: the scan for the largest exponent, then per channel the keys."""
-
-    def prob(key: int) -> int:
-        return row * wb + L.element_bit(key, L.WIDE)
-
-    def scan(key: int) -> int:  # P_SCAN
-        return _pair(fa, prob(key), fw, rec(key) * wb)
-
-    def bases(key: int) -> tuple[int, int]:
-        return prob(key) // wb, rec(key)
-
-    def phase(key: int) -> int:
-        return prob(key) % wb
-
-    cycles = loop.run(keys, scan, bases, phase) + 1
-    for i in range(d):
-        def mac(key: int, i=i) -> int:  # P_SCALE, P_MAC
-            return _pair(fa, prob(key), fw, rec(key) * wb) + fw.one(
-                (rec(key) + kvhdr) * wb + kv_bits * i)
-
-        cycles += 1 + loop.run(keys, mac, bases, phase)  # P_CHANNEL, the keys
-        cycles += 1  # P_OUT
-        fa.written(out_row + L.element_bit(i, L.WIDE) // wb)
-    return cycles + 1  # P_CHANNEL with no more channels
 
 
 #: The operand kinds whose fetches the SFU producer's model follows (``isa.SFU_OPERANDS``).

@@ -207,7 +207,7 @@ def attn_case(cfg: AccelConfig, rng: random.Random, func: AttnFunc) -> Instructi
     rows, the Lambda mask from random registers."""
     w = cfg.axi_data_bytes
     emu = random_buffers(cfg, rng)
-    d = rng.choice((2, 4, 8, 16))
+    d = rng.choice((2, 4, 6, 8, 16, 24, 40))  # one to three KV words, part-filled sub-steps
     keys, rows = rng.randint(1, 12), rng.randint(1, 3)
     kv8 = rng.random() < 0.3
     bits = 8 if kv8 else 4

@@ -23,7 +23,8 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   pass's activation windows read as whole words and replayed for the other passes); the
   others MATVEC/MATMAT, one buffer field per cycle (codes, indices, scales, exponents,
   activations) with the fetches' refills;
-  attention one multiply per cycle. Each matrix is priced as one instruction of its full
+  attention ``attention_lanes`` elements of a head per cycle (a key costs its header word
+  and a cycle per sub-step). Each matrix is priced as one instruction of its full
   shape (the compiler's tiles add a few cycles of set-up each); SFU instructions are left
   out (under 0.1% of these cycles). It says by how much the current RTL misses the design.
 

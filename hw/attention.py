@@ -1,0 +1,386 @@
+"""ATTN on the COMPUTE unit: a head's elements ``AccelConfig.attention_lanes`` at a time.
+
+Each KV row is read as whole buffer words (``rd_kv``, a word a cycle): its header word, then
+its payload words, each taken in sub-steps of ``lanes`` codes (four per INT4 word, two per
+INT8 word). A key costs one cycle for its header and one per sub-step, so a key of head size
+``d`` costs ``1 + ceil(d / lanes)`` cycles; the reads run a cycle ahead of the arithmetic
+(stage A issues a word, stage B uses it), so the keys follow one another without gaps.
+
+* **SCORE** (``numerics.attention_scores``): the query's codes are read once per row (one
+  field a cycle, as its code sum is taken) into the query memory, ``lanes`` codes a word;
+  per sub-step ``lanes`` products of a query code and a key code are summed by an adder
+  tree into the key's dot product. The score (dot product and midpoint term, rescaled and
+  saturated) leaves from a register a cycle later, to ACT or to the row stage's softmax
+  (SCORE_SOFTMAX), while the next key is read.
+* **PV** (``numerics.attention_pv``): a first pass over the keys' header words and
+  probabilities (whole ACT words, ``rd_prob``) finds the largest visible value exponent and
+  the midpoint sum; the second pass computes per key ``x = p * m'`` (the value scale aligned
+  to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into ``lanes``
+  accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum wraps as the
+  DSP48E2's P register would, exact wherever the reference's range check passes); the
+  results leave one element a cycle.
+
+Elements past the head size are zero in the products (SCORE) or never read (PV), so whatever
+pads a record does not matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Mux, Signal, signed
+from amaranth.lib import data
+from amaranth.lib.memory import Memory
+
+from hw.buffer_access import view
+from hw.fixed_point import round_shift, saturate
+from hw.sfu_row import RowFunc, RowSfu, visible
+from hw.sfu_unit import row_limit
+from llmacc import layout as L
+from llmacc import numerics as N
+from llmacc.config import AccelConfig
+from llmacc.isa import AttnFields, AttnFunc, Buffer, Reg
+from llmacc.kernel import Fault
+
+#: The largest head size the instruction can name, and so the query and accumulator memories'
+#: elements.
+MAX_HEAD = 1 << AttnFields.as_shape()["head_dim"].width
+
+
+def _log2(x: int) -> int:
+    if x & (x - 1) or x < 1:
+        raise ValueError(f"{x} is not a power of two")
+    return x.bit_length() - 1
+
+
+def substeps_per_word(cfg: AccelConfig, kv_bits: int) -> int:
+    """Sub-steps of ``attention_lanes`` codes in one KV payload word."""
+    return 8 * cfg.axi_data_bytes // (kv_bits * cfg.attention_lanes)
+
+
+def adder_tree(values: list) -> object:
+    """The sum of ``values`` as a balanced tree of two-input adders."""
+    while len(values) > 1:
+        values = [a + b for a, b in zip(values[::2], values[1::2], strict=False)] + (
+            [values[-1]] if len(values) % 2 else [])
+    return values[0]
+
+
+@dataclass(frozen=True)
+class AttnState:
+    """What the ATTN states share: the instruction, the positions of the two stages, the
+    registered scales and sums, and the addresses derived from them."""
+
+    fields: data.View  #: the AttnFields of the instruction
+    regs: Signal  #: the run-time registers at dispatch
+    query: Signal  #: the query (SCORE) or probability (PV) row
+    key: Signal  #: stage A: the key read
+    sub: Signal  #: stage A: 0 its header word, j + 1 its sub-step j
+    b_valid: Signal  #: stage B: a word arrives
+    b_key: Signal
+    b_sub: Signal
+    channel: Signal  #: S_QSUM: the query code; P_OUT: the output element
+    steps: Signal  #: sub-steps per key, ceil(head_dim / lanes)
+    kv_pitch: Signal  #: words per KV row
+    in_pitch: Signal  #: words per input row
+    out_len: Signal  #: elements per output row
+    qm: Signal  #: the query's scale
+    qe: Signal
+    qsum: Signal  #: the sum of the query's codes (midpoint term)
+    dot: Signal
+    km: Signal  #: the key's scale and midpoint
+    ke: Signal
+    kmid: Signal
+    emax: Signal  #: PV: the visible values' largest exponent
+    seen: Signal  #: PV: a visible value has been seen
+    midsum: Signal  #: PV: sum of probability x midpoint
+    x: Signal  #: PV: the key's probability times its aligned value scale
+    kv_bits: object  #: 4 or 8, from kv8
+    is_pv: object
+    row: object  #: buffer word of the query (probability) row
+    out_row: object  #: buffer word of the output row
+
+    @classmethod
+    def signals(cls, cfg: AccelConfig, af, regs) -> AttnState:
+        steps = MAX_HEAD // cfg.attention_lanes
+        query = Signal(11, name="query")
+        return cls(
+            fields=af, regs=regs, query=query, key=Signal(13, name="key"),
+            sub=Signal(range(steps + 1), name="sub"), b_valid=Signal(name="b_valid"),
+            b_key=Signal(13, name="b_key"), b_sub=Signal(range(steps + 1), name="b_sub"),
+            channel=Signal(9, name="channel"), steps=Signal(range(steps + 1), name="steps"),
+            kv_pitch=Signal(16, name="kv_pitch"), in_pitch=Signal(16, name="in_pitch"),
+            out_len=Signal(13, name="out_len"),
+            qm=Signal(16, name="qm"), qe=Signal(signed(16), name="qe"),
+            qsum=Signal(signed(24), name="qsum"), dot=Signal(signed(32), name="dot"),
+            km=Signal(16, name="km"), ke=Signal(signed(16), name="ke"),
+            kmid=Signal(signed(32), name="kmid"), emax=Signal(signed(16), name="emax"),
+            seen=Signal(name="seen"), midsum=Signal(signed(80), name="midsum"),
+            x=Signal(signed(N.ACC_BITS), name="x"), kv_bits=Mux(af.kv8, 8, 4),
+            is_pv=af.func == AttnFunc.PV, row=af.q_addr + query * af.a_step,
+            out_row=af.dst + query * af.d_step)
+
+    def rec(self, key):
+        """The buffer word of ``key``'s KV row."""
+        return self.fields.kv_addr + key * self.kv_pitch
+
+    def visible(self, key):
+        """``key`` is visible to the query row (the Lambda mask)."""
+        regs = self.regs
+        return visible(key, regs[Reg.POS.value] + self.query, regs[Reg.SINK.value],
+                       regs[Reg.WINDOW.value])
+
+
+class Attention:
+    """The ATTN states of the COMPUTE unit's FSM (``unit`` gives the ports, the field fetch
+    helpers, the output writes and the faults)."""
+
+    def __init__(self, unit, cfg: AccelConfig):
+        self.unit, self.cfg = unit, cfg
+        self.lanes = cfg.attention_lanes
+        self.lanes_log2 = _log2(self.lanes)
+        self.word_bits = 8 * cfg.axi_data_bytes
+        for bits in (4, 8):
+            _log2(substeps_per_word(cfg, bits))
+
+    def states(self, m, af, regs, fa) -> None:
+        """Add the A_, S_ and P_ states to the FSM being built in ``m``."""
+        cfg = self.cfg
+        m.submodules.softmax = rs = RowSfu(
+            min((1 << AttnFields.as_shape()["keys"].width) - 1, row_limit(cfg)))
+        st = AttnState.signals(cfg, af, regs)
+        depth = MAX_HEAD // self.lanes
+        m.submodules.attn_q = qmem = Memory(shape=8 * self.lanes, depth=depth, init=[])
+        m.submodules.attn_acc = accmem = Memory(shape=N.ACC_BITS * self.lanes, depth=depth,
+                                                init=[])
+        self._setup_states(m, st)
+        self._score_states(m, st, fa, rs, qmem)
+        self._pv_states(m, st, accmem)
+
+    # -- the pieces ---------------------------------------------------------------------
+    def _next_query(self, m, st: AttnState):
+        m.d.sync += st.query.eq(st.query + 1)
+        m.next = "A_ROW"
+        with m.If(st.query + 1 == st.fields.rows):
+            m.next = "COMPLETE"
+
+    def _chunk(self, word, sub_step, bits: int):
+        """The bits of ``sub_step``'s ``lanes`` codes of ``bits`` in its payload word."""
+        per_word = substeps_per_word(self.cfg, bits)
+        if per_word == 1:
+            return word[:bits * self.lanes]
+        return word.word_select(sub_step[:_log2(per_word)], bits * self.lanes)
+
+    def _codes(self, st: AttnState, word, sub_step) -> list:
+        """The ``lanes`` signed codes of ``sub_step`` in its payload word."""
+        lanes = self.lanes
+        chunk4, chunk8 = self._chunk(word, sub_step, 4), self._chunk(word, sub_step, 8)
+        return [Mux(st.fields.kv8, chunk8.word_select(i, 8).as_signed(),
+                    chunk4.word_select(i, 4).as_signed()) for i in range(lanes)]
+
+    def _payload_word(self, st: AttnState, key, sub):
+        """The buffer word that stage A reads for ``(key, sub)``: the header or a payload
+        word."""
+        kvhdr = L.kv_header(self.cfg.axi_data_bytes)
+        words4 = _log2(substeps_per_word(self.cfg, 4))
+        words8 = _log2(substeps_per_word(self.cfg, 8))
+        step = (sub - 1)[:len(sub)]
+        return Mux(sub == 0, st.rec(key),
+                   st.rec(key) + kvhdr + Mux(st.fields.kv8, step >> words8, step >> words4))
+
+    def _issue(self, m, st: AttnState, port, can, also=1):
+        """Stage A: read the word of ``(key, sub)`` while ``can``; the positions advance when
+        it is granted and ``also`` holds (else it is read again). Returns whether keys are
+        left to read."""
+        issuing = st.key != st.fields.keys
+        m.d.comb += [port.en.eq(issuing & can), port.buf.eq(Buffer.KV),
+                     port.addr.eq(self._payload_word(st, st.key, st.sub))]
+        go = Signal(name="attn_go")
+        m.d.comb += go.eq(issuing & can & port.grant & also)
+        m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key), st.b_sub.eq(st.sub)]
+        with m.If(go):
+            m.d.sync += st.sub.eq(st.sub + 1)
+            with m.If(st.sub == st.steps):
+                m.d.sync += [st.sub.eq(0), st.key.eq(st.key + 1)]
+        return issuing
+
+    def _prob_read(self, m, st: AttnState, port, en):
+        """Read the ACT word holding stage A's key's probability; returns the probability
+        of stage B's key from the word that arrives."""
+        lb = _log2(self.word_bits)
+        m.d.comb += [port.en.eq(en), port.buf.eq(Buffer.ACT),
+                     port.addr.eq(st.row + (L.element_bit(st.key, L.WIDE) >> lb))]
+        offset = L.element_bit(st.b_key, L.WIDE) & (self.word_bits - 1)
+        return (port.data >> offset)[:L.WIDE.width].as_signed()
+
+    # -- the states ---------------------------------------------------------------------
+    def _setup_states(self, m, st: AttnState):
+        """A_CHECK, A_RANGE, A_ROW: the pitches, the faults, and each query row's start."""
+        unit = self.unit
+        af, words, depth = st.fields, unit._words, unit._depth
+        d, keys = af.head_dim, af.keys
+        w = self.cfg.axi_data_bytes
+        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+        with m.State("A_CHECK"):
+            m.d.sync += [st.kv_pitch.eq(kvhdr + words((d * st.kv_bits + 7) >> 3)),
+                         st.in_pitch.eq(Mux(st.is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
+                                            qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
+                         st.out_len.eq(Mux(st.is_pv, d, keys)), st.query.eq(0),
+                         st.steps.eq((d + self.lanes - 1) >> self.lanes_log2)]
+            m.next = "A_RANGE"
+        with m.State("A_RANGE"):
+            off_end = ((keys != 0) & (af.kv_addr + keys * st.kv_pitch > depth[Buffer.KV])) | (
+                (af.q_addr + (af.rows - 1) * af.a_step + st.in_pitch > depth[Buffer.ACT]) |
+                (af.dst + (af.rows - 1) * af.d_step
+                 + words(L.element_bit(st.out_len, L.WIDE) >> 3) > depth[Buffer.ACT]))
+            with m.If((d == 0) | d[0]):
+                unit._fail(m, Fault.PARAM)
+            with m.Elif((af.rows != 0) & off_end):
+                unit._fail(m, Fault.RANGE)
+            with m.Elif(af.rows == 0):
+                m.next = "COMPLETE"
+            with m.Else():
+                m.next = "A_ROW"
+        with m.State("A_ROW"):
+            m.d.sync += [st.key.eq(0), st.sub.eq(0), st.channel.eq(0), st.qsum.eq(0),
+                         st.emax.eq(0), st.seen.eq(0), st.midsum.eq(0)]
+            with m.If(st.is_pv):
+                m.next = "P_SCAN"
+            with m.Else():
+                m.next = "S_QHDR"
+
+    def _score_states(self, m, st: AttnState, fa, rs: RowSfu, qmem: Memory):
+        """SCORE: the query's scale, code sum and codes, then the keys through the two
+        stages, each score leaving from the score register (to ACT, or into the softmax and
+        drained)."""
+        unit, lanes = self.unit, self.lanes
+        af, regs, lb, get = st.fields, st.regs, _log2(self.word_bits), unit._get
+        qhdr = L.qrow_header(self.cfg.axi_data_bytes)
+        d, keys, i = af.head_dim, af.keys, st.channel
+        q_code = ((st.row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
+        qw, qr = qmem.write_port(granularity=8), qmem.read_port(domain="comb")
+        with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
+            scale = view(L.QRowHeader, fa.value)
+            m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
+            m.next = "S_QSUM"
+        with m.State("S_QSUM"), m.If(get(m, fa, Buffer.ACT, q_code)):
+            code = fa.value[:L.QCODE.width]
+            m.d.comb += [qw.addr.eq(i >> self.lanes_log2), qw.data.eq(Cat(*[code] * lanes)),
+                         qw.en.eq(Const(1, lanes) << i[:self.lanes_log2])]
+            m.d.sync += [st.qsum.eq(st.qsum + code.as_signed()), i.eq(i + 1)]
+            with m.If(i + 1 == d):
+                m.next = "S_KEYS"
+        # the score register (stage C) and what takes it
+        s_valid, s_key = Signal(name="score_valid"), Signal(13, name="score_key")
+        s_dot = Signal(signed(32), name="score_dot")
+        s_km, s_ke = Signal(16, name="score_km"), Signal(signed(16), name="score_ke")
+        s_kmid = Signal(signed(32), name="score_kmid")
+        shift = af.shift
+        part = saturate(round_shift(s_dot * s_km * st.qm, shift - s_ke - st.qe,
+                                    N.WIDE_BITS + 1), N.WIDE_BITS)
+        mids = round_shift(st.qsum * st.qm * s_kmid, shift - st.qe, N.WIDE_BITS + 1)
+        score = Signal(signed(N.WIDE_BITS))
+        m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
+        with m.State("S_KEYS"):
+            taken = Signal()
+            cmd = rs.i.payload.cmd
+            with m.If(s_valid):
+                with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
+                    m.d.comb += [rs.i.valid.eq(1), rs.i.payload.eq(0), rs.i.payload.a.eq(score),
+                                 cmd.func.eq(RowFunc.SOFTMAX), cmd.length.eq(keys),
+                                 cmd.pos.eq(regs[Reg.POS.value] + st.query),
+                                 cmd.sink.eq(regs[Reg.SINK.value]),
+                                 cmd.window.eq(regs[Reg.WINDOW.value]), taken.eq(rs.i.ready)]
+                with m.Else():
+                    m.d.comb += taken.eq(unit._write_wide(m, st.out_row, s_key, score))
+            with m.If(taken):
+                m.d.sync += s_valid.eq(0)
+            # stage A: a new word only while the score register will be free for its key
+            issuing = self._issue(m, st, unit.rd_kv, ~s_valid | taken)
+            # stage B
+            word = unit.rd_kv.data
+            head = view(L.KvHeader, word)
+            step = (st.b_sub - 1)[:len(st.b_sub)]
+            m.d.comb += qr.addr.eq(step)
+            first = step << self.lanes_log2
+            products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
+                        for j, code in enumerate(self._codes(st, word, step))]
+            total = Signal(signed(32), name="score_total")
+            m.d.comb += total.eq(st.dot + adder_tree(products))
+            with m.If(st.b_valid & (st.b_sub == 0)):
+                m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid),
+                             st.dot.eq(0)]
+            with m.If(st.b_valid & (st.b_sub != 0)):
+                m.d.sync += st.dot.eq(total)
+                with m.If(st.b_sub == st.steps):
+                    m.d.sync += [s_valid.eq(1), s_key.eq(st.b_key), s_dot.eq(total),
+                                 s_km.eq(st.km), s_ke.eq(st.ke), s_kmid.eq(st.kmid)]
+            with m.If(~issuing & ~st.b_valid & (~s_valid | taken)):
+                with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
+                    m.d.sync += st.key.eq(0)
+                    m.next = "S_DRAIN"
+                with m.Else():
+                    self._next_query(m, st)
+        with m.State("S_DRAIN"):
+            written = Signal()
+            with m.If(rs.o.valid):
+                m.d.comb += written.eq(unit._write_wide(m, st.out_row, st.key, rs.o.payload.y))
+            with m.If(written):
+                m.d.comb += rs.o.ready.eq(1)
+                m.d.sync += st.key.eq(st.key + 1)
+                with m.If(rs.o.payload.last):
+                    self._next_query(m, st)
+
+    def _pv_states(self, m, st: AttnState, accmem: Memory):
+        """PV: the scan for the largest visible exponent and the midpoint sum, the keys into
+        the accumulators, then the results one element a cycle."""
+        unit, acc_bits = self.unit, N.ACC_BITS
+        af, kv, prob_port = st.fields, unit.rd_kv, unit.rd_window
+        d, keys, i = af.head_dim, af.keys, st.channel
+        aw, ar = accmem.write_port(), accmem.read_port(domain="comb")
+        head = view(L.KvHeader, kv.data)
+        with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
+            issuing = st.key != keys
+            prob = self._prob_read(m, st, prob_port, issuing)
+            m.d.comb += [kv.en.eq(issuing), kv.buf.eq(Buffer.KV), kv.addr.eq(st.rec(st.key))]
+            go = issuing & kv.grant & prob_port.grant
+            m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key)]
+            with m.If(go):
+                m.d.sync += st.key.eq(st.key + 1)
+            with m.If(st.b_valid):
+                m.d.sync += st.midsum.eq(st.midsum + prob * head.mid)
+                with m.If(st.visible(st.b_key) & (head.m != 0)
+                          & (~st.seen | (head.e > st.emax))):
+                    m.d.sync += [st.emax.eq(head.e), st.seen.eq(1)]
+            with m.If(~issuing & ~st.b_valid):
+                m.d.sync += [st.key.eq(0), st.sub.eq(0)]
+                m.next = "P_KEYS"
+        with m.State("P_KEYS"):
+            at_header = st.sub == 0
+            prob = self._prob_read(m, st, prob_port, (st.key != keys) & at_header)
+            issuing = self._issue(m, st, kv, 1, prob_port.grant | ~at_header)
+            aligned = round_shift(Cat(head.m, Const(0, 1)), (st.emax - head.e).as_signed(), 17)
+            with m.If(st.b_valid & (st.b_sub == 0)):
+                m.d.sync += st.x.eq(prob * Mux(st.visible(st.b_key), aligned[:17], 0))
+            step = (st.b_sub - 1)[:len(st.b_sub)]
+            m.d.comb += [ar.addr.eq(step), aw.addr.eq(step),
+                         aw.en.eq(st.b_valid & (st.b_sub != 0))]
+            sums = [Mux(st.b_key == 0, 0, ar.data.word_select(j, acc_bits).as_signed())
+                    + st.x * code for j, code in enumerate(self._codes(st, kv.data, step))]
+            m.d.comb += aw.data.eq(Cat(*(s[:acc_bits] for s in sums)))
+            with m.If(~issuing & ~st.b_valid):
+                m.d.sync += i.eq(0)
+                m.next = "P_OUT"
+        with m.State("P_OUT"):
+            frac = N.PROB_FRAC + af.shift
+            m.d.comb += ar.addr.eq(i >> self.lanes_log2)
+            acc = Mux(keys == 0, 0, ar.data.word_select(i[:self.lanes_log2], acc_bits)
+                      .as_signed())
+            value = Signal(signed(N.WIDE_BITS))
+            m.d.comb += value.eq(saturate(
+                round_shift(acc, frac - st.emax, N.WIDE_BITS + 1) +
+                round_shift(st.midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
+            with m.If(i == d):
+                self._next_query(m, st)
+            with m.Else(), m.If(unit._write_wide(m, st.out_row, i, value)):
+                m.d.sync += i.eq(i + 1)
