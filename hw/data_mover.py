@@ -6,9 +6,12 @@ and at ``buf_addr + r * words`` in buffer ``buf``; ``rows`` is the immediate or 
 (length patching), as the emulator (``sim/emulator.py``) executes it.
 
 Each row is one command to the channel's AXI master (``hw/axi.py``, which splits it into
-bursts). The units check what the bus cannot: external addresses and strides must be whole
-AXI words (:attr:`Fault.ALIGN`), the rows must fit the buffer and the channel must exist
-(:attr:`Fault.RANGE`); an AXI error response during the instruction is :attr:`Fault.BUS`.
+bursts); rows that follow one another in external memory (``ext_stride`` = the row's bytes,
+as the KV cache's rows of a head are) are one command for all of them, so the read latency
+is paid once per instruction instead of once per row. The units check what the bus cannot:
+external addresses and strides must be whole AXI words (:attr:`Fault.ALIGN`), the rows
+must fit the buffer and the channel must exist (:attr:`Fault.RANGE`); an AXI error
+response during the instruction is :attr:`Fault.BUS`.
 A faulting instruction moves nothing and still completes.
 """
 
@@ -50,7 +53,9 @@ class _Mover(wiring.Component):
         rows = Signal(32)
         ext = Signal(32 + isa.MemFields.as_shape()["ext_stride"].width + 1)
         row = Signal.like(rows)
-        beat = Signal(isa.MemFields.as_shape()["words"].width + 1)
+        runs = Signal.like(rows)  # commands: the rows, or one for contiguous rows
+        run_words = Signal(command_layout(cfg.axi_addr_bits)["beats"].shape)  # per command
+        beat = Signal(len(run_words) + 1)
         row_ext = Signal(cfg.axi_addr_bits)
         row_buf = Signal(self.addr_bits + 1)
         depth = Signal(range(max(self.depth.values()) + 1))
@@ -68,7 +73,7 @@ class _Mover(wiring.Component):
         with m.If(self.bus_error):
             m.d.sync += bus_error.eq(1)
         m.d.comb += [self.chan.eq(f.chan), self.buf.eq(f.buf),
-                     self.cmd.payload.addr.eq(row_ext), self.cmd.payload.beats.eq(f.words),
+                     self.cmd.payload.addr.eq(row_ext), self.cmd.payload.beats.eq(run_words),
                      self.buf_addr.eq(row_buf + beat)]
         with m.FSM():
             with m.State("IDLE"):
@@ -83,7 +88,10 @@ class _Mover(wiring.Component):
                                  bus_error.eq(0), self.fault.eq(0)]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += [row.eq(0), row_ext.eq(ext), row_buf.eq(f.buf_addr)]
+                contiguous = f.ext_stride == f.words * w
+                m.d.sync += [row.eq(0), row_ext.eq(ext), row_buf.eq(f.buf_addr),
+                             runs.eq(Mux(contiguous, 1, rows)),
+                             run_words.eq(Mux(contiguous, rows * f.words, f.words))]
                 with m.If(misaligned):
                     m.d.sync += self.fault.eq(Fault.ALIGN)
                     m.next = "COMPLETE"
@@ -99,10 +107,10 @@ class _Mover(wiring.Component):
                 with m.If(self.cmd.ready):
                     m.d.sync += beat.eq(0)
                     m.next = "ROW"
-            with m.State("ROW"), m.If(self._row(m, beat, f.words)):
+            with m.State("ROW"), m.If(self._row(m, beat, run_words)):
                 m.d.sync += [row.eq(row + 1), row_ext.eq(row_ext + f.ext_stride),
-                             row_buf.eq(row_buf + f.words)]
-                with m.If(row + 1 == rows):
+                             row_buf.eq(row_buf + run_words)]
+                with m.If(row + 1 == runs):
                     m.next = "DRAIN"
                 with m.Else():
                     m.next = "COMMAND"

@@ -5,7 +5,8 @@ LOAD and STORE follow the data movers as built (``hw/data_mover.py`` and the AXI
 ``hw/axi.py``), term by term, and are calibrated against the RTL's busy counters
 (``tests/test_cycle_model.py``): a LOAD row is one read command whose first beat comes
 ``READ_LATENCY`` cycles after its address, then one beat per cycle; a STORE row streams its
-words and waits for the last burst's response; bursts split at 4 KiB and 256 beats.
+words and waits for the last burst's response; bursts split at 4 KiB and 256 beats. Rows
+that follow one another in external memory are one command.
 
 The compute unit's and SFU's sequencers are priced in :mod:`sim.compute_timing`. Units
 overlap as far as the dependency tokens allow (the emulator keeps one timeline per unit).
@@ -125,6 +126,8 @@ def transfer_cycles(cfg: AccelConfig, load: bool, addr: int, stride: int, rows: 
     """A LOAD (``load``) or STORE of ``rows`` rows of ``words`` words from byte ``addr``."""
     if not rows or not words:
         return MOVER_SETUP
+    if stride == words * cfg.axi_data_bytes:  # contiguous rows: one command
+        rows, words = 1, rows * words
     if load:
         return MOVER_SETUP + rows * load_row_cycles(cfg, words)
     return MOVER_SETUP + sum(store_row_cycles(cfg, addr + r * stride, words)
