@@ -24,9 +24,11 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   others MATVEC/MATMAT, one buffer field per cycle (codes, indices, scales, exponents,
   activations) with the fetches' refills;
   attention ``attention_lanes`` elements of a head per cycle (a key costs its header word
-  and a cycle per sub-step). Each matrix is priced as one instruction of its full
-  shape (the compiler's tiles add a few cycles of set-up each); SFU instructions are left
-  out (under 0.1% of these cycles). It says by how much the current RTL misses the design.
+  and a cycle per sub-step), with the KV heads' loads as the LOAD unit moves them; each
+  layer's SFU instructions one element a cycle (:func:`sfu`, left out of the design
+  figures). Each matrix is priced as one instruction of its full shape (the compiler's
+  tiles add a few cycles of set-up each). It says by how much the current RTL misses the
+  design.
 
 The published anchors printed beside ours: FlightLLM 55 tok/s on the U280 for LLaMA2-7B
 (FPGA '24), AccLLM 2.98x FlightLLM's throughput (~164 tok/s).
@@ -42,16 +44,19 @@ from compiler.step_buffers import StepDims, allocate_step
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
-from llmacc.isa import AttnFunc, Opcode, WeightFormat
+from llmacc.isa import AttnFunc, Opcode, SfuFunc, WeightFormat
 from quant import schemes
 from quant.weight_quant import padded_width
 from sim import compute_timing
-from sim.cycle_model import load_row_cycles
+from sim.cycle_model import load_row_cycles, transfer_cycles
 from sim.model_shapes import MODELS as MODELS
 from sim.model_shapes import ModelShape as ModelShape
 from sim.model_shapes import ModelShapeError as ModelShapeError
 from sim.model_shapes import model_shape as model_shape
 
+#: Where :func:`sfu` places an instruction's second operand and its result (ACT words),
+#: apart from its first operand at word 0.
+SFU_B, SFU_DST = 1 << 13, 1 << 14
 FLIGHTLLM_TOK_S = 55.0  #: FlightLLM, U280, LLaMA2-7B decode (FPGA '24)
 ACCLLM_SPEEDUP = 2.98  #: AccLLM's throughput over FlightLLM
 
@@ -153,7 +158,10 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
 def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
               keys: int) -> Operator:
     """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
-    keys (the visible ones under Lambda attention)."""
+    keys (the visible ones under Lambda attention). As built, the LOAD unit brings each KV
+    head's keys and values (one command each) while the compute unit runs the heads of the
+    one before (the compiler alternates two KV slots), so only the first head's load is not
+    hidden, and a head whose loads take longer than its attention waits for them."""
     bits = scheme.kv_bits or 8
     pitch = L.kv_pitch(shape.head_dim, bits, cfg.axi_data_bytes)
     kv_rows = 2 * shape.kv_heads * keys
@@ -167,8 +175,47 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
         insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
                         keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
         row += compute_timing.attention_cycles(cfg, insn)
+    load = 2 * transfer_cycles(cfg, True, 0, pitch * w, keys, pitch)  # a KV head's K and V
+    per_group = shape.heads // shape.kv_heads * rows * row
+    rtl = load + shape.kv_heads * max(per_group, load)
     return Operator("attention", kv_rows * pitch * cfg.axi_data_bytes, macs,
-                    _rows_cycles(cfg, kv_rows, pitch), engine, shape.heads * rows * row)
+                    _rows_cycles(cfg, kv_rows, pitch), engine, rtl)
+
+
+def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[tuple[SfuFunc, int, dict],
+                                                                  ...]:
+    """A decoder layer's SFU instructions for one token as ``compiler/lower.py`` emits them:
+    (function, length, fields). ``tests/test_perf.py`` checks the list against a compiled
+    decode step."""
+    d, hd, hid = shape.dim, shape.head_dim, shape.hidden
+    kvd = shape.kv_heads * hd
+    block = scheme.sparsity[1] if scheme.sparsity else 1
+    kd, kh = (padded_width(k, scheme.group, block) for k in (d, hid))
+    kv = {"imm": hd, "imm2": scheme.kv_bits or 8}
+    return ((SfuFunc.RMSNORM, d, {}), (SfuFunc.QUANT8, d, {"imm": kd}),
+            (SfuFunc.ROPE, d, {"imm": hd}), (SfuFunc.ROPE, kvd, {"imm": hd}),
+            (SfuFunc.ADD, kvd, {"imm": 1}), (SfuFunc.MUL, kvd, {"imm": 1}),
+            (SfuFunc.MUL, d, {"imm": 1}), (SfuFunc.KVQUANT, kvd, kv),
+            (SfuFunc.KVQUANT, kvd, kv), (SfuFunc.QUANT8, d, {"imm2": hd}),
+            (SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.RMSNORM, d, {}),
+            (SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.MUL, hid, {}),
+            (SfuFunc.QUANT8, hid, {"imm": kh}))
+
+
+def sfu(cfg: AccelConfig, shape: ModelShape, scheme: schemes.Scheme, rows: int) -> Operator:
+    """One layer's SFU instructions (:func:`layer_sfu`) for ``rows`` tokens, as built (one
+    element a cycle and the row stage's passes); the design figures leave them out."""
+    longest = (1 << isa.SfuFields.as_shape()["length"].width) - 1
+    rtl = 0
+    for func, length, fields in layer_sfu(shape, scheme):
+        pieces = -(-length // longest)  # rows longer than an instruction: priced in pieces
+        piece = length // pieces
+        if "imm" in fields and func is SfuFunc.QUANT8:
+            fields = {**fields, "imm": -(-fields["imm"] // pieces)}
+        rtl += pieces * compute_timing.sfu_cycles(cfg, isa.make(
+            Opcode.SFU, func=func, rows=rows, length=piece, src_a=0, src_b=SFU_B, dst=SFU_DST,
+            **fields))
+    return Operator("sfu", 0, 0, 0, 0, rtl)
 
 
 def visible_keys(scheme: schemes.Scheme, context: int) -> int:
@@ -202,6 +249,7 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
     scheme = schemes.parse(case_scheme(cfg, scheme_name))
     ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
+    ops.append(sfu(cfg, shape, scheme, rows))
     # the classifier is quantized as the embedding is (quant.quantize), dense
     classifier = replace(scheme, weight_fmt=scheme.embed_fmt, sparsity=None)
     head = linear(cfg, classifier, "lm_head", shape.dim, shape.vocab, 1)

@@ -73,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {s} | " + " | ".join(cells) + " |")
     e = P.decode(cfg, shape, args.scheme, args.context)
     print(f"\n{args.scheme} at context {args.context}, per operator (all layers):")
+    print("  (bytes from HBM; cycles of the design estimate and of the RTL as built)")
     for op in e.operators:
-        print(f"  {op.name:10s} {op.bytes / 1e6:9.1f} MB  {op.cycles:>10d} cycles  "
-              f"{op.bound}-bound")
+        design = f"{op.cycles:>10d} design ({op.bound}-bound)" if op.cycles else \
+            f"{'':>10s} design: not counted"
+        print(f"  {op.name:10s} {op.bytes / 1e6:9.1f} MB  {design:34s} "
+              f"{op.rtl_cycles:>11d} as built")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rtl = [(c, P.decode(cfg, shape, args.scheme, min(c, cfg.max_seq_len)).rtl_tok_s)

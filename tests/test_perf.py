@@ -170,3 +170,25 @@ def test_schemes_without_a_group_take_the_configs_and_say_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| w2a8kv4+g128 |" in out and "| w2a8kv4+g32 |" in out and "| w8a8+g128 |" in out
     assert "w2a8kv4+g128 at context 512: RTL as built" in out
+
+
+def test_the_sfu_work_priced_is_what_the_compiler_emits(seed):
+    """``perf_model.layer_sfu`` lists a layer's SFU instructions as the compiler emits them
+    for a decode step: the same functions, lengths and segment fields, in order."""
+    from compiler.compile import compile_model
+    from llmacc.isa import Opcode, SfuFunc
+    from quant import schemes
+    from tests.helpers.models import tiny_int_model
+
+    im = tiny_int_model(seed, "w2a8kv4", group=16)
+    mc = im.config
+    cm = compile_model(im, preset("sim-small"), lengths={"decode": [16]})
+    emitted = [(i.func, i.length, i.fields.get("imm", 0), i.fields.get("imm2", 0))
+               for i in cm.program("decode", 16).instructions if i.opcode is Opcode.SFU]
+    shape = P.ModelShape("tiny", mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
+                         mc.hidden_dim, mc.vocab_size)
+    per_layer = [(f, n, fields.get("imm", 0), fields.get("imm2", 0))
+                 for f, n, fields in P.layer_sfu(shape, schemes.parse("w2a8kv4+g16"))]
+    assert emitted[0][0] is SfuFunc.EMBED, f"seed {seed}"
+    assert [f for f, *_ in emitted[-2:]] == [SfuFunc.RMSNORM, SfuFunc.QUANT8], f"seed {seed}"
+    assert emitted[1:-2] == per_layer * mc.n_layers, f"seed {seed}"
