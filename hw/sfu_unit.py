@@ -275,7 +275,7 @@ class SfuUnit(wiring.Component):
             with m.Case(SfuFunc.ROPE):
                 m.d.comb += [need_b.eq(1), b_req.buf.eq(Buffer.TABLE),
                              b_req.bit.eq((row_b << lb) +
-                                          L.element_bit(Mux(phase, pj + half, pj), L.TRIG))]
+                                          L.element_bit(L.rope_entry(pj, phase), L.TRIG))]
             with m.Case(SfuFunc.EMBED):
                 m.d.comb += [need_b.eq(1),
                              a_req.bit.eq(((row_a + a_off) << lb) + L.element_bit(pi, L.QCODE)),

@@ -513,18 +513,26 @@ def decode_gamma(data: np.ndarray, length: int, w: int) -> tuple[Tensor, int]:
     return torch.from_numpy(gamma), eps
 
 
+def rope_entry(pair, sin):
+    """The TRIG element of a RoPE row holding pair ``pair``'s cosine (``sin`` = 0) or sine
+    (1): the two side by side, so that a head's elements walk the row in order (one
+    fetch refill a head, not one an element). ``pair``/``sin`` may be ints or Amaranth
+    values."""
+    return (pair << 1) | sin
+
+
 def encode_rope(cos: Tensor, sin: Tensor, w: int) -> np.ndarray:
-    """RoPE rows [P, D/2] each -> bytes [P, pitch * W]: cos then sin."""
-    raw = np.concatenate([_le(np.asarray(cos), _record_dtype(TRIG)),
-                          _le(np.asarray(sin), _record_dtype(TRIG))], 1)
+    """RoPE rows [P, D/2] each -> bytes [P, pitch * W], entries at :func:`rope_entry`."""
+    pairs = np.stack([np.asarray(cos), np.asarray(sin)], -1).reshape(cos.shape[0], -1)
+    raw = _le(pairs, _record_dtype(TRIG))
     return _pad_rows(raw, rope_pitch(2 * cos.shape[1], w) * w)
 
 
 def decode_rope(data: np.ndarray, head_dim: int) -> tuple[Tensor, Tensor]:
-    half = head_dim // 2
-    sin_at = element_bit(half, TRIG) // 8
-    return (torch.from_numpy(_from_le(data, _record_dtype(TRIG), half)),
-            torch.from_numpy(_from_le(data, _record_dtype(TRIG), half, sin_at)))
+    entries = _from_le(data, _record_dtype(TRIG), head_dim)
+    pairs = np.arange(head_dim // 2)
+    return (torch.from_numpy(entries[:, rope_entry(pairs, 0)]),
+            torch.from_numpy(entries[:, rope_entry(pairs, 1)]))
 
 
 def encode_embedding(codes: Tensor, mant: Tensor, row_exp: Tensor, dim: int,

@@ -474,7 +474,7 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
             half = insn.imm // 2
             row_b = insn.src_b + r * L.rope_pitch(insn.imm, w)
             for i in range(length):
-                j = (i // 2) % half + (half if i % 2 else 0)
+                j = L.rope_entry((i // 2) % half, i % 2)
                 cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
                                 row_b * wb + L.element_bit(j, L.TRIG))
         elif operands == "embed":
