@@ -13,12 +13,16 @@ INT8 word). A key costs one cycle for its header and one per sub-step, so a key 
   saturated) leaves from a register a cycle later, to ACT or to the row stage's softmax
   (SCORE_SOFTMAX), while the next key is read.
 * **PV** (``numerics.attention_pv``): a first pass over the keys' header words and
-  probabilities (whole ACT words, ``rd_prob``) finds the largest visible value exponent and
-  the midpoint sum; the second pass computes per key ``x = p * m'`` (the value scale aligned
-  to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into ``lanes``
-  accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum wraps as the
-  DSP48E2's P register would, exact wherever the reference's range check passes); the
-  results leave one element a cycle.
+  probabilities (whole ACT words, ``rd_window``) finds the largest visible value exponent
+  and the midpoint sum; the second pass computes per key ``x = p * m'`` (the value scale
+  aligned to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into
+  ``lanes`` accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum
+  wraps as the DSP48E2's P register would, exact wherever the reference's range check
+  passes); the results leave one element a cycle, after a cycle to read each word of
+  accumulators.
+
+The query and accumulator memories have registered reads (block RAM, not LUTs or
+flip-flops): each is read in stage A for the sub-step that stage B uses.
 
 Elements past the head size are zero in the products (SCORE) or never read (PV), so whatever
 pads a record does not matter.
@@ -258,7 +262,7 @@ class Attention:
         qhdr = L.qrow_header(self.cfg.axi_data_bytes)
         d, keys, i = af.head_dim, af.keys, st.channel
         q_code = ((st.row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
-        qw, qr = qmem.write_port(granularity=8), qmem.read_port(domain="comb")
+        qw, qr = qmem.write_port(granularity=8), qmem.read_port()
         with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
             scale = view(L.QRowHeader, fa.value)
             m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
@@ -295,13 +299,14 @@ class Attention:
                     m.d.comb += taken.eq(unit._write_wide(m, st.out_row, s_key, score))
             with m.If(taken):
                 m.d.sync += s_valid.eq(0)
-            # stage A: a new word only while the score register will be free for its key
+            # stage A: a new word only while the score register will be free for its key; the
+            # query codes of its sub-step are read with it
             issuing = self._issue(m, st, unit.rd_kv, ~s_valid | taken)
+            m.d.comb += qr.addr.eq(st.sub - 1)
             # stage B
             word = unit.rd_kv.data
             head = view(L.KvHeader, word)
             step = (st.b_sub - 1)[:len(st.b_sub)]
-            m.d.comb += qr.addr.eq(step)
             first = step << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
                         for j, code in enumerate(self._codes(st, word, step))]
@@ -337,7 +342,8 @@ class Attention:
         unit, acc_bits = self.unit, N.ACC_BITS
         af, kv, prob_port = st.fields, unit.rd_kv, unit.rd_window
         d, keys, i = af.head_dim, af.keys, st.channel
-        aw, ar = accmem.write_port(), accmem.read_port(domain="comb")
+        aw, ar = accmem.write_port(), accmem.read_port()
+        out_ok = Signal(name="out_ok")  # P_OUT: ar.data holds element i's accumulators
         head = view(L.KvHeader, kv.data)
         with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
             issuing = st.key != keys
@@ -363,17 +369,18 @@ class Attention:
             with m.If(st.b_valid & (st.b_sub == 0)):
                 m.d.sync += st.x.eq(prob * Mux(st.visible(st.b_key), aligned[:17], 0))
             step = (st.b_sub - 1)[:len(st.b_sub)]
-            m.d.comb += [ar.addr.eq(step), aw.addr.eq(step),
+            m.d.comb += [ar.addr.eq(st.sub - 1), aw.addr.eq(step),  # read in A, written in B
                          aw.en.eq(st.b_valid & (st.b_sub != 0))]
             sums = [Mux(st.b_key == 0, 0, ar.data.word_select(j, acc_bits).as_signed())
                     + st.x * code for j, code in enumerate(self._codes(st, kv.data, step))]
             m.d.comb += aw.data.eq(Cat(*(s[:acc_bits] for s in sums)))
             with m.If(~issuing & ~st.b_valid):
-                m.d.sync += i.eq(0)
+                m.d.sync += [i.eq(0), out_ok.eq(0)]
                 m.next = "P_OUT"
-        with m.State("P_OUT"):
+        with m.State("P_OUT"):  # a cycle to read each word of accumulators, then its elements
             frac = N.PROB_FRAC + af.shift
             m.d.comb += ar.addr.eq(i >> self.lanes_log2)
+            m.d.sync += out_ok.eq(1)
             acc = Mux(keys == 0, 0, ar.data.word_select(i[:self.lanes_log2], acc_bits)
                       .as_signed())
             value = Signal(signed(N.WIDE_BITS))
@@ -382,5 +389,7 @@ class Attention:
                 round_shift(st.midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
             with m.If(i == d):
                 self._next_query(m, st)
-            with m.Else(), m.If(unit._write_wide(m, st.out_row, i, value)):
+            with m.Elif(out_ok), m.If(unit._write_wide(m, st.out_row, i, value)):
                 m.d.sync += i.eq(i + 1)
+                with m.If((i + 1)[:self.lanes_log2] == 0):
+                    m.d.sync += out_ok.eq(0)

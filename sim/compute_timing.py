@@ -422,7 +422,7 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         total += 1  # A_ROW
         if insn.func is isa.AttnFunc.PV:
             scan = keys + ATTN_PIPE if keys else 1  # P_SCAN: a key a cycle
-            total += scan + key_loop + d + 1  # P_OUT: an element a cycle, then the next row
+            total += scan + key_loop + d + steps + 1  # P_OUT: a read a word, an element a cycle
             continue
         total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, L.QCODE.width, d)  # S_QHDR, S_QSUM
         total += key_loop
