@@ -135,12 +135,18 @@ def _rows_cycles(cfg: AccelConfig, rows: int, words: int) -> int:
     return -(-rows // cfg.mem_channels) * load_row_cycles(cfg, words)
 
 
+def _padded(scheme: schemes.Scheme, k: int) -> int:
+    """A matrix's reduction length ``k`` as the quantizer stores it: padded to the group
+    and the sparse block."""
+    return padded_width(k, scheme.group, scheme.sparsity[1] if scheme.sparsity else 1)
+
+
 def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
            tokens: int) -> Operator:
     """A weight matrix [n, k] applied to ``tokens`` rows (K zero-padded to the group, as
     the quantizer stores it)."""
     desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
-    k = padded_width(k, scheme.group, scheme.sparsity[1] if scheme.sparsity else 1)
+    k = _padded(scheme, k)
     w = cfg.axi_data_bytes
     row_words = desc.wgt_pitch(k, w) + desc.meta_pitch(k, w)
     kept = desc.kept(k)
@@ -189,8 +195,7 @@ def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[tuple[SfuFunc,
     decode step."""
     d, hd, hid = shape.dim, shape.head_dim, shape.hidden
     kvd = shape.kv_heads * hd
-    block = scheme.sparsity[1] if scheme.sparsity else 1
-    kd, kh = (padded_width(k, scheme.group, block) for k in (d, hid))
+    kd, kh = _padded(scheme, d), _padded(scheme, hid)
     kv = {"imm": hd, "imm2": scheme.kv_bits or 8}
     return ((SfuFunc.RMSNORM, d, {}), (SfuFunc.QUANT8, d, {"imm": kd}),
             (SfuFunc.ROPE, d, {"imm": hd}), (SfuFunc.ROPE, kvd, {"imm": hd}),
@@ -273,9 +278,8 @@ def check_fits(cfg: AccelConfig, shape: ModelShape, scheme_name: str, context: i
         dims = StepDims.of_shape(cfg, scheme, shape.dim, shape.hidden, shape.heads,
                                  shape.kv_heads, shape.vocab)
         desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
-        block = scheme.sparsity[1] if scheme.sparsity else 1
         for name, k, n in _linears(shape):
-            width = padded_width(k, scheme.group, block)
+            width = _padded(scheme, k)
             tile_rows(cfg, desc, width, n, name)
             matrix_geometry(cfg, desc, width, name)
         allocate_step(cfg, dims, 1, keys)
