@@ -1,10 +1,13 @@
 """ATTN on the COMPUTE unit: a head's elements ``AccelConfig.attention_lanes`` at a time.
 
-Each KV row is read as whole buffer words (``rd_kv``, a word a cycle): its header word, then
-its payload words, each taken in sub-steps of ``lanes`` codes (four per INT4 word, two per
-INT8 word). A key costs one cycle for its header and one per sub-step, so a key of head size
-``d`` costs ``1 + ceil(d / lanes)`` cycles; the reads run a cycle ahead of the arithmetic
-(stage A issues a word, stage B uses it), so the keys follow one another without gaps.
+Each KV row is read as whole buffer words (``rd_kv``): its header word, then its payload
+words, each taken in sub-steps of ``lanes`` codes (four per INT4 word, two per INT8 word)
+from a register that holds the word read at its first sub-step. A key of head size ``d``
+costs ``ceil(d / lanes)`` sub-steps, and its header a cycle of its own only where it cannot
+be read ahead: the next key's header is read in the last sub-step of a key when that
+sub-step reads no word (whenever it is not the first of its word; on the u280's head size
+128 a key is four cycles, not five). The reads run a cycle ahead of the arithmetic (stage A
+issues a word, stage B uses it), so the keys follow one another without gaps.
 
 * **SCORE** (``numerics.attention_scores``): the query's codes are read once per row (one
   field a cycle, as its code sum is taken) into the query memory, ``lanes`` codes a word;
@@ -80,9 +83,12 @@ class AttnState:
     query: Signal  #: the query (SCORE) or probability (PV) row
     key: Signal  #: stage A: the key read
     sub: Signal  #: stage A: 0 its header word, j + 1 its sub-step j
-    b_valid: Signal  #: stage B: a word arrives
+    b_valid: Signal  #: stage B: a slot to process
     b_key: Signal
     b_sub: Signal
+    b_fresh: Signal  #: stage B: the word arriving is the sub-step's payload word
+    b_ahead: Signal  #: stage B: the word arriving is the next key's header
+    held: Signal  #: the payload word of stage B's later sub-steps
     channel: Signal  #: S_QSUM: the query code; P_OUT: the output element
     steps: Signal  #: sub-steps per key, ceil(head_dim / lanes)
     kv_pitch: Signal  #: words per KV row
@@ -112,6 +118,8 @@ class AttnState:
             fields=af, regs=regs, query=query, key=Signal(13, name="key"),
             sub=Signal(range(steps + 1), name="sub"), b_valid=Signal(name="b_valid"),
             b_key=Signal(13, name="b_key"), b_sub=Signal(range(steps + 1), name="b_sub"),
+            b_fresh=Signal(name="b_fresh"), b_ahead=Signal(name="b_ahead"),
+            held=Signal(8 * cfg.axi_data_bytes, name="held"),
             channel=Signal(9, name="channel"), steps=Signal(range(steps + 1), name="steps"),
             kv_pitch=Signal(16, name="kv_pitch"), in_pitch=Signal(16, name="in_pitch"),
             out_len=Signal(13, name="out_len"),
@@ -192,29 +200,54 @@ class Attention:
         return Mux(sub == 0, st.rec(key),
                    st.rec(key) + kvhdr + Mux(st.fields.kv8, step >> words8, step >> words4))
 
-    def _issue(self, m, st: AttnState, port, can, also=1):
-        """Stage A: read the word of ``(key, sub)`` while ``can``; the positions advance when
-        it is granted and ``also`` holds (else it is read again). Returns whether keys are
-        left to read."""
+    def _slot(self, m, st: AttnState) -> tuple[Signal, Signal, Signal]:
+        """What stage A's slot ``(key, sub)`` reads: a payload word (the first sub-step of
+        its word), a header (``sub`` 0, or ``ahead``: the next key's, in a last sub-step that
+        reads no word), or nothing. Returns ``(fresh, header, ahead)``."""
+        step = (st.sub - 1)[:len(st.sub)]
+        word_start = Mux(st.fields.kv8, step[:_log2(substeps_per_word(self.cfg, 8))] == 0,
+                         step[:_log2(substeps_per_word(self.cfg, 4))] == 0)
+        fresh, header, ahead = (Signal(name=f"attn_{n}") for n in ("fresh", "header", "ahead"))
+        m.d.comb += [fresh.eq((st.sub != 0) & word_start),
+                     ahead.eq((st.sub == st.steps) & ~word_start
+                              & (st.key + 1 != st.fields.keys)),
+                     header.eq((st.sub == 0) | ahead)]
+        return fresh, header, ahead
+
+    def _issue(self, m, st: AttnState, port, slot, can, also=1):
+        """Stage A: the slot ``(key, sub)`` while ``can``, reading its word (``slot``, from
+        :meth:`_slot`) if it has one; the positions advance when the read is granted and
+        ``also`` holds (else it is read again). Returns whether keys are left to read."""
+        fresh, header, ahead = slot
         issuing = st.key != st.fields.keys
-        m.d.comb += [port.en.eq(issuing & can), port.buf.eq(Buffer.KV),
-                     port.addr.eq(self._payload_word(st, st.key, st.sub))]
+        reads = fresh | header
+        m.d.comb += [port.en.eq(issuing & can & reads), port.buf.eq(Buffer.KV),
+                     port.addr.eq(Mux(ahead, st.rec(st.key + 1),
+                                      self._payload_word(st, st.key, st.sub)))]
         go = Signal(name="attn_go")
-        m.d.comb += go.eq(issuing & can & port.grant & also)
-        m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key), st.b_sub.eq(st.sub)]
+        m.d.comb += go.eq(issuing & can & (port.grant | ~reads) & also)
+        m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key), st.b_sub.eq(st.sub),
+                     st.b_fresh.eq(fresh), st.b_ahead.eq(ahead)]
         with m.If(go):
             m.d.sync += st.sub.eq(st.sub + 1)
             with m.If(st.sub == st.steps):
-                m.d.sync += [st.sub.eq(0), st.key.eq(st.key + 1)]
+                m.d.sync += [st.sub.eq(ahead), st.key.eq(st.key + 1)]
         return issuing
 
-    def _prob_read(self, m, st: AttnState, port, en):
-        """Read the ACT word holding stage A's key's probability; returns the probability
-        of stage B's key from the word that arrives."""
+    def _payload(self, m, st: AttnState, word):
+        """Stage B's payload word: the word arriving at a sub-step's first, else the one
+        held since."""
+        with m.If(st.b_valid & st.b_fresh):
+            m.d.sync += st.held.eq(word)
+        return Mux(st.b_fresh, word, st.held)
+
+    def _prob_read(self, m, st: AttnState, port, en, key, b_key):
+        """Read the ACT word holding the probability of ``key`` (stage A's); returns the
+        probability of ``b_key`` (stage B's) from the word that arrives."""
         lb = _log2(self.word_bits)
         m.d.comb += [port.en.eq(en), port.buf.eq(Buffer.ACT),
-                     port.addr.eq(st.row + (L.element_bit(st.key, L.WIDE) >> lb))]
-        offset = L.element_bit(st.b_key, L.WIDE) & (self.word_bits - 1)
+                     port.addr.eq(st.row + (L.element_bit(key, L.WIDE) >> lb))]
+        offset = L.element_bit(b_key, L.WIDE) & (self.word_bits - 1)
         return (port.data >> offset)[:L.WIDE.width].as_signed()
 
     # -- the states ---------------------------------------------------------------------
@@ -301,7 +334,7 @@ class Attention:
                 m.d.sync += s_valid.eq(0)
             # stage A: a new word only while the score register will be free for its key; the
             # query codes of its sub-step are read with it
-            issuing = self._issue(m, st, unit.rd_kv, ~s_valid | taken)
+            issuing = self._issue(m, st, unit.rd_kv, self._slot(m, st), ~s_valid | taken)
             m.d.comb += qr.addr.eq(st.sub - 1)
             # stage B
             word = unit.rd_kv.data
@@ -309,12 +342,12 @@ class Attention:
             step = (st.b_sub - 1)[:len(st.b_sub)]
             first = step << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
-                        for j, code in enumerate(self._codes(st, word, step))]
+                        for j, code in enumerate(self._codes(
+                            st, self._payload(m, st, word), step))]
             total = Signal(signed(32), name="score_total")
-            m.d.comb += total.eq(st.dot + adder_tree(products))
-            with m.If(st.b_valid & (st.b_sub == 0)):
-                m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid),
-                             st.dot.eq(0)]
+            m.d.comb += total.eq(Mux(st.b_sub == 1, 0, st.dot) + adder_tree(products))
+            with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
+                m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid)]
             with m.If(st.b_valid & (st.b_sub != 0)):
                 m.d.sync += st.dot.eq(total)
                 with m.If(st.b_sub == st.steps):
@@ -347,7 +380,7 @@ class Attention:
         head = view(L.KvHeader, kv.data)
         with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
             issuing = st.key != keys
-            prob = self._prob_read(m, st, prob_port, issuing)
+            prob = self._prob_read(m, st, prob_port, issuing, st.key, st.b_key)
             m.d.comb += [kv.en.eq(issuing), kv.buf.eq(Buffer.KV), kv.addr.eq(st.rec(st.key))]
             go = issuing & kv.grant & prob_port.grant
             m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key)]
@@ -362,17 +395,21 @@ class Attention:
                 m.d.sync += [st.key.eq(0), st.sub.eq(0)]
                 m.next = "P_KEYS"
         with m.State("P_KEYS"):
-            at_header = st.sub == 0
-            prob = self._prob_read(m, st, prob_port, (st.key != keys) & at_header)
-            issuing = self._issue(m, st, kv, 1, prob_port.grant | ~at_header)
+            slot = self._slot(m, st)
+            _, at_header, ahead = slot
+            h_key, b_h_key = st.key + ahead, st.b_key + st.b_ahead  # the header's key, A and B
+            prob = self._prob_read(m, st, prob_port, (st.key != keys) & at_header, h_key,
+                                   b_h_key)
+            issuing = self._issue(m, st, kv, slot, 1, prob_port.grant | ~at_header)
             aligned = round_shift(Cat(head.m, Const(0, 1)), (st.emax - head.e).as_signed(), 17)
-            with m.If(st.b_valid & (st.b_sub == 0)):
-                m.d.sync += st.x.eq(prob * Mux(st.visible(st.b_key), aligned[:17], 0))
+            with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
+                m.d.sync += st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0))
             step = (st.b_sub - 1)[:len(st.b_sub)]
             m.d.comb += [ar.addr.eq(st.sub - 1), aw.addr.eq(step),  # read in A, written in B
                          aw.en.eq(st.b_valid & (st.b_sub != 0))]
+            payload = self._payload(m, st, kv.data)
             sums = [Mux(st.b_key == 0, 0, ar.data.word_select(j, acc_bits).as_signed())
-                    + st.x * code for j, code in enumerate(self._codes(st, kv.data, step))]
+                    + st.x * code for j, code in enumerate(self._codes(st, payload, step))]
             m.d.comb += aw.data.eq(Cat(*(s[:acc_bits] for s in sums)))
             with m.If(~issuing & ~st.b_valid):
                 m.d.sync += [i.eq(0), out_ok.eq(0)]

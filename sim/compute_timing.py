@@ -404,8 +404,9 @@ def _priced_once(price):
 @_priced_once
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one ATTN on the compute unit (``hw/attention.py``'s A_/S_/P_ states):
-    a key is its header word and a cycle per sub-step of ``attention_lanes`` elements, the
-    reads a cycle ahead of the arithmetic."""
+    a key is a cycle per sub-step of ``attention_lanes`` elements and its header word, read
+    in the last sub-step of the key before where that sub-step reads no word (it is not the
+    first of its word), the reads a cycle ahead of the arithmetic."""
     wb = 8 * cfg.axi_data_bytes
     w = cfg.axi_data_bytes
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
@@ -413,7 +414,9 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return ATTN_SETUP
     qhdr = L.qrow_header(w)
     steps = -(-d // cfg.attention_lanes)
-    key_loop = keys * (1 + steps) + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
+    per_word = 8 * w // ((8 if insn.kv8 else 4) * cfg.attention_lanes)
+    headers = 1 if (steps - 1) % per_word else keys  # the others read ahead
+    key_loop = keys * steps + headers + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
     fa = Fetch(wb)
     total = ATTN_SETUP
     for t in range(rows):
