@@ -159,7 +159,7 @@ class Attention:
         """Add the A_, S_ and P_ states to the FSM being built in ``m``."""
         cfg = self.cfg
         m.submodules.softmax = rs = RowSfu(
-            min((1 << AttnFields.as_shape()["keys"].width) - 1, row_limit(cfg)))
+            min((1 << AttnFields.as_shape()["keys"].width) - 1, row_limit(cfg)), cfg.row_lanes)
         st = AttnState.signals(cfg, af, regs)
         depth = MAX_HEAD // self.lanes
         m.submodules.attn_q = qmem = Memory(shape=8 * self.lanes, depth=depth, init=[])
@@ -359,14 +359,15 @@ class Attention:
                     m.next = "S_DRAIN"
                 with m.Else():
                     self._next_query(m, st)
-        with m.State("S_DRAIN"):
-            written = Signal()
+        with m.State("S_DRAIN"):  # the probabilities, ``row_lanes`` a cycle
+            written, out = Signal(), rs.o.payload
             with m.If(rs.o.valid):
-                m.d.comb += written.eq(unit._write_wide(m, st.out_row, st.key, rs.o.payload.y))
+                m.d.comb += written.eq(unit._write_wides(m, st.out_row, st.key, list(out.y),
+                                                         out.count))
             with m.If(written):
                 m.d.comb += rs.o.ready.eq(1)
-                m.d.sync += st.key.eq(st.key + 1)
-                with m.If(rs.o.payload.last):
+                m.d.sync += st.key.eq(st.key + self.cfg.row_lanes)
+                with m.If(out.last):
                     self._next_query(m, st)
 
     def _pv_states(self, m, st: AttnState, accmem: Memory):

@@ -820,12 +820,23 @@ class ComputeUnit(wiring.Component):
     def _write_wide(self, m, base, index, value):
         """Request the write of INT32 element ``index`` of the wide row at word ``base``
         (byte enables for its four bytes); true when granted."""
+        return self._write_wides(m, base, index, [value], 1)
+
+    def _write_wides(self, m, base, index, values: list, count):
+        """Request the write of the first ``count`` of ``values``, INT32 elements ``index``
+        on of the wide row at word ``base`` (``index`` a multiple of ``len(values)``, which
+        a word holds); true when granted."""
         w = self.cfg.axi_data_bytes
         size = L.WIDE.width // 8
         per_word = w // size
+        n = len(values)
+        if per_word % n:
+            raise ValueError(f"{n} INT32 elements do not divide a {w}-byte word")
         lane = index[:_log2(per_word)] if per_word > 1 else Const(0, 1)
+        run = Cat(*(v.as_unsigned()[:L.WIDE.width] for v in values))
+        ones = Cat(*(Mux(k < count, (1 << size) - 1, 0) for k in range(n)))
         m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
                      self.wr.addr.eq(base + (index >> _log2(per_word))),
-                     self.wr.data.eq(value.as_unsigned() << L.element_bit(lane, L.WIDE)),
-                     self.wr.mask.eq(Const((1 << size) - 1, w) << (lane * size))]
+                     self.wr.data.eq(run << L.element_bit(lane, L.WIDE)),
+                     self.wr.mask.eq(ones << (lane * size))]
         return self.wr.grant

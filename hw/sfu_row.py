@@ -7,17 +7,19 @@
   ``centre`` set, around the row's midpoint as ``numerics.quantize_kv`` does (one KV group
   per row). QUANT8 is ``qmax = 127``, KVQUANT ``qmax = 2**(bits-1) - 1``.
 
-A row is received once into a row memory while the first reductions run (max, min, max over
-the visible keys); a second pass over the memory computes what needs those (the softmax
-exponentials, written back, and their sum; the RMSNorm sum of squares); the per-row scalars
-come from the bit-serial divider and square root (``hw/serial_arith.py``); the last pass
-streams the results out, one element per cycle, with back-pressure.
+A row is received once into a row memory, an element a beat, while the first reductions run
+(max, min, max over the visible keys); a second pass over the memory computes what needs
+those (the softmax exponentials, written back, and their sum; the RMSNorm sum of squares);
+the per-row scalars come from the bit-serial divider and square root
+(``hw/serial_arith.py``); the last pass streams the results out with back-pressure. The
+memory holds ``lanes`` elements a word, and the two passes take a word a cycle: ``lanes``
+results a beat (the last beat of a row says how many it holds).
 
 The unified-max softmax (FlashDecoding++) would skip the max pass but round differently from
 the reference, so it is not used: the contract is the exact max.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -53,11 +55,17 @@ RowCmd = data.StructLayout({
 })
 #: One element of a row, with the row's command (read on the row's first beat).
 RowIn = data.StructLayout({"cmd": RowCmd, "a": signed(W), "gamma": signed(N.GAMMA_BITS)})
-RowOut = data.StructLayout({
-    "y": signed(W),  #: the result element
-    "m": N.SCALE_BITS, "e": signed(8), "mid": signed(W),  #: QUANT: the row's scale
-    "last": 1,
-})
+
+
+def row_out(lanes: int) -> data.StructLayout:
+    """A beat of results: ``count`` elements of the row in ``y`` (``lanes`` but on a row's
+    last beat), with the row's scale."""
+    return data.StructLayout({
+        "y": data.ArrayLayout(signed(W), lanes),  #: the result elements
+        "count": range(lanes + 1),
+        "m": N.SCALE_BITS, "e": signed(8), "mid": signed(W),  #: QUANT: the row's scale
+        "last": 1,
+    })
 
 
 def visible(t, pos, sink, window):
@@ -67,33 +75,36 @@ def visible(t, pos, sink, window):
 
 class RowSfu(wiring.Component):
     """One row at a time: ``length`` beats on ``i`` (the command is taken from the first),
-    ``length`` beats leave on ``o``, the last with ``last``. ``max_len`` is the depth of
-    the row memory; longer rows are the SFU unit's error to report."""
+    ``ceil(length / lanes)`` beats leave on ``o``, the last with ``last``. ``max_len`` is
+    the row memory's elements; longer rows are the SFU unit's error to report."""
 
-    i: In(stream.Signature(RowIn))
-    o: Out(stream.Signature(RowOut))
-
-    def __init__(self, max_len: int):
+    def __init__(self, max_len: int, lanes: int = 1):
         if not 1 <= max_len < 1 << LEN_BITS:
             raise ValueError(f"max_len {max_len} out of range [1, {(1 << LEN_BITS) - 1}]")
-        self.max_len = max_len
-        super().__init__()
+        if lanes < 1 or lanes & (lanes - 1):
+            raise ValueError(f"lanes {lanes} is not a power of two")
+        self.max_len, self.lanes = max_len, lanes
+        super().__init__({"i": In(stream.Signature(RowIn)),
+                          "o": Out(stream.Signature(row_out(lanes)))})
 
-    def elaborate(self, platform):
+    def elaborate(self, platform):  # noqa: C901 -- one state machine
         m = Module()
-        m.submodules.values = values = Memory(shape=signed(W), depth=self.max_len, init=[])
-        m.submodules.gammas = gammas = Memory(shape=signed(N.GAMMA_BITS), depth=self.max_len,
-                                              init=[])
+        lanes = self.lanes
+        lg = lanes.bit_length() - 1
+        depth = -(-self.max_len // lanes)
+        m.submodules.values = values = Memory(shape=W * lanes, depth=depth, init=[])
+        m.submodules.gammas = gammas = Memory(shape=N.GAMMA_BITS * lanes, depth=depth, init=[])
         m.submodules.div = div = SerialDivider(DIV_NUM_BITS, DIV_DEN_BITS)
         m.submodules.sqrt = sqrt = SerialSqrt(SQRT_BITS)
-        wr, wr_g = values.write_port(), gammas.write_port()
+        wr, wr_g = values.write_port(granularity=W), gammas.write_port(granularity=N.GAMMA_BITS)
         rd, rd_g = values.read_port(), gammas.read_port()
 
         c = Signal(RowCmd)
-        index = Signal(LEN_BITS)  # next element to read or receive
-        held = Signal(LEN_BITS)  # the element whose value rd.data holds
-        pending = Signal()  # rd.data holds an element not yet used
-        at_end = index == c.length
+        index = Signal(LEN_BITS)  # next element to receive, or next word to read
+        words = Signal(LEN_BITS)  # the row's words
+        held = Signal(LEN_BITS)  # the word rd.data holds
+        pending = Signal()  # rd.data holds a word not yet used
+        at_end = index == words
 
         # pass-1 reductions
         vmax, vmin, smax = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
@@ -109,20 +120,26 @@ class RowSfu(wiring.Component):
         recip = Signal(DIV_NUM_BITS)  # softmax 2**46/S, QUANT 2**31/m, RMSNORM inv
         scale_m, scale_e = Signal(N.SCALE_BITS + 2), Signal(signed(8))
 
-        m.d.comb += [rd.addr.eq(index), rd_g.addr.eq(index), wr_g.addr.eq(index),
-                     wr_g.data.eq(self.i.payload.gamma)]
+        m.d.comb += [rd.addr.eq(index), rd_g.addr.eq(index), wr_g.addr.eq(index >> lg),
+                     wr_g.data.eq(Cat(*[self.i.payload.gamma] * lanes))]
 
-        # element functions of the value read back (rd.data, for element `held`)
-        v = rd.data
-        vis_held = visible(held, c.pos, c.sink, c.window)
-        expo = Mux(vis_held, exp2_neg(m, smax - v), 0)
-        u = round_shift_right(v, sh) + 0
-        centred = v - mid
-        sm_out = round_shift_right(v * recip, Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6))
+        # element functions of the word read back (rd.data, word `held`), lane by lane
         rms_shift = (16 + N.RSQRT_NUM_SHIFT - (norm >> 1) + c.gamma_exp)
-        rms_out = saturate(round_shift(u * rd_g.data * recip, rms_shift, W + 1), W)
-        q = round_shift_right(centred * recip, (N.RECIP_BITS + scale_e).as_unsigned()[:6])
-        q_out = clamp(q, -c.qmax, c.qmax)
+        q_shift = (N.RECIP_BITS + scale_e).as_unsigned()[:6]
+        expos, squares, sm_outs, rms_outs, q_outs = [], [], [], [], []
+        for j in range(lanes):
+            element = (held << lg) | j
+            inside = element < c.length
+            v = rd.data.word_select(j, W).as_signed()
+            u = round_shift_right(v, sh) + 0
+            vis = inside & visible(element, c.pos, c.sink, c.window)
+            expos.append(Mux(vis, exp2_neg(m, smax - v), 0))
+            squares.append(Mux(inside, u * u, 0))
+            sm_outs.append(round_shift_right(v * recip,
+                                             Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6)))
+            gamma = rd_g.data.word_select(j, N.GAMMA_BITS).as_signed()
+            rms_outs.append(saturate(round_shift(u * gamma * recip, rms_shift, W + 1), W))
+            q_outs.append(clamp(round_shift_right((v - mid) * recip, q_shift), -c.qmax, c.qmax))
 
         # QUANT scale: e0 = bitlen(a) - bitlen(qmax) - 16, m = ceil(a 2**-e0 / qmax), then
         # halve (rounding up) while m needs 17 bits -- ceil(ceil(x) / 2) == ceil(x / 2).
@@ -154,14 +171,19 @@ class RowSfu(wiring.Component):
                 empty = self.i.payload.cmd.length == 0
                 m.d.comb += self.i.ready.eq(empty)  # a row of length 0 is dropped
                 with m.If(self.i.valid & ~empty):
+                    length = self.i.payload.cmd.length
                     m.d.sync += [c.eq(self.i.payload.cmd), index.eq(0), vmax.eq(-(1 << (W - 1))),
+                                 words.eq((length + (lanes - 1)) >> lg),
                                  vmin.eq((1 << (W - 1)) - 1), any_visible.eq(0), total.eq(0),
                                  pending.eq(0), mid.eq(0), scale_m.eq(0), scale_e.eq(0)]
                     m.next = "RECEIVE"
             with m.State("RECEIVE"):
                 a = self.i.payload.a
-                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(index), wr.data.eq(a),
-                             wr.en.eq(self.i.valid), wr_g.en.eq(self.i.valid)]
+                lane = Const(1, lanes) << index[:lg] if lanes > 1 else Const(1, 1)
+                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(index >> lg),
+                             wr.data.eq(Cat(*[a] * lanes)),
+                             wr.en.eq(Mux(self.i.valid, lane, 0)),
+                             wr_g.en.eq(Mux(self.i.valid, lane, 0))]
                 with m.If(self.i.valid):
                     vis = visible(index, c.pos, c.sink, c.window)
                     m.d.sync += [index.eq(index + 1), vmax.eq(Mux(a > vmax, a, vmax)),
@@ -203,8 +225,10 @@ class RowSfu(wiring.Component):
                 read_pass(1)
                 with m.If(pending):
                     is_sm = c.func == RowFunc.SOFTMAX
-                    m.d.comb += [wr.addr.eq(held), wr.data.eq(expo), wr.en.eq(is_sm)]
-                    m.d.sync += total.eq(total + Mux(is_sm, expo, u * u))
+                    m.d.comb += [wr.addr.eq(held),
+                                 wr.data.eq(Cat(*(e.as_unsigned()[:W] for e in expos))),
+                                 wr.en.eq(Mux(is_sm, (1 << lanes) - 1, 0))]
+                    m.d.sync += total.eq(total + Mux(is_sm, sum(expos), sum(squares)))
                 with m.If(~pending & at_end & (index != 0)):
                     m.d.sync += index.eq(0)
                     with m.If(c.func == RowFunc.SOFTMAX):
@@ -245,15 +269,17 @@ class RowSfu(wiring.Component):
                 advance = ~self.o.valid | self.o.ready
                 read_pass(advance)
                 with m.If(advance):
-                    with m.Switch(c.func):
-                        with m.Case(RowFunc.SOFTMAX):
-                            m.d.sync += out.y.eq(sm_out)
-                        with m.Case(RowFunc.RMSNORM):
-                            m.d.sync += out.y.eq(rms_out)
-                        with m.Default():
-                            m.d.sync += out.y.eq(q_out)
-                    m.d.sync += [self.o.valid.eq(pending),
-                                 out.last.eq(held == c.length - 1)]
+                    for j in range(lanes):
+                        with m.Switch(c.func):
+                            with m.Case(RowFunc.SOFTMAX):
+                                m.d.sync += out.y[j].eq(sm_outs[j])
+                            with m.Case(RowFunc.RMSNORM):
+                                m.d.sync += out.y[j].eq(rms_outs[j])
+                            with m.Default():
+                                m.d.sync += out.y[j].eq(q_outs[j])
+                    last = held == words - 1
+                    m.d.sync += [self.o.valid.eq(pending), out.last.eq(last),
+                                 out.count.eq(Mux(last, c.length - (held << lg), lanes))]
                     with m.If(~pending & at_end & (index != 0)):
                         m.next = "IDLE"
         return m

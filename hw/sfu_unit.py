@@ -386,7 +386,7 @@ class SfuUnit(wiring.Component):
                         func == SfuFunc.KVQUANT, kv_bits, L.WIDE.width))
                     padded = (func == SfuFunc.QUANT8) & (pad != seg)
                     with m.If(rs.o.valid):
-                        taken = push(out.y, width, align=out.last & ~padded)
+                        taken = push(out.y[0], width, align=out.last & ~padded)
                         m.d.comb += rs.o.ready.eq(taken)
                         with m.If(taken & out.last):
                             with m.If(padded):

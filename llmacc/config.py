@@ -136,6 +136,14 @@ class AccelConfig:
         return self.axi_data_bytes // 2
 
     @property
+    def row_lanes(self) -> int:
+        """Elements a cycle of the second pass and the emission of ATTN's softmax (its row
+        stage, ``hw/sfu_row.py``): ``sfu_lanes``, at most the INT32 values of a buffer word
+        (the probabilities leave a word's share at a time). The SFU unit's own row stage
+        takes one element a cycle."""
+        return min(self.sfu_lanes, self.axi_data_bytes // 4)
+
+    @property
     def axi_data_bytes(self) -> int:
         return self.axi_data_bits // 8
 
@@ -271,7 +279,7 @@ PRESETS: dict[str, AccelConfig] = {
         chain_len=64,
         chain_group=16,
         record_matrices=False,
-        sfu_lanes=64,
+        sfu_lanes=4,  # `row_lanes`: the softmax's exponentials and products, four a cycle
         act_buffer_bytes=1 << 20,
         weight_buffer_bytes=2 << 20,
         kv_buffer_bytes=2 << 20,

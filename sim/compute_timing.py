@@ -383,10 +383,11 @@ ATTN_SETUP = 3
 #: score leaving the register
 ATTN_PIPE = 2
 #: SCORE_SOFTMAX, per query row after its scores went into the row stage: the second pass
-#: (exponentials and their sum) and the emission of the probabilities, a cycle per key each,
-#: and the reciprocal of the sum on the serial divider with its hand-overs.
+#: (exponentials and their sum) and the emission of the probabilities, a cycle per word of
+#: ``row_lanes`` keys each, and the reciprocal of the sum on the serial divider with its
+#: hand-overs.
 SOFTMAX_FIXED = 55
-SOFTMAX_PER_KEY = 2
+SOFTMAX_PER_WORD = 2
 
 
 def _priced_once(price):
@@ -433,7 +434,7 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
             for key in range(keys):
                 fa.written(out_row + L.element_bit(key, L.WIDE) // wb)
         else:
-            total += SOFTMAX_FIXED + SOFTMAX_PER_KEY * keys
+            total += SOFTMAX_FIXED + SOFTMAX_PER_WORD * -(-keys // cfg.row_lanes)
     return total
 
 

@@ -1,5 +1,6 @@
-"""The SFU row stage (softmax under the Lambda mask, RMSNorm, INT8/KV quantisation) and the
-bit-serial divider and square root, against llmacc.numerics, bit for bit."""
+"""The SFU row stage (softmax under the Lambda mask, RMSNorm, INT8/KV quantisation), one
+element a beat and four (ATTN's softmax on the u280), and the bit-serial divider and square
+root, against llmacc.numerics, bit for bit."""
 
 import random
 
@@ -8,7 +9,7 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.serial_arith import SerialDivider, SerialSqrt
-from hw.sfu_row import RowFunc, RowIn, RowOut, RowSfu, row_cmd
+from hw.sfu_row import RowFunc, RowIn, RowSfu, row_cmd, row_out
 from llmacc import numerics as N
 from sim import stream_harness as H
 from tests.helpers.simulators import SIMULATORS_SLOW_BUILD, run_block
@@ -70,7 +71,18 @@ def _row_case(rng: random.Random, func: RowFunc, edge: bool) -> tuple[dict, list
     return cmd, v, gamma, outs
 
 
-def _vectors(seed: int, rows: int) -> tuple[list[int], list[int]]:
+def _beats(outs: list[dict], lanes: int) -> list[dict]:
+    """A row's outputs as the row stage's beats of ``lanes`` elements."""
+    beats = []
+    for first in range(0, len(outs), lanes):
+        part = outs[first:first + lanes]
+        ys = [o["y"] for o in part]
+        beats.append({**{k: part[-1][k] for k in ("m", "e", "mid", "last")},
+                      "y": ys + [0] * (lanes - len(ys)), "count": len(ys)})
+    return beats
+
+
+def _vectors(seed: int, rows: int, lanes: int) -> tuple[list[int], list[int]]:
     rng = random.Random(seed)
     inputs, expected = [], []
     for r in range(rows):
@@ -78,16 +90,24 @@ def _vectors(seed: int, rows: int) -> tuple[list[int], list[int]]:
         cmd, v, gamma, outs = _row_case(rng, func, edge=r % 4 == 0)
         inputs += [H.pack(RowIn, {"cmd": cmd, "a": a, "gamma": g})
                    for a, g in zip(v, gamma, strict=True)]
-        expected += [H.pack(RowOut, o) for o in outs]
+        expected += [H.pack(row_out(lanes), b) for b in _beats(outs, lanes)]
     return inputs, expected
 
 
+@pytest.mark.parametrize("lanes", (1, 4))
 @pytest.mark.parametrize("simulator", SIMULATORS_SLOW_BUILD)
-def test_row_sfu(simulator, seed, request, tmp_path):
-    inputs, expected = _vectors(seed, 60 if simulator == "amaranth" else 150)
-    got = run_block(simulator, request, tmp_path, lambda: RowSfu(MAX_LEN), "row_sfu", inputs,
-                    len(expected), seed)
-    assert (msg := H.first_mismatch(RowOut, got, expected)) is None, f"{msg} (seed {seed})"
+def test_row_sfu(simulator, lanes, seed, request, tmp_path):
+    inputs, expected = _vectors(seed, 60 if simulator == "amaranth" else 150, lanes)
+    got = run_block(simulator, request, tmp_path, lambda: RowSfu(MAX_LEN, lanes),
+                    f"row_sfu_{lanes}", inputs, len(expected), seed)
+    got = [H.pack(row_out(lanes), _past_count_zero(H.unpack(row_out(lanes), g))) for g in got]
+    assert (msg := H.first_mismatch(row_out(lanes), got, expected)) is None, \
+        f"{msg} (seed {seed})"
+
+
+def _past_count_zero(beat: dict) -> dict:
+    """The beat with the lanes past its ``count`` zero: what they hold is not defined."""
+    return {**beat, "y": [y if i < beat["count"] else 0 for i, y in enumerate(beat["y"])]}
 
 
 def _run_serial(dut, start_args: list[dict], result: str, cycles: int) -> list[int]:
