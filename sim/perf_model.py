@@ -24,11 +24,11 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   others MATVEC/MATMAT, one buffer field per cycle (codes, indices, scales, exponents,
   activations) with the fetches' refills;
   attention ``attention_lanes`` elements of a head per cycle (a key costs a cycle per
-  sub-step, its header word read in the last sub-step of the key before), with the KV heads' loads as the LOAD unit moves them; each
-  layer's SFU instructions one element a cycle (:func:`sfu`, left out of the design
-  figures). Each matrix is priced as one instruction of its full shape (the compiler's
-  tiles add a few cycles of set-up each). It says by how much the current RTL misses the
-  design.
+  sub-step, its header word read in the last sub-step of the key before), with the KV
+  heads' loads as the LOAD unit moves them; each layer's SFU instructions one element a
+  cycle (:func:`sfu`, left out of the design figures). Each matrix is priced as one
+  instruction of its full shape (the compiler's tiles add a few cycles of set-up each). It
+  says by how much the current RTL misses the design.
 
 The published anchors printed beside ours: FlightLLM 55 tok/s on the U280 for LLaMA2-7B
 (FPGA '24), AccLLM 2.98x FlightLLM's throughput (~164 tok/s).
