@@ -159,7 +159,8 @@ class Attention:
         """Add the A_, S_ and P_ states to the FSM being built in ``m``."""
         cfg = self.cfg
         m.submodules.softmax = rs = RowSfu(
-            min((1 << AttnFields.as_shape()["keys"].width) - 1, row_limit(cfg)), cfg.row_lanes)
+            min((1 << AttnFields.as_shape()["keys"].width) - 1, row_limit(cfg)), cfg.row_lanes,
+            funcs=(RowFunc.SOFTMAX,))
         st = AttnState.signals(cfg, af, regs)
         depth = MAX_HEAD // self.lanes
         m.submodules.attn_q = qmem = Memory(shape=8 * self.lanes, depth=depth, init=[])

@@ -76,14 +76,18 @@ def visible(t, pos, sink, window):
 class RowSfu(wiring.Component):
     """One row at a time: ``length`` beats on ``i`` (the command is taken from the first),
     ``ceil(length / lanes)`` beats leave on ``o``, the last with ``last``. ``max_len`` is
-    the row memory's elements; longer rows are the SFU unit's error to report."""
+    the row memory's elements; longer rows are the SFU unit's error to report. Only the
+    functions in ``funcs`` are built (a command for another is the user's error); with one,
+    the command's ``func`` is not looked at."""
 
-    def __init__(self, max_len: int, lanes: int = 1):
+    def __init__(self, max_len: int, lanes: int = 1, funcs=tuple(RowFunc)):
         if not 1 <= max_len < 1 << LEN_BITS:
             raise ValueError(f"max_len {max_len} out of range [1, {(1 << LEN_BITS) - 1}]")
         if lanes < 1 or lanes & (lanes - 1):
             raise ValueError(f"lanes {lanes} is not a power of two")
-        self.max_len, self.lanes = max_len, lanes
+        if not funcs:
+            raise ValueError("a row stage needs at least one function")
+        self.max_len, self.lanes, self.funcs = max_len, lanes, frozenset(funcs)
         super().__init__({"i": In(stream.Signature(RowIn)),
                           "o": Out(stream.Signature(row_out(lanes)))})
 
@@ -94,12 +98,15 @@ class RowSfu(wiring.Component):
         depth = -(-self.max_len // lanes)
         m.submodules.values = values = Memory(shape=W * lanes, depth=depth, init=[])
         m.submodules.gammas = gammas = Memory(shape=N.GAMMA_BITS * lanes, depth=depth, init=[])
+        has = self.funcs.__contains__
         m.submodules.div = div = SerialDivider(DIV_NUM_BITS, DIV_DEN_BITS)
-        m.submodules.sqrt = sqrt = SerialSqrt(SQRT_BITS)
+        if has(RowFunc.RMSNORM):
+            m.submodules.sqrt = sqrt = SerialSqrt(SQRT_BITS)
         wr, wr_g = values.write_port(granularity=W), gammas.write_port(granularity=N.GAMMA_BITS)
         rd, rd_g = values.read_port(), gammas.read_port()
 
         c = Signal(RowCmd)
+        func = c.func if len(self.funcs) > 1 else Const(next(iter(self.funcs)).value, 2)
         index = Signal(LEN_BITS)  # next element to receive, or next word to read
         words = Signal(LEN_BITS)  # the row's words
         held = Signal(LEN_BITS)  # the word rd.data holds
@@ -133,13 +140,17 @@ class RowSfu(wiring.Component):
             v = rd.data.word_select(j, W).as_signed()
             u = round_shift_right(v, sh) + 0
             vis = inside & visible(element, c.pos, c.sink, c.window)
-            expos.append(Mux(vis, exp2_neg(m, smax - v), 0))
-            squares.append(Mux(inside, u * u, 0))
-            sm_outs.append(round_shift_right(v * recip,
-                                             Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6)))
             gamma = rd_g.data.word_select(j, N.GAMMA_BITS).as_signed()
-            rms_outs.append(saturate(round_shift(u * gamma * recip, rms_shift, W + 1), W))
-            q_outs.append(clamp(round_shift_right((v - mid) * recip, q_shift), -c.qmax, c.qmax))
+            if has(RowFunc.SOFTMAX):
+                expos.append(Mux(vis, exp2_neg(m, smax - v), 0))
+                sm_outs.append(round_shift_right(v * recip,
+                                                 Const(N.SOFTMAX_RECIP_BITS - N.PROB_FRAC, 6)))
+            if has(RowFunc.RMSNORM):
+                squares.append(Mux(inside, u * u, 0))
+                rms_outs.append(saturate(round_shift(u * gamma * recip, rms_shift, W + 1), W))
+            if has(RowFunc.QUANT):
+                q_outs.append(clamp(round_shift_right((v - mid) * recip, q_shift),
+                                    -c.qmax, c.qmax))
 
         # QUANT scale: e0 = bitlen(a) - bitlen(qmax) - 16, m = ceil(a 2**-e0 / qmax), then
         # halve (rounding up) while m needs 17 bits -- ceil(ceil(x) / 2) == ceil(x / 2).
@@ -192,76 +203,80 @@ class RowSfu(wiring.Component):
                         m.d.sync += [smax.eq(a), any_visible.eq(1)]
                     with m.If(index == c.length - 1):
                         m.d.sync += index.eq(0)
-                        with m.Switch(c.func):
-                            with m.Case(RowFunc.QUANT):
-                                m.next = "Q_MID"
-                            with m.Case(RowFunc.SOFTMAX):
-                                m.next = "PASS2"
-                            with m.Default():
-                                m.next = "RMS_SHIFT"
+                        with m.Switch(func):
+                            for f, state in ((RowFunc.QUANT, "Q_MID"),
+                                             (RowFunc.SOFTMAX, "PASS2"),
+                                             (RowFunc.RMSNORM, "RMS_SHIFT")):
+                                if has(f):
+                                    with m.Case(f):
+                                        m.next = state
             # -- QUANT -----------------------------------------------------------------
-            with m.State("Q_MID"):
-                mid_next = Mux(c.centre, round_shift_right(vmax + vmin, Const(1, 1)), 0)
-                m.d.sync += mid.eq(mid_next)
-                m.next = "Q_ABSMAX"
-            with m.State("Q_ABSMAX"):
-                hi, lo = vmax - mid, mid - vmin
-                m.d.sync += amax.eq(Mux(hi > lo, hi, lo))
-                m.next = "Q_MANT"
-            with m.State("Q_MANT"):
-                start_div(q_num + q_den - 1, q_den)
-                m.next = "Q_MANT_WAIT"
-            with m.State("Q_MANT_WAIT"), m.If(~div.busy):
-                zero = amax == 0
-                m.d.sync += [scale_m.eq(Mux(zero, 0, m2)), scale_e.eq(Mux(zero, 0, e2))]
-                m.next = "RECIP"
+            if has(RowFunc.QUANT):
+                with m.State("Q_MID"):
+                    mid_next = Mux(c.centre, round_shift_right(vmax + vmin, Const(1, 1)), 0)
+                    m.d.sync += mid.eq(mid_next)
+                    m.next = "Q_ABSMAX"
+                with m.State("Q_ABSMAX"):
+                    hi, lo = vmax - mid, mid - vmin
+                    m.d.sync += amax.eq(Mux(hi > lo, hi, lo))
+                    m.next = "Q_MANT"
+                with m.State("Q_MANT"):
+                    start_div(q_num + q_den - 1, q_den)
+                    m.next = "Q_MANT_WAIT"
+                with m.State("Q_MANT_WAIT"), m.If(~div.busy):
+                    zero = amax == 0
+                    m.d.sync += [scale_m.eq(Mux(zero, 0, m2)), scale_e.eq(Mux(zero, 0, e2))]
+                    m.next = "RECIP"
             # -- RMSNORM shift / SOFTMAX (second pass) ---------------------------------
-            with m.State("RMS_SHIFT"):
-                absmax = Mux(vmax > -vmin, vmax, -vmin)
-                bl = bit_length(absmax.as_unsigned()[:W + 1])
-                m.d.sync += sh.eq(Mux(bl > N.NORM_IN_BITS - 1, bl - (N.NORM_IN_BITS - 1), 0))
-                m.next = "PASS2"
+            if has(RowFunc.RMSNORM):
+                with m.State("RMS_SHIFT"):
+                    absmax = Mux(vmax > -vmin, vmax, -vmin)
+                    bl = bit_length(absmax.as_unsigned()[:W + 1])
+                    m.d.sync += sh.eq(Mux(bl > N.NORM_IN_BITS - 1, bl - (N.NORM_IN_BITS - 1), 0))
+                    m.next = "PASS2"
             with m.State("PASS2"):
                 read_pass(1)
                 with m.If(pending):
-                    is_sm = c.func == RowFunc.SOFTMAX
+                    is_sm = func == RowFunc.SOFTMAX
                     m.d.comb += [wr.addr.eq(held),
                                  wr.data.eq(Cat(*(e.as_unsigned()[:W] for e in expos))),
                                  wr.en.eq(Mux(is_sm, (1 << lanes) - 1, 0))]
                     m.d.sync += total.eq(total + Mux(is_sm, sum(expos), sum(squares)))
                 with m.If(~pending & at_end & (index != 0)):
                     m.d.sync += index.eq(0)
-                    with m.If(c.func == RowFunc.SOFTMAX):
+                    with m.If(func == RowFunc.SOFTMAX):
                         m.next = "RECIP"
-                    with m.Else():
-                        m.next = "RMS_DEN"
-            with m.State("RMS_DEN"):
-                eps = round_shift_right(c.eps, (sh << 1).as_unsigned()[:7])
-                d = total.as_signed() + eps
-                m.d.sync += den.eq(Mux(d < 1, 1, d))
-                m.next = "RMS_ROOT"
-            with m.State("RMS_ROOT"):
-                p = N.RSQRT_NORM_BITS + 1 - bit_length(den.as_unsigned())
-                p_even = Mux(p > 0, p + (p & 1), 0).as_unsigned()[:7]
-                m.d.sync += norm.eq(p_even)
-                start_sqrt(den.as_unsigned() << p_even)
-                m.next = "RMS_ROOT_WAIT"
-            with m.State("RMS_ROOT_WAIT"), m.If(~sqrt.busy):
-                m.d.sync += root.eq(sqrt.root)
-                start_sqrt(c.length << 32)
-                m.next = "RMS_NUM_WAIT"
-            with m.State("RMS_NUM_WAIT"), m.If(~sqrt.busy & ~sqrt.start):
-                start_div(sqrt.root << N.RSQRT_NUM_SHIFT, root)
-                m.next = "RECIP_WAIT"
+                    if has(RowFunc.RMSNORM):
+                        with m.Else():
+                            m.next = "RMS_DEN"
+            if has(RowFunc.RMSNORM):
+                with m.State("RMS_DEN"):
+                    eps = round_shift_right(c.eps, (sh << 1).as_unsigned()[:7])
+                    d = total.as_signed() + eps
+                    m.d.sync += den.eq(Mux(d < 1, 1, d))
+                    m.next = "RMS_ROOT"
+                with m.State("RMS_ROOT"):
+                    p = N.RSQRT_NORM_BITS + 1 - bit_length(den.as_unsigned())
+                    p_even = Mux(p > 0, p + (p & 1), 0).as_unsigned()[:7]
+                    m.d.sync += norm.eq(p_even)
+                    start_sqrt(den.as_unsigned() << p_even)
+                    m.next = "RMS_ROOT_WAIT"
+                with m.State("RMS_ROOT_WAIT"), m.If(~sqrt.busy):
+                    m.d.sync += root.eq(sqrt.root)
+                    start_sqrt(c.length << 32)
+                    m.next = "RMS_NUM_WAIT"
+                with m.State("RMS_NUM_WAIT"), m.If(~sqrt.busy & ~sqrt.start):
+                    start_div(sqrt.root << N.RSQRT_NUM_SHIFT, root)
+                    m.next = "RECIP_WAIT"
             # -- reciprocal (softmax sum, QUANT mantissa) ---------------------------------
             with m.State("RECIP"):
-                with m.If(c.func == RowFunc.SOFTMAX):
+                with m.If(func == RowFunc.SOFTMAX):
                     start_div(1 << N.SOFTMAX_RECIP_BITS, Mux(total == 0, 1, total))
                 with m.Else():
                     start_div(1 << N.RECIP_BITS, scale_m)
                 m.next = "RECIP_WAIT"
             with m.State("RECIP_WAIT"), m.If(~div.busy & ~div.start):
-                zero = (c.func == RowFunc.QUANT) & (scale_m == 0)
+                zero = (func == RowFunc.QUANT) & (scale_m == 0)
                 m.d.sync += [recip.eq(Mux(zero, 0, div.quotient)), pending.eq(0)]
                 m.next = "EMIT"
             # -- results -----------------------------------------------------------------
@@ -269,14 +284,14 @@ class RowSfu(wiring.Component):
                 advance = ~self.o.valid | self.o.ready
                 read_pass(advance)
                 with m.If(advance):
+                    results = ((RowFunc.SOFTMAX, sm_outs), (RowFunc.RMSNORM, rms_outs),
+                               (RowFunc.QUANT, q_outs))
                     for j in range(lanes):
-                        with m.Switch(c.func):
-                            with m.Case(RowFunc.SOFTMAX):
-                                m.d.sync += out.y[j].eq(sm_outs[j])
-                            with m.Case(RowFunc.RMSNORM):
-                                m.d.sync += out.y[j].eq(rms_outs[j])
-                            with m.Default():
-                                m.d.sync += out.y[j].eq(q_outs[j])
+                        with m.Switch(func):
+                            for f, outs in results:
+                                if has(f):
+                                    with m.Case(f):
+                                        m.d.sync += out.y[j].eq(outs[j])
                     last = held == words - 1
                     m.d.sync += [self.o.valid.eq(pending), out.last.eq(last),
                                  out.count.eq(Mux(last, c.length - (held << lg), lanes))]
