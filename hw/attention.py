@@ -9,8 +9,9 @@ sub-step reads no word (whenever it is not the first of its word; on the u280's 
 128 a key is four cycles, not five). The reads run a cycle ahead of the arithmetic (stage A
 issues a word, stage B uses it), so the keys follow one another without gaps.
 
-* **SCORE** (``numerics.attention_scores``): the query's codes are read once per row (one
-  field a cycle, as its code sum is taken) into the query memory, ``lanes`` codes a word;
+* **SCORE** (``numerics.attention_scores``): the query's codes are read once per row,
+  ``lanes`` codes a cycle from whole ACT words (``rd_window``), into the query memory and
+  through an adder tree into their sum;
   per sub-step ``lanes`` products of a query code and a key code are summed by an adder
   tree into the key's dot product. The score (dot product and midpoint term, rescaled and
   saturated) leaves from a register a cycle later, to ACT or to the row stage's softmax
@@ -89,7 +90,7 @@ class AttnState:
     b_fresh: Signal  #: stage B: the word arriving is the sub-step's payload word
     b_ahead: Signal  #: stage B: the word arriving is the next key's header
     held: Signal  #: the payload word of stage B's later sub-steps
-    channel: Signal  #: S_QSUM: the query code; P_OUT: the output element
+    channel: Signal  #: P_OUT: the output element
     steps: Signal  #: sub-steps per key, ceil(head_dim / lanes)
     kv_pitch: Signal  #: words per KV row
     in_pitch: Signal  #: words per input row
@@ -291,23 +292,16 @@ class Attention:
         """SCORE: the query's scale, code sum and codes, then the keys through the two
         stages, each score leaving from the score register (to ACT, or into the softmax and
         drained)."""
-        unit, lanes = self.unit, self.lanes
+        unit = self.unit
         af, regs, lb, get = st.fields, st.regs, _log2(self.word_bits), unit._get
-        qhdr = L.qrow_header(self.cfg.axi_data_bytes)
-        d, keys, i = af.head_dim, af.keys, st.channel
-        q_code = ((st.row + qhdr) << lb) + L.element_bit(i, L.QCODE)  # the query's code i
-        qw, qr = qmem.write_port(granularity=8), qmem.read_port()
+        d, keys = af.head_dim, af.keys
+        qw, qr = qmem.write_port(), qmem.read_port()
         with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
             scale = view(L.QRowHeader, fa.value)
             m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
             m.next = "S_QSUM"
-        with m.State("S_QSUM"), m.If(get(m, fa, Buffer.ACT, q_code)):
-            code = fa.value[:L.QCODE.width]
-            m.d.comb += [qw.addr.eq(i >> self.lanes_log2), qw.data.eq(Cat(*[code] * lanes)),
-                         qw.en.eq(Const(1, lanes) << i[:self.lanes_log2])]
-            m.d.sync += [st.qsum.eq(st.qsum + code.as_signed()), i.eq(i + 1)]
-            with m.If(i + 1 == d):
-                m.next = "S_KEYS"
+        with m.State("S_QSUM"):  # sub-step `sub`'s codes read in A, kept and summed in B
+            self._query_codes(m, st, qw)
         # the score register (stage C) and what takes it
         s_valid, s_key = Signal(name="score_valid"), Signal(13, name="score_key")
         s_dot = Signal(signed(32), name="score_dot")
@@ -370,6 +364,31 @@ class Attention:
                 m.d.sync += st.key.eq(st.key + self.cfg.row_lanes)
                 with m.If(out.last):
                     self._next_query(m, st)
+
+    def _query_codes(self, m, st: AttnState, qw):
+        """S_QSUM: the query's codes, ``lanes`` a cycle: stage A reads the ACT word of
+        sub-step ``sub``, stage B writes its codes into the query memory and adds them (those
+        below the head size) to the code sum."""
+        port, lanes, lb = self.unit.rd_window, self.lanes, _log2(self.word_bits)
+        qhdr = L.qrow_header(self.cfg.axi_data_bytes)
+        issuing = st.sub != st.steps
+        code_bits = (st.sub << self.lanes_log2) * L.QCODE.width
+        m.d.comb += [port.en.eq(issuing), port.buf.eq(Buffer.ACT),
+                     port.addr.eq(st.row + qhdr + (code_bits >> lb))]
+        go = issuing & port.grant
+        m.d.sync += [st.b_valid.eq(go), st.b_sub.eq(st.sub)]
+        with m.If(go):
+            m.d.sync += st.sub.eq(st.sub + 1)
+        chunk = self._chunk(port.data, st.b_sub, L.QCODE.width)
+        first = st.b_sub << self.lanes_log2
+        codes = [Mux(first + j < st.fields.head_dim, chunk.word_select(j, 8).as_signed(), 0)
+                 for j in range(lanes)]
+        m.d.comb += [qw.addr.eq(st.b_sub), qw.data.eq(chunk), qw.en.eq(st.b_valid)]
+        with m.If(st.b_valid):
+            m.d.sync += st.qsum.eq(st.qsum + adder_tree(codes))
+        with m.If(~issuing & ~st.b_valid):
+            m.d.sync += st.sub.eq(0)
+            m.next = "S_KEYS"
 
     def _pv_states(self, m, st: AttnState, accmem: Memory):
         """PV: the scan for the largest visible exponent and the midpoint sum, the keys into

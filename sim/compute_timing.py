@@ -382,6 +382,8 @@ ATTN_SETUP = 3
 #: ATTN's key loops, past a cycle per word read: the last word's arithmetic, and (SCORE) its
 #: score leaving the register
 ATTN_PIPE = 2
+#: SCORE's S_QSUM past a cycle per sub-step of query codes: the last one's sum
+ATTN_QSUM_PIPE = 2
 #: SCORE_SOFTMAX, per query row after its scores went into the row stage: the second pass
 #: (exponentials and their sum) and the emission of the probabilities, a cycle per word of
 #: ``row_lanes`` keys each, and the reciprocal of the sum on the serial divider with its
@@ -413,7 +415,6 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
-    qhdr = L.qrow_header(w)
     steps = -(-d // cfg.attention_lanes)
     per_word = 8 * w // ((8 if insn.kv8 else 4) * cfg.attention_lanes)
     headers = 1 if (steps - 1) % per_word else keys  # the others read ahead
@@ -428,7 +429,7 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
             scan = keys + ATTN_PIPE if keys else 1  # P_SCAN: a key a cycle
             total += scan + key_loop + d + steps + 1  # P_OUT: a read a word, an element a cycle
             continue
-        total += fa.one(row * wb) + fa.walk((row + qhdr) * wb, L.QCODE.width, d)  # S_QHDR, S_QSUM
+        total += fa.one(row * wb) + steps + ATTN_QSUM_PIPE  # S_QHDR, S_QSUM
         total += key_loop
         if insn.func is isa.AttnFunc.SCORE:  # the scores written next to the query rows
             for key in range(keys):
