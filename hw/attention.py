@@ -83,7 +83,7 @@ class AttnState:
     regs: Signal  #: the run-time registers at dispatch
     query: Signal  #: the query (SCORE) or probability (PV) row
     key: Signal  #: stage A: the key read
-    sub: Signal  #: stage A: 0 its header word, j + 1 its sub-step j
+    sub: Signal  #: stage A: 0 its header word, j + 1 its sub-step j (S_QSUM: sub-step j)
     b_valid: Signal  #: stage B: a slot to process
     b_key: Signal
     b_sub: Signal
