@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from compiler.compile import compile_model
+from compiler.memory_plan import CompileError
 from host.device import EmulatorDevice
 from llmacc import config
 from llmacc.paths import publish_table
@@ -61,10 +62,15 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
     prompt = tok.encode(read_stories(text, 1)[0])[:prompt_tokens]
     fp, fd = _float_tok_s(Transformer(ckpt), prompt, steps)
     ip, idec, tokens, ref = _int_tok_s(im, prompt, steps)
-    rows = []
+    rows, max_len = [], None
     for name in configs:
         cfg = config.load(name)
-        cm = compile_model(im, cfg)
+        try:
+            cm = compile_model(im, cfg)
+        except CompileError as err:  # a config that cannot hold the model gets a row saying so
+            rows.append(f"| {name} | does not fit: {err} |" + " |" * 8)
+            continue
+        max_len = cm.host.max_len
         st = cm.storage()
         dev = EmulatorDevice(cm)
         start = time.perf_counter()
@@ -83,7 +89,7 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
     head = [
         f"Model {Path(model).name}, scheme {scheme} (GPTQ, no fine-tuning), "
         f"{len(prompt)}-token prompt + {steps} decode steps, max context "
-        f"{cm.host.max_len}.",
+        f"{max_len if max_len is not None else 'n/a (no config holds it)'}.",
         "",
         f"Float torch model: prefill {fp:.0f} tok/s, decode {fd:.1f} tok/s. "
         f"Integer reference: prefill {ip:.0f} tok/s, decode {idec:.1f} tok/s.",
