@@ -61,11 +61,6 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
-def substeps_per_word(cfg: AccelConfig, kv_bits: int) -> int:
-    """Sub-steps of ``attention_lanes`` codes in one KV payload word."""
-    return 8 * cfg.axi_data_bytes // (kv_bits * cfg.attention_lanes)
-
-
 def adder_tree(values: list) -> object:
     """The sum of ``values`` as a balanced tree of two-input adders."""
     while len(values) > 1:
@@ -154,7 +149,7 @@ class Attention:
         self.lanes_log2 = _log2(self.lanes)
         self.word_bits = 8 * cfg.axi_data_bytes
         for bits in (4, 8):  # a sub-step's place in its word is its low bits
-            _log2(substeps_per_word(cfg, bits))
+            _log2(cfg.attention_substeps(bits))
 
     def states(self, m, af, regs, fa) -> None:
         """Add the A_, S_ and P_ states to the FSM being built in ``m``."""
@@ -180,7 +175,7 @@ class Attention:
 
     def _chunk(self, word, sub_step, bits: int):
         """The bits of ``sub_step``'s ``lanes`` codes of ``bits`` in its payload word."""
-        per_word = substeps_per_word(self.cfg, bits)
+        per_word = self.cfg.attention_substeps(bits)
         if per_word == 1:
             return word[:bits * self.lanes]
         return word.word_select(sub_step[:_log2(per_word)], bits * self.lanes)
@@ -196,8 +191,8 @@ class Attention:
         """The buffer word that stage A reads for ``(key, sub)``: the header or a payload
         word."""
         kvhdr = L.kv_header(self.cfg.axi_data_bytes)
-        words4 = _log2(substeps_per_word(self.cfg, 4))
-        words8 = _log2(substeps_per_word(self.cfg, 8))
+        words4 = _log2(self.cfg.attention_substeps(4))
+        words8 = _log2(self.cfg.attention_substeps(8))
         step = (sub - 1)[:len(sub)]
         return Mux(sub == 0, st.rec(key),
                    st.rec(key) + kvhdr + Mux(st.fields.kv8, step >> words8, step >> words4))
@@ -207,8 +202,8 @@ class Attention:
         its word), a header (``sub`` 0, or ``ahead``: the next key's, in a last sub-step that
         reads no word), or nothing. Returns ``(fresh, header, ahead)``."""
         step = (st.sub - 1)[:len(st.sub)]
-        word_start = Mux(st.fields.kv8, step[:_log2(substeps_per_word(self.cfg, 8))] == 0,
-                         step[:_log2(substeps_per_word(self.cfg, 4))] == 0)
+        word_start = Mux(st.fields.kv8, step[:_log2(self.cfg.attention_substeps(8))] == 0,
+                         step[:_log2(self.cfg.attention_substeps(4))] == 0)
         fresh, header, ahead = (Signal(name=f"attn_{n}") for n in ("fresh", "header", "ahead"))
         m.d.comb += [fresh.eq((st.sub != 0) & word_start),
                      ahead.eq((st.sub == st.steps) & ~word_start

@@ -135,6 +135,11 @@ class AccelConfig:
         buffer word's bytes, so that an INT4 KV word is four sub-steps, an INT8 one two."""
         return self.axi_data_bytes // 2
 
+    def attention_substeps(self, kv_bits: int) -> int:
+        """Sub-steps of ``attention_lanes`` codes in one KV payload word of ``kv_bits``
+        codes (``hw/attention.py`` and its cycle model, ``sim/compute_timing.py``)."""
+        return 8 * self.axi_data_bytes // (kv_bits * self.attention_lanes)
+
     @property
     def row_lanes(self) -> int:
         """Elements a cycle of the second pass and the emission of ATTN's softmax (its row

@@ -411,12 +411,11 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     in the last sub-step of the key before where that sub-step reads no word (it is not the
     first of its word), the reads a cycle ahead of the arithmetic."""
     wb = 8 * cfg.axi_data_bytes
-    w = cfg.axi_data_bytes
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
     steps = -(-d // cfg.attention_lanes)
-    per_word = 8 * w // ((8 if insn.kv8 else 4) * cfg.attention_lanes)
+    per_word = cfg.attention_substeps(8 if insn.kv8 else 4)
     headers = 1 if (steps - 1) % per_word else keys  # the others read ahead
     key_loop = keys * steps + headers + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
     fa = Fetch(wb)
