@@ -25,6 +25,11 @@ from quant import checkpoint, intref, schemes, tokenizer
 from quant.eval import calibration_sequences, prepare_sequences, read_stories
 from quant.model import KVCache, Transformer
 
+#: The table's columns.
+COLUMNS = ("config", "programs", "compile s", "instruction MB (buckets)", "MB (one per length)",
+           "ratio", "emulator prefill tok/s", "emulator decode tok/s",
+           "modelled cycles / decode token", "bit-exact")
+
 
 def _float_tok_s(model: Transformer, prompt: list[int], steps: int) -> tuple[float, float]:
     cache = KVCache(model.config, len(prompt) + steps)
@@ -68,7 +73,7 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
         try:
             cm = compile_model(im, cfg)
         except CompileError as err:  # a config that cannot hold the model gets a row saying so
-            rows.append(f"| {name} | does not fit: {err} |" + " |" * 8)
+            rows.append(f"| {name} | does not fit: {err} |" + " |" * (len(COLUMNS) - 2))
             continue
         max_len = cm.host.max_len
         st = cm.storage()
@@ -94,10 +99,8 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
         f"Float torch model: prefill {fp:.0f} tok/s, decode {fd:.1f} tok/s. "
         f"Integer reference: prefill {ip:.0f} tok/s, decode {idec:.1f} tok/s.",
         "",
-        "| config | programs | compile s | instruction MB (buckets) | MB (one per length) | "
-        "ratio | emulator prefill tok/s | emulator decode tok/s | modelled cycles / decode "
-        "token | bit-exact |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
     ]
     return "\n".join(head + rows) + "\n"
 
