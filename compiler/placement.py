@@ -3,8 +3,8 @@
 Each linear layer is cut along its output rows into tiles that fit half of the WGT and META
 buffers (the other half holds the next tile while this one computes). A tile's WGT rows and its
 META descriptor and row records go to one channel, consecutive tiles to consecutive channels.
-Operator fusion is decided here because it lives in the META descriptor: ``wo`` and ``w2`` add
-into the residual (``OutMode.ADD``), ``w1`` applies SiLU (``OutMode.SILU``).
+Operator fusion is decided here because it lives in the META descriptor
+(:data:`LAYER_OUT_MODES`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from llmacc.widths import STREAM_PAGE_BITS, STREAM_PAGE_BYTES
 from quant.checkpoint import LINEARS
 from quant.intref import IntModel
 from quant.qlinear import QLinear
+
+#: The fused output of the decoder layers' linears (the others write WIDE results): ``wo`` and
+#: ``w2`` add into the residual, ``w1`` applies SiLU. ``sim/perf_model.py`` prices them so.
+LAYER_OUT_MODES = {"wo": OutMode.ADD, "w1": OutMode.SILU, "w2": OutMode.ADD}
 
 
 @dataclass(frozen=True)
@@ -258,11 +262,11 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None,
             linears[p + nm] = place_linear(ext, cfg, p + nm, getattr(layer, nm), F[f_in],
                                            F[f_out], stream=stream)
         linears[p + "wo"] = place_linear(ext, cfg, p + "wo", layer.wo, F["o"], F["wo"],
-                                         OutMode.ADD, F["wo"] - fr, stream=stream)
+                                         LAYER_OUT_MODES["wo"], F["wo"] - fr, stream=stream)
         linears[p + "w1"] = place_linear(ext, cfg, p + "w1", layer.w1, F["ffn_norm"], F["gate"],
-                                         OutMode.SILU, F["gate"], F["silu"], stream=stream)
+                                         LAYER_OUT_MODES["w1"], F["gate"], F["silu"], stream=stream)
         linears[p + "w2"] = place_linear(ext, cfg, p + "w2", layer.w2, F["prod"], F["down"],
-                                         OutMode.ADD, F["down"] - fr, stream=stream)
+                                         LAYER_OUT_MODES["w2"], F["down"] - fr, stream=stream)
     linears["output"] = place_linear(ext, cfg, "output", im.output, im.F["final_norm"],
                                      im.F["logits"], stream=stream)
     # Per-layer TABLE block: both gamma records and the key transform rows.

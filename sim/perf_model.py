@@ -39,12 +39,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from compiler.memory_plan import CompileError
-from compiler.placement import matrix_geometry, tile_rows
+from compiler.placement import LAYER_OUT_MODES, matrix_geometry, tile_rows
 from compiler.step_buffers import StepDims, allocate_step
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.config import AccelConfig
-from llmacc.isa import AttnFunc, Opcode, SfuFunc, WeightFormat
+from llmacc.isa import AttnFunc, Opcode, OutMode, SfuFunc, WeightFormat
 from quant import schemes
 from quant.weight_quant import padded_width
 from sim import compute_timing
@@ -144,7 +144,8 @@ def _padded(scheme: schemes.Scheme, k: int) -> int:
 def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
            tokens: int) -> Operator:
     """A weight matrix [n, k] applied to ``tokens`` rows (K zero-padded to the group, as
-    the quantizer stores it)."""
+    the quantizer stores it), with the output the compiler fuses into it
+    (``compiler.placement.LAYER_OUT_MODES``: adding into the residual reads each old value)."""
     desc = L.Descriptor.of(scheme.weight_fmt, scheme.sparsity, scheme.group)
     k = _padded(scheme, k)
     w = cfg.axi_data_bytes
@@ -156,7 +157,8 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
     engine = passes * beats
     streamed = matrix_geometry(cfg, desc, k, name) is not None  # as the compiler places it
     rtl = compute_timing.matrix_cycles(cfg, compute_timing.MatrixShape(
-        k, n, tokens, desc, step=L.wide_pitch(n, w) if streamed else 0, streamed=streamed))
+        k, n, tokens, desc, LAYER_OUT_MODES.get(name, OutMode.WIDE),
+        step=L.wide_pitch(n, w) if streamed else 0, streamed=streamed))
     return Operator(name, n * row_words * w, n * kept * tokens,
                     _rows_cycles(cfg, n, row_words), engine, rtl)
 
@@ -188,8 +190,10 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
                     _rows_cycles(cfg, kv_rows, pitch), engine, rtl)
 
 
-def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[tuple[SfuFunc, int, dict],
-                                                                  ...]:
+SfuList = tuple[tuple[SfuFunc, int, dict], ...]  #: SFU instructions: (function, length, fields)
+
+
+def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> SfuList:
     """A decoder layer's SFU instructions for one token as ``compiler/lower.py`` emits them:
     (function, length, fields). ``tests/test_perf.py`` checks the list against a compiled
     decode step."""
@@ -207,20 +211,36 @@ def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[tuple[SfuFunc,
             (SfuFunc.QUANT8, hid, {"imm": kh}))
 
 
-def sfu(cfg: AccelConfig, shape: ModelShape, scheme: schemes.Scheme, rows: int) -> Operator:
-    """One layer's SFU instructions (:func:`layer_sfu`) for ``rows`` tokens, as built (one
-    element a cycle and the row stage's passes); the design figures leave them out."""
+def _sfu_rtl(cfg: AccelConfig, instructions: SfuList, rows: int) -> int:
+    """Busy cycles of SFU ``instructions`` over ``rows`` rows, as built (a row longer than
+    an instruction's ``length`` field is priced as equal pieces)."""
     longest = (1 << isa.SfuFields.as_shape()["length"].width) - 1
     rtl = 0
-    for func, length, fields in layer_sfu(shape, scheme):
-        pieces = -(-length // longest)  # rows longer than an instruction: priced in pieces
+    for func, length, fields in instructions:
+        pieces = -(-length // longest)
         piece = length // pieces
         if "imm" in fields and func is SfuFunc.QUANT8:
             fields = {**fields, "imm": -(-fields["imm"] // pieces)}
         rtl += pieces * compute_timing.sfu_cycles(cfg, isa.make(
             Opcode.SFU, func=func, rows=rows, length=piece, src_a=0, src_b=SFU_B, dst=SFU_DST,
             **fields))
-    return Operator("sfu", 0, 0, 0, 0, rtl)
+    return rtl
+
+
+def sfu(cfg: AccelConfig, shape: ModelShape, scheme: schemes.Scheme, rows: int) -> Operator:
+    """One layer's SFU instructions (:func:`layer_sfu`) for ``rows`` tokens, as built (one
+    element a cycle and the row stage's passes); the design figures leave them out."""
+    return Operator("sfu", 0, 0, 0, 0, _sfu_rtl(cfg, layer_sfu(shape, scheme), rows))
+
+
+def step_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[SfuList, SfuList]:
+    """A step's SFU instructions outside its layers, as ``compiler/lower.py`` emits them: the
+    rows' embedding (first), the final norm and QUANT8 (before the LM head, quantized as the
+    embedding is: dense)."""
+    d = shape.dim
+    k = padded_width(d, scheme.group, 1)
+    return (((SfuFunc.EMBED, d, {"imm": scheme.group}),),
+            ((SfuFunc.RMSNORM, d, {}), (SfuFunc.QUANT8, d, {"imm": k})))
 
 
 def visible_keys(scheme: schemes.Scheme, context: int) -> int:
@@ -249,8 +269,9 @@ def case_scheme(cfg: AccelConfig, name: str) -> str:
 
 def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
          context: int) -> Estimate:
-    """One step of ``rows`` new tokens at ``context`` keys: every layer, then the LM head
-    (``scheme_name`` as :func:`case_scheme` resolves it)."""
+    """One step of ``rows`` new tokens at ``context`` keys: every layer, the embedding and
+    the final norm (:func:`step_sfu`), the LM head (``scheme_name`` as :func:`case_scheme`
+    resolves it)."""
     scheme = schemes.parse(case_scheme(cfg, scheme_name))
     ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
     ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
@@ -258,9 +279,11 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
     # the classifier is quantized as the embedding is (quant.quantize), dense
     classifier = replace(scheme, weight_fmt=scheme.embed_fmt, sparsity=None)
     head = linear(cfg, classifier, "lm_head", shape.dim, shape.vocab, 1)
+    first, last = step_sfu(shape, scheme)
+    ends = Operator("embed_norm", 0, 0, 0, 0, _sfu_rtl(cfg, first + last, rows))
     every = tuple(Operator(o.name, o.bytes * shape.layers, o.macs * shape.layers,
                            o.mem_cycles * shape.layers, o.engine_cycles * shape.layers,
-                           o.rtl_cycles * shape.layers) for o in ops) + (head,)
+                           o.rtl_cycles * shape.layers) for o in ops) + (ends, head)
     return Estimate(every, cfg.clock_mhz * 1e6, cfg.mem_bandwidth_gbps * 1e9, rows)
 
 

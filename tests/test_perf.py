@@ -173,10 +173,10 @@ def test_schemes_without_a_group_take_the_configs_and_say_so(tmp_path, capsys):
 
 
 def test_the_sfu_work_priced_is_what_the_compiler_emits(seed):
-    """``perf_model.layer_sfu`` lists a layer's SFU instructions as the compiler emits them
-    for a decode step: the same functions, lengths and segment fields, in order."""
+    """``perf_model.step_sfu`` and ``layer_sfu`` list a decode step's SFU instructions as
+    the compiler emits them: the same functions, lengths and segment fields, in order."""
     from compiler.compile import compile_model
-    from llmacc.isa import Opcode, SfuFunc
+    from llmacc.isa import Opcode
     from quant import schemes
     from tests.helpers.models import tiny_int_model
 
@@ -187,8 +187,40 @@ def test_the_sfu_work_priced_is_what_the_compiler_emits(seed):
                for i in cm.program("decode", 16).instructions if i.opcode is Opcode.SFU]
     shape = P.ModelShape("tiny", mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
                          mc.hidden_dim, mc.vocab_size)
-    per_layer = [(f, n, fields.get("imm", 0), fields.get("imm2", 0))
-                 for f, n, fields in P.layer_sfu(shape, schemes.parse("w2a8kv4+g16"))]
-    assert emitted[0][0] is SfuFunc.EMBED, f"seed {seed}"
-    assert [f for f, *_ in emitted[-2:]] == [SfuFunc.RMSNORM, SfuFunc.QUANT8], f"seed {seed}"
-    assert emitted[1:-2] == per_layer * mc.n_layers, f"seed {seed}"
+    scheme = schemes.parse("w2a8kv4+g16")
+    first, last = P.step_sfu(shape, scheme)
+    priced = [(f, n, fields.get("imm", 0), fields.get("imm2", 0))
+              for f, n, fields in first + P.layer_sfu(shape, scheme) * mc.n_layers + last]
+    assert emitted == priced, f"seed {seed}"
+
+
+@pytest.mark.parametrize("cfg_name, scheme, shape", [
+    ("u280", "w2a8kv4+g128", {"dim": 384, "hidden": 512, "heads": 6, "kv_heads": 2}),
+    ("sim-small", "w2a8kv4+g16", {"dim": 64, "hidden": 96, "heads": 8, "kv_heads": 8})])
+def test_the_decode_step_priced_is_the_emulators(seed, cfg_name, scheme, shape):
+    """``perf_model.decode``, from shapes alone, against the emulator's cycles for the
+    compiled decode step of a random model of those shapes at a full bucket of keys (the
+    emulator's clock follows the RTL's counters: tests/test_cycle_model.py): within 5%. The
+    fused outputs (the residual's reads) and the step's own SFU work count."""
+    from compiler.compile import compile_model
+    from host.device import EmulatorDevice
+    from quant import schemes
+    from tests.helpers.models import random_sequences, tiny_int_model
+
+    keys = 64
+    im = tiny_int_model(seed, scheme.split("+")[0], group=schemes.parse(scheme).group,
+                        layers=2, vocab=256, seq_len=keys, **shape)
+    cm = compile_model(im, preset(cfg_name), prefill_bucket=keys, decode_bucket=keys,
+                       max_len=keys)
+    tokens = random_sequences(seed, 1, keys, 256)[0]
+    device = EmulatorDevice(cm)
+    device.prefill(tokens[:-1])
+    device.decode(tokens[-1], keys - 1)
+    mc = im.config
+    model = P.decode(preset(cfg_name), P.ModelShape("random", mc.dim, mc.n_layers, mc.n_heads,
+                                                    mc.n_kv_heads, mc.hidden_dim,
+                                                    mc.vocab_size), scheme, keys)
+    priced = sum(op.rtl_cycles for op in model.operators)
+    emulated = device.stats[-1].cycles
+    assert abs(priced / emulated - 1) <= 0.05, (
+        f"seed {seed}: {cfg_name} decode step priced {priced}, emulated {emulated}")
