@@ -5,11 +5,12 @@ bucket's key count; keys past the current length are masked by causality, so pad
 keys never change a real row's result). Per layer (the integer reference's order, fused where
 the hardware allows):
 
-    RMSNORM, QUANT8, wq/wk/wv (MATVEC or MATMAT per weight tile), ROPE q and k, key transform
-    (ADD, MUL, MUL), KVQUANT k and v, STORE the new KV rows at POS, QUANT8 q per head,
-    per KV head: LOAD K and V, per query head ATTN SCORE_SOFTMAX then ATTN PV,
-    QUANT8, wo (+ residual, fused), RMSNORM, QUANT8, w1 (+ SiLU, fused), w3, MUL, QUANT8,
-    w2 (+ residual, fused)
+    RMSNORM, QUANT8, wq/wk/wv (MATVEC or MATMAT per weight tile), then per KV head (a
+    decode step; a prefill chunk does the SFU part for every head first): ROPE k, the key
+    transform (ADD, MUL), KVQUANT k and v, STORE the new KV rows at POS, ROPE q, MUL q
+    (smoothing), QUANT8 q per head, LOAD K and V, per query head ATTN SCORE_SOFTMAX then
+    ATTN PV; then QUANT8, wo (+ residual, fused), RMSNORM, QUANT8, w1 (+ SiLU, fused), w3,
+    MUL, QUANT8, w2 (+ residual, fused)
 
 then the final RMSNORM, QUANT8 and the LM head, tile by tile, stored to the logits region.
 
@@ -179,66 +180,105 @@ class Lowering:
                    table: int, decode: bool) -> None:
         """Layer ``i``'s attention block: norm, Q/K/V, RoPE and the key transform, the new
         KV rows appended, every head's scores and values, the output projection added to the
-        residual."""
-        im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
+        residual. A decode step prepares each KV head just before its heads run, so the SFU
+        prepares the next one while the compute unit runs this one (the tokens follow the
+        slices each instruction touches)."""
+        mc, p, w, R = self.im.config, self.p, self.w, rows
         wide_pitch, qrow_pitch, region = self.wide_pitch, self.qrow_pitch, self._rows
-        dim, kvd, hd = mc.dim, mc.kv_dim, mc.head_dim
-        heads, kv_heads = mc.n_heads, mc.n_kv_heads
+        dim, kvd, kv_heads = mc.dim, mc.kv_dim, mc.n_kv_heads
         F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
-        A, T = Buffer.ACT, Buffer.TABLE
-        kv8 = int(im.kv_bits == 8)
+        T = Buffer.TABLE
         x, h = region(buf.x, R, wide_pitch(dim)), region(buf.h, R, wide_pitch(dim))
-        rope = (T, buf.rope, R * L.rope_pitch(hd, w))
         e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, table + lt.attn_gamma, L.gamma_pitch(dim, w)),
               shift=layer.attn_gamma_exp - F["attn_norm"])
         kq = lin[name + "wq"].k
         e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qrow_pitch(kq)), imm=kq)
         for proj, dst, n in (("wq", buf.q, dim), ("wk", buf.k, kvd), ("wv", buf.v, kvd)):
             e.linear(lin[name + proj], R, buf.hq, dst, wide_pitch(n), buf.slots)
-        q, k, v = (region(addr, R, wide_pitch(n)) for addr, n in ((buf.q, dim), (buf.k, kvd),
-                                                           (buf.v, kvd)))
-        e.sfu(SfuFunc.ROPE, R, dim, q, q, rope, imm=hd)
-        e.sfu(SfuFunc.ROPE, R, kvd, k, k, rope, imm=hd)
-        e.sfu(SfuFunc.ADD, R, kvd, k, k, (T, table + lt.k_centre, wide_pitch(kvd)), imm=1)
-        e.sfu(SfuFunc.MUL, R, kvd, k, k, (T, table + lt.k_recip, wide_pitch(kvd)), imm=1,
-              shift=SMOOTH_FRAC)
-        e.sfu(SfuFunc.MUL, R, dim, q, q, (T, table + lt.q_smooth, wide_pitch(dim)), imm=1,
-              shift=SMOOTH_FRAC)
-        for src, new in ((k, buf.k_new), (v, buf.v_new)):
-            e.sfu(SfuFunc.KVQUANT, R, kvd, src, region(new, kv_heads * R, self.kvp),
-                  out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)
-        for g in range(kv_heads):
-            for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
-                e.transfer(Opcode.STORE, Buffer.KV, new + g * R * self.kvp, p.kv[(i, g, s)], 0,
-                           self.kvp, R, self.kvp * w, at_pos=True)
-        qqp = qrow_pitch(hd)
-        e.sfu(SfuFunc.QUANT8, R, dim, q, region(buf.qq, R * heads, qqp), imm2=hd)
-        for g in range(kv_heads):
-            kb, vb = buf.k_head[g % 2], buf.v_head[g % 2]
-            for buf_addr, s in ((kb, "k"), (vb, "v")):
-                e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, self.kvp,
-                           keys, self.kvp * w, seq=decode)
-            for head in range(g * heads // kv_heads, (g + 1) * heads // kv_heads):
-                qa, pr = buf.qq + head * qqp, buf.probs
-                e.emit(Opcode.ATTN,
-                       [Access(A, qa, qa + R * heads * qqp),
-                        Access(Buffer.KV, kb, kb + keys * self.kvp)],
-                       [Access(A, pr, pr + R * wide_pitch(keys))],
-                       func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
-                       head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wide_pitch(keys),
-                       shift=F["q"] + F["k"] - 16, kv8=kv8)
-                oa = buf.o + L.element_bit(head * hd, L.WIDE) // (8 * w)
-                e.emit(Opcode.ATTN,
-                       [Access(A, pr, pr + R * wide_pitch(keys)),
-                        Access(Buffer.KV, vb, vb + keys * self.kvp)],
-                       [Access(A, oa, oa + (R - 1) * wide_pitch(dim) + wide_pitch(hd))],
-                       func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
-                       keys=keys, rows=R, a_step=wide_pitch(keys), d_step=wide_pitch(dim),
-                       shift=F["v"] - F["o"], kv8=kv8)
+        if R == 1:  # decode: a KV head's group prepared just before its heads run
+            for g in range(kv_heads):
+                self._prepare(e, buf, R, i, layer, table, g, g + 1)
+                self._heads(e, buf, R, keys, i, layer, g, decode)
+        else:  # the rows' heads are not contiguous: whole rows first
+            self._prepare(e, buf, R, i, layer, table, 0, kv_heads)
+            for g in range(kv_heads):
+                self._heads(e, buf, R, keys, i, layer, g, decode)
         ko = lin[name + "wo"].k
         e.sfu(SfuFunc.QUANT8, R, dim, region(buf.o, R, wide_pitch(dim)),
               region(buf.oq, R, qrow_pitch(ko)), imm=ko)
         e.linear(lin[name + "wo"], R, buf.oq, buf.x, wide_pitch(dim), buf.slots)
+
+    def _wide_words(self, elements: int) -> int:
+        """Words from a wide row's start to its element ``elements`` (a head's slice starts
+        on a word: the placement requires ``head_dim`` x 4 B to be whole words)."""
+        return L.element_bit(elements, L.WIDE) // (8 * self.w)
+
+    def _prepare(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, layer, table: int,
+                 g0: int, g1: int) -> None:
+        """KV heads ``g0 .. g1 - 1`` of layer ``i`` made ready for their attention: their
+        keys' RoPE, centring and scaling, their keys' and values' KVQUANT and STOREs at POS
+        (first: the loads that follow wait on them), then their query heads' RoPE, smoothing
+        and QUANT8. A slice of the heads is one row of each (``rows`` = 1) or all of them."""
+        im, mc, p, w, R = self.im, self.im.config, self.p, self.w, rows
+        assert R == 1 or (g0, g1) == (0, mc.n_kv_heads), "a slice of heads is one row"
+        hd, per_group, lt = mc.head_dim, mc.n_heads // mc.n_kv_heads, p.layer_tables
+        T, wide_pitch = Buffer.TABLE, self.wide_pitch
+        nk, nq = (g1 - g0) * hd, (g1 - g0) * per_group * hd
+        ok, oq = self._wide_words(g0 * hd), self._wide_words(g0 * per_group * hd)
+        k = (buf.k + ok, R * wide_pitch(nk))
+        v = (buf.v + ok, R * wide_pitch(nk))
+        q = (buf.q + oq, R * wide_pitch(nq))
+        rope = (T, buf.rope, R * L.rope_pitch(hd, w))
+        e.sfu(SfuFunc.ROPE, R, nk, k, k, rope, imm=hd)
+        e.sfu(SfuFunc.ADD, R, nk, k, k, (T, table + lt.k_centre + ok, wide_pitch(nk)), imm=1)
+        e.sfu(SfuFunc.MUL, R, nk, k, k, (T, table + lt.k_recip + ok, wide_pitch(nk)), imm=1,
+              shift=SMOOTH_FRAC)
+        for src, new in ((k, buf.k_new), (v, buf.v_new)):
+            e.sfu(SfuFunc.KVQUANT, R, nk, src, (new + g0 * R * self.kvp, (g1 - g0) * R * self.kvp),
+                  out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)
+        for g in range(g0, g1):
+            for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
+                e.transfer(Opcode.STORE, Buffer.KV, new + g * R * self.kvp, p.kv[(i, g, s)], 0,
+                           self.kvp, R, self.kvp * w, at_pos=True)
+        e.sfu(SfuFunc.ROPE, R, nq, q, q, rope, imm=hd)
+        e.sfu(SfuFunc.MUL, R, nq, q, q, (T, table + lt.q_smooth + oq, wide_pitch(nq)), imm=1,
+              shift=SMOOTH_FRAC)
+        qqp = self.qrow_pitch(hd)
+        heads = (g1 - g0) * per_group
+        e.sfu(SfuFunc.QUANT8, R, nq, q, (buf.qq + g0 * per_group * qqp, R * heads * qqp),
+              imm2=hd)
+
+    def _heads(self, e: _Emitter, buf: StepBuffers, rows: int, keys: int, i: int, layer,
+               g: int, decode: bool) -> None:
+        """KV head ``g`` of layer ``i``: its keys and values loaded (two slots alternate, so
+        a load overlaps the heads before), then each of its query heads' scores with softmax
+        and probabilities x values, into the attention output."""
+        mc, p, w, R, A = self.im.config, self.p, self.w, rows, Buffer.ACT
+        hd, heads, F = mc.head_dim, mc.n_heads, layer.F
+        wide_pitch, qqp = self.wide_pitch, self.qrow_pitch(hd)
+        kv8 = int(self.im.kv_bits == 8)
+        kb, vb = buf.k_head[g % 2], buf.v_head[g % 2]
+        for buf_addr, s in ((kb, "k"), (vb, "v")):
+            e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, self.kvp,
+                       keys, self.kvp * w, seq=decode)
+        per_group = heads // mc.n_kv_heads
+        for head in range(g * per_group, (g + 1) * per_group):
+            qa, pr = buf.qq + head * qqp, buf.probs
+            e.emit(Opcode.ATTN,
+                   [Access(A, qa, qa + (R - 1) * heads * qqp + qqp),
+                    Access(Buffer.KV, kb, kb + keys * self.kvp)],
+                   [Access(A, pr, pr + R * wide_pitch(keys))],
+                   func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
+                   head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wide_pitch(keys),
+                   shift=F["q"] + F["k"] - 16, kv8=kv8)
+            oa = buf.o + self._wide_words(head * hd)
+            e.emit(Opcode.ATTN,
+                   [Access(A, pr, pr + R * wide_pitch(keys)),
+                    Access(Buffer.KV, vb, vb + keys * self.kvp)],
+                   [Access(A, oa, oa + (R - 1) * wide_pitch(mc.dim) + wide_pitch(hd))],
+                   func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
+                   keys=keys, rows=R, a_step=wide_pitch(keys), d_step=wide_pitch(mc.dim),
+                   shift=F["v"] - F["o"], kv8=kv8)
 
     def _ffn(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, layer,
              table: int) -> None:

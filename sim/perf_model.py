@@ -48,7 +48,7 @@ from llmacc.isa import AttnFunc, Opcode, OutMode, SfuFunc, WeightFormat
 from quant import schemes
 from quant.weight_quant import padded_width
 from sim import compute_timing
-from sim.cycle_model import load_row_cycles, transfer_cycles
+from sim.cycle_model import TOKEN_EXTRA, load_row_cycles, transfer_cycles
 from sim.model_shapes import MODELS as MODELS
 from sim.model_shapes import ModelShape as ModelShape
 from sim.model_shapes import ModelShapeError as ModelShapeError
@@ -163,52 +163,7 @@ def linear(cfg: AccelConfig, scheme: schemes.Scheme, name: str, k: int, n: int,
                     _rows_cycles(cfg, n, row_words), engine, rtl)
 
 
-def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
-              keys: int) -> Operator:
-    """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
-    keys (the visible ones under Lambda attention). As built, the LOAD unit brings each KV
-    head's keys and values (one command each) while the compute unit runs the heads of the
-    one before (the compiler alternates two KV slots), so only the first head's load is not
-    hidden, and a head whose loads take longer than its attention waits for them."""
-    bits = scheme.kv_bits or 8
-    pitch = L.kv_pitch(shape.head_dim, bits, cfg.axi_data_bytes)
-    kv_rows = 2 * shape.kv_heads * keys
-    macs = 2 * shape.heads * rows * keys * shape.head_dim
-    engine = -(-macs // cfg.peak_macs_per_cycle)
-    w, d = cfg.axi_data_bytes, shape.head_dim
-    row = 0  # one query row of one head: its scores with softmax, then PV (every row alike)
-    for func, a_step, d_step in ((AttnFunc.SCORE_SOFTMAX, L.qrow_pitch(d, w),
-                                  L.wide_pitch(keys, w)),
-                                 (AttnFunc.PV, L.wide_pitch(keys, w), L.wide_pitch(d, w))):
-        insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
-                        keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
-        row += compute_timing.attention_cycles(cfg, insn)
-    load = 2 * transfer_cycles(cfg, True, 0, pitch * w, keys, pitch)  # a KV head's K and V
-    per_group = shape.heads // shape.kv_heads * rows * row
-    rtl = load + shape.kv_heads * max(per_group, load)
-    return Operator("attention", kv_rows * pitch * cfg.axi_data_bytes, macs,
-                    _rows_cycles(cfg, kv_rows, pitch), engine, rtl)
-
-
 SfuList = tuple[tuple[SfuFunc, int, dict], ...]  #: SFU instructions: (function, length, fields)
-
-
-def layer_sfu(shape: ModelShape, scheme: schemes.Scheme) -> SfuList:
-    """A decoder layer's SFU instructions for one token as ``compiler/lower.py`` emits them:
-    (function, length, fields). ``tests/test_perf.py`` checks the list against a compiled
-    decode step."""
-    d, hd, hid = shape.dim, shape.head_dim, shape.hidden
-    kvd = shape.kv_heads * hd
-    kd, kh = _padded(scheme, d), _padded(scheme, hid)
-    kv = {"imm": hd, "imm2": scheme.kv_bits or 8}
-    return ((SfuFunc.RMSNORM, d, {}), (SfuFunc.QUANT8, d, {"imm": kd}),
-            (SfuFunc.ROPE, d, {"imm": hd}), (SfuFunc.ROPE, kvd, {"imm": hd}),
-            (SfuFunc.ADD, kvd, {"imm": 1}), (SfuFunc.MUL, kvd, {"imm": 1}),
-            (SfuFunc.MUL, d, {"imm": 1}), (SfuFunc.KVQUANT, kvd, kv),
-            (SfuFunc.KVQUANT, kvd, kv), (SfuFunc.QUANT8, d, {"imm2": hd}),
-            (SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.RMSNORM, d, {}),
-            (SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.MUL, hid, {}),
-            (SfuFunc.QUANT8, hid, {"imm": kh}))
 
 
 def _sfu_rtl(cfg: AccelConfig, instructions: SfuList, rows: int) -> int:
@@ -227,10 +182,104 @@ def _sfu_rtl(cfg: AccelConfig, instructions: SfuList, rows: int) -> int:
     return rtl
 
 
+def prepare_sfu(shape: ModelShape, scheme: schemes.Scheme, kv_heads: int) -> SfuList:
+    """The SFU instructions that make ``kv_heads`` KV heads and their query heads ready for
+    attention, in ``compiler/lower.py``'s order: the keys' RoPE, centring and scaling, the
+    keys' and values' KVQUANT (:data:`PREPARE_KV` of them), then the queries' RoPE, smoothing
+    and QUANT8 per head."""
+    hd = shape.head_dim
+    nk, nq = kv_heads * hd, kv_heads * shape.heads // shape.kv_heads * hd
+    kv = {"imm": hd, "imm2": scheme.kv_bits or 8}
+    return ((SfuFunc.ROPE, nk, {"imm": hd}), (SfuFunc.ADD, nk, {"imm": 1}),
+            (SfuFunc.MUL, nk, {"imm": 1}), (SfuFunc.KVQUANT, nk, kv),
+            (SfuFunc.KVQUANT, nk, kv), (SfuFunc.ROPE, nq, {"imm": hd}),
+            (SfuFunc.MUL, nq, {"imm": 1}), (SfuFunc.QUANT8, nq, {"imm2": hd}))
+
+
+PREPARE_KV = 5  #: the first instructions of :func:`prepare_sfu` that the KV rows' STOREs wait on
+
+
+def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
+              keys: int) -> Operator:
+    """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
+    keys (the visible ones under Lambda attention). As built, the LOAD unit brings each KV
+    head's keys and values (one command each) while the compute unit runs the heads of the
+    one before (the compiler alternates two KV slots), so only the first head's load is not
+    hidden, and a head whose loads take longer than its attention waits for them.
+
+    A decode step (``rows`` = 1) also holds each KV head's preparation (:func:`prepare_sfu`:
+    the compiler emits it just before the head, so the SFU prepares the next head while the
+    compute unit runs this one): its STOREs and LOADs wait on it, its heads on those and on
+    the queries' QUANT8, each unit in order, as :func:`_decode_heads` follows them."""
+    bits = scheme.kv_bits or 8
+    pitch = L.kv_pitch(shape.head_dim, bits, cfg.axi_data_bytes)
+    kv_rows = 2 * shape.kv_heads * keys
+    macs = 2 * shape.heads * rows * keys * shape.head_dim
+    engine = -(-macs // cfg.peak_macs_per_cycle)
+    w, d = cfg.axi_data_bytes, shape.head_dim
+    row = 0  # one query row of one head: its scores with softmax, then PV (every row alike)
+    for func, a_step, d_step in ((AttnFunc.SCORE_SOFTMAX, L.qrow_pitch(d, w),
+                                  L.wide_pitch(keys, w)),
+                                 (AttnFunc.PV, L.wide_pitch(keys, w), L.wide_pitch(d, w))):
+        insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
+                        keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
+        row += compute_timing.attention_cycles(cfg, insn)
+    load = 2 * transfer_cycles(cfg, True, 0, pitch * w, keys, pitch)  # a KV head's K and V
+    per_group = shape.heads // shape.kv_heads * rows * row
+    if rows == 1:
+        prepare = prepare_sfu(shape, scheme, 1)
+        store = 2 * transfer_cycles(cfg, False, 0, pitch * w, 1, pitch)
+        rtl = _decode_heads(shape.kv_heads, _sfu_rtl(cfg, prepare[:PREPARE_KV], 1),
+                            _sfu_rtl(cfg, prepare[PREPARE_KV:], 1), store, load, per_group)
+    else:
+        rtl = load + shape.kv_heads * max(per_group, load)
+    return Operator("attention", kv_rows * pitch * cfg.axi_data_bytes, macs,
+                    _rows_cycles(cfg, kv_rows, pitch), engine, rtl)
+
+
+def _decode_heads(kv_heads: int, prepare_kv: int, prepare_q: int, store: int, load: int,
+                  heads: int) -> int:
+    """Cycles of a decode step's attention from the end of the V projection: per KV head
+    the SFU's preparation (its KV part, then its queries'), the new rows' STOREs, the LOADs
+    of its keys and values (into the slot that the heads two KV heads back have finished
+    with) and its ``heads`` cycles of attention; each unit runs its own in order, and a wait
+    on another unit costs ``TOKEN_EXTRA`` more."""
+    sfu = stored = loaded = done = 0
+    finished: list[int] = []
+    for g in range(kv_heads):
+        kv_ready = sfu + prepare_kv
+        sfu = kv_ready + prepare_q
+        stored = max(stored, kv_ready + TOKEN_EXTRA) + store
+        slot_free = finished[g - 2] + TOKEN_EXTRA if g >= 2 else 0
+        loaded = max(loaded, stored + TOKEN_EXTRA, slot_free) + load
+        done = max(done, loaded + TOKEN_EXTRA, sfu + TOKEN_EXTRA) + heads
+        finished.append(done)
+    return done
+
+
+def layer_sfu(shape: ModelShape, scheme: schemes.Scheme,
+              rows: int = 1) -> tuple[SfuList, SfuList, SfuList]:
+    """A decoder layer's SFU instructions for ``rows`` tokens as ``compiler/lower.py`` emits
+    them, in three parts: before attention, the preparation (:func:`prepare_sfu`: once per
+    KV head in a decode step, once for all heads otherwise), after attention.
+    ``tests/test_perf.py`` checks them against a compiled decode step."""
+    d, hid = shape.dim, shape.hidden
+    kd, kh = _padded(scheme, d), _padded(scheme, hid)
+    before = ((SfuFunc.RMSNORM, d, {}), (SfuFunc.QUANT8, d, {"imm": kd}))
+    prepare = prepare_sfu(shape, scheme, 1 if rows == 1 else shape.kv_heads)
+    after = ((SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.RMSNORM, d, {}),
+             (SfuFunc.QUANT8, d, {"imm": kd}), (SfuFunc.MUL, hid, {}),
+             (SfuFunc.QUANT8, hid, {"imm": kh}))
+    return before, prepare, after
+
+
 def sfu(cfg: AccelConfig, shape: ModelShape, scheme: schemes.Scheme, rows: int) -> Operator:
     """One layer's SFU instructions (:func:`layer_sfu`) for ``rows`` tokens, as built (one
-    element a cycle and the row stage's passes); the design figures leave them out."""
-    return Operator("sfu", 0, 0, 0, 0, _sfu_rtl(cfg, layer_sfu(shape, scheme), rows))
+    element a cycle and the row stage's passes), less a decode step's preparation of the
+    heads, which :func:`attention` prices; the design figures leave them out."""
+    before, prepare, after = layer_sfu(shape, scheme, rows)
+    return Operator("sfu", 0, 0, 0, 0,
+                    _sfu_rtl(cfg, before + after + (prepare if rows > 1 else ()), rows))
 
 
 def step_sfu(shape: ModelShape, scheme: schemes.Scheme) -> tuple[SfuList, SfuList]:

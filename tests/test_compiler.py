@@ -142,3 +142,25 @@ def test_the_step_plan_from_shapes_equals_the_placed_models(request, name):
     from_shapes = StepDims.of_shape(SMALL, schemes.parse(name, group=group), mc.dim,
                                     mc.hidden_dim, mc.n_heads, mc.n_kv_heads, mc.vocab_size)
     assert from_shapes == StepDims.of_placement(im, place(im, SMALL)), f"seed {seed}"
+
+
+def test_decode_prepares_the_next_kv_head_while_the_heads_run(request):
+    """A decode step emits each KV head's preparation (RoPE, key transform, KVQUANT, the new
+    rows' STOREs, the queries' QUANT8) just before its heads, and each instruction touches
+    its heads' slices only: so between a layer's first and last ATTN no SFU instruction
+    waits on the compute unit, and the SFU runs ahead while the heads before run."""
+    seed = request.config.llmacc_seed
+    im = tiny_int_model(seed, "w2a8kv4", heads=4, kv_heads=4, layers=2)
+    program = compile_model(im, SMALL, max_len=16).program("decode", 8).instructions
+    compute = 1 << isa.Unit.COMPUTE.value
+    attn = [j for j, i in enumerate(program) if i.opcode is isa.Opcode.ATTN]
+    per_layer = 2 * im.config.n_heads
+    for layer in range(im.config.n_layers):
+        lo, hi = attn[layer * per_layer], attn[(layer + 1) * per_layer - 1]
+        block = program[lo:hi]
+        kvquant = [i for i in block if i.opcode is isa.Opcode.SFU
+                   and i.func is isa.SfuFunc.KVQUANT]
+        assert len(kvquant) == 2 * (im.config.n_kv_heads - 1), f"layer {layer}"
+        waiting = [j for j, i in enumerate(block, lo)
+                   if i.opcode is isa.Opcode.SFU and i.wait & compute]
+        assert not waiting, f"seed {seed}: SFU instructions {waiting} wait on ATTN"

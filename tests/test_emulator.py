@@ -156,3 +156,20 @@ def test_matstream_equals_matmat_on_the_same_tile(name, seed):
         at = insn.page * 4096
         emu.write_ext(0, at, bytes(emu.ext[0][at:at + cfg.axi_data_bytes] ^ 0xFF))
         assert emu.weights.misses == 1 and not len(emu.weights)
+
+
+def test_decode_interleavings_match_program_order(compiled, seed):
+    """A decode step prepares each KV head just before its heads run; its tokens alone keep
+    the SFU working ahead from breaking it: random interleavings give the in-order logits."""
+    tokens = random_sequences(seed, 1, 12, compiled.model.config.vocab_size)[0]
+    ref = EmulatorDevice(compiled)
+    ref.prefill(tokens[:-1])
+    want = ref.decode(tokens[-1], len(tokens) - 1)
+    program = compiled.program("decode", 16)
+    for k in range(3):
+        dev = EmulatorDevice(compiled)
+        dev.prefill(tokens[:-1])
+        dev._stage_tokens(tokens[-1:])
+        regs = {Reg.POS: len(tokens) - 1, Reg.SEQ_LEN: len(tokens)}
+        dev.emu.run_interleaved(program.instructions, regs, random.Random(seed + k))
+        assert torch.equal(dev._logits(1)[0], want), f"seed {seed + k}"

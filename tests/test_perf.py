@@ -174,7 +174,8 @@ def test_schemes_without_a_group_take_the_configs_and_say_so(tmp_path, capsys):
 
 def test_the_sfu_work_priced_is_what_the_compiler_emits(seed):
     """``perf_model.step_sfu`` and ``layer_sfu`` list a decode step's SFU instructions as
-    the compiler emits them: the same functions, lengths and segment fields, in order."""
+    the compiler emits them: the same functions, lengths and segment fields, in order (a
+    layer's preparation once per KV head)."""
     from compiler.compile import compile_model
     from llmacc.isa import Opcode
     from quant import schemes
@@ -188,10 +189,12 @@ def test_the_sfu_work_priced_is_what_the_compiler_emits(seed):
     shape = P.ModelShape("tiny", mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
                          mc.hidden_dim, mc.vocab_size)
     scheme = schemes.parse("w2a8kv4+g16")
+    before, prepare, after = P.layer_sfu(shape, scheme)
     first, last = P.step_sfu(shape, scheme)
     priced = [(f, n, fields.get("imm", 0), fields.get("imm2", 0))
-              for f, n, fields in first + P.layer_sfu(shape, scheme) * mc.n_layers + last]
-    assert emitted == priced, f"seed {seed}"
+              for f, n, fields in first + (before + prepare * mc.n_kv_heads + after)
+              * mc.n_layers + last]
+    assert mc.n_kv_heads > 1 and emitted == priced, f"seed {seed}"
 
 
 @pytest.mark.parametrize("cfg_name, scheme, shape", [
@@ -201,7 +204,8 @@ def test_the_decode_step_priced_is_the_emulators(seed, cfg_name, scheme, shape):
     """``perf_model.decode``, from shapes alone, against the emulator's cycles for the
     compiled decode step of a random model of those shapes at a full bucket of keys (the
     emulator's clock follows the RTL's counters: tests/test_cycle_model.py): within 5%. The
-    fused outputs (the residual's reads) and the step's own SFU work count."""
+    fused outputs (the residual's reads), the SFU preparing a KV head while the one before
+    runs, and the step's own SFU work all count."""
     from compiler.compile import compile_model
     from host.device import EmulatorDevice
     from quant import schemes
