@@ -16,15 +16,20 @@ written, records padded with zeros as the layouts say).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.isa import Buffer
 
 FIELD_BITS = 64  #: the widest field a fetch returns (the RMSNorm epsilon)
+SLOT_BITS = L.WIDE.width  #: a slot-snooping fetch's unit of staleness: an INT32 element
+SLOT_LOG2 = SLOT_BITS.bit_length() - 1
 
 
 def addr_bits(cfg: AccelConfig) -> int:
@@ -139,14 +144,31 @@ def view(layout: type[data.Struct], value: Value) -> data.View:
 FetchRequest = data.StructLayout({"buf": Buffer, "bit": 32})
 
 
+@dataclass
+class _Fresh:
+    """A slot-snooping :class:`FieldFetch`'s slots as read, per word: now, this cycle after
+    the unit's write (``kept``), and for a word read this cycle (``read``); ``hit``."""
+
+    slots: list
+    kept: list
+    read: list
+    hit: Value
+
+
 class FieldFetch(wiring.Component):
     """Bit fields from the buffers: a request names a buffer and a bit address; while
     ``req.ready``, ``value`` holds the 64 bits from that address (LSB first; the caller takes
     the low bits it needs). Two consecutive words are cached; ``flush`` empties the cache
-    (a new instruction), and ``snoop`` (the unit's own writes) invalidates a cached word."""
+    (a new instruction), and ``snoop`` (the unit's own writes) invalidates a cached word.
 
-    def __init__(self, cfg: AccelConfig):
+    With ``slot_snoop``, for callers that take at most :data:`SLOT_BITS` bits of a field: a
+    write makes stale only the 32-bit slots whose bytes it sets, and a field is a hit while
+    the slots under its first 32 bits are as read. A writer that reads each old value just
+    before it writes it (a residual, element by element) keeps its words."""
+
+    def __init__(self, cfg: AccelConfig, slot_snoop: bool = False):
         self.word_bits = cfg.axi_data_bits
+        self.slot_snoop = slot_snoop
         if self.word_bits < FIELD_BITS:
             raise ValueError(f"{self.word_bits}-bit buffer words cannot hold a "
                              f"{FIELD_BITS}-bit field in two words")
@@ -169,6 +191,11 @@ class FieldFetch(wiring.Component):
         offset = self.req.payload.bit[:low]
         same = valid & (buf == self.req.payload.buf)
         hit = same & (base == want)
+        s = self.snoop
+        wrote = s.en & s.grant & (s.buf == buf)
+        fresh = self._fresh(m, base, offset, wrote)
+        if fresh is not None:
+            hit &= fresh.hit
         m.d.comb += [self.value.eq(Cat(*words).bit_select(offset, FIELD_BITS)),
                      self.port.buf.eq(buf)]
         with m.FSM():
@@ -178,6 +205,8 @@ class FieldFetch(wiring.Component):
                     m.d.sync += [buf.eq(self.req.payload.buf), base.eq(want), valid.eq(0)]
                     with m.If(same & (base + 1 == want)):  # walking on: keep the second word
                         m.d.sync += words[0].eq(words[1])
+                        if fresh is not None:
+                            m.d.sync += fresh.slots[0].eq(fresh.kept[1])
                         m.next = "READ1"
                     with m.Else():
                         m.next = "READ0"
@@ -187,6 +216,8 @@ class FieldFetch(wiring.Component):
                     m.next = "TAKE0"
             with m.State("TAKE0"):
                 m.d.sync += words[0].eq(self.port.data)
+                if fresh is not None:
+                    m.d.sync += fresh.slots[0].eq(fresh.read[0])
                 m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 1)]
                 with m.If(self.port.grant):
                     m.next = "TAKE1"
@@ -198,12 +229,34 @@ class FieldFetch(wiring.Component):
                     m.next = "TAKE1"
             with m.State("TAKE1"):
                 m.d.sync += [words[1].eq(self.port.data), valid.eq(1)]
+                if fresh is not None:
+                    m.d.sync += fresh.slots[1].eq(fresh.read[1])
                 m.next = "IDLE"
-        s = self.snoop
-        with m.If(self.flush | (s.en & s.grant & (s.buf == buf) &
-                                ((s.addr == base) | (s.addr == base + 1)))):
+        ours = (s.addr == base) | (s.addr == base + 1)
+        with m.If(self.flush if fresh is not None else self.flush | (wrote & ours)):
             m.d.sync += valid.eq(0)
         return m
+
+    def _fresh(self, m: Module, base, offset, wrote) -> _Fresh | None:
+        """With ``slot_snoop``, the slots of the two words as read: each cycle the unit's
+        write clears those it sets (``kept``); a word read or carried on sets them (``read``,
+        less a write in that cycle); ``hit``: the slots under the first :data:`SLOT_BITS`
+        bits from ``offset`` are as read (one slot, two where they straddle)."""
+        if not self.slot_snoop:
+            return None
+        per_word = self.word_bits // SLOT_BITS
+        slot_bytes = SLOT_BITS // 8
+        s = self.snoop
+        written = Cat(*(s.mask[k * slot_bytes:(k + 1) * slot_bytes].any()
+                        for k in range(per_word)))
+        slots = [Signal(per_word, name=f"fresh{i}") for i in range(2)]
+        clear = [Mux(wrote & (s.addr == base + i), written, 0) for i in range(2)]
+        kept = [slots[i] & ~clear[i] for i in range(2)]
+        read = [~clear[i] for i in range(2)]
+        m.d.sync += [slots[i].eq(kept[i]) for i in range(2)]
+        under = Cat(*slots, Const(1, 1)).bit_select(offset >> SLOT_LOG2, 2)
+        aligned = offset[:SLOT_LOG2] == 0
+        return _Fresh(slots, kept, read, under[0] & (under[1] | aligned))
 
 
 PackerPush = data.StructLayout({

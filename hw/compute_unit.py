@@ -279,7 +279,8 @@ class ComputeUnit(wiring.Component):
         fetch = {}
         for name in ("act", "wgt", "meta", "out") if cfg.record_matrices else ("act", "meta",
                                                                                 "out"):
-            fetch[name] = fx = FieldFetch(cfg)
+            # the residual's old values: each read just before its own write
+            fetch[name] = fx = FieldFetch(cfg, slot_snoop=name == "out")
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
         snoop_writes(m, fetch.values(), self.wr)

@@ -29,6 +29,7 @@ from llmacc.kernel import RESULT_STAGES, chain_latency
 from sim.cycle_model import READ_LATENCY
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
+SLOT_BITS = L.WIDE.width  #: a slot-snooping fetch's unit (``hw.buffer_access.SLOT_BITS``)
 #: From issue to the first descriptor request, and the COMPLETE state.
 MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
 COMPLETE = 1
@@ -51,11 +52,15 @@ REPLAY_START = 1
 
 class Fetch:
     """The word a FieldFetch holds (``None``: nothing, as after a flush or a snooped
-    write)."""
+    write). A slot-snooping fetch (``slots``) keeps its words through the unit's writes and
+    forgets them only when a field's first 32 bits fall on a slot written since
+    (``stale``: absolute slot numbers, ``bit // SLOT_BITS``)."""
 
-    def __init__(self, word_bits: int):
+    def __init__(self, word_bits: int, slots: bool = False):
         self.word_bits = word_bits
+        self.slots = slots
         self.held: int | None = None
+        self.stale: frozenset[int] = frozenset()
 
     def _entry(self, word: int) -> int:
         if self.held == word:
@@ -70,32 +75,56 @@ class Fetch:
         first = bit // self.word_bits
         last = (bit + (count - 1) * stride) // self.word_bits
         cycles = count + self._entry(first) + WALK * (last - first)
+        per_word = self.word_bits // SLOT_BITS
+        kept = range(last * per_word, (last + 2) * per_word)  # what a walk carries on
+        self.stale = frozenset(x for x in self.stale if x in kept) if self.held == first or (
+            self.held is not None and self.held + 1 == first) else frozenset()
         self.held = last
         return cycles
 
     def one(self, bit: int) -> int:
+        slot = bit // SLOT_BITS
+        if slot in self.stale or (bit % SLOT_BITS and slot + 1 in self.stale):
+            self.held, self.stale = None, frozenset()  # read again
         return self.walk(bit, 0, 1)
 
-    def written(self, word: int) -> None:
-        """The unit wrote ``word``: a fetch holding it (as its first or second word)
-        forgets."""
-        if self.held is not None and word in (self.held, self.held + 1):
+    def written(self, word: int, bit: int = 0) -> None:
+        """The unit wrote ``word`` (the slot at ``bit``, a slot-snooping fetch's concern): a
+        fetch holding it (as its first or second word) forgets it, or the slot."""
+        if self.held is None or word not in (self.held, self.held + 1):
+            return
+        if self.slots:
+            self.stale |= {bit // SLOT_BITS}
+        else:
             self.held = None
 
+    def state(self) -> tuple:
+        return self.held, self.stale
+
+    def restore(self, state: tuple) -> None:
+        self.held, self.stale = state
 
 
-def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple[int | None, ...]:
-    """Each fetch's held word relative to ``bases`` (the words its records start at)."""
-    return tuple(None if f.held is None else f.held - b
-                 for f, b in zip(fetches, bases, strict=True))
+def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple:
+    """Each fetch's held word and stale slots relative to ``bases`` (the words its records
+    start at)."""
+    out = []
+    for f, b in zip(fetches, bases, strict=True):
+        origin = b * (f.word_bits // SLOT_BITS)
+        out.append(None if f.held is None else
+                   (f.held - b, frozenset(x - origin for x in f.stale)))
+    return tuple(out)
 
 
-def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...],
-           relative: tuple[int | None, ...]) -> None:
+def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...], relative: tuple) -> None:
     """Set the fetches to hold ``relative`` words past ``bases`` (the inverse of
     :func:`_relative`)."""
     for f, b, rel in zip(fetches, bases, relative, strict=True):
-        f.held = None if rel is None else b + rel
+        if rel is None:
+            f.restore((None, frozenset()))
+        else:
+            origin = b * (f.word_bits // SLOT_BITS)
+            f.restore((b + rel[0], frozenset(x + origin for x in rel[1])))
 
 
 #: The output-mode operand kinds whose fetches the result stage's model follows
@@ -146,8 +175,8 @@ class _MatrixClock:
         self.cover = cfg.chain_len * block // keep
         self.nbeats = -(-self.kept // cfg.chain_len)
         self.meta_rows = s.meta_addr + L.descriptor_words(w)
-        self.fetches = self.fa, self.fw, self.fm, self.fo = tuple(
-            Fetch(self.wb) for _ in range(4))
+        self.fetches = self.fa, self.fw, self.fm, self.fo = (
+            Fetch(self.wb), Fetch(self.wb), Fetch(self.wb), Fetch(self.wb, slots=True))
 
     def run(self) -> int:
         s, cfg = self.s, self.cfg
@@ -267,8 +296,9 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
                       token: int, tokens_ok: int) -> int:
     """The writes of one pass's results: per lane of a way and token, a transfer of one
     result per way (``cfg.collector_ways``), written way by way, one cycle each, with a
-    residual mode the old value read first; the first way without a result (past the
-    tile's rows, or an absent token) ends its transfer in a cycle."""
+    residual mode the old value read first (through ``fo``, which snoops slots: the writes
+    leave the rest of its words); the first way without a result (past the tile's rows,
+    or an absent token) ends its transfer in a cycle."""
     wb = 8 * cfg.axi_data_bytes
     operands = isa.OUT_MODES[s.out_mode].operands
     if operands not in OUT_OPERAND_FETCHES:
@@ -283,10 +313,11 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
             rows = [r for r in rows if r < s.n] if t < tokens_ok else []
             cycles += min(ways, len(rows) + 1)
             for row in rows:
-                word = (s.out_addr + (token + t) * s.step + L.element_bit(row, L.WIDE) // wb)
+                bit = (s.out_addr + (token + t) * s.step) * wb + L.element_bit(row, L.WIDE)
+                word = bit // wb
                 if reads_old:
-                    cycles += fo.one(word * wb) - 1
-                fo.written(word)
+                    cycles += fo.one(bit) - 1
+                fo.written(word, bit)
                 fa.written(word)
     return cycles
 
@@ -318,9 +349,10 @@ class _StreamClock(_MatrixClock):
             pass0 = max(first, self._first_words()) + STREAM_ACT + sum(
                 self._words_window(b, qrows) + STREAM_ACT for b in range(1, self.nbeats))
             # a pass shorter than the one before's writes waits for the collector
-            held = self.fo.held, self.fa.held
+            held = self.fo.state(), self.fa.state()
             full = self._written(0, token, len(qrows))
-            self.fo.held, self.fa.held = held
+            self.fo.restore(held[0])
+            self.fa.restore(held[1])
             sweep = pass0
             if passes > 1:
                 sweep += REPLAY_START + (passes - 1) * max(self.nbeats, full)
