@@ -195,14 +195,12 @@ class Lowering:
         e.sfu(SfuFunc.QUANT8, R, dim, h, region(buf.hq, R, qrow_pitch(kq)), imm=kq)
         for proj, dst, n in (("wq", buf.q, dim), ("wk", buf.k, kvd), ("wv", buf.v, kvd)):
             e.linear(lin[name + proj], R, buf.hq, dst, wide_pitch(n), buf.slots)
-        if R == 1:  # decode: a KV head's group prepared just before its heads run
-            for g in range(kv_heads):
-                self._prepare(e, buf, R, i, layer, table, g, g + 1)
-                self._heads(e, buf, R, keys, i, layer, g, decode)
-        else:  # the rows' heads are not contiguous: whole rows first
-            self._prepare(e, buf, R, i, layer, table, 0, kv_heads)
-            for g in range(kv_heads):
-                self._heads(e, buf, R, keys, i, layer, g, decode)
+        for g in range(kv_heads):
+            if R == 1:  # decode: each KV head prepared just before its heads run
+                self._prepare(e, buf, R, i, table, g, g + 1)
+            elif g == 0:  # the rows' heads are not contiguous: every head, whole rows, first
+                self._prepare(e, buf, R, i, table, 0, kv_heads)
+            self._heads(e, buf, R, keys, i, layer, g, decode)
         ko = lin[name + "wo"].k
         e.sfu(SfuFunc.QUANT8, R, dim, region(buf.o, R, wide_pitch(dim)),
               region(buf.oq, R, qrow_pitch(ko)), imm=ko)
@@ -213,8 +211,8 @@ class Lowering:
         on a word: the placement requires ``head_dim`` x 4 B to be whole words)."""
         return L.element_bit(elements, L.WIDE) // (8 * self.w)
 
-    def _prepare(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, layer, table: int,
-                 g0: int, g1: int) -> None:
+    def _prepare(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, table: int, g0: int,
+                 g1: int) -> None:
         """KV heads ``g0 .. g1 - 1`` of layer ``i`` made ready for their attention: their
         keys' RoPE, centring and scaling, their keys' and values' KVQUANT and STOREs at POS
         (first: the loads that follow wait on them), then their query heads' RoPE, smoothing
