@@ -74,13 +74,14 @@ class Fetch:
             return 0
         first = bit // self.word_bits
         last = (bit + (count - 1) * stride) // self.word_bits
-        cycles = count + self._entry(first) + WALK * (last - first)
-        per_word = self.word_bits // SLOT_BITS
-        kept = range(last * per_word, (last + 2) * per_word)  # what a walk carries on
-        self.stale = frozenset(x for x in self.stale if x in kept) if self.held == first or (
-            self.held is not None and self.held + 1 == first) else frozenset()
+        entry = self._entry(first)
+        if self.stale:  # keep the stale slots of the words still held
+            per_word = self.word_bits // SLOT_BITS
+            kept = range(last * per_word, (last + 2) * per_word)
+            self.stale = (frozenset(x for x in self.stale if x in kept) if entry != COLD
+                          else frozenset())
         self.held = last
-        return cycles
+        return count + entry + WALK * (last - first)
 
     def one(self, bit: int) -> int:
         slot = bit // SLOT_BITS
