@@ -478,7 +478,8 @@ SFU_OPERAND_FETCHES = ("unary", "binary", "gamma", "rope", "embed", "masked", "q
 
 def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """The SFU producer's cycles (``hw/sfu_unit.py``'s ``_produce``): per element its operand
-    fields, fetched together (the slower one decides)."""
+    fields, fetched together (the slower one decides). Rows are alike but for where the
+    fetches' caches enter them, so a row is walked once per such entry and then repeated."""
     w = cfg.axi_data_bytes
     wb = 8 * w
     f, length, rows = insn.func, insn.length, insn.rows
@@ -489,40 +490,52 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                          f"{operands!r} operands")
     wide = L.wide_pitch(length, w)
     bcast = bool(insn.imm & 1) and operands == "binary"
-    cycles = 0
-    a_pitch = wide
-    if operands == "embed":
-        a_pitch = L.embed_pitch(length, insn.imm, w)
+    a_pitch = L.embed_pitch(length, insn.imm, w) if operands == "embed" else wide
     if operands == "gamma":
         fb.one(insn.src_b * wb)  # EPS, before the rows
-    for r in range(rows):
-        row_a = insn.src_a + r * a_pitch
+
+    def row_b(r: int) -> int:
+        """The word of row ``r``'s second operand (its record, table entry or gamma)."""
         if operands == "binary":
-            row_b = insn.src_b + (0 if bcast else r * wide)
-            for i in range(length):
-                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
-                                row_b * wb + L.element_bit(i, L.WIDE), not bcast)
-        elif operands == "gamma":
-            gamma = (insn.src_b + L.gamma_header(w)) * wb
-            for i in range(length):
-                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
-                                gamma + L.element_bit(i, L.GAMMA))
-        elif operands == "rope":
+            return insn.src_b + (0 if bcast else r * wide)
+        if operands == "gamma":
+            return insn.src_b + L.gamma_header(w)
+        if operands == "rope":
+            return insn.src_b + r * L.rope_pitch(insn.imm, w)
+        return insn.src_a + r * a_pitch  # embed: the row's own record; else unread
+
+    def row(a: int, b: int) -> int:
+        """One row's cycles, its operands at words ``a`` and ``b``."""
+        if operands == "binary":
+            return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
+                             b * wb + L.element_bit(i, L.WIDE), not bcast)
+                       for i in range(length))
+        if operands == "gamma":
+            return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
+                             b * wb + L.element_bit(i, L.GAMMA)) for i in range(length))
+        if operands == "rope":
             half = insn.imm // 2
-            row_b = insn.src_b + r * L.rope_pitch(insn.imm, w)
-            for i in range(length):
-                j = L.rope_entry((i // 2) % half, i % 2)
-                cycles += _pair(fa, row_a * wb + L.element_bit(i, L.WIDE), fb,
-                                row_b * wb + L.element_bit(j, L.TRIG))
-        elif operands == "embed":
-            cycles += fb.one(row_a * wb)  # the row's exponent
-            codes = (row_a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
-            scales = (row_a + L.embed_header(w)) * wb
-            for i in range(length):
-                cycles += _pair(fa, codes + L.element_bit(i, L.QCODE), fb,
-                                scales + L.element_bit(i // insn.imm, L.MANT), True)
-        else:  # the one operand: unary, masked, quant8, kvquant
-            cycles += fa.walk(row_a * wb, L.WIDE.width, length)
+            return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
+                             b * wb + L.element_bit(L.rope_entry((i // 2) % half, i % 2),
+                                                    L.TRIG)) for i in range(length))
+        if operands == "embed":
+            codes = (a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
+            scales = (a + L.embed_header(w)) * wb
+            return fb.one(a * wb) + sum(  # the row's exponent, then its elements
+                _pair(fa, codes + L.element_bit(i, L.QCODE), fb,
+                      scales + L.element_bit(i // insn.imm, L.MANT), True)
+                for i in range(length))
+        return fa.walk(a * wb, L.WIDE.width, length)  # unary, masked, quant8, kvquant
+
+    seen: dict[tuple, tuple[int, tuple]] = {}  # a row's entry -> its cycles and exit
+    cycles = 0
+    for r in range(rows):
+        bases = (insn.src_a + r * a_pitch, row_b(r))
+        entry = _relative((fa, fb), bases)
+        if entry not in seen:
+            seen[entry] = (row(*bases), _relative((fa, fb), bases))
+        cycles += seen[entry][0]
+        _place((fa, fb), bases, seen[entry][1])
     return cycles
 
 
