@@ -1,13 +1,14 @@
 """ATTN on the COMPUTE unit: a head's elements ``AccelConfig.attention_lanes`` at a time.
 
 Each KV row is read as whole buffer words (``rd_kv``): its header word, then its payload
-words, each taken in sub-steps of ``lanes`` codes (four per INT4 word, two per INT8 word)
-from a register that holds the word read at its first sub-step. A key of head size ``d``
-costs ``ceil(d / lanes)`` sub-steps, and its header a cycle of its own only where it cannot
-be read ahead: the next key's header is read in the last sub-step of a key when that
-sub-step reads no word (whenever it is not the first of its word; on the u280's head size
-128 a key is four cycles, not five). The reads run a cycle ahead of the arithmetic (stage A
-issues a word, stage B uses it), so the keys follow one another without gaps.
+words, each taken in sub-steps of ``lanes`` codes (``attention_int8_steps`` per INT8 word,
+twice as many per INT4 word: two and four by default, one and two on the u280) from a
+register that holds the word read at its first sub-step. A key of head size ``d`` costs
+``ceil(d / lanes)`` sub-steps, and its header a cycle of its own only where it cannot be read
+ahead: the next key's header is read in the last sub-step of a key when that sub-step reads no
+word (whenever it is not the first of its word; on the u280's head size 128 an INT4 key is two
+cycles, not three). The reads run a cycle ahead of the arithmetic (stage A issues a word, stage
+B uses it), so the keys follow one another without gaps.
 
 * **SCORE** (``numerics.attention_scores``): the query's codes are read once per row,
   ``lanes`` codes a cycle from whole ACT words (``rd_window``), into the query memory and

@@ -71,6 +71,9 @@ class AccelConfig:
     record_matrices: bool = True
     # Special-function unit lanes (elements per cycle).
     sfu_lanes: int = 8
+    #: ATTN's sub-steps per INT8 KV payload word (twice as many per INT4 word): 2 takes half
+    #: a word of codes a cycle, 1 a whole one (``attention_lanes``, twice the products).
+    attention_int8_steps: int = 2
     # On-chip buffers, in bytes.
     act_buffer_bytes: int = 64 * 1024
     weight_buffer_bytes: int = 64 * 1024
@@ -131,9 +134,10 @@ class AccelConfig:
 
     @property
     def attention_lanes(self) -> int:
-        """Elements of a head that ATTN takes per cycle (``hw/attention.py``): half a
-        buffer word's bytes, so that an INT4 KV word is four sub-steps, an INT8 one two."""
-        return self.axi_data_bytes // 2
+        """Elements of a head that ATTN takes per cycle (``hw/attention.py``): a buffer
+        word's bytes over ``attention_int8_steps``, so that an INT8 KV word is that many
+        sub-steps and an INT4 one twice as many."""
+        return self.axi_data_bytes // self.attention_int8_steps
 
     def attention_substeps(self, kv_bits: int) -> int:
         """Sub-steps of ``attention_lanes`` codes in one KV payload word of ``kv_bits``
@@ -194,6 +198,8 @@ class AccelConfig:
             self._fail("pack_products", "must be 1 or 2 products per DSP")
         if not _is_pow2(self.sfu_lanes):
             self._fail("sfu_lanes", "must be a power of two")
+        if self.attention_int8_steps not in (1, 2):
+            self._fail("attention_int8_steps", "must be 1 or 2 sub-steps per INT8 KV word")
         if self.axi_data_bits not in (32, 64, 128, 256, 512):
             self._fail("axi_data_bits", "must be one of 32, 64, 128, 256, 512")
         if not 32 <= self.axi_addr_bits <= 64:
@@ -285,6 +291,7 @@ PRESETS: dict[str, AccelConfig] = {
         chain_group=16,
         record_matrices=False,
         sfu_lanes=4,  # `row_lanes`: the softmax's exponentials and products, four a cycle
+        attention_int8_steps=1,  # `attention_lanes` = 64: a key's header and payload words
         act_buffer_bytes=1 << 20,
         weight_buffer_bytes=2 << 20,
         kv_buffer_bytes=2 << 20,
@@ -304,8 +311,9 @@ PRESETS: dict[str, AccelConfig] = {
 
 # Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider configuration of
 # the RTL regression (`make sim`); its table buffer holds a SmolLM2-135M layer's tables twice.
+# Its attention takes whole words of INT8 codes a cycle, as the u280's does.
 PRESETS["sim-wide"] = PRESETS["sim-small"].replace(
-    name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8,
+    name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8, attention_int8_steps=1,
     act_buffer_bytes=128 * 1024, weight_buffer_bytes=32 * 1024, meta_buffer_bytes=8 * 1024,
     table_buffer_bytes=32 * 1024, mem_channels=4, axi_data_bits=128, channel_gbps=1.6)
 

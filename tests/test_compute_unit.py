@@ -80,10 +80,15 @@ def test_collector_ways_span_channels(seed):
     assert faults == [Fault.NONE] * len(cases), f"seed {seed}"
 
 
-def test_attention_matches_emulator(seed):
+@pytest.mark.parametrize("cfg", [CFG, CFG.replace(attention_int8_steps=1)],
+                         ids=["half-word", "whole-word"])
+def test_attention_matches_emulator(cfg, seed):
+    """Every ATTN function, INT4 and INT8 keys, on half a word of codes a cycle (INT8 keys
+    in two sub-steps) and on whole words (as u280 and sim-wide: one sub-step, so each key
+    reads its header word in a cycle of its own)."""
     rng = random.Random(seed)
-    cases = [attn_case(CFG, rng, f) for f in AttnFunc for _ in range(3)]
-    check_against_emulator(CFG, ComputeUnit(CFG), cases, seed)
+    cases = [attn_case(cfg, rng, f) for f in AttnFunc for _ in range(3)]
+    check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
 
 
 def test_compute_unit_faults(seed):
