@@ -28,8 +28,7 @@ from llmacc.config import AccelConfig
 from llmacc.isa import Buffer
 
 FIELD_BITS = 64  #: the widest field a fetch returns (the RMSNorm epsilon)
-SLOT_BITS = L.WIDE.width  #: a slot-snooping fetch's unit of staleness: an INT32 element
-SLOT_LOG2 = SLOT_BITS.bit_length() - 1
+SLOT_LOG2 = L.SLOT_BITS.bit_length() - 1
 
 
 def addr_bits(cfg: AccelConfig) -> int:
@@ -161,7 +160,7 @@ class FieldFetch(wiring.Component):
     the low bits it needs). Two consecutive words are cached; ``flush`` empties the cache
     (a new instruction), and ``snoop`` (the unit's own writes) invalidates a cached word.
 
-    With ``slot_snoop``, for callers that take at most :data:`SLOT_BITS` bits of a field: a
+    With ``slot_snoop``, for callers that take at most ``L.SLOT_BITS`` bits of a field: a
     write makes stale only the 32-bit slots whose bytes it sets, and a field is a hit while
     the slots under its first 32 bits are as read. A writer that reads each old value just
     before it writes it (a residual, element by element) keeps its words."""
@@ -240,12 +239,12 @@ class FieldFetch(wiring.Component):
     def _fresh(self, m: Module, base, offset, wrote) -> _Fresh | None:
         """With ``slot_snoop``, the slots of the two words as read: each cycle the unit's
         write clears those it sets (``kept``); a word read or carried on sets them (``read``,
-        less a write in that cycle); ``hit``: the slots under the first :data:`SLOT_BITS`
+        less a write in that cycle); ``hit``: the slots under the first ``L.SLOT_BITS``
         bits from ``offset`` are as read (one slot, two where they straddle)."""
         if not self.slot_snoop:
             return None
-        per_word = self.word_bits // SLOT_BITS
-        slot_bytes = SLOT_BITS // 8
+        per_word = self.word_bits // L.SLOT_BITS
+        slot_bytes = L.SLOT_BITS // 8
         s = self.snoop
         written = Cat(*(s.mask[k * slot_bytes:(k + 1) * slot_bytes].any()
                         for k in range(per_word)))

@@ -110,6 +110,9 @@ MANT = Shape(16)  #: a group scale's mantissa
 AUX = Shape(8)  #: a group's W2 zero-point or mixed type id
 KV_CODE = {4: signed(4), 8: signed(8)}  #: a KV row's code, by its bits
 GAMMA = signed(16)  #: an RMSNorm gain
+#: What a slot-snooping field fetch marks stale when the unit writes (``hw.buffer_access``,
+#: followed by ``sim.compute_timing``): an element of a wide row.
+SLOT_BITS = WIDE.width
 TRIG = signed(16)  #: a RoPE cos or sin
 
 

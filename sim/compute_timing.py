@@ -29,7 +29,6 @@ from llmacc.kernel import RESULT_STAGES, chain_latency
 from sim.cycle_model import READ_LATENCY
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
-SLOT_BITS = L.WIDE.width  #: a slot-snooping fetch's unit (``hw.buffer_access.SLOT_BITS``)
 #: From issue to the first descriptor request, and the COMPLETE state.
 MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
 COMPLETE = 1
@@ -54,7 +53,7 @@ class Fetch:
     """The word a FieldFetch holds (``None``: nothing, as after a flush or a snooped
     write). A slot-snooping fetch (``slots``) keeps its words through the unit's writes and
     forgets them only when a field's first 32 bits fall on a slot written since
-    (``stale``: absolute slot numbers, ``bit // SLOT_BITS``)."""
+    (``stale``: absolute slot numbers, ``bit // L.SLOT_BITS``)."""
 
     def __init__(self, word_bits: int, slots: bool = False):
         self.word_bits = word_bits
@@ -76,7 +75,7 @@ class Fetch:
         last = (bit + (count - 1) * stride) // self.word_bits
         entry = self._entry(first)
         if self.stale:  # keep the stale slots of the words still held
-            per_word = self.word_bits // SLOT_BITS
+            per_word = self.word_bits // L.SLOT_BITS
             kept = range(last * per_word, (last + 2) * per_word)
             self.stale = (frozenset(x for x in self.stale if x in kept) if entry != COLD
                           else frozenset())
@@ -84,8 +83,8 @@ class Fetch:
         return count + entry + WALK * (last - first)
 
     def one(self, bit: int) -> int:
-        slot = bit // SLOT_BITS
-        if slot in self.stale or (bit % SLOT_BITS and slot + 1 in self.stale):
+        slot = bit // L.SLOT_BITS
+        if slot in self.stale or (bit % L.SLOT_BITS and slot + 1 in self.stale):
             self.held, self.stale = None, frozenset()  # read again
         return self.walk(bit, 0, 1)
 
@@ -95,7 +94,7 @@ class Fetch:
         if self.held is None or word not in (self.held, self.held + 1):
             return
         if self.slots:
-            self.stale |= {bit // SLOT_BITS}
+            self.stale |= {bit // L.SLOT_BITS}
         else:
             self.held = None
 
@@ -111,7 +110,7 @@ def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple:
     start at)."""
     out = []
     for f, b in zip(fetches, bases, strict=True):
-        origin = b * (f.word_bits // SLOT_BITS)
+        origin = b * (f.word_bits // L.SLOT_BITS)
         out.append(None if f.held is None else
                    (f.held - b, frozenset(x - origin for x in f.stale)))
     return tuple(out)
@@ -124,7 +123,7 @@ def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...], relative: tuple) 
         if rel is None:
             f.restore((None, frozenset()))
         else:
-            origin = b * (f.word_bits // SLOT_BITS)
+            origin = b * (f.word_bits // L.SLOT_BITS)
             f.restore((b + rel[0], frozenset(x + origin for x in rel[1])))
 
 
