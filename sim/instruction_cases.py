@@ -215,8 +215,8 @@ def attn_case(cfg: AccelConfig, rng: random.Random, func: AttnFunc) -> Instructi
     kv_codes = torch.randint(-qmax, qmax + 1, (keys, d))
     kv = L.encode_kv(kv_codes, torch.randint(0, 1 << 16, (keys,)), torch.randint(-6, 6, (keys,)),
                      torch.randint(-(1 << 20), 1 << 20, (keys,)), bits, w)
-    if func is AttnFunc.PV:
-        probs = torch.randint(0, 1 << 15, (rows, keys))
+    if func is AttnFunc.PV:  # Q0.15, 1.0 included
+        probs = torch.randint(0, (1 << 15) + 1, (rows, keys))
         rows_in = L.encode_wide(probs, w)
         d_len = d
     else:
