@@ -202,13 +202,14 @@ def mat_case(cfg: AccelConfig, rng: random.Random, fmt: WeightFormat, sparsity: 
     return InstructionCase(emu, isa.make(opcode, **fields), {})
 
 
-def attn_case(cfg: AccelConfig, rng: random.Random, func: AttnFunc) -> InstructionCase:
+def attn_case(cfg: AccelConfig, rng: random.Random, func: AttnFunc,
+              max_keys: int = 12) -> InstructionCase:
     """A random ATTN instruction: INT8 query rows or Q0.15 probability rows, INT4/INT8 KV
-    rows, the Lambda mask from random registers."""
+    rows (one to ``max_keys`` keys), the Lambda mask from random registers."""
     w = cfg.axi_data_bytes
     emu = random_buffers(cfg, rng)
     d = rng.choice((2, 4, 6, 8, 16, 24, 40))  # one to three KV words, part-filled sub-steps
-    keys, rows = rng.randint(1, 12), rng.randint(1, 3)
+    keys, rows = rng.randint(1, max_keys), rng.randint(1, 3)
     kv8 = rng.random() < 0.3
     bits = 8 if kv8 else 4
     qmax = (1 << (bits - 1)) - 1
