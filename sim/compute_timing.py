@@ -127,6 +127,19 @@ def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...], relative: tuple) 
             f.restore((b + rel[0], frozenset(x + origin for x in rel[1])))
 
 
+def _once_per_entry(memo: dict, fetches: tuple[Fetch, ...], bases: tuple[int, ...],
+                    shape: tuple, price, *args) -> int:
+    """Cycles of a repeated piece (a matrix pass, an SFU row) of ``shape`` whose fields lie
+    at ``bases``: ``price(*args)`` walks it once per place the fetches' caches enter it
+    (``memo`` keeps its cycles and where it leaves them); after that it is repeated."""
+    key = (*shape, _relative(fetches, bases))
+    if key not in memo:
+        memo[key] = price(*args), _relative(fetches, bases)
+    cycles, after = memo[key]
+    _place(fetches, bases, after)
+    return cycles
+
+
 #: The output-mode operand kinds whose fetches the result stage's model follows
 #: (``isa.OUT_OPERANDS``).
 OUT_OPERAND_FETCHES = ("result", "residual", "elementwise")
@@ -189,14 +202,9 @@ class _MatrixClock:
             lanes_ok = min(cfg.mv_rows, s.n - pass_row)
             for pass_token in range(0, s.m, tpp):
                 tokens_ok = min(tpp, s.m - pass_token)
-                bases = self._bases(pass_row, pass_token)
-                key = (lanes_ok, tokens_ok, _relative(self.fetches, bases))
-                if key not in memo:
-                    pass_cycles = self._pass(pass_row, pass_token, lanes_ok, tokens_ok)
-                    memo[key] = pass_cycles, _relative(self.fetches, bases)
-                pass_cycles, after = memo[key]
-                _place(self.fetches, bases, after)
-                cycles += pass_cycles
+                cycles += _once_per_entry(memo, self.fetches, self._bases(pass_row, pass_token),
+                                          (lanes_ok, tokens_ok), self._pass, pass_row,
+                                          pass_token, lanes_ok, tokens_ok)
         return cycles
 
     def _bases(self, pass_row: int, pass_token: int) -> tuple[int, ...]:
@@ -526,16 +534,9 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                 for i in range(length))
         return fa.walk(a * wb, L.WIDE.width, length)  # unary, masked, quant8, kvquant
 
-    seen: dict[tuple, tuple[int, tuple]] = {}  # a row's entry -> its cycles and exit
-    cycles = 0
-    for r in range(rows):
-        bases = (insn.src_a + r * a_pitch, row_b(r))
-        entry = _relative((fa, fb), bases)
-        if entry not in seen:
-            seen[entry] = (row(*bases), _relative((fa, fb), bases))
-        cycles += seen[entry][0]
-        _place((fa, fb), bases, seen[entry][1])
-    return cycles
+    memo: dict = {}
+    return sum(_once_per_entry(memo, (fa, fb), bases, (), row, *bases)
+               for bases in ((insn.src_a + r * a_pitch, row_b(r)) for r in range(rows)))
 
 
 #: SFU: SIZES, the serial divider's sixteen steps and hand-over, PITCHES, CHECK, START, the
