@@ -17,7 +17,10 @@ def test_ctrl_c_stops_the_build_and_removes_its_directory(tmp_path, monkeypatch)
     build_dir.mkdir()
     (build_dir / "half.o").write_text("partial")
     pid_file = tmp_path / "grandchild.pid"
-    cmd = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    # Written under another name and renamed: the redirection creates the file before the
+    # pid is in it, and a reader seeing it half-written failed CI once.
+    part = f"{pid_file}.part"
+    cmd = ["sh", "-c", f"sleep 60 & echo $! > {part} && mv {part} {pid_file}; wait"]
 
     def interrupted(self, *args, **kwargs):
         deadline = time.monotonic() + 10
