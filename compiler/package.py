@@ -34,8 +34,9 @@ from quant import intref
 from quant.tokenizer import STORED_SUFFIXES, stored_form
 
 FORMAT = "llmacc-package"
-FORMAT_VERSION = 4  #: 2: the manifest carries its own digest; 3: logits in vocabulary slices;
-#: 4: weight streams pre-skewed where only streams feed the lanes (u280)
+FORMAT_VERSION = 5  #: 2: the manifest carries its own digest; 3: logits in vocabulary slices;
+#: 4: weight streams pre-skewed where only streams feed the lanes (u280); 5: a pass's rows
+#: interleaved over the collector ways (``layout.pass_row``)
 FILES = ("image.bin", "programs.bin", "intref.pt")
 
 

@@ -141,6 +141,8 @@ def view(layout: type[data.Struct], value: Value) -> data.View:
 
 
 FetchRequest = data.StructLayout({"buf": Buffer, "bit": 32})
+#: a fetch with runs: ``run`` asks for a whole run (``FieldFetch.run``), every slot as read
+RunFetchRequest = data.StructLayout({"buf": Buffer, "bit": 32, "run": 1})
 
 
 @dataclass
@@ -152,6 +154,7 @@ class _Fresh:
     kept: list
     read: list
     hit: Value
+    run_hit: Value
 
 
 class FieldFetch(wiring.Component):
@@ -163,17 +166,27 @@ class FieldFetch(wiring.Component):
     With ``slot_snoop``, for callers that take at most ``L.SLOT_BITS`` bits of a field: a
     write makes stale only the 32-bit slots whose bytes it sets, and a field is a hit while
     the slots under its first 32 bits are as read. A writer that reads each old value just
-    before it writes it (a residual, element by element) keeps its words."""
+    before it writes it (a residual, element by element) keeps its words.
 
-    def __init__(self, cfg: AccelConfig, slot_snoop: bool = False):
+    With ``run_bits`` (a power of two, at most a word), ``run`` holds the ``run_bits`` at a
+    run-aligned address as well: a writer of whole runs reads its old values a run at a time
+    (a request with ``run`` set is a hit only while every slot of the run is as read)."""
+
+    def __init__(self, cfg: AccelConfig, slot_snoop: bool = False, run_bits: int = 0):
         self.word_bits = cfg.axi_data_bits
         self.slot_snoop = slot_snoop
+        self.run_bits = run_bits
         if self.word_bits < FIELD_BITS:
             raise ValueError(f"{self.word_bits}-bit buffer words cannot hold a "
                              f"{FIELD_BITS}-bit field in two words")
+        if run_bits and (run_bits & (run_bits - 1) or not L.SLOT_BITS <= run_bits <=
+                         self.word_bits):
+            raise ValueError(f"a run of {run_bits} bits is not a power-of-two number of "
+                             f"slots in a {self.word_bits}-bit word")
         super().__init__({
-            "req": In(stream.Signature(FetchRequest)),
+            "req": In(stream.Signature(RunFetchRequest if run_bits else FetchRequest)),
             "value": Out(FIELD_BITS),
+            **({"run": Out(run_bits)} if run_bits else {}),
             "flush": In(1),
             "snoop": In(write_port(cfg)),
             "port": Out(read_port(cfg)),
@@ -194,9 +207,12 @@ class FieldFetch(wiring.Component):
         wrote = s.en & s.grant & (s.buf == buf)
         fresh = self._fresh(m, base, offset, wrote)
         if fresh is not None:
-            hit &= fresh.hit
+            hit &= Mux(self.req.payload.run, fresh.run_hit, fresh.hit) if self.run_bits \
+                else fresh.hit
         m.d.comb += [self.value.eq(Cat(*words).bit_select(offset, FIELD_BITS)),
                      self.port.buf.eq(buf)]
+        if self.run_bits:
+            m.d.comb += self.run.eq(self._run_of(words[0], offset, self.run_bits))
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(hit & ~self.flush)
@@ -236,6 +252,13 @@ class FieldFetch(wiring.Component):
             m.d.sync += valid.eq(0)
         return m
 
+    def _run_of(self, word: Value, offset: Value, width: int) -> Value:
+        """The part of ``word`` (a word's bits, or one bit a slot) under the run at bit
+        ``offset`` of a word, ``width`` of its bits."""
+        runs = len(word) // width
+        return word if runs == 1 else word.word_select(offset >> (len(offset) -
+                                                                  (runs - 1).bit_length()), width)
+
     def _fresh(self, m: Module, base, offset, wrote) -> _Fresh | None:
         """With ``slot_snoop``, the slots of the two words as read: each cycle the unit's
         write clears those it sets (``kept``); a word read or carried on sets them (``read``,
@@ -255,7 +278,10 @@ class FieldFetch(wiring.Component):
         m.d.sync += [slots[i].eq(kept[i]) for i in range(2)]
         under = Cat(*slots, Const(1, 1)).bit_select(offset >> SLOT_LOG2, 2)
         aligned = offset[:SLOT_LOG2] == 0
-        return _Fresh(slots, kept, read, under[0] & (under[1] | aligned))
+        run_hit = Const(0)
+        if self.run_bits:
+            run_hit = self._run_of(slots[0], offset, self.run_bits // L.SLOT_BITS).all()
+        return _Fresh(slots, kept, read, under[0] & (under[1] | aligned), run_hit)
 
 
 PackerPush = data.StructLayout({

@@ -108,14 +108,18 @@ MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
 MAX_INDEX_BITS = max(sparse_shape(sp)[2] for sp in Sparsity)  #: the widest in-block index
 
 
-def fused_results(m: Module, y, old, p0, p1) -> dict[OutMode, object]:
-    """What each output mode of ``isa.OUT_MODES`` writes for the result ``y``, given the
-    destination's ``old`` value and the tile's parameters; refuses a mode without one."""
-    results = {OutMode.WIDE: y, OutMode.ADD: add(old, y, p0), OutMode.SILU: silu(m, y, p0, p1)}
-    missing = set(OUT_MODES) - set(results)
+def fused_results(m: Module, y, old, p0, p1, word_writes: bool = False
+                  ) -> dict[OutMode, object]:
+    """What each output mode of ``isa.OUT_MODES`` writes for the result ``y`` (with
+    ``word_writes``, only the modes that have it: one such stage per collector way), given
+    the destination's ``old`` value and the tile's parameters; refuses a mode without one."""
+    stages = {OutMode.WIDE: lambda: y, OutMode.ADD: lambda: add(old, y, p0),
+              OutMode.SILU: lambda: silu(m, y, p0, p1)}
+    missing = set(OUT_MODES) - set(stages)
     if missing:
         raise NotImplementedError(f"no result stage for output modes {sorted(missing)}")
-    return results
+    return {mode: stage() for mode, stage in stages.items()
+            if OUT_MODES[mode].word_writes or not word_writes}
 
 
 @dataclass(frozen=True)
@@ -279,8 +283,10 @@ class ComputeUnit(wiring.Component):
         fetch = {}
         for name in ("act", "wgt", "meta", "out") if cfg.record_matrices else ("act", "meta",
                                                                                 "out"):
-            # the residual's old values: each read just before its own write
-            fetch[name] = fx = FieldFetch(cfg, slot_snoop=name == "out")
+            # the residual's old values: each read (a value or a transfer's run) just
+            # before its own write
+            out = name == "out"
+            fetch[name] = fx = FieldFetch(cfg, slot_snoop=out, run_bits=out * self._run_bits)
             m.submodules[f"fetch_{name}"] = fx
             wiring.connect(m, fx.port, wiring.flipped(getattr(self, f"rd_{name}")))
         snoop_writes(m, fetch.values(), self.wr)
@@ -382,10 +388,13 @@ class ComputeUnit(wiring.Component):
         return word_count(nbytes, self.cfg.axi_data_bytes)
 
     @staticmethod
-    def _get(m, fx, buf, bit, when=1):
-        """Request a field (while ``when``); true when ``fx.value`` holds it."""
+    def _get(m, fx, buf, bit, when=1, run=0):
+        """Request a field (while ``when``), or with ``run`` a run (``FieldFetch.run``);
+        true when ``fx.value`` (``fx.run``) holds it."""
         m.d.comb += [fx.req.valid.eq(when), fx.req.payload.buf.eq(buf),
                      fx.req.payload.bit.eq(bit)]
+        if fx.run_bits:
+            m.d.comb += fx.req.payload.run.eq(run)
         return fx.req.ready
 
     def _fetch_unless(self, m, skip, fx, buf, bit):
@@ -679,49 +688,92 @@ class ComputeUnit(wiring.Component):
                     m.next = "CLEAR"
 
     # -- the pass's results --------------------------------------------------------------
+    @property
+    def _run_bits(self) -> int:
+        """A collector transfer's results side by side: a run of a buffer word."""
+        return self.cfg.collector_ways * L.WIDE.width
+
     def _results(self, m, tile: MatrixTile, pas: MatrixPass, st: StreamTile,
                  engine: MatrixEngine, fetch_out: FieldFetch, active):
         """While ``active``, write the results as the engine gives them: each transfer one
-        per collector way (``cfg.lanes_per_way`` lanes: whole channels' rows), taken way by
-        way, lane by lane, token 0 then 1; the
+        per collector way (``cfg.lanes_per_way`` lanes: whole channels' rows), taken lane by
+        lane, token 0 then 1. A streamed tile's transfer is consecutive rows
+        (``layout.pass_row``), written as one run where the output mode has ``word_writes``;
+        else way by way (a field-serial tile's ways are ``lanes_per_way`` rows apart); the
         first way without a result to write (a row past the tile, an absent token: every
         later way's is too) ends its transfer. Returns what is true in the cycle the pass's
         last result is taken."""
         f, lb = tile.fields, self._bit_log2
-        per = self.cfg.lanes_per_way
+        per, ways = self.cfg.lanes_per_way, self.cfg.collector_ways
         lane, token, way = pas.result_lane, pas.result_token, pas.result_way
         first = Mux(st.streaming, st.result_row, pas.pass_row)
-        row = first + way * per + lane
+        run_row = first + lane * ways  # a streamed transfer's first row
+        row = Mux(st.streaming, run_row + way, first + way * per + lane)
         tok = pas.pass_token + token
-        ok = (row < f.n) & (tok < f.m) & (~token | tile.pack)
-        y = engine.o.payload[way].y
+        tok_ok = (tok < f.m) & (~token | tile.pack)
+        ok = (row < f.n) & tok_ok
         dst = f.out_addr + tok * tile.step
-        old = fetch_out.value[:L.WIDE.width].as_signed()
-        value = Signal(signed(L.WIDE.width))
-        with m.Switch(f.out_mode):
-            for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
-                with m.Case(mode):
-                    m.d.comb += value.eq(result)
-        residual = [mode for mode, spec in OUT_MODES.items() if spec.operands == "residual"]
+        residual = Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
+                         if spec.operands == "residual")).any()
+        runs = st.streaming & Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
+                                    if spec.word_writes)).any()
         ready = active & engine.o.valid
-        needs_old = ready & ok & Cat(*(f.out_mode == mode for mode in residual)).any()
-        have_old = self._get(m, fetch_out, Buffer.ACT,
-                             (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
-        written = Signal()
-        with m.If(ready & ok & have_old):
-            m.d.comb += written.eq(self._write_wide(m, dst, row, value))
+        transfer_done = Signal()
+        with m.If(runs):
+            run_ok = (run_row < f.n) & tok_ok
+            want_old = ready & run_ok & residual
+            have_old = self._get(m, fetch_out, Buffer.ACT, (dst << lb) + L.element_bit(
+                run_row, L.WIDE), want_old, run=1) | ~want_old
+            values = self._run_values(m, tile, engine, fetch_out.run)
+            count = Mux(f.n - run_row >= ways, ways, f.n - run_row)
+            written = Signal()
+            with m.If(ready & run_ok & have_old):
+                m.d.comb += written.eq(self._write_wides(m, dst, run_row, values, count))
+            m.d.comb += transfer_done.eq(ready & (written | ~run_ok))
+        with m.Else():
+            y = engine.o.payload[way].y
+            old = fetch_out.value[:L.WIDE.width].as_signed()
+            value = Signal(signed(L.WIDE.width))
+            with m.Switch(f.out_mode):
+                for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
+                    with m.Case(mode):
+                        m.d.comb += value.eq(result)
+            needs_old = ready & ok & residual
+            have_old = self._get(m, fetch_out, Buffer.ACT,
+                                 (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
+            written = Signal()
+            with m.If(ready & ok & have_old):
+                m.d.comb += written.eq(self._write_wide(m, dst, row, value))
+            with m.If(ready & (written | ~ok)):
+                m.d.sync += way.eq(way + 1)
+                m.d.comb += transfer_done.eq((way == ways - 1) | ~ok)
         pass_written = Signal()
-        with m.If(ready & (written | ~ok)):
-            m.d.sync += way.eq(way + 1)
-            with m.If((way == self.cfg.collector_ways - 1) | ~ok):
-                m.d.comb += engine.o.ready.eq(1)
-                m.d.sync += [way.eq(0), token.eq(~token)]
-                with m.If(token == 1):
-                    m.d.sync += lane.eq(lane + 1)
-                    with m.If(lane == per - 1):
-                        m.d.sync += lane.eq(0)
-                        m.d.comb += pass_written.eq(1)
+        with m.If(transfer_done):
+            m.d.comb += engine.o.ready.eq(1)
+            m.d.sync += [way.eq(0), token.eq(~token)]
+            with m.If(token == 1):
+                m.d.sync += lane.eq(lane + 1)
+                with m.If(lane == per - 1):
+                    m.d.sync += lane.eq(0)
+                    m.d.comb += pass_written.eq(1)
         return pass_written
+
+    def _run_values(self, m, tile: MatrixTile, engine: MatrixEngine, old_run) -> list:
+        """A transfer's results, one per way, through the output modes with
+        ``word_writes`` (each way its own result stage), ``old_run`` the old values."""
+        f, width = tile.fields, L.WIDE.width
+        values = []
+        for w in range(self.cfg.collector_ways):
+            y = engine.o.payload[w].y
+            old = old_run[w * width:(w + 1) * width].as_signed()
+            value = Signal(signed(width), name=f"run_value{w}")
+            with m.Switch(f.out_mode):
+                for mode, result in fused_results(m, y, old, tile.p0, tile.p1,
+                                                  word_writes=True).items():
+                    with m.Case(mode):
+                        m.d.comb += value.eq(result)
+            values.append(value)
+        return values
 
     def _next_pass(self, m, tile: MatrixTile, pas: MatrixPass):
         """After a field-serial pass: the next pair of tokens, the next rows, or the end."""
@@ -833,11 +885,14 @@ class ComputeUnit(wiring.Component):
         n = len(values)
         if per_word % n:
             raise ValueError(f"{n} INT32 elements do not divide a {w}-byte word")
-        lane = index[:_log2(per_word)] if per_word > 1 else Const(0, 1)
         run = Cat(*(v.as_unsigned()[:L.WIDE.width] for v in values))
         ones = Cat(*(Mux(k < count, (1 << size) - 1, 0) for k in range(n)))
         m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(Buffer.ACT),
-                     self.wr.addr.eq(base + (index >> _log2(per_word))),
-                     self.wr.data.eq(run << L.element_bit(lane, L.WIDE)),
-                     self.wr.mask.eq(ones << (lane * size))]
+                     self.wr.addr.eq(base + (index >> _log2(per_word)))]
+        if n == per_word:  # a whole word
+            m.d.comb += [self.wr.data.eq(run), self.wr.mask.eq(ones)]
+        else:  # the run's place in the word
+            lane = Cat(Const(0, _log2(n)), index[_log2(n):_log2(per_word)])
+            m.d.comb += [self.wr.data.eq(run << L.element_bit(lane, L.WIDE)),
+                         self.wr.mask.eq(ones << (lane * size))]
         return self.wr.grant

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,8 +117,10 @@ class AccelConfig:
         """Ways of the COMPUTE unit's result collector, each requantising a result per
         cycle for ``mv_rows / collector_ways`` lanes (whole channels): as many as INT32
         results fill an AXI word (what a writer at line rate takes per cycle), at most one
-        per channel. 16 on the u280: a pass's 96 rows drain in 12 cycles, under its beats."""
-        return math.gcd(self.mem_channels, self.axi_data_bits // 32)
+        per channel (``layout.collector_ways``). 16 on the u280: a pass's 96 rows leave in
+        6 words, under its beats."""
+        from llmacc.layout import collector_ways  # the stream layout's, which loads Amaranth
+        return collector_ways(self.mem_channels, self.axi_data_bits)
 
     @property
     def lanes_per_way(self) -> int:

@@ -130,7 +130,10 @@ class OutSpec:
 
     ``operands`` is one of :data:`OUT_OPERANDS`; ``reference`` names the function in
     ``llmacc.numerics`` (None: the result as it is); ``params`` says what the descriptor's
-    ``p0``/``p1`` mean; ``ranges`` are the values random legal tiles draw for them.
+    ``p0``/``p1`` mean; ``ranges`` are the values random legal tiles draw for them;
+    ``word_writes``: a streamed matrix's collector transfer (one result per way, consecutive
+    rows) is written as one run of a word in a cycle (each way has its own result stage),
+    else element by element through one result stage.
     """
 
     operands: str
@@ -138,6 +141,7 @@ class OutSpec:
     summary: str
     params: Mapping[str, str]
     ranges: Mapping[str, tuple[int, int]]
+    word_writes: bool
 
 
 #: How a fused output mode combines the result (``docs/ISA.md``, Output modes).
@@ -151,11 +155,12 @@ OUT_OPERANDS = {
 #: drawn in random cases, so a result stage that reads them is caught.
 OUT_MODES: dict[OutMode, OutSpec] = {
     OutMode.WIDE: OutSpec("result", None, "INT32 fixed-point results", {},
-                          {"p0": (-4, 12), "p1": (0, 12)}),
+                          {"p0": (-4, 12), "p1": (0, 12)}, word_writes=True),
     OutMode.ADD: OutSpec("residual", "add", "linear + residual", {"p0": "the result's shift"},
-                         {"p0": (-4, 12), "p1": (0, 12)}),
+                         {"p0": (-4, 12), "p1": (0, 12)}, word_writes=True),
     OutMode.SILU: OutSpec("elementwise", "silu", "linear + SiLU",
-                          {"p0": "F_in", "p1": "F_out"}, {"p0": (-4, 12), "p1": (0, 12)}),
+                          {"p0": "F_in", "p1": "F_out"}, {"p0": (-4, 12), "p1": (0, 12)},
+                          word_writes=False),
 }
 assert set(OUT_MODES) == set(OutMode), "every OutMode has an OUT_MODES entry"
 

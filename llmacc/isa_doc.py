@@ -65,11 +65,12 @@ def _sfu_table() -> list[str]:
 def _out_mode_table() -> list[str]:
     cells = [[str(mode.value), f"`{mode.name}`", spec.operands,
               f"`{spec.reference}`" if spec.reference else "-", spec.summary,
-              _meanings(spec.params)]
+              _meanings(spec.params),
+              "`collector_ways` results" if spec.word_writes else "one result"]
              for mode, spec in isa.OUT_MODES.items()]
     return _family_table("Output modes", isa.OutMode,
                          ["value", "name", "operands", "reference (`numerics`)", "what",
-                          "parameters"], cells, isa.OUT_OPERANDS)
+                          "parameters", "MATSTREAM writes per cycle"], cells, isa.OUT_OPERANDS)
 
 
 def render() -> str:

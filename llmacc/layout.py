@@ -32,6 +32,7 @@ padded with zero bytes to whole words. All multi-byte fields are little-endian.
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -957,12 +958,30 @@ def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: 
 # A MATSTREAM tile's rows are spread over every channel: a pass of the engine takes
 # ``channels * lanes`` consecutive rows, ``lanes`` of them from each channel, so each channel
 # holds one weight stream (above) of its rows, and the streams of all channels start at the
-# same byte (the instruction's ``page``). Rows past the tile's last fill the last pass with
-# zeros; their results are not written.
-def stream_row(row: int, channels: int, lanes: int) -> tuple[int, int, int]:
-    """(pass, channel, lane) of a tile's output row ``row``."""
+# same byte (the instruction's ``page``). The engine's lanes are channel-major and form
+# ``ways`` collector ways of whole channels; a collector transfer (one result per way) takes
+# consecutive rows, so that it is one run of a buffer word. Rows past the tile's last fill the
+# last pass with zeros; their results are not written.
+def collector_ways(channels: int, word_bits: int) -> int:
+    """Ways of the result collector: as many INT32 results as fill a word (what a writer at
+    line rate takes per cycle), at most one per channel (a way holds whole channels)."""
+    return math.gcd(channels, word_bits // WIDE.width)
+
+
+def pass_row(lane: int, lanes: int, ways: int) -> int:
+    """The row within its pass that engine lane ``lane`` (of ``lanes``) computes: its way's
+    transfers are ``ways`` consecutive rows."""
+    per_way = lanes // ways
+    return lane % per_way * ways + lane // per_way
+
+
+def stream_row(row: int, channels: int, lanes: int, ways: int) -> tuple[int, int, int]:
+    """(pass, channel, lane) of a tile's output row ``row`` (the inverse of
+    :func:`pass_row`)."""
     per_pass = channels * lanes
-    return row // per_pass, row % per_pass // lanes, row % lanes
+    p, q = divmod(row, per_pass)
+    engine_lane = q % ways * (per_pass // ways) + q // ways
+    return p, engine_lane // lanes, engine_lane % lanes
 
 
 def stream_passes(n: int, channels: int, lanes: int) -> int:
@@ -993,13 +1012,13 @@ def stream_words(geom: StreamGeometry, lanes: int, passes: int) -> int:
     return lanes * (last + 1)
 
 
-def _channel_rows(n: int, channels: int, lanes: int) -> np.ndarray:
+def _channel_rows(n: int, channels: int, lanes: int, ways: int) -> np.ndarray:
     """[channels, passes * lanes]: the tile row behind each of a channel's stream rows, in
     the stream's order (pass, then lane)."""
     passes = stream_passes(n, channels, lanes)
-    p, c, lane = np.meshgrid(np.arange(passes), np.arange(channels), np.arange(lanes),
-                             indexing="ij")
-    return (p * channels * lanes + c * lanes + lane).transpose(1, 0, 2).reshape(channels, -1)
+    p, e = np.meshgrid(np.arange(passes), np.arange(channels * lanes), indexing="ij")
+    rows = p * channels * lanes + pass_row(e, channels * lanes, ways)
+    return rows.reshape(passes, channels, lanes).transpose(1, 0, 2).reshape(channels, -1)
 
 
 def encode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, codes: Tensor,
@@ -1009,7 +1028,7 @@ def encode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, codes: 
     the rest as :func:`encode_weight_rows` takes them)."""
     c = torch.as_tensor(codes)
     n, k = c.shape
-    rows = _channel_rows(n, channels, lanes)
+    rows = _channel_rows(n, channels, lanes, collector_ways(channels, geom.w_bits))
     total = rows.size
 
     def padded(t: Tensor | None, fill: Tensor | None = None) -> Tensor | None:
@@ -1040,7 +1059,8 @@ def decode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, n: int,
     if len(streams) != channels:
         raise LayoutError(f"{len(streams)} weight streams for {channels} channels")
     got = [decode_weight_stream(geom, lanes, passes, s) for s in streams]
-    order = np.argsort(_channel_rows(n, channels, lanes).reshape(-1))[:n]
+    ways = collector_ways(channels, geom.w_bits)
+    order = np.argsort(_channel_rows(n, channels, lanes, ways).reshape(-1))[:n]
 
     def rows(name: str) -> np.ndarray:
         return np.concatenate([g[name] for g in got])[order]

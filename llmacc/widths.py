@@ -5,8 +5,9 @@ configuration against them, so ``llmacc config`` validates a configuration witho
 Amaranth. Every other field width is written only in :mod:`llmacc.isa`.
 """
 
-#: Version of the instruction set; the hardware ID register reports it.
-ISA_VERSION = 1
+#: Version of the instruction set; the hardware ID register reports it. 2: MATSTREAM's
+#: rows interleaved over the collector ways (``layout.pass_row``).
+ISA_VERSION = 2
 #: External-memory channel number (LOAD/STORE ``chan``).
 CHANNEL_BITS = 5
 #: Byte address inside one channel (LOAD/STORE ``ext_addr``).

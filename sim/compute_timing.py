@@ -88,6 +88,14 @@ class Fetch:
             self.held, self.stale = None, frozenset()  # read again
         return self.walk(bit, 0, 1)
 
+    def run(self, bit: int, slots: int) -> int:
+        """A run of ``slots`` whole 32-bit slots from ``bit`` (in one word): a hit while none
+        of them was written since it was read."""
+        first = bit // L.SLOT_BITS
+        if self.stale & set(range(first, first + slots)):
+            self.held, self.stale = None, frozenset()  # read again
+        return self.walk(bit, 0, 1)
+
     def written(self, word: int, bit: int = 0) -> None:
         """The unit wrote ``word`` (the slot at ``bit``, a slot-snooping fetch's concern): a
         fetch holding it (as its first or second word) forgets it, or the slot."""
@@ -297,36 +305,45 @@ class _MatrixClock:
     def _results(self, pass_row: int, pass_token: int, lanes_ok: int, tokens_ok: int) -> int:
         """The pass's results as the collector gives them (``hw/compute_unit.py``)."""
         return _collector_writes(self.cfg, self.s, self.fo, self.fa, pass_row, pass_token,
-                                 tokens_ok)
+                                 tokens_ok, streamed=False)
 
 
 def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, first_row: int,
-                      token: int, tokens_ok: int) -> int:
+                      token: int, tokens_ok: int, streamed: bool) -> int:
     """The writes of one pass's results: per lane of a way and token, a transfer of one
-    result per way (``cfg.collector_ways``), written way by way, one cycle each, with a
-    residual mode the old value read first (through ``fo``, which snoops slots: the writes
-    leave the rest of its words); the first way without a result (past the tile's rows,
-    or an absent token) ends its transfer in a cycle."""
+    result per way (``cfg.collector_ways``), with a residual mode the old values read first
+    (through ``fo``, which snoops slots: the writes leave the rest of its words); the first
+    way without a result (past the tile's rows, or an absent token) ends its transfer in a
+    cycle. A streamed tile's transfer is consecutive rows (``layout.pass_row``), written as
+    one run in a cycle where the output mode has ``word_writes``; else way by way, one
+    cycle each (a field-serial tile's ways are ``lanes_per_way`` rows apart)."""
     wb = 8 * cfg.axi_data_bytes
-    operands = isa.OUT_MODES[s.out_mode].operands
-    if operands not in OUT_OPERAND_FETCHES:
+    spec = isa.OUT_MODES[s.out_mode]
+    if spec.operands not in OUT_OPERAND_FETCHES:
         raise ValueError(f"out_mode {s.out_mode.name}: the cycle model does not know "
-                         f"{operands!r} operands")
-    reads_old = operands == "residual"
+                         f"{spec.operands!r} operands")
+    reads_old = spec.operands == "residual"
     per, ways = cfg.lanes_per_way, cfg.collector_ways
+    runs = streamed and spec.word_writes
     cycles = 0
     for lane in range(per):
         for t in range(2):
-            rows = [first_row + way * per + lane for way in range(ways)]
+            if streamed:
+                rows = [first_row + lane * ways + way for way in range(ways)]
+            else:
+                rows = [first_row + way * per + lane for way in range(ways)]
             rows = [r for r in rows if r < s.n] if t < tokens_ok else []
-            cycles += min(ways, len(rows) + 1)
-            for row in rows:
-                bit = (s.out_addr + (token + t) * s.step) * wb + L.element_bit(row, L.WIDE)
-                word = bit // wb
-                if reads_old:
+            bits = [(s.out_addr + (token + t) * s.step) * wb + L.element_bit(r, L.WIDE)
+                    for r in rows]
+            if runs and rows:
+                cycles += 1 + (fo.run(bits[0], len(rows)) - 1 if reads_old else 0)
+            else:
+                cycles += min(ways, len(rows) + 1)
+            for bit in bits:
+                if reads_old and not runs:
                     cycles += fo.one(bit) - 1
-                fo.written(word, bit)
-                fa.written(word)
+                fo.written(bit // wb, bit)
+                fa.written(bit // wb)
     return cycles
 
 
@@ -389,10 +406,11 @@ class _StreamClock(_MatrixClock):
         return READ_LATENCY + STREAM_FIRST_EXTRA + words - STREAM_SWEEP + STREAM_ACT
 
     def _written(self, last_pass: int, token: int, tokens_ok: int) -> int:
-        """The sweep's last pass's results (rows as ``layout.stream_row`` places them), and
+        """The sweep's last pass's results (rows as ``layout.pass_row`` places them), and
         STREAM_DRAIN seeing the sweep written."""
         return 1 + _collector_writes(self.cfg, self.s, self.fo, self.fa,
-                                     last_pass * self.cfg.mv_rows, token, tokens_ok)
+                                     last_pass * self.cfg.mv_rows, token, tokens_ok,
+                                     streamed=True)
 
 
 #: instruction shapes priced per process: a decode step repeats the same program, and

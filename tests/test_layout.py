@@ -145,9 +145,26 @@ def test_a_pre_skewed_stream_delays_each_element_by_its_place_in_the_cascade():
 
 
 def test_stream_rows_fill_a_pass_channel_by_channel():
-    assert [L.stream_row(r, 2, 3) for r in (0, 2, 3, 5, 6, 13)] == [
+    """With one collector way a pass's rows go channel by channel."""
+    assert [L.stream_row(r, 2, 3, 1) for r in (0, 2, 3, 5, 6, 13)] == [
         (0, 0, 0), (0, 0, 2), (0, 1, 0), (0, 1, 2), (1, 0, 0), (2, 0, 1)]
     assert L.stream_passes(13, 2, 3) == 3 and L.stream_passes(12, 2, 3) == 2
+
+
+@pytest.mark.parametrize("channels, lanes, word_bits", [(2, 3, 64), (4, 2, 128), (32, 3, 512),
+                                                        (2, 4, 512), (8, 1, 128)])
+def test_collector_transfers_take_consecutive_rows(channels, lanes, word_bits):
+    """Engine lane ``e`` (channel-major) is in way ``e // per_way``; the ways' lanes ``j``
+    (one transfer) compute consecutive rows, and stream_row inverts pass_row."""
+    ways = L.collector_ways(channels, word_bits)
+    per_pass, per_way = channels * lanes, channels * lanes // ways
+    assert per_way % lanes == 0  # a way holds whole channels
+    for j in range(per_way):
+        rows = [L.pass_row(way * per_way + j, per_pass, ways) for way in range(ways)]
+        assert rows == list(range(rows[0], rows[0] + ways)) and rows[0] % ways == 0
+    for e in range(per_pass):
+        row = 5 * per_pass + L.pass_row(e, per_pass, ways)
+        assert L.stream_row(row, channels, lanes, ways) == (5, e // lanes, e % lanes)
 
 
 def test_stream_refuses_what_a_word_cannot_hold():
