@@ -149,7 +149,7 @@ class Attention:
         self.lanes = cfg.attention_lanes
         self.lanes_log2 = _log2(self.lanes)
         self.word_bits = 8 * cfg.axi_data_bytes
-        for bits in (4, 8):  # a sub-step's place in its word is its low bits
+        for bits in L.KV_CODE_BITS:  # a sub-step's place in its word is its low bits
             _log2(cfg.attention_substeps(bits))
 
     def states(self, m, af, regs, fa) -> None:

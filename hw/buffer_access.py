@@ -284,33 +284,36 @@ class FieldFetch(wiring.Component):
         return _Fresh(slots, kept, read, under[0] & (under[1] | aligned), run_hit)
 
 
-PackerPush = data.StructLayout({
-    "value": FIELD_BITS,
-    "width": range(FIELD_BITS + 1),
-    "align": 1,  #: after this field, pad to the next word
-    "tail": 1,  #: with ``align``: write only the bytes that hold data (no zero padding)
-})
+def packer_push(bits: int = FIELD_BITS) -> data.StructLayout:
+    """A push of up to ``bits`` bits into a :class:`FieldPacker`."""
+    return data.StructLayout({
+        "value": bits,
+        "width": range(bits + 1),
+        "align": 1,  #: after this field, pad to the next word
+        "tail": 1,  #: with ``align``: write only the bytes that hold data (no zero padding)
+    })
 
 
 class FieldPacker(wiring.Component):
     """Append fields at a word address: ``start`` (with ``buf``, ``addr``) begins a record,
     pushes append ``width`` bits LSB first, whole words are written as they fill. ``idle``
-    when everything pushed is written."""
+    when everything pushed is written. A push holds up to ``push_bits`` bits."""
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, push_bits: int = FIELD_BITS):
         self.word_bits = cfg.axi_data_bits
+        self.push_bits = push_bits
         super().__init__({
             "start": In(1), "buf": In(Buffer), "addr": In(addr_bits(cfg)),
-            "push": In(stream.Signature(PackerPush)),
+            "push": In(stream.Signature(packer_push(push_bits))),
             "idle": Out(1),
             "port": Out(write_port(cfg)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        wb = self.word_bits
-        acc = Signal(wb + FIELD_BITS)
-        count = Signal(range(wb + FIELD_BITS + 1))
+        wb, pb = self.word_bits, self.push_bits
+        acc = Signal(wb + pb)
+        count = Signal(range(wb + pb + 1))
         aligning, tail = Signal(), Signal()
         full = count >= wb
         flushing = aligning & (count != 0)
@@ -326,7 +329,7 @@ class FieldPacker(wiring.Component):
         with m.Elif(aligning & (count == 0)):
             m.d.sync += aligning.eq(0)
         with m.If(self.push.valid & self.push.ready):
-            keep = (Const(1, FIELD_BITS + 1) << p.width) - 1
+            keep = (Const(1, pb + 1) << p.width) - 1
             m.d.sync += [acc.eq(acc | ((p.value & keep) << count)), count.eq(count + p.width),
                          aligning.eq(p.align), tail.eq(p.tail)]
         with m.If(self.start):

@@ -5,9 +5,11 @@ A producer walks the instruction's ``rows`` x ``length`` input elements, reads e
 fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table
 entry) and feeds the element stage (:class:`hw.sfu.ElementSfu`: ADD, MUL, SILU, ROPE, EMBED)
 or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX, RMSNORM, QUANT8 per segment, KVQUANT
-per channel group). A consumer turns the results into records with a :class:`FieldPacker`:
-wide rows, INT8 rows with their scale header (zero-padded to ``imm`` codes), KV rows with
-scale and midpoint (group-major: group ``g`` of row ``r`` is record ``g * rows + r``).
+per channel group; ``cfg.row_lanes`` elements a cycle in its passes after the first). A
+consumer turns the results into records with a :class:`FieldPacker`, a row-stage beat of
+``row_lanes`` results a push: wide rows, INT8 rows with their scale header (zero-padded to
+``imm`` codes), KV rows with scale and midpoint (group-major: group ``g`` of row ``r`` is
+record ``g * rows + r``).
 
 Before anything runs, the unit checks what the emulator refuses (:attr:`Fault.PARAM`):
 RoPE head sizes that are odd or do not divide the row, segments and KV groups that do not
@@ -21,6 +23,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from hw.buffer_access import (
+    FIELD_BITS,
     FieldFetch,
     FieldPacker,
     read_port,
@@ -72,9 +75,11 @@ class SfuUnit(wiring.Component):
         max_len = row_limit(cfg)
         m.submodules.fetch_a = fa = FieldFetch(cfg)
         m.submodules.fetch_b = fb = FieldFetch(cfg)
-        m.submodules.packer = pk = FieldPacker(cfg)
+        lanes = cfg.row_lanes
+        m.submodules.packer = pk = FieldPacker(cfg, push_bits=max(FIELD_BITS,
+                                                                  lanes * L.WIDE.width))
         m.submodules.element = el = ElementSfu()
-        m.submodules.row = rs = RowSfu(max_len)
+        m.submodules.row = rs = RowSfu(max_len, lanes)
         m.submodules.div = div = SerialDivider(16, 16)
         wiring.connect(m, fa.port, wiring.flipped(self.rd_a))
         wiring.connect(m, fb.port, wiring.flipped(self.rd_b))
@@ -189,7 +194,7 @@ class SfuUnit(wiring.Component):
                                            (pad.as_signed() < seg.as_signed()))
                     with m.Case(SfuFunc.KVQUANT):
                         m.d.comb += bad.eq((f.imm <= 0) | (remainder != 0) |
-                                           ((f.imm2 != 4) & (f.imm2 != 8)))
+                                           ~one_of(f.imm2, L.KV_CODE_BITS))
                     with m.Case(SfuFunc.EMBED):
                         m.d.comb += bad.eq(f.imm <= 0)
                 b_buf = Mux(f.imm[0] | gamma | rope, Buffer.TABLE, Buffer.ACT)
@@ -381,12 +386,11 @@ class SfuUnit(wiring.Component):
                     width = Mux(is_kv, L.KvHeader.as_shape().size, L.QRowHeader.as_shape().size)
                     with m.If(push(header, width, align=1)):
                         m.d.sync += cstate.eq(0)
-                with m.Case(0):
-                    width = Mux(func == SfuFunc.QUANT8, L.QCODE.width, Mux(
-                        func == SfuFunc.KVQUANT, kv_bits, L.WIDE.width))
+                with m.Case(0):  # a beat of ``count`` results, one push
                     padded = (func == SfuFunc.QUANT8) & (pad != seg)
                     with m.If(rs.o.valid):
-                        taken = push(out.y[0], width, align=out.last & ~padded)
+                        value, width = self._beat_field(m, func, kv_bits, out)
+                        taken = push(value, width, align=out.last & ~padded)
                         m.d.comb += rs.o.ready.eq(taken)
                         with m.If(taken & out.last):
                             with m.If(padded):
@@ -395,14 +399,35 @@ class SfuUnit(wiring.Component):
                                 m.d.comb += record_done.eq(1)
                                 self._next_record(m, func, cstate, cg, quot, rec_row, rec,
                                                   out_pitch, group_stride)
-                with m.Case(3):  # QUANT8: zero codes up to `imm`
-                    last = pad_left == 1
-                    with m.If(push(0, L.QCODE.width, align=last)):
-                        m.d.sync += pad_left.eq(pad_left - 1)
+                with m.Case(3):  # QUANT8: zero codes up to `imm`, a push's worth at a time
+                    most = pk.push_bits // L.QCODE.width
+                    codes = Mux(pad_left > most, most, pad_left)
+                    last = pad_left == codes
+                    with m.If(push(0, codes * L.QCODE.width, align=last)):
+                        m.d.sync += pad_left.eq(pad_left - codes)
                         with m.If(last):
                             m.d.comb += record_done.eq(1)
                             self._next_record(m, func, cstate, cg, quot, rec_row, rec,
                                               out_pitch, group_stride)
+
+    def _beat_field(self, m, func, kv_bits, out):
+        """A row-stage beat's ``count`` results side by side as one field: INT8 codes
+        (QUANT8), ``kv_bits`` codes (KVQUANT) or wide values; and its width in bits."""
+        lanes = self.cfg.row_lanes
+        value = Signal(lanes * L.WIDE.width)
+        widths = {SfuFunc.QUANT8: L.QCODE.width, SfuFunc.RMSNORM: L.WIDE.width,
+                  SfuFunc.SOFTMAX: L.WIDE.width}
+        with m.Switch(func):
+            for f, bits in widths.items():
+                with m.Case(f):
+                    m.d.comb += value.eq(Cat(*(y[:bits] for y in out.y)))
+            with m.Case(SfuFunc.KVQUANT), m.Switch(kv_bits):
+                for bits in L.KV_CODE_BITS:
+                    with m.Case(bits):
+                        m.d.comb += value.eq(Cat(*(y[:bits] for y in out.y)))
+        width = out.count * Mux(func == SfuFunc.QUANT8, L.QCODE.width, Mux(
+            func == SfuFunc.KVQUANT, kv_bits, L.WIDE.width))
+        return value, width
 
     @staticmethod
     def _next_record(m, func, cstate, cg, quot, rec_row, rec, out_pitch, group_stride):

@@ -563,14 +563,16 @@ SFU_SETUP = 26
 ROPE_EXTRA = 1  #: the last pair's second value
 RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
 #: The row stage per row (segment, KV group) after receiving it: the fixed states and serial
-#: divisions (square roots for RMSNORM), and a cycle per element for each pass after the
-#: first (SOFTMAX's exponentials, RMSNORM's squares; the emission), plus one stall per
-#: written word while the packer writes it.
+#: divisions (square roots for RMSNORM), and a cycle per word of ``row_lanes`` elements for
+#: each pass after the first (SOFTMAX's exponentials, RMSNORM's squares; the emission, a
+#: word of results a push), plus one stall per written word while the packer writes it.
 ROW_FIXED = {isa.SfuFunc.SOFTMAX: 51, isa.SfuFunc.RMSNORM: 104}
-#: QUANT8 and KVQUANT per segment (KV group): (fixed, per code, per written word). The
-#: emission of one segment overlaps the next one's reception, so these are least-squares
-#: fits to the RTL on sim-small (within 3% of every measured instruction there), not counts.
-QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (106.3, 0.9, 0.32), isa.SfuFunc.KVQUANT: (102.0, 0.7, 5.77)}
+#: QUANT8 and KVQUANT per segment (KV group): (fixed, per beat of ``row_lanes`` codes, per
+#: written word). The emission of one segment overlaps the next one's reception, so these
+#: are least-squares fits to the RTL (36 random instructions of rows up to 300 elements on
+#: sim-small and sim-wide, 2 and 4 lanes: within 1.3% of each), not counts.
+QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (105.27, 0.98, 0.79),
+                 isa.SfuFunc.KVQUANT: (105.62, 0.89, 1.33)}
 
 
 @_priced_once
@@ -589,7 +591,7 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return cycles + rows * length // (wb // L.WIDE.width + 1)
     if f in ROW_FIXED:
         words = L.wide_pitch(length, cfg.axi_data_bytes)
-        cycles += rows * (ROW_FIXED[f] + 2 * length + words)
+        cycles += rows * (ROW_FIXED[f] + 2 * -(-length // cfg.row_lanes) + words)
         return cycles + (RMSNORM_EPS if f is isa.SfuFunc.RMSNORM else 0)
     if f in QUANT_SEGMENT:
         if f is isa.SfuFunc.QUANT8:
@@ -598,9 +600,11 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         else:
             seg = codes = insn.imm
             bits = insn.imm2
-        fixed, per_code, per_word = QUANT_SEGMENT[f]
+        fixed, per_beat, per_word = QUANT_SEGMENT[f]
         words = -(-codes * bits // wb)
-        return cycles + round(rows * (length // seg) * (fixed + per_code * seg + per_word * words))
+        beats = -(-seg // cfg.row_lanes)
+        return cycles + round(rows * (length // seg) * (fixed + per_beat * beats +
+                                                        per_word * words))
     if isa.SFU_FUNCTIONS[f].stage is not isa.SfuStage.ELEMENT:
         raise ValueError(f"SFU function {f.name}: the cycle model has no row-stage timing")
     return cycles

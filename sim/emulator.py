@@ -460,7 +460,7 @@ class Emulator:
 
     def _sfu_kvquant(self, insn: Instruction, reference) -> None:
         group, bits, rows, length = insn.imm, insn.imm2, insn.rows, insn.length
-        if bits not in (4, 8) or group <= 0 or length % group:
+        if bits not in L.KV_CODE_BITS or group <= 0 or length % group:
             raise EmulatorError(f"KVQUANT: group {group} / bits {bits} unsupported for "
                                 f"length {length}")
         codes, m, e, mid = reference(self._sfu_a(insn), group, bits)

@@ -61,12 +61,14 @@ def random_buffers(cfg: AccelConfig, rng: random.Random) -> Emulator:
     return emu
 
 
-def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc) -> InstructionCase:
-    """A random legal SFU instruction with its buffers (random bytes around the records)."""
+def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc,
+             max_length: int = 24) -> InstructionCase:
+    """A random legal SFU instruction with its buffers (random bytes around the records),
+    rows of 1 to ``max_length`` elements."""
     w = cfg.axi_data_bytes
     emu = random_buffers(cfg, rng)
     rows = rng.randint(1, 3)
-    length = rng.randint(1, 24)
+    length = rng.randint(1, max_length)
     f = {"func": func, "rows": rows, "length": length}
     wide = L.wide_pitch(length, w)
     spans = {"src_a": (Buffer.ACT, rows * wide), "dst": (Buffer.ACT, rows * wide)}
@@ -95,7 +97,7 @@ def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc) -> Instruction
         pad = f["imm"] or seg
         spans["dst"] = (Buffer.ACT, rows * (length // seg) * L.qrow_pitch(pad, w))
     elif operands == "kvquant":
-        group, bits = rng.choice(divisors(length)), rng.choice((4, 8))
+        group, bits = rng.choice(divisors(length)), rng.choice(L.KV_CODE_BITS)
         f["imm"], f["imm2"] = group, bits
         spans["dst"] = (Buffer.KV, rows * (length // group) * L.kv_pitch(group, bits, w))
     elif operands == "embed":
