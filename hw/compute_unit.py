@@ -108,18 +108,19 @@ MAX_CODE_BITS = max(L.FORMAT_BITS.values())  #: the widest packed weight code
 MAX_INDEX_BITS = max(sparse_shape(sp)[2] for sp in Sparsity)  #: the widest in-block index
 
 
-def fused_results(m: Module, y, old, p0, p1, word_writes: bool = False
+def fused_results(m: Module, y, old, p0, p1, word_writes: bool | None = None
                   ) -> dict[OutMode, object]:
     """What each output mode of ``isa.OUT_MODES`` writes for the result ``y`` (with
-    ``word_writes``, only the modes that have it: one such stage per collector way), given
-    the destination's ``old`` value and the tile's parameters; refuses a mode without one."""
+    ``word_writes`` True or False, only the modes whose ``OutSpec.word_writes`` it is),
+    given the destination's ``old`` value and the tile's parameters; refuses a mode
+    without one."""
     stages = {OutMode.WIDE: lambda: y, OutMode.ADD: lambda: add(old, y, p0),
               OutMode.SILU: lambda: silu(m, y, p0, p1)}
     missing = set(OUT_MODES) - set(stages)
     if missing:
         raise NotImplementedError(f"no result stage for output modes {sorted(missing)}")
     return {mode: stage() for mode, stage in stages.items()
-            if OUT_MODES[mode].word_writes or not word_writes}
+            if word_writes is None or OUT_MODES[mode].word_writes == word_writes}
 
 
 @dataclass(frozen=True)
@@ -698,28 +699,26 @@ class ComputeUnit(wiring.Component):
         """While ``active``, write the results as the engine gives them: each transfer one
         per collector way (``cfg.lanes_per_way`` lanes: whole channels' rows), taken lane by
         lane, token 0 then 1. A streamed tile's transfer is consecutive rows
-        (``layout.pass_row``), written as one run where the output mode has ``word_writes``;
-        else way by way (a field-serial tile's ways are ``lanes_per_way`` rows apart); the
-        first way without a result to write (a row past the tile, an absent token: every
-        later way's is too) ends its transfer. Returns what is true in the cycle the pass's
-        last result is taken."""
+        (``layout.pass_row``), written as one run where the output mode has ``word_writes``,
+        else ``cfg.elementwise_run`` results a cycle (one result stage each); a field-serial
+        tile's ways are ``lanes_per_way`` rows apart, written way by way. The first result
+        past the tile's rows (or an absent token: every later way's is too) ends its
+        transfer. Returns what is true in the cycle the pass's last result is taken."""
         f, lb = tile.fields, self._bit_log2
         per, ways = self.cfg.lanes_per_way, self.cfg.collector_ways
         lane, token, way = pas.result_lane, pas.result_token, pas.result_way
         first = Mux(st.streaming, st.result_row, pas.pass_row)
         run_row = first + lane * ways  # a streamed transfer's first row
-        row = Mux(st.streaming, run_row + way, first + way * per + lane)
         tok = pas.pass_token + token
         tok_ok = (tok < f.m) & (~token | tile.pack)
-        ok = (row < f.n) & tok_ok
         dst = f.out_addr + tok * tile.step
         residual = Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
                          if spec.operands == "residual")).any()
-        runs = st.streaming & Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
-                                    if spec.word_writes)).any()
+        word_writes = Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
+                            if spec.word_writes)).any()
         ready = active & engine.o.valid
         transfer_done = Signal()
-        with m.If(runs):
+        with m.If(st.streaming & word_writes):
             run_ok = (run_row < f.n) & tok_ok
             want_old = ready & run_ok & residual
             have_old = self._get(m, fetch_out, Buffer.ACT, (dst << lb) + L.element_bit(
@@ -730,23 +729,40 @@ class ComputeUnit(wiring.Component):
             with m.If(ready & run_ok & have_old):
                 m.d.comb += written.eq(self._write_wides(m, dst, run_row, values, count))
             m.d.comb += transfer_done.eq(ready & (written | ~run_ok))
-        with m.Else():
-            y = engine.o.payload[way].y
-            old = fetch_out.value[:L.WIDE.width].as_signed()
-            value = Signal(signed(L.WIDE.width))
-            with m.Switch(f.out_mode):
-                for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
-                    with m.Case(mode):
-                        m.d.comb += value.eq(result)
-            needs_old = ready & ok & residual
-            have_old = self._get(m, fetch_out, Buffer.ACT,
-                                 (dst << lb) + L.element_bit(row, L.WIDE), needs_old) | ~needs_old
+        with m.Elif(st.streaming):  # `way` counts the transfer's runs
+            k = self.cfg.elementwise_run
+            at = run_row + way * k
+            at_ok = (at < f.n) & tok_ok
+            values = [self._elementwise_value(m, tile, engine.o.payload[way * k + j].y)
+                      for j in range(k)]
+            count = Mux(f.n - at >= k, k, f.n - at)
             written = Signal()
-            with m.If(ready & ok & have_old):
-                m.d.comb += written.eq(self._write_wide(m, dst, row, value))
-            with m.If(ready & (written | ~ok)):
+            with m.If(ready & at_ok):
+                m.d.comb += written.eq(self._write_wides(m, dst, at, values, count))
+            with m.If(ready & written):
                 m.d.sync += way.eq(way + 1)
-                m.d.comb += transfer_done.eq((way == ways - 1) | ~ok)
+            m.d.comb += transfer_done.eq(ready & (~at_ok | written & (
+                (way == ways // k - 1) | (at + k >= f.n))))
+        if self.cfg.record_matrices:
+            with m.Else():
+                row = first + way * per + lane
+                ok = (row < f.n) & tok_ok
+                y = engine.o.payload[way].y
+                old = fetch_out.value[:L.WIDE.width].as_signed()
+                value = Signal(signed(L.WIDE.width))
+                with m.Switch(f.out_mode):
+                    for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
+                        with m.Case(mode):
+                            m.d.comb += value.eq(result)
+                needs_old = ready & ok & residual
+                have_old = self._get(m, fetch_out, Buffer.ACT, (dst << lb) + L.element_bit(
+                    row, L.WIDE), needs_old) | ~needs_old
+                written = Signal()
+                with m.If(ready & ok & have_old):
+                    m.d.comb += written.eq(self._write_wide(m, dst, row, value))
+                with m.If(ready & (written | ~ok)):
+                    m.d.sync += way.eq(way + 1)
+                    m.d.comb += transfer_done.eq((way == ways - 1) | ~ok)
         pass_written = Signal()
         with m.If(transfer_done):
             m.d.comb += engine.o.ready.eq(1)
@@ -757,6 +773,17 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += lane.eq(0)
                     m.d.comb += pass_written.eq(1)
         return pass_written
+
+    def _elementwise_value(self, m, tile: MatrixTile, y) -> Signal:
+        """``y`` through the output modes without ``word_writes`` (one result stage: none
+        of them reads an old value)."""
+        value = Signal(signed(L.WIDE.width))
+        with m.Switch(tile.fields.out_mode):
+            for mode, result in fused_results(m, y, None, tile.p0, tile.p1,
+                                              word_writes=False).items():
+                with m.Case(mode):
+                    m.d.comb += value.eq(result)
+        return value
 
     def _run_values(self, m, tile: MatrixTile, engine: MatrixEngine, old_run) -> list:
         """A transfer's results, one per way, through the output modes with

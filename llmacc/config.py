@@ -70,6 +70,9 @@ class AccelConfig:
     record_matrices: bool = True
     # Special-function unit lanes (elements per cycle).
     sfu_lanes: int = 8
+    #: Result stages of the elementwise output modes (SILU) on a streamed matrix: a
+    #: collector transfer takes ``collector_ways / elementwise_run`` cycles.
+    elementwise_stages: int = 1
     #: ATTN's sub-steps per INT8 KV payload word (twice as many per INT4 word): 2 takes half
     #: a word of codes a cycle, 1 a whole one (``attention_lanes``, twice the products).
     attention_int8_steps: int = 2
@@ -121,6 +124,12 @@ class AccelConfig:
         6 words, under its beats."""
         from llmacc.layout import collector_ways  # the stream layout's, which loads Amaranth
         return collector_ways(self.mem_channels, self.axi_data_bits)
+
+    @property
+    def elementwise_run(self) -> int:
+        """Results of an elementwise output mode written per cycle: a run of
+        ``elementwise_stages``, at most a transfer's."""
+        return min(self.elementwise_stages, self.collector_ways)
 
     @property
     def lanes_per_way(self) -> int:
@@ -199,6 +208,8 @@ class AccelConfig:
             self._fail("pack_products", "must be 1 or 2 products per DSP")
         if not _is_pow2(self.sfu_lanes):
             self._fail("sfu_lanes", "must be a power of two")
+        if not _is_pow2(self.elementwise_stages):
+            self._fail("elementwise_stages", "must be a power of two")
         if self.attention_int8_steps not in (1, 2):
             self._fail("attention_int8_steps", "must be 1 or 2 sub-steps per INT8 KV word")
         if self.axi_data_bits not in (32, 64, 128, 256, 512):
@@ -292,6 +303,7 @@ PRESETS: dict[str, AccelConfig] = {
         chain_group=16,
         record_matrices=False,
         sfu_lanes=4,  # `row_lanes`: the softmax's exponentials and products, four a cycle
+        elementwise_stages=4,  # SiLU on a transfer of 16 results in 4 cycles (under 64 beats)
         attention_int8_steps=1,  # `attention_lanes` = 64: a key's header and payload words
         act_buffer_bytes=1 << 20,
         weight_buffer_bytes=2 << 20,
@@ -315,6 +327,7 @@ PRESETS: dict[str, AccelConfig] = {
 # Its attention takes whole words of INT8 codes a cycle, as the u280's does.
 PRESETS["sim-wide"] = PRESETS["sim-small"].replace(
     name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8, attention_int8_steps=1,
+    elementwise_stages=2,
     act_buffer_bytes=128 * 1024, weight_buffer_bytes=32 * 1024, meta_buffer_bytes=8 * 1024,
     table_buffer_bytes=32 * 1024, mem_channels=4, axi_data_bits=128, channel_gbps=1.6)
 

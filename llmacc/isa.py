@@ -163,6 +163,8 @@ OUT_MODES: dict[OutMode, OutSpec] = {
                           word_writes=False),
 }
 assert set(OUT_MODES) == set(OutMode), "every OutMode has an OUT_MODES entry"
+assert all(spec.word_writes for spec in OUT_MODES.values() if spec.operands == "residual"), \
+    "a residual mode reads its old values as a word's run (word_writes)"
 
 
 class SfuFunc(enum.Enum, shape=4):

@@ -315,8 +315,9 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
     (through ``fo``, which snoops slots: the writes leave the rest of its words); the first
     way without a result (past the tile's rows, or an absent token) ends its transfer in a
     cycle. A streamed tile's transfer is consecutive rows (``layout.pass_row``), written as
-    one run in a cycle where the output mode has ``word_writes``; else way by way, one
-    cycle each (a field-serial tile's ways are ``lanes_per_way`` rows apart)."""
+    one run in a cycle where the output mode has ``word_writes``, else
+    ``cfg.elementwise_run`` a cycle; a field-serial tile's, way by way, one cycle each (its
+    ways are ``lanes_per_way`` rows apart)."""
     wb = 8 * cfg.axi_data_bytes
     spec = isa.OUT_MODES[s.out_mode]
     if spec.operands not in OUT_OPERAND_FETCHES:
@@ -325,6 +326,7 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
     reads_old = spec.operands == "residual"
     per, ways = cfg.lanes_per_way, cfg.collector_ways
     runs = streamed and spec.word_writes
+    stages = cfg.elementwise_run
     cycles = 0
     for lane in range(per):
         for t in range(2):
@@ -337,6 +339,8 @@ def _collector_writes(cfg: AccelConfig, s: MatrixShape, fo: Fetch, fa: Fetch, fi
                     for r in rows]
             if runs and rows:
                 cycles += 1 + (fo.run(bits[0], len(rows)) - 1 if reads_old else 0)
+            elif streamed:  # ``stages`` results a cycle; a first run without one ends it
+                cycles += -(-len(rows) // stages) if rows else 1
             else:
                 cycles += min(ways, len(rows) + 1)
             for bit in bits:

@@ -50,6 +50,19 @@ def test_matstream_matches_emulator(cfg, seed):
     check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
 
 
+@pytest.mark.parametrize("stages", [2, 4])
+def test_streamed_results_in_runs(stages, seed):
+    """Four collector ways (four channels, 128-bit words): every output mode, WIDE and ADD a
+    whole transfer a cycle, SILU ``elementwise_stages`` results a cycle; random tile sizes
+    (a last pass cut short, absent second tokens)."""
+    cfg = CFG_128.replace(mem_channels=4, elementwise_stages=stages)
+    assert (cfg.collector_ways, cfg.elementwise_run) == (4, stages)
+    rng = random.Random(seed)
+    cases = [mat_case(cfg, rng, WeightFormat.W2, Sparsity.DENSE, mode, Opcode.MATSTREAM)
+             for mode in OutMode for _ in range(2)]
+    check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+
+
 def test_without_the_record_path_every_matrix_streams(seed):
     """A build without the record path (``record_matrices=False``, as u280): MATSTREAM as
     before, its lanes taking the N:M indices in the codes' high bits (INT8's own bits
