@@ -66,7 +66,8 @@ def _out_mode_table() -> list[str]:
     cells = [[str(mode.value), f"`{mode.name}`", spec.operands,
               f"`{spec.reference}`" if spec.reference else "-", spec.summary,
               _meanings(spec.params),
-              "`collector_ways` results" if spec.word_writes else "one result"]
+              "`collector_ways` results" if spec.word_writes else
+              "`elementwise_stages` results"]
              for mode, spec in isa.OUT_MODES.items()]
     return _family_table("Output modes", isa.OutMode,
                          ["value", "name", "operands", "reference (`numerics`)", "what",
