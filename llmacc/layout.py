@@ -107,10 +107,10 @@ class EmbedHeader(data.Struct):
 #: The elements of the variable-length parts.
 WIDE = signed(32)  #: a wide row's element
 QCODE = signed(8)  #: an INT8 code (quantized rows, embedding codes)
-KV_CODE_BITS = (4, 8)  #: the widths of a KV record's codes (KVQUANT's ``imm2``)
 MANT = Shape(16)  #: a group scale's mantissa
 AUX = Shape(8)  #: a group's W2 zero-point or mixed type id
 KV_CODE = {4: signed(4), 8: signed(8)}  #: a KV row's code, by its bits
+KV_CODE_BITS = tuple(KV_CODE)  #: the widths of a KV record's codes (KVQUANT's ``imm2``)
 GAMMA = signed(16)  #: an RMSNorm gain
 #: What a slot-snooping field fetch marks stale when the unit writes (``hw.buffer_access``,
 #: followed by ``sim.compute_timing``): an element of a wide row.
