@@ -733,8 +733,8 @@ class ComputeUnit(wiring.Component):
             k = self.cfg.elementwise_run
             at = run_row + way * k
             at_ok = (at < f.n) & tok_ok
-            values = [self._elementwise_value(m, tile, engine.o.payload[way * k + j].y)
-                      for j in range(k)]
+            values = [self._result_stage(m, tile, engine.o.payload[way * k + j].y, None,
+                                         word_writes=False) for j in range(k)]
             count = Mux(f.n - at >= k, k, f.n - at)
             written = Signal()
             with m.If(ready & at_ok):
@@ -747,13 +747,8 @@ class ComputeUnit(wiring.Component):
             with m.Else():
                 row = first + way * per + lane
                 ok = (row < f.n) & tok_ok
-                y = engine.o.payload[way].y
-                old = fetch_out.value[:L.WIDE.width].as_signed()
-                value = Signal(signed(L.WIDE.width))
-                with m.Switch(f.out_mode):
-                    for mode, result in fused_results(m, y, old, tile.p0, tile.p1).items():
-                        with m.Case(mode):
-                            m.d.comb += value.eq(result)
+                value = self._result_stage(m, tile, engine.o.payload[way].y,
+                                           fetch_out.value[:L.WIDE.width].as_signed())
                 needs_old = ready & ok & residual
                 have_old = self._get(m, fetch_out, Buffer.ACT, (dst << lb) + L.element_bit(
                     row, L.WIDE), needs_old) | ~needs_old
@@ -774,13 +769,14 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += pass_written.eq(1)
         return pass_written
 
-    def _elementwise_value(self, m, tile: MatrixTile, y) -> Signal:
-        """``y`` through the output modes without ``word_writes`` (one result stage: none
-        of them reads an old value)."""
+    @staticmethod
+    def _result_stage(m, tile: MatrixTile, y, old, word_writes: bool | None = None) -> Signal:
+        """``y`` (``old`` the destination's value) through the tile's output mode, one result
+        stage of the modes :func:`fused_results` builds for ``word_writes``."""
         value = Signal(signed(L.WIDE.width))
         with m.Switch(tile.fields.out_mode):
-            for mode, result in fused_results(m, y, None, tile.p0, tile.p1,
-                                              word_writes=False).items():
+            for mode, result in fused_results(m, y, old, tile.p0, tile.p1,
+                                              word_writes).items():
                 with m.Case(mode):
                     m.d.comb += value.eq(result)
         return value
@@ -788,19 +784,11 @@ class ComputeUnit(wiring.Component):
     def _run_values(self, m, tile: MatrixTile, engine: MatrixEngine, old_run) -> list:
         """A transfer's results, one per way, through the output modes with
         ``word_writes`` (each way its own result stage), ``old_run`` the old values."""
-        f, width = tile.fields, L.WIDE.width
-        values = []
-        for w in range(self.cfg.collector_ways):
-            y = engine.o.payload[w].y
-            old = old_run[w * width:(w + 1) * width].as_signed()
-            value = Signal(signed(width), name=f"run_value{w}")
-            with m.Switch(f.out_mode):
-                for mode, result in fused_results(m, y, old, tile.p0, tile.p1,
-                                                  word_writes=True).items():
-                    with m.Case(mode):
-                        m.d.comb += value.eq(result)
-            values.append(value)
-        return values
+        width = L.WIDE.width
+        return [self._result_stage(m, tile, engine.o.payload[w].y,
+                                   old_run[w * width:(w + 1) * width].as_signed(),
+                                   word_writes=True)
+                for w in range(self.cfg.collector_ways)]
 
     def _next_pass(self, m, tile: MatrixTile, pas: MatrixPass):
         """After a field-serial pass: the next pair of tokens, the next rows, or the end."""

@@ -413,21 +413,22 @@ class SfuUnit(wiring.Component):
     def _beat_field(self, m, func, kv_bits, out):
         """A row-stage beat's ``count`` results side by side as one field: INT8 codes
         (QUANT8), ``kv_bits`` codes (KVQUANT) or wide values; and its width in bits."""
-        lanes = self.cfg.row_lanes
-        value = Signal(lanes * L.WIDE.width)
+        value = Signal(self.cfg.row_lanes * L.WIDE.width)
+        bits = Signal(range(L.WIDE.width + 1))  # of a result
+
+        def results(b: int):
+            m.d.comb += [value.eq(Cat(*(y[:b] for y in out.y))), bits.eq(b)]
         widths = {SfuFunc.QUANT8: L.QCODE.width, SfuFunc.RMSNORM: L.WIDE.width,
                   SfuFunc.SOFTMAX: L.WIDE.width}
         with m.Switch(func):
-            for f, bits in widths.items():
+            for f, b in widths.items():
                 with m.Case(f):
-                    m.d.comb += value.eq(Cat(*(y[:bits] for y in out.y)))
+                    results(b)
             with m.Case(SfuFunc.KVQUANT), m.Switch(kv_bits):
-                for bits in L.KV_CODE_BITS:
-                    with m.Case(bits):
-                        m.d.comb += value.eq(Cat(*(y[:bits] for y in out.y)))
-        width = out.count * Mux(func == SfuFunc.QUANT8, L.QCODE.width, Mux(
-            func == SfuFunc.KVQUANT, kv_bits, L.WIDE.width))
-        return value, width
+                for b in L.KV_CODE_BITS:
+                    with m.Case(b):
+                        results(b)
+        return value, out.count * bits
 
     @staticmethod
     def _next_record(m, func, cstate, cg, quot, rec_row, rec, out_pitch, group_stride):
