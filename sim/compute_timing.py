@@ -83,16 +83,19 @@ class Fetch:
         return count + entry + WALK * (last - first)
 
     def one(self, bit: int) -> int:
+        """A field at ``bit``: a hit while the slots under its first 32 bits are as read."""
         slot = bit // L.SLOT_BITS
-        if slot in self.stale or (bit % L.SLOT_BITS and slot + 1 in self.stale):
-            self.held, self.stale = None, frozenset()  # read again
-        return self.walk(bit, 0, 1)
+        return self._read(bit, {slot, slot + 1} if bit % L.SLOT_BITS else {slot})
 
     def run(self, bit: int, slots: int) -> int:
         """A run of ``slots`` whole 32-bit slots from ``bit`` (in one word): a hit while none
         of them was written since it was read."""
         first = bit // L.SLOT_BITS
-        if self.stale & set(range(first, first + slots)):
+        return self._read(bit, set(range(first, first + slots)))
+
+    def _read(self, bit: int, under: set[int]) -> int:
+        """Cycles of a read at ``bit`` whose slots ``under`` must be as read."""
+        if self.stale & under:
             self.held, self.stale = None, frozenset()  # read again
         return self.walk(bit, 0, 1)
 
