@@ -35,6 +35,7 @@ pads a record does not matter.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Mux, Signal, signed
@@ -42,7 +43,7 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 from hw.buffer_access import view
-from hw.fixed_point import round_shift, saturate
+from hw.fixed_point import round_shift, saturate, tree
 from hw.sfu_row import RowFunc, RowSfu, visible
 from hw.sfu_unit import row_limit
 from llmacc import layout as L
@@ -60,14 +61,6 @@ def _log2(x: int) -> int:
     if x & (x - 1) or x < 1:
         raise ValueError(f"{x} is not a power of two")
     return x.bit_length() - 1
-
-
-def adder_tree(values: list) -> object:
-    """The sum of ``values`` as a balanced tree of two-input adders."""
-    while len(values) > 1:
-        values = [a + b for a, b in zip(values[::2], values[1::2], strict=False)] + (
-            [values[-1]] if len(values) % 2 else [])
-    return values[0]
 
 
 @dataclass(frozen=True)
@@ -314,7 +307,8 @@ class Attention:
             cmd = rs.i.payload.cmd
             with m.If(s_valid):
                 with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
-                    m.d.comb += [rs.i.valid.eq(1), rs.i.payload.eq(0), rs.i.payload.a.eq(score),
+                    m.d.comb += [rs.i.valid.eq(1), rs.i.payload.eq(0), rs.i.payload.count.eq(1),
+                                 *(a.eq(score) for a in rs.i.payload.a),
                                  cmd.func.eq(RowFunc.SOFTMAX), cmd.length.eq(keys),
                                  cmd.pos.eq(regs[Reg.POS.value] + st.query),
                                  cmd.sink.eq(regs[Reg.SINK.value]),
@@ -336,7 +330,7 @@ class Attention:
                         for j, code in enumerate(self._codes(
                             st, self._payload(m, st, word), step))]
             total = Signal(signed(32), name="score_total")
-            m.d.comb += total.eq(Mux(st.b_sub == 1, 0, st.dot) + adder_tree(products))
+            m.d.comb += total.eq(Mux(st.b_sub == 1, 0, st.dot) + tree(operator.add, products))
             with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
                 m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid)]
             with m.If(st.b_valid & (st.b_sub != 0)):
@@ -381,7 +375,7 @@ class Attention:
                  for j in range(lanes)]
         m.d.comb += [qw.addr.eq(st.b_sub), qw.data.eq(chunk), qw.en.eq(st.b_valid)]
         with m.If(st.b_valid):
-            m.d.sync += st.qsum.eq(st.qsum + adder_tree(codes))
+            m.d.sync += st.qsum.eq(st.qsum + tree(operator.add, codes))
         with m.If(~issuing & ~st.b_valid):
             m.d.sync += st.sub.eq(0)
             m.next = "S_KEYS"

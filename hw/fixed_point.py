@@ -62,3 +62,22 @@ def bit_length(x: Value) -> Value:
         top = x[i] if i == width - 1 else x[i] & ~x[i + 1:].any()
         n = n | Mux(top, i + 1, 0)
     return n
+
+
+def larger(a: Value, b: Value) -> Value:
+    """The larger of two signed values."""
+    return Mux(a > b, a, b)
+
+
+def smaller(a: Value, b: Value) -> Value:
+    """The smaller of two signed values."""
+    return Mux(a < b, a, b)
+
+
+def tree(combine, values: list) -> Value:
+    """``values`` combined pairwise by ``combine`` as a balanced tree (an adder tree with
+    ``operator.add``, a max tree with :func:`larger`)."""
+    while len(values) > 1:
+        values = [combine(a, b) for a, b in zip(values[::2], values[1::2], strict=False)] + (
+            [values[-1]] if len(values) % 2 else [])
+    return values[0]

@@ -7,8 +7,10 @@
   ``centre`` set, around the row's midpoint as ``numerics.quantize_kv`` does (one KV group
   per row). QUANT8 is ``qmax = 127``, KVQUANT ``qmax = 2**(bits-1) - 1``.
 
-A row is received once into a row memory, an element a beat, while the first reductions run
-(max, min, max over the visible keys); a second pass over the memory computes what needs
+A row is received once into a row memory, up to ``lanes`` elements a beat, while the first
+reductions run (max, min, max over the visible keys: a beat's lanes reduced in one cycle,
+folded into the row's in the next, so a row ends with a cycle to fold its last beat); a
+second pass over the memory computes what needs
 those (the softmax exponentials, written back, and their sum; the RMSNorm sum of squares);
 the per-row scalars come from the bit-serial divider and square root
 (``hw/serial_arith.py``); the last pass streams the results out with back-pressure. The
@@ -19,12 +21,23 @@ The unified-max softmax (FlashDecoding++) would skip the max pass but round diff
 the reference, so it is not used: the contract is the exact max.
 """
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.fixed_point import bit_length, clamp, round_shift, round_shift_right, saturate
+from hw.fixed_point import (
+    bit_length,
+    clamp,
+    larger,
+    round_shift,
+    round_shift_right,
+    saturate,
+    smaller,
+    tree,
+)
 from hw.serial_arith import SerialDivider, SerialSqrt
 from hw.sfu import exp2_neg
 from llmacc import numerics as N
@@ -53,8 +66,18 @@ RowCmd = data.StructLayout({
     "gamma_exp": signed(8),  #: RMSNORM: gamma's exponent (the instruction's shift)
     "eps": signed(N.EPS_BITS),  #: RMSNORM: the epsilon term of the gamma record
 })
-#: One element of a row, with the row's command (read on the row's first beat).
-RowIn = data.StructLayout({"cmd": RowCmd, "a": signed(W), "gamma": signed(N.GAMMA_BITS)})
+
+
+def row_in(lanes: int) -> data.StructLayout:
+    """A beat of ``count`` elements of a row, from element ``index`` (the stage counts them):
+    they sit in lanes ``index % lanes`` on of ``a`` and ``gamma``, inside one word of the row
+    memory (``index % lanes + count <= lanes``). The row's command is read on its first beat."""
+    return data.StructLayout({
+        "cmd": RowCmd,
+        "a": data.ArrayLayout(signed(W), lanes),
+        "gamma": data.ArrayLayout(signed(N.GAMMA_BITS), lanes),
+        "count": range(lanes + 1),
+    })
 
 
 def row_out(lanes: int) -> data.StructLayout:
@@ -73,12 +96,25 @@ def visible(t, pos, sink, window):
     return (t <= pos) & ((window == 0) | (t < sink) | (t + window > pos))
 
 
+@dataclass(frozen=True)
+class _Beat:
+    """The row stage's beat: ``lanes`` it fills (combinational) and its registered
+    reductions."""
+
+    lanes: Signal
+    valid: Signal
+    max: Signal
+    min: Signal
+    smax: Signal
+    any_visible: Signal
+
+
 class RowSfu(wiring.Component):
-    """One row at a time: ``length`` beats on ``i`` (the command is taken from the first),
-    ``ceil(length / lanes)`` beats leave on ``o``, the last with ``last``. ``max_len`` is
-    the row memory's elements; longer rows are the SFU unit's error to report. Only the
-    functions in ``funcs`` are built (a command for another is the user's error); with one,
-    the command's ``func`` is not looked at."""
+    """One row at a time: ``length`` elements in beats on ``i`` (the command is taken from
+    the first), ``ceil(length / lanes)`` beats leave on ``o``, the last with ``last``.
+    ``max_len`` is the row memory's elements; longer rows are the SFU unit's error to
+    report. Only the functions in ``funcs`` are built (a command for another is the user's
+    error); with one, the command's ``func`` is not looked at."""
 
     def __init__(self, max_len: int, lanes: int = 1, funcs=tuple(RowFunc)):
         if not 1 <= max_len < 1 << LEN_BITS:
@@ -88,7 +124,7 @@ class RowSfu(wiring.Component):
         if not funcs:
             raise ValueError("a row stage needs at least one function")
         self.max_len, self.lanes, self.funcs = max_len, lanes, frozenset(funcs)
-        super().__init__({"i": In(stream.Signature(RowIn)),
+        super().__init__({"i": In(stream.Signature(row_in(lanes))),
                           "o": Out(stream.Signature(row_out(lanes)))})
 
     def elaborate(self, platform):  # noqa: C901 -- one state machine
@@ -128,7 +164,13 @@ class RowSfu(wiring.Component):
         scale_m, scale_e = Signal(N.SCALE_BITS + 2), Signal(signed(8))
 
         m.d.comb += [rd.addr.eq(index), rd_g.addr.eq(index), wr_g.addr.eq(index >> lg),
-                     wr_g.data.eq(Cat(*[self.i.payload.gamma] * lanes))]
+                     wr_g.data.eq(self.i.payload.gamma.as_value())]
+        beat = self._beat_reductions(m, index, c)
+        with m.If(beat.valid):  # fold the beat received a cycle ago
+            m.d.sync += [vmax.eq(larger(beat.max, vmax)),
+                         vmin.eq(smaller(beat.min, vmin))]
+            with m.If(beat.any_visible & (~any_visible | (beat.smax > smax))):
+                m.d.sync += [smax.eq(beat.smax), any_visible.eq(1)]
 
         # element functions of the word read back (rd.data, word `held`), lane by lane
         rms_shift = (16 + N.RSQRT_NUM_SHIFT - (norm >> 1) + c.gamma_exp)
@@ -189,27 +231,23 @@ class RowSfu(wiring.Component):
                                  pending.eq(0), mid.eq(0), scale_m.eq(0), scale_e.eq(0)]
                     m.next = "RECEIVE"
             with m.State("RECEIVE"):
-                a = self.i.payload.a
-                lane = Const(1, lanes) << index[:lg] if lanes > 1 else Const(1, 1)
+                count = self.i.payload.count
+                taken = Mux(self.i.valid, beat.lanes, 0)
                 m.d.comb += [self.i.ready.eq(1), wr.addr.eq(index >> lg),
-                             wr.data.eq(Cat(*[a] * lanes)),
-                             wr.en.eq(Mux(self.i.valid, lane, 0)),
-                             wr_g.en.eq(Mux(self.i.valid, lane, 0))]
+                             wr.data.eq(self.i.payload.a.as_value()), wr.en.eq(taken),
+                             wr_g.en.eq(taken)]
+                m.d.sync += beat.valid.eq(self.i.valid)
                 with m.If(self.i.valid):
-                    vis = visible(index, c.pos, c.sink, c.window)
-                    m.d.sync += [index.eq(index + 1), vmax.eq(Mux(a > vmax, a, vmax)),
-                                 vmin.eq(Mux(a < vmin, a, vmin))]
-                    with m.If(vis & (~any_visible | (a > smax))):
-                        m.d.sync += [smax.eq(a), any_visible.eq(1)]
-                    with m.If(index == c.length - 1):
+                    m.d.sync += index.eq(index + count)
+                    with m.If(index + count == c.length):
                         m.d.sync += index.eq(0)
-                        with m.Switch(func):
-                            for f, state in ((RowFunc.QUANT, "Q_MID"),
-                                             (RowFunc.SOFTMAX, "PASS2"),
-                                             (RowFunc.RMSNORM, "RMS_SHIFT")):
-                                if has(f):
-                                    with m.Case(f):
-                                        m.next = state
+                        m.next = "FOLD"
+            with m.State("FOLD"), m.Switch(func):  # the last beat joins the row's reductions
+                for f, state in ((RowFunc.QUANT, "Q_MID"), (RowFunc.SOFTMAX, "PASS2"),
+                                 (RowFunc.RMSNORM, "RMS_SHIFT")):
+                    if has(f):
+                        with m.Case(f):
+                            m.next = state
             # -- QUANT -----------------------------------------------------------------
             if has(RowFunc.QUANT):
                 with m.State("Q_MID"):
@@ -298,6 +336,32 @@ class RowSfu(wiring.Component):
                     with m.If(~pending & at_end & (index != 0)):
                         m.next = "IDLE"
         return m
+
+    def _beat_reductions(self, m: Module, index: Signal, c: Signal) -> _Beat:
+        """The lanes the beat on ``i`` fills (element ``index`` on), and the registered max,
+        min and visible max of the last beat received (``valid``)."""
+        lanes, p = self.lanes, self.i.payload
+        lg = lanes.bit_length() - 1
+        first = index[:lg] if lanes > 1 else Const(0, 1)
+        low, high = -(1 << (W - 1)), (1 << (W - 1)) - 1
+        mask = Signal(lanes, name="beat_mask")
+        m.d.comb += mask.eq(((Const(1, lanes + 1) << p.count) - 1) << first)
+        filled = list(mask)
+        seen = [f & visible(Cat(Const(j, lg), index[lg:]) if lanes > 1 else index,
+                            c.pos, c.sink, c.window) for j, f in enumerate(filled)]
+        beat = _Beat(Signal(lanes, name="beat_lanes"), Signal(name="beat_valid"),
+                     Signal(signed(W), name="beat_max"), Signal(signed(W), name="beat_min"),
+                     Signal(signed(W), name="beat_smax"), Signal(name="beat_any_visible"))
+        values = list(p.a)
+
+        def reduced(pick, keep: list, neutral: int):
+            return tree(pick, [Mux(k, a, neutral) for k, a in zip(keep, values, strict=True)])
+        m.d.comb += beat.lanes.eq(mask)
+        m.d.sync += [beat.valid.eq(0), beat.any_visible.eq(Cat(*seen).any()),
+                     beat.max.eq(reduced(larger, filled, low)),
+                     beat.min.eq(reduced(smaller, filled, high)),
+                     beat.smax.eq(reduced(larger, seen, low))]
+        return beat
 
 
 def row_cmd(func: RowFunc, length: int, **params) -> dict:

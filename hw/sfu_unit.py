@@ -5,7 +5,9 @@ A producer walks the instruction's ``rows`` x ``length`` input elements, reads e
 fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table
 entry) and feeds the element stage (:class:`hw.sfu.ElementSfu`: ADD, MUL, SILU, ROPE, EMBED)
 or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX, RMSNORM, QUANT8 per segment, KVQUANT
-per channel group; ``cfg.row_lanes`` elements a cycle in its passes after the first). A
+per channel group; ``cfg.row_lanes`` elements a cycle in each pass, the producer reading a
+beat of them as one run of each fetch wherever the beats stay inside the stage's rows: a
+row of one segment, or segments of whole beats; else an element a cycle). A
 consumer turns the results into records with a :class:`FieldPacker`, a row-stage beat of
 ``row_lanes`` results a push: wide rows, INT8 rows with their scale header (zero-padded to
 ``imm`` codes), KV rows with scale and midpoint (group-major: group ``g`` of row ``r`` is
@@ -73,9 +75,10 @@ class SfuUnit(wiring.Component):
         lw = (w - 1).bit_length()  # log2 of the word in bytes
         lb = lw + 3  # log2 of the word in bits
         max_len = row_limit(cfg)
-        m.submodules.fetch_a = fa = FieldFetch(cfg)
-        m.submodules.fetch_b = fb = FieldFetch(cfg)
         lanes = cfg.row_lanes
+        run = lanes * L.WIDE.width if lanes > 1 else 0  # a beat of operands, one fetch
+        m.submodules.fetch_a = fa = FieldFetch(cfg, run_bits=run)
+        m.submodules.fetch_b = fb = FieldFetch(cfg, run_bits=run)
         m.submodules.packer = pk = FieldPacker(cfg, push_bits=max(FIELD_BITS,
                                                                   lanes * L.WIDE.width))
         m.submodules.element = el = ElementSfu()
@@ -120,6 +123,7 @@ class SfuUnit(wiring.Component):
         cr, cg = Signal(28), Signal(16)  # consumer records done; KV group within row
         rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
         produced, consumed = Signal(), Signal()
+        beats = Signal()  # the row stage takes `lanes` elements a step
         cstate = Signal(range(4))  # consumer: 0 body, 1 header, 2 KV record start, 3 padding
         pad_left = Signal(16)
 
@@ -208,6 +212,9 @@ class SfuUnit(wiring.Component):
                                 depth[Buffer.ACT]))) | (f.dst + out_recs * out_pitch >
                                                         out_buf_end)
                 too_long = ~is_element & (seg > max_len)
+                if lanes > 1:  # beats stay inside a row-stage row: one a row, or whole words
+                    whole = (seg == length) | (seg[:(lanes - 1).bit_length()] == 0)
+                    m.d.sync += beats.eq(~is_element & whole)
                 m.d.sync += [row_a.eq(f.src_a), row_b.eq(f.src_b),
                              rec_row.eq(f.dst), rec.eq(f.dst),
                              group_stride.eq(rows * out_pitch), pr.eq(0), pi.eq(0), pj.eq(0),
@@ -245,7 +252,7 @@ class SfuUnit(wiring.Component):
             with m.State("RUN"):
                 self._produce(m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits,
                               eps, pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos,
-                              row_a, row_b, half, is_element, produced)
+                              row_a, row_b, half, is_element, beats, produced)
                 self._consume(m, f, el, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
                               group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left,
                               out_recs, is_element, consumed)
@@ -258,13 +265,17 @@ class SfuUnit(wiring.Component):
 
     def _produce(self, m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits, eps,
                  pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos, row_a, row_b, half,
-                 is_element, produced):
-        """Feed one element (or RoPE half-pair, or EMBED exponent) per step."""
+                 is_element, beats, produced):
+        """Feed one element (or RoPE half-pair, or EMBED exponent) per step, or with
+        ``beats`` a beat of ``row_lanes`` elements of the row stage (the last of a row
+        shorter), its operands each one run of a fetch."""
         w = self.cfg.axi_data_bytes
         func, length = f.func, f.length
         a_req, b_req = fa.req.payload, fb.req.payload
         need_b = Signal()
         go = Signal()  # the fetched fields are here and the stage takes them
+        if self.cfg.row_lanes > 1:  # the fetches have runs (`run` matters only when snooping)
+            m.d.comb += [a_req.run.eq(beats), b_req.run.eq(beats)]
         m.d.comb += [a_req.buf.eq(Buffer.ACT), b_req.buf.eq(Buffer.ACT),
                      a_req.bit.eq((row_a << lb) + L.element_bit(pi, L.WIDE)),
                      b_req.bit.eq((row_b << lb) + L.element_bit(pi, L.WIDE))]
@@ -304,8 +315,19 @@ class SfuUnit(wiring.Component):
                 m.d.comb += [ep.b.eq(fb.value[:L.MANT.width]),
                              ep.shift.eq(e_row.as_signed() + f.shift)]
         # row stage
-        rp = rs.i.payload
-        m.d.comb += [rp.a.eq(a_val), rp.gamma.eq(fb.value[:L.GAMMA.width].as_signed()),
+        rp, lanes = rs.i.payload, self.cfg.row_lanes
+        count = Signal(range(lanes + 1))
+        m.d.comb += count.eq(1)
+        for j in range(lanes):
+            m.d.comb += [rp.a[j].eq(a_val), rp.gamma[j].eq(fb.value[:L.GAMMA.width].as_signed())]
+        if lanes > 1:
+            gammas = fb.run.word_select(pi[(lanes - 1).bit_length()], lanes * L.GAMMA.width)
+            with m.If(beats):
+                m.d.comb += count.eq(Mux(length - pi < lanes, length - pi, lanes))
+                for j in range(lanes):
+                    m.d.comb += [rp.a[j].eq(fa.run.word_select(j, L.WIDE.width)),
+                                 rp.gamma[j].eq(gammas.word_select(j, L.GAMMA.width))]
+        m.d.comb += [rp.count.eq(count),
                      rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
                      rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
                      rp.cmd.eps.eq(eps.as_signed())]
@@ -333,8 +355,8 @@ class SfuUnit(wiring.Component):
             with m.Elif(embed_head):
                 m.d.sync += [e_row.eq(view(L.EmbedHeader, fb.value).e), phase.eq(0)]
             with m.Else():
-                row_end = pi + 1 == length
-                m.d.sync += pi.eq(pi + 1)
+                row_end = pi + count == length
+                m.d.sync += pi.eq(pi + count)
                 with m.If(func == SfuFunc.ROPE):
                     m.d.sync += [phase.eq(0), pj.eq(Mux(pj + 1 == half, 0, pj + 1))]
                 with m.If(func == SfuFunc.EMBED):

@@ -449,11 +449,12 @@ ATTN_SETUP = 3
 ATTN_PIPE = 2
 #: SCORE's S_QSUM past a cycle per sub-step of query codes: the last one's sum
 ATTN_QSUM_PIPE = 2
-#: SCORE_SOFTMAX, per query row after its scores went into the row stage: the second pass
+#: SCORE_SOFTMAX, per query row after its scores went into the row stage: the fold of the
+#: last one, the second pass
 #: (exponentials and their sum) and the emission of the probabilities, a cycle per word of
 #: ``row_lanes`` keys each, and the reciprocal of the sum on the serial divider with its
 #: hand-overs.
-SOFTMAX_FIXED = 55
+SOFTMAX_FIXED = 56
 SOFTMAX_PER_WORD = 2
 
 
@@ -508,9 +509,21 @@ SFU_OPERAND_FETCHES = ("unary", "binary", "gamma", "rope", "embed", "masked", "q
                        "kvquant")
 
 
+def row_beat(cfg: AccelConfig, insn: isa.Instruction) -> int:
+    """Elements the SFU producer feeds the row stage a step: ``row_lanes`` where its beats
+    stay inside a row-stage row (the whole row, or segments and KV groups of whole words of
+    ``row_lanes``), else one; one for the element stage."""
+    if isa.SFU_FUNCTIONS[insn.func].stage is isa.SfuStage.ELEMENT:
+        return 1
+    f, length, lanes = insn.func, insn.length, cfg.row_lanes
+    seg = {isa.SfuFunc.QUANT8: insn.imm2 or length, isa.SfuFunc.KVQUANT: insn.imm}.get(f, length)
+    return lanes if seg == length or seg % lanes == 0 else 1
+
+
 def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
-    """The SFU producer's cycles (``hw/sfu_unit.py``'s ``_produce``): per element its operand
-    fields, fetched together (the slower one decides). Rows are alike but for where the
+    """The SFU producer's cycles (``hw/sfu_unit.py``'s ``_produce``): per element (or
+    row-stage beat, :func:`row_beat`) its operand fields, fetched together (the slower one
+    decides). Rows are alike but for where the
     fetches' caches enter them, so a row is walked once per such entry and then repeated."""
     w = cfg.axi_data_bytes
     wb = 8 * w
@@ -522,6 +535,7 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                          f"{operands!r} operands")
     wide = L.wide_pitch(length, w)
     bcast = bool(insn.imm & 1) and operands == "binary"
+    beat = row_beat(cfg, insn)
     a_pitch = L.embed_pitch(length, insn.imm, w) if operands == "embed" else wide
     if operands == "gamma":
         fb.one(insn.src_b * wb)  # EPS, before the rows
@@ -544,7 +558,7 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                        for i in range(length))
         if operands == "gamma":
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                             b * wb + L.element_bit(i, L.GAMMA)) for i in range(length))
+                             b * wb + L.element_bit(i, L.GAMMA)) for i in range(0, length, beat))
         if operands == "rope":
             half = insn.imm // 2
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
@@ -557,6 +571,8 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                 _pair(fa, codes + L.element_bit(i, L.QCODE), fb,
                       scales + L.element_bit(i // insn.imm, L.MANT), True)
                 for i in range(length))
+        if beat > 1:  # a row-stage beat of operands a step
+            return fa.walk(a * wb, beat * L.WIDE.width, -(-length // beat))
         return fa.walk(a * wb, L.WIDE.width, length)  # unary, masked, quant8, kvquant
 
     memo: dict = {}
@@ -569,17 +585,18 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
 SFU_SETUP = 26
 ROPE_EXTRA = 1  #: the last pair's second value
 RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
-#: The row stage per row (segment, KV group) after receiving it: the fixed states and serial
+#: The row stage per row (segment, KV group) after receiving it: the cycle folding its last
+#: beat into the row's reductions, the fixed states and serial
 #: divisions (square roots for RMSNORM), and a cycle per word of ``row_lanes`` elements for
 #: each pass after the first (SOFTMAX's exponentials, RMSNORM's squares; the emission, a
 #: word of results a push), plus one stall per written word while the packer writes it.
-ROW_FIXED = {isa.SfuFunc.SOFTMAX: 51, isa.SfuFunc.RMSNORM: 104}
+ROW_FIXED = {isa.SfuFunc.SOFTMAX: 53, isa.SfuFunc.RMSNORM: 104}
 #: QUANT8 and KVQUANT per segment (KV group): (fixed, per beat of ``row_lanes`` codes, per
 #: written word). The emission of one segment overlaps the next one's reception, so these
-#: are least-squares fits to the RTL (36 random instructions of rows up to 300 elements on
-#: sim-small and sim-wide, 2 and 4 lanes: within 1.3% of each), not counts.
-QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (105.27, 0.98, 0.79),
-                 isa.SfuFunc.KVQUANT: (105.62, 0.89, 1.33)}
+#: are least-squares fits to the RTL (18 random instructions each, rows up to 300 elements,
+#: on sim-small and sim-wide, 2 and 4 lanes: within 1.3% of each), not counts.
+QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (105.63, 0.58, 2.72),
+                 isa.SfuFunc.KVQUANT: (106.95, 1.07, 0.83)}
 
 
 @_priced_once

@@ -1,6 +1,7 @@
 """The SFU row stage (softmax under the Lambda mask, RMSNorm, INT8/KV quantisation), one
-element a beat and four, and built for the softmax alone (ATTN's on the u280), and the
-bit-serial divider and square root, against llmacc.numerics, bit for bit."""
+lane and four (input beats of random sizes, results four a beat), and built for the softmax
+alone (ATTN's on the u280), and the bit-serial divider and square root, against
+llmacc.numerics, bit for bit."""
 
 import random
 
@@ -9,7 +10,7 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.serial_arith import SerialDivider, SerialSqrt
-from hw.sfu_row import RowFunc, RowIn, RowSfu, row_cmd, row_out
+from hw.sfu_row import RowFunc, RowSfu, row_cmd, row_in, row_out
 from llmacc import numerics as N
 from sim import stream_harness as H
 from tests.helpers.simulators import SIMULATORS_SLOW_BUILD, run_block
@@ -82,14 +83,30 @@ def _beats(outs: list[dict], lanes: int) -> list[dict]:
     return beats
 
 
+def _in_beats(rng: random.Random, cmd: dict, v: list[int], gamma: list[int],
+              lanes: int) -> list[dict]:
+    """A row as input beats of random sizes, each inside one word of the row memory, its
+    elements in their lanes and random values in the others."""
+    beats, index = [], 0
+    while index < len(v):
+        lane = index % lanes
+        count = rng.randint(1, min(lanes - lane, len(v) - index))
+        a = [rng.randint(WMIN, WMAX) for _ in range(lanes)]
+        g = [rng.randint(-(1 << 15), (1 << 15) - 1) for _ in range(lanes)]
+        a[lane:lane + count] = v[index:index + count]
+        g[lane:lane + count] = gamma[index:index + count]
+        beats.append({"cmd": cmd, "a": a, "gamma": g, "count": count})
+        index += count
+    return beats
+
+
 def _vectors(seed: int, rows: int, lanes: int, funcs: tuple) -> tuple[list[int], list[int]]:
     rng = random.Random(seed)
     inputs, expected = [], []
     for r in range(rows):
         func = funcs[r % len(funcs)]
         cmd, v, gamma, outs = _row_case(rng, func, edge=r % 4 == 0)
-        inputs += [H.pack(RowIn, {"cmd": cmd, "a": a, "gamma": g})
-                   for a, g in zip(v, gamma, strict=True)]
+        inputs += [H.pack(row_in(lanes), b) for b in _in_beats(rng, cmd, v, gamma, lanes)]
         expected += [H.pack(row_out(lanes), b) for b in _beats(outs, lanes)]
     return inputs, expected
 
