@@ -59,6 +59,12 @@ def add(a, b, shift):
     return saturate(a + round_shift(b, shift, W + 1), W)
 
 
+def mul(a, b, shift):
+    """``numerics.mul(a, b, shift)``: ``sat32(round_shift(sat24(a) * sat24(b), shift))``."""
+    prod = saturate(a, N.MUL_IN_BITS) * saturate(b, N.MUL_IN_BITS)
+    return saturate(round_shift(prod, shift, W + 1), W)
+
+
 def sigmoid_q16(m: Module, x):
     """``numerics.sigmoid_q16(x)`` (Q.13 in, Q16 out) from the sigmoid ROM."""
     lo = -N.SIGMOID_RANGE << N.SIGMOID_IN_FRAC
@@ -97,11 +103,10 @@ def element_results(m: Module, p) -> dict[SfuFunc, tuple]:
     """What each function computes from the element stage's input ``p``: ``(y0, y1)``, the
     second only for RoPE's pair."""
     cos, sin = p.c[:16].as_signed(), p.c[16:].as_signed()
-    prod = saturate(p.a, N.MUL_IN_BITS) * saturate(p.b, N.MUL_IN_BITS)
     trig = Const(N.TRIG_FRAC, 5)
     return {
         SfuFunc.ADD: (add(p.a, p.b, p.shift), 0),
-        SfuFunc.MUL: (saturate(round_shift(prod, p.shift, W + 1), W), 0),
+        SfuFunc.MUL: (mul(p.a, p.b, p.shift), 0),
         SfuFunc.SILU: (silu(m, p.a, p.imm, p.imm2), 0),
         SfuFunc.GELU: (gelu(m, p.a, p.imm, p.imm2), 0),
         SfuFunc.ROPE: (saturate(round_shift(p.a * cos - p.b * sin, trig, 0), W),
@@ -136,4 +141,50 @@ class ElementSfu(wiring.Component):
         with m.If(en):
             m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.y0.eq(y0),
                          self.o.payload.y1.eq(y1)]
+        return m
+
+
+#: The functions :class:`BinarySfu` computes, each as the element stage does.
+BINARY_FUNCS = {SfuFunc.ADD: add, SfuFunc.MUL: mul}
+
+
+def binary_beat(lanes: int) -> data.StructLayout:
+    """A beat of ``count`` element pairs in the low lanes (:class:`BinarySfu`'s input)."""
+    return data.StructLayout({
+        "func": SfuFunc, "a": data.ArrayLayout(signed(W), lanes),
+        "b": data.ArrayLayout(signed(W), lanes), "shift": signed(18),
+        "count": range(lanes + 1),
+    })
+
+
+def binary_out(lanes: int) -> data.StructLayout:
+    """A beat of ``count`` results in the low lanes."""
+    return data.StructLayout({"y": data.ArrayLayout(signed(W), lanes),
+                              "count": range(lanes + 1)})
+
+
+class BinarySfu(wiring.Component):
+    """ADD and MUL on ``lanes`` element pairs a beat (one register stage): the SFU unit's
+    path for the binary functions, which read both operands a run at a time."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        super().__init__({"i": In(stream.Signature(binary_beat(lanes))),
+                          "o": Out(stream.Signature(binary_out(lanes)))})
+
+    def elaborate(self, platform):
+        missing = set(sfu_funcs(operands="binary")) - set(BINARY_FUNCS)
+        if missing:
+            raise ValueError(f"the binary lanes do not compute {sorted(f.name for f in missing)}")
+        m = Module()
+        p, out = self.i.payload, self.o.payload
+        en = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(en)
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(self.i.valid), out.count.eq(p.count)]
+            with m.Switch(p.func):
+                for func, result in BINARY_FUNCS.items():
+                    with m.Case(func):
+                        m.d.sync += [y.eq(result(a, b, p.shift))
+                                     for y, a, b in zip(out.y, p.a, p.b, strict=True)]
         return m

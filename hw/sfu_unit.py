@@ -20,7 +20,7 @@ beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows 
 the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -36,7 +36,7 @@ from hw.buffer_access import (
 )
 from hw.controller import unit_members
 from hw.serial_arith import SerialDivider
-from hw.sfu import ElementSfu
+from hw.sfu import BinarySfu, ElementSfu
 from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
 from llmacc import layout as L
 from llmacc import numerics as N
@@ -82,6 +82,9 @@ class SfuUnit(wiring.Component):
         m.submodules.packer = pk = FieldPacker(cfg, push_bits=max(FIELD_BITS,
                                                                   lanes * L.WIDE.width))
         m.submodules.element = el = ElementSfu()
+        bs = None
+        if lanes > 1:
+            m.submodules.binary = bs = BinarySfu(lanes)
         m.submodules.row = rs = RowSfu(max_len, lanes)
         m.submodules.div = div = SerialDivider(16, 16)
         wiring.connect(m, fa.port, wiring.flipped(self.rd_a))
@@ -123,7 +126,7 @@ class SfuUnit(wiring.Component):
         cr, cg = Signal(28), Signal(16)  # consumer records done; KV group within row
         rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
         produced, consumed = Signal(), Signal()
-        beats = Signal()  # the row stage takes `lanes` elements a step
+        beats = Signal()  # the producer feeds `lanes` elements a step (the last of a row fewer)
         cstate = Signal(range(4))  # consumer: 0 body, 1 header, 2 KV record start, 3 padding
         pad_left = Signal(16)
 
@@ -212,9 +215,10 @@ class SfuUnit(wiring.Component):
                                 depth[Buffer.ACT]))) | (f.dst + out_recs * out_pitch >
                                                         out_buf_end)
                 too_long = ~is_element & (seg > max_len)
-                if lanes > 1:  # beats stay inside a row-stage row: one a row, or whole words
+                if lanes > 1:  # the binary lanes, or beats inside the row stage's rows (one
+                    # segment a row, or segments of whole beats)
                     whole = (seg == length) | (seg[:(lanes - 1).bit_length()] == 0)
-                    m.d.sync += beats.eq(~is_element & whole)
+                    m.d.sync += beats.eq(Mux(is_element, binary, whole))
                 m.d.sync += [row_a.eq(f.src_a), row_b.eq(f.src_b),
                              rec_row.eq(f.dst), rec.eq(f.dst),
                              group_stride.eq(rows * out_pitch), pr.eq(0), pi.eq(0), pj.eq(0),
@@ -250,12 +254,12 @@ class SfuUnit(wiring.Component):
                              pk.buf.eq(Mux(func == SfuFunc.KVQUANT, Buffer.KV, Buffer.ACT))]
                 m.next = "RUN"
             with m.State("RUN"):
-                self._produce(m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits,
+                self._produce(m, f, fa, fb, el, bs, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits,
                               eps, pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos,
                               row_a, row_b, half, is_element, beats, produced)
-                self._consume(m, f, el, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
+                self._consume(m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
                               group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left,
-                              out_recs, is_element, consumed)
+                              out_recs, is_element, beats, consumed)
                 with m.If(produced & consumed & pk.idle):
                     m.next = "COMPLETE"
             with m.State("COMPLETE"):
@@ -263,7 +267,7 @@ class SfuUnit(wiring.Component):
                 m.next = "IDLE"
         return m
 
-    def _produce(self, m, f, fa, fb, el, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits, eps,
+    def _produce(self, m, f, fa, fb, el, bs, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits, eps,
                  pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos, row_a, row_b, half,
                  is_element, beats, produced):
         """Feed one element (or RoPE half-pair, or EMBED exponent) per step, or with
@@ -314,19 +318,25 @@ class SfuUnit(wiring.Component):
             with m.Case(SfuFunc.EMBED):
                 m.d.comb += [ep.b.eq(fb.value[:L.MANT.width]),
                              ep.shift.eq(e_row.as_signed() + f.shift)]
-        # row stage
+        # row stage and binary lanes
         rp, lanes = rs.i.payload, self.cfg.row_lanes
         count = Signal(range(lanes + 1))
         m.d.comb += count.eq(1)
         for j in range(lanes):
             m.d.comb += [rp.a[j].eq(a_val), rp.gamma[j].eq(fb.value[:L.GAMMA.width].as_signed())]
-        if lanes > 1:
+        to_lanes = 0  # the step goes to the binary lanes
+        if bs is not None:
             gammas = fb.run.word_select(pi[(lanes - 1).bit_length()], lanes * L.GAMMA.width)
+            bp = bs.i.payload
+            m.d.comb += [bp.func.eq(func), bp.shift.eq(f.shift), bp.count.eq(count)]
             with m.If(beats):
                 m.d.comb += count.eq(Mux(length - pi < lanes, length - pi, lanes))
                 for j in range(lanes):
                     m.d.comb += [rp.a[j].eq(fa.run.word_select(j, L.WIDE.width)),
-                                 rp.gamma[j].eq(gammas.word_select(j, L.GAMMA.width))]
+                                 rp.gamma[j].eq(gammas.word_select(j, L.GAMMA.width)),
+                                 bp.a[j].eq(fa.run.word_select(j, L.WIDE.width)),
+                                 bp.b[j].eq(fb.run.word_select(j, L.WIDE.width))]
+            to_lanes = beats & is_element
         m.d.comb += [rp.count.eq(count),
                      rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
                      rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
@@ -344,10 +354,14 @@ class SfuUnit(wiring.Component):
         rope_first = (func == SfuFunc.ROPE) & ~phase
         embed_head = (func == SfuFunc.EMBED) & phase
         to_stage = ~rope_first & ~embed_head
-        stage_ready = Mux(is_element, el.i.ready, rs.i.ready)
+        stage_ready = Mux(is_element, Mux(to_lanes, bs.i.ready if bs else 0, el.i.ready),
+                          rs.i.ready)
+        feed = ~produced & fetched & to_stage
         m.d.comb += [go.eq(~produced & fetched & (stage_ready | ~to_stage)),
-                     el.i.valid.eq(~produced & fetched & to_stage & is_element),
-                     rs.i.valid.eq(~produced & fetched & to_stage & ~is_element)]
+                     el.i.valid.eq(feed & is_element & ~to_lanes),
+                     rs.i.valid.eq(feed & ~is_element)]
+        if bs is not None:
+            m.d.comb += bs.i.valid.eq(feed & to_lanes)
         with m.If(go):
             with m.If(rope_first):
                 m.d.sync += [x0.eq(a_val), cos.eq(fb.value[:L.TRIG.width]), phase.eq(1),
@@ -371,8 +385,9 @@ class SfuUnit(wiring.Component):
                     with m.If(pr + 1 == f.rows):
                         m.d.sync += produced.eq(1)
 
-    def _consume(self, m, f, el, rs, pk, push, kv_bits, seg, pad, quot, out_pitch, group_stride,
-                 ci, cr, cg, rec_row, rec, cstate, pad_left, out_recs, is_element, consumed):
+    def _consume(self, m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
+                 group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left, out_recs, is_element,
+                 beats, consumed):
         """Write the stage outputs as records."""
         func = f.func
         record_done = Signal()
@@ -380,8 +395,19 @@ class SfuUnit(wiring.Component):
             m.d.sync += cr.eq(cr + 1)
             with m.If(cr + 1 == out_recs):
                 m.d.sync += consumed.eq(1)
+        # -- binary lanes: a beat of wide results, one push -----------------------------------
+        to_lanes = is_element & beats if bs is not None else Const(0)
+        with m.If(to_lanes):
+            out = bs.o.payload
+            row_end = ci + out.count == f.length
+            with m.If(bs.o.valid):
+                taken = push(Cat(*out.y), out.count * L.WIDE.width, align=row_end)
+                m.d.comb += bs.o.ready.eq(taken)
+                with m.If(taken):
+                    m.d.sync += ci.eq(Mux(row_end, 0, ci + out.count))
+                    m.d.comb += record_done.eq(row_end)
         # -- element stage: wide rows, two values per RoPE beat -----------------------------
-        with m.If(is_element):
+        with m.Elif(is_element):
             rope = func == SfuFunc.ROPE
             second = cstate == 1
             value = Mux(second, el.o.payload.y1, el.o.payload.y0)

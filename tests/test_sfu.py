@@ -1,11 +1,20 @@
-"""The SFU element stage against llmacc.numerics, bit for bit, edge cases and random."""
+"""The SFU element stage and the binary lanes against llmacc.numerics, bit for bit, edge
+cases and random."""
 
 import random
 
 import pytest
 import torch
 
-from hw.sfu import ElementIn, ElementOut, ElementSfu
+from hw.sfu import (
+    BINARY_FUNCS,
+    BinarySfu,
+    ElementIn,
+    ElementOut,
+    ElementSfu,
+    binary_beat,
+    binary_out,
+)
 from llmacc import numerics as N
 from llmacc.isa import SFU_FUNCTIONS, SfuFunc, SfuStage, sfu_funcs
 from sim import stream_harness as H
@@ -79,3 +88,33 @@ def test_element_sfu(simulator, seed, request, tmp_path):
     got = run_block(simulator, request, tmp_path, ElementSfu, "element_sfu", inputs,
                     len(expected), seed)
     assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
+
+
+def _binary_vectors(seed: int, count: int, lanes: int):
+    """Beats of ADD and MUL, ``count`` pairs of each in the low lanes, garbage above."""
+    rng = random.Random(seed)
+    inputs, expected = [], []
+    for i in range(count):
+        f = list(BINARY_FUNCS)[i % len(BINARY_FUNCS)]
+        cases = [_case(rng, f, edge=rng.random() < 0.25) for _ in range(lanes)]
+        used = rng.randint(1, lanes)
+        shift = cases[0]["shift"]
+        ys = [_model(f, c["a"], c["b"], 0, shift, 0, 0)[0] for c in cases[:used]]
+        inputs.append(H.pack(binary_beat(lanes), {
+            "func": f, "a": [c["a"] for c in cases], "b": [c["b"] for c in cases],
+            "shift": shift, "count": used}))
+        expected.append(H.pack(binary_out(lanes), {"y": ys + [0] * (lanes - used),
+                                                   "count": used}))
+    return inputs, expected
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS_SLOW_BUILD)
+def test_binary_lanes(simulator, seed, request, tmp_path):
+    lanes = 4
+    inputs, expected = _binary_vectors(seed, 200 if simulator == "amaranth" else 2000, lanes)
+    got = run_block(simulator, request, tmp_path, lambda: BinarySfu(lanes), "binary_sfu",
+                    inputs, len(expected), seed)
+    layout = binary_out(lanes)
+    got = [H.pack(layout, {**(beat := H.unpack(layout, g)), "y": [
+        y if j < beat["count"] else 0 for j, y in enumerate(beat["y"])]}) for g in got]
+    assert (msg := H.first_mismatch(layout, got, expected)) is None, f"{msg} (seed {seed})"
