@@ -385,7 +385,7 @@ class Attention:
         the accumulators, then the results one element a cycle."""
         unit, acc_bits = self.unit, N.ACC_BITS
         af, kv, prob_port = st.fields, unit.rd_kv, unit.rd_window
-        d, keys, i = af.head_dim, af.keys, st.channel
+        keys, i = af.keys, st.channel
         aw, ar = accmem.write_port(), accmem.read_port()
         out_ok = Signal(name="out_ok")  # P_OUT: ar.data holds element i's accumulators
         head = view(L.KvHeader, kv.data)
@@ -426,18 +426,32 @@ class Attention:
                 m.d.sync += [i.eq(0), out_ok.eq(0)]
                 m.next = "P_OUT"
         with m.State("P_OUT"):  # a cycle to read each word of accumulators, then its elements
-            frac = N.PROB_FRAC + af.shift
-            m.d.comb += ar.addr.eq(i >> self.lanes_log2)
-            m.d.sync += out_ok.eq(1)
-            acc = Mux(keys == 0, 0, ar.data.word_select(i[:self.lanes_log2], acc_bits)
-                      .as_signed())
-            value = Signal(signed(N.WIDE_BITS))
-            m.d.comb += value.eq(saturate(
-                round_shift(acc, frac - st.emax, N.WIDE_BITS + 1) +
-                round_shift(st.midsum, frac, N.WIDE_BITS + 1), N.WIDE_BITS))
-            with m.If(i == d):
-                self._next_query(m, st)
-            with m.Elif(out_ok), m.If(unit._write_wide(m, st.out_row, i, value)):
-                m.d.sync += i.eq(i + 1)
-                with m.If((i + 1)[:self.lanes_log2] == 0):
-                    m.d.sync += out_ok.eq(0)
+            self._results(m, st, ar, out_ok)
+
+    def _results(self, m, st: AttnState, ar, out_ok):
+        """P_OUT: the head's ``d`` results, ``row_lanes`` a cycle, from the accumulator word
+        read a cycle before (``out_ok``), each ``acc * 2**(frac - emax) + midsum * 2**frac``
+        rounded and saturated."""
+        af, i, acc_bits = st.fields, st.channel, N.ACC_BITS
+        d, keys = af.head_dim, af.keys
+        k = self.cfg.row_lanes
+        frac = N.PROB_FRAC + af.shift
+        mids = Signal(signed(N.WIDE_BITS + 1), name="pv_mids")  # the same for every result
+        m.d.comb += [ar.addr.eq(i >> self.lanes_log2),
+                     mids.eq(round_shift(st.midsum, frac, N.WIDE_BITS + 1))]
+        m.d.sync += out_ok.eq(1)
+        group = ar.data.word_select(i[_log2(k):self.lanes_log2], k * acc_bits)
+        values = []
+        for j in range(k):
+            acc = Mux(keys == 0, 0, group.word_select(j, acc_bits).as_signed())
+            value = Signal(signed(N.WIDE_BITS), name=f"pv_result{j}")
+            m.d.comb += value.eq(saturate(round_shift(acc, frac - st.emax, N.WIDE_BITS + 1)
+                                          + mids, N.WIDE_BITS))
+            values.append(value)
+        count = Mux(d - i < k, d - i, k)
+        with m.If(i == d):
+            self._next_query(m, st)
+        with m.Elif(out_ok), m.If(self.unit._write_wides(m, st.out_row, i, values, count)):
+            m.d.sync += i.eq(i + count)
+            with m.If((i + count)[:self.lanes_log2] == 0):
+                m.d.sync += out_ok.eq(0)

@@ -492,7 +492,10 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         total += 1  # A_ROW
         if insn.func is isa.AttnFunc.PV:
             scan = keys + ATTN_PIPE if keys else 1  # P_SCAN: a key a cycle
-            total += scan + key_loop + d + steps + 1  # P_OUT: a read a word, an element a cycle
+            # P_OUT: a read a word of accumulators, `row_lanes` of its results a cycle
+            lanes, k = cfg.attention_lanes, cfg.row_lanes
+            results = d // lanes * (lanes // k) + -(-(d % lanes) // k)
+            total += scan + key_loop + results + steps + 1
             continue
         total += fa.one(row * wb) + steps + ATTN_QSUM_PIPE  # S_QHDR, S_QSUM
         total += key_loop
