@@ -53,6 +53,7 @@ from hw.attention import Attention
 from hw.axi import command_layout
 from hw.buffer_access import FieldFetch, read_port, snoop_writes, view, word_count, write_port
 from hw.controller import IssueLayout, unit_members
+from hw.fixed_point import one_of
 from hw.matrix_engine import MatrixEngine, engine_layouts
 from hw.sfu import add, silu
 from hw.sparse_dsp_chain import window
@@ -712,10 +713,10 @@ class ComputeUnit(wiring.Component):
         tok = pas.pass_token + token
         tok_ok = (tok < f.m) & (~token | tile.pack)
         dst = f.out_addr + tok * tile.step
-        residual = Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
-                         if spec.operands == "residual")).any()
-        word_writes = Cat(*(f.out_mode == mode for mode, spec in OUT_MODES.items()
-                            if spec.word_writes)).any()
+        residual = one_of(f.out_mode, [mode for mode, spec in OUT_MODES.items()
+                                       if spec.operands == "residual"])
+        word_writes = one_of(f.out_mode, [mode for mode, spec in OUT_MODES.items()
+                                          if spec.word_writes])
         ready = active & engine.o.valid
         transfer_done = Signal()
         with m.If(st.streaming & word_writes):

@@ -26,6 +26,7 @@ from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.fixed_point import one_of
 from llmacc import isa
 from llmacc.kernel import PC_BITS, Fault
 
@@ -50,7 +51,7 @@ def legality(word) -> tuple:
     """``(fault, any)``: the first :class:`Fault` of a word (as the Python decoder orders
     them) and whether there is one, as Amaranth expressions."""
     opcode = Value.cast(word.header.opcode)
-    known = Cat(*(opcode == op.value for op in isa.Opcode)).any()
+    known = one_of(opcode, [op.value for op in isa.Opcode])
     payload = word.payload.raw
     field_bad, reserved_bad, semantic_bad = [], [], []
     for op, layout in isa.PAYLOAD.items():
@@ -59,7 +60,7 @@ def legality(word) -> tuple:
         for name, fld in layout.as_shape():
             if isinstance(fld.shape, type) and issubclass(fld.shape, enum.Enum):
                 raw = Value.cast(view[name])
-                ok = Cat(*(raw == member.value for member in fld.shape)).any()
+                ok = one_of(raw, [member.value for member in fld.shape])
                 field_bad.append(is_op & ~ok)
         size = layout.as_shape().size
         if size < isa.PAYLOAD_BITS:
@@ -206,7 +207,7 @@ class Controller(wiring.Component):
                     m.d.comb += [entry.word.eq(word), entry.pc.eq(pc), entry.regs.eq(self.regs)]
                     for u in units:
                         ops = [op.value for op, unit in isa.UNIT_OF.items() if unit is u]
-                        mine = Cat(*(Value.cast(opcode) == v for v in ops)).any()
+                        mine = one_of(Value.cast(opcode), ops)
                         with m.If(mine):
                             m.d.comb += [queues[u].w_data.eq(entry),
                                          queues[u].w_en.eq(queues[u].w_rdy),

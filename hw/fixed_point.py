@@ -1,4 +1,6 @@
-"""The numerics contract's rounding and saturation as Amaranth expressions, defined once.
+"""The numerics contract's rounding and saturation as Amaranth expressions, defined once, and
+the few expression shapes every block builds the same way (balanced trees, the larger and
+smaller of two values, "one of these values").
 
 ``round_shift`` and ``saturate`` mirror :func:`llmacc.numerics.round_shift` and
 :func:`llmacc.numerics.saturate` (half away from zero: minus one for a negative value, an
@@ -62,6 +64,11 @@ def bit_length(x: Value) -> Value:
         top = x[i] if i == width - 1 else x[i] & ~x[i + 1:].any()
         n = n | Mux(top, i + 1, 0)
     return n
+
+
+def one_of(value, choices) -> Value:
+    """Whether the run-time ``value`` equals one of ``choices``."""
+    return Cat(*(value == c for c in choices)).any()
 
 
 def larger(a: Value, b: Value) -> Value:

@@ -20,7 +20,7 @@ beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows 
 the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -35,6 +35,7 @@ from hw.buffer_access import (
     write_port,
 )
 from hw.controller import unit_members
+from hw.fixed_point import one_of
 from hw.serial_arith import SerialDivider
 from hw.sfu import BinarySfu, ElementSfu
 from hw.sfu_row import LEN_BITS, RowFunc, RowSfu
@@ -45,11 +46,6 @@ from llmacc.isa import Buffer, Reg, SfuFields, SfuFunc, SfuStage, sfu_funcs
 from llmacc.kernel import Fault
 
 ELEMENT_FUNCS = sfu_funcs(stage=SfuStage.ELEMENT)
-
-
-def one_of(func, funcs) -> Value:
-    """Whether the run-time ``func`` is one of ``funcs``."""
-    return Cat(*(func == g for g in funcs)).any()
 
 
 def row_limit(cfg: AccelConfig) -> int:

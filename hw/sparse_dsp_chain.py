@@ -41,6 +41,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.dsp48e2 import DspCascade
+from hw.fixed_point import one_of
 from hw.pipeline import delay, select
 from hw.weight_decode import CODE_BITS, OPERAND_BITS, SLOT_DECODE, element_decode
 from llmacc.isa import Sparsity
@@ -140,7 +141,7 @@ class ActivationRouter(wiring.Component):
                 if x0_block is None:
                     x0_block, x1_block = x0_here, x1_here
                 else:
-                    hit = Cat(inp.sparsity == sp for sp in patterns).any()
+                    hit = one_of(inp.sparsity, patterns)
                     x0_block = Mux(hit, x0_here, x0_block)
                     x1_block = Mux(hit, x1_here, x1_block)
             now = Signal(ELEMENT_FEED, name=f"feed{e}")
