@@ -23,8 +23,8 @@ B uses it), so the keys follow one another without gaps.
   aligned to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into
   ``lanes`` accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum
   wraps as the DSP48E2's P register would, exact wherever the reference's range check
-  passes); the results leave one element a cycle, after a cycle to read each word of
-  accumulators.
+  passes); the results leave ``row_lanes`` a cycle (one run of a wide row's word), after a
+  cycle to read each word of accumulators.
 
 The query and accumulator memories have registered reads (block RAM, not LUTs or
 flip-flops): each is read in stage A for the sub-step that stage B uses.
@@ -382,7 +382,7 @@ class Attention:
 
     def _pv_states(self, m, st: AttnState, accmem: Memory):
         """PV: the scan for the largest visible exponent and the midpoint sum, the keys into
-        the accumulators, then the results one element a cycle."""
+        the accumulators, then the results ``row_lanes`` a cycle."""
         unit, acc_bits = self.unit, N.ACC_BITS
         af, kv, prob_port = st.fields, unit.rd_kv, unit.rd_window
         keys, i = af.keys, st.channel
