@@ -349,14 +349,13 @@ class RowSfu(wiring.Component):
         filled = list(mask)
         seen = [f & visible(Cat(Const(j, lg), index[lg:]) if lanes > 1 else index,
                             c.pos, c.sink, c.window) for j, f in enumerate(filled)]
-        beat = _Beat(Signal(lanes, name="beat_lanes"), Signal(name="beat_valid"),
+        beat = _Beat(mask, Signal(name="beat_valid"),
                      Signal(signed(W), name="beat_max"), Signal(signed(W), name="beat_min"),
                      Signal(signed(W), name="beat_smax"), Signal(name="beat_any_visible"))
         values = list(p.a)
 
         def reduced(pick, keep: list, neutral: int):
             return tree(pick, [Mux(k, a, neutral) for k, a in zip(keep, values, strict=True)])
-        m.d.comb += beat.lanes.eq(mask)
         m.d.sync += [beat.valid.eq(0), beat.any_visible.eq(Cat(*seen).any()),
                      beat.max.eq(reduced(larger, filled, low)),
                      beat.min.eq(reduced(smaller, filled, high)),

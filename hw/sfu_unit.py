@@ -2,12 +2,14 @@
 emulator does (``sim/emulator.py``), record layouts from :mod:`llmacc.layout`.
 
 A producer walks the instruction's ``rows`` x ``length`` input elements, reads each one's
-fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table
-entry) and feeds the element stage (:class:`hw.sfu.ElementSfu`: ADD, MUL, SILU, ROPE, EMBED)
-or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX, RMSNORM, QUANT8 per segment, KVQUANT
-per channel group; ``cfg.row_lanes`` elements a cycle in each pass, the producer reading a
-beat of them as one run of each fetch wherever the beats stay inside the stage's rows: a
-row of one segment, or segments of whole beats; else an element a cycle). A
+fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table entry)
+and feeds the element stage (:class:`hw.sfu.ElementSfu`: SILU, ROPE, EMBED; ADD and MUL where
+``cfg.row_lanes`` is 1), the binary lanes (:class:`hw.sfu.BinarySfu`: ADD and MUL,
+``cfg.row_lanes`` pairs a beat) or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX,
+RMSNORM, QUANT8 per segment, KVQUANT per channel group; ``cfg.row_lanes`` elements a cycle in
+each pass, the producer reading a beat of them as one run of each fetch wherever the beats
+stay inside the stage's rows: a row of one segment, or segments of whole beats; else an
+element a cycle). A
 consumer turns the results into records with a :class:`FieldPacker`, a row-stage beat of
 ``row_lanes`` results a push: wide rows, INT8 rows with their scale header (zero-padded to
 ``imm`` codes), KV rows with scale and midpoint (group-major: group ``g`` of row ``r`` is
@@ -123,6 +125,7 @@ class SfuUnit(wiring.Component):
         rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
         produced, consumed = Signal(), Signal()
         beats = Signal()  # the producer feeds `lanes` elements a step (the last of a row fewer)
+        to_lanes = beats & is_element if bs is not None else Const(0)  # to the binary lanes
         cstate = Signal(range(4))  # consumer: 0 body, 1 header, 2 KV record start, 3 padding
         pad_left = Signal(16)
 
@@ -252,10 +255,10 @@ class SfuUnit(wiring.Component):
             with m.State("RUN"):
                 self._produce(m, f, fa, fb, el, bs, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits,
                               eps, pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos,
-                              row_a, row_b, half, is_element, beats, produced)
+                              row_a, row_b, half, is_element, beats, to_lanes, produced)
                 self._consume(m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
                               group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left,
-                              out_recs, is_element, beats, consumed)
+                              out_recs, is_element, to_lanes, consumed)
                 with m.If(produced & consumed & pk.idle):
                     m.next = "COMPLETE"
             with m.State("COMPLETE"):
@@ -265,7 +268,7 @@ class SfuUnit(wiring.Component):
 
     def _produce(self, m, f, fa, fb, el, bs, rs, lb, a_off, in_pitch, b_pitch, seg, kv_bits, eps,
                  pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos, row_a, row_b, half,
-                 is_element, beats, produced):
+                 is_element, beats, to_lanes, produced):
         """Feed one element (or RoPE half-pair, or EMBED exponent) per step, or with
         ``beats`` a beat of ``row_lanes`` elements of the row stage (the last of a row
         shorter), its operands each one run of a fetch."""
@@ -320,7 +323,6 @@ class SfuUnit(wiring.Component):
         m.d.comb += count.eq(1)
         for j in range(lanes):
             m.d.comb += [rp.a[j].eq(a_val), rp.gamma[j].eq(fb.value[:L.GAMMA.width].as_signed())]
-        to_lanes = 0  # the step goes to the binary lanes
         if bs is not None:
             gammas = fb.run.word_select(pi[(lanes - 1).bit_length()], lanes * L.GAMMA.width)
             bp = bs.i.payload
@@ -328,11 +330,10 @@ class SfuUnit(wiring.Component):
             with m.If(beats):
                 m.d.comb += count.eq(Mux(length - pi < lanes, length - pi, lanes))
                 for j in range(lanes):
-                    m.d.comb += [rp.a[j].eq(fa.run.word_select(j, L.WIDE.width)),
+                    a_j = fa.run.word_select(j, L.WIDE.width)
+                    m.d.comb += [rp.a[j].eq(a_j), bp.a[j].eq(a_j),
                                  rp.gamma[j].eq(gammas.word_select(j, L.GAMMA.width)),
-                                 bp.a[j].eq(fa.run.word_select(j, L.WIDE.width)),
                                  bp.b[j].eq(fb.run.word_select(j, L.WIDE.width))]
-            to_lanes = beats & is_element
         m.d.comb += [rp.count.eq(count),
                      rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
                      rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
@@ -383,7 +384,7 @@ class SfuUnit(wiring.Component):
 
     def _consume(self, m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
                  group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left, out_recs, is_element,
-                 beats, consumed):
+                 to_lanes, consumed):
         """Write the stage outputs as records."""
         func = f.func
         record_done = Signal()
@@ -392,7 +393,6 @@ class SfuUnit(wiring.Component):
             with m.If(cr + 1 == out_recs):
                 m.d.sync += consumed.eq(1)
         # -- binary lanes: a beat of wide results, one push -----------------------------------
-        to_lanes = is_element & beats if bs is not None else Const(0)
         with m.If(to_lanes):
             out = bs.o.payload
             row_end = ci + out.count == f.length
