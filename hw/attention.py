@@ -193,30 +193,34 @@ class Attention:
 
     def _slot(self, m, st: AttnState) -> tuple[Signal, Signal, Signal]:
         """What stage A's slot ``(key, sub)`` reads: a payload word (the first sub-step of
-        its word), a header (``sub`` 0, or ``ahead``: the next key's, in a last sub-step that
-        reads no word), or nothing. Returns ``(fresh, header, ahead)``."""
+        its word, through ``rd_kv``), a header (through ``rd_kvh``: ``sub`` 0, or ``ahead``:
+        the next key's, in a last sub-step that reads no payload word or one in the other
+        bank of the KV buffer), either, both or nothing. Returns ``(fresh, header, ahead)``."""
         step = (st.sub - 1)[:len(st.sub)]
         word_start = Mux(st.fields.kv8, step[:_log2(self.cfg.attention_substeps(8))] == 0,
                          step[:_log2(self.cfg.attention_substeps(4))] == 0)
+        other_bank = (self._payload_word(st, st.key, st.sub) ^ st.rec(st.key + 1))[0]
         fresh, header, ahead = (Signal(name=f"attn_{n}") for n in ("fresh", "header", "ahead"))
         m.d.comb += [fresh.eq((st.sub != 0) & word_start),
-                     ahead.eq((st.sub == st.steps) & ~word_start
+                     ahead.eq((st.sub == st.steps) & (~word_start | other_bank)
                               & (st.key + 1 != st.fields.keys)),
                      header.eq((st.sub == 0) | ahead)]
         return fresh, header, ahead
 
-    def _issue(self, m, st: AttnState, port, slot, can, also=1):
-        """Stage A: the slot ``(key, sub)`` while ``can``, reading its word (``slot``, from
-        :meth:`_slot`) if it has one; the positions advance when the read is granted and
-        ``also`` holds (else it is read again). Returns whether keys are left to read."""
+    def _issue(self, m, st: AttnState, slot, can, also=1):
+        """Stage A: the slot ``(key, sub)`` while ``can``, reading its words (``slot``, from
+        :meth:`_slot`) if it has any; the positions advance when the reads are granted and
+        ``also`` holds (else they are read again). Returns whether keys are left to read."""
         fresh, header, ahead = slot
+        unit = self.unit
         issuing = st.key != st.fields.keys
-        reads = fresh | header
-        m.d.comb += [port.en.eq(issuing & can & reads), port.buf.eq(Buffer.KV),
-                     port.addr.eq(Mux(ahead, st.rec(st.key + 1),
-                                      self._payload_word(st, st.key, st.sub)))]
+        m.d.comb += [unit.rd_kv.en.eq(issuing & can & fresh), unit.rd_kv.buf.eq(Buffer.KV),
+                     unit.rd_kv.addr.eq(self._payload_word(st, st.key, st.sub)),
+                     unit.rd_kvh.en.eq(issuing & can & header), unit.rd_kvh.buf.eq(Buffer.KV),
+                     unit.rd_kvh.addr.eq(st.rec(st.key + ahead))]
         go = Signal(name="attn_go")
-        m.d.comb += go.eq(issuing & can & (port.grant | ~reads) & also)
+        m.d.comb += go.eq(issuing & can & (unit.rd_kv.grant | ~fresh)
+                          & (unit.rd_kvh.grant | ~header) & also)
         m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key), st.b_sub.eq(st.sub),
                      st.b_fresh.eq(fresh), st.b_ahead.eq(ahead)]
         with m.If(go):
@@ -291,21 +295,22 @@ class Attention:
             m.next = "S_QSUM"
         with m.State("S_QSUM"):  # sub-step `sub`'s codes read in A, kept and summed in B
             self._query_codes(m, st, qw)
-        # the score register (stage C) and what takes it
-        s_valid, s_key = Signal(name="score_valid"), Signal(13, name="score_key")
-        s_dot = Signal(signed(32), name="score_dot")
-        s_km, s_ke = Signal(16, name="score_km"), Signal(signed(16), name="score_ke")
-        s_kmid = Signal(signed(32), name="score_kmid")
+        # the scores' two-entry queue (stage C): a key a cycle keeps going while the taker
+        # waits a cycle (the softmax's first score, a write port shared)
+        entry = data.StructLayout({"key": 13, "dot": signed(32), "km": 16, "ke": signed(16),
+                                   "kmid": signed(32)})
+        s_head, s_tail = Signal(entry, name="score_head"), Signal(entry, name="score_tail")
+        s_count = Signal(range(3), name="score_count")
         shift = af.shift
-        part = saturate(round_shift(s_dot * s_km * st.qm, shift - s_ke - st.qe,
+        part = saturate(round_shift(s_head.dot * s_head.km * st.qm, shift - s_head.ke - st.qe,
                                     N.WIDE_BITS + 1), N.WIDE_BITS)
-        mids = round_shift(st.qsum * st.qm * s_kmid, shift - st.qe, N.WIDE_BITS + 1)
+        mids = round_shift(st.qsum * st.qm * s_head.kmid, shift - st.qe, N.WIDE_BITS + 1)
         score = Signal(signed(N.WIDE_BITS))
         m.d.comb += score.eq(saturate(part + mids, N.WIDE_BITS))
         with m.State("S_KEYS"):
             taken = Signal()
             cmd = rs.i.payload.cmd
-            with m.If(s_valid):
+            with m.If(s_count != 0):
                 with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
                     m.d.comb += [rs.i.valid.eq(1), rs.i.payload.eq(0), rs.i.payload.count.eq(1),
                                  *(a.eq(score) for a in rs.i.payload.a),
@@ -314,16 +319,17 @@ class Attention:
                                  cmd.sink.eq(regs[Reg.SINK.value]),
                                  cmd.window.eq(regs[Reg.WINDOW.value]), taken.eq(rs.i.ready)]
                 with m.Else():
-                    m.d.comb += taken.eq(unit._write_wide(m, st.out_row, s_key, score))
-            with m.If(taken):
-                m.d.sync += s_valid.eq(0)
-            # stage A: a new word only while the score register will be free for its key; the
-            # query codes of its sub-step are read with it
-            issuing = self._issue(m, st, unit.rd_kv, self._slot(m, st), ~s_valid | taken)
+                    m.d.comb += taken.eq(unit._write_wide(m, st.out_row, s_head.key, score))
+            # stage B's key done: its score joins the queue
+            push = Signal(name="score_push")
+            m.d.comb += push.eq(st.b_valid & (st.b_sub == st.steps))
+            # stage A: a new word only while the queue will have room for its key; the query
+            # codes of its sub-step are read with it
+            issuing = self._issue(m, st, self._slot(m, st), s_count + push < 2 + taken)
             m.d.comb += qr.addr.eq(st.sub - 1)
             # stage B
             word = unit.rd_kv.data
-            head = view(L.KvHeader, word)
+            head = view(L.KvHeader, unit.rd_kvh.data)
             step = (st.b_sub - 1)[:len(st.b_sub)]
             first = step << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
@@ -335,10 +341,11 @@ class Attention:
                 m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid)]
             with m.If(st.b_valid & (st.b_sub != 0)):
                 m.d.sync += st.dot.eq(total)
-                with m.If(st.b_sub == st.steps):
-                    m.d.sync += [s_valid.eq(1), s_key.eq(st.b_key), s_dot.eq(total),
-                                 s_km.eq(st.km), s_ke.eq(st.ke), s_kmid.eq(st.kmid)]
-            with m.If(~issuing & ~st.b_valid & (~s_valid | taken)):
+            new = Signal(entry, name="score_new")
+            m.d.comb += [new.key.eq(st.b_key), new.dot.eq(total), new.km.eq(st.km),
+                         new.ke.eq(st.ke), new.kmid.eq(st.kmid)]
+            self._queue(m, s_head, s_tail, s_count, new, push, taken)
+            with m.If(~issuing & ~st.b_valid & (s_count == taken)):
                 with m.If(af.func == AttnFunc.SCORE_SOFTMAX):
                     m.d.sync += st.key.eq(0)
                     m.next = "S_DRAIN"
@@ -354,6 +361,20 @@ class Attention:
                 m.d.sync += st.key.eq(st.key + self.cfg.row_lanes)
                 with m.If(out.last):
                     self._next_query(m, st)
+
+    @staticmethod
+    def _queue(m, head, tail, count, new, push, pop):
+        """A two-entry queue of registers (``head`` first): ``new`` joins it on ``push``,
+        ``head`` leaves on ``pop``; the caller never pushes into a full one."""
+        with m.If(pop & (count == 2)):
+            m.d.sync += head.eq(tail)
+            with m.If(push):
+                m.d.sync += tail.eq(new)
+        with m.Elif(push & ((count == 0) | pop)):
+            m.d.sync += head.eq(new)
+        with m.Elif(push):
+            m.d.sync += tail.eq(new)
+        m.d.sync += count.eq(count + push - pop)
 
     def _query_codes(self, m, st: AttnState, qw):
         """S_QSUM: the query's codes, ``lanes`` a cycle: stage A reads the ACT word of
@@ -384,16 +405,16 @@ class Attention:
         """PV: the scan for the largest visible exponent and the midpoint sum, the keys into
         the accumulators, then the results ``row_lanes`` a cycle."""
         unit, acc_bits = self.unit, N.ACC_BITS
-        af, kv, prob_port = st.fields, unit.rd_kv, unit.rd_window
+        af, kvh, prob_port = st.fields, unit.rd_kvh, unit.rd_window
         keys, i = af.keys, st.channel
         aw, ar = accmem.write_port(), accmem.read_port()
         out_ok = Signal(name="out_ok")  # P_OUT: ar.data holds element i's accumulators
-        head = view(L.KvHeader, kv.data)
+        head = view(L.KvHeader, kvh.data)
         with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
             issuing = st.key != keys
             prob = self._prob_read(m, st, prob_port, issuing, st.key, st.b_key)
-            m.d.comb += [kv.en.eq(issuing), kv.buf.eq(Buffer.KV), kv.addr.eq(st.rec(st.key))]
-            go = issuing & kv.grant & prob_port.grant
+            m.d.comb += [kvh.en.eq(issuing), kvh.buf.eq(Buffer.KV), kvh.addr.eq(st.rec(st.key))]
+            go = issuing & kvh.grant & prob_port.grant
             m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key)]
             with m.If(go):
                 m.d.sync += st.key.eq(st.key + 1)
@@ -411,15 +432,19 @@ class Attention:
             h_key, b_h_key = st.key + ahead, st.b_key + st.b_ahead  # the header's key, A and B
             prob = self._prob_read(m, st, prob_port, (st.key != keys) & at_header, h_key,
                                    b_h_key)
-            issuing = self._issue(m, st, kv, slot, 1, prob_port.grant | ~at_header)
+            issuing = self._issue(m, st, slot, 1, prob_port.grant | ~at_header)
             aligned = round_shift(Cat(head.m, Const(0, 1)), (st.emax - head.e).as_signed(), 17)
             with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
                 m.d.sync += st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0))
             step = (st.b_sub - 1)[:len(st.b_sub)]
             m.d.comb += [ar.addr.eq(st.sub - 1), aw.addr.eq(step),  # read in A, written in B
                          aw.en.eq(st.b_valid & (st.b_sub != 0))]
-            payload = self._payload(m, st, kv.data)
-            sums = [Mux(st.b_key == 0, 0, ar.data.word_select(j, acc_bits).as_signed())
+            # a word read in the cycle it is written (a key a cycle) comes from the write
+            fwd, fwd_data = Signal(name="acc_fwd"), Signal.like(aw.data, name="acc_fwd_data")
+            m.d.sync += [fwd.eq(aw.en & (aw.addr == ar.addr)), fwd_data.eq(aw.data)]
+            accs = Mux(fwd, fwd_data, ar.data)
+            payload = self._payload(m, st, unit.rd_kv.data)
+            sums = [Mux(st.b_key == 0, 0, accs.word_select(j, acc_bits).as_signed())
                     + st.x * code for j, code in enumerate(self._codes(st, payload, step))]
             m.d.comb += aw.data.eq(Cat(*(s[:acc_bits] for s in sums)))
             with m.If(~issuing & ~st.b_valid):

@@ -1,11 +1,13 @@
 """On-chip buffers and how the units reach them: the buffer bank, field reads, word writes.
 
-Every buffer is one simple dual-port memory of ``axi_data_bits`` words (what an FPGA block
-RAM offers): one write port and one read port. The LOAD unit owns the write side and the
-STORE unit the read side whenever they use them; the COMPUTE and SFU sequencers share what
-is left through request/grant ports (:func:`read_port`, :func:`write_port`), first come
-first in a fixed order. The dependency tokens keep the units on different addresses, so
-sharing the ports costs cycles, never correctness.
+Every buffer is simple dual-port memory of ``axi_data_bits`` words (what an FPGA block RAM
+offers): one write port and one read port, except the KV buffer, which is two such memories,
+its even and its odd words (:data:`BANKED`), so that ATTN reads a key's payload word and the
+next key's header word in one cycle. The LOAD unit owns the write side and the STORE unit the
+read side whenever they use them; the COMPUTE and SFU sequencers share what is left through
+request/grant ports (:func:`read_port`, :func:`write_port`), first come first in a fixed
+order (a banked buffer's reads per bank, its writes one a cycle). The dependency tokens keep
+the units on different addresses, so sharing the ports costs cycles, never correctness.
 
 The sequencers read the records of :mod:`llmacc.layout`, which are little-endian bit fields
 at known bit offsets, through :class:`FieldFetch` (any field of up to 64 bits at any bit
@@ -29,6 +31,8 @@ from llmacc.isa import Buffer
 
 FIELD_BITS = 64  #: the widest field a fetch returns (the RMSNorm epsilon)
 SLOT_LOG2 = L.SLOT_BITS.bit_length() - 1
+#: Buffers held as two memories, the even words and the odd ones, each with its own read port.
+BANKED = (Buffer.KV,)
 
 
 def addr_bits(cfg: AccelConfig) -> int:
@@ -54,11 +58,13 @@ class BufferBank(wiring.Component):
 
     ``load_*`` writes whole words unconditionally; ``store_*`` reads with ``store_data`` from
     one cycle after ``store_en`` until the next store read. Shared ports are granted in list
-    order when the movers leave the port free."""
+    order when the movers leave the port free (a :data:`BANKED` buffer's read port: the
+    bank's)."""
 
     def __init__(self, cfg: AccelConfig, readers: int, writers: int):
         self.cfg = cfg
-        self.memories: dict[Buffer, Memory] = {}  #: filled by elaborate (tests read them)
+        #: per buffer, word address -> its memory cell (filled by elaborate; tests use them)
+        self.cells: dict[Buffer, list] = {}
         bits = addr_bits(cfg)
         super().__init__({
             "load_en": In(1), "load_buf": In(Buffer), "load_addr": In(bits),
@@ -73,51 +79,84 @@ class BufferBank(wiring.Component):
         m = Module()
         cfg = self.cfg
         w = cfg.axi_data_bytes
-        last_read = {}
+        last_read = {}  # (buffer, bank) -> the word its read port gave
         for b in Buffer:
-            mem = Memory(shape=8 * w, depth=cfg.buffer_words(b), init=[])
-            m.submodules[f"buf_{b.name.lower()}"] = self.memories[b] = mem
-            wr, rd = mem.write_port(granularity=8), mem.read_port()
-            m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data),
-                         wr.en.eq(Mux(self.load_en & (self.load_buf == b), (1 << w) - 1, 0)),
-                         rd.addr.eq(self.store_addr), rd.en.eq(self.store_en &
-                                                               (self.store_buf == b))]
-            taken = self.load_en & (self.load_buf == b)
-            for port in self.wr:
-                want = port.en & (port.buf == b)
-                with m.If(want & ~taken):
-                    m.d.comb += [port.grant.eq(1), wr.addr.eq(port.addr), wr.data.eq(port.data),
-                                 wr.en.eq(port.mask)]
-                taken = taken | want
-            taken = self.store_en & (self.store_buf == b)
-            for port in self.rd:
-                want = port.en & (port.buf == b)
-                with m.If(want & ~taken):
-                    m.d.comb += [port.grant.eq(1), rd.addr.eq(port.addr), rd.en.eq(1)]
-                taken = taken | want
-            last_read[b] = rd.data
+            banks = 2 if b in BANKED else 1
+            depth = cfg.buffer_words(b)
+            mems = [Memory(shape=8 * w, depth=-(-(depth - k) // banks), init=[])
+                    for k in range(banks)]
+            for k, mem in enumerate(mems):
+                m.submodules[f"buf_{b.name.lower()}" + (f"_{k}" if banks > 1 else "")] = mem
+            self.cells[b] = [mems[i % banks].data[i // banks] for i in range(depth)]
+            self._write_side(m, b, mems)
+            for k, mem in enumerate(mems):
+                last_read[b, k] = self._read_side(m, b, mem, k, banks)
         # The store word stays on store_data until the next store read, whoever else reads
         # the buffer meanwhile.
         store_from, store_fresh = Signal(Buffer), Signal()
+        store_bank = Signal()
         store_word, store_held = Signal(8 * w), Signal(8 * w)
-        m.d.sync += [store_from.eq(self.store_buf), store_fresh.eq(self.store_en)]
-        self._route(m, store_from, last_read, store_word)
+        m.d.sync += [store_from.eq(self.store_buf), store_bank.eq(self.store_addr[0]),
+                     store_fresh.eq(self.store_en)]
+        self._route(m, store_from, store_bank, last_read, store_word)
         with m.If(store_fresh):
             m.d.sync += store_held.eq(store_word)
         m.d.comb += self.store_data.eq(Mux(store_fresh, store_word, store_held))
         for port in self.rd:
-            source = Signal(Buffer)
+            source, bank = Signal(Buffer), Signal()
             with m.If(port.en & port.grant):
-                m.d.sync += source.eq(port.buf)
-            self._route(m, source, last_read, port.data)
+                m.d.sync += [source.eq(port.buf), bank.eq(port.addr[0])]
+            self._route(m, source, bank, last_read, port.data)
         return m
 
+    def _write_side(self, m: Module, b: Buffer, mems: list) -> None:
+        """One write a cycle into buffer ``b``: the LOAD unit's, else the first shared
+        writer's; a banked buffer's word goes to its bank's memory."""
+        w, banks = self.cfg.axi_data_bytes, len(mems)
+        addr, data, mask = Signal.like(self.load_addr), Signal(8 * w), Signal(w)
+        m.d.comb += [addr.eq(self.load_addr), data.eq(self.load_data),
+                     mask.eq(Mux(self.load_en & (self.load_buf == b), (1 << w) - 1, 0))]
+        taken = self.load_en & (self.load_buf == b)
+        for port in self.wr:
+            want = port.en & (port.buf == b)
+            with m.If(want & ~taken):
+                m.d.comb += [port.grant.eq(1), addr.eq(port.addr), data.eq(port.data),
+                             mask.eq(port.mask)]
+            taken = taken | want
+        for k, mem in enumerate(mems):
+            wr = mem.write_port(granularity=8)
+            mine = addr[0] == k if banks > 1 else 1
+            m.d.comb += [wr.addr.eq(addr >> (banks - 1)), wr.data.eq(data),
+                         wr.en.eq(Mux(mine, mask, 0))]
+
+    def _read_side(self, m: Module, b: Buffer, mem: Memory, k: int, banks: int) -> Value:
+        """Bank ``k`` of buffer ``b``'s read port: the STORE unit's read, else the first
+        shared reader's of a word in this bank. Returns the word read."""
+        rd = mem.read_port()
+
+        def here(buf, addr):
+            return (buf == b) & ((addr[0] == k) if banks > 1 else 1)
+
+        taken = self.store_en & here(self.store_buf, self.store_addr)
+        m.d.comb += [rd.addr.eq(self.store_addr >> (banks - 1)), rd.en.eq(taken)]
+        for port in self.rd:
+            want = port.en & here(port.buf, port.addr)
+            with m.If(want & ~taken):
+                m.d.comb += [port.grant.eq(1), rd.addr.eq(port.addr >> (banks - 1)),
+                             rd.en.eq(1)]
+            taken = taken | want
+        return rd.data
+
     @staticmethod
-    def _route(m: Module, source, words: dict, target) -> None:
+    def _route(m: Module, source, bank, words: dict, target) -> None:
+        """``target`` = the word read from buffer ``source`` (in ``bank`` if it has two)."""
         with m.Switch(source):
-            for b, word in words.items():
+            for b in Buffer:
                 with m.Case(b):
-                    m.d.comb += target.eq(word)
+                    if (b, 1) in words:
+                        m.d.comb += target.eq(Mux(bank, words[b, 1], words[b, 0]))
+                    else:
+                        m.d.comb += target.eq(words[b, 0])
 
 
 def word_count(nbytes, w: int):

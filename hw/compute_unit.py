@@ -245,7 +245,8 @@ class ComputeUnit(wiring.Component):
             "rd_out": Out(read_port(cfg)),  # the destination (ADD)
             # whole ACT words: MATSTREAM's activation windows, PV's probabilities
             "rd_window": Out(read_port(cfg)),
-            "rd_kv": Out(read_port(cfg)),  # ATTN: KV rows, whole words
+            "rd_kv": Out(read_port(cfg)),  # ATTN: KV payload words
+            "rd_kvh": Out(read_port(cfg)),  # ATTN: KV header words (the other bank's, ahead)
             "wr": Out(write_port(cfg)),
             **{f"stream{c}": Out(stream.Signature(command_layout(cfg.axi_addr_bits)))
                for c in range(cfg.mem_channels)},

@@ -453,8 +453,9 @@ ATTN_QSUM_PIPE = 2
 #: last one, the second pass
 #: (exponentials and their sum) and the emission of the probabilities, a cycle per word of
 #: ``row_lanes`` keys each, and the reciprocal of the sum on the serial divider with its
-#: hand-overs.
-SOFTMAX_FIXED = 56
+#: hand-overs (the first score's wait for the row stage apart: ``first_wait`` in
+#: :func:`attention_cycles`).
+SOFTMAX_FIXED = 55
 SOFTMAX_PER_WORD = 2
 
 
@@ -474,16 +475,25 @@ def _priced_once(price):
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one ATTN on the compute unit (``hw/attention.py``'s A_/S_/P_ states):
     a key is a cycle per sub-step of ``attention_lanes`` elements and its header word, read
-    in the last sub-step of the key before where that sub-step reads no word (it is not the
-    first of its word), the reads a cycle ahead of the arithmetic."""
-    wb = 8 * cfg.axi_data_bytes
+    in the last sub-step of the key before where that sub-step reads no payload word (it is
+    not the first of its word) or one in the other bank of the KV buffer, the reads a cycle
+    ahead of the arithmetic."""
+    w = cfg.axi_data_bytes
+    wb = 8 * w
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
     steps = -(-d // cfg.attention_lanes)
-    per_word = cfg.attention_substeps(8 if insn.kv8 else 4)
-    headers = 1 if (steps - 1) % per_word else keys  # the others read ahead
+    bits = 8 if insn.kv8 else 4
+    per_word = cfg.attention_substeps(bits)
+    last_word = L.kv_header(w) + (steps - 1) // per_word  # the last sub-step's, in its row
+    other_bank = (L.kv_pitch(d, bits, w) - last_word) % 2  # from the next row's header
+    ahead = bool((steps - 1) % per_word or other_bank)
+    headers = 1 if ahead else keys  # the others read ahead
     key_loop = keys * steps + headers + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
+    # the softmax's wait for its first score is hidden by the scores' queue unless the keys
+    # come a cycle each
+    first_wait = 0 if keys > 1 and (steps > 1 or not ahead) else 1
     fa = Fetch(wb)
     total = ATTN_SETUP
     for t in range(rows):
@@ -503,7 +513,8 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
             for key in range(keys):
                 fa.written(out_row + L.element_bit(key, L.WIDE) // wb)
         else:
-            total += SOFTMAX_FIXED + SOFTMAX_PER_WORD * -(-keys // cfg.row_lanes)
+            total += (SOFTMAX_FIXED + first_wait
+                      + SOFTMAX_PER_WORD * -(-keys // cfg.row_lanes))
     return total
 
 

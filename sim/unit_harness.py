@@ -116,7 +116,7 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
         return streamer
 
     async def bench(ctx):
-        mems = dut.bank.memories
+        cells = dut.bank.cells
         issue = unit.issue
         for case in cases:
             running.append(case)
@@ -124,8 +124,8 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
             if "stream_error" in unit.signature.members:  # sticky until the next start
                 ctx.set(unit.stream_error, 0)
             for b, img in case.images.items():
-                for i in range(mems[b].depth):
-                    ctx.set(mems[b].data[i], int.from_bytes(img[i * w:(i + 1) * w], "little"))
+                for i, cell in enumerate(cells[b]):
+                    ctx.set(cell, int.from_bytes(img[i * w:(i + 1) * w], "little"))
             ctx.set(Value.cast(issue.payload.word), isa.encode(case.insn))
             for r in isa.Reg:
                 ctx.set(issue.payload.regs[r.value], case.regs.get(r, 0) & 0xFFFFFFFF)
@@ -140,8 +140,8 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
                 await ctx.tick()
                 fault = fault or ctx.get(unit.fault)
             await ctx.tick()
-            images = {b: b"".join(ctx.get(mem.data[i]).to_bytes(w, "little")
-                                  for i in range(mem.depth)) for b, mem in mems.items()}
+            images = {b: b"".join(ctx.get(cell).to_bytes(w, "little") for cell in words)
+                      for b, words in cells.items()}
             outcomes.append(Outcome(fault, images, cycles))
 
     sim = Simulator(dut)
