@@ -1,30 +1,34 @@
 """ATTN on the COMPUTE unit: a head's elements ``AccelConfig.attention_lanes`` at a time.
 
-Each KV row is read as whole buffer words (``rd_kv``): its header word, then its payload
-words, each taken in sub-steps of ``lanes`` codes (``attention_int8_steps`` per INT8 word,
-twice as many per INT4 word: two and four by default, one and two on the u280) from a
-register that holds the word read at its first sub-step. A key of head size ``d`` costs
-``ceil(d / lanes)`` sub-steps, and its header a cycle of its own only where it cannot be read
-ahead: the next key's header is read in the last sub-step of a key when that sub-step reads no
-word (whenever it is not the first of its word; on the u280's head size 128 an INT4 key is two
-cycles, not three). The reads run a cycle ahead of the arithmetic (stage A issues a word, stage
-B uses it), so the keys follow one another without gaps.
+Each KV row is read as whole buffer words: its header word on ``rd_kvh``, its payload words
+on ``rd_kv`` (the KV buffer's even and odd words are two memories, so the two ports read in
+the same cycle where the words lie in different banks). A payload word is taken in
+sub-steps of ``AccelConfig.attention_codes`` codes (the lanes, at most the word's codes:
+``attention_int8_steps`` per INT8 word and twice as many per INT4 word; with
+``attention_wide``, twice a word's bytes of lanes, an INT4 word is one sub-step and an INT8
+one fills half the lanes) from a register that holds the word read at its first sub-step. A
+key of head size ``d`` costs ``ceil(d / codes)`` sub-steps, and its header a cycle of its own
+only where it cannot be read ahead: the next key's header is read in the last sub-step of a
+key unless that sub-step reads a payload word in the same bank (on the u280's head size 128
+an INT4 key is one cycle, an INT8 key two). The reads run a cycle ahead of the arithmetic
+(stage A issues a word, stage B uses it), so the keys follow one another without gaps.
 
-* **SCORE** (``numerics.attention_scores``): the query's codes are read once per row,
-  ``lanes`` codes a cycle from whole ACT words (``rd_window``), into the query memory and
-  through an adder tree into their sum;
+* **SCORE** (``numerics.attention_scores``): the query's codes are read once per row, an
+  INT8 sub-step's codes a cycle from whole ACT words (``rd_window``), into the query memory
+  and through an adder tree into their sum;
   per sub-step ``lanes`` products of a query code and a key code are summed by an adder
   tree into the key's dot product. The score (dot product and midpoint term, rescaled and
-  saturated) leaves from a register a cycle later, to ACT or to the row stage's softmax
-  (SCORE_SOFTMAX), while the next key is read.
+  saturated) leaves through a two-entry queue of registers, to ACT or to the row stage's
+  softmax (SCORE_SOFTMAX), while the next keys are read.
 * **PV** (``numerics.attention_pv``): a first pass over the keys' header words and
   probabilities (whole ACT words, ``rd_window``) finds the largest visible value exponent
   and the midpoint sum; the second pass computes per key ``x = p * m'`` (the value scale
   aligned to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into
   ``lanes`` accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum
   wraps as the DSP48E2's P register would, exact wherever the reference's range check
-  passes); the results leave ``row_lanes`` a cycle (one run of a wide row's word), after a
-  cycle to read each word of accumulators.
+  passes; a word read in the cycle it is written is taken from the write); the results
+  leave ``row_lanes`` a cycle (one run of a wide row's word), after a cycle to read each
+  word of accumulators.
 
 The query and accumulator memories have registered reads (block RAM, not LUTs or
 flip-flops): each is read in stage A for the sub-step that stage B uses.
@@ -80,7 +84,7 @@ class AttnState:
     b_ahead: Signal  #: stage B: the word arriving is the next key's header
     held: Signal  #: the payload word of stage B's later sub-steps
     channel: Signal  #: P_OUT: the output element
-    steps: Signal  #: sub-steps per key, ceil(head_dim / lanes)
+    steps: Signal  #: sub-steps per key, ceil(head_dim / codes a sub-step)
     kv_pitch: Signal  #: words per KV row
     in_pitch: Signal  #: words per input row
     out_len: Signal  #: elements per output row
@@ -102,7 +106,7 @@ class AttnState:
 
     @classmethod
     def signals(cls, cfg: AccelConfig, af, regs) -> AttnState:
-        steps = MAX_HEAD // cfg.attention_lanes
+        steps = MAX_HEAD // min(cfg.attention_codes(bits) for bits in L.KV_CODE_BITS)
         query = Signal(11, name="query")
         return cls(
             fields=af, regs=regs, query=query, key=Signal(13, name="key"),
@@ -142,6 +146,9 @@ class Attention:
         self.lanes = cfg.attention_lanes
         self.lanes_log2 = _log2(self.lanes)
         self.word_bits = 8 * cfg.axi_data_bytes
+        #: INT8 sub-steps fill half the lanes (``attention_wide``): sub-step j is lane word
+        #: j // 2, its half j % 2
+        self.halves = cfg.attention_codes(8) < self.lanes
         for bits in L.KV_CODE_BITS:  # a sub-step's place in its word is its low bits
             _log2(cfg.attention_substeps(bits))
 
@@ -169,17 +176,32 @@ class Attention:
 
     def _chunk(self, word, sub_step, bits: int):
         """The bits of ``sub_step``'s ``lanes`` codes of ``bits`` in its payload word."""
-        per_word = self.cfg.attention_substeps(bits)
+        per_word, codes = self.cfg.attention_substeps(bits), self.cfg.attention_codes(bits)
         if per_word == 1:
-            return word[:bits * self.lanes]
-        return word.word_select(sub_step[:_log2(per_word)], bits * self.lanes)
+            return word[:bits * codes]
+        return word.word_select(sub_step[:_log2(per_word)], bits * codes)
 
     def _codes(self, st: AttnState, word, sub_step) -> list:
-        """The ``lanes`` signed codes of ``sub_step`` in its payload word."""
-        lanes = self.lanes
+        """The ``lanes`` signed codes of ``sub_step`` in its payload word, each in the lane
+        of its element (0 in the other half's lanes where an INT8 sub-step fills half)."""
         chunk4, chunk8 = self._chunk(word, sub_step, 4), self._chunk(word, sub_step, 8)
-        return [Mux(st.fields.kv8, chunk8.word_select(i, 8).as_signed(),
-                    chunk4.word_select(i, 4).as_signed()) for i in range(lanes)]
+        codes8 = self.cfg.attention_codes(8)
+        return [Mux(st.fields.kv8, Mux(self._active(st, sub_step, i),
+                                       chunk8.word_select(i % codes8, 8).as_signed(), 0),
+                    chunk4.word_select(i, 4).as_signed()) for i in range(self.lanes)]
+
+    def _active(self, st: AttnState, sub_step, lane: int):
+        """Lane ``lane`` takes an element in ``sub_step`` (all do but where an INT8 sub-step
+        fills the other half)."""
+        if not self.halves:
+            return 1
+        return ~st.fields.kv8 | (sub_step[0] == lane // self.cfg.attention_codes(8))
+
+    def _lane_word(self, st: AttnState, sub_step):
+        """The word of the query and accumulator memories that ``sub_step``'s lanes use."""
+        if not self.halves:
+            return sub_step
+        return Mux(st.fields.kv8, sub_step >> 1, sub_step)
 
     def _payload_word(self, st: AttnState, key, sub):
         """The buffer word that stage A reads for ``(key, sub)``: the header or a payload
@@ -245,6 +267,11 @@ class Attention:
         offset = L.element_bit(b_key, L.WIDE) & (self.word_bits - 1)
         return (port.data >> offset)[:L.WIDE.width].as_signed()
 
+    def _per_codes(self, n, bits: int):
+        """Sub-steps of ``bits`` codes for ``n`` elements."""
+        codes = self.cfg.attention_codes(bits)
+        return (n + codes - 1) >> _log2(codes)
+
     # -- the states ---------------------------------------------------------------------
     def _setup_states(self, m, st: AttnState):
         """A_CHECK, A_RANGE, A_ROW: the pitches, the faults, and each query row's start."""
@@ -258,7 +285,8 @@ class Attention:
                          st.in_pitch.eq(Mux(st.is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
                                             qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
                          st.out_len.eq(Mux(st.is_pv, d, keys)), st.query.eq(0),
-                         st.steps.eq((d + self.lanes - 1) >> self.lanes_log2)]
+                         st.steps.eq(Mux(st.fields.kv8, self._per_codes(d, 8),
+                                         self._per_codes(d, 4)))]
             m.next = "A_RANGE"
         with m.State("A_RANGE"):
             off_end = ((keys != 0) & (af.kv_addr + keys * st.kv_pitch > depth[Buffer.KV])) | (
@@ -288,7 +316,8 @@ class Attention:
         unit = self.unit
         af, regs, lb, get = st.fields, st.regs, _log2(self.word_bits), unit._get
         d, keys = af.head_dim, af.keys
-        qw, qr = qmem.write_port(), qmem.read_port()
+        qw = qmem.write_port(granularity=4 * self.lanes) if self.halves else qmem.write_port()
+        qr = qmem.read_port()
         with m.State("S_QHDR"), m.If(get(m, fa, Buffer.ACT, st.row << lb)):
             scale = view(L.QRowHeader, fa.value)
             m.d.sync += [st.qm.eq(scale.m), st.qe.eq(scale.e)]
@@ -326,12 +355,12 @@ class Attention:
             # stage A: a new word only while the queue will have room for its key; the query
             # codes of its sub-step are read with it
             issuing = self._issue(m, st, self._slot(m, st), s_count + push < 2 + taken)
-            m.d.comb += qr.addr.eq(st.sub - 1)
+            m.d.comb += qr.addr.eq(self._lane_word(st, (st.sub - 1)[:len(st.sub)]))
             # stage B
             word = unit.rd_kv.data
             head = view(L.KvHeader, unit.rd_kvh.data)
             step = (st.b_sub - 1)[:len(st.b_sub)]
-            first = step << self.lanes_log2
+            first = self._lane_word(st, step) << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
                         for j, code in enumerate(self._codes(
                             st, self._payload(m, st, word), step))]
@@ -377,13 +406,15 @@ class Attention:
         m.d.sync += count.eq(count + push - pop)
 
     def _query_codes(self, m, st: AttnState, qw):
-        """S_QSUM: the query's codes, ``lanes`` a cycle: stage A reads the ACT word of
-        sub-step ``sub``, stage B writes its codes into the query memory and adds them (those
-        below the head size) to the code sum."""
-        port, lanes, lb = self.unit.rd_window, self.lanes, _log2(self.word_bits)
+        """S_QSUM: the query's codes, as many a cycle as an INT8 sub-step takes (``lanes``,
+        or half of them): stage A reads the ACT word of piece ``sub``, stage B writes its
+        codes into the query memory (its half of a word where pieces are half the lanes) and
+        adds them (those below the head size) to the code sum."""
+        port, lb = self.unit.rd_window, _log2(self.word_bits)
+        piece = self.cfg.attention_codes(L.QCODE.width)
         qhdr = L.qrow_header(self.cfg.axi_data_bytes)
-        issuing = st.sub != st.steps
-        code_bits = (st.sub << self.lanes_log2) * L.QCODE.width
+        issuing = st.sub != self._per_codes(st.fields.head_dim, L.QCODE.width)
+        code_bits = (st.sub << _log2(piece)) * L.QCODE.width
         m.d.comb += [port.en.eq(issuing), port.buf.eq(Buffer.ACT),
                      port.addr.eq(st.row + qhdr + (code_bits >> lb))]
         go = issuing & port.grant
@@ -391,10 +422,14 @@ class Attention:
         with m.If(go):
             m.d.sync += st.sub.eq(st.sub + 1)
         chunk = self._chunk(port.data, st.b_sub, L.QCODE.width)
-        first = st.b_sub << self.lanes_log2
+        first = st.b_sub << _log2(piece)
         codes = [Mux(first + j < st.fields.head_dim, chunk.word_select(j, 8).as_signed(), 0)
-                 for j in range(lanes)]
-        m.d.comb += [qw.addr.eq(st.b_sub), qw.data.eq(chunk), qw.en.eq(st.b_valid)]
+                 for j in range(piece)]
+        if self.halves:
+            m.d.comb += [qw.addr.eq(st.b_sub >> 1), qw.data.eq(Cat(chunk, chunk)),
+                         qw.en.eq(Mux(st.b_valid, Mux(st.b_sub[0], 0b10, 0b01), 0))]
+        else:
+            m.d.comb += [qw.addr.eq(st.b_sub), qw.data.eq(chunk), qw.en.eq(st.b_valid)]
         with m.If(st.b_valid):
             m.d.sync += st.qsum.eq(st.qsum + tree(operator.add, codes))
         with m.If(~issuing & ~st.b_valid):
@@ -437,14 +472,16 @@ class Attention:
             with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
                 m.d.sync += st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0))
             step = (st.b_sub - 1)[:len(st.b_sub)]
-            m.d.comb += [ar.addr.eq(st.sub - 1), aw.addr.eq(step),  # read in A, written in B
+            m.d.comb += [ar.addr.eq(self._lane_word(st, (st.sub - 1)[:len(st.sub)])),
+                         aw.addr.eq(self._lane_word(st, step)),  # read in A, written in B
                          aw.en.eq(st.b_valid & (st.b_sub != 0))]
             # a word read in the cycle it is written (a key a cycle) comes from the write
             fwd, fwd_data = Signal(name="acc_fwd"), Signal.like(aw.data, name="acc_fwd_data")
             m.d.sync += [fwd.eq(aw.en & (aw.addr == ar.addr)), fwd_data.eq(aw.data)]
             accs = Mux(fwd, fwd_data, ar.data)
             payload = self._payload(m, st, unit.rd_kv.data)
-            sums = [Mux(st.b_key == 0, 0, accs.word_select(j, acc_bits).as_signed())
+            sums = [Mux((st.b_key == 0) & self._active(st, step, j), 0,
+                        accs.word_select(j, acc_bits).as_signed())
                     + st.x * code for j, code in enumerate(self._codes(st, payload, step))]
             m.d.comb += aw.data.eq(Cat(*(s[:acc_bits] for s in sums)))
             with m.If(~issuing & ~st.b_valid):

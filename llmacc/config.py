@@ -76,6 +76,9 @@ class AccelConfig:
     #: ATTN's sub-steps per INT8 KV payload word (twice as many per INT4 word): 2 takes half
     #: a word of codes a cycle, 1 a whole one (``attention_lanes``, twice the products).
     attention_int8_steps: int = 2
+    #: ATTN's lanes are twice a word's bytes (with ``attention_int8_steps`` = 1): an INT4 KV
+    #: payload word is a single sub-step, an INT8 one fills half the lanes.
+    attention_wide: bool = False
     # On-chip buffers, in bytes.
     act_buffer_bytes: int = 64 * 1024
     weight_buffer_bytes: int = 64 * 1024
@@ -144,15 +147,22 @@ class AccelConfig:
 
     @property
     def attention_lanes(self) -> int:
-        """Elements of a head that ATTN takes per cycle (``hw/attention.py``): a buffer
-        word's bytes over ``attention_int8_steps``, so that an INT8 KV word is that many
-        sub-steps and an INT4 one twice as many."""
+        """ATTN's lanes, the elements of a head it takes per cycle (``hw/attention.py``): a
+        buffer word's bytes over ``attention_int8_steps``, so that an INT8 KV word is that
+        many sub-steps and an INT4 one twice as many; or twice a word's bytes
+        (``attention_wide``)."""
+        if self.attention_wide:
+            return 2 * self.axi_data_bytes
         return self.axi_data_bytes // self.attention_int8_steps
 
+    def attention_codes(self, kv_bits: int) -> int:
+        """Codes of ``kv_bits`` that one ATTN sub-step takes: its lanes, at most a payload
+        word's (``hw/attention.py`` and its cycle model, ``sim/compute_timing.py``)."""
+        return min(self.attention_lanes, 8 * self.axi_data_bytes // kv_bits)
+
     def attention_substeps(self, kv_bits: int) -> int:
-        """Sub-steps of ``attention_lanes`` codes in one KV payload word of ``kv_bits``
-        codes (``hw/attention.py`` and its cycle model, ``sim/compute_timing.py``)."""
-        return 8 * self.axi_data_bytes // (kv_bits * self.attention_lanes)
+        """Sub-steps in one KV payload word of ``kv_bits`` codes."""
+        return 8 * self.axi_data_bytes // (kv_bits * self.attention_codes(kv_bits))
 
     @property
     def row_lanes(self) -> int:
@@ -212,6 +222,8 @@ class AccelConfig:
             self._fail("elementwise_stages", "must be a power of two")
         if self.attention_int8_steps not in (1, 2):
             self._fail("attention_int8_steps", "must be 1 or 2 sub-steps per INT8 KV word")
+        if self.attention_wide and self.attention_int8_steps != 1:
+            self._fail("attention_wide", "needs attention_int8_steps = 1")
         if self.axi_data_bits not in (32, 64, 128, 256, 512):
             self._fail("axi_data_bits", "must be one of 32, 64, 128, 256, 512")
         if not 32 <= self.axi_addr_bits <= 64:
@@ -304,7 +316,8 @@ PRESETS: dict[str, AccelConfig] = {
         record_matrices=False,
         sfu_lanes=4,  # `row_lanes`: the softmax's exponentials and products, four a cycle
         elementwise_stages=4,  # SiLU on a transfer of 16 results in 4 cycles (under 64 beats)
-        attention_int8_steps=1,  # `attention_lanes` = 64: a key's header and payload words
+        attention_int8_steps=1,
+        attention_wide=True,  # 128 lanes: an INT4 key of head size 128 a cycle
         act_buffer_bytes=1 << 20,
         weight_buffer_bytes=2 << 20,
         kv_buffer_bytes=2 << 20,
@@ -324,9 +337,10 @@ PRESETS: dict[str, AccelConfig] = {
 
 # Twice sim-small's engine and SFU, 128-bit AXI and four channels: the wider configuration of
 # the RTL regression (`make sim`); its table buffer holds a SmolLM2-135M layer's tables twice.
-# Its attention takes whole words of INT8 codes a cycle, as the u280's does.
+# Its attention takes whole words of INT4 codes a cycle, as the u280's does.
 PRESETS["sim-wide"] = PRESETS["sim-small"].replace(
     name="sim-wide", mv_rows=8, chain_len=32, chain_group=8, sfu_lanes=8, attention_int8_steps=1,
+    attention_wide=True,
     elementwise_stages=2,
     act_buffer_bytes=128 * 1024, weight_buffer_bytes=32 * 1024, meta_buffer_bytes=8 * 1024,
     table_buffer_bytes=32 * 1024, mem_channels=4, axi_data_bits=128, channel_gbps=1.6)

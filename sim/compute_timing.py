@@ -474,7 +474,7 @@ def _priced_once(price):
 @_priced_once
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one ATTN on the compute unit (``hw/attention.py``'s A_/S_/P_ states):
-    a key is a cycle per sub-step of ``attention_lanes`` elements and its header word, read
+    a key is a cycle per sub-step (``attention_codes`` elements) and its header word, read
     in the last sub-step of the key before where that sub-step reads no payload word (it is
     not the first of its word) or one in the other bank of the KV buffer, the reads a cycle
     ahead of the arithmetic."""
@@ -483,8 +483,8 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
     if d == 0 or d % 2 or rows == 0:
         return ATTN_SETUP
-    steps = -(-d // cfg.attention_lanes)
     bits = 8 if insn.kv8 else 4
+    steps = -(-d // cfg.attention_codes(bits))
     per_word = cfg.attention_substeps(bits)
     last_word = L.kv_header(w) + (steps - 1) // per_word  # the last sub-step's, in its row
     other_bank = (L.kv_pitch(d, bits, w) - last_word) % 2  # from the next row's header
@@ -505,9 +505,10 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
             # P_OUT: a read a word of accumulators, `row_lanes` of its results a cycle
             lanes, k = cfg.attention_lanes, cfg.row_lanes
             results = d // lanes * (lanes // k) + -(-(d % lanes) // k)
-            total += scan + key_loop + results + steps + 1
+            total += scan + key_loop + results + -(-d // lanes) + 1
             continue
-        total += fa.one(row * wb) + steps + ATTN_QSUM_PIPE  # S_QHDR, S_QSUM
+        # S_QHDR, S_QSUM: the query's codes, an INT8 sub-step's a cycle
+        total += fa.one(row * wb) + -(-d // cfg.attention_codes(8)) + ATTN_QSUM_PIPE
         total += key_loop
         if insn.func is isa.AttnFunc.SCORE:  # the scores written next to the query rows
             for key in range(keys):

@@ -37,6 +37,7 @@ def test_unknown_preset_lists_known():
     ("pack_products", 3, "pack_products = 3"),
     ("record_matrices", 1, "record_matrices = 1: must be true or false"),
     ("attention_int8_steps", 4, "attention_int8_steps = 4: must be 1 or 2"),
+    ("attention_int8_steps", 2, "attention_wide = True: needs attention_int8_steps = 1"),
 ])
 def test_validation_names_field_and_value(field, value, message):
     with pytest.raises(ConfigError, match=message):
