@@ -67,6 +67,15 @@ def unpack(shape: Any, raw: int) -> Any:
     return raw
 
 
+def past_count_zero(layout: Any, beats: list[int], lanes: str = "y") -> list[int]:
+    """Each beat of ``layout`` with its ``lanes`` past its ``count`` zero: what a lane beyond
+    the count holds is not defined, so outputs compare without it."""
+    def blank(beat: dict) -> dict:
+        return {**beat, lanes: [y if i < beat["count"] else 0
+                                for i, y in enumerate(beat[lanes])]}
+    return [pack(layout, blank(unpack(layout, raw))) for raw in beats]
+
+
 def first_mismatch(layout: Any, got: list[int], want: list[int]) -> str | None:
     """A message naming the first differing output and field, or None if equal."""
     for index, (g, w) in enumerate(zip(got, want, strict=False)):

@@ -115,6 +115,5 @@ def test_binary_lanes(simulator, seed, request, tmp_path):
     got = run_block(simulator, request, tmp_path, lambda: BinarySfu(lanes), "binary_sfu",
                     inputs, len(expected), seed)
     layout = binary_out(lanes)
-    got = [H.pack(layout, {**(beat := H.unpack(layout, g)), "y": [
-        y if j < beat["count"] else 0 for j, y in enumerate(beat["y"])]}) for g in got]
+    got = H.past_count_zero(layout, got)
     assert (msg := H.first_mismatch(layout, got, expected)) is None, f"{msg} (seed {seed})"
