@@ -175,7 +175,8 @@ class Attention:
             m.next = "COMPLETE"
 
     def _chunk(self, word, sub_step, bits: int):
-        """The bits of ``sub_step``'s ``lanes`` codes of ``bits`` in its payload word."""
+        """The bits of ``sub_step``'s codes of ``bits`` (``attention_codes`` of them) in its
+        payload word."""
         per_word, codes = self.cfg.attention_substeps(bits), self.cfg.attention_codes(bits)
         if per_word == 1:
             return word[:bits * codes]
