@@ -32,6 +32,7 @@ from llmacc.wdtypes import code_table as code_table
 
 Tensor = torch.Tensor
 I64 = torch.int64
+F64_EXACT = 1 << 53  #: integers below this magnitude convert to float64 exactly
 
 # -- widths --------------------------------------------------------------------------------
 ACC_BITS = 48  #: DSP48E2 accumulator
@@ -94,6 +95,11 @@ def _shift_left(x: Tensor, left) -> Tensor:
                        torch.bitwise_left_shift(torch.where(big, 0, x), left))
 
 
+def _minus_one_if_negative(x: Tensor) -> Tensor:
+    """-1 where ``x < 0``, else 0: the sign bit, spread by an arithmetic shift (one op)."""
+    return x >> 63
+
+
 def round_shift(x, s) -> Tensor:
     """``x / 2**s`` rounded half away from zero; ``s <= 0`` is a left shift (exact below
     ``2**LEFT_LIMIT_LOG2``).
@@ -106,12 +112,12 @@ def round_shift(x, s) -> Tensor:
         if s <= 0:
             return _shift_left(x, -s)
         s = min(s, MAX_RIGHT_SHIFT)
-        return torch.bitwise_right_shift(x + ((1 << (s - 1)) - (x < 0).to(I64)), s)
+        return (x + _minus_one_if_negative(x)).add_(1 << (s - 1)) >> s
     s = _t(s)
     if bool((s > 0).all()):  # right shifts only (a linear layer's rows): the same sums
         pos = torch.clamp(s, max=MAX_RIGHT_SHIFT)
         half = torch.bitwise_left_shift(torch.ones_like(pos), pos - 1)
-        return torch.bitwise_right_shift(x + (half - (x < 0).to(I64)), pos)
+        return torch.bitwise_right_shift(x + _minus_one_if_negative(x) + half, pos)
     pos = torch.clamp(s, min=0, max=MAX_RIGHT_SHIFT)
     left = torch.clamp(-s, min=0)
     half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)
@@ -153,6 +159,8 @@ def bit_length(x) -> Tensor:
     """
     x = _t(x).abs()
     n = torch.frexp(x.to(torch.float64)).exponent.to(I64)
+    if x.numel() == 0 or int(x.max()) < F64_EXACT:  # every value converts exactly
+        return n
     n = torch.where((n > 0) & (torch.bitwise_right_shift(x, torch.clamp(n - 1, min=0)) == 0),
                     n - 1, n)
     n = torch.where(torch.bitwise_right_shift(x, n) > 0, n + 1, n)
@@ -185,7 +193,10 @@ def sf16_ceil_ratio(a, d: int) -> tuple[Tensor, Tensor]:
     e = bit_length(a) - d.bit_length() - SCALE_BITS
     m = mantissa(e)
     for _ in range(2):
-        e = torch.where(m > SCALE_MAX, e + 1, e)
+        over = m > SCALE_MAX
+        if not bool(over.any()):
+            break
+        e = torch.where(over, e + 1, e)
         m = mantissa(e)
     zero = a == 0
     return torch.where(zero, 0, m), torch.where(zero, 0, e)

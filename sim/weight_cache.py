@@ -32,7 +32,6 @@ Tensor = torch.Tensor
 
 #: Exact integer range of the float formats' significands.
 F32_EXACT = 1 << 24
-F64_EXACT = 1 << 53
 #: Decoded tiles kept at most (bytes of their float32 operands); the oldest go first.
 DEFAULT_BUDGET = 4 << 30
 
@@ -84,7 +83,7 @@ class PreparedTile:
         scale_max = int(mant.max()) if mant.numel() else 0
         group_sum = bound * 128 * group  # |x| <= 128 (any INT8 byte) bounds a group's sum
         # float32 group sums, and float64 sums of every group's rescaled term, stay exact
-        if group_sum < F32_EXACT and group_sum * scale_max * (k // group) < F64_EXACT:
+        if group_sum < F32_EXACT and group_sum * scale_max * (k // group) < N.F64_EXACT:
             f32 = ops.to(torch.float32).reshape(n, k // group, group).transpose(0, 1)
             scale = mant.to(torch.float64).t().unsqueeze(-1)
             return cls(f32.contiguous(), scale.contiguous(), shift, group, True)

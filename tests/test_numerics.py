@@ -36,6 +36,8 @@ def test_round_shift_matches_naive_model(seed):
     right = [rng.randint(1, 70) for _ in xs]  # right shifts only, some past MAX_RIGHT_SHIFT
     got = N.round_shift(T(xs), T(right)).tolist()
     assert got == [naive_round_shift(x, s) for x, s in zip(xs, right, strict=True)]
+    for s in (1, 2, 7, 31, 62, 70):  # one shift for the whole tensor
+        assert N.round_shift(T(xs), s).tolist() == [naive_round_shift(x, s) for x in xs]
 
 
 def test_round_shift_zero_and_left():
@@ -64,8 +66,11 @@ def test_isqrt_exact(seed):
         N.isqrt(T([-1]))
 
 
-def test_bit_length():
-    xs = [0, 1, -1, 2, 255, -256, (1 << 40), (1 << 62) - 1]
+@pytest.mark.parametrize("top", [52, 61], ids=["float64-exact", "rounded"])
+def test_bit_length(top):
+    xs = [0, 1, -1, 2, 255, -256, (1 << 40)]
+    near = [(1 << b) + d for b in range(50, top + 1) for d in (-1, 0, 1)]  # float64 rounds
+    xs += near + [-x for x in near]
     assert N.bit_length(T(xs)).tolist() == [abs(x).bit_length() for x in xs]
 
 
