@@ -44,6 +44,10 @@ from sim.weight_cache import PreparedTile, Source, WeightCache, grouped_acc
 Tensor = torch.Tensor
 
 
+#: Buffer views kept at most (:meth:`Emulator._records`); a few hundred per program.
+MAX_VIEWS = 1 << 16
+
+
 class EmulatorError(RuntimeError):
     """An instruction that cannot execute (out-of-range address, bad record, deadlock)."""
 
@@ -100,6 +104,7 @@ class Emulator:
         self.buf = {b: np.zeros(cfg.buffer_words(b) * self.w, dtype=np.uint8) for b in Buffer}
         self.regs = dict.fromkeys(Reg, 0)
         self.weights = WeightCache(self.w)
+        self._views: dict[tuple, np.ndarray] = {}
 
     # -- memory access ---------------------------------------------------------------------
     def _ext(self, chan: int) -> np.ndarray:
@@ -126,15 +131,26 @@ class Emulator:
     def _records(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
                  width: int | None = None) -> np.ndarray:
         """A view [count, width*W] of ``count`` records of ``pitch`` words starting at word
-        ``addr``, ``step`` words apart (default: ``pitch``)."""
-        step = pitch if step is None else step
-        width = pitch if width is None else width
-        size = self.buf[buf].size // self.w
-        last = addr + (count - 1) * step + width
-        if count < 0 or addr < 0 or step < 0 or (count and last > size):
-            raise EmulatorError(f"{buf.name} buffer: words [{addr}, {last}) exceed its "
-                                f"{size} words")
-        return _rows(self.buf[buf], addr * self.w, count, step * self.w, width * self.w)
+        ``addr``, ``step`` words apart (default: ``pitch``).
+
+        The buffers never move, so a view is made and checked once per shape and kept: a
+        program asks for the same few hundred again at every step.
+        """
+        key = (buf, addr, count, pitch, step, width)
+        view = self._views.get(key)
+        if view is None:
+            step = pitch if step is None else step
+            width = pitch if width is None else width
+            size = self.buf[buf].size // self.w
+            last = addr + (count - 1) * step + width
+            if count < 0 or addr < 0 or step < 0 or (count and last > size):
+                raise EmulatorError(f"{buf.name} buffer: words [{addr}, {last}) exceed its "
+                                    f"{size} words")
+            if len(self._views) >= MAX_VIEWS:
+                self._views.clear()
+            view = _rows(self.buf[buf], addr * self.w, count, step * self.w, width * self.w)
+            self._views[key] = view
+        return view
 
     def _get(self, buf: Buffer, addr: int, count: int, pitch: int, step: int | None = None,
              width: int | None = None) -> np.ndarray:
