@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmacc import cli
 from llmacc.config import preset
@@ -73,6 +74,10 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # each worker's torch on its share of the cores: oversubscribed, the
+        # small ops of the emulator and the integer model wait on descheduled threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     seed = config.getoption("--seed")
     config.llmacc_seed = int(os.environ.get("LLMACC_SEED", "1")) if seed is None else seed
 
