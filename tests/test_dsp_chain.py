@@ -17,7 +17,7 @@ from llmacc import numerics as NU
 from llmacc.isa import Sparsity, WeightFormat
 from llmacc.layout import SPARSITY_NM
 from sim import stream_harness as H
-from tests.helpers.simulators import SIMULATORS, run_block
+from tests.helpers.simulators import LANE_VARIANTS, run_block
 
 N, GROUP = 16, 4
 
@@ -85,8 +85,7 @@ def _beats(seed: int, index_in_code: bool, count: int = 120):
     return inputs, expected, out
 
 
-@pytest.mark.parametrize("index_in_code", [False, True], ids=["index", "index_in_code"])
-@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize(("simulator", "index_in_code"), LANE_VARIANTS)
 def test_sparse_chain(simulator, index_in_code, seed, request, tmp_path):
     count = 120 if simulator == "amaranth" else 400
     inputs, expected, out = _beats(seed, index_in_code, count)

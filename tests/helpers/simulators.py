@@ -14,6 +14,17 @@ SIMULATORS = ["amaranth", pytest.param("verilator", marks=pytest.mark.verilator)
 #: the same, for a block whose Verilator build is long (``make sim`` only)
 SIMULATORS_SLOW_BUILD = ["amaranth", pytest.param(
     "verilator", marks=[pytest.mark.verilator, pytest.mark.slow])]
+#: ``(simulator, index_in_code)`` for the blocks built in both lane variants: the lanes with
+#: an index field (sim-small's record path) run Verilated in ``make sim`` only, as the
+#: sim-small top's tests run them Verilated in ``make test``; the u280's lanes (indices in
+#: the codes) are Verilated only here, so in both
+LANE_VARIANTS = [
+    pytest.param("amaranth", False, id="amaranth-index"),
+    pytest.param("amaranth", True, id="amaranth-index_in_code"),
+    pytest.param("verilator", False, id="verilator-index",
+                 marks=[pytest.mark.verilator, pytest.mark.slow]),
+    pytest.param("verilator", True, id="verilator-index_in_code", marks=pytest.mark.verilator),
+]
 
 
 def run_block(simulator: str, request: pytest.FixtureRequest, tmp_path, block: Callable[
