@@ -42,7 +42,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
@@ -59,6 +59,12 @@ from llmacc.kernel import Fault
 #: The largest head size the instruction can name, and so the query and accumulator memories'
 #: elements.
 MAX_HEAD = 1 << AttnFields.as_shape()["head_dim"].width
+
+
+def _prev(sub: Value) -> Value:
+    """The sub-step before ``sub``, in ``sub``'s width: a key's sub-steps 1.. read its payload
+    words 0.., so a payload sub-step's word index is ``_prev(sub)``."""
+    return (sub - 1)[:len(sub)]
 
 
 def _log2(x: int) -> int:
@@ -210,7 +216,7 @@ class Attention:
         kvhdr = L.kv_header(self.cfg.axi_data_bytes)
         words4 = _log2(self.cfg.attention_substeps(4))
         words8 = _log2(self.cfg.attention_substeps(8))
-        step = (sub - 1)[:len(sub)]
+        step = _prev(sub)
         return Mux(sub == 0, st.rec(key),
                    st.rec(key) + kvhdr + Mux(st.fields.kv8, step >> words8, step >> words4))
 
@@ -219,7 +225,7 @@ class Attention:
         its word, through ``rd_kv``), a header (through ``rd_kvh``: ``sub`` 0, or ``ahead``:
         the next key's, in a last sub-step that reads no payload word or one in the other
         bank of the KV buffer), either, both or nothing. Returns ``(fresh, header, ahead)``."""
-        step = (st.sub - 1)[:len(st.sub)]
+        step = _prev(st.sub)
         word_start = Mux(st.fields.kv8, step[:_log2(self.cfg.attention_substeps(8))] == 0,
                          step[:_log2(self.cfg.attention_substeps(4))] == 0)
         other_bank = (self._payload_word(st, st.key, st.sub) ^ st.rec(st.key + 1))[0]
@@ -356,11 +362,11 @@ class Attention:
             # stage A: a new word only while the queue will have room for its key; the query
             # codes of its sub-step are read with it
             issuing = self._issue(m, st, self._slot(m, st), s_count + push < 2 + taken)
-            m.d.comb += qr.addr.eq(self._lane_word(st, (st.sub - 1)[:len(st.sub)]))
+            m.d.comb += qr.addr.eq(self._lane_word(st, _prev(st.sub)))
             # stage B
             word = unit.rd_kv.data
             head = view(L.KvHeader, unit.rd_kvh.data)
-            step = (st.b_sub - 1)[:len(st.b_sub)]
+            step = _prev(st.b_sub)
             first = self._lane_word(st, step) << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
                         for j, code in enumerate(self._codes(
@@ -472,8 +478,8 @@ class Attention:
             aligned = round_shift(Cat(head.m, Const(0, 1)), (st.emax - head.e).as_signed(), 17)
             with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
                 m.d.sync += st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0))
-            step = (st.b_sub - 1)[:len(st.b_sub)]
-            m.d.comb += [ar.addr.eq(self._lane_word(st, (st.sub - 1)[:len(st.sub)])),
+            step = _prev(st.b_sub)
+            m.d.comb += [ar.addr.eq(self._lane_word(st, _prev(st.sub))),
                          aw.addr.eq(self._lane_word(st, step)),  # read in A, written in B
                          aw.en.eq(st.b_valid & (st.b_sub != 0))]
             # a word read in the cycle it is written (a key a cycle) comes from the write

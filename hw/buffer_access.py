@@ -35,6 +35,22 @@ SLOT_LOG2 = L.SLOT_BITS.bit_length() - 1
 BANKED = (Buffer.KV,)
 
 
+def banks_of(b: Buffer) -> int:
+    """The memories buffer ``b`` is held in: two for a :data:`BANKED` buffer, else one."""
+    return 2 if b in BANKED else 1
+
+
+def bank_of(addr):
+    """The memory of a banked buffer that holds word ``addr`` (a signal or an int): the even
+    words are in the first, the odd ones in the second (:func:`row_of`: the word's row)."""
+    return addr % 2 if isinstance(addr, int) else addr[0]
+
+
+def row_of(addr, banks: int):
+    """The row that holds word ``addr`` (a signal or an int) in its memory of ``banks``."""
+    return addr >> (banks - 1)
+
+
 def addr_bits(cfg: AccelConfig) -> int:
     """Bits of a word address into the deepest buffer."""
     return max(cfg.buffer_words(b) for b in Buffer).bit_length()
@@ -81,13 +97,14 @@ class BufferBank(wiring.Component):
         w = cfg.axi_data_bytes
         last_read = {}  # (buffer, bank) -> the word its read port gave
         for b in Buffer:
-            banks = 2 if b in BANKED else 1
+            banks = banks_of(b)
             depth = cfg.buffer_words(b)
             mems = [Memory(shape=8 * w, depth=-(-(depth - k) // banks), init=[])
                     for k in range(banks)]
             for k, mem in enumerate(mems):
                 m.submodules[f"buf_{b.name.lower()}" + (f"_{k}" if banks > 1 else "")] = mem
-            self.cells[b] = [mems[i % banks].data[i // banks] for i in range(depth)]
+            self.cells[b] = [mems[bank_of(i) if banks > 1 else 0].data[row_of(i, banks)]
+                             for i in range(depth)]
             self._write_side(m, b, mems)
             for k, mem in enumerate(mems):
                 last_read[b, k] = self._read_side(m, b, mem, k, banks)
@@ -96,7 +113,7 @@ class BufferBank(wiring.Component):
         store_from, store_fresh = Signal(Buffer), Signal()
         store_bank = Signal()
         store_word, store_held = Signal(8 * w), Signal(8 * w)
-        m.d.sync += [store_from.eq(self.store_buf), store_bank.eq(self.store_addr[0]),
+        m.d.sync += [store_from.eq(self.store_buf), store_bank.eq(bank_of(self.store_addr)),
                      store_fresh.eq(self.store_en)]
         self._route(m, store_from, store_bank, last_read, store_word)
         with m.If(store_fresh):
@@ -105,14 +122,14 @@ class BufferBank(wiring.Component):
         for port in self.rd:
             source, bank = Signal(Buffer), Signal()
             with m.If(port.en & port.grant):
-                m.d.sync += [source.eq(port.buf), bank.eq(port.addr[0])]
+                m.d.sync += [source.eq(port.buf), bank.eq(bank_of(port.addr))]
             self._route(m, source, bank, last_read, port.data)
         return m
 
     def _write_side(self, m: Module, b: Buffer, mems: list) -> None:
         """One write a cycle into buffer ``b``: the LOAD unit's, else the first shared
         writer's; a banked buffer's word goes to its bank's memory."""
-        w, banks = self.cfg.axi_data_bytes, len(mems)
+        w, banks = self.cfg.axi_data_bytes, banks_of(b)
         addr, data, mask = Signal.like(self.load_addr), Signal(8 * w), Signal(w)
         m.d.comb += [addr.eq(self.load_addr), data.eq(self.load_data),
                      mask.eq(Mux(self.load_en & (self.load_buf == b), (1 << w) - 1, 0))]
@@ -125,8 +142,8 @@ class BufferBank(wiring.Component):
             taken = taken | want
         for k, mem in enumerate(mems):
             wr = mem.write_port(granularity=8)
-            mine = addr[0] == k if banks > 1 else 1
-            m.d.comb += [wr.addr.eq(addr >> (banks - 1)), wr.data.eq(data),
+            mine = bank_of(addr) == k if banks > 1 else 1
+            m.d.comb += [wr.addr.eq(row_of(addr, banks)), wr.data.eq(data),
                          wr.en.eq(Mux(mine, mask, 0))]
 
     def _read_side(self, m: Module, b: Buffer, mem: Memory, k: int, banks: int) -> Value:
@@ -135,14 +152,14 @@ class BufferBank(wiring.Component):
         rd = mem.read_port()
 
         def here(buf, addr):
-            return (buf == b) & ((addr[0] == k) if banks > 1 else 1)
+            return (buf == b) & ((bank_of(addr) == k) if banks > 1 else 1)
 
         taken = self.store_en & here(self.store_buf, self.store_addr)
-        m.d.comb += [rd.addr.eq(self.store_addr >> (banks - 1)), rd.en.eq(taken)]
+        m.d.comb += [rd.addr.eq(row_of(self.store_addr, banks)), rd.en.eq(taken)]
         for port in self.rd:
             want = port.en & here(port.buf, port.addr)
             with m.If(want & ~taken):
-                m.d.comb += [port.grant.eq(1), rd.addr.eq(port.addr >> (banks - 1)),
+                m.d.comb += [port.grant.eq(1), rd.addr.eq(row_of(port.addr, banks)),
                              rd.en.eq(1)]
             taken = taken | want
         return rd.data
