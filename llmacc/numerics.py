@@ -121,7 +121,7 @@ def round_shift(x, s) -> Tensor:
     pos = torch.clamp(s, min=0, max=MAX_RIGHT_SHIFT)
     left = torch.clamp(-s, min=0)
     half = torch.where(pos > 0, torch.bitwise_left_shift(torch.ones_like(pos), pos - 1), 0)
-    bias = torch.where(pos > 0, half - (x < 0).to(I64), 0)
+    bias = torch.where(pos > 0, half + _minus_one_if_negative(x), 0)
     right = torch.bitwise_right_shift(x + bias, pos)
     return torch.where(s > 0, right, _shift_left(x, left))
 
