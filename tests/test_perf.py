@@ -84,7 +84,7 @@ def test_perf_knows_the_models_people_use(model):
 
 def test_perf_reads_shapes_from_a_config_or_gguf_without_weights(tmp_path, capsys):
     """An HF config.json (no weights beside it) and a GGUF file's metadata give the shapes;
-    a LLaMA3-8B config.json gives the same figures as the built-in llama3-8b."""
+    a LLaMA3-8B config.json gives the built-in llama3-8b's shape, so its figures."""
     gguf = pytest.importorskip("gguf")
     import dataclasses
     import json
