@@ -226,12 +226,21 @@ class FieldFetch(wiring.Component):
 
     With ``run_bits`` (a power of two, at most a word), ``run`` holds the ``run_bits`` at a
     run-aligned address as well: a writer of whole runs reads its old values a run at a time
-    (a request with ``run`` set is a hit only while every slot of the run is as read)."""
+    (a request with ``run`` set is a hit only while every slot of the run is as read).
 
-    def __init__(self, cfg: AccelConfig, slot_snoop: bool = False, run_bits: int = 0):
+    With ``read_ahead`` (runs only, no slot snooping), a walk of runs does not stop at a word's
+    end: a run in the second word is served from it at once, that word becomes the first and
+    the word after it is read behind the walk (runs in the first word are served meanwhile), so
+    a walk that spends three cycles or more in each word never waits for the memory."""
+
+    def __init__(self, cfg: AccelConfig, slot_snoop: bool = False, run_bits: int = 0,
+                 read_ahead: bool = False):
         self.word_bits = cfg.axi_data_bits
         self.slot_snoop = slot_snoop
         self.run_bits = run_bits
+        self.read_ahead = read_ahead
+        if read_ahead and (slot_snoop or not run_bits):
+            raise ValueError("read-ahead serves runs of a fetch that does not snoop slots")
         if self.word_bits < FIELD_BITS:
             raise ValueError(f"{self.word_bits}-bit buffer words cannot hold a "
                              f"{FIELD_BITS}-bit field in two words")
@@ -254,28 +263,45 @@ class FieldFetch(wiring.Component):
         words = [Signal(self.word_bits, name=f"word{i}") for i in range(2)]
         base = Signal.like(self.port.addr)  # address of words[0]
         buf = Signal(Buffer)
-        valid = Signal()
+        held = [Signal(name=f"held{i}") for i in range(2)]  # words[i] holds word base + i
+        stale = Signal()  # a flush or a snooped write since the read in flight began
         want = self.req.payload.bit[low:]
         offset = self.req.payload.bit[:low]
-        same = valid & (buf == self.req.payload.buf)
-        hit = same & (base == want)
+        same = buf == self.req.payload.buf
+        hit = same & (base == want) & held[0] & held[1]
         s = self.snoop
         wrote = s.en & s.grant & (s.buf == buf)
+        ours = (s.addr == base) | (s.addr == base + 1)
         fresh = self._fresh(m, base, offset, wrote)
+        # a write makes the words stale (a slot-snooping fetch: only the slots it sets)
+        forget = self.flush if fresh is not None else self.flush | (wrote & ours)
         if fresh is not None:
             hit &= Mux(self.req.payload.run, fresh.run_hit, fresh.hit) if self.run_bits \
                 else fresh.hit
+        first = second = Const(0)
+        if self.read_ahead:  # a run needs only the word that holds it
+            run = self.req.payload.run
+            first = run & same & (base == want) & held[0]
+            second = run & same & (base + 1 == want) & held[1]
+            hit = Mux(run, first | second, hit)
         m.d.comb += [self.value.eq(Cat(*words).bit_select(offset, FIELD_BITS)),
                      self.port.buf.eq(buf)]
         if self.run_bits:
-            m.d.comb += self.run.eq(self._run_of(words[0], offset, self.run_bits))
+            m.d.comb += self.run.eq(Mux(second, self._run_of(words[1], offset, self.run_bits),
+                                        self._run_of(words[0], offset, self.run_bits)))
+        taken = self.req.valid & self.req.ready
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(hit & ~self.flush)
+                with m.If(taken & second):  # on into the second word; the next read behind
+                    m.d.sync += [base.eq(base + 1), words[0].eq(words[1]), held[1].eq(0),
+                                 stale.eq(0)]
+                    m.next = "READ1"
                 with m.If(self.req.valid & ~hit & ~self.flush):
-                    m.d.sync += [buf.eq(self.req.payload.buf), base.eq(want), valid.eq(0)]
-                    with m.If(same & (base + 1 == want)):  # walking on: keep the second word
-                        m.d.sync += words[0].eq(words[1])
+                    m.d.sync += [buf.eq(self.req.payload.buf), base.eq(want), held[0].eq(0),
+                                 held[1].eq(0), stale.eq(0)]
+                    with m.If(same & held[1] & (base + 1 == want)):  # walking on: keep it
+                        m.d.sync += [words[0].eq(words[1]), held[0].eq(self.read_ahead)]
                         if fresh is not None:
                             m.d.sync += fresh.slots[0].eq(fresh.kept[1])
                         m.next = "READ1"
@@ -287,6 +313,8 @@ class FieldFetch(wiring.Component):
                     m.next = "TAKE0"
             with m.State("TAKE0"):
                 m.d.sync += words[0].eq(self.port.data)
+                if self.read_ahead:
+                    m.d.sync += held[0].eq(~stale)
                 if fresh is not None:
                     m.d.sync += fresh.slots[0].eq(fresh.read[0])
                 m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 1)]
@@ -295,17 +323,20 @@ class FieldFetch(wiring.Component):
                 with m.Else():
                     m.next = "READ1"
             with m.State("READ1"):
-                m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 1)]
+                m.d.comb += [self.req.ready.eq(first & ~self.flush),
+                             self.port.en.eq(1), self.port.addr.eq(base + 1)]
                 with m.If(self.port.grant):
                     m.next = "TAKE1"
             with m.State("TAKE1"):
-                m.d.sync += [words[1].eq(self.port.data), valid.eq(1)]
+                m.d.comb += self.req.ready.eq(first & ~self.flush)
+                m.d.sync += [words[1].eq(self.port.data), held[1].eq(~stale)]
+                if not self.read_ahead:
+                    m.d.sync += held[0].eq(~stale)
                 if fresh is not None:
                     m.d.sync += fresh.slots[1].eq(fresh.read[1])
                 m.next = "IDLE"
-        ours = (s.addr == base) | (s.addr == base + 1)
-        with m.If(self.flush if fresh is not None else self.flush | (wrote & ours)):
-            m.d.sync += valid.eq(0)
+        with m.If(forget):
+            m.d.sync += [held[0].eq(0), held[1].eq(0), stale.eq(1)]
         return m
 
     def _run_of(self, word: Value, offset: Value, width: int) -> Value:

@@ -75,8 +75,9 @@ class SfuUnit(wiring.Component):
         max_len = row_limit(cfg)
         lanes = cfg.row_lanes
         run = lanes * L.WIDE.width if lanes > 1 else 0  # a beat of operands, one fetch
-        m.submodules.fetch_a = fa = FieldFetch(cfg, run_bits=run)
-        m.submodules.fetch_b = fb = FieldFetch(cfg, run_bits=run)
+        # a beat's operands are runs, walked with the next word read behind them
+        m.submodules.fetch_a = fa = FieldFetch(cfg, run_bits=run, read_ahead=bool(run))
+        m.submodules.fetch_b = fb = FieldFetch(cfg, run_bits=run, read_ahead=bool(run))
         m.submodules.packer = pk = FieldPacker(cfg, push_bits=max(FIELD_BITS,
                                                                   lanes * L.WIDE.width))
         m.submodules.element = el = ElementSfu()

@@ -7,9 +7,11 @@ field starting in the word the fetch holds costs one cycle; one starting in the 
 costs four (the fetch moves on by one word), any other five (two words read). So the cycles
 are the fields' count plus the refills, and the refills follow from the fields' bit addresses
 alone: :class:`Fetch` keeps the word each fetch holds and prices walks of equally spaced
-fields in closed form. A matrix pass repeats for every row block and token pair with the
-same refills as long as the fetches enter it in the same place relative to its records, so
-passes are priced once per such entry (this is what makes LLaMA-sized tiles quick).
+fields in closed form. The SFU's fetches read ahead (a beat's operands are runs): a run in
+the next word waits only for what is left of the read behind the walk (:meth:`Fetch.ahead`).
+A matrix pass repeats for every row block and token pair with the same refills as long as
+the fetches enter it in the same place relative to its records, so passes are priced once
+per such entry (this is what makes LLaMA-sized tiles quick).
 Attention reads its KV rows as whole words, a word a cycle, so its keys are priced in
 closed form.
 
@@ -29,6 +31,10 @@ from llmacc.kernel import RESULT_STAGES, chain_latency
 from sim.cycle_model import READ_LATENCY
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
+#: A read-ahead fetch's runs (``FieldFetch(read_ahead=True)``): the cycles that reading the
+#: word after the held one takes once the fetch has moved on (a cycle to read, one to take),
+#: and the extra cycles of a run elsewhere (two words read, the run served with the second).
+BEHIND, RUN_COLD = 2, 3
 #: From issue to the first descriptor request, and the COMPLETE state.
 MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
 COMPLETE = 1
@@ -60,6 +66,8 @@ class Fetch:
         self.slots = slots
         self.held: int | None = None
         self.stale: frozenset[int] = frozenset()
+        #: read-ahead: the cycles a run in the word after the held one would wait now
+        self.behind = 0
 
     def _entry(self, word: int) -> int:
         if self.held == word:
@@ -79,7 +87,7 @@ class Fetch:
             kept = range(last * per_word, (last + 2) * per_word)
             self.stale = (frozenset(x for x in self.stale if x in kept) if entry != COLD
                           else frozenset())
-        self.held = last
+        self.held, self.behind = last, 0
         return count + entry + WALK * (last - first)
 
     def one(self, bit: int) -> int:
@@ -92,6 +100,34 @@ class Fetch:
         of them was written since it was read."""
         first = bit // L.SLOT_BITS
         return self._read(bit, set(range(first, first + slots)))
+
+    def ahead(self, bit: int, count: int = 1, stride: int = 0) -> int:
+        """Cycles of ``count`` runs at ``bit``, ``bit + stride``, ... (``stride`` at most a
+        word) from a read-ahead fetch, each asked for as soon as the one before is served: a
+        cycle each, a run in the word after the held one waits for it (:data:`BEHIND` after
+        the fetch moved on), one elsewhere reads two words (:data:`RUN_COLD`) once the read
+        behind is done."""
+        cycles = 0
+        i = 0
+        while i < count:
+            word = (bit + i * stride) // self.word_bits
+            here = count - i if stride == 0 else min(
+                count - i, -(-((word + 1) * self.word_bits - bit - i * stride) // stride))
+            if self.held == word:
+                wait, behind = 0, self.behind
+            elif self.held is not None and self.held + 1 == word:
+                wait, behind = self.behind, BEHIND + 1
+            else:  # after the read behind
+                wait, behind = self.behind + RUN_COLD, 1
+            self.held, self.stale = word, frozenset()
+            cycles += wait + here
+            self.behind = max(0, behind - here)
+            i += here
+        return cycles
+
+    def idle(self, cycles: int) -> None:
+        """``cycles`` pass without a request (a read-ahead fetch's read behind goes on)."""
+        self.behind = max(0, self.behind - cycles)
 
     def _read(self, bit: int, under: set[int]) -> int:
         """Cycles of a read at ``bit`` whose slots ``under`` must be as read."""
@@ -110,10 +146,10 @@ class Fetch:
             self.held = None
 
     def state(self) -> tuple:
-        return self.held, self.stale
+        return self.held, self.stale, self.behind
 
     def restore(self, state: tuple) -> None:
-        self.held, self.stale = state
+        self.held, self.stale, self.behind = state
 
 
 def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple:
@@ -123,7 +159,7 @@ def _relative(fetches: tuple[Fetch, ...], bases: tuple[int, ...]) -> tuple:
     for f, b in zip(fetches, bases, strict=True):
         origin = b * (f.word_bits // L.SLOT_BITS)
         out.append(None if f.held is None else
-                   (f.held - b, frozenset(x - origin for x in f.stale)))
+                   (f.held - b, frozenset(x - origin for x in f.stale), f.behind))
     return tuple(out)
 
 
@@ -132,10 +168,10 @@ def _place(fetches: tuple[Fetch, ...], bases: tuple[int, ...], relative: tuple) 
     :func:`_relative`)."""
     for f, b, rel in zip(fetches, bases, relative, strict=True):
         if rel is None:
-            f.restore((None, frozenset()))
+            f.restore((None, frozenset(), 0))
         else:
             origin = b * (f.word_bits // L.SLOT_BITS)
-            f.restore((b + rel[0], frozenset(x + origin for x in rel[1])))
+            f.restore((b + rel[0], frozenset(x + origin for x in rel[1]), rel[2]))
 
 
 def _once_per_entry(memo: dict, fetches: tuple[Fetch, ...], bases: tuple[int, ...],
@@ -432,14 +468,29 @@ def matrix_cycles(cfg: AccelConfig, shape: MatrixShape) -> int:
     return (_StreamClock if shape.streamed else _MatrixClock)(cfg, shape).run()
 
 
-def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False) -> int:
-    """Two fields fetched together: the state waits for both. On one buffer (``shared``)
-    they share its read port, ``fa`` first: ``fb``'s reads wait for ``fa``'s (two for a
-    refill, one for a step on)."""
-    a, b = fa.one(bit_a), fb.one(bit_b)
-    if shared and a > 1 and b > 1:
-        b += 2 if a - 1 == COLD else 1
-    return max(a, b)
+def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False,
+          runs: bool = False) -> int:
+    """Two fields (``runs``: two runs of read-ahead fetches) fetched together: the state waits
+    for both. On one buffer (``shared``) they share its read port, ``fa`` first: ``fb``'s
+    reads wait for ``fa``'s (two for a refill, one for a step on or a read behind)."""
+    if not runs:
+        a, b = fa.one(bit_a), fb.one(bit_b)
+        if shared and a > 1 and b > 1:
+            b += 2 if a - 1 == COLD else 1
+        return max(a, b)
+    moves = [f.held is not None and f.held + 1 == bit // f.word_bits
+             for f, bit in ((fa, bit_a), (fb, bit_b))]
+    colds = [f.held is None or not moved and f.held != bit // f.word_bits
+             for f, bit, moved in ((fa, bit_a, moves[0]), (fb, bit_b, moves[1]))]
+    a, b = fa.ahead(bit_a), fb.ahead(bit_b)
+    if shared and all(colds):
+        b += 2  # both refill: fb's reads wait for fa's
+    elif shared and all(moves) and a == b:
+        fb.behind += 1  # both read their next words behind in the same cycle
+    step = max(a, b)
+    fa.idle(step - a)
+    fb.idle(step - b)
+    return step
 
 
 #: ATTN: A_CHECK, A_RANGE and COMPLETE (per query row A_ROW)
@@ -567,13 +618,21 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
 
     def row(a: int, b: int) -> int:
         """One row's cycles, its operands at words ``a`` and ``b``."""
+        runs = beat > 1  # a beat's operands are runs of read-ahead fetches
         if operands == "binary":
-            return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                             b * wb + L.element_bit(i, L.WIDE), not bcast)
-                       for i in range(0, length, beat))
+            steps = [_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
+                           b * wb + L.element_bit(i, L.WIDE), not bcast, runs)
+                     for i in range(0, length, beat)]
+            if not runs:
+                return sum(steps)
+            # past the row's first beat, the lanes wait a cycle for each word the packer
+            # writes (but the row's last), unless they waited as long for the fetches
+            waits = sum(steps[1:]) - (len(steps) - 1)
+            return steps[0] + len(steps) - 1 + max(waits, wide - 1)
         if operands == "gamma":
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                             b * wb + L.element_bit(i, L.GAMMA)) for i in range(0, length, beat))
+                             b * wb + L.element_bit(i, L.GAMMA), runs=runs)
+                       for i in range(0, length, beat))
         if operands == "rope":
             half = insn.imm // 2
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
@@ -587,7 +646,7 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
                       scales + L.element_bit(i // insn.imm, L.MANT), True)
                 for i in range(length))
         if beat > 1:  # a row-stage beat of operands a step
-            return fa.walk(a * wb, beat * L.WIDE.width, -(-length // beat))
+            return fa.ahead(a * wb, -(-length // beat), beat * L.WIDE.width)
         return fa.walk(a * wb, L.WIDE.width, length)  # unary, masked, quant8, kvquant
 
     memo: dict = {}
@@ -611,10 +670,11 @@ RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
 ROW_FIXED = {isa.SfuFunc.SOFTMAX: 53, isa.SfuFunc.RMSNORM: 104}
 #: QUANT8 and KVQUANT per segment (KV group): (fixed, per beat of ``row_lanes`` codes, per
 #: written word). The emission of one segment overlaps the next one's reception, so these
-#: are least-squares fits to the RTL (18 random instructions each, rows up to 300 elements,
-#: on sim-small and sim-wide, 2 and 4 lanes: within 1.3% of each), not counts.
-QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (105.63, 0.58, 2.72),
-                 isa.SfuFunc.KVQUANT: (106.95, 1.07, 0.83)}
+#: are least-squares fits to the RTL (relative error; 84 random instructions each on
+#: sim-small, sim-wide and a 512-bit word of 4 lanes, rows up to 1,200 elements: within
+#: 2.5% of each), not counts.
+QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (107.18, 1.03, 0.49),
+                 isa.SfuFunc.KVQUANT: (108.29, 0.98, 0.67)}
 
 
 @_priced_once

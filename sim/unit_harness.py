@@ -157,7 +157,8 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
 def check_against_emulator(cfg: AccelConfig, unit: wiring.Component,
                            cases: list[InstructionCase], seed: int) -> list[int]:
     """Run every case on ``unit`` (one simulation) and on its emulator: the buffers must be
-    equal byte for byte, or both must refuse the instruction. Returns the fault codes."""
+    equal byte for byte, or both must refuse the instruction. Returns the unit's outcomes
+    (fault code and busy cycles)."""
     outcomes = run_instructions(cfg, unit, cases, seed=seed)
     w = cfg.axi_data_bytes
     for case, out in zip(cases, outcomes, strict=True):
@@ -174,4 +175,4 @@ def check_against_emulator(cfg: AccelConfig, unit: wiring.Component,
                                       np.frombuffer(want, np.uint8))
                 raise AssertionError(f"{b.name} differs at {diff.size} bytes, first word "
                                      f"{int(diff[0]) // w} (seed {seed}, {case.insn})")
-    return [out.fault for out in outcomes]
+    return outcomes

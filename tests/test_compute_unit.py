@@ -77,7 +77,7 @@ def test_without_the_record_path_every_matrix_streams(seed):
              for fmt, sparsity in combos]
     cases += [mat_case(cfg, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, op)
               for op in (Opcode.MATVEC, Opcode.MATMAT)]
-    faults = check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+    faults = [out.fault for out in check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)]
     assert faults == [Fault.NONE] * 3 + [Fault.UNSUPPORTED] * 2, f"seed {seed}"
 
 
@@ -90,7 +90,7 @@ def test_collector_ways_span_channels(seed):
     rng = random.Random(seed)
     cases = [mat_case(cfg, rng, fmt, sparsity, rng.choice(list(OutMode)), Opcode.MATSTREAM)
              for fmt, sparsity in L.stream_geometries(cfg.chain_len, cfg.axi_data_bits)]
-    faults = check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)
+    faults = [out.fault for out in check_against_emulator(cfg, ComputeUnit(cfg), cases, seed)]
     assert faults == [Fault.NONE] * len(cases), f"seed {seed}"
 
 
@@ -147,7 +147,8 @@ def test_compute_unit_faults(seed):
                                                                            CFG.axi_data_bits)
     case.emu.buf[Buffer.META][at:at + W] = int8.encode(W)[0]
     broken(case, Fault.UNSUPPORTED, k=64)
-    assert check_against_emulator(CFG, ComputeUnit(CFG), cases, seed) == want
+    assert [out.fault for out in
+            check_against_emulator(CFG, ComputeUnit(CFG), cases, seed)] == want
 
     case = mat_case(CFG, rng, WeightFormat.W2, Sparsity.DENSE, OutMode.WIDE, Opcode.MATVEC)
     desc = L.Descriptor(WeightFormat.W2, Sparsity.N2M16, 4)  # 2 kept per group of 16 < 4 taps

@@ -1,6 +1,7 @@
 """The SFU unit sequencer against the emulator: SFU instructions on random buffers
 (``sim/instruction_cases.py``), every buffer byte compared afterwards; faults where the
-emulator refuses."""
+emulator refuses; on the u280's words and lanes, the beats at the read-ahead fetches' pace
+and their cycles as the cycle model prices them."""
 
 import random
 
@@ -12,6 +13,7 @@ from llmacc import layout as L
 from llmacc.config import PRESETS
 from llmacc.isa import Buffer, SfuFunc
 from llmacc.kernel import Fault
+from sim.compute_timing import sfu_cycles
 from sim.instruction_cases import InstructionCase, sfu_case
 from sim.unit_harness import check_against_emulator
 
@@ -26,6 +28,32 @@ def test_sfu_unit_matches_emulator(seed):
     rng = random.Random(seed)
     cases = [sfu_case(CFG, rng, func) for func in SfuFunc for _ in range(3)]
     check_against_emulator(CFG, SfuUnit(CFG), cases, seed)
+
+
+#: The u280's 512-bit words and four lanes (a word holds four beats of a row), small buffers.
+WIDE_WORDS = PRESETS["sim-small"].replace(
+    axi_data_bits=PRESETS["u280"].axi_data_bits, sfu_lanes=PRESETS["u280"].sfu_lanes,
+    act_buffer_bytes=256 * 1024, weight_buffer_bytes=4096, kv_buffer_bytes=256 * 1024,
+    meta_buffer_bytes=4096, table_buffer_bytes=16 * 1024)
+BEAT_FUNCTIONS = (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.RMSNORM, SfuFunc.QUANT8, SfuFunc.KVQUANT,
+                  SfuFunc.SOFTMAX)
+
+
+def test_sfu_unit_beats_on_wide_words(seed):
+    """The functions that take beats, rows up to 160 elements, on 512-bit words: equal to the
+    emulator, and (rows of two words or more) busy within 5% of ``sfu_cycles`` (the
+    calibration tests run sim-small and sim-wide, whose beats are whole words)."""
+    rng = random.Random(seed)
+    cases = [sfu_case(WIDE_WORDS, rng, func, max_length=160) for func in BEAT_FUNCTIONS
+             for _ in range(2)]
+    outcomes = check_against_emulator(WIDE_WORDS, SfuUnit(WIDE_WORDS), cases, seed)
+    long_row = 2 * WIDE_WORDS.axi_data_bits // L.WIDE.width
+    for case, out in zip(cases, outcomes, strict=True):
+        if case.insn.length < long_row:
+            continue
+        model = sfu_cycles(WIDE_WORDS, case.insn)
+        assert abs(model / out.cycles - 1) <= 0.05, \
+            f"seed {seed}: {case.insn}: {out.cycles} cycles, modelled {model}"
 
 
 def _with(case: InstructionCase, **fields) -> InstructionCase:
@@ -53,5 +81,6 @@ def test_sfu_unit_faults_where_the_emulator_refuses(seed):
     eps = sfu_case(CFG, rng, SfuFunc.RMSNORM)  # an epsilon beyond 48 bits
     zeros = torch.zeros(eps.insn.length, dtype=torch.int64)
     eps.emu._put(Buffer.TABLE, eps.insn.src_b, L.encode_gamma(zeros, 1 << 50, W))
-    faults = check_against_emulator(CFG, SfuUnit(CFG), cases + [eps], seed)
+    faults = [out.fault for out in
+              check_against_emulator(CFG, SfuUnit(CFG), cases + [eps], seed)]
     assert faults == [fault for _, _, fault in BROKEN] + [Fault.PARAM]
