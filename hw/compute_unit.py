@@ -587,12 +587,14 @@ class ComputeUnit(wiring.Component):
         keep = Cat(*(Mux(((at.word << wl) + i < (Const(1, 16) << tile.cover_log2))
                          & (got_col + i < f.k), 0xFF, 0) for i in range(w)))
         done = Signal(name="window_done")  # every word asked for
+        # the sweep's second token, if it has one: else the first token's words end the window
+        second_ok = (pas.pass_token + 1 < f.m) & tile.pack
         with m.State("STREAM_X"):
             with m.If(pending):
                 m.d.sync += beat.x[at.token].as_value().word_select(at.word, 8 * w).eq(
                     shifted & keep)
             last_word = word + 1 == words
-            skip = ~token_ok | (col >= f.k)  # no read: nothing of it is kept
+            skip = ~token_ok | (col >= f.k)  # no read: the word is zero
             m.d.comb += [port.buf.eq(Buffer.ACT), port.addr.eq(qrow + (col >> wl)),
                          port.en.eq(~done & ~skip)]
             m.d.sync += pending.eq(0)
@@ -604,8 +606,10 @@ class ComputeUnit(wiring.Component):
             with m.Elif(skip | port.grant):
                 m.d.sync += [pending.eq(~skip), at.token.eq(token), at.word.eq(word),
                              word.eq(word + 1)]
+                with m.If(skip):  # past K: cleared (the window is not, between beats)
+                    m.d.sync += beat.x[token].as_value().word_select(word, 8 * w).eq(0)
                 with m.If(last_word):
-                    m.d.sync += [token.eq(1), word.eq(0), done.eq(token == 1)]
+                    m.d.sync += [token.eq(1), word.eq(0), done.eq((token == 1) | ~second_ok)]
 
     def _weight_states(self, m, tile: MatrixTile, pas: MatrixPass, fw: FieldFetch,
                        fm: FieldFetch, engine: MatrixEngine, old_beat):
@@ -808,8 +812,9 @@ class ComputeUnit(wiring.Component):
                        beats: StreamBeats, length: StreamLength, replay: Memory):
         """STREAM_LENGTH, _SWEEP, _ACT, _REPLAY, _DRAIN: the streams' length; per sweep (a
         pair of tokens) every channel's streamer and the beats started, the first pass's
-        beats with the activation windows read by CLEAR, HEADER and STREAM_X (and kept), the
-        other passes' from the replay memory, and the sweep's results written."""
+        beats with the activation windows read by STREAM_X (and kept; the sweep's first beat
+        goes through CLEAR and HEADER for the tokens' scales), the other passes' from the
+        replay memory, and the sweep's results written."""
         f, channels = tile.fields, self.cfg.mem_channels
         beats_bits = command_layout(self.cfg.axi_addr_bits)["beats"].width
         with m.State("STREAM_LENGTH"):  # the tile's registers held while the length is computed
@@ -852,8 +857,9 @@ class ComputeUnit(wiring.Component):
             with m.If(self.stream_error):
                 self._fail(m, Fault.BUS)
             with m.Elif(beats.act.ready):
+                # the next beat's window: the sweep's scales and cleared window stay
                 m.d.sync += pas.beat_no.eq(pas.beat_no + 1)
-                m.next = "CLEAR"
+                m.next = "STREAM_X"
                 with m.If(pas.beat_no + 1 == tile.nbeats):
                     m.d.sync += [st.replay_beat.eq(0), st.replay_pass.eq(1),
                                  st.replay_valid.eq(0)]

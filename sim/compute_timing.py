@@ -413,9 +413,9 @@ class _StreamClock(_MatrixClock):
             qrows = [s.act_addr + (token + t) * self.qrow_pitch
                      for t in range(min(tpp, s.m - token))]
             cycles += STREAM_SWEEP
-            first = self._words_window(0, qrows)
-            pass0 = max(first, self._first_words()) + STREAM_ACT + sum(
-                self._words_window(b, qrows) + STREAM_ACT for b in range(1, self.nbeats))
+            first = self._scales(qrows) + self._words_window(qrows)
+            pass0 = max(first, self._first_words()) + STREAM_ACT + (self.nbeats - 1) * (
+                self._words_window(qrows) + STREAM_ACT)
             # a pass shorter than the one before's writes waits for the collector
             held = self.fo.state(), self.fa.state()
             full = self._written(0, token, len(qrows))
@@ -430,12 +430,11 @@ class _StreamClock(_MatrixClock):
             cycles += self._written(passes - 1, token, len(qrows))
         return cycles
 
-    def _words_window(self, b: int, qrows: list[int]) -> int:
-        """CLEAR, HEADER and STREAM_X of beat ``b``: the scales as :meth:`_window` fetches
-        them, then per token a cycle for each word of its window (read, or past K), an
-        absent token a cycle, and the state's last."""
+    def _words_window(self, qrows: list[int]) -> int:
+        """STREAM_X of a beat: per token a cycle for each word of its window (read, or past
+        K), and the state's last (the sweep's first beat has CLEAR and HEADER before it)."""
         words = max(1, self.cover // self.cfg.axi_data_bytes)
-        return self._scales(qrows) + len(qrows) * words + (2 - len(qrows)) + 1
+        return len(qrows) * words + 1
 
     def _first_words(self) -> int:
         """Cycles from the sweep's first window until its first beat's words are in the
