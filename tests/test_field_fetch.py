@@ -25,12 +25,6 @@ def _run(slot_snoop: bool, seed: int) -> list[tuple[int, int, int]]:
     dut = FieldFetch(CFG, slot_snoop=slot_snoop)
     got = []
 
-    async def memory(ctx):  # grants every read, the word a cycle later
-        async for _, _, en, addr in ctx.tick().sample(dut.port.en, dut.port.addr):
-            ctx.set(dut.port.grant, 1)
-            if en:
-                ctx.set(dut.port.data, mem[addr])
-
     async def read(ctx, bit: int) -> tuple[int, int]:
         ctx.set(dut.req.valid, 1)
         ctx.set(dut.req.payload.buf, Buffer.ACT)
@@ -60,12 +54,24 @@ def _run(slot_snoop: bool, seed: int) -> list[tuple[int, int, int]]:
             got.append((slot, value, cycles))
             assert value == mem[3] >> (32 * slot) & 0xFFFFFFFF, f"seed {seed}: slot {slot}"
 
+    _simulate(dut, mem, bench)
+    return got
+
+
+def _simulate(dut: FieldFetch, mem: list[int], bench) -> None:
+    """Run ``bench`` against ``dut`` over ``mem``, a memory that grants every read and
+    gives the word a cycle later."""
+    async def memory(ctx):
+        async for _, _, en, addr in ctx.tick().sample(dut.port.en, dut.port.addr):
+            ctx.set(dut.port.grant, 1)
+            if en:
+                ctx.set(dut.port.data, mem[addr])
+
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_process(memory)
     sim.add_testbench(bench)
     sim.run()
-    return got
 
 
 @pytest.mark.parametrize("slot_snoop", [False, True])
@@ -88,12 +94,6 @@ def _walk(cfg, run_bits: int, walks: list[tuple[int, int, int]], seed: int) -> l
     dut = FieldFetch(cfg, run_bits=run_bits, read_ahead=True)
     got = []
 
-    async def memory(ctx):
-        async for _, _, en, addr in ctx.tick().sample(dut.port.en, dut.port.addr):
-            ctx.set(dut.port.grant, 1)
-            if en:
-                ctx.set(dut.port.data, mem[addr])
-
     async def bench(ctx):
         ctx.set(dut.port.grant, 1)
         ctx.set(dut.req.payload.buf, Buffer.ACT)
@@ -114,11 +114,7 @@ def _walk(cfg, run_bits: int, walks: list[tuple[int, int, int]], seed: int) -> l
                 await ctx.tick()
         ctx.set(dut.req.valid, 0)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(memory)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, mem, bench)
     return got
 
 
