@@ -383,12 +383,17 @@ def packer_push(bits: int = FIELD_BITS) -> data.StructLayout:
 
 class FieldPacker(wiring.Component):
     """Append fields at a word address: ``start`` (with ``buf``, ``addr``) begins a record,
-    pushes append ``width`` bits LSB first, whole words are written as they fill. ``idle``
-    when everything pushed is written. A push holds up to ``push_bits`` bits."""
+    pushes append ``width`` bits LSB first, whole words are written as they fill (a push is
+    taken in the cycle its word is written, so a push a cycle never waits for the writes).
+    ``idle`` when everything pushed is written. A push holds up to ``push_bits`` bits, at
+    most a word."""
 
     def __init__(self, cfg: AccelConfig, push_bits: int = FIELD_BITS):
         self.word_bits = cfg.axi_data_bits
         self.push_bits = push_bits
+        if push_bits > self.word_bits:
+            raise ValueError(f"a push of {push_bits} bits is wider than a "
+                             f"{self.word_bits}-bit word")
         super().__init__({
             "start": In(1), "buf": In(Buffer), "addr": In(addr_bits(cfg)),
             "push": In(stream.Signature(packer_push(push_bits))),
@@ -406,19 +411,25 @@ class FieldPacker(wiring.Component):
         flushing = aligning & (count != 0)
         p = self.push.payload
         used = Cat(*(count > 8 * i for i in range(wb // 8)))
-        m.d.comb += [self.port.data.eq(acc[:wb]), self.port.en.eq(full | flushing),
+        wrote = self.port.en & self.port.grant
+        # what stays after this cycle's write: a push joins it in the same cycle
+        left = Mux(wrote, acc >> wb, acc)
+        left_count = Signal.like(count)
+        m.d.comb += [left_count.eq(Mux(wrote, Mux(full, count - wb, 0), count)),
+                     self.port.data.eq(acc[:wb]), self.port.en.eq(full | flushing),
                      self.port.mask.eq(Mux(~full & tail, used, (1 << (wb // 8)) - 1)),
-                     self.push.ready.eq(~full & ~aligning),
+                     self.push.ready.eq(~aligning & (~full | wrote)),
                      self.idle.eq((count == 0) & ~aligning)]
-        with m.If(self.port.en & self.port.grant):
-            m.d.sync += [acc.eq(acc >> wb), count.eq(Mux(full, count - wb, 0)),
-                         self.port.addr.eq(self.port.addr + 1)]
-        with m.Elif(aligning & (count == 0)):
-            m.d.sync += aligning.eq(0)
+        with m.If(wrote):
+            m.d.sync += self.port.addr.eq(self.port.addr + 1)
         with m.If(self.push.valid & self.push.ready):
             keep = (Const(1, pb + 1) << p.width) - 1
-            m.d.sync += [acc.eq(acc | ((p.value & keep) << count)), count.eq(count + p.width),
-                         aligning.eq(p.align), tail.eq(p.tail)]
+            m.d.sync += [acc.eq(left | ((p.value & keep) << left_count)),
+                         count.eq(left_count + p.width), aligning.eq(p.align), tail.eq(p.tail)]
+        with m.Elif(wrote):
+            m.d.sync += [acc.eq(left), count.eq(left_count)]
+        with m.Elif(aligning & (count == 0)):
+            m.d.sync += aligning.eq(0)
         with m.If(self.start):
             m.d.sync += [self.port.buf.eq(self.buf), self.port.addr.eq(self.addr), acc.eq(0),
                          count.eq(0), aligning.eq(0)]

@@ -619,15 +619,9 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
         """One row's cycles, its operands at words ``a`` and ``b``."""
         runs = beat > 1  # a beat's operands are runs of read-ahead fetches
         if operands == "binary":
-            steps = [_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                           b * wb + L.element_bit(i, L.WIDE), not bcast, runs)
-                     for i in range(0, length, beat)]
-            if not runs:
-                return sum(steps)
-            # past the row's first beat, the lanes wait a cycle for each word the packer
-            # writes (but the row's last), unless they waited as long for the fetches
-            waits = sum(steps[1:]) - (len(steps) - 1)
-            return steps[0] + len(steps) - 1 + max(waits, wide - 1)
+            return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
+                             b * wb + L.element_bit(i, L.WIDE), not bcast, runs)
+                       for i in range(0, length, beat))
         if operands == "gamma":
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
                              b * wb + L.element_bit(i, L.GAMMA), runs=runs)
@@ -665,15 +659,16 @@ RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
 #: beat into the row's reductions, the fixed states and serial
 #: divisions (square roots for RMSNORM), and a cycle per word of ``row_lanes`` elements for
 #: each pass after the first (SOFTMAX's exponentials, RMSNORM's squares; the emission, a
-#: word of results a push), plus one stall per written word while the packer writes it.
+#: word of results a push), and the row's last word written (the packer takes a push in the
+#: cycle it writes a word).
 ROW_FIXED = {isa.SfuFunc.SOFTMAX: 53, isa.SfuFunc.RMSNORM: 104}
 #: QUANT8 and KVQUANT per segment (KV group): (fixed, per beat of ``row_lanes`` codes, per
 #: written word). The emission of one segment overlaps the next one's reception, so these
 #: are least-squares fits to the RTL (relative error; 84 random instructions each on
 #: sim-small, sim-wide and a 512-bit word of 4 lanes, rows up to 1,200 elements: within
 #: 2.5% of each), not counts.
-QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (107.18, 1.03, 0.49),
-                 isa.SfuFunc.KVQUANT: (108.29, 0.98, 0.67)}
+QUANT_SEGMENT = {isa.SfuFunc.QUANT8: (108.09, 1.02, -0.38),
+                 isa.SfuFunc.KVQUANT: (109.29, 0.98, -0.32)}
 
 
 @_priced_once
@@ -689,12 +684,8 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return cycles - BINARY_LANES_EARLIER
     if f is isa.SfuFunc.ROPE:
         return cycles + ROPE_EXTRA
-    if f is isa.SfuFunc.EMBED:
-        # the consumer's packer stalls that the producer's one-byte codes do not hide
-        return cycles + rows * length // (wb // L.WIDE.width + 1)
     if f in ROW_FIXED:
-        words = L.wide_pitch(length, cfg.axi_data_bytes)
-        cycles += rows * (ROW_FIXED[f] + 2 * -(-length // cfg.row_lanes) + words)
+        cycles += rows * (ROW_FIXED[f] + 2 * -(-length // cfg.row_lanes) + 1)
         return cycles + (RMSNORM_EPS if f is isa.SfuFunc.RMSNORM else 0)
     if f in QUANT_SEGMENT:
         if f is isa.SfuFunc.QUANT8:
