@@ -113,12 +113,8 @@ class Fetch:
             word = (bit + i * stride) // self.word_bits
             here = count - i if stride == 0 else min(
                 count - i, -(-((word + 1) * self.word_bits - bit - i * stride) // stride))
-            if self.held == word:
-                wait, behind = 0, self.behind
-            elif self.held is not None and self.held + 1 == word:
-                wait, behind = self.behind, BEHIND + 1
-            else:  # after the read behind
-                wait, behind = self.behind + RUN_COLD, 1
+            wait, behind = {HIT: (0, self.behind), WALK: (self.behind, BEHIND + 1),
+                            COLD: (self.behind + RUN_COLD, 1)}[self._entry(word)]
             self.held, self.stale = word, frozenset()
             cycles += wait + here
             self.behind = max(0, behind - here)
@@ -477,14 +473,11 @@ def _pair(fa: Fetch, bit_a: int, fb: Fetch, bit_b: int, shared: bool = False,
         if shared and a > 1 and b > 1:
             b += 2 if a - 1 == COLD else 1
         return max(a, b)
-    moves = [f.held is not None and f.held + 1 == bit // f.word_bits
-             for f, bit in ((fa, bit_a), (fb, bit_b))]
-    colds = [f.held is None or not moved and f.held != bit // f.word_bits
-             for f, bit, moved in ((fa, bit_a, moves[0]), (fb, bit_b, moves[1]))]
+    entries = {fa._entry(bit_a // fa.word_bits), fb._entry(bit_b // fb.word_bits)}
     a, b = fa.ahead(bit_a), fb.ahead(bit_b)
-    if shared and all(colds):
+    if shared and entries == {COLD}:
         b += 2  # both refill: fb's reads wait for fa's
-    elif shared and all(moves) and a == b:
+    elif shared and entries == {WALK} and a == b:
         fb.behind += 1  # both read their next words behind in the same cycle
     step = max(a, b)
     fa.idle(step - a)

@@ -155,7 +155,7 @@ def run_instructions(cfg: AccelConfig, unit: wiring.Component, cases: list[Instr
 
 
 def check_against_emulator(cfg: AccelConfig, unit: wiring.Component,
-                           cases: list[InstructionCase], seed: int) -> list[int]:
+                           cases: list[InstructionCase], seed: int) -> list[Outcome]:
     """Run every case on ``unit`` (one simulation) and on its emulator: the buffers must be
     equal byte for byte, or both must refuse the instruction. Returns the unit's outcomes
     (fault code and busy cycles)."""
