@@ -5,12 +5,14 @@ bucket's key count; keys past the current length are masked by causality, so pad
 keys never change a real row's result). Per layer (the integer reference's order, fused where
 the hardware allows):
 
-    RMSNORM, QUANT8, wq/wk/wv (MATVEC or MATMAT per weight tile), then per KV head (a
-    decode step; a prefill chunk does the SFU part for every head first): ROPE k, the key
-    transform (ADD, MUL), KVQUANT k and v, STORE the new KV rows at POS, ROPE q, MUL q
-    (smoothing), QUANT8 q per head, LOAD K and V, per query head ATTN SCORE_SOFTMAX then
-    ATTN PV; then QUANT8, wo (+ residual, fused), RMSNORM, QUANT8, w1 (+ SiLU, fused), w3,
-    MUL, QUANT8, w2 (+ residual, fused)
+    LOAD the cache's header words the new rows' headers join (words of ``kv_slots``
+    headers), RMSNORM, QUANT8, wq/wk/wv (MATVEC or MATMAT per weight tile), then per KV head
+    (a decode step; a prefill chunk does the SFU part for every head first): ROPE k, the key
+    transform (ADD, MUL), KVQUANT k and v, STORE the new KV rows and header words at POS,
+    ROPE q, MUL q (smoothing), QUANT8 q per head, LOAD K and V (payloads, then header words:
+    a KV block), per query head ATTN SCORE_SOFTMAX then ATTN PV; then QUANT8, wo
+    (+ residual, fused), RMSNORM, QUANT8, w1 (+ SiLU, fused), w3, MUL, QUANT8, w2
+    (+ residual, fused)
 
 then the final RMSNORM, QUANT8 and the LM head, tile by tile, stored to the logits region.
 
@@ -64,8 +66,9 @@ class _Emitter:
 
     def transfer(self, opcode: Opcode, buf: Buffer, buf_addr: int, region: Region, offset: int,
                  words: int, rows: int = 1, stride: int = 0, seq: bool = False,
-                 at_pos: bool = False) -> None:
-        """LOAD (ext -> buf) or STORE (buf -> ext) of ``rows`` x ``words``."""
+                 at_pos: bool = False, pos_header: bool = False) -> None:
+        """LOAD (ext -> buf) or STORE (buf -> ext) of ``rows`` x ``words``; ``at_pos``: at
+        ``offset + POS * stride`` (``pos_header``: ``POS // kv_slots``)."""
         on_chip = Access(buf, buf_addr, buf_addr + rows * words)
         if at_pos:  # the row lands anywhere in the region
             off_chip = Access(region.chan, region.addr, region.addr + region.nbytes)
@@ -77,7 +80,7 @@ class _Emitter:
         self.emit(opcode, reads, writes, buf=buf, chan=region.chan,
                   ext_addr=region.addr + offset, buf_addr=buf_addr, words=words, rows=rows,
                   rows_src=LenSrc.SEQ if seq else LenSrc.IMM, ext_stride=stride,
-                  pos_offset=int(at_pos))
+                  pos_offset=int(at_pos), pos_header=int(pos_header))
 
     def sfu(self, func: SfuFunc, rows: int, length: int, src: tuple[int, int], dst: tuple[int, int],
             b: tuple[Buffer, int, int] | None = None, out_buf: Buffer = Buffer.ACT,
@@ -131,7 +134,9 @@ class Lowering:
         self.p = placement
         self.w = placement.w
         mc = im.config
-        self.kvp = L.kv_pitch(mc.head_dim, im.kv_bits, self.w)
+        self.kv_payload = L.kv_payload(mc.head_dim, im.kv_bits, self.w)
+        #: where a KV head's header words start in its cache region (a KV block of max_len)
+        self.kv_headers = placement.max_len * self.kv_payload * self.w
         self.dims = StepDims.of_placement(im, placement)
 
     def wide_pitch(self, n: int) -> int:
@@ -188,6 +193,7 @@ class Lowering:
         dim, kvd, kv_heads = mc.dim, mc.kv_dim, mc.n_kv_heads
         F, name, lin, lt = layer.F, f"layers.{i}.", p.linears, p.layer_tables
         T = Buffer.TABLE
+        self._load_joined_headers(e, buf, R, i)
         x, h = region(buf.x, R, wide_pitch(dim)), region(buf.h, R, wide_pitch(dim))
         e.sfu(SfuFunc.RMSNORM, R, dim, x, h, (T, table + lt.attn_gamma, L.gamma_pitch(dim, w)),
               shift=layer.attn_gamma_exp - F["attn_norm"])
@@ -211,6 +217,21 @@ class Lowering:
         on a word: the placement requires ``head_dim`` x 4 B to be whole words)."""
         return L.element_bit(elements, L.WIDE) // (8 * self.w)
 
+    def _load_joined_headers(self, e: _Emitter, buf: StepBuffers, rows: int, i: int) -> None:
+        """Layer ``i``'s new KV rows join the header words of their cache that hold older
+        headers (``kv_slots`` > 1): the word at POS // kv_slots is loaded into each KV head's
+        new block before KVQUANT writes the rows' slots of it, while the layer's first
+        instructions run."""
+        mc, w = self.im.config, self.w
+        if L.kv_slots(w) == 1:
+            return
+        block = L.kv_block(rows, mc.head_dim, self.im.kv_bits, w)
+        for g in range(mc.n_kv_heads):
+            for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
+                e.transfer(Opcode.LOAD, Buffer.KV, new + g * block + rows * self.kv_payload,
+                           self.p.kv[(i, g, s)], self.kv_headers, 1, stride=w, at_pos=True,
+                           pos_header=True)
+
     def _prepare(self, e: _Emitter, buf: StepBuffers, rows: int, i: int, table: int, g0: int,
                  g1: int) -> None:
         """KV heads ``g0 .. g1 - 1`` of layer ``i`` made ready for their attention: their
@@ -231,13 +252,18 @@ class Lowering:
         e.sfu(SfuFunc.ADD, R, nk, k, k, (T, table + lt.k_centre + ok, wide_pitch(nk)), imm=1)
         e.sfu(SfuFunc.MUL, R, nk, k, k, (T, table + lt.k_recip + ok, wide_pitch(nk)), imm=1,
               shift=SMOOTH_FRAC)
+        block, pw = L.kv_block(R, hd, im.kv_bits, w), self.kv_payload
+        heads_at, staged = R * pw, L.kv_header_words(R, w)  # a block's header words
+        news = ((buf.k_new, "k"), (buf.v_new, "v"))
         for src, new in ((k, buf.k_new), (v, buf.v_new)):
-            e.sfu(SfuFunc.KVQUANT, R, nk, src, (new + g0 * R * self.kvp, (g1 - g0) * R * self.kvp),
-                  out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)
+            e.sfu(SfuFunc.KVQUANT, R, nk, src, (new + g0 * block, (g1 - g0) * block),
+                  out_buf=Buffer.KV, imm=hd, imm2=im.kv_bits)  # after the header LOADs (WAW)
         for g in range(g0, g1):
-            for new, s in ((buf.k_new, "k"), (buf.v_new, "v")):
-                e.transfer(Opcode.STORE, Buffer.KV, new + g * R * self.kvp, p.kv[(i, g, s)], 0,
-                           self.kvp, R, self.kvp * w, at_pos=True)
+            for new, s in news:
+                e.transfer(Opcode.STORE, Buffer.KV, new + g * block, p.kv[(i, g, s)], 0,
+                           pw, R, pw * w, at_pos=True)
+                e.transfer(Opcode.STORE, Buffer.KV, new + g * block + heads_at, p.kv[(i, g, s)],
+                           self.kv_headers, staged, 1, stride=w, at_pos=True, pos_header=True)
         e.sfu(SfuFunc.ROPE, R, nq, q, q, rope, imm=hd)
         e.sfu(SfuFunc.MUL, R, nq, q, q, (T, table + lt.q_smooth + oq, wide_pitch(nq)), imm=1,
               shift=SMOOTH_FRAC)
@@ -256,15 +282,23 @@ class Lowering:
         wide_pitch, qqp = self.wide_pitch, self.qrow_pitch(hd)
         kv8 = int(self.im.kv_bits == 8)
         kb, vb = buf.k_head[g % 2], buf.v_head[g % 2]
+        pw, block = self.kv_payload, L.kv_block(keys, hd, self.im.kv_bits, w)
+        one_slot = L.kv_slots(w) == 1  # then a header word per key: SEQ_LEN of them
         for buf_addr, s in ((kb, "k"), (vb, "v")):
-            e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, self.kvp,
-                       keys, self.kvp * w, seq=decode)
+            e.transfer(Opcode.LOAD, Buffer.KV, buf_addr, p.kv[(i, g, s)], 0, pw, keys, pw * w,
+                       seq=decode)
+            if one_slot:
+                e.transfer(Opcode.LOAD, Buffer.KV, buf_addr + keys * pw, p.kv[(i, g, s)],
+                           self.kv_headers, 1, keys, w, seq=decode)
+            else:
+                e.transfer(Opcode.LOAD, Buffer.KV, buf_addr + keys * pw, p.kv[(i, g, s)],
+                           self.kv_headers, -(-keys // L.kv_slots(w)))
         per_group = heads // mc.n_kv_heads
         for head in range(g * per_group, (g + 1) * per_group):
             qa, pr = buf.qq + head * qqp, buf.probs
             e.emit(Opcode.ATTN,
                    [Access(A, qa, qa + (R - 1) * heads * qqp + qqp),
-                    Access(Buffer.KV, kb, kb + keys * self.kvp)],
+                    Access(Buffer.KV, kb, kb + block)],
                    [Access(A, pr, pr + R * wide_pitch(keys))],
                    func=AttnFunc.SCORE_SOFTMAX, q_addr=qa, kv_addr=kb, dst=pr,
                    head_dim=hd, keys=keys, rows=R, a_step=heads * qqp, d_step=wide_pitch(keys),
@@ -272,7 +306,7 @@ class Lowering:
             oa = buf.o + self._wide_words(head * hd)
             e.emit(Opcode.ATTN,
                    [Access(A, pr, pr + R * wide_pitch(keys)),
-                    Access(Buffer.KV, vb, vb + keys * self.kvp)],
+                    Access(Buffer.KV, vb, vb + block)],
                    [Access(A, oa, oa + (R - 1) * wide_pitch(mc.dim) + wide_pitch(hd))],
                    func=AttnFunc.PV, q_addr=pr, kv_addr=vb, dst=oa, head_dim=hd,
                    keys=keys, rows=R, a_step=wide_pitch(keys), d_step=wide_pitch(mc.dim),

@@ -291,8 +291,10 @@ def place(im: IntModel, cfg: AccelConfig, max_len: int | None = None,
     emb_r = ext.alloc("embedding", emb.size, emb)
     inputs = ext.alloc("inputs", max_len * emb.shape[1], context_row=emb.shape[1])
     logits = tuple(_logit_slice(ext, t, max_len, w) for t in linears["output"].tiles)
-    kvp = L.kv_pitch(mc.head_dim, im.kv_bits, w) * w
-    kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", max_len * kvp, context_row=kvp)
+    # a KV head's cache: a KV block of max_len rows (a step's header words, stored at
+    # POS // kv_slots, end inside it whatever POS)
+    kvb = L.kv_block(max_len, mc.head_dim, im.kv_bits, w) * w
+    kv = {(i, g, s): ext.alloc(f"kv.{i}.{g}.{s}", kvb, context_row=kvb // max_len)
           for i in range(mc.n_layers) for g in range(mc.n_kv_heads) for s in "kv"}
     return Placement(cfg, ext, max_len, linears, lt, tables, final_gamma, rope_r, emb_r,
                      emb.shape[1] // w, inputs, logits, kv, im.kv_bits)

@@ -86,9 +86,9 @@ class StepBuffers:
     tables: tuple[int, int]  #: per-layer tables (TABLE)
     final_gamma: int
     rope: int  #: the rows' RoPE cos/sin (TABLE)
-    k_new: int  #: the step's new K rows, per KV head (KV)
+    k_new: int  #: the step's new K rows, a KV block per KV head (KV)
     v_new: int
-    k_head: tuple[int, int]  #: one KV head's keys
+    k_head: tuple[int, int]  #: one KV head's keys, a KV block
     v_head: tuple[int, int]
     slots: dict[str, tuple[int, int]]  #: weight and META tiles (WGT, META)
 
@@ -99,7 +99,7 @@ def allocate_step(cfg: AccelConfig, d: StepDims, rows: int, keys: int) -> StepBu
     w, R = cfg.axi_data_bytes, rows
     bp = BufPlan(cfg)
     A, T, KV = Buffer.ACT, Buffer.TABLE, Buffer.KV
-    kvp = L.kv_pitch(d.head_dim, d.kv_bits, w)
+    new_kv, head_kv = (L.kv_block(n, d.head_dim, d.kv_bits, w) for n in (R, keys))
 
     def wide_pitch(n: int) -> int:
         return L.wide_pitch(n, w)
@@ -129,10 +129,10 @@ def allocate_step(cfg: AccelConfig, d: StepDims, rows: int, keys: int) -> StepBu
         tables=two(T, d.table_words, "layer tables"),
         final_gamma=bp.alloc(T, d.final_gamma_words, "final norm gamma"),
         rope=bp.alloc(T, R * L.rope_pitch(d.head_dim, w), "RoPE rows"),
-        k_new=bp.alloc(KV, d.n_kv_heads * R * kvp, "new K rows"),
-        v_new=bp.alloc(KV, d.n_kv_heads * R * kvp, "new V rows"),
-        k_head=two(KV, keys * kvp, f"K of one head ({keys} keys)"),
-        v_head=two(KV, keys * kvp, f"V of one head ({keys} keys)"),
+        k_new=bp.alloc(KV, d.n_kv_heads * new_kv, "new K rows"),
+        v_new=bp.alloc(KV, d.n_kv_heads * new_kv, "new V rows"),
+        k_head=two(KV, head_kv, f"K of one head ({keys} keys)"),
+        v_head=two(KV, head_kv, f"V of one head ({keys} keys)"),
         slots={"wgt": two(Buffer.WGT, cfg.buffer_words(Buffer.WGT) // 2, "weight tile"),
                "meta": two(Buffer.META, cfg.buffer_words(Buffer.META) // 2, "META tile")},
     )

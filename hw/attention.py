@@ -1,17 +1,20 @@
 """ATTN on the COMPUTE unit: a head's elements ``AccelConfig.attention_lanes`` at a time.
 
-Each KV row is read as whole buffer words: its header word on ``rd_kvh``, its payload words
-on ``rd_kv`` (the KV buffer's even and odd words are two memories, so the two ports read in
-the same cycle where the words lie in different banks). A payload word is taken in
-sub-steps of ``AccelConfig.attention_codes`` codes (the lanes, at most the word's codes:
-``attention_int8_steps`` per INT8 word and twice as many per INT4 word; with
-``attention_wide``, twice a word's bytes of lanes, an INT4 word is one sub-step and an INT8
-one fills half the lanes) from a register that holds the word read at its first sub-step. A
-key of head size ``d`` costs ``ceil(d / codes)`` sub-steps, and its header a cycle of its own
-only where it cannot be read ahead: the next key's header is read in the last sub-step of a
-key unless that sub-step reads a payload word in the same bank (on the u280's head size 128
-an INT4 key is one cycle, an INT8 key two). The reads run a cycle ahead of the arithmetic
-(stage A issues a word, stage B uses it), so the keys follow one another without gaps.
+The keys are a KV block (``layout.kv_block``): their payloads, then their headers packed
+``kv_slots`` to a word. Each is read as whole buffer words: a header word on ``rd_kvh``
+(held while its keys run), payload words on ``rd_kv`` (the KV buffer's even and odd words
+are two memories, so the two ports read in the same cycle where the words lie in different
+banks). A payload word is taken in sub-steps of ``AccelConfig.attention_codes`` codes (the
+lanes, at most the word's codes: ``attention_int8_steps`` per INT8 word and twice as many
+per INT4 word; with ``attention_wide``, twice a word's bytes of lanes, an INT4 word is one
+sub-step and an INT8 one fills half the lanes) from a register that holds the word read at
+its first sub-step. A key of head size ``d`` costs ``ceil(d / codes)`` sub-steps, and a
+header word a cycle of its own only where it cannot be read ahead: where the next key starts
+a header word, that word is read in the last sub-step of a key unless that sub-step reads a
+payload word in the same bank (on the u280's head size 128 an INT4 key is one cycle, an
+INT8 key two, and one key in eight may wait a cycle for its header word). The reads run a
+cycle ahead of the arithmetic (stage A issues a word, stage B uses it), so the keys follow
+one another without gaps.
 
 * **SCORE** (``numerics.attention_scores``): the query's codes are read once per row, an
   INT8 sub-step's codes a cycle from whole ACT words (``rd_window``), into the query memory
@@ -20,15 +23,15 @@ an INT4 key is one cycle, an INT8 key two). The reads run a cycle ahead of the a
   tree into the key's dot product. The score (dot product and midpoint term, rescaled and
   saturated) leaves through a two-entry queue of registers, to ACT or to the row stage's
   softmax (SCORE_SOFTMAX), while the next keys are read.
-* **PV** (``numerics.attention_pv``): a first pass over the keys' header words and
-  probabilities (whole ACT words, ``rd_window``) finds the largest visible value exponent
-  and the midpoint sum; the second pass computes per key ``x = p * m'`` (the value scale
-  aligned to that exponent, 0 for a masked key) and per sub-step adds ``x * code`` into
-  ``lanes`` accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum
+* **PV** (``numerics.attention_pv``): a first pass over the header words, ``kv_slots`` keys
+  a cycle, finds the largest visible value exponent; the second pass computes per key
+  ``x = p * m'`` (the value scale aligned to that exponent, 0 for a masked key; ``p`` read from
+  whole ACT words, ``rd_window``) and the midpoint sum, and per sub-step adds ``x * code``
+  into ``lanes`` accumulators of the accumulator memory (``numerics.ACC_BITS`` each: the sum
   wraps as the DSP48E2's P register would, exact wherever the reference's range check
-  passes; a word read in the cycle it is written is taken from the write); the results
-  leave ``row_lanes`` a cycle (one run of a wide row's word), after a cycle to read each
-  word of accumulators.
+  passes; a word read in the cycle it is written is taken from the write); the results leave
+  ``row_lanes`` a cycle (one run of a wide row's word), after a cycle to read each word of
+  accumulators.
 
 The query and accumulator memories have registered reads (block RAM, not LUTs or
 flip-flops): each is read in stage A for the sub-step that stage B uses.
@@ -67,6 +70,23 @@ def _prev(sub: Value) -> Value:
     return (sub - 1)[:len(sub)]
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """What stage A's slot ``(key, sub)`` does besides its sub-step."""
+
+    fresh: Signal  #: reads its payload word (the first sub-step of that word)
+    header: Signal  #: must read a header word: ``sub`` 0, or ``ahead``
+    ahead: Signal  #: reads the next key's header word (the next key starts it) now
+    nxt: Signal  #: the last sub-step, starting the next key (its header word read or held)
+    early: Signal  #: reads the next header word before it is needed (``rd_kvh`` is free)
+
+
+def _larger_seen(a: tuple[Value, Value], b: tuple[Value, Value]) -> tuple[Value, Value]:
+    """Of two (seen, exponent) pairs: whether either is seen, and the larger seen exponent."""
+    take_a = a[0] & (~b[0] | (a[1] > b[1]))
+    return a[0] | b[0], Mux(take_a, a[1], b[1])
+
+
 def _log2(x: int) -> int:
     if x & (x - 1) or x < 1:
         raise ValueError(f"{x} is not a power of two")
@@ -87,11 +107,17 @@ class AttnState:
     b_key: Signal
     b_sub: Signal
     b_fresh: Signal  #: stage B: the word arriving is the sub-step's payload word
-    b_ahead: Signal  #: stage B: the word arriving is the next key's header
+    b_ahead: Signal  #: stage B: the word arriving is the next key's header word
+    b_next: Signal  #: stage B: the slot starts the next key (its header read ahead or held)
     held: Signal  #: the payload word of stage B's later sub-steps
+    heads: Signal  #: the header word that stage B's keys' headers are in
+    fetched: Signal  #: stage A: the next header word has been read (into ``next_heads``)
+    arriving: Signal  #: the header word read last cycle is the next one, for ``next_heads``
+    next_heads: Signal  #: the header word after ``heads``, read while its keys run
     channel: Signal  #: P_OUT: the output element
     steps: Signal  #: sub-steps per key, ceil(head_dim / codes a sub-step)
-    kv_pitch: Signal  #: words per KV row
+    kv_payload: Signal  #: payload words per key
+    kv_heads: Signal  #: the buffer word of the block's first header word
     in_pitch: Signal  #: words per input row
     out_len: Signal  #: elements per output row
     qm: Signal  #: the query's scale
@@ -119,9 +145,13 @@ class AttnState:
             sub=Signal(range(steps + 1), name="sub"), b_valid=Signal(name="b_valid"),
             b_key=Signal(13, name="b_key"), b_sub=Signal(range(steps + 1), name="b_sub"),
             b_fresh=Signal(name="b_fresh"), b_ahead=Signal(name="b_ahead"),
-            held=Signal(8 * cfg.axi_data_bytes, name="held"),
+            b_next=Signal(name="b_next"), held=Signal(8 * cfg.axi_data_bytes, name="held"),
+            heads=Signal(8 * cfg.axi_data_bytes, name="heads"),
+            fetched=Signal(name="fetched"), arriving=Signal(name="next_arriving"),
+            next_heads=Signal(8 * cfg.axi_data_bytes, name="next_heads"),
             channel=Signal(9, name="channel"), steps=Signal(range(steps + 1), name="steps"),
-            kv_pitch=Signal(16, name="kv_pitch"), in_pitch=Signal(16, name="in_pitch"),
+            kv_payload=Signal(16, name="kv_payload"), kv_heads=Signal(28, name="kv_heads"),
+            in_pitch=Signal(16, name="in_pitch"),
             out_len=Signal(13, name="out_len"),
             qm=Signal(16, name="qm"), qe=Signal(signed(16), name="qe"),
             qsum=Signal(signed(24), name="qsum"), dot=Signal(signed(32), name="dot"),
@@ -132,9 +162,13 @@ class AttnState:
             is_pv=af.func == AttnFunc.PV, row=af.q_addr + query * af.a_step,
             out_row=af.dst + query * af.d_step)
 
-    def rec(self, key):
-        """The buffer word of ``key``'s KV row."""
-        return self.fields.kv_addr + key * self.kv_pitch
+    def payload_at(self, key):
+        """The buffer word of ``key``'s payload."""
+        return self.fields.kv_addr + key * self.kv_payload
+
+    def header_at(self, key, slots_log2: int):
+        """The buffer word of ``key``'s header."""
+        return self.kv_heads + (key >> slots_log2)
 
     def visible(self, key):
         """``key`` is visible to the query row (the Lambda mask)."""
@@ -155,6 +189,8 @@ class Attention:
         #: INT8 sub-steps fill half the lanes (``attention_wide``): sub-step j is lane word
         #: j // 2, its half j % 2
         self.halves = cfg.attention_codes(8) < self.lanes
+        self.slots = L.kv_slots(cfg.axi_data_bytes)  #: headers a word
+        self.slots_log2 = _log2(self.slots)
         for bits in L.KV_CODE_BITS:  # a sub-step's place in its word is its low bits
             _log2(cfg.attention_substeps(bits))
 
@@ -211,52 +247,92 @@ class Attention:
         return Mux(st.fields.kv8, sub_step >> 1, sub_step)
 
     def _payload_word(self, st: AttnState, key, sub):
-        """The buffer word that stage A reads for ``(key, sub)``: the header or a payload
-        word."""
-        kvhdr = L.kv_header(self.cfg.axi_data_bytes)
+        """The buffer word that stage A reads for ``(key, sub)``: the header word or a
+        payload word."""
         words4 = _log2(self.cfg.attention_substeps(4))
         words8 = _log2(self.cfg.attention_substeps(8))
         step = _prev(sub)
-        return Mux(sub == 0, st.rec(key),
-                   st.rec(key) + kvhdr + Mux(st.fields.kv8, step >> words8, step >> words4))
+        return Mux(sub == 0, st.header_at(key, self.slots_log2),
+                   st.payload_at(key) + Mux(st.fields.kv8, step >> words8, step >> words4))
 
-    def _slot(self, m, st: AttnState) -> tuple[Signal, Signal, Signal]:
-        """What stage A's slot ``(key, sub)`` reads: a payload word (the first sub-step of
-        its word, through ``rd_kv``), a header (through ``rd_kvh``: ``sub`` 0, or ``ahead``:
-        the next key's, in a last sub-step that reads no payload word or one in the other
-        bank of the KV buffer), either, both or nothing. Returns ``(fresh, header, ahead)``."""
+    def _starts_word(self, key):
+        """``key``'s header is the first of its header word."""
+        return key[:self.slots_log2] == 0 if self.slots_log2 else Const(1)
+
+    def _slot(self, m, st: AttnState) -> _Slot:
+        """What stage A's slot ``(key, sub)`` reads (:class:`_Slot`): the next header word
+        is read in a slot of the keys before it whose payload read (if any) is in the other
+        bank of the KV buffer, at the latest in the last sub-step before the key that starts
+        it; else that key begins with a slot of its own that reads it."""
         step = _prev(st.sub)
         word_start = Mux(st.fields.kv8, step[:_log2(self.cfg.attention_substeps(8))] == 0,
                          step[:_log2(self.cfg.attention_substeps(4))] == 0)
-        other_bank = (self._payload_word(st, st.key, st.sub) ^ st.rec(st.key + 1))[0]
-        fresh, header, ahead = (Signal(name=f"attn_{n}") for n in ("fresh", "header", "ahead"))
-        m.d.comb += [fresh.eq((st.sub != 0) & word_start),
-                     ahead.eq((st.sub == st.steps) & (~word_start | other_bank)
-                              & (st.key + 1 != st.fields.keys)),
-                     header.eq((st.sub == 0) | ahead)]
-        return fresh, header, ahead
+        following = st.key + 1
+        next_word = st.header_at(st.key, self.slots_log2) + 1
+        free = ~word_start | (self._payload_word(st, st.key, st.sub) ^ next_word)[0]
+        slot = _Slot(*(Signal(name=f"attn_{n}")
+                       for n in ("fresh", "header", "ahead", "next", "early")))
+        last = (st.sub == st.steps) & (following != st.fields.keys)
+        switch = last & self._starts_word(following)  # the next key starts the next word
+        exists = (((st.key >> self.slots_log2) + 1) << self.slots_log2) < st.fields.keys
+        m.d.comb += [slot.fresh.eq((st.sub != 0) & word_start),
+                     slot.ahead.eq(switch & ~st.fetched & free),
+                     slot.nxt.eq(last & (slot.ahead | st.fetched | ~switch)),
+                     slot.header.eq((st.sub == 0) | slot.ahead),
+                     slot.early.eq(~slot.header & ~switch & ~st.fetched & exists & free)]
+        return slot
 
     def _issue(self, m, st: AttnState, slot, can, also=1):
         """Stage A: the slot ``(key, sub)`` while ``can``, reading its words (``slot``, from
         :meth:`_slot`) if it has any; the positions advance when the reads are granted and
         ``also`` holds (else they are read again). Returns whether keys are left to read."""
-        fresh, header, ahead = slot
         unit = self.unit
         issuing = st.key != st.fields.keys
-        m.d.comb += [unit.rd_kv.en.eq(issuing & can & fresh), unit.rd_kv.buf.eq(Buffer.KV),
+        m.d.comb += [unit.rd_kv.en.eq(issuing & can & slot.fresh), unit.rd_kv.buf.eq(Buffer.KV),
                      unit.rd_kv.addr.eq(self._payload_word(st, st.key, st.sub)),
-                     unit.rd_kvh.en.eq(issuing & can & header), unit.rd_kvh.buf.eq(Buffer.KV),
-                     unit.rd_kvh.addr.eq(st.rec(st.key + ahead))]
-        go = Signal(name="attn_go")
-        m.d.comb += go.eq(issuing & can & (unit.rd_kv.grant | ~fresh)
-                          & (unit.rd_kvh.grant | ~header) & also)
+                     unit.rd_kvh.en.eq(issuing & can & (slot.header | slot.early)),
+                     unit.rd_kvh.buf.eq(Buffer.KV),
+                     unit.rd_kvh.addr.eq(st.header_at(st.key, self.slots_log2)
+                                         + (slot.ahead | slot.early))]
+        go, early = Signal(name="attn_go"), Signal(name="attn_early")
+        m.d.comb += [go.eq(issuing & can & (unit.rd_kv.grant | ~slot.fresh)
+                           & (unit.rd_kvh.grant | ~slot.header) & also),
+                     early.eq(issuing & can & slot.early & unit.rd_kvh.grant)]
         m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key), st.b_sub.eq(st.sub),
-                     st.b_fresh.eq(fresh), st.b_ahead.eq(ahead)]
+                     st.b_fresh.eq(slot.fresh), st.b_ahead.eq(slot.ahead),
+                     st.b_next.eq(slot.nxt), st.arriving.eq(early)]
+        with m.If(early):
+            m.d.sync += st.fetched.eq(1)
         with m.If(go):
             m.d.sync += st.sub.eq(st.sub + 1)
             with m.If(st.sub == st.steps):
-                m.d.sync += [st.sub.eq(ahead), st.key.eq(st.key + 1)]
+                m.d.sync += [st.sub.eq(slot.nxt), st.key.eq(st.key + 1)]
+                with m.If(self._starts_word(st.key + 1)):
+                    m.d.sync += st.fetched.eq(0)
         return issuing
+
+    def _header(self, m, st: AttnState) -> tuple[Value, data.View]:
+        """Stage B's key start (a header slot, or a last sub-step that starts the next key)
+        and that key's header, from the header word arriving, the next one read early or the
+        one held (the word used is held from then on)."""
+        data_ = self.unit.rd_kvh.data
+        arriving = (st.b_sub == 0) | st.b_ahead
+        key = st.b_key + st.b_next
+        switch = st.b_next & ~st.b_ahead & self._starts_word(key)  # to the word read early
+        with m.If(st.arriving):
+            m.d.sync += st.next_heads.eq(data_)
+        with m.If(st.b_valid & arriving):
+            m.d.sync += st.heads.eq(data_)
+        with m.Elif(st.b_valid & switch):
+            m.d.sync += st.heads.eq(st.next_heads)
+        word = Mux(arriving, data_, Mux(switch, st.next_heads, st.heads))
+        return st.b_valid & ((st.b_sub == 0) | st.b_next), self._slot_header(
+            word, key[:self.slots_log2] if self.slots_log2 else 0)
+
+    @staticmethod
+    def _slot_header(word, slot) -> data.View:
+        """The header in slot ``slot`` (a signal or an int) of a header word."""
+        return view(L.KvHeader, word.word_select(slot, L.KvHeader.as_shape().size))
 
     def _payload(self, m, st: AttnState, word):
         """Stage B's payload word: the word arriving at a sub-step's first, else the one
@@ -286,9 +362,9 @@ class Attention:
         af, words, depth = st.fields, unit._words, unit._depth
         d, keys = af.head_dim, af.keys
         w = self.cfg.axi_data_bytes
-        qhdr, kvhdr = L.qrow_header(w), L.kv_header(w)
+        qhdr = L.qrow_header(w)
         with m.State("A_CHECK"):
-            m.d.sync += [st.kv_pitch.eq(kvhdr + words((d * st.kv_bits + 7) >> 3)),
+            m.d.sync += [st.kv_payload.eq(words((d * st.kv_bits + 7) >> 3)),
                          st.in_pitch.eq(Mux(st.is_pv, words(L.element_bit(keys, L.WIDE) >> 3),
                                             qhdr + words(L.element_bit(d, L.QCODE) >> 3))),
                          st.out_len.eq(Mux(st.is_pv, d, keys)), st.query.eq(0),
@@ -296,7 +372,10 @@ class Attention:
                                          self._per_codes(d, 4)))]
             m.next = "A_RANGE"
         with m.State("A_RANGE"):
-            off_end = ((keys != 0) & (af.kv_addr + keys * st.kv_pitch > depth[Buffer.KV])) | (
+            heads = af.kv_addr + keys * st.kv_payload
+            block_end = heads + ((keys + 2 * self.slots - 2) >> self.slots_log2)
+            m.d.sync += st.kv_heads.eq(heads)
+            off_end = ((keys != 0) & (block_end > depth[Buffer.KV])) | (
                 (af.q_addr + (af.rows - 1) * af.a_step + st.in_pitch > depth[Buffer.ACT]) |
                 (af.dst + (af.rows - 1) * af.d_step
                  + words(L.element_bit(st.out_len, L.WIDE) >> 3) > depth[Buffer.ACT]))
@@ -309,8 +388,8 @@ class Attention:
             with m.Else():
                 m.next = "A_ROW"
         with m.State("A_ROW"):
-            m.d.sync += [st.key.eq(0), st.sub.eq(0), st.channel.eq(0), st.qsum.eq(0),
-                         st.emax.eq(0), st.seen.eq(0), st.midsum.eq(0)]
+            m.d.sync += [st.key.eq(0), st.sub.eq(0), st.fetched.eq(0), st.channel.eq(0),
+                         st.qsum.eq(0), st.emax.eq(0), st.seen.eq(0), st.midsum.eq(0)]
             with m.If(st.is_pv):
                 m.next = "P_SCAN"
             with m.Else():
@@ -365,7 +444,7 @@ class Attention:
             m.d.comb += qr.addr.eq(self._lane_word(st, _prev(st.sub)))
             # stage B
             word = unit.rd_kv.data
-            head = view(L.KvHeader, unit.rd_kvh.data)
+            starts, head = self._header(m, st)
             step = _prev(st.b_sub)
             first = self._lane_word(st, step) << self.lanes_log2
             products = [Mux(first + j < d, qr.data.word_select(j, 8).as_signed() * code, 0)
@@ -373,7 +452,7 @@ class Attention:
                             st, self._payload(m, st, word), step))]
             total = Signal(signed(32), name="score_total")
             m.d.comb += total.eq(Mux(st.b_sub == 1, 0, st.dot) + tree(operator.add, products))
-            with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
+            with m.If(starts):
                 m.d.sync += [st.km.eq(head.m), st.ke.eq(head.e), st.kmid.eq(head.mid)]
             with m.If(st.b_valid & (st.b_sub != 0)):
                 m.d.sync += st.dot.eq(total)
@@ -444,40 +523,40 @@ class Attention:
             m.next = "S_KEYS"
 
     def _pv_states(self, m, st: AttnState, accmem: Memory):
-        """PV: the scan for the largest visible exponent and the midpoint sum, the keys into
-        the accumulators, then the results ``row_lanes`` a cycle."""
+        """PV: the scan for the largest visible exponent, the keys into the accumulators
+        (and the midpoint sum), then the results ``row_lanes`` a cycle."""
         unit, acc_bits = self.unit, N.ACC_BITS
         af, kvh, prob_port = st.fields, unit.rd_kvh, unit.rd_window
         keys, i = af.keys, st.channel
         aw, ar = accmem.write_port(), accmem.read_port()
         out_ok = Signal(name="out_ok")  # P_OUT: ar.data holds element i's accumulators
-        head = view(L.KvHeader, kvh.data)
-        with m.State("P_SCAN"):  # the largest visible exponent, the midpoint sum
-            issuing = st.key != keys
-            prob = self._prob_read(m, st, prob_port, issuing, st.key, st.b_key)
-            m.d.comb += [kvh.en.eq(issuing), kvh.buf.eq(Buffer.KV), kvh.addr.eq(st.rec(st.key))]
-            go = issuing & kvh.grant & prob_port.grant
+        with m.State("P_SCAN"):  # the largest visible exponent, a header word a cycle
+            issuing = st.key < keys
+            m.d.comb += [kvh.en.eq(issuing), kvh.buf.eq(Buffer.KV),
+                         kvh.addr.eq(st.header_at(st.key, self.slots_log2))]
+            go = issuing & kvh.grant
             m.d.sync += [st.b_valid.eq(go), st.b_key.eq(st.key)]
             with m.If(go):
-                m.d.sync += st.key.eq(st.key + 1)
+                m.d.sync += st.key.eq(st.key + self.slots)
             with m.If(st.b_valid):
-                m.d.sync += st.midsum.eq(st.midsum + prob * head.mid)
-                with m.If(st.visible(st.b_key) & (head.m != 0)
-                          & (~st.seen | (head.e > st.emax))):
-                    m.d.sync += [st.emax.eq(head.e), st.seen.eq(1)]
+                seen, emax = tree(_larger_seen, [(st.seen, st.emax)] + [
+                    self._scan_candidate(st, kvh.data, s, keys) for s in range(self.slots)])
+                m.d.sync += [st.seen.eq(seen), st.emax.eq(emax)]
             with m.If(~issuing & ~st.b_valid):
-                m.d.sync += [st.key.eq(0), st.sub.eq(0)]
+                m.d.sync += [st.key.eq(0), st.sub.eq(0), st.fetched.eq(0)]
                 m.next = "P_KEYS"
         with m.State("P_KEYS"):
             slot = self._slot(m, st)
-            _, at_header, ahead = slot
-            h_key, b_h_key = st.key + ahead, st.b_key + st.b_ahead  # the header's key, A and B
-            prob = self._prob_read(m, st, prob_port, (st.key != keys) & at_header, h_key,
+            starting = (st.sub == 0) | slot.nxt  # stage A's slot starts key h_key
+            h_key, b_h_key = st.key + slot.nxt, st.b_key + st.b_next  # the starting key, A, B
+            prob = self._prob_read(m, st, prob_port, (st.key != keys) & starting, h_key,
                                    b_h_key)
-            issuing = self._issue(m, st, slot, 1, prob_port.grant | ~at_header)
+            issuing = self._issue(m, st, slot, 1, prob_port.grant | ~starting)
+            starts, head = self._header(m, st)
             aligned = round_shift(Cat(head.m, Const(0, 1)), (st.emax - head.e).as_signed(), 17)
-            with m.If(st.b_valid & ((st.b_sub == 0) | st.b_ahead)):
-                m.d.sync += st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0))
+            with m.If(starts):
+                m.d.sync += [st.x.eq(prob * Mux(st.visible(b_h_key), aligned[:17], 0)),
+                             st.midsum.eq(st.midsum + prob * head.mid)]
             step = _prev(st.b_sub)
             m.d.comb += [ar.addr.eq(self._lane_word(st, _prev(st.sub))),
                          aw.addr.eq(self._lane_word(st, step)),  # read in A, written in B
@@ -496,6 +575,12 @@ class Attention:
                 m.next = "P_OUT"
         with m.State("P_OUT"):  # a cycle to read each word of accumulators, then its elements
             self._results(m, st, ar, out_ok)
+
+    def _scan_candidate(self, st: AttnState, word, slot: int, keys) -> tuple[Value, Value]:
+        """P_SCAN: whether the value exponent in ``slot`` of stage B's header word counts
+        (a key of the block, visible, of a non-zero scale) and that exponent."""
+        head, key = self._slot_header(word, slot), st.b_key + slot
+        return (key < keys) & st.visible(key) & (head.m != 0), head.e
 
     def _results(self, m, st: AttnState, ar, out_ok):
         """P_OUT: the head's ``d`` results, ``row_lanes`` a cycle, from the accumulator word

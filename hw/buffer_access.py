@@ -382,11 +382,12 @@ def packer_push(bits: int = FIELD_BITS) -> data.StructLayout:
 
 
 class FieldPacker(wiring.Component):
-    """Append fields at a word address: ``start`` (with ``buf``, ``addr``) begins a record,
-    pushes append ``width`` bits LSB first, whole words are written as they fill (a push is
-    taken in the cycle its word is written, so a push a cycle never waits for the writes).
-    ``idle`` when everything pushed is written. A push holds up to ``push_bits`` bits, at
-    most a word."""
+    """Append fields at a word address: ``start`` (with ``buf``, ``addr`` and ``skip``) begins
+    a record ``skip`` bytes into that word (the bytes before it are not written), pushes
+    append ``width`` bits LSB first, whole words are written as they fill (a push is taken in
+    the cycle its word is written, so a push a cycle never waits for the writes). ``idle``
+    when everything pushed is written. A push holds up to ``push_bits`` bits, at most a
+    word."""
 
     def __init__(self, cfg: AccelConfig, push_bits: int = FIELD_BITS):
         self.word_bits = cfg.axi_data_bits
@@ -396,6 +397,7 @@ class FieldPacker(wiring.Component):
                              f"{self.word_bits}-bit word")
         super().__init__({
             "start": In(1), "buf": In(Buffer), "addr": In(addr_bits(cfg)),
+            "skip": In(range(cfg.axi_data_bytes)),
             "push": In(stream.Signature(packer_push(push_bits))),
             "idle": Out(1),
             "port": Out(write_port(cfg)),
@@ -411,17 +413,19 @@ class FieldPacker(wiring.Component):
         flushing = aligning & (count != 0)
         p = self.push.payload
         used = Cat(*(count > 8 * i for i in range(wb // 8)))
+        lead = Signal.like(self.skip)  # the first word's bytes before the record
+        kept = Cat(*(lead <= i for i in range(wb // 8 - 1)), Const(1, 1))  # the last always
         wrote = self.port.en & self.port.grant
         # what stays after this cycle's write: a push joins it in the same cycle
         left = Mux(wrote, acc >> wb, acc)
         left_count = Signal.like(count)
         m.d.comb += [left_count.eq(Mux(wrote, Mux(full, count - wb, 0), count)),
                      self.port.data.eq(acc[:wb]), self.port.en.eq(full | flushing),
-                     self.port.mask.eq(Mux(~full & tail, used, (1 << (wb // 8)) - 1)),
+                     self.port.mask.eq(Mux(~full & tail, used, (1 << (wb // 8)) - 1) & kept),
                      self.push.ready.eq(~aligning & (~full | wrote)),
                      self.idle.eq((count == 0) & ~aligning)]
         with m.If(wrote):
-            m.d.sync += self.port.addr.eq(self.port.addr + 1)
+            m.d.sync += [self.port.addr.eq(self.port.addr + 1), lead.eq(0)]
         with m.If(self.push.valid & self.push.ready):
             keep = (Const(1, pb + 1) << p.width) - 1
             m.d.sync += [acc.eq(left | ((p.value & keep) << left_count)),
@@ -432,5 +436,5 @@ class FieldPacker(wiring.Component):
             m.d.sync += aligning.eq(0)
         with m.If(self.start):
             m.d.sync += [self.port.buf.eq(self.buf), self.port.addr.eq(self.addr), acc.eq(0),
-                         count.eq(0), aligning.eq(0)]
+                         count.eq(self.skip << 3), lead.eq(self.skip), aligning.eq(0)]
         return m

@@ -1,7 +1,8 @@
 """LOAD and STORE units: two-level strided transfers between external memory and a buffer.
 
 One instruction (``isa.MemFields``) moves ``rows`` rows of ``words`` buffer words: row ``r``
-is at ``ext_addr + POS * ext_stride * pos_offset + r * ext_stride`` in channel ``chan``
+is at ``ext_addr + P * ext_stride * pos_offset + r * ext_stride`` in channel ``chan`` (``P``
+is POS, or with ``pos_header`` POS // ``layout.kv_slots``: a KV head's header words)
 and at ``buf_addr + r * words`` in buffer ``buf``; ``rows`` is the immediate or SEQ_LEN
 (length patching), as the emulator (``sim/emulator.py``) executes it.
 
@@ -22,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from hw.axi import command_layout
 from hw.controller import unit_members
 from llmacc import isa
+from llmacc import layout as L
 from llmacc.config import AccelConfig
 from llmacc.kernel import Fault
 
@@ -81,6 +83,8 @@ class _Mover(wiring.Component):
                 with m.If(self.issue.valid):
                     seq = issue.regs[isa.Reg.SEQ_LEN.value]
                     pos = issue.regs[isa.Reg.POS.value]
+                    slots_log2 = (L.kv_slots(w) - 1).bit_length()
+                    pos = Mux(mem.pos_header, pos >> slots_log2, pos)
                     m.d.sync += [f.eq(mem),
                                  rows.eq(Mux(mem.rows_src == isa.LenSrc.SEQ, seq, mem.rows)),
                                  ext.eq(mem.ext_addr + Mux(mem.pos_offset,

@@ -12,8 +12,9 @@ stay inside the stage's rows: a row of one segment, or segments of whole beats; 
 element a cycle). A
 consumer turns the results into records with a :class:`FieldPacker`, a row-stage beat of
 ``row_lanes`` results a push: wide rows, INT8 rows with their scale header (zero-padded to
-``imm`` codes), KV rows with scale and midpoint (group-major: group ``g`` of row ``r`` is
-record ``g * rows + r``).
+``imm`` codes), KV blocks (``layout.kv_block``, one per group: its rows' payloads, then
+each row's header written alone into its slot, ``POS % kv_slots + r``, of the block's
+header words: the packer starts it at that byte and writes only its bytes).
 
 Before anything runs, the unit checks what the emulator refuses (:attr:`Fault.PARAM`):
 RoPE head sizes that are odd or do not divide the row, segments and KV groups that do not
@@ -21,6 +22,10 @@ divide it, KV widths other than 4 and 8 bits, an embedding group below 1, an RMS
 beyond ``EPS_BITS``; records outside their buffer are :attr:`Fault.RANGE`; rows longer than
 the row stage's memory are :attr:`Fault.UNSUPPORTED`. A faulting instruction writes nothing.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
@@ -54,6 +59,36 @@ def row_limit(cfg: AccelConfig) -> int:
     """The longest row (or segment, or KV group) the row stage holds: a whole ACT buffer of
     wide values, or what the ``length`` field can name."""
     return min(cfg.buffer_words(Buffer.ACT) * cfg.axi_data_bytes // 4, (1 << LEN_BITS) - 1)
+
+
+@dataclass(frozen=True)
+class _KvSlots:
+    """KVQUANT's header slot: row ``r``'s header is at slot ``POS % kv_slots + r`` of its
+    block's header words; ``word`` follows the groups' blocks, ``row`` the first group's."""
+
+    row: Signal  #: the first group's header word of the current row
+    word: Signal  #: the current group's
+    slot: Signal | Const  #: 0 where a word holds one header
+
+    @classmethod
+    def signals(cls, slots: int) -> _KvSlots:
+        return cls(Signal(28, name="kvh_row"), Signal(28, name="kvh"),
+                   Signal(range(slots), name="kvh_slot") if slots > 1 else Const(0, 1))
+
+    def start(self, m, headers, pos) -> None:
+        """The first row: slot ``POS % kv_slots`` of the first header word at ``headers``."""
+        m.d.sync += [self.row.eq(headers), self.word.eq(headers)]
+        if isinstance(self.slot, Signal):
+            m.d.sync += self.slot.eq(pos[:len(self.slot)])
+
+    def next_row(self, m) -> None:
+        """The next row's slot: the next one, or the first of the next word."""
+        if isinstance(self.slot, Signal):
+            row = self.row + (self.slot == (1 << len(self.slot)) - 1)
+            m.d.sync += self.slot.eq(self.slot + 1)
+        else:
+            row = self.row + 1
+        m.d.sync += [self.row.eq(row), self.word.eq(row)]
 
 
 class SfuUnit(wiring.Component):
@@ -123,11 +158,13 @@ class SfuUnit(wiring.Component):
         row_a, row_b = Signal(28), Signal(28)
         ci = Signal(LEN_BITS + 1)  # consumer element within row
         cr, cg = Signal(28), Signal(16)  # consumer records done; KV group within row
-        rec_row, rec = Signal(28), Signal(28)  # KVQUANT record addresses
+        rec_row, rec = Signal(28), Signal(28)  # KVQUANT payload addresses
+        kvh = _KvSlots.signals(L.kv_slots(w))  # KVQUANT's header slots
         produced, consumed = Signal(), Signal()
         beats = Signal()  # the producer feeds `lanes` elements a step (the last of a row fewer)
         to_lanes = beats & is_element if bs is not None else Const(0)  # to the binary lanes
-        cstate = Signal(range(4))  # consumer: 0 body, 1 header, 2 KV record start, 3 padding
+        # consumer: 0 body, 1 header, 2 KV header start, 3 padding, 4 KV payload start
+        cstate = Signal(range(5))
         pad_left = Signal(16)
 
         depth = {b: cfg.buffer_words(b) for b in Buffer}
@@ -181,9 +218,9 @@ class SfuUnit(wiring.Component):
                         m.d.sync += [out_pitch.eq(L.qrow_header(w) + words(
                                          L.element_bit(pad, L.QCODE) >> 3)),
                                      out_recs.eq(rows * quot)]
-                    with m.Case(SfuFunc.KVQUANT):
-                        m.d.sync += [out_pitch.eq(L.kv_header(w) + words(
-                                         (seg * kv_bits + 7) >> 3)), out_recs.eq(rows * quot)]
+                    with m.Case(SfuFunc.KVQUANT):  # payload words
+                        m.d.sync += [out_pitch.eq(words((seg * kv_bits + 7) >> 3)),
+                                     out_recs.eq(rows * quot)]
                     with m.Default():
                         m.d.sync += [out_pitch.eq(wide), out_recs.eq(rows)]
                 m.d.sync += b_pitch.eq(Mux(func == SfuFunc.ROPE, words(
@@ -209,19 +246,23 @@ class SfuUnit(wiring.Component):
                 b_end = Mux(gamma, f.src_b + L.gamma_header(w) +
                             words(L.element_bit(length, L.GAMMA) >> 3), f.src_b + b_rows * b_pitch)
                 uses_b = binary | rope | gamma
-                out_buf_end = Mux(func == SfuFunc.KVQUANT, depth[Buffer.KV], depth[Buffer.ACT])
+                is_kv = func == SfuFunc.KVQUANT
+                slots_log2 = (L.kv_slots(w) - 1).bit_length()
+                block = rows * out_pitch + ((rows + 2 * L.kv_slots(w) - 2) >> slots_log2)
+                out_buf_end = Mux(is_kv, depth[Buffer.KV], depth[Buffer.ACT])
                 off_end = (f.src_a + rows * in_pitch > depth[Buffer.ACT]) | (uses_b & (
                     b_end > Mux(b_buf == Buffer.TABLE, depth[Buffer.TABLE],
-                                depth[Buffer.ACT]))) | (f.dst + out_recs * out_pitch >
-                                                        out_buf_end)
+                                depth[Buffer.ACT]))) | (f.dst + Mux(
+                                    is_kv, quot * block, out_recs * out_pitch) > out_buf_end)
                 too_long = ~is_element & (seg > max_len)
                 if lanes > 1:  # the binary lanes, or beats inside the row stage's rows (one
                     # segment a row, or segments of whole beats)
                     whole = (seg == length) | (seg[:(lanes - 1).bit_length()] == 0)
                     m.d.sync += beats.eq(Mux(is_element, binary, whole))
+                kvh.start(m, f.dst + rows * out_pitch, pos)
                 m.d.sync += [row_a.eq(f.src_a), row_b.eq(f.src_b),
                              rec_row.eq(f.dst), rec.eq(f.dst),
-                             group_stride.eq(rows * out_pitch), pr.eq(0), pi.eq(0), pj.eq(0),
+                             group_stride.eq(block), pr.eq(0), pi.eq(0), pj.eq(0),
                              gi.eq(0), phase.eq(func == SfuFunc.EMBED), ci.eq(0), cr.eq(0),
                              cg.eq(0), cstate.eq(Mux(func == SfuFunc.QUANT8, 1, Mux(
                                  func == SfuFunc.KVQUANT, 2, 0))),
@@ -258,7 +299,7 @@ class SfuUnit(wiring.Component):
                               eps, pos, sink, window, e_row, pr, pi, pj, gi, phase, x0, cos,
                               row_a, row_b, half, is_element, beats, to_lanes, produced)
                 self._consume(m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
-                              group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left,
+                              group_stride, ci, cr, cg, rec_row, rec, kvh, cstate, pad_left,
                               out_recs, is_element, to_lanes, consumed)
                 with m.If(produced & consumed & pk.idle):
                     m.next = "COMPLETE"
@@ -384,8 +425,8 @@ class SfuUnit(wiring.Component):
                         m.d.sync += produced.eq(1)
 
     def _consume(self, m, f, el, bs, rs, pk, push, kv_bits, seg, pad, quot, out_pitch,
-                 group_stride, ci, cr, cg, rec_row, rec, cstate, pad_left, out_recs, is_element,
-                 to_lanes, consumed):
+                 group_stride, ci, cr, cg, rec_row, rec, kvh, cstate, pad_left, out_recs,
+                 is_element, to_lanes, consumed):
         """Write the stage outputs as records."""
         func = f.func
         record_done = Signal()
@@ -421,16 +462,21 @@ class SfuUnit(wiring.Component):
             kv_head, q_head = Signal(L.KvHeader), Signal(L.QRowHeader)
             m.d.comb += [kv_head.m.eq(out.m), kv_head.e.eq(out.e), kv_head.mid.eq(out.mid),
                          q_head.m.eq(out.m), q_head.e.eq(out.e)]
+            is_kv = func == SfuFunc.KVQUANT
             with m.Switch(cstate):
-                with m.Case(2), m.If(rs.o.valid & pk.idle):  # KVQUANT: a record at `rec`
-                    m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
+                with m.Case(2), m.If(rs.o.valid & pk.idle):  # KVQUANT: the header's slot
+                    slot_bytes = L.KvHeader.as_shape().size // 8
+                    m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(kvh.word),
+                                 pk.skip.eq(kvh.slot * slot_bytes)]
                     m.d.sync += cstate.eq(1)
                 with m.Case(1), m.If(rs.o.valid):  # the scale header
-                    is_kv = func == SfuFunc.KVQUANT
                     header = Mux(is_kv, kv_head.as_value(), q_head.as_value())
                     width = Mux(is_kv, L.KvHeader.as_shape().size, L.QRowHeader.as_shape().size)
-                    with m.If(push(header, width, align=1)):
-                        m.d.sync += cstate.eq(0)
+                    with m.If(push(header, width, align=1, tail=is_kv)):
+                        m.d.sync += cstate.eq(Mux(is_kv, 4, 0))
+                with m.Case(4), m.If(pk.idle):  # KVQUANT: the payload at `rec`
+                    m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(rec)]
+                    m.d.sync += cstate.eq(0)
                 with m.Case(0):  # a beat of ``count`` results, one push
                     padded = (func == SfuFunc.QUANT8) & (pad != seg)
                     with m.If(rs.o.valid):
@@ -443,7 +489,7 @@ class SfuUnit(wiring.Component):
                             with m.Else():
                                 m.d.comb += record_done.eq(1)
                                 self._next_record(m, func, cstate, cg, quot, rec_row, rec,
-                                                  out_pitch, group_stride)
+                                                  kvh, out_pitch, group_stride)
                 with m.Case(3):  # QUANT8: zero codes up to `imm`, a push's worth at a time
                     most = pk.push_bits // L.QCODE.width
                     codes = Mux(pad_left > most, most, pad_left)
@@ -453,7 +499,7 @@ class SfuUnit(wiring.Component):
                         with m.If(last):
                             m.d.comb += record_done.eq(1)
                             self._next_record(m, func, cstate, cg, quot, rec_row, rec,
-                                              out_pitch, group_stride)
+                                              kvh, out_pitch, group_stride)
 
     def _beat_field(self, m, func, kv_bits, out):
         """A row-stage beat's ``count`` results side by side as one field: INT8 codes
@@ -476,9 +522,9 @@ class SfuUnit(wiring.Component):
         return value, out.count * bits
 
     @staticmethod
-    def _next_record(m, func, cstate, cg, quot, rec_row, rec, out_pitch, group_stride):
+    def _next_record(m, func, cstate, cg, quot, rec_row, rec, kvh, out_pitch, group_stride):
         """After a row-stage record: QUANT8 writes the next header; KVQUANT moves to the next
-        group of the row (``group_stride`` on) or to the next row's first group."""
+        group of the row (its block, ``group_stride`` on) or to the next row's first group."""
         with m.Switch(func):
             with m.Case(SfuFunc.QUANT8):
                 m.d.sync += cstate.eq(1)
@@ -487,5 +533,7 @@ class SfuUnit(wiring.Component):
                 with m.If(cg + 1 == quot):
                     m.d.sync += [cg.eq(0), rec_row.eq(rec_row + out_pitch),
                                  rec.eq(rec_row + out_pitch)]
+                    kvh.next_row(m)
                 with m.Else():
-                    m.d.sync += [cg.eq(cg + 1), rec.eq(rec + group_stride)]
+                    m.d.sync += [cg.eq(cg + 1), rec.eq(rec + group_stride),
+                                 kvh.word.eq(kvh.word + group_stride)]

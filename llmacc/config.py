@@ -224,8 +224,8 @@ class AccelConfig:
             self._fail("attention_int8_steps", "must be 1 or 2 sub-steps per INT8 KV word")
         if self.attention_wide and self.attention_int8_steps != 1:
             self._fail("attention_wide", "needs attention_int8_steps = 1")
-        if self.axi_data_bits not in (32, 64, 128, 256, 512):
-            self._fail("axi_data_bits", "must be one of 32, 64, 128, 256, 512")
+        if self.axi_data_bits not in (64, 128, 256, 512):  # a word holds a KV header
+            self._fail("axi_data_bits", "must be one of 64, 128, 256, 512")
         if not 32 <= self.axi_addr_bits <= 64:
             self._fail("axi_addr_bits", "must be between 32 and 64")
         mem_max_chan = 1 << CHANNEL_BITS

@@ -218,7 +218,9 @@ SFU_OPERANDS = {
     "gamma": "wide rows at src_a, one gamma record at TABLE[src_b] -> wide rows",
     "masked": "Q15.16 score rows at src_a under the Lambda mask -> Q0.15 rows",
     "quant8": "wide rows at src_a -> quantized rows at dst",
-    "kvquant": "wide rows at src_a -> KV rows in KV[dst], group-major",
+    "kvquant": "wide rows at src_a -> one KV block (layout.kv_block) of `rows` rows per "
+               "group at KV[dst], group-major, row r's header at slot POS % kv_slots + r "
+               "(only the rows' slots are written)",
     "embed": "embedding records at src_a -> wide rows",
 }
 
@@ -245,7 +247,7 @@ SFU_FUNCTIONS: dict[SfuFunc, SfuSpec] = {
                             {"imm": "codes per output row (0: the segment)",
                              "imm2": "segment (0: the row)"}),
     SfuFunc.KVQUANT: SfuSpec(SfuStage.ROW, "kvquant", "quantize_kv",
-                             "wide -> KV rows per group of channels",
+                             "wide -> KV blocks per group of channels",
                              {"imm": "channels per group", "imm2": "bits (4 or 8)"}),
     SfuFunc.EMBED: SfuSpec(SfuStage.ELEMENT, "embed", "embed_rows",
                            "INT8 embedding records -> wide",
@@ -309,6 +311,7 @@ class MemFields(data.Struct):
     rows_src: LenSrc
     ext_stride: 24
     pos_offset: 1
+    pos_header: 1
 
 
 class MatFields(data.Struct):
@@ -439,6 +442,8 @@ FIELD_DOCS: dict[str, str] = {
     "rows_src": "IMM: `rows` as encoded; SEQ: the SEQ_LEN register (length patching)",
     "ext_stride": "bytes between rows in external memory",
     "pos_offset": "add POS * ext_stride to ext_addr (KV-cache append)",
+    "pos_header": "with pos_offset: POS // layout.kv_slots instead of POS (a KV head's "
+                  "header words)",
     "k": "reduction length (elements)",
     "n": "output rows",
     "m": "tokens (MATMAT); must be 1 for MATVEC",
@@ -450,7 +455,7 @@ FIELD_DOCS: dict[str, str] = {
     "out_mode": "result handling (fusion)",
     "page": "the weight streams' start in every channel, in pages of STREAM_PAGE_BYTES",
     "q_addr": "ACT address of the first query (SCORE) or probability (PV) row",
-    "kv_addr": "KV buffer address of the first KV row",
+    "kv_addr": "KV buffer address of a KV block of `keys` rows (layout.kv_block)",
     "head_dim": "channels per head",
     "keys": "KV rows (the bucket's key count; masked keys contribute nothing)",
     "a_step": "words between input rows",

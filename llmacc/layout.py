@@ -13,8 +13,12 @@ padded with zero bytes to whole words. All multi-byte fields are little-endian.
 * **wide row** (INT32): ``length`` int32, ``wide_pitch(length)`` words.
 * **quantized row** (QUANT8 output, matrix input): header ``m: u16, e: i16`` (the SF16 scale),
   padded to a word, then ``length`` int8 codes.
-* **KV row** (KVQUANT output, ATTN input): header ``m: u16, e: i16, mid: i32``, padded to a
-  word, then ``head_dim`` codes of 4 bits (two's complement nibbles, low nibble first) or 8 bits.
+* **KV block** (KVQUANT output, ATTN input, a KV head's cache in external memory): ``rows``
+  payloads, each ``head_dim`` codes of 4 bits (two's complement nibbles, low nibble first) or
+  8 bits padded to whole words, then the rows' headers ``m: u16, e: i16, mid: i32`` packed
+  :func:`kv_slots` to a word (8 on 512-bit words), row ``r``'s in slot ``first + r`` of the
+  header words (``first``: the position of the block's first row modulo the slots, so that a
+  header lands where it lies in the head's cache). A key then costs its payload and 8 bytes.
 * **weight tile**: ``n`` rows in WGT, each the kept codes at ``bits`` each, then (N:M sparse)
   the kept codes' in-block indices at ``log2(M)`` bits each, bit-packed LSB-first. In META: a
   descriptor ``wfmt: u8, sparsity: u8, group_log2: u8, 0: u8, p0: i8, p1: i8, 0: u16`` then
@@ -77,7 +81,7 @@ class QRowHeader(data.Struct):
 
 
 class KvHeader(data.Struct):
-    """A KV row's scale and midpoint, before its 4- or 8-bit codes."""
+    """A KV row's scale and midpoint: one slot of a KV block's header words."""
 
     m: 16
     e: signed(16)
@@ -228,12 +232,26 @@ def qrow_pitch(length: int, w: int) -> int:
     return qrow_header(w) + array_words(length, QCODE, w)
 
 
-def kv_header(w: int) -> int:
-    return record_words(KvHeader, w)
+def kv_slots(w: int) -> int:
+    """KV headers a word holds."""
+    return 8 * w // KvHeader.as_shape().size
 
 
-def kv_pitch(head_dim: int, bits: int, w: int) -> int:
-    return kv_header(w) + array_words(head_dim, Shape(bits), w)
+def kv_payload(head_dim: int, bits: int, w: int) -> int:
+    """Words of a KV row's codes."""
+    return array_words(head_dim, Shape(bits), w)
+
+
+def kv_header_words(rows: int, w: int) -> int:
+    """The header words of a KV block of ``rows`` rows whatever its first slot: a block
+    whose first row is at slot 0 (ATTN's) uses ``ceil(rows / kv_slots)`` of them."""
+    b = kv_slots(w)
+    return -(-(rows + b - 1) // b)
+
+
+def kv_block(rows: int, head_dim: int, bits: int, w: int) -> int:
+    """Words of a KV block of ``rows`` rows: their payloads, then their header words."""
+    return rows * kv_payload(head_dim, bits, w) + kv_header_words(rows, w)
 
 
 def gamma_header(w: int) -> int:
@@ -335,23 +353,39 @@ def decode_qrows(data: np.ndarray, length: int, w: int) -> tuple[Tensor, Tensor,
     return torch.from_numpy(codes), torch.from_numpy(head["m"]), torch.from_numpy(head["e"])
 
 
-def encode_kv(codes: Tensor, m: Tensor, e: Tensor, mid: Tensor, bits: int, w: int) -> np.ndarray:
-    """KV rows: codes [R, D] in [-(2**(bits-1)-1), ...] with (m, e, mid) [R]."""
+def encode_kv_payload(codes: Tensor, bits: int, w: int) -> np.ndarray:
+    """KV payloads: codes [R, D] in [-(2**(bits-1)-1), ...] as bytes [R, kv_payload * W]."""
     c = np.asarray(codes)
-    hdr = encode_record(KvHeader, c.shape[0], m=np.asarray(m), e=np.asarray(e),
-                        mid=np.asarray(mid))
-    body = pack_bits(c & ((1 << bits) - 1), bits)
-    return np.concatenate([_pad_rows(hdr, kv_header(w) * w),
-                           _pad_rows(body, (kv_pitch(c.shape[1], bits, w) - kv_header(w)) * w)], 1)
+    return _pad_rows(pack_bits(c & ((1 << bits) - 1), bits), kv_payload(c.shape[1], bits, w) * w)
 
 
-def decode_kv(data: np.ndarray, head_dim: int, bits: int,
+def encode_kv_headers(m: Tensor, e: Tensor, mid: Tensor) -> np.ndarray:
+    """KV headers: (m, e, mid) [R] as bytes [R, 8], one slot each."""
+    return encode_record(KvHeader, len(np.asarray(m)), m=np.asarray(m), e=np.asarray(e),
+                         mid=np.asarray(mid))
+
+
+def encode_kv(codes: Tensor, m: Tensor, e: Tensor, mid: Tensor, bits: int, w: int,
+              first: int = 0) -> np.ndarray:
+    """A KV block: codes [R, D] with (m, e, mid) [R], row ``r``'s header at slot
+    ``first + r``; the header words' other slots are zero. Bytes [kv_block * W]."""
+    c = np.asarray(codes)
+    rows, slot = c.shape[0], KvHeader.as_shape().size // 8
+    heads = np.zeros(kv_header_words(rows, w) * w, dtype=np.uint8)
+    heads[first * slot:(first + rows) * slot] = encode_kv_headers(m, e, mid).reshape(-1)
+    return np.concatenate([encode_kv_payload(c, bits, w).reshape(-1), heads])
+
+
+def decode_kv(data: np.ndarray, rows: int, head_dim: int, bits: int,
               w: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    head = decode_record(KvHeader, data)
-    m, e, mid = head["m"], head["e"], head["mid"]
-    raw = unpack_bits(np.ascontiguousarray(data[:, kv_header(w) * w:]), bits, head_dim)
+    """A KV block's ``rows`` rows (first slot 0) from its bytes: codes [R, D], m, e, mid [R]."""
+    flat = np.asarray(data).reshape(-1)
+    body = rows * kv_payload(head_dim, bits, w) * w
+    slot = KvHeader.as_shape().size // 8
+    head = decode_record(KvHeader, flat[body:body + rows * slot].reshape(rows, slot))
+    raw = unpack_bits(np.ascontiguousarray(flat[:body].reshape(rows, -1)), bits, head_dim)
     codes = raw - ((raw >> (bits - 1)) << bits)  # sign-extend
-    return tuple(torch.from_numpy(x) for x in (codes, m, e, mid))
+    return tuple(torch.from_numpy(x) for x in (codes, head["m"], head["e"], head["mid"]))
 
 
 # -- weight tiles ----------------------------------------------------------------------------

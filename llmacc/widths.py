@@ -6,8 +6,9 @@ Amaranth. Every other field width is written only in :mod:`llmacc.isa`.
 """
 
 #: Version of the instruction set; the hardware ID register reports it. 2: MATSTREAM's
-#: rows interleaved over the collector ways (``layout.pass_row``).
-ISA_VERSION = 2
+#: rows interleaved over the collector ways (``layout.pass_row``); 3: KV blocks with packed
+#: headers (``layout.kv_block``, LOAD/STORE ``pos_header``).
+ISA_VERSION = 3
 #: External-memory channel number (LOAD/STORE ``chan``).
 CHANNEL_BITS = 5
 #: Byte address inside one channel (LOAD/STORE ``ext_addr``).

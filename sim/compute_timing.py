@@ -514,13 +514,30 @@ def _priced_once(price):
     return priced
 
 
+def _late_headers(cfg: AccelConfig, kv_addr: int, keys: int, d: int, bits: int,
+                  steps: int) -> list[int]:
+    """The keys past the first that wait a cycle for their header word: a key that starts a
+    header word (of ``kv_slots`` headers) where every sub-step of the keys of the word before
+    reads a payload word in that word's bank of the KV buffer (else one of them reads it)."""
+    w = cfg.axi_data_bytes
+    per_word, slots = cfg.attention_substeps(bits), L.kv_slots(w)
+    if steps > 1 and per_word > 1:  # a sub-step that reads no payload word
+        return []
+    pw = L.kv_payload(d, bits, w)
+    reads = [i // per_word for i in range(steps)]  # each sub-step's word in its payload
+    heads = kv_addr + keys * pw
+    return [k for k in range(slots, keys, slots)
+            if all((kv_addr + j * pw + r - heads - k // slots) % 2 == 0
+                   for j in range(k - slots, k) for r in reads)]
+
+
 @_priced_once
 def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
     """Busy cycles of one ATTN on the compute unit (``hw/attention.py``'s A_/S_/P_ states):
-    a key is a cycle per sub-step (``attention_codes`` elements) and its header word, read
-    in the last sub-step of the key before where that sub-step reads no payload word (it is
-    not the first of its word) or one in the other bank of the KV buffer, the reads a cycle
-    ahead of the arithmetic."""
+    a key is a cycle per sub-step (``attention_codes`` elements); the first key's header
+    word takes a cycle, each later one (of ``kv_slots`` headers) is read during the keys
+    before it where a sub-step leaves the KV buffer's bank free, else in a cycle of its own
+    (:func:`_late_headers`); the reads run a cycle ahead of the arithmetic."""
     w = cfg.axi_data_bytes
     wb = 8 * w
     d, keys, rows = insn.head_dim, insn.keys, insn.rows
@@ -528,15 +545,11 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return ATTN_SETUP
     bits = 8 if insn.kv8 else 4
     steps = -(-d // cfg.attention_codes(bits))
-    per_word = cfg.attention_substeps(bits)
-    last_word = L.kv_header(w) + (steps - 1) // per_word  # the last sub-step's, in its row
-    other_bank = (L.kv_pitch(d, bits, w) - last_word) % 2  # from the next row's header
-    ahead = bool((steps - 1) % per_word or other_bank)
-    headers = 1 if ahead else keys  # the others read ahead
-    key_loop = keys * steps + headers + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
-    # the softmax's wait for its first score is hidden by the scores' queue unless the keys
-    # come a cycle each
-    first_wait = 0 if keys > 1 and (steps > 1 or not ahead) else 1
+    late = _late_headers(cfg, insn.kv_addr, keys, d, bits, steps)
+    key_loop = keys * steps + 1 + len(late) + ATTN_PIPE if keys else 1  # S_KEYS, P_KEYS
+    # the softmax's wait for its first score is hidden by the scores' queue unless the first
+    # keys come a cycle each
+    first_wait = 0 if keys > 1 and (steps > 1 or 1 in late) else 1
     fa = Fetch(wb)
     total = ATTN_SETUP
     for t in range(rows):
@@ -544,7 +557,8 @@ def attention_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         out_row = insn.dst + t * insn.d_step
         total += 1  # A_ROW
         if insn.func is isa.AttnFunc.PV:
-            scan = keys + ATTN_PIPE if keys else 1  # P_SCAN: a key a cycle
+            # P_SCAN: a header word a cycle
+            scan = -(-keys // L.kv_slots(w)) + ATTN_PIPE if keys else 1
             # P_OUT: a read a word of accumulators, `row_lanes` of its results a cycle
             lanes, k = cfg.attention_lanes, cfg.row_lanes
             results = d // lanes * (lanes // k) + -(-(d % lanes) // k)

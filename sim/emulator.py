@@ -297,7 +297,8 @@ class Emulator:
 
     def _mem(self, insn: Instruction) -> int:
         rows = self.regs[Reg.SEQ_LEN] if insn.rows_src is LenSrc.SEQ else insn.rows
-        addr = insn.ext_addr + (self.regs[Reg.POS] * insn.ext_stride if insn.pos_offset else 0)
+        pos = self.regs[Reg.POS] // (L.kv_slots(self.w) if insn.pos_header else 1)
+        addr = insn.ext_addr + (pos * insn.ext_stride if insn.pos_offset else 0)
         nbytes = insn.words * self.w
         if addr % self.w or insn.ext_stride % self.w:
             raise EmulatorError(f"external address {addr:#x} / stride {insn.ext_stride} is not "
@@ -402,8 +403,8 @@ class Emulator:
         if d % 2 or d == 0:
             raise EmulatorError(f"head_dim {d} must be even and positive")
         bits = 8 if insn.kv8 else 4
-        kc, km, ke, kmid = L.decode_kv(self._get(Buffer.KV, insn.kv_addr, keys,
-                                                 L.kv_pitch(d, bits, w)), d, bits, w)
+        kc, km, ke, kmid = L.decode_kv(self._get(Buffer.KV, insn.kv_addr, 1,
+                                                 L.kv_block(keys, d, bits, w)), keys, d, bits, w)
         mask = self._mask(rows, keys)
         if insn.func in (AttnFunc.SCORE, AttnFunc.SCORE_SOFTMAX):
             pitch = L.qrow_pitch(d, w)
@@ -480,11 +481,19 @@ class Emulator:
             raise EmulatorError(f"KVQUANT: group {group} / bits {bits} unsupported for "
                                 f"length {length}")
         codes, m, e, mid = reference(self._sfu_a(insn), group, bits)
-        groups = length // group
-        codes = codes.reshape(rows, groups, group).transpose(0, 1).reshape(-1, group)
-        records = L.encode_kv(codes, m.t().reshape(-1), e.t().reshape(-1),
-                              mid.t().reshape(-1), bits, self.w)
-        self._put(Buffer.KV, insn.dst, records)
+        w, groups = self.w, length // group
+        payload, block = L.kv_payload(group, bits, w), L.kv_block(rows, group, bits, w)
+        first = self.regs[Reg.POS] % L.kv_slots(w)
+        slot = L.KvHeader.as_shape().size // 8
+        for g in range(groups):  # the payloads, then only the rows' header slots
+            base = insn.dst + g * block
+            self._put(Buffer.KV, base, L.encode_kv_payload(codes[:, g * group:(g + 1) * group],
+                                                           bits, w))
+            heads = self._records(Buffer.KV, base + rows * payload, 1,
+                                  L.kv_header_words(rows, w))
+            heads[0, first * slot:(first + rows) * slot] = L.encode_kv_headers(
+                m[:, g], e[:, g], mid[:, g]).reshape(-1)
+            self.weights.buffer_written(Buffer.KV, base, base + block)
 
     def _sfu_embed(self, insn: Instruction, reference) -> Tensor:
         group, rows, length = insn.imm, insn.rows, insn.length

@@ -89,14 +89,15 @@ def _transfer(rng: random.Random, opcode: Opcode, cfg: AccelConfig, buf: Buffer,
     w = cfg.axi_data_bytes
     stride = w * rng.randint(words, words + 3)
     at_pos = rng.random() < 0.25
+    header = at_pos and rng.random() < 0.5  # POS // kv_slots
     n = regs[Reg.SEQ_LEN] if seq else rows
-    lead = regs[Reg.POS] * stride if at_pos else 0
+    lead = regs[Reg.POS] // (L.kv_slots(w) if header else 1) * stride if at_pos else 0
     span = lead + (n - 1) * stride + words * w
     ext = rng.randrange(0, (CHANNEL_BYTES - span) // w) * w
     return isa.make(opcode, buf=buf, chan=rng.randrange(cfg.mem_channels), ext_addr=ext,
                     buf_addr=buf_addr, words=words, rows=rows,
                     rows_src=LenSrc.SEQ if seq else LenSrc.IMM, ext_stride=stride,
-                    pos_offset=int(at_pos), **tokens)
+                    pos_offset=int(at_pos), pos_header=int(header), **tokens)
 
 
 def copy_program(rng: random.Random, cfg: AccelConfig, pairs: int) -> list[isa.Instruction]:
@@ -107,7 +108,7 @@ def copy_program(rng: random.Random, cfg: AccelConfig, pairs: int) -> list[isa.I
     for p in range(pairs):
         if rng.random() < 0.4:
             reg = rng.choice((Reg.SEQ_LEN, Reg.POS))
-            regs[reg] = rng.randint(1, 4) if reg is Reg.SEQ_LEN else rng.randint(0, 3)
+            regs[reg] = rng.randint(1, 4) if reg is Reg.SEQ_LEN else rng.randint(0, 19)
             program.append(isa.make(Opcode.SYS, func=SysFunc.SETREG, reg=reg, imm=regs[reg]))
         buf = rng.choice(list(Buffer))
         words, rows, seq = rng.randint(1, 5), rng.randint(1, 4), rng.random() < 0.25

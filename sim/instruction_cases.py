@@ -99,7 +99,7 @@ def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc,
     elif operands == "kvquant":
         group, bits = rng.choice(divisors(length)), rng.choice(L.KV_CODE_BITS)
         f["imm"], f["imm2"] = group, bits
-        spans["dst"] = (Buffer.KV, rows * (length // group) * L.kv_pitch(group, bits, w))
+        spans["dst"] = (Buffer.KV, length // group * L.kv_block(rows, group, bits, w))
     elif operands == "embed":
         f["imm"] = group = rng.randint(1, 9)
         spans["src_a"] = (Buffer.ACT, rows * L.embed_pitch(length, group, w))
@@ -217,7 +217,7 @@ def attn_case(cfg: AccelConfig, rng: random.Random, func: AttnFunc,
     qmax = (1 << (bits - 1)) - 1
     kv_codes = torch.randint(-qmax, qmax + 1, (keys, d))
     kv = L.encode_kv(kv_codes, torch.randint(0, 1 << 16, (keys,)), torch.randint(-6, 6, (keys,)),
-                     torch.randint(-(1 << 20), 1 << 20, (keys,)), bits, w)
+                     torch.randint(-(1 << 20), 1 << 20, (keys,)), bits, w).reshape(1, -1)
     if func is AttnFunc.PV:  # Q0.15, 1.0 included
         probs = torch.randint(0, (1 << 15) + 1, (rows, keys))
         rows_in = L.encode_wide(probs, w)

@@ -4,7 +4,8 @@ bounds each operator.
 
 Everything comes from shapes and the configuration, never from weights: weight bytes per row
 are the compiler's own record pitches (``layout.Descriptor.wgt_pitch/meta_pitch`` for the
-scheme's format, sparsity and group), KV bytes the KV record pitch. Three figures per case:
+scheme's format, sparsity and group), KV bytes a key's payload words and its 8-byte header
+(``layout.kv_block``: headers packed ``kv_slots`` to a word). Three figures per case:
 
 * **roofline** -- bytes that must cross HBM per token (weights, KV cache of the visible keys)
   over the configuration's aggregate bandwidth (``mem_channels x channel_gbps``, 460 GB/s
@@ -24,7 +25,7 @@ scheme's format, sparsity and group), KV bytes the KV record pitch. Three figure
   others MATVEC/MATMAT, one buffer field per cycle (codes, indices, scales, exponents,
   activations) with the fetches' refills;
   attention ``attention_lanes`` elements of a head per cycle (a key costs a cycle per
-  sub-step, its header word read in the last sub-step of the key before), with the KV
+  sub-step, its header word read during the keys before), with the KV
   heads' loads as the LOAD unit moves them; each layer's SFU instructions one element a
   cycle (:func:`sfu`, left out of the design figures). Each matrix is priced as one
   instruction of its full shape (the compiler's tiles add a few cycles of set-up each). It
@@ -212,11 +213,11 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
     compute unit runs this one): its STOREs and LOADs wait on it, its heads on those and on
     the queries' QUANT8, each unit in order, as :func:`_decode_heads` follows them."""
     bits = scheme.kv_bits or 8
-    pitch = L.kv_pitch(shape.head_dim, bits, cfg.axi_data_bytes)
+    w, d = cfg.axi_data_bytes, shape.head_dim
+    pw, slots = L.kv_payload(d, bits, w), L.kv_slots(w)
     kv_rows = 2 * shape.kv_heads * keys
     macs = 2 * shape.heads * rows * keys * shape.head_dim
     engine = -(-macs // cfg.peak_macs_per_cycle)
-    w, d = cfg.axi_data_bytes, shape.head_dim
     row = 0  # one query row of one head: its scores with softmax, then PV (every row alike)
     for func, a_step, d_step in ((AttnFunc.SCORE_SOFTMAX, L.qrow_pitch(d, w),
                                   L.wide_pitch(keys, w)),
@@ -224,17 +225,25 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
         insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
                         keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
         row += compute_timing.attention_cycles(cfg, insn)
-    load = 2 * transfer_cycles(cfg, True, 0, pitch * w, keys, pitch)  # a KV head's K and V
+    # a KV head's K and V: their payloads, then their header words (as the compiler loads
+    # them: SEQ_LEN words where a word holds one header, else the bucket's words)
+    headers = (transfer_cycles(cfg, True, 0, w, keys, 1) if slots == 1
+               else transfer_cycles(cfg, True, 0, w, 1, -(-keys // slots)))
+    load = 2 * (transfer_cycles(cfg, True, 0, pw * w, keys, pw) + headers)
     per_group = shape.heads // shape.kv_heads * rows * row
     if rows == 1:
         prepare = prepare_sfu(shape, scheme, 1)
-        store = 2 * transfer_cycles(cfg, False, 0, pitch * w, 1, pitch)
+        store = 2 * (transfer_cycles(cfg, False, 0, pw * w, 1, pw)
+                     + transfer_cycles(cfg, False, 0, w, 1, 1))
         rtl = _decode_heads(shape.kv_heads, _sfu_rtl(cfg, prepare[:PREPARE_KV], 1),
                             _sfu_rtl(cfg, prepare[PREPARE_KV:], 1), store, load, per_group)
     else:
         rtl = load + shape.kv_heads * max(per_group, load)
-    return Operator("attention", kv_rows * pitch * cfg.axi_data_bytes, macs,
-                    _rows_cycles(cfg, kv_rows, pitch), engine, rtl)
+    header_bytes = L.KvHeader.as_shape().size // 8
+    heads = 2 * shape.kv_heads  # a command for each one's payloads, one for its header words
+    memory = (_rows_cycles(cfg, heads, keys * pw)
+              + _rows_cycles(cfg, heads, -(-keys // slots)))
+    return Operator("attention", kv_rows * (pw * w + header_bytes), macs, memory, engine, rtl)
 
 
 def _decode_heads(kv_heads: int, prepare_kv: int, prepare_q: int, store: int, load: int,
@@ -360,8 +369,8 @@ def check_fits(cfg: AccelConfig, shape: ModelShape, scheme_name: str, context: i
     w = cfg.axi_data_bytes
     need = (decode(cfg, shape, scheme_name, 1).bytes
             + shape.vocab * L.embed_pitch(shape.dim, scheme.group, w) * w
-            + 2 * shape.layers * shape.kv_heads * context * L.kv_pitch(shape.head_dim,
-                                                                       dims.kv_bits, w) * w)
+            + 2 * shape.layers * shape.kv_heads * L.kv_block(context, shape.head_dim,
+                                                             dims.kv_bits, w) * w)
     have = cfg.mem_channels * cfg.channel_bytes
     if need > have:
         raise ModelShapeError(f"{where}: external memory: weights, embedding and the KV cache "

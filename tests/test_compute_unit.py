@@ -97,15 +97,17 @@ def test_collector_ways_span_channels(seed):
 @pytest.mark.parametrize(("cfg", "max_keys"), [
     (CFG, 12), (CFG.replace(attention_int8_steps=1), 12),
     (CFG.replace(attention_int8_steps=1, attention_wide=True), 12),
+    (CFG.replace(axi_data_bits=128, attention_int8_steps=1, attention_wide=True), 20),
     (CFG.replace(axi_data_bits=512, attention_int8_steps=1, attention_wide=True,
                  kv_buffer_bytes=8192), 40)],
-    ids=["half-word", "whole-word", "wide", "512-bit"])
+    ids=["half-word", "whole-word", "wide", "128-bit", "512-bit"])
 def test_attention_matches_emulator(cfg, max_keys, seed):
     """Every ATTN function, INT4 and INT8 keys, on half a word of codes a cycle (INT8 keys
     in two sub-steps), on whole words (one sub-step: a key a cycle where its header is in
     the other bank of the KV buffer than its payload word) and on twice a word's bytes of
     lanes (as u280 and sim-wide: an INT4 word a sub-step, an INT8 one in half the lanes);
-    on 512-bit words, the u280's 128 lanes (Amaranth's simulator compiles the 512-bit unit's
+    on 128-bit words (two KV headers a header word) and on 512-bit words (eight), the
+    u280's 128 lanes (Amaranth's simulator compiles the 512-bit unit's
     expressions recursively, deeper than Python's default limit)."""
     rng = random.Random(seed)
     cases = [attn_case(cfg, rng, f, max_keys) for f in AttnFunc for _ in range(3)]

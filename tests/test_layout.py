@@ -21,10 +21,22 @@ def test_quantized_row_header_is_m_then_e_little_endian():
     assert row[0, W:W + 2].tolist() == [1, 0xFF] and row.shape == (1, 2 * W)
 
 
-def test_kv_header_is_m_e_mid():
-    row = L.encode_kv(torch.zeros(1, 4, dtype=torch.int64), torch.tensor([7]),
-                      torch.tensor([-1]), torch.tensor([-3]), 4, W)
-    assert row[0, :8].tolist() == [7, 0, 0xFF, 0xFF, 0xFD, 0xFF, 0xFF, 0xFF]
+def test_kv_block_is_payloads_then_packed_m_e_mid():
+    """Three rows from slot 1 on 16-byte words (two headers a word): three payload words,
+    then the headers in slots 1, 2, 3 of two header words, slot 0 left zero."""
+    codes = torch.tensor([[1, -1, 0, 0], [0, 0, 0, 0], [7, 0, 0, -7]])
+    block = L.encode_kv(codes, torch.tensor([7, 8, 9]), torch.tensor([-1, 0, 1]),
+                        torch.tensor([-3, 0, 3]), 4, W, first=1)
+    assert L.kv_slots(W) == 2 and L.kv_block(3, 4, 4, W) == 3 + 2 and block.size == 5 * W
+    assert block[:2].tolist() == [0xF1, 0] and block[2 * W:2 * W + 2].tolist() == [7, 0x90]
+    heads = block[3 * W:]
+    assert heads[:8].tolist() == [0] * 8
+    assert heads[8:16].tolist() == [7, 0, 0xFF, 0xFF, 0xFD, 0xFF, 0xFF, 0xFF]
+    assert heads[24:32].tolist() == [9, 0, 1, 0, 3, 0, 0, 0]
+    first_slot = L.encode_kv(codes, torch.tensor([7, 8, 9]), torch.tensor([-1, 0, 1]),
+                             torch.tensor([-3, 0, 3]), 4, W)
+    got = L.decode_kv(first_slot, 3, 4, 4, W)
+    assert [x.tolist() for x in got] == [codes.tolist(), [7, 8, 9], [-1, 0, 1], [-3, 0, 3]]
 
 
 def test_descriptor_bytes_and_refusals():

@@ -56,6 +56,18 @@ def test_sfu_unit_beats_on_wide_words(seed):
             f"seed {seed}: {case.insn}: {out.cycles} cycles, modelled {model}"
 
 
+def test_kvquant_writes_only_its_rows_header_slots(seed):
+    """KVQUANT on 128- and 512-bit words (two and eight headers a word): each row's header
+    goes into slot ``POS % kv_slots + r`` of its block's header words, every other byte of
+    them as it was (the buffers hold random bytes), as in the emulator."""
+    rng = random.Random(seed)
+    for bits in (128, 512):
+        cfg = CFG.replace(axi_data_bits=bits, kv_buffer_bytes=16 * 1024,
+                          act_buffer_bytes=16 * 1024, table_buffer_bytes=8192)
+        cases = [sfu_case(cfg, rng, SfuFunc.KVQUANT) for _ in range(6)]
+        check_against_emulator(cfg, SfuUnit(cfg), cases, seed)
+
+
 def _with(case: InstructionCase, **fields) -> InstructionCase:
     insn = isa.make(case.insn.opcode, **{**case.insn.fields, **fields})
     return InstructionCase(case.emu, insn, case.regs)
