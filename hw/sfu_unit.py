@@ -465,7 +465,7 @@ class SfuUnit(wiring.Component):
             is_kv = func == SfuFunc.KVQUANT
             with m.Switch(cstate):
                 with m.Case(2), m.If(rs.o.valid & pk.idle):  # KVQUANT: the header's slot
-                    slot_bytes = L.KvHeader.as_shape().size // 8
+                    slot_bytes = L.record_bytes(L.KvHeader)
                     m.d.comb += [pk.start.eq(1), pk.buf.eq(Buffer.KV), pk.addr.eq(kvh.word),
                                  pk.skip.eq(kvh.slot * slot_bytes)]
                     m.d.sync += cstate.eq(1)

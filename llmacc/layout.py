@@ -234,7 +234,7 @@ def qrow_pitch(length: int, w: int) -> int:
 
 def kv_slots(w: int) -> int:
     """KV headers a word holds."""
-    return 8 * w // KvHeader.as_shape().size
+    return w // record_bytes(KvHeader)
 
 
 def kv_payload(head_dim: int, bits: int, w: int) -> int:
@@ -370,7 +370,7 @@ def encode_kv(codes: Tensor, m: Tensor, e: Tensor, mid: Tensor, bits: int, w: in
     """A KV block: codes [R, D] with (m, e, mid) [R], row ``r``'s header at slot
     ``first + r``; the header words' other slots are zero. Bytes [kv_block * W]."""
     c = np.asarray(codes)
-    rows, slot = c.shape[0], KvHeader.as_shape().size // 8
+    rows, slot = c.shape[0], record_bytes(KvHeader)
     heads = np.zeros(kv_header_words(rows, w) * w, dtype=np.uint8)
     heads[first * slot:(first + rows) * slot] = encode_kv_headers(m, e, mid).reshape(-1)
     return np.concatenate([encode_kv_payload(c, bits, w).reshape(-1), heads])
@@ -381,7 +381,7 @@ def decode_kv(data: np.ndarray, rows: int, head_dim: int, bits: int,
     """A KV block's ``rows`` rows (first slot 0) from its bytes: codes [R, D], m, e, mid [R]."""
     flat = np.asarray(data).reshape(-1)
     body = rows * kv_payload(head_dim, bits, w) * w
-    slot = KvHeader.as_shape().size // 8
+    slot = record_bytes(KvHeader)
     head = decode_record(KvHeader, flat[body:body + rows * slot].reshape(rows, slot))
     raw = unpack_bits(np.ascontiguousarray(flat[:body].reshape(rows, -1)), bits, head_dim)
     codes = raw - ((raw >> (bits - 1)) << bits)  # sign-extend

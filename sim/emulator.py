@@ -484,7 +484,7 @@ class Emulator:
         w, groups = self.w, length // group
         payload, block = L.kv_payload(group, bits, w), L.kv_block(rows, group, bits, w)
         first = self.regs[Reg.POS] % L.kv_slots(w)
-        slot = L.KvHeader.as_shape().size // 8
+        slot = L.record_bytes(L.KvHeader)
         for g in range(groups):  # the payloads, then only the rows' header slots
             base = insn.dst + g * block
             self._put(Buffer.KV, base, L.encode_kv_payload(codes[:, g * group:(g + 1) * group],

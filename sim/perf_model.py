@@ -239,7 +239,7 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
                             _sfu_rtl(cfg, prepare[PREPARE_KV:], 1), store, load, per_group)
     else:
         rtl = load + shape.kv_heads * max(per_group, load)
-    header_bytes = L.KvHeader.as_shape().size // 8
+    header_bytes = L.record_bytes(L.KvHeader)
     heads = 2 * shape.kv_heads  # a command for each one's payloads, one for its header words
     memory = (_rows_cycles(cfg, heads, keys * pw)
               + _rows_cycles(cfg, heads, -(-keys // slots)))
