@@ -99,7 +99,7 @@ def test_collector_ways_span_channels(seed):
     (CFG.replace(attention_int8_steps=1, attention_wide=True), 12),
     (CFG.replace(axi_data_bits=128, attention_int8_steps=1, attention_wide=True), 20),
     (CFG.replace(axi_data_bits=512, attention_int8_steps=1, attention_wide=True,
-                 kv_buffer_bytes=8192), 40)],
+                 sfu_lanes=PRESETS["u280"].sfu_lanes, kv_buffer_bytes=8192), 40)],
     ids=["half-word", "whole-word", "wide", "128-bit", "512-bit"])
 def test_attention_matches_emulator(cfg, max_keys, seed):
     """Every ATTN function, INT4 and INT8 keys, on half a word of codes a cycle (INT8 keys
@@ -107,7 +107,7 @@ def test_attention_matches_emulator(cfg, max_keys, seed):
     the other bank of the KV buffer than its payload word) and on twice a word's bytes of
     lanes (as u280 and sim-wide: an INT4 word a sub-step, an INT8 one in half the lanes);
     on 128-bit words (two KV headers a header word) and on 512-bit words (eight), the
-    u280's 128 lanes (Amaranth's simulator compiles the 512-bit unit's
+    u280's 128 lanes and its softmax lanes (Amaranth's simulator compiles the 512-bit unit's
     expressions recursively, deeper than Python's default limit)."""
     rng = random.Random(seed)
     cases = [attn_case(cfg, rng, f, max_keys) for f in AttnFunc for _ in range(3)]
