@@ -196,11 +196,12 @@ class _CountedElsewhere(SharedModules, DspPrimitives):
 
 
 def _block_cells(block: Block, top: str, workdir: Path, mapped: bool,
-                 options: str) -> dict[str, int]:
+                 options: str, timeout_s: float = 3600) -> dict[str, int]:
     """:func:`yosys_cells` of one row, what other rows count left out."""
     platform = _CountedElsewhere() if block.counted else DspPrimitives()
     return yosys_cells(block.component, top, workdir, stop=None if mapped else STOP,
-                       platform=platform, options=options, counted=block.counted)
+                       platform=platform, options=options, counted=block.counted,
+                       timeout_s=timeout_s)
 
 
 def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
@@ -214,13 +215,23 @@ def buffer_estimate(cfg: AccelConfig) -> dict[str, float]:
     return {"BRAM36": bram, "URAM": uram}
 
 
+class Estimate(NamedTuple):
+    """The configuration's resources (blocks x count + buffers) and the rows left out of
+    them (yosys ran past its time): where ``missing`` names any, the figures are too low."""
+
+    resources: dict[str, float]
+    missing: tuple[str, ...]
+
+
 def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
-           only: str | None = None) -> dict[str, float]:
+           only: str | None = None, timeout_s: float = 3600) -> Estimate:
     """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
     with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates). ``only``:
-    just the blocks whose names start with it, and no estimate (it would be partial)."""
+    just the blocks whose names start with it, and no estimate (it would be partial). A
+    block that yosys does not finish in ``timeout_s`` gets a "not synthesised" row."""
     columns = MAPPED if mapped else UNMAPPED
     estimate = dict.fromkeys(columns, 0.0)
+    missing: list[str] = []
     print(f"| block | count | {' | '.join(columns)} | seconds |", file=out)
     print("|---" * (len(columns) + 3) + "|", file=out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,10 +244,19 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
             if block.options != SYNTH_OPTIONS:
                 name += f" ({block.options or 'no options'}: yosys fails without)"
             try:
-                cells = _block_cells(block, f"block{index}", Path(tmp), mapped, block.options)
-            except subprocess.CalledProcessError:  # yosys 0.23's wide-mux mapping can fail
-                cells = _block_cells(block, f"block{index}", Path(tmp), mapped, options="")
-                name += f" (without {block.options}: yosys fails on it)"
+                try:
+                    cells = _block_cells(block, f"block{index}", Path(tmp), mapped,
+                                         block.options, timeout_s)
+                except subprocess.CalledProcessError:  # yosys 0.23's wide-mux mapping fails
+                    cells = _block_cells(block, f"block{index}", Path(tmp), mapped, "",
+                                         timeout_s)
+                    name += f" (without {block.options}: yosys fails on it)"
+            except subprocess.TimeoutExpired:
+                missing.append(block.name)
+                print(f"| {name} | {count or '-'} | not synthesised: yosys ran past "
+                      f"{timeout_s:.0f} s (--timeout) |" + " |" * len(columns), file=out,
+                      flush=True)
+                continue
             row = summarise(cells)
             took = time.perf_counter() - start
             for k in columns:
@@ -244,7 +264,7 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
             print(f"| {name} | {count or '-'} | " + " | ".join(_num(row[k]) for k in columns)
                   + f" | {took:.0f} |", file=out, flush=True)
     if only is not None:
-        return estimate
+        return Estimate(estimate, tuple(missing))
     estimate.update({k: estimate[k] + v for k, v in buffer_estimate(cfg).items()})
     print(f"| **{cfg.name} estimate** (blocks x count + buffers) | | " + " | ".join(
         _num(estimate[k]) for k in columns) + " | |", file=out)
@@ -254,7 +274,7 @@ def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
     print("| fraction | | " + " | ".join("n/a" if k in ("GATES", "SRL") else
                                           f"{estimate[k] / U280[k]:.1%}" for k in columns)
           + " | |", file=out)
-    return estimate
+    return Estimate(estimate, tuple(missing))
 
 
 def _num(value: float) -> str:
@@ -285,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, metavar="NAME",
                    help="only the blocks whose names start with NAME (e.g. 'engine lane'); "
                    "prints their rows and no estimate")
+    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
+                   help="yosys' time for one block; a block past it is reported as not "
+                   "synthesised (default 3600)")
     args = p.parse_args(argv)
     cfg = config.load(args.config)
     mapped = not args.unmapped and system_yosys() is not None
@@ -299,14 +322,19 @@ def main(argv: list[str] | None = None) -> int:
           "registers, pre-adder and post-adder inside, as Vivado packs them: yosys packs none for "
           "UltraScale+")
     if args.only is not None:
-        report(cfg, False, mapped, only=args.only)
-        return 0
-    estimate = report(cfg, False, mapped)
-    if args.whole_top:
-        small = config.load(args.whole_top)
-        print(f"\nwhole top of {small.name}")
-        report(small, True, mapped)
-    print(summary_line(estimate, mapped))
+        missing = report(cfg, False, mapped, only=args.only, timeout_s=args.timeout).missing
+    else:
+        estimate = report(cfg, False, mapped, timeout_s=args.timeout)
+        missing = estimate.missing
+        if args.whole_top:
+            small = config.load(args.whole_top)
+            print(f"\nwhole top of {small.name}")
+            missing += report(small, True, mapped, timeout_s=args.timeout).missing
+        print(summary_line(estimate.resources, mapped))
+    if missing:
+        print(f"synth_report: not synthesised in {args.timeout:.0f} s: {', '.join(missing)}; "
+              "the estimate leaves them out", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -131,3 +131,25 @@ def test_the_synth_report_counts_what_other_rows_do_not(tmp_path):
     assert whole.get("DSP48E2", 0) > 0, whole
     assert rest.get(f"engine_lane_{CHAIN}_{TAP}") == LANES, rest
     assert rest.get("DSP48E2", 0) == 0 and rest.get("rest.collector") == 1, rest
+
+
+def test_a_block_past_its_time_is_a_row_not_a_traceback(monkeypatch, capsys):
+    """A block that yosys does not finish in ``--timeout`` seconds is printed as not
+    synthesised, the others still are, and the report exits 1 naming it (the estimate
+    without it would be too low)."""
+    import subprocess
+
+    from boards import synth_report
+
+    def cells(block, top, workdir, mapped, options, timeout_s):
+        if block.name.startswith("LOAD"):
+            raise subprocess.TimeoutExpired("yosys", timeout_s)
+        return {"LUT6": 7, "DSP48E2": 1}
+
+    monkeypatch.setattr(synth_report, "_block_cells", cells)
+    assert synth_report.main(["--config", "sim-small", "--only", "", "--timeout", "5",
+                              "--unmapped"]) == 1
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| LOAD")]
+    assert rows and all("not synthesised: yosys ran past 5 s" in r for r in rows), out
+    assert "| controller" in out and err.startswith("synth_report: not synthesised in 5 s: LOAD")
