@@ -373,7 +373,7 @@ class Attention:
             m.next = "A_RANGE"
         with m.State("A_RANGE"):
             heads = af.kv_addr + keys * st.kv_payload
-            block_end = heads + ((keys + 2 * self.slots - 2) >> self.slots_log2)
+            block_end = heads + L.kv_header_words(keys, self.cfg.axi_data_bytes)
             m.d.sync += st.kv_heads.eq(heads)
             off_end = ((keys != 0) & (block_end > depth[Buffer.KV])) | (
                 (af.q_addr + (af.rows - 1) * af.a_step + st.in_pitch > depth[Buffer.ACT]) |

@@ -247,8 +247,7 @@ class SfuUnit(wiring.Component):
                             words(L.element_bit(length, L.GAMMA) >> 3), f.src_b + b_rows * b_pitch)
                 uses_b = binary | rope | gamma
                 is_kv = func == SfuFunc.KVQUANT
-                slots_log2 = (L.kv_slots(w) - 1).bit_length()
-                block = rows * out_pitch + ((rows + 2 * L.kv_slots(w) - 2) >> slots_log2)
+                block = rows * out_pitch + L.kv_header_words(rows, w)
                 out_buf_end = Mux(is_kv, depth[Buffer.KV], depth[Buffer.ACT])
                 off_end = (f.src_a + rows * in_pitch > depth[Buffer.ACT]) | (uses_b & (
                     b_end > Mux(b_buf == Buffer.TABLE, depth[Buffer.TABLE],

@@ -242,11 +242,13 @@ def kv_payload(head_dim: int, bits: int, w: int) -> int:
     return array_words(head_dim, Shape(bits), w)
 
 
-def kv_header_words(rows: int, w: int) -> int:
-    """The header words of a KV block of ``rows`` rows whatever its first slot: a block
-    whose first row is at slot 0 (ATTN's) uses ``ceil(rows / kv_slots)`` of them."""
-    b = kv_slots(w)
-    return -(-(rows + b - 1) // b)
+def kv_header_words(rows, w: int):
+    """The header words of a KV block of ``rows`` rows whatever its first slot (``ceil((rows
+    + kv_slots - 1) / kv_slots)``; a block whose first row is at slot 0, ATTN's, uses
+    ``ceil(rows / kv_slots)`` of them). ``rows`` an int or an Amaranth value: the units
+    bound their blocks with the same expression."""
+    b = kv_slots(w)  # a power of two
+    return (rows + 2 * b - 2) >> (b - 1).bit_length()
 
 
 def kv_block(rows: int, head_dim: int, bits: int, w: int) -> int:
