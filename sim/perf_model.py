@@ -200,6 +200,60 @@ def prepare_sfu(shape: ModelShape, scheme: schemes.Scheme, kv_heads: int) -> Sfu
 PREPARE_KV = 5  #: the first instructions of :func:`prepare_sfu` that the KV rows' STOREs wait on
 
 
+@dataclass(frozen=True)
+class KvHeadPaces:
+    """What one KV head of a decode step takes on each unit, as built: the compute unit's
+    SCORE_SOFTMAX and PV of each of its query heads, the LOAD unit's keys and values, the
+    SFU's preparation (its KV part, then its queries'). Each unit works on its own
+    instruction stream, the next KV head's beside this one's, so the largest of
+    :attr:`compute`, :attr:`loads` and :attr:`prepare` sets a layer's pace."""
+
+    score: int  #: SCORE_SOFTMAX of one query row
+    pv: int  #: PV of one query row
+    query_heads: int
+    loads: int
+    prepare_kv: int
+    prepare_q: int
+
+    @property
+    def compute(self) -> int:
+        return self.query_heads * (self.score + self.pv)
+
+    @property
+    def prepare(self) -> int:
+        return self.prepare_kv + self.prepare_q
+
+    @property
+    def bound(self) -> str:
+        paces = {"compute": self.compute, "loads": self.loads, "SFU preparation": self.prepare}
+        return max(paces, key=paces.get)
+
+
+def kv_head_paces(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
+                  keys: int) -> KvHeadPaces:
+    """A KV head's cycles on each unit for ``rows`` query rows over ``keys`` keys (the
+    preparation is that of a decode step: one row)."""
+    bits = scheme.kv_bits or 8
+    w, d = cfg.axi_data_bytes, shape.head_dim
+    pw, slots = L.kv_payload(d, bits, w), L.kv_slots(w)
+    row = []  # one query row of one head: its scores with softmax, then PV (every row alike)
+    for func, a_step, d_step in ((AttnFunc.SCORE_SOFTMAX, L.qrow_pitch(d, w),
+                                  L.wide_pitch(keys, w)),
+                                 (AttnFunc.PV, L.wide_pitch(keys, w), L.wide_pitch(d, w))):
+        insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
+                        keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
+        row.append(compute_timing.attention_cycles(cfg, insn))
+    # a KV head's K and V: their payloads, then their header words (as the compiler loads
+    # them: SEQ_LEN words where a word holds one header, else the bucket's words)
+    headers = (transfer_cycles(cfg, True, 0, w, keys, 1) if slots == 1
+               else transfer_cycles(cfg, True, 0, w, 1, -(-keys // slots)))
+    load = 2 * (transfer_cycles(cfg, True, 0, pw * w, keys, pw) + headers)
+    prepare = prepare_sfu(shape, scheme, 1)
+    return KvHeadPaces(row[0], row[1], shape.heads // shape.kv_heads * rows, load,
+                       _sfu_rtl(cfg, prepare[:PREPARE_KV], 1),
+                       _sfu_rtl(cfg, prepare[PREPARE_KV:], 1))
+
+
 def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
               keys: int) -> Operator:
     """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
@@ -213,32 +267,19 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
     compute unit runs this one): its STOREs and LOADs wait on it, its heads on those and on
     the queries' QUANT8, each unit in order, as :func:`_decode_heads` follows them."""
     bits = scheme.kv_bits or 8
-    w, d = cfg.axi_data_bytes, shape.head_dim
-    pw, slots = L.kv_payload(d, bits, w), L.kv_slots(w)
+    w = cfg.axi_data_bytes
+    pw, slots = L.kv_payload(shape.head_dim, bits, w), L.kv_slots(w)
     kv_rows = 2 * shape.kv_heads * keys
     macs = 2 * shape.heads * rows * keys * shape.head_dim
     engine = -(-macs // cfg.peak_macs_per_cycle)
-    row = 0  # one query row of one head: its scores with softmax, then PV (every row alike)
-    for func, a_step, d_step in ((AttnFunc.SCORE_SOFTMAX, L.qrow_pitch(d, w),
-                                  L.wide_pitch(keys, w)),
-                                 (AttnFunc.PV, L.wide_pitch(keys, w), L.wide_pitch(d, w))):
-        insn = isa.make(Opcode.ATTN, func=func, q_addr=0, kv_addr=0, dst=a_step, head_dim=d,
-                        keys=keys, rows=1, a_step=a_step, d_step=d_step, kv8=int(bits == 8))
-        row += compute_timing.attention_cycles(cfg, insn)
-    # a KV head's K and V: their payloads, then their header words (as the compiler loads
-    # them: SEQ_LEN words where a word holds one header, else the bucket's words)
-    headers = (transfer_cycles(cfg, True, 0, w, keys, 1) if slots == 1
-               else transfer_cycles(cfg, True, 0, w, 1, -(-keys // slots)))
-    load = 2 * (transfer_cycles(cfg, True, 0, pw * w, keys, pw) + headers)
-    per_group = shape.heads // shape.kv_heads * rows * row
+    paces = kv_head_paces(cfg, scheme, shape, rows, keys)
     if rows == 1:
-        prepare = prepare_sfu(shape, scheme, 1)
         store = 2 * (transfer_cycles(cfg, False, 0, pw * w, 1, pw)
                      + transfer_cycles(cfg, False, 0, w, 1, 1))
-        rtl = _decode_heads(shape.kv_heads, _sfu_rtl(cfg, prepare[:PREPARE_KV], 1),
-                            _sfu_rtl(cfg, prepare[PREPARE_KV:], 1), store, load, per_group)
+        rtl = _decode_heads(shape.kv_heads, paces.prepare_kv, paces.prepare_q, store,
+                            paces.loads, paces.compute)
     else:
-        rtl = load + shape.kv_heads * max(per_group, load)
+        rtl = paces.loads + shape.kv_heads * max(paces.compute, paces.loads)
     header_bytes = L.record_bytes(L.KvHeader)
     heads = 2 * shape.kv_heads  # a command for each one's payloads, one for its header words
     memory = (_rows_cycles(cfg, heads, keys * pw)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmacc import config as C
 from llmacc.paths import check_output_dir
+from quant import schemes
 from sim import perf_model as P
 from sim.cycle_model import READ_LATENCY
 
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             f"{'':>10s} design: not counted"
         print(f"  {op.name:10s} {op.bytes / 1e6:9.1f} MB  {design:34s} "
               f"{op.rtl_cycles:>11d} as built")
+    print(_kv_head_line(cfg, shape, args.scheme, args.context))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rtl = [(c, P.decode(cfg, shape, args.scheme, min(c, cfg.max_seq_len)).rtl_tok_s)
@@ -95,6 +97,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"decode_tok_s={_fixed(e.rtl_tok_s)} "
           f"roofline_fraction={_fixed(e.rtl_roofline_fraction)}")
     return 0
+
+
+def _kv_head_line(cfg: C.AccelConfig, shape: P.ModelShape, scheme: str, context: int) -> str:
+    """What paces a decode step's attention: one KV head's cycles on each unit."""
+    s = schemes.parse(P.case_scheme(cfg, scheme))
+    h = P.kv_head_paces(cfg, s, shape, 1, P.visible_keys(s, context))
+    return (f"  a KV head of a decode step, per unit as built: compute {h.compute} "
+            f"({h.query_heads} x (SCORE_SOFTMAX {h.score} + PV {h.pv})), K and V loads "
+            f"{h.loads}, SFU preparation {h.prepare}; each unit runs beside the others, "
+            f"so the {h.bound} sets the pace")
 
 
 def _fixed(value: float, digits: int = 3) -> str:

@@ -27,6 +27,14 @@ def test_perf_prints_the_table_and_writes_the_plots(tmp_path, capsys):
     assert "FlightLLM 55 tok/s" in out and "AccLLM" in out
     pre = P.prefill(preset("u280"), SHAPE, "w2a8kv4", 512)
     assert f"prefill of 512 tokens: RTL as built {pre.rtl_seconds:.4g} s" in out
+    # what paces attention: a KV head's cycles on each unit, the largest named
+    from quant import schemes
+    h = P.kv_head_paces(preset("u280"), schemes.parse(P.case_scheme(preset("u280"), "w2a8kv4")),
+                        SHAPE, 1, 512)
+    paces = {"compute": h.compute, "loads": h.loads, "SFU preparation": h.prepare}
+    assert (f"compute {h.compute} " in out and f"K and V loads {h.loads}," in out
+            and f"SFU preparation {h.prepare};" in out)
+    assert f"the {max(paces, key=paces.get)} sets the pace" in out
     for name in ("decode_tok_s", "roofline"):
         svg = (tmp_path / f"{name}.svg").read_text()
         assert "<svg" in svg and svg.rstrip().endswith("</svg>")
