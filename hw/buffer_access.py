@@ -230,8 +230,9 @@ class FieldFetch(wiring.Component):
 
     With ``read_ahead`` (runs only, no slot snooping), a walk of runs does not stop at a word's
     end: a run in the second word is served from it at once, that word becomes the first and
-    the word after it is read behind the walk (runs in the first word are served meanwhile), so
-    a walk that spends three cycles or more in each word never waits for the memory."""
+    the word after it is read behind the walk, asked for in the cycle it moves on (runs in the
+    first word are served meanwhile), so a walk that spends two cycles or more in each word
+    never waits for the memory (where its read port is not taken by another)."""
 
     def __init__(self, cfg: AccelConfig, slot_snoop: bool = False, run_bits: int = 0,
                  read_ahead: bool = False):
@@ -293,10 +294,14 @@ class FieldFetch(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(hit & ~self.flush)
-                with m.If(taken & second):  # on into the second word; the next read behind
+                with m.If(taken & second):  # on into the second word; the next read behind,
+                    # asked for in this cycle (a write to it now makes it stale)
+                    m.d.comb += [self.port.en.eq(1), self.port.addr.eq(base + 2)]
                     m.d.sync += [base.eq(base + 1), words[0].eq(words[1]), held[1].eq(0),
-                                 stale.eq(0)]
+                                 stale.eq(wrote & (s.addr == base + 2))]
                     m.next = "READ1"
+                    with m.If(self.port.grant):
+                        m.next = "TAKE1"
                 with m.If(self.req.valid & ~hit & ~self.flush):
                     m.d.sync += [buf.eq(self.req.payload.buf), base.eq(want), held[0].eq(0),
                                  held[1].eq(0), stale.eq(0)]

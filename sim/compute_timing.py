@@ -32,9 +32,10 @@ from sim.cycle_model import READ_LATENCY
 
 HIT, WALK, COLD = 0, 3, 4  #: extra cycles of a field in the held word, the next, elsewhere
 #: A read-ahead fetch's runs (``FieldFetch(read_ahead=True)``): the cycles that reading the
-#: word after the held one takes once the fetch has moved on (a cycle to read, one to take),
-#: and the extra cycles of a run elsewhere (two words read, the run served with the second).
-BEHIND, RUN_COLD = 2, 3
+#: word after the held one takes once the fetch has moved on (asked for as it moves on, taken
+#: the cycle after), and the extra cycles of a run elsewhere (two words read, the run served
+#: with the second).
+BEHIND, RUN_COLD = 1, 3
 #: From issue to the first descriptor request, and the COMPLETE state.
 MATRIX_SETUP = 3  #: SHAPE, SIZES, CHECK (the descriptor's fetch on top)
 COMPLETE = 1
