@@ -223,12 +223,14 @@ class Estimate(NamedTuple):
     missing: tuple[str, ...]
 
 
-def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=sys.stdout,
+def report(cfg: AccelConfig, whole_top: bool, mapped: bool, out=None,
            only: str | None = None, timeout_s: float = 3600) -> Estimate:
     """Print the table; returns the configuration's estimate. ``mapped``: the whole flow
-    with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates). ``only``:
+    with the system's yosys (LUTs), else the pip yosys up to LUT mapping (gates); ``out``
+    the stream (default ``sys.stdout`` when called). ``only``:
     just the blocks whose names start with it, and no estimate (it would be partial). A
     block that yosys does not finish in ``timeout_s`` gets a "not synthesised" row."""
+    out = out or sys.stdout  # the stream of the call, not of the import
     columns = MAPPED if mapped else UNMAPPED
     estimate = dict.fromkeys(columns, 0.0)
     missing: list[str] = []
