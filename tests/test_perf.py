@@ -46,10 +46,13 @@ def test_perf_prints_the_table_and_writes_the_plots(tmp_path, capsys):
 
 @pytest.mark.parametrize("scheme", ["w2a8kv4", "w4a8", "w8a8", "w2a8kv4+4:16"])
 def test_no_estimate_beats_the_roofline(scheme):
+    """Neither the design estimate nor the RTL as built passes the HBM roofline (the RTL
+    may pass the design, which reads weights a command a row where MATSTREAM streams them:
+    W4 and W8 at short contexts)."""
     for context in (128, 2048):
         e = P.decode(preset("u280"), SHAPE, scheme, context)
         assert e.tok_s <= e.roofline_tok_s
-        assert e.rtl_tok_s < e.tok_s  # the sequencers as built are slower than the design
+        assert e.rtl_tok_s <= e.roofline_tok_s
 
 
 @pytest.mark.parametrize("scheme", ["w2a8kv4", "w8a8", "w2a8kv4+4:16"])
