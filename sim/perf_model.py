@@ -210,14 +210,14 @@ class KvHeadPaces:
 
     score: int  #: SCORE_SOFTMAX of one query row
     pv: int  #: PV of one query row
-    query_heads: int
+    query_rows: int  #: its query heads times the step's tokens
     loads: int
     prepare_kv: int
     prepare_q: int
 
     @property
     def compute(self) -> int:
-        return self.query_heads * (self.score + self.pv)
+        return self.query_rows * (self.score + self.pv)
 
     @property
     def prepare(self) -> int:

@@ -104,7 +104,7 @@ def _kv_head_line(cfg: C.AccelConfig, shape: P.ModelShape, scheme: str, context:
     s = schemes.parse(P.case_scheme(cfg, scheme))
     h = P.kv_head_paces(cfg, s, shape, 1, P.visible_keys(s, context))
     return (f"  a KV head of a decode step, per unit as built: compute {h.compute} "
-            f"({h.query_heads} x (SCORE_SOFTMAX {h.score} + PV {h.pv})), K and V loads "
+            f"({h.query_rows} x (SCORE_SOFTMAX {h.score} + PV {h.pv})), K and V loads "
             f"{h.loads}, SFU preparation {h.prepare}; each unit runs beside the others, "
             f"so the {h.bound} sets the pace")
 
