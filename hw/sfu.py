@@ -21,6 +21,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.fixed_point import clamp, round_shift, saturate
+from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.isa import SfuFunc, SfuStage, sfu_funcs
 
@@ -144,8 +145,22 @@ class ElementSfu(wiring.Component):
         return m
 
 
-#: The functions :class:`BinarySfu` computes, each as the element stage does.
+#: The functions :class:`BinarySfu` computes lane by lane, each as the element stage does.
 BINARY_FUNCS = {SfuFunc.ADD: add, SfuFunc.MUL: mul}
+
+
+def rope_lanes(a, b) -> list:
+    """RoPE on a beat, as the element stage rotates a pair: lanes ``2k`` and ``2k + 1`` hold
+    pair ``k``'s elements, ``b[2k]`` its cosine and ``b[2k + 1]`` its sine (the RoPE row's
+    TRIG entries in their order, ``layout.rope_entry``), so each lane reads its neighbour."""
+    trig, t = Const(N.TRIG_FRAC, 5), L.TRIG.width
+    ys = []
+    for k in range(0, len(a), 2):
+        x0, x1 = a[k], a[k + 1]
+        cos, sin = b[k][:t].as_signed(), b[k + 1][:t].as_signed()
+        ys += [saturate(round_shift(x0 * cos - x1 * sin, trig, 0), W),
+               saturate(round_shift(x0 * sin + x1 * cos, trig, 0), W)]
+    return ys
 
 
 def binary_beat(lanes: int) -> data.StructLayout:
@@ -164,10 +179,13 @@ def binary_out(lanes: int) -> data.StructLayout:
 
 
 class BinarySfu(wiring.Component):
-    """ADD and MUL on ``lanes`` element pairs a beat (one register stage): the SFU unit's
-    path for the binary functions, which read both operands a run at a time."""
+    """ADD and MUL on ``lanes`` element pairs a beat, and ROPE on ``lanes / 2`` interleaved
+    pairs with their cosines and sines in ``b`` (:func:`rope_lanes`); one register stage:
+    the SFU unit's path for the functions whose operands it reads a run at a time."""
 
     def __init__(self, lanes: int):
+        if lanes % 2:
+            raise ValueError(f"{lanes} lanes do not hold whole RoPE pairs")
         self.lanes = lanes
         super().__init__({"i": In(stream.Signature(binary_beat(lanes))),
                           "o": Out(stream.Signature(binary_out(lanes)))})
@@ -187,4 +205,7 @@ class BinarySfu(wiring.Component):
                     with m.Case(func):
                         m.d.sync += [y.eq(result(a, b, p.shift))
                                      for y, a, b in zip(out.y, p.a, p.b, strict=True)]
+                with m.Case(SfuFunc.ROPE):
+                    m.d.sync += [y.eq(r) for y, r in zip(out.y, rope_lanes(p.a, p.b),
+                                                         strict=True)]
         return m

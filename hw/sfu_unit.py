@@ -3,13 +3,14 @@ emulator does (``sim/emulator.py``), record layouts from :mod:`llmacc.layout`.
 
 A producer walks the instruction's ``rows`` x ``length`` input elements, reads each one's
 fields through two :class:`FieldFetch` ports (operand ``a``; operand ``b`` or the table entry)
-and feeds the element stage (:class:`hw.sfu.ElementSfu`: SILU, ROPE, EMBED; ADD and MUL where
-``cfg.row_lanes`` is 1), the binary lanes (:class:`hw.sfu.BinarySfu`: ADD and MUL,
-``cfg.row_lanes`` pairs a beat) or the row stage (:class:`hw.sfu_row.RowSfu`: SOFTMAX,
-RMSNORM, QUANT8 per segment, KVQUANT per channel group; ``cfg.row_lanes`` elements a cycle in
-each pass, the producer reading a beat of them as one run of each fetch wherever the beats
-stay inside the stage's rows: a row of one segment, or segments of whole beats; else an
-element a cycle). A
+and feeds the element stage (:class:`hw.sfu.ElementSfu`: SILU, EMBED; ROPE where a head is
+not whole beats; ADD and MUL where ``cfg.row_lanes`` is 1), the binary lanes
+(:class:`hw.sfu.BinarySfu`: ADD and MUL, ``cfg.row_lanes`` pairs a beat; ROPE, a beat of
+elements with their cosines and sines, one run of TRIG entries) or the row stage
+(:class:`hw.sfu_row.RowSfu`: SOFTMAX, RMSNORM, QUANT8 per segment, KVQUANT per channel
+group; ``cfg.row_lanes`` elements a cycle in each pass, the producer reading a beat of them
+as one run of each fetch wherever the beats stay inside the stage's rows: a row of one
+segment, or segments of whole beats; else an element a cycle). A
 consumer turns the results into records with a :class:`FieldPacker`, a row-stage beat of
 ``row_lanes`` results a push: wide rows, INT8 rows with their scale header (zero-padded to
 ``imm`` codes), KV blocks (``layout.kv_block``, one per group: its rows' payloads, then
@@ -254,10 +255,13 @@ class SfuUnit(wiring.Component):
                                 depth[Buffer.ACT]))) | (f.dst + Mux(
                                     is_kv, quot * block, out_recs * out_pitch) > out_buf_end)
                 too_long = ~is_element & (seg > max_len)
-                if lanes > 1:  # the binary lanes, or beats inside the row stage's rows (one
-                    # segment a row, or segments of whole beats)
-                    whole = (seg == length) | (seg[:(lanes - 1).bit_length()] == 0)
-                    m.d.sync += beats.eq(Mux(is_element, binary, whole))
+                if lanes > 1:  # the lanes (binary, or RoPE where heads are whole beats), or
+                    # beats inside the row stage's rows (one segment a row, or segments of
+                    # whole beats)
+                    lane_bits = (lanes - 1).bit_length()
+                    whole = (seg == length) | (seg[:lane_bits] == 0)
+                    rope_beats = rope & (f.imm[:lane_bits] == 0)
+                    m.d.sync += beats.eq(Mux(is_element, binary | rope_beats, whole))
                 kvh.start(m, f.dst + rows * out_pitch, pos)
                 m.d.sync += [row_a.eq(f.src_a), row_b.eq(f.src_b),
                              rec_row.eq(f.dst), rec.eq(f.dst),
@@ -366,6 +370,8 @@ class SfuUnit(wiring.Component):
             m.d.comb += [rp.a[j].eq(a_val), rp.gamma[j].eq(fb.value[:L.GAMMA.width].as_signed())]
         if bs is not None:
             gammas = fb.run.word_select(pi[(lanes - 1).bit_length()], lanes * L.GAMMA.width)
+            # RoPE: the beat's TRIG entries, from element 2 * pj of the head's (a run holds two)
+            trigs = fb.run.word_select(pj[(lanes - 1).bit_length() - 1], lanes * L.TRIG.width)
             bp = bs.i.payload
             m.d.comb += [bp.func.eq(func), bp.shift.eq(f.shift), bp.count.eq(count)]
             with m.If(beats):
@@ -374,7 +380,9 @@ class SfuUnit(wiring.Component):
                     a_j = fa.run.word_select(j, L.WIDE.width)
                     m.d.comb += [rp.a[j].eq(a_j), bp.a[j].eq(a_j),
                                  rp.gamma[j].eq(gammas.word_select(j, L.GAMMA.width)),
-                                 bp.b[j].eq(fb.run.word_select(j, L.WIDE.width))]
+                                 bp.b[j].eq(Mux(func == SfuFunc.ROPE,
+                                                trigs.word_select(j, L.TRIG.width).as_signed(),
+                                                fb.run.word_select(j, L.WIDE.width)))]
         m.d.comb += [rp.count.eq(count),
                      rp.cmd.length.eq(seg), rp.cmd.pos.eq(pos + pr), rp.cmd.sink.eq(sink),
                      rp.cmd.window.eq(window), rp.cmd.gamma_exp.eq(f.shift),
@@ -389,7 +397,7 @@ class SfuUnit(wiring.Component):
             with m.Case(SfuFunc.KVQUANT):
                 m.d.comb += [rp.cmd.func.eq(RowFunc.QUANT), rp.cmd.centre.eq(1),
                              rp.cmd.qmax.eq(Mux(kv_bits == 8, 127, 7))]
-        rope_first = (func == SfuFunc.ROPE) & ~phase
+        rope_first = (func == SfuFunc.ROPE) & ~phase & ~beats
         embed_head = (func == SfuFunc.EMBED) & phase
         to_stage = ~rope_first & ~embed_head
         stage_ready = Mux(is_element, Mux(to_lanes, bs.i.ready if bs else 0, el.i.ready),
@@ -409,8 +417,9 @@ class SfuUnit(wiring.Component):
             with m.Else():
                 row_end = pi + count == length
                 m.d.sync += pi.eq(pi + count)
-                with m.If(func == SfuFunc.ROPE):
-                    m.d.sync += [phase.eq(0), pj.eq(Mux(pj + 1 == half, 0, pj + 1))]
+                with m.If(func == SfuFunc.ROPE):  # a pair, or a beat's pairs
+                    step = Mux(beats, lanes // 2, 1)
+                    m.d.sync += [phase.eq(0), pj.eq(Mux(pj + step == half, 0, pj + step))]
                 with m.If(func == SfuFunc.EMBED):
                     with m.If(pj + 1 == f.imm):
                         m.d.sync += [pj.eq(0), gi.eq(gi + 1)]

@@ -583,12 +583,14 @@ SFU_OPERAND_FETCHES = ("unary", "binary", "gamma", "rope", "embed", "masked", "q
 
 
 def row_beat(cfg: AccelConfig, insn: isa.Instruction) -> int:
-    """Elements the SFU producer feeds a stage a step: ``row_lanes`` to the binary lanes
-    (ADD, MUL) and to the row stage where its beats stay inside the stage's rows (the whole
-    row, or segments and KV groups of whole beats); else one."""
+    """Elements the SFU producer feeds a stage a step: ``row_lanes`` to the lanes (ADD, MUL;
+    ROPE where a head is whole beats) and to the row stage where its beats stay inside the
+    stage's rows (the whole row, or segments and KV groups of whole beats); else one."""
     f, length, lanes = insn.func, insn.length, cfg.row_lanes
     if isa.SFU_FUNCTIONS[f].stage is isa.SfuStage.ELEMENT:
-        return lanes if isa.SFU_FUNCTIONS[f].operands == "binary" else 1
+        operands = isa.SFU_FUNCTIONS[f].operands
+        rope_beats = operands == "rope" and insn.imm % lanes == 0
+        return lanes if operands == "binary" or rope_beats else 1
     seg = {isa.SfuFunc.QUANT8: insn.imm2 or length, isa.SfuFunc.KVQUANT: insn.imm}.get(f, length)
     return lanes if seg == length or seg % lanes == 0 else 1
 
@@ -634,11 +636,10 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
                              b * wb + L.element_bit(i, L.GAMMA), runs=runs)
                        for i in range(0, length, beat))
-        if operands == "rope":
-            half = insn.imm // 2
+        if operands == "rope":  # element i's TRIG entry is the head's element i
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                             b * wb + L.element_bit(L.rope_entry((i // 2) % half, i % 2),
-                                                    L.TRIG)) for i in range(length))
+                             b * wb + L.element_bit(i % insn.imm, L.TRIG), runs=runs)
+                       for i in range(0, length, beat))
         if operands == "embed":
             codes = (a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
             scales = (a + L.embed_header(w)) * wb
@@ -659,7 +660,7 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
 #: element stage and packer draining after the last element, COMPLETE.
 SFU_SETUP = 26
 ROPE_EXTRA = 1  #: the last pair's second value
-#: The binary lanes (ADD, MUL on ``row_lanes`` elements a step) finish a cycle before the
+#: The lanes (ADD, MUL, ROPE on ``row_lanes`` elements a step) finish a cycle before the
 #: element stage would after the last step (measured on sim-small and sim-wide).
 BINARY_LANES_EARLIER = 1
 RMSNORM_EPS = 8  #: the epsilon's fetch and check before the rows
@@ -688,7 +689,7 @@ def sfu_cycles(cfg: AccelConfig, insn: isa.Instruction) -> int:
         return SFU_SETUP
     wb = cfg.axi_data_bits
     cycles = SFU_SETUP + _sfu_producer(cfg, insn)
-    if isa.SFU_FUNCTIONS[f].operands == "binary" and row_beat(cfg, insn) > 1:
+    if isa.SFU_FUNCTIONS[f].stage is isa.SfuStage.ELEMENT and row_beat(cfg, insn) > 1:
         return cycles - BINARY_LANES_EARLIER
     if f is isa.SfuFunc.ROPE:
         return cycles + ROPE_EXTRA

@@ -82,7 +82,7 @@ def sfu_case(cfg: AccelConfig, rng: random.Random, func: SfuFunc,
         f["imm"] = int(bcast)
         spans["src_b"] = (Buffer.TABLE, wide) if bcast else (Buffer.ACT, rows * wide)
     elif operands == "rope":
-        d = rng.choice((2, 4, 6, 8))
+        d = rng.choice((2, 4, 6, 8, 16, 24))  # heads of whole beats go to the lanes
         f["length"] = length = d * rng.randint(1, 3)
         wide = L.wide_pitch(length, w)
         spans.update(src_a=(Buffer.ACT, rows * wide), dst=(Buffer.ACT, rows * wide),

@@ -90,19 +90,40 @@ def test_element_sfu(simulator, seed, request, tmp_path):
     assert (msg := H.first_mismatch(ElementOut, got, expected)) is None, f"{msg} (seed {seed})"
 
 
+def _rope_beat(rng: random.Random, lanes: int) -> tuple[list, list, list]:
+    """A RoPE beat: ``lanes`` elements, their pairs' cosines and sines as the RoPE row holds
+    them (``b[2k]``, ``b[2k + 1]``), and the element stage's results."""
+    a, b, ys = [], [], []
+    for _ in range(lanes // 2):
+        case = _case(rng, SfuFunc.ROPE, edge=rng.random() < 0.25)
+        c = case["c"]
+        cos, sin = c & 0xFFFF, c >> 16 & 0xFFFF
+        a += [case["a"], case["b"]]
+        b += [cos - (cos >> 15 << 16), sin - (sin >> 15 << 16)]
+        ys += _model(SfuFunc.ROPE, case["a"], case["b"], c, 0, 0, 0)
+    return a, b, ys
+
+
 def _binary_vectors(seed: int, count: int, lanes: int):
-    """Beats of ADD and MUL, ``count`` pairs of each in the low lanes, garbage above."""
+    """Beats of ADD and MUL, ``count`` pairs of each in the low lanes, garbage above, and
+    whole beats of RoPE pairs."""
     rng = random.Random(seed)
+    funcs = [*BINARY_FUNCS, SfuFunc.ROPE]
     inputs, expected = [], []
     for i in range(count):
-        f = list(BINARY_FUNCS)[i % len(BINARY_FUNCS)]
-        cases = [_case(rng, f, edge=rng.random() < 0.25) for _ in range(lanes)]
-        used = rng.randint(1, lanes)
-        shift = cases[0]["shift"]
-        ys = [_model(f, c["a"], c["b"], 0, shift, 0, 0)[0] for c in cases[:used]]
+        f = funcs[i % len(funcs)]
+        shift = rng.randint(-8, 40)
+        if f is SfuFunc.ROPE:
+            a, b, ys = _rope_beat(rng, lanes)
+            used = lanes
+        else:
+            cases = [_case(rng, f, edge=rng.random() < 0.25) for _ in range(lanes)]
+            used = rng.randint(1, lanes)
+            shift = cases[0]["shift"]
+            a, b = [c["a"] for c in cases], [c["b"] for c in cases]
+            ys = [_model(f, c["a"], c["b"], 0, shift, 0, 0)[0] for c in cases[:used]]
         inputs.append(H.pack(binary_beat(lanes), {
-            "func": f, "a": [c["a"] for c in cases], "b": [c["b"] for c in cases],
-            "shift": shift, "count": used}))
+            "func": f, "a": a, "b": b, "shift": shift, "count": used}))
         expected.append(H.pack(binary_out(lanes), {"y": ys + [0] * (lanes - used),
                                                    "count": used}))
     return inputs, expected
