@@ -406,22 +406,41 @@ def nm_expand(values: Tensor, indices: Tensor, n: int, m: int, k: int) -> Tensor
 
 
 # -- matrix engine -----------------------------------------------------------------------------
+FLOAT_EXACT = 1 << 53  #: integers below this are exact in float64, and so are their sums
+#: Products of at least this many multiplies go to float64 BLAS; smaller ones stay int64,
+#: cheaper than waking BLAS' threads.
+FLOAT_MIN_MACS = 1 << 24
+
+
+def _magnitude(x: Tensor) -> int:
+    return int(x.abs().max()) if x.numel() else 0
+
+
 def linear_acc(x: Tensor, w: Tensor, mant: Tensor, group: int) -> Tensor:
     """Grouped integer matmul: ``acc[t, n] = sum_g mant[n, g] * sum_{k in g} w[n, k] x[t, k]``.
 
     ``x`` INT8 [T, K], ``w`` decoded operands [N, K], ``mant`` uint16 [N, K/group]. Group partial
     sums are exact; the per-group rescale and the sum over groups are the 48-bit DSP
     accumulator, which must not overflow (the compiler guarantees it; here it is checked).
+    Where ``K |x| |w| mant`` is below :data:`FLOAT_EXACT`, every product and partial sum of
+    ``x @ (w * mant)`` is an integer below it, so one float64 matrix product gives ``acc``
+    exactly: large products (:data:`FLOAT_MIN_MACS`) take it, many times faster than the
+    int64 einsum, group by group, that the others take.
     """
     x, w, mant = _t(x), _t(w), _t(mant)
     t, k = x.shape
     n = w.shape[0]
     if k % group:
         raise NumericsError(f"K = {k} is not a multiple of the group {group}")
-    xg = x.reshape(t, k // group, group)
-    wg = w.reshape(n, k // group, group)
-    psum = torch.einsum("tgk,ngk->tng", xg, wg)
-    return check_range((psum * mant.unsqueeze(0)).sum(-1), ACC_BITS, "matrix accumulator")
+    if t * n * k >= FLOAT_MIN_MACS and (k * _magnitude(x) * _magnitude(w) * _magnitude(mant)
+                                        < FLOAT_EXACT):
+        scaled = w.double() * mant.double().repeat_interleave(group, dim=-1)
+        acc = (x.double() @ scaled.t()).to(I64)
+    else:
+        psum = torch.einsum("tgk,ngk->tng", x.reshape(t, k // group, group),
+                            w.reshape(n, k // group, group))
+        acc = (psum * mant.unsqueeze(0)).sum(-1)
+    return check_range(acc, ACC_BITS, "matrix accumulator")
 
 
 def linear_out(acc: Tensor, x_m: Tensor, x_e: Tensor, row_exp: Tensor,
@@ -479,8 +498,13 @@ def attention_pv(probs: Tensor, mask: Tensor, v_codes: Tensor, v_m: Tensor, v_e:
     m = torch.where(mask, _t(v_m).unsqueeze(0), 0)
     e = _t(v_e).unsqueeze(0).expand_as(m)
     m_al, emax = align_sf16(m, e, dim=-1)
-    x = _t(probs) * m_al
-    acc = check_range(x @ _t(v_codes), ACC_BITS, "attention P x V accumulator")
+    x, v_codes = _t(probs) * m_al, _t(v_codes)
+    if x.numel() * v_codes.shape[-1] >= FLOAT_MIN_MACS and (
+            x.shape[-1] * _magnitude(x) * _magnitude(v_codes) < FLOAT_EXACT):
+        acc = (x.double() @ v_codes.double()).to(I64)  # exact, as in linear_acc
+    else:
+        acc = x @ v_codes
+    acc = check_range(acc, ACC_BITS, "attention P x V accumulator")
     shift = (PROB_FRAC + f_v - f_out - emax).unsqueeze(-1)
     mids = round_shift(_t(probs) @ _t(v_mid), PROB_FRAC + f_v - f_out).unsqueeze(-1)
     return saturate(round_shift(acc, shift) + mids, WIDE_BITS)

@@ -377,3 +377,49 @@ def test_rmsnorm_epsilon_must_fit_48_bits():
         N.rmsnorm(v, gamma, 0, 1 << 47, 0)
     with pytest.raises(N.NumericsError, match="RMSNorm epsilon"):
         N.rmsnorm_eps(1.0, 1 << 20, 16)
+
+
+def _int64_paths(monkeypatch) -> None:
+    """Every product in int64, as before the float64 path existed."""
+    monkeypatch.setattr(N, "FLOAT_MIN_MACS", 1 << 62)
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+def test_float64_products_equal_int64(monkeypatch, seed, extreme):
+    """linear_acc and attention_pv take float64 BLAS for large products where every partial
+    sum is an integer below 2**53: the same integers as int64, at the operands' extremes too
+    (INT8 x INT8, 16-bit mantissas, K = 4096, a 48-bit accumulator near its limit)."""
+    g = torch.Generator().manual_seed(seed)
+    t, k, n, group = 64, 4096, 96, 128
+    if extreme:
+        x = torch.full((t, k), -127, dtype=torch.int64)
+        w = torch.full((n, k), -127, dtype=torch.int64)
+        mant = torch.full((n, k // group), 3, dtype=torch.int64)  # |acc| = 3 * 4096 * 127**2
+    else:
+        x = torch.randint(-127, 128, (t, k), generator=g)
+        w = torch.randint(-127, 128, (n, k), generator=g)
+        mant = torch.randint(0, 1 << 16, (n, k // group), generator=g)
+    assert t * n * k >= N.FLOAT_MIN_MACS, "the float64 path must be the one under test"
+    fast = N.linear_acc(x, w, mant, group)
+    keys, d = 2048, 128
+    probs = torch.randint(0, 1 << 15, (64, keys), generator=g)
+    mask = torch.rand((64, keys), generator=g) < 0.9
+    v = torch.randint(-7, 8, (keys, d), generator=g)
+    v_m = torch.randint(1, 1 << 16, (keys,), generator=g)
+    v_e = torch.randint(-8, 8, (keys,), generator=g)
+    v_mid = torch.randint(-(1 << 20), 1 << 20, (keys,), generator=g)
+    pv = N.attention_pv(probs, mask, v, v_m, v_e, v_mid, 10, 10)
+    _int64_paths(monkeypatch)
+    assert torch.equal(fast, N.linear_acc(x, w, mant, group)), f"seed {seed}"
+    assert torch.equal(pv, N.attention_pv(probs, mask, v, v_m, v_e, v_mid, 10, 10)), f"seed {seed}"
+
+
+def test_float64_path_still_checks_the_accumulator(monkeypatch):
+    """An accumulator past 48 bits raises on the float64 path as on int64."""
+    k, group = 1 << 18, 1 << 18
+    x = torch.full((8, k), 127, dtype=torch.int64)
+    w = torch.full((8, k), 127, dtype=torch.int64)
+    mant = torch.full((8, 1), 65535, dtype=torch.int64)  # 127**2 * 2**18 * 65535 > 2**47
+    assert 8 * 8 * k >= N.FLOAT_MIN_MACS
+    with pytest.raises(N.NumericsError):
+        N.linear_acc(x, w, mant, group)
