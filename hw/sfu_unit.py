@@ -370,8 +370,11 @@ class SfuUnit(wiring.Component):
             m.d.comb += [rp.a[j].eq(a_val), rp.gamma[j].eq(fb.value[:L.GAMMA.width].as_signed())]
         if bs is not None:
             gammas = fb.run.word_select(pi[(lanes - 1).bit_length()], lanes * L.GAMMA.width)
-            # RoPE: the beat's TRIG entries, from element 2 * pj of the head's (a run holds two)
-            trigs = fb.run.word_select(pj[(lanes - 1).bit_length() - 1], lanes * L.TRIG.width)
+            # RoPE: the beat's TRIG entries, from pair pj's cosine on (a run holds two beats:
+            # the bit of entry rope_entry(pj, 0) that picks the beat, as a bit of pj)
+            pair_shift = L.rope_entry(1, 0).bit_length() - 1
+            trigs = fb.run.word_select(pj[(lanes - 1).bit_length() - pair_shift],
+                                       lanes * L.TRIG.width)
             bp = bs.i.payload
             m.d.comb += [bp.func.eq(func), bp.shift.eq(f.shift), bp.count.eq(count)]
             with m.If(beats):

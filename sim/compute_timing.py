@@ -636,9 +636,11 @@ def _sfu_producer(cfg: AccelConfig, insn: isa.Instruction) -> int:
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
                              b * wb + L.element_bit(i, L.GAMMA), runs=runs)
                        for i in range(0, length, beat))
-        if operands == "rope":  # element i's TRIG entry is the head's element i
+        if operands == "rope":  # a beat's entries from its first pair's cosine on
+            half = insn.imm // 2
             return sum(_pair(fa, a * wb + L.element_bit(i, L.WIDE), fb,
-                             b * wb + L.element_bit(i % insn.imm, L.TRIG), runs=runs)
+                             b * wb + L.element_bit(L.rope_entry((i // 2) % half, i % 2),
+                                                    L.TRIG), runs=runs)
                        for i in range(0, length, beat))
         if operands == "embed":
             codes = (a + a_pitch - L.array_words(length, L.QCODE, w)) * wb
