@@ -412,8 +412,16 @@ FLOAT_EXACT = 1 << 53  #: integers below this are exact in float64, and so are t
 FLOAT_MIN_MACS = 1 << 24
 
 
-def _magnitude(x: Tensor) -> int:
-    return int(x.abs().max()) if x.numel() else 0
+def _float64_exact(macs: int, k: int, *operands: Tensor) -> bool:
+    """A product of ``macs`` multiplies, sums of ``k`` terms of ``operands``' products, taken
+    in float64: worth it (:data:`FLOAT_MIN_MACS`) and exact (every partial sum an integer
+    below :data:`FLOAT_EXACT`)."""
+    if macs < FLOAT_MIN_MACS:
+        return False
+    bound = k
+    for x in operands:
+        bound *= int(x.abs().max()) if x.numel() else 0
+    return bound < FLOAT_EXACT
 
 
 def linear_acc(x: Tensor, w: Tensor, mant: Tensor, group: int) -> Tensor:
@@ -432,8 +440,7 @@ def linear_acc(x: Tensor, w: Tensor, mant: Tensor, group: int) -> Tensor:
     n = w.shape[0]
     if k % group:
         raise NumericsError(f"K = {k} is not a multiple of the group {group}")
-    if t * n * k >= FLOAT_MIN_MACS and (k * _magnitude(x) * _magnitude(w) * _magnitude(mant)
-                                        < FLOAT_EXACT):
+    if _float64_exact(t * n * k, k, x, w, mant):
         scaled = w.double() * mant.double().repeat_interleave(group, dim=-1)
         acc = (x.double() @ scaled.t()).to(I64)
     else:
@@ -499,8 +506,7 @@ def attention_pv(probs: Tensor, mask: Tensor, v_codes: Tensor, v_m: Tensor, v_e:
     e = _t(v_e).unsqueeze(0).expand_as(m)
     m_al, emax = align_sf16(m, e, dim=-1)
     x, v_codes = _t(probs) * m_al, _t(v_codes)
-    if x.numel() * v_codes.shape[-1] >= FLOAT_MIN_MACS and (
-            x.shape[-1] * _magnitude(x) * _magnitude(v_codes) < FLOAT_EXACT):
+    if _float64_exact(x.numel() * v_codes.shape[-1], x.shape[-1], x, v_codes):
         acc = (x.double() @ v_codes.double()).to(I64)  # exact, as in linear_acc
     else:
         acc = x @ v_codes
