@@ -194,7 +194,7 @@ def quantize(ckpt: Checkpoint, scheme: Scheme, calib: list[list[int]] | None = N
         qm.linears[name] = quantize_matrix(
             w, scheme.weight_fmt, scheme.dtypes, scheme.group,
             hessian=None if st is None else st.hessian, keep=keep, sparsity=scheme.sparsity,
-            gptq=scheme.gptq, device=device)
+            gptq=scheme.gptq, clip=scheme.clip, device=device)
         done_weights += w.numel()
         if progress is not None:  # the layer just done (the next one's share is on its way)
             layer = int(name.split(".")[1])

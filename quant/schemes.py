@@ -47,6 +47,7 @@ class Scheme:
     sink: int = 0
     window: int = 0
     gptq: bool = True
+    clip: bool = True  #: the per-group clipping search; off: groups rounded over their range
     finetune: Finetune = Finetune()
     smooth: float = 0.0  #: SmoothQuant's migration strength alpha (quant.smooth); 0: none
 
