@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from compiler.memory_plan import CompileError, Region
 from compiler.placement import LinearPlan, Placement, Tile
 from compiler.step_buffers import StepBuffers, StepDims, allocate_step
-from compiler.tokens import Access, Op, assign_tokens
+from compiler.tokens import Access, Op, assign_tokens, token_limit
 from llmacc import isa
 from llmacc import layout as L
 from llmacc.isa import AttnFunc, Buffer, LenSrc, Opcode, OutMode, Reg, SfuFunc, SysFunc
@@ -355,7 +355,7 @@ class Lowering:
     # -- programs -------------------------------------------------------------------------
     def _finish(self, e: _Emitter) -> list[isa.Instruction]:
         e.emit(Opcode.SYS, func=SysFunc.HALT)
-        assign_tokens(e.ops)
+        assign_tokens(e.ops, token_limit(self.p.cfg))
         return [isa.make(op.opcode, wait=op.wait, release=op.release, **op.fields)
                 for op in e.ops]
 

@@ -7,12 +7,23 @@ on unit ``U`` only has to wait for the *latest* earlier instruction ``i`` on eac
 write-after-write) and that ``U`` has not already synchronised with: ``i`` releases a token
 to ``U`` and ``j`` waits for one from ``V``. Tokens are counted, and per-unit in-order
 completion means the ``n``-th token ``j`` consumes is the one its ``n``-th producer sent.
+
+The controller counts each unit pair's tokens in ``hw.controller.TOKEN_BITS`` bits, so no
+more than :func:`token_limit` may be outstanding between a release and its wait in program
+order (the waiting unit's queue lets it lag that many instructions more). Where a token
+would pass the limit (LLaMA2-7B's 32 KV heads: a layer's 64 header LOADs, each for a later
+KVQUANT), ``j`` syncs with a later instruction of ``V`` instead, the earliest that keeps
+the count: as safe, since ``V`` completes in order, and it waits a little longer.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
+from compiler.memory_plan import CompileError
+from hw.controller import TOKEN_BITS
+from llmacc.config import AccelConfig
 from llmacc.isa import UNIT_OF, Buffer, Opcode, Unit
 
 Space = Buffer | int  #: a buffer, or an external-memory channel number
@@ -48,10 +59,41 @@ class Op:
                 or any(r.overlaps(w) for r in self.reads for w in later.writes))
 
 
-def assign_tokens(ops: list[Op]) -> None:
-    """Set ``wait``/``release`` on ``ops`` (in place) for every cross-unit hazard."""
+def token_limit(cfg: AccelConfig) -> int:
+    """Tokens one unit may owe another in program order: the controller's counter less the
+    waits that the owing unit's queue (``insn_queue_depth``) and its running instruction
+    may still hold back."""
+    return (1 << TOKEN_BITS) - 1 - cfg.insn_queue_depth - 1
+
+
+def assign_tokens(ops: list[Op], limit: int) -> None:
+    """Set ``wait``/``release`` on ``ops`` (in place) for every cross-unit hazard, with at
+    most ``limit`` tokens of a unit pair outstanding in program order. A pair whose
+    consumers come in a burst after all their producers (a prefill chunk's STOREs of every
+    KV head after the layer's header LOADs) syncs each consumer with the latest instruction
+    of the producing unit instead: one token then stands for all of them."""
+    latest: set[tuple[Unit, Unit]] = set()
+    while True:
+        for op in ops:
+            op.wait = op.release = 0
+        try:
+            return _assign(ops, limit, latest)
+        except _OverLimit as over:
+            if over.pair in latest:
+                raise CompileError(f"more than {limit} tokens from {over.pair[0].name} to "
+                                   f"{over.pair[1].name} outstanding") from None
+            latest.add(over.pair)
+
+
+class _OverLimit(Exception):
+    def __init__(self, pair: tuple[Unit, Unit]):
+        self.pair = pair
+
+
+def _assign(ops: list[Op], limit: int, latest: set[tuple[Unit, Unit]]) -> None:
     history: dict[Unit, list[int]] = {u: [] for u in Unit}
     synced = {(a, b): -1 for a in Unit for b in Unit}  # position in history[a]
+    waits: dict[tuple[Unit, Unit], list[int]] = {(a, b): [] for a in Unit for b in Unit}
     for j, op in enumerate(ops):
         unit = op.unit
         if unit is None:
@@ -59,11 +101,33 @@ def assign_tokens(ops: list[Op]) -> None:
         for other in Unit:
             if other is unit:
                 continue
-            past = history[other]
-            for pos in range(len(past) - 1, synced[(other, unit)], -1):
+            past, pair = history[other], (other, unit)
+            for pos in range(len(past) - 1, synced[pair], -1):
                 if ops[past[pos]].conflicts(op):
+                    pos = _within_limit(past, len(past) - 1 if pair in latest else pos,
+                                        waits[pair], limit, pair)
                     ops[past[pos]].release |= 1 << unit.value
                     op.wait |= 1 << other.value
-                    synced[(other, unit)] = pos
+                    synced[pair] = pos
+                    waits[pair].append(j)
                     break
         history[unit].append(j)
+
+
+def _within_limit(past: list[int], pos: int, waits: list[int], limit: int,
+                  pair: tuple[Unit, Unit]) -> int:
+    """The earliest producer at or after ``past[pos]`` whose token keeps the pair's tokens
+    outstanding at any point of its way (those waited for after it: ``waits`` is sorted)
+    within ``limit``; :class:`_OverLimit` where none does."""
+    def fits(k: int) -> bool:
+        return len(waits) - bisect_right(waits, past[k]) < limit
+
+    if fits(pos):
+        return pos
+    lo, hi = pos + 1, len(past) - 1
+    if not fits(hi):
+        raise _OverLimit(pair)
+    while lo < hi:  # the outstanding count falls as the producer moves later
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from compiler.tokens import token_limit
 from llmacc import layout as L
 from llmacc import numerics as N
 from llmacc.config import AccelConfig
@@ -105,6 +106,7 @@ class Emulator:
         self.regs = dict.fromkeys(Reg, 0)
         self.weights = WeightCache(self.w)
         self._views: dict[tuple, np.ndarray] = {}
+        self.token_limit = token_limit(cfg)  #: tokens of a unit pair owed in program order
 
     # -- memory access ---------------------------------------------------------------------
     def _ext(self, chan: int) -> np.ndarray:
@@ -215,6 +217,11 @@ class Emulator:
                 for dst in Unit:
                     if insn.release >> dst.value & 1:
                         tokens[(unit, dst)].append(free[unit])
+                        if len(tokens[(unit, dst)]) > self.token_limit:
+                            raise EmulatorError(
+                                f"more than {self.token_limit} tokens from {unit.name} to "
+                                f"{dst.name} outstanding: the controller's counters could "
+                                "overflow (compiler/tokens.py: token_limit)")
             except _INSTRUCTION_ERRORS as exc:
                 raise _at(index, insn, exc) from None
             stats.instructions += 1

@@ -84,6 +84,19 @@ def test_unconsumed_tokens_are_an_error():
         emu.run([_load(release=1 << Unit.COMPUTE.value), _sys(SysFunc.HALT)])
 
 
+def test_more_tokens_than_the_counters_hold_is_an_error():
+    """A unit may owe another at most ``token_limit`` tokens in program order; one more
+    could wrap the controller's counter (a deadlock on the RTL, none on the emulator)."""
+    emu = Emulator(CFG, [1024])
+    n = emu.token_limit
+    loads = [_load(release=1 << Unit.STORE.value)] * n
+    stores = [isa.make(Opcode.STORE, buf=Buffer.ACT, words=1, rows=1, ext_addr=0,
+                       wait=1 << Unit.LOAD.value)] * n
+    emu.run(loads + stores + [_sys(SysFunc.HALT)])
+    with pytest.raises(EmulatorError, match=f"more than {n} tokens from LOAD to STORE"):
+        emu.run(loads + loads[:1] + stores + stores[:1] + [_sys(SysFunc.HALT)])
+
+
 def test_out_of_range_accesses_are_errors():
     emu = Emulator(CFG, [1024])
     words = CFG.buffer_words(Buffer.ACT)
