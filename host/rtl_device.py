@@ -19,6 +19,7 @@ from compiler.compile import CompiledModel
 from compiler.lower import Program
 from host.device import Device, DeviceError, kernel_program, kernel_program_bytes, kernel_stats
 from llmacc.isa import Reg
+from sim.cycle_model import READ_LATENCY
 from sim.emulator import RunStats
 from sim.top_harness import HarnessError, TopHarness
 
@@ -26,11 +27,13 @@ from sim.top_harness import HarnessError, TopHarness
 class RtlDevice(Device):
     """A compiled model on the Verilated accelerator top."""
 
-    def __init__(self, compiled: CompiledModel, *, seed: int = 1, stall: float = 0.0):
+    def __init__(self, compiled: CompiledModel, *, seed: int = 1, stall: float = 0.0,
+                 latency: int = READ_LATENCY):
         super().__init__(compiled)
         try:
             self._top = TopHarness(compiled.config, list(compiled.host.channel_bytes),
-                                   kernel_program_bytes(compiled), stall=stall, seed=seed)
+                                   kernel_program_bytes(compiled), stall=stall, seed=seed,
+                                   latency=latency)
         except HarnessError as exc:
             raise DeviceError(f"the RTL simulation could not start: {exc}") from None
         self.load_image()

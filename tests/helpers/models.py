@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from host.device import Device
+from llmacc.config import AccelConfig
 from quant import intref
 from quant.checkpoint import Checkpoint, ModelConfig
 
@@ -92,3 +93,12 @@ def check_run_on_rtl(im: intref.IntModel, cm, tokens: list[int], prompt: int, wh
         return sum(s.cycles for s in device.stats)
     finally:
         device.close()
+
+
+def channel_slice(cfg: AccelConfig, channels: int) -> AccelConfig:
+    """``cfg`` cut to its first ``channels`` memory channels and their lanes: each channel's
+    datapath as in ``cfg``, the attention unit, the SFU and the buffers whole."""
+    sliced = cfg.replace(name=f"{cfg.name}-slice{channels}", mem_channels=channels,
+                         mv_rows=cfg.lanes_per_channel * channels)
+    sliced.validate()
+    return sliced
