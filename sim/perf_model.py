@@ -255,9 +255,12 @@ def kv_head_paces(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, r
 
 
 def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows: int,
-              keys: int) -> Operator:
+              keys: int, visible: int | None = None) -> Operator:
     """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
-    keys (the visible ones under Lambda attention). As built, the LOAD unit brings each KV
+    keys, of which the design reads and multiplies only the ``visible`` ones (Lambda
+    attention's sink and window; all by default). As built, the compiled program loads and
+    runs every key and masks the others, so the RTL's cycles are those of all ``keys``. As
+    built, the LOAD unit brings each KV
     head's keys and values (one command each) while the compute unit runs the heads of the
     one before (the compiler alternates two KV slots), so only the first head's load is not
     hidden, and a head whose loads take longer than its attention waits for them.
@@ -269,8 +272,9 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
     bits = scheme.kv_bits or 8
     w = cfg.axi_data_bytes
     pw, slots = L.kv_payload(shape.head_dim, bits, w), L.kv_slots(w)
-    kv_rows = 2 * shape.kv_heads * keys
-    macs = 2 * shape.heads * rows * keys * shape.head_dim
+    seen = keys if visible is None else visible
+    kv_rows = 2 * shape.kv_heads * seen
+    macs = 2 * shape.heads * rows * seen * shape.head_dim
     engine = -(-macs // cfg.peak_macs_per_cycle)
     paces = kv_head_paces(cfg, scheme, shape, rows, keys)
     if rows == 1:
@@ -282,8 +286,8 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
         rtl = paces.loads + shape.kv_heads * max(paces.compute, paces.loads)
     header_bytes = L.record_bytes(L.KvHeader)
     heads = 2 * shape.kv_heads  # a command for each one's payloads, one for its header words
-    memory = (_rows_cycles(cfg, heads, keys * pw)
-              + _rows_cycles(cfg, heads, -(-keys // slots)))
+    memory = (_rows_cycles(cfg, heads, seen * pw)
+              + _rows_cycles(cfg, heads, -(-seen // slots)))
     return Operator("attention", kv_rows * (pw * w + header_bytes), macs, memory, engine, rtl)
 
 
@@ -373,7 +377,7 @@ def step(cfg: AccelConfig, shape: ModelShape, scheme_name: str, rows: int,
     resolves it)."""
     scheme = schemes.parse(case_scheme(cfg, scheme_name))
     ops = [linear(cfg, scheme, name, k, n, rows) for name, k, n in _linears(shape)]
-    ops.append(attention(cfg, scheme, shape, rows, visible_keys(scheme, context)))
+    ops.append(attention(cfg, scheme, shape, rows, context, visible_keys(scheme, context)))
     ops.append(sfu(cfg, shape, scheme, rows))
     # the classifier is quantized as the embedding is (quant.quantize), dense
     classifier = replace(scheme, weight_fmt=scheme.embed_fmt, sparsity=None)

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def _kv_head_line(cfg: C.AccelConfig, shape: P.ModelShape, scheme: str, context: int) -> str:
     """What paces a decode step's attention: one KV head's cycles on each unit."""
     s = schemes.parse(P.case_scheme(cfg, scheme))
-    h = P.kv_head_paces(cfg, s, shape, 1, P.visible_keys(s, context))
+    h = P.kv_head_paces(cfg, s, shape, 1, context)  # as built: every key, masked
     return (f"  a KV head of a decode step, per unit as built: compute {h.compute} "
             f"({h.query_rows} x (SCORE_SOFTMAX {h.score} + PV {h.pv})), K and V loads "
             f"{h.loads}, SFU preparation {h.prepare}; each unit runs beside the others, "
