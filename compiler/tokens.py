@@ -86,6 +86,8 @@ def assign_tokens(ops: list[Op], limit: int) -> None:
 
 
 class _OverLimit(Exception):
+    """No producer keeps ``pair``'s tokens within the limit."""
+
     def __init__(self, pair: tuple[Unit, Unit]):
         self.pair = pair
 

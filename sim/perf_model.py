@@ -259,11 +259,11 @@ def attention(cfg: AccelConfig, scheme: schemes.Scheme, shape: ModelShape, rows:
     """Scores and probabilities x values of one layer for ``rows`` queries over ``keys``
     keys, of which the design reads and multiplies only the ``visible`` ones (Lambda
     attention's sink and window; all by default). As built, the compiled program loads and
-    runs every key and masks the others, so the RTL's cycles are those of all ``keys``. As
-    built, the LOAD unit brings each KV
-    head's keys and values (one command each) while the compute unit runs the heads of the
-    one before (the compiler alternates two KV slots), so only the first head's load is not
-    hidden, and a head whose loads take longer than its attention waits for them.
+    runs every key and masks the others, so the RTL's cycles are those of all ``keys``: the
+    LOAD unit brings each KV head's keys and values (one command each) while the compute
+    unit runs the heads of the one before (the compiler alternates two KV slots), so only
+    the first head's load is not hidden, and a head whose loads take longer than its
+    attention waits for them.
 
     A decode step (``rows`` = 1) also holds each KV head's preparation (:func:`prepare_sfu`:
     the compiler emits it just before the head, so the SFU prepares the next head while the
