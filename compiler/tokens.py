@@ -21,6 +21,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from compiler.memory_plan import CompileError
 from hw.controller import TOKEN_BITS
 from llmacc.config import AccelConfig
@@ -36,7 +38,8 @@ class Access:
     hi: int
 
     def overlaps(self, other: Access) -> bool:
-        return self.space == other.space and self.lo < other.hi and other.lo < self.hi
+        """Whether both touch a common word (byte): an empty access touches none."""
+        return (self.space == other.space and max(self.lo, other.lo) < min(self.hi, other.hi))
 
 
 @dataclass
@@ -92,27 +95,76 @@ class _OverLimit(Exception):
         self.pair = pair
 
 
+class _LastTouch:
+    """Per unit, the latest of its instructions (a position in its own history) that read
+    and that wrote each buffer word, and its external-memory accesses in order: the latest
+    earlier instruction of each unit that conflicts with a new one, without walking back over
+    every instruction in between (a SmolLM2 program has thousands)."""
+
+    def __init__(self, ops: list[Op]):
+        size: dict[Buffer, int] = {}
+        for op in ops:
+            for a in op.reads + op.writes:
+                if isinstance(a.space, Buffer):
+                    size[a.space] = max(size.get(a.space, 0), a.hi)
+        self.words = {(b, write): np.full((len(Unit), n), -1, dtype=np.int64)
+                      for b, n in size.items() for write in (False, True)}
+        self.external: dict[tuple[Unit, int], list[tuple[int, Access, bool]]] = {}
+
+    def record(self, unit: Unit, pos: int, op: Op) -> None:
+        for accesses, write in ((op.reads, False), (op.writes, True)):
+            for a in accesses:
+                if isinstance(a.space, Buffer):
+                    self.words[(a.space, write)][unit.value, a.lo:a.hi] = pos
+                else:
+                    self.external.setdefault((unit, a.space), []).append((pos, a, write))
+
+    def latest_conflicts(self, op: Op, after: list[int]) -> list[int]:
+        """Per unit (by value), the latest position past ``after[unit]`` of its instructions
+        that conflicts with ``op`` (read after write, write after read or write), else
+        ``after[unit]``."""
+        best = np.array(after, dtype=np.int64)
+        for accesses, write in ((op.reads, False), (op.writes, True)):
+            for a in accesses:
+                if a.lo >= a.hi:
+                    continue
+                if isinstance(a.space, Buffer):
+                    for kind in (True, False) if write else (True,):
+                        np.maximum(best, self.words[(a.space, kind)][:, a.lo:a.hi].max(1),
+                                   out=best)
+                    continue
+                for unit in Unit:
+                    for pos, b, was_write in reversed(self.external.get((unit, a.space), ())):
+                        if pos <= best[unit.value]:
+                            break
+                        if (write or was_write) and a.overlaps(b):
+                            best[unit.value] = pos
+                            break
+        return best.tolist()
+
+
 def _assign(ops: list[Op], limit: int, latest: set[tuple[Unit, Unit]]) -> None:
     history: dict[Unit, list[int]] = {u: [] for u in Unit}
     synced = {(a, b): -1 for a in Unit for b in Unit}  # position in history[a]
     waits: dict[tuple[Unit, Unit], list[int]] = {(a, b): [] for a in Unit for b in Unit}
+    touched = _LastTouch(ops)
     for j, op in enumerate(ops):
         unit = op.unit
         if unit is None:
             continue
+        own = len(history[unit])  # a unit needs no token from itself: nothing lies past it
+        found = touched.latest_conflicts(
+            op, [own if other is unit else synced[(other, unit)] for other in Unit])
         for other in Unit:
-            if other is unit:
-                continue
-            past, pair = history[other], (other, unit)
-            for pos in range(len(past) - 1, synced[pair], -1):
-                if ops[past[pos]].conflicts(op):
-                    pos = _within_limit(past, len(past) - 1 if pair in latest else pos,
-                                        waits[pair], limit, pair)
-                    ops[past[pos]].release |= 1 << unit.value
-                    op.wait |= 1 << other.value
-                    synced[pair] = pos
-                    waits[pair].append(j)
-                    break
+            past, pair, pos = history[other], (other, unit), found[other.value]
+            if other is not unit and pos > synced[pair]:
+                pos = _within_limit(past, len(past) - 1 if pair in latest else pos,
+                                    waits[pair], limit, pair)
+                ops[past[pos]].release |= 1 << unit.value
+                op.wait |= 1 << other.value
+                synced[pair] = pos
+                waits[pair].append(j)
+        touched.record(unit, len(history[unit]), op)
         history[unit].append(j)
 
 

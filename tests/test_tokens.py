@@ -66,19 +66,43 @@ def test_fan_out_keeps_within_the_limit(n, limit):
         assert [op.release for op in ops[:n]] == [1 << Unit.SFU.value] * n
 
 
-def test_random_programs_are_covered_and_within_the_limit(seed):
-    rng = random.Random(seed)
+def _random_ops(rng: random.Random, count: int) -> list[Op]:
+    """Instructions of every unit over two buffers and two external channels (bytes)."""
     units = (Opcode.LOAD, Opcode.SFU, Opcode.STORE, Opcode.ATTN)
     ops = []
-    for _ in range(300):
-        lo = rng.randrange(40)
-        acc = [Access(Buffer.ACT, lo, lo + rng.randint(1, 4))]
+    for _ in range(count):
+        space = rng.choice((Buffer.ACT, Buffer.KV, 0, 1))
+        lo = rng.randrange(40) * (1 if isinstance(space, Buffer) else 64)
+        acc = [Access(space, lo, lo + rng.randint(0, 4) * (1 if isinstance(space, Buffer)
+                                                             else 64))]
         ops.append(Op(rng.choice(units), {}, acc if rng.random() < 0.5 else [],
                       acc if rng.random() < 0.7 else []))
+    return ops
+
+
+def test_random_programs_are_covered_and_within_the_limit(seed):
+    ops = _random_ops(random.Random(seed), 300)
     assign_tokens(ops, 3)
     synced, most = _replay(ops)
     assert not _covered(ops, synced), f"seed {seed}"
     assert max(most.values()) <= 3, f"seed {seed}: {most}"
+
+
+def test_a_token_comes_from_the_latest_conflict(seed):
+    """Under the limit each instruction waits exactly for the latest earlier instruction of
+    each other unit that conflicts with it, unless it has synchronised with one as late."""
+    ops = _random_ops(random.Random(seed), 300)
+    assign_tokens(ops, len(ops))
+    synced, _ = _replay(ops)
+    for j, op in enumerate(ops):
+        for unit in Unit:
+            if unit is op.unit:
+                continue
+            latest = max((i for i in range(j) if ops[i].unit is unit
+                          and ops[i].conflicts(op)), default=-1)
+            assert synced[j][unit] >= latest, f"seed {seed}: {j} misses {latest}"
+            if op.wait >> unit.value & 1:
+                assert synced[j][unit] == latest, f"seed {seed}: {j} waits past {latest}"
 
 
 def test_a_burst_after_its_producers_takes_one_token():
