@@ -46,10 +46,11 @@ CASE_CFG = case_config(CFG)
 U280_LINT = PRESETS["u280"].replace(name="u280-lint", mv_rows=32)
 
 
-# The U280 top takes minutes to convert (its 5.5 MiB of buffers are written out word by word
-# as zero initial values), so it is linted in `make sim`.
-@pytest.mark.parametrize("cfg", [CFG, pytest.param(U280_LINT, marks=pytest.mark.slow)],
-                         ids=["sim-small", "u280"])
+# Both in `make sim`: the U280 top takes minutes to convert (its 5.5 MiB of buffers are
+# written out word by word as zero initial values), and sim-small's lint about two minutes of
+# the 15 that `make test` may take (its Verilator build runs there, in the tests below).
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [CFG, U280_LINT], ids=["sim-small", "u280"])
 def test_top_lints_clean(cfg, verilator_env, tmp_path):
     """``verilator --lint-only -Wall`` on the whole top, with only the commented waivers."""
     run = verilator.lint(Accelerator(cfg), "llmacc_top", tmp_path)

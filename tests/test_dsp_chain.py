@@ -103,6 +103,7 @@ def test_bad_chain_shapes_are_refused():
         SparseDspChain(128, 16)
 
 
+@pytest.mark.slow  # yosys' DSP mapping, about a minute
 def test_yosys_maps_each_chain_element_to_one_dsp48e2(tmp_path):
     cells = yosys_cells(DspCascade(8, 4), "cascade8", tmp_path, stop="begin:map_memory")
     assert cells.get("DSP48E2") == 8, cells

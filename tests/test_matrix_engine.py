@@ -116,6 +116,7 @@ def test_lanes_convert_to_one_shared_module():
         ["clk", "rst", "en", "inp", "feed", "sparsity", "tap", "acc", "shift"])
 
 
+@pytest.mark.slow  # two yosys runs, about a minute each
 def test_the_synth_report_counts_what_other_rows_do_not(tmp_path):
     """A report row leaves out what other rows count: the shared lanes as port-only black
     boxes (hierarchy.blackbox_stub) and the named submodules (here the collector, whose
