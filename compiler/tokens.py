@@ -144,28 +144,30 @@ class _LastTouch:
 
 
 def _assign(ops: list[Op], limit: int, latest: set[tuple[Unit, Unit]]) -> None:
-    history: dict[Unit, list[int]] = {u: [] for u in Unit}
-    synced = {(a, b): -1 for a in Unit for b in Unit}  # position in history[a]
-    waits: dict[tuple[Unit, Unit], list[int]] = {(a, b): [] for a in Unit for b in Unit}
+    units = list(Unit)  # indexed by value: tables of enum keys hash in Python, slowly
+    history: list[list[int]] = [[] for _ in units]
+    synced = [[-1] * len(units) for _ in units]  # [a][b]: position in history[a]
+    waits: list[list[list[int]]] = [[[] for _ in units] for _ in units]
     touched = _LastTouch(ops)
     for j, op in enumerate(ops):
         unit = op.unit
         if unit is None:
             continue
-        own = len(history[unit])  # a unit needs no token from itself: nothing lies past it
+        u = unit.value
+        own = len(history[u])  # a unit needs no token from itself: nothing lies past it
         found = touched.latest_conflicts(
-            op, [own if other is unit else synced[(other, unit)] for other in Unit])
-        for other in Unit:
-            past, pair, pos = history[other], (other, unit), found[other.value]
-            if other is not unit and pos > synced[pair]:
+            op, [own if v == u else synced[v][u] for v in range(len(units))])
+        for v, pos in enumerate(found):
+            if v != u and pos > synced[v][u]:
+                past, pair = history[v], (units[v], unit)
                 pos = _within_limit(past, len(past) - 1 if pair in latest else pos,
-                                    waits[pair], limit, pair)
-                ops[past[pos]].release |= 1 << unit.value
-                op.wait |= 1 << other.value
-                synced[pair] = pos
-                waits[pair].append(j)
-        touched.record(unit, len(history[unit]), op)
-        history[unit].append(j)
+                                    waits[v][u], limit, pair)
+                ops[past[pos]].release |= 1 << u
+                op.wait |= 1 << v
+                synced[v][u] = pos
+                waits[v][u].append(j)
+        touched.record(unit, own, op)
+        history[u].append(j)
 
 
 def _within_limit(past: list[int], pos: int, waits: list[int], limit: int,
