@@ -826,12 +826,15 @@ def _skew(beats: np.ndarray, skew: int, back: bool = False) -> np.ndarray:
     before its first), or, ``back``, earlier again."""
     if not skew:
         return beats
-    t, n = beats.shape[-2:]
-    late = np.arange(n) % skew
-    at = np.arange(t)[:, None] + (late if back else -late)[None, :]
-    inside = (at >= 0) & (at < t)
-    got = np.take_along_axis(beats, np.broadcast_to(np.clip(at, 0, t - 1), beats.shape), -2)
-    return np.where(inside, got, 0)
+    t = beats.shape[-2]
+    out = np.zeros_like(beats)
+    for d in range(1, min(skew, t)):  # the elements d, d + skew, ...: d beats
+        if back:
+            out[..., :t - d, d::skew] = beats[..., d:, d::skew]
+        else:
+            out[..., d:, d::skew] = beats[..., :t - d, d::skew]
+    out[..., :, ::skew] = beats[..., :, ::skew]
+    return out
 
 
 def _beat_words(geom: StreamGeometry, codes: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -926,69 +929,111 @@ def encode_weight_stream(geom: StreamGeometry, lanes: int, codes: Tensor, keep: 
     return np.concatenate(out) if out else np.zeros((0, w_bytes), np.uint8)
 
 
-def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: np.ndarray
-                         ) -> dict[str, np.ndarray]:
-    """Inverse of :func:`encode_weight_stream`, the way the lanes read it: per row (``R =
-    lanes * passes``) the kept ``codes`` and ``idx`` [R, kept] (INT8 as bytes), ``mant`` and
-    ``aux`` [R, G] and ``shift`` [R]."""
-    w_bytes = geom.w_bits // 8
-    words_ = {part: [[] for _ in range(lanes)] for part in StreamPart}
+@functools.cache
+def _stream_requests(geom: StreamGeometry, lanes: int, passes: int, words: int
+                     ) -> dict[StreamPart, np.ndarray]:
+    """Per part, the stream words [lanes, count] each lane takes of it in order, its rows'
+    and tail's (``count = geom.lane_words(part, passes)``), for a stream of ``words``
+    words: the request order, a word per lane per request, worked out once per shape."""
+    taken: dict[StreamPart, list[range]] = {part: [] for part in StreamPart}
     at = 0
     for part in geom.requests(passes):
-        if at >= stream.shape[0]:
+        if at >= words:
             break
-        for lane in range(lanes):
-            words_[part][lane].append(stream[at])
-            at += 1
-    if at != stream.shape[0]:
-        raise LayoutError(f"weight stream: {stream.shape[0] - at} words past the last request")
-    rows = lanes * passes
-
-    def lane_words(part: StreamPart) -> np.ndarray:
-        """[lanes, words, W]: a lane's words of a part that its rows (and tail) take (any
-        zero answers come after them)."""
+        if at + lanes > words:
+            raise LayoutError(f"weight stream: a request for {lanes} lanes past its end")
+        taken[part].append(range(at, at + lanes))
+        at += lanes
+    if at != words:
+        raise LayoutError(f"weight stream: {words - at} words past the last request")
+    out = {}
+    for part, got in taken.items():
         count = geom.lane_words(part, passes)
-        got = [np.stack(words_[part][lane]) if words_[part][lane] else
-               np.zeros((0, w_bytes), np.uint8) for lane in range(lanes)]
-        if any(g.shape[0] < count for g in got):
+        if len(got) < count:
             raise LayoutError(f"weight stream: too few {part.name} words")
-        return np.stack([g[:count] for g in got])
+        out[part] = np.array(got[:count], dtype=np.int64).reshape(count, lanes).T
+    return out
 
-    def row_major(x: np.ndarray) -> np.ndarray:  # [lanes, passes, ...] -> [rows, ...]
-        return x.swapaxes(0, 1).reshape(rows, *x.shape[2:])
 
-    weights = lane_words(StreamPart.WEIGHTS)
+def _transpose_bytes(x: np.ndarray) -> np.ndarray:
+    """Each uint64 as an 8 x 8 bit matrix (byte ``i`` a row, bit ``j`` of it a column)
+    transposed: bit ``8i + j`` moves to ``8j + i`` (Hacker's Delight, transpose8)."""
+    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC),
+                        (28, 0x00000000F0F0F0F0)):
+        t = (x ^ (x >> np.uint64(shift))) & np.uint64(mask)
+        x = x ^ t ^ (t << np.uint64(shift))
+    return x
+
+
+def _beat_values(geom: StreamGeometry, words_w: np.ndarray, count: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` beats' codes and indices [..., count, n] (uint8) of WEIGHTS
+    words [..., words, W]. A beat's planes are ``n``-bit rows; eight elements' bits in up
+    to eight planes are an 8 x 8 bit matrix, transposed into the elements' bytes."""
+    n = geom.n
+    if n % 8:
+        raise LayoutError(f"a beat of {n} elements: its planes do not start on bytes")
+    lead = words_w.shape[:-2]
+    planes_ = np.ascontiguousarray(words_w).reshape(*lead, -1, geom.slot_planes, n // 8)[
+        ..., :count, :, :]
+
+    def value(planes: list[int]) -> np.ndarray:
+        rows = np.zeros((*planes_.shape[:-2], n // 8, 8), np.uint8)  # [..., byte, plane]
+        for p, plane in enumerate(planes):
+            rows[..., p] = planes_[..., plane, :]
+        out = _transpose_bytes(rows.view("<u8")).astype("<u8", copy=False)
+        return out.view(np.uint8).reshape(*planes_.shape[:-2], n)
+
+    return (value([geom.code_plane(0, p) for p in range(geom.desc.bits)]),
+            value([geom.index_plane(0, p) for p in range(geom.index_planes)]))
+
+
+def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams: np.ndarray
+                          ) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_weight_stream` for channels' streams of one shape at once
+    (bytes [C, words, W]), the way the lanes read them: per channel and row (``R = lanes *
+    passes``) the kept ``codes`` and ``idx`` [C, R, kept] (INT8 as bytes), ``mant`` and
+    ``aux`` [C, R, G] and ``shift`` [C, R]."""
+    chans, words, w_bytes = streams.shape
+    req = _stream_requests(geom, lanes, passes, words)
+    rows = lanes * passes
     beats, n, rw = geom.beats, geom.n, geom.row_words(StreamPart.WEIGHTS)
 
-    def beat_values(words_w: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``count`` beats' codes and indices [..., count, n] of WEIGHTS words."""
-        bits = np.unpackbits(words_w, axis=-1, bitorder="little").reshape(
-            *words_w.shape[:-2], -1, geom.slot_planes, n)[..., :count, :, :].astype(np.int64)
-        codes = sum((bits[..., geom.code_plane(0, p), :] << p for p in range(geom.desc.bits)),
-                    np.zeros(bits.shape[:-2] + (n,), np.int64))
-        idx = sum((bits[..., geom.index_plane(0, p), :] << p
-                   for p in range(geom.index_planes)), np.zeros_like(codes))
-        return codes, idx
+    def row_major(x: np.ndarray) -> np.ndarray:  # [C, lanes, passes, ...] -> [C, rows, ...]
+        return x.swapaxes(1, 2).reshape(chans, rows, *x.shape[3:])
 
-    body = beat_values(weights[:, :passes * rw].reshape(lanes, passes, rw, w_bytes), beats)
-    tail = beat_values(weights[:, passes * rw:], geom.tail)
+    weights = streams[:, req[StreamPart.WEIGHTS]]  # [C, lanes, words, W]
+    body = _beat_values(geom, weights[:, :, :passes * rw].reshape(
+        chans, lanes, passes, rw, w_bytes), beats)
+    tail = _beat_values(geom, weights[:, :, passes * rw:], geom.tail)
     kept = {}
     for name, b, t in zip(("codes", "idx"), body, tail, strict=True):
-        seq = np.concatenate([b.reshape(lanes, passes * beats, n), t], axis=1)
-        seq = _skew(seq, geom.skew, back=True)[:, :passes * beats]
-        kept[name] = row_major(seq.reshape(lanes, passes, beats * n))[:, :geom.kept]
+        seq = np.concatenate([b.reshape(chans, lanes, passes * beats, n), t], axis=2)
+        seq = _skew(seq, geom.skew, back=True)[:, :, :passes * beats]
+        kept[name] = row_major(seq.reshape(chans, lanes, passes, beats * n))[
+            ..., :geom.kept].astype(np.int64)
 
     swords = geom.row_words(StreamPart.SCALES)
-    scales = row_major(lane_words(StreamPart.SCALES).reshape(lanes, passes, swords, w_bytes))
+    scales = row_major(streams[:, req[StreamPart.SCALES]].reshape(
+        chans, lanes, passes, swords, w_bytes))
     layout = stream_scale_layout(geom.w_bits)
     entries = stream_scale_entries(geom.w_bits)
-    flat = scales.reshape(rows * scales.shape[1], w_bytes)
+    flat = scales.reshape(chans * rows * swords, w_bytes)
     mant = _from_le(flat, _record_dtype(MANT), entries, layout["mant"].offset // 8)
     aux = _from_le(flat, _record_dtype(AUX), entries, layout["aux"].offset // 8)
+    shift = decode_record(RowRecordHead, scales[:, :, 0].reshape(chans * rows, w_bytes))
     return {**kept,
-            "mant": mant.reshape(rows, -1)[:, :geom.groups],
-            "aux": aux.reshape(rows, -1)[:, :geom.groups],
-            "shift": decode_record(RowRecordHead, scales[:, 0])["shift"]}
+            "mant": mant.reshape(chans, rows, -1)[..., :geom.groups],
+            "aux": aux.reshape(chans, rows, -1)[..., :geom.groups],
+            "shift": shift["shift"].reshape(chans, rows)}
+
+
+def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+    """One channel's :func:`decode_weight_streams`: per row the kept ``codes`` and ``idx``
+    [R, kept], ``mant`` and ``aux`` [R, G] and ``shift`` [R]."""
+    got = decode_weight_streams(geom, lanes, passes, stream[None])
+    return {name: v[0] for name, v in got.items()}
 
 
 # -- a tile's rows over the memory channels (MATSTREAM) --------------------------------------
@@ -1088,6 +1133,10 @@ def encode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, codes: 
     return out
 
 
+#: Bits of weight streams :func:`decode_tile_streams` unpacks at once (bounds its memory).
+DECODE_BITS = 1 << 26
+
+
 def decode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, n: int,
                         streams: list[np.ndarray]) -> tuple[Tensor, Tensor, Tensor]:
     """The weights of a tile of ``n`` rows from its channels' streams, as
@@ -1095,12 +1144,16 @@ def decode_tile_streams(geom: StreamGeometry, channels: int, lanes: int, n: int,
     passes = stream_passes(n, channels, lanes)
     if len(streams) != channels:
         raise LayoutError(f"{len(streams)} weight streams for {channels} channels")
-    got = [decode_weight_stream(geom, lanes, passes, s) for s in streams]
+    # channels at once, in groups whose unpacked bits stay near DECODE_BITS
+    per_channel = 8 * max(1, streams[0].size)
+    step = max(1, DECODE_BITS // per_channel)
+    got = [decode_weight_streams(geom, lanes, passes, np.stack(streams[c:c + step]))
+           for c in range(0, channels, step)]
     ways = collector_ways(channels, geom.w_bits)
     order = np.argsort(_channel_rows(n, channels, lanes, ways).reshape(-1))[:n]
 
     def rows(name: str) -> np.ndarray:
-        return np.concatenate([g[name] for g in got])[order]
+        return np.concatenate([g[name].reshape(-1, *g[name].shape[2:]) for g in got])[order]
 
     aux = None if geom.desc.wfmt is WeightFormat.INT8 else rows("aux")
     idx = rows("idx") if geom.desc.nm is not None else None
