@@ -217,11 +217,7 @@ class Emulator:
                 for dst in Unit:
                     if insn.release >> dst.value & 1:
                         tokens[(unit, dst)].append(free[unit])
-                        if len(tokens[(unit, dst)]) > self.token_limit:
-                            raise EmulatorError(
-                                f"more than {self.token_limit} tokens from {unit.name} to "
-                                f"{dst.name} outstanding: the controller's counters could "
-                                "overflow (compiler/tokens.py: token_limit)")
+                        self._check_owed(unit, dst, len(tokens[(unit, dst)]))
             except _INSTRUCTION_ERRORS as exc:
                 raise _at(index, insn, exc) from None
             stats.instructions += 1
@@ -266,6 +262,7 @@ class Emulator:
                 for v in Unit:
                     tokens[(unit, v)] += insn.release >> v.value & 1
 
+        owed = dict.fromkeys(tokens, 0)  # in program order, as ``run`` counts them
         for index, insn in enumerate(program):
             if insn.opcode is Opcode.SYS:
                 if insn.func is SysFunc.SETREG:
@@ -275,9 +272,26 @@ class Emulator:
                     if insn.func is SysFunc.HALT:
                         break
                 continue
+            for v in Unit:
+                owed[(v, insn.unit)] -= insn.wait >> v.value & 1
+            for v in Unit:
+                if insn.release >> v.value & 1:
+                    owed[(insn.unit, v)] += 1
+                    try:
+                        self._check_owed(insn.unit, v, owed[(insn.unit, v)])
+                    except EmulatorError as exc:
+                        raise _at(index, insn, exc) from None
             queues[insn.unit].append((index, insn, dict(dispatched)))
         drain()
         self.regs = dispatched
+
+    def _check_owed(self, src: Unit, dst: Unit, owed: int) -> None:
+        """Refuse a program in which ``src`` owes ``dst`` more tokens than the limit."""
+        if owed > self.token_limit:
+            raise EmulatorError(
+                f"more than {self.token_limit} tokens from {src.name} to {dst.name} "
+                "outstanding: the controller's counters could overflow "
+                "(compiler/tokens.py: token_limit)")
 
     def _sys(self, insn: Instruction, free: dict[Unit, int]) -> bool:
         """Run a controller instruction; True for HALT."""

@@ -93,8 +93,12 @@ def test_more_tokens_than_the_counters_hold_is_an_error():
     stores = [isa.make(Opcode.STORE, buf=Buffer.ACT, words=1, rows=1, ext_addr=0,
                        wait=1 << Unit.LOAD.value)] * n
     emu.run(loads + stores + [_sys(SysFunc.HALT)])
+    emu.run_interleaved(loads + stores + [_sys(SysFunc.HALT)], None, random.Random(1))
+    over = loads + loads[:1] + stores + stores[:1] + [_sys(SysFunc.HALT)]
     with pytest.raises(EmulatorError, match=f"more than {n} tokens from LOAD to STORE"):
-        emu.run(loads + loads[:1] + stores + stores[:1] + [_sys(SysFunc.HALT)])
+        emu.run(over)
+    with pytest.raises(EmulatorError, match=f"instruction {n} .*more than {n} tokens"):
+        emu.run_interleaved(over, None, random.Random(1))
 
 
 def test_out_of_range_accesses_are_errors():
