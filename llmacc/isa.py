@@ -505,14 +505,19 @@ def _field_range(layout: type[data.Struct], name: str, shape: Shape) -> tuple[in
 
 
 @dataclass(frozen=True)
-class _FieldEncoder:
-    """How one field's value is checked and placed in a word: derived once from its layout."""
+class _Field:
+    """How one field is checked, placed in a word and read back: derived once from its
+    layout (reading the Amaranth layout, shape casts and widths, for every field of every
+    word was most of a compile's and a package load's time: SmolLM2-135M has 287,708
+    instructions)."""
 
     name: str
     where: str  #: "Layout.field", for messages
     offset: int
     mask: int
     enum_type: type[enum.Enum] | None
+    members: Mapping[int, enum.Enum] | None = None  #: an enum field's members by value
+    sign_bit: int = 0  #: a signed field's top bit (0 for unsigned)
     lo: int = 0
     hi: int = 0
 
@@ -532,79 +537,47 @@ class _FieldEncoder:
                                          f"{fshape.__name__}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise IllegalInstruction(f"{self.where}: expected an integer, got {value!r}")
-        if not self.lo <= value <= self.hi:
-            raise IllegalInstruction(f"{self.where}: {value} out of range [{self.lo}, "
-                                     f"{self.hi}]")
+        self._check(value)
         return (value & self.mask) << self.offset
 
-
-@functools.cache
-def _encoders(layout: type[data.Struct]) -> dict[str, _FieldEncoder]:
-    """The field encoders of ``layout`` by name: packing read the Amaranth layout (shape
-    casts, widths) for every field of every instruction, most of a compile's time after
-    the weights (SmolLM2-135M: 287,708 instructions)."""
-    out = {}
-    for name, fld in layout.as_shape():
-        where, fshape = f"{layout.__name__}.{name}", fld.shape
-        mask = (1 << fld.width) - 1
-        if isinstance(fshape, type) and issubclass(fshape, enum.Enum):
-            out[name] = _FieldEncoder(name, where, fld.offset, mask, fshape)
-            continue
-        lo, hi = _field_range(layout, name, Shape.cast(fshape))
-        out[name] = _FieldEncoder(name, where, fld.offset, mask, None, lo, hi)
-    return out
-
-
-@dataclass(frozen=True)
-class _FieldDecoder:
-    """How one payload field is read from a word: derived once from its layout."""
-
-    name: str
-    where: str  #: "Layout.field", for messages
-    offset: int
-    mask: int
-    members: Mapping[int, enum.Enum] | None  #: an enum field's members by value
-    enum_name: str = ""
-    sign_bit: int = 0  #: a signed field's top bit (0 for unsigned)
-    lo: int = 0
-    hi: int = 0
-
     def read(self, word: int):
+        """The field's value in ``word``."""
         raw = (word >> self.offset) & self.mask
         if self.members is not None:
             try:
                 return self.members[raw]
             except KeyError:
-                raise IllegalInstruction(f"{self.where}: {raw} is not a {self.enum_name}") from None
+                raise IllegalInstruction(f"{self.where}: {raw} is not a "
+                                         f"{self.enum_type.__name__}") from None
         value = raw - (self.mask + 1) if raw & self.sign_bit else raw
+        self._check(value)
+        return value
+
+    def _check(self, value: int) -> None:
         if not self.lo <= value <= self.hi:
             raise IllegalInstruction(f"{self.where}: {value} out of range [{self.lo}, "
                                      f"{self.hi}]")
-        return value
 
 
 @functools.cache
-def _decoders(layout: type[data.Struct]) -> tuple[_FieldDecoder, ...]:
-    """The field decoders of ``layout``: decoding a program read the Amaranth layout (shape
-    casts, widths) for every field of every word, most of a package's load time."""
-    out = []
+def _fields(layout: type[data.Struct]) -> dict[str, _Field]:
+    """The fields of ``layout`` by name, in layout order."""
+    out = {}
     for name, fld in layout.as_shape():
         where, fshape = f"{layout.__name__}.{name}", fld.shape
         mask = (1 << fld.width) - 1
         if isinstance(fshape, type) and issubclass(fshape, enum.Enum):
-            out.append(_FieldDecoder(name, where, fld.offset, mask,
-                                     {m.value: m for m in fshape}, fshape.__name__))
+            out[name] = _Field(name, where, fld.offset, mask, fshape, {m.value: m for m in fshape})
             continue
         shape = Shape.cast(fshape)
         lo, hi = _field_range(layout, name, shape)
-        out.append(_FieldDecoder(name, where, fld.offset, mask, None,
-                                 sign_bit=1 << (shape.width - 1) if shape.signed else 0,
-                                 lo=lo, hi=hi))
-    return tuple(out)
+        out[name] = _Field(name, where, fld.offset, mask, None,
+                           sign_bit=1 << (shape.width - 1) if shape.signed else 0, lo=lo, hi=hi)
+    return out
 
 
 def _pack(layout: type[data.Struct], values: Mapping[str, object]) -> int:
-    encoders = _encoders(layout)
+    encoders = _fields(layout)
     unknown = values.keys() - encoders.keys()
     if unknown:
         raise IllegalInstruction(f"{layout.__name__}: unknown fields {sorted(unknown)}")
@@ -615,7 +588,7 @@ def _pack(layout: type[data.Struct], values: Mapping[str, object]) -> int:
 
 
 def _unpack(layout: type[data.Struct], word: int) -> dict[str, object]:
-    return {d.name: d.read(word) for d in _decoders(layout)}
+    return {name: f.read(word) for name, f in _fields(layout).items()}
 
 
 def _check_semantics(opcode: Opcode, fields: Mapping[str, object]) -> None:
