@@ -577,13 +577,13 @@ def _fields(layout: type[data.Struct]) -> dict[str, _Field]:
 
 
 def _pack(layout: type[data.Struct], values: Mapping[str, object]) -> int:
-    encoders = _fields(layout)
-    unknown = values.keys() - encoders.keys()
+    known = _fields(layout)
+    unknown = values.keys() - known.keys()
     if unknown:
         raise IllegalInstruction(f"{layout.__name__}: unknown fields {sorted(unknown)}")
     word = 0
-    for name, encoder in encoders.items():
-        word |= encoder.bits(values.get(name, 0))
+    for name, f in known.items():
+        word |= f.bits(values.get(name, 0))
     return word
 
 

@@ -272,9 +272,8 @@ class Emulator:
                     if insn.func is SysFunc.HALT:
                         break
                 continue
-            for v in Unit:
+            for v in Unit:  # its waits, then its releases, as run takes them
                 owed[(v, insn.unit)] -= insn.wait >> v.value & 1
-            for v in Unit:
                 if insn.release >> v.value & 1:
                     owed[(insn.unit, v)] += 1
                     try:
