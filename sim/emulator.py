@@ -14,8 +14,10 @@ overlap between loads, compute and stores is counted as far as the tokens allow.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +49,9 @@ Tensor = torch.Tensor
 
 #: Buffer views kept at most (:meth:`Emulator._records`); a few hundred per program.
 MAX_VIEWS = 1 << 16
+#: Bytes of decoded records kept at most (:class:`_DecodedRecords`): a decode step's KV
+#: blocks, descriptors and tables; the oldest go first.
+DECODED_BUDGET = 256 << 20
 
 
 class EmulatorError(RuntimeError):
@@ -79,6 +84,43 @@ def _assign(dst: np.ndarray, src: np.ndarray) -> None:
         dst[...] = src
 
 
+class _DecodedRecords:
+    """Pure decodes of buffer bytes, kept by those bytes.
+
+    A decode step reads the same records again and again: a KV block for SCORE and for PV
+    and for every query head of its group, a tile's descriptor, a layer's tables. A decode
+    is a function of the record's bytes and shape alone, so a result kept under the bytes
+    it came from is the result a fresh decode would give. Callers must not modify what
+    they get.
+    """
+
+    def __init__(self, budget: int = DECODED_BUDGET):
+        self.budget = budget
+        self.used = 0
+        self._kept: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+
+    def __call__(self, decode: Callable, raw: np.ndarray, *args):
+        key = (decode, raw.shape, raw.tobytes(), args)
+        kept = self._kept.get(key)
+        if kept is not None:
+            self._kept.move_to_end(key)
+            return kept[0]
+        out = decode(raw, *args)
+        size = len(key[2]) + sum(x.nbytes for x in out if isinstance(x, Tensor)) \
+            if isinstance(out, tuple) else len(key[2])
+        self._kept[key] = (out, size)
+        self.used += size
+        while self.used > self.budget:
+            self.used -= self._kept.popitem(last=False)[1][1]
+        return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _visible(pos: int, rows: int, keys: int, sink: int, window: int) -> Tensor:
+    """The keys that rows at ``pos`` and after see (``numerics.lambda_mask``), per shape."""
+    return N.lambda_mask(pos + torch.arange(rows), keys, sink, window)
+
+
 @dataclass
 class RunStats:
     instructions: int = 0
@@ -106,6 +148,7 @@ class Emulator:
         self.regs = dict.fromkeys(Reg, 0)
         self.weights = WeightCache(self.w)
         self._views: dict[tuple, np.ndarray] = {}
+        self._decoded = _DecodedRecords()
         self.token_limit = token_limit(cfg)  #: tokens of a unit pair owed in program order
 
     # -- memory access ---------------------------------------------------------------------
@@ -348,7 +391,8 @@ class Emulator:
             raise EmulatorError(f"config {self.cfg.name} has no record path for MATVEC/MATMAT "
                                 "(record_matrices is false): its weights stream (MATSTREAM)")
         dwords = L.descriptor_words(w)
-        desc = L.Descriptor.decode(self._get(Buffer.META, insn.meta_addr, 1, dwords))
+        desc = self._decoded(L.Descriptor.decode, self._records(Buffer.META, insn.meta_addr, 1,
+                                                                dwords))
         if insn.opcode is Opcode.MATSTREAM:
             geom = L.stream_geometry(self.cfg, desc, k)
             tile = self._stream_tile(insn, geom)
@@ -414,8 +458,8 @@ class Emulator:
         return tile
 
     def _mask(self, rows: int, keys: int) -> Tensor:
-        pos = self.regs[Reg.POS] + torch.arange(rows)
-        return N.lambda_mask(pos, keys, self.regs[Reg.SINK], self.regs[Reg.WINDOW])
+        return _visible(self.regs[Reg.POS], rows, keys, self.regs[Reg.SINK],
+                        self.regs[Reg.WINDOW])
 
     def _attn(self, insn: Instruction) -> tuple[int, int]:
         """Run an ATTN: its multiply-accumulates and cycles."""
@@ -423,8 +467,8 @@ class Emulator:
         if d % 2 or d == 0:
             raise EmulatorError(f"head_dim {d} must be even and positive")
         bits = 8 if insn.kv8 else 4
-        kc, km, ke, kmid = L.decode_kv(self._get(Buffer.KV, insn.kv_addr, 1,
-                                                 L.kv_block(keys, d, bits, w)), keys, d, bits, w)
+        kc, km, ke, kmid = self._decoded(L.decode_kv, self._records(
+            Buffer.KV, insn.kv_addr, 1, L.kv_block(keys, d, bits, w)), keys, d, bits, w)
         mask = self._mask(rows, keys)
         if insn.func in (AttnFunc.SCORE, AttnFunc.SCORE_SOFTMAX):
             pitch = L.qrow_pitch(d, w)
@@ -468,8 +512,8 @@ class Emulator:
 
     def _sfu_gamma(self, insn: Instruction, reference) -> Tensor:
         length = insn.length
-        gamma, eps = L.decode_gamma(self._get(Buffer.TABLE, insn.src_b, 1,
-                                              L.gamma_pitch(length, self.w)), length, self.w)
+        gamma, eps = self._decoded(L.decode_gamma, self._records(
+            Buffer.TABLE, insn.src_b, 1, L.gamma_pitch(length, self.w)), length, self.w)
         return reference(self._sfu_a(insn), gamma, insn.shift, eps, 0)
 
     def _sfu_masked(self, insn: Instruction, reference) -> Tensor:
@@ -479,8 +523,8 @@ class Emulator:
         d, rows, length = insn.imm, insn.rows, insn.length
         if d <= 0 or d % 2 or length % d:
             raise EmulatorError(f"ROPE: head_dim {d} does not divide length {length}")
-        cos, sin = L.decode_rope(self._get(Buffer.TABLE, insn.src_b, rows,
-                                           L.rope_pitch(d, self.w)), d)
+        cos, sin = self._decoded(L.decode_rope, self._records(
+            Buffer.TABLE, insn.src_b, rows, L.rope_pitch(d, self.w)), d)
         x = self._sfu_a(insn).reshape(rows, length // d, d)
         return reference(x, cos.unsqueeze(1), sin.unsqueeze(1)).reshape(rows, length)
 

@@ -12,7 +12,7 @@ from host.device import EmulatorDevice
 from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
-from sim.emulator import Emulator, EmulatorError
+from sim.emulator import Emulator, EmulatorError, _DecodedRecords
 from tests.helpers.models import random_sequences, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
@@ -190,3 +190,28 @@ def test_decode_interleavings_match_program_order(compiled, seed):
         regs = {Reg.POS: len(tokens) - 1, Reg.SEQ_LEN: len(tokens)}
         dev.emu.run_interleaved(program.instructions, regs, random.Random(seed + k))
         assert torch.equal(dev._logits(1)[0], want), f"seed {seed + k}"
+
+
+def test_decoded_records_follow_the_bytes(seed):
+    """A decode is kept under the bytes it came from: new bytes at the same place are decoded
+    again, equal bytes anywhere are not, and the budget drops the oldest."""
+    calls = []
+
+    def decode(raw, scale):
+        calls.append(raw.tobytes())
+        return (torch.from_numpy(raw.astype("int64")) * scale,)
+
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (4, 16), generator=gen, dtype=torch.uint8).numpy()
+    memo = _DecodedRecords(budget=3 * (64 + 64 * 8))
+    first = memo(decode, raw, 3)[0]
+    assert memo(decode, raw.copy(), 3)[0] is first and len(calls) == 1, f"seed {seed}"
+    assert torch.equal(memo(decode, raw, 5)[0], first // 3 * 5) and len(calls) == 2
+    raw[0, 0] ^= 1
+    assert torch.equal(memo(decode, raw, 3)[0], torch.from_numpy(raw.astype("int64")) * 3)
+    assert len(calls) == 3
+    memo(decode, raw[::-1].copy(), 3)  # a fourth record: the budget drops the oldest
+    memo(decode, raw, 3)
+    raw[0, 0] ^= 1
+    memo(decode, raw, 3)
+    assert len(calls) == 5 and memo.used <= memo.budget
