@@ -220,10 +220,12 @@ class Emulator:
         return L.decode_wide(self._get(buf, addr, rows, pitch, step), length)
 
     # -- execution -------------------------------------------------------------------------
+    @torch.inference_mode()
     def run(self, program: list[Instruction], regs: dict[Reg, int] | None = None) -> RunStats:
         """Execute ``program`` from its first word to HALT (or its end). ``regs`` are set as
         a kernel run sets them, by a SETREG word each before the program, and cost their
-        issue cycles (:func:`host.device.kernel_program`)."""
+        issue cycles (:func:`host.device.kernel_program`). Torch runs without autograd's
+        bookkeeping (``inference_mode``): nothing made here leaves but bytes and counts."""
         if regs:
             self.regs.update(regs)
         stats = RunStats(busy={u.name: 0 for u in Unit})
@@ -270,6 +272,7 @@ class Emulator:
         stats.cycles = C.PROGRAM_EXTRA + max(issue, *free.values())
         return stats
 
+    @torch.inference_mode()
     def run_interleaved(self, program: list[Instruction], regs: dict[Reg, int] | None,
                         rng: random.Random) -> None:
         """Execute with the units interleaved at random, as far as the tokens allow.
