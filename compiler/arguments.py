@@ -18,6 +18,11 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace an existing package at --output")
     p.add_argument("--prefill-bucket", type=int, default=None,
                    help="prefill rows round up to a multiple of this (default: the config's)")
+    p.add_argument("--prefill-min", type=int, default=None,
+                   help="a prompt shorter than one prefill bucket runs the power-of-two "
+                        "program that holds it, from this many rows (default: "
+                        "compiler.compile.PREFILL_MIN, one row; the prefill bucket or more: "
+                        "no short programs)")
     p.add_argument("--decode-bucket", type=int, default=None,
                    help="decode keys round up to a multiple of this (default: the config's)")
     p.add_argument("--max-len", type=int, default=None,

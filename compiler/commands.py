@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from compiler import package
-from compiler.compile import compile_model
+from compiler.compile import PREFILL_MIN, compile_model
 from compiler.memory_plan import CompileError
 from llmacc import config
 from quant import commands as quantize_command
@@ -40,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         im, scheme, source = quantize_command.quantize(args), args.scheme, str(args.model)
     quant_s = time.perf_counter() - start
+    shortest = PREFILL_MIN if args.prefill_min is None else args.prefill_min
     try:
         cm = compile_model(im, cfg, prefill_bucket=args.prefill_bucket,
                            decode_bucket=args.decode_bucket, max_len=args.max_len,
+                           prefill_min=shortest,
                            stream_weights=args.stream_weights)
     except CompileError as exc:
         if args.quantized:

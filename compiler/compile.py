@@ -1,7 +1,8 @@
 """The compiler's driver: a quantized model in, every bucket's program and the memory image out.
 
 ``compile_model(im, cfg)`` places the integer model in external memory, then builds one prefill
-program per prefill bucket (rows rounded up to a multiple of ``prefill_bucket``) and one decode
+program per prefill bucket (rows rounded up to a multiple of ``prefill_bucket``; a prompt
+shorter than one bucket rounded up to a power of two, from ``prefill_min`` rows) and one decode
 program per decode bucket (keys rounded up to a multiple of ``decode_bucket``). The host picks
 the program for the actual length and patches it through the POS and SEQ_LEN registers.
 """
@@ -18,6 +19,9 @@ from llmacc import isa
 from llmacc.config import AccelConfig
 from quant.intref import IntModel
 
+#: The smallest prefill program by default: a one-token prompt runs a one-row program.
+PREFILL_MIN = 1
+
 
 @dataclass(frozen=True)
 class HostInterface:
@@ -32,6 +36,14 @@ class HostInterface:
     inputs: Region
     logits: tuple[LogitSlice, ...]  #: the vocabulary in column slices, one per classifier tile
     channel_bytes: tuple[int, ...]
+    #: The smallest prefill program: a prompt shorter than ``prefill_bucket`` runs the
+    #: power-of-two program that holds it, from this many rows (``prefill_bucket``: none, as
+    #: packages made before short programs existed, whose manifests lack it).
+    prefill_min: int = 0
+
+    def __post_init__(self):
+        if self.prefill_min == 0:
+            object.__setattr__(self, "prefill_min", self.prefill_bucket)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +64,12 @@ class HostInterface:
         return min(self.max_len, -(-n // size) * size)
 
     def prefill_rows(self, tokens: int) -> int:
-        """The prefill bucket (rows) for a prompt of ``tokens`` tokens."""
-        return self._bucket(tokens, self.prefill_bucket, "prompt")
+        """The prefill bucket (rows) for a prompt of ``tokens`` tokens: a multiple of
+        ``prefill_bucket``, or under one bucket the power of two that holds the prompt (at
+        least ``prefill_min``), so that a short prompt computes few padding rows."""
+        rows = self._bucket(tokens, self.prefill_bucket, "prompt")
+        short = max(self.prefill_min, 1 << (tokens - 1).bit_length())
+        return min(rows, short)
 
     def decode_keys(self, seq_len: int) -> int:
         """The decode bucket (keys) for a step that leaves ``seq_len`` tokens in the cache."""
@@ -109,22 +125,27 @@ class CompiledModel:
 
 def compile_model(im: IntModel, cfg: AccelConfig, *, prefill_bucket: int | None = None,
                   decode_bucket: int | None = None, max_len: int | None = None,
+                  prefill_min: int = PREFILL_MIN,
                   lengths: dict[str, list[int]] | None = None,
                   stream_weights: bool = True) -> CompiledModel:
     """Every bucket's program (or only ``lengths``' buckets, for tests) for ``im`` on ``cfg``;
-    ``stream_weights``: the linears as MATSTREAM tiles where their formats stream (the
-    others, and all with False, through WGT and META for MATVEC/MATMAT)."""
+    ``prefill_min``: the smallest short prefill program (:meth:`HostInterface.prefill_rows`;
+    ``prefill_bucket`` or more: none); ``stream_weights``: the linears as MATSTREAM tiles
+    where their formats stream (the others, and all with False, through WGT and META for
+    MATVEC/MATMAT)."""
     start = time.perf_counter()
     pb = prefill_bucket or cfg.prefill_bucket
     db = decode_bucket or cfg.decode_bucket
-    if pb < 1 or db < 1:
-        raise CompileError(f"bucket sizes must be positive (prefill {pb}, decode {db})")
+    if pb < 1 or db < 1 or prefill_min < 1:
+        raise CompileError(f"bucket sizes must be positive (prefill {pb}, decode {db}, "
+                           f"shortest prefill {prefill_min})")
     placement = place(im, cfg, max_len, stream=stream_weights)
     w = cfg.axi_data_bytes
     host = HostInterface(
         placement.max_len, pb, db, im.config.vocab_size, placement.embedding,
         placement.record_words * w,
-        placement.inputs, placement.logits, tuple(placement.ext.channel_bytes()))
+        placement.inputs, placement.logits, tuple(placement.ext.channel_bytes()),
+        min(prefill_min, pb))
     lower = Lowering(im, placement)
     out = CompiledModel(cfg, im, host, placement.ext.image)
     wanted = lengths or {"prefill": host.prefill_lengths(), "decode": host.decode_lengths()}

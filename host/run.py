@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if rows != len(prompt):
         print(f"{args.backend}: the {len(prompt)}-token prompt runs the {rows}-row prefill "
               f"program: prefill programs are compiled per bucket of {cm.host.prefill_bucket} "
-              "rows (llmacc compile --prefill-bucket), the padding rows are computed and "
-              "discarded", file=sys.stderr)
+              f"rows and below it in powers of two from {cm.host.prefill_min} (llmacc compile "
+              "--prefill-bucket, --prefill-min), the padding rows are computed and discarded",
+              file=sys.stderr)
     print(f"{args.backend}: prompt {len(prompt)} tokens, prefill {out.prefill_s:.2f} s; "
           f"{out.decode_steps} decode steps in {out.decode_s:.2f} s; device at {clock:g} MHz "
           f"({cm.config.name}, {manifest.get('scheme', '?')}): prefill "

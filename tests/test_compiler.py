@@ -4,7 +4,7 @@ scheme, across prefill and decode bucket edges, and the shipped model; compile-t
 import pytest
 import torch
 
-from compiler.compile import compile_model
+from compiler.compile import HostInterface, compile_model
 from compiler.memory_plan import CompileError
 from host.device import EmulatorDevice
 from llmacc import isa
@@ -23,14 +23,34 @@ def test_random_model_is_bit_exact_across_bucket_edges(request, name):
     # N:16 tiles need groups of 32 on this engine: 4 kept weights per tap slot of 4 DSPs
     im = tiny_int_model(seed, name, group=32 if name.endswith(":16") else 16)
     cm = compile_model(im, SMALL, max_len=32)
-    assert sorted(n for k, n in cm.programs if k == "prefill") == [8, 16, 24, 32]
+    assert sorted(n for k, n in cm.programs if k == "prefill") == [1, 2, 4, 8, 16, 24, 32]
     assert sorted(n for k, n in cm.programs if k == "decode") == [8, 16, 24, 32]
     tokens = random_sequences(seed + 1, 1, 26, im.config.vocab_size)[0]
-    for prompt in (7, 8, 9):  # below, at and above the first prefill edge
+    for prompt in (3, 8, 9):  # a short program's padding, at and above the first edge
         device = EmulatorDevice(cm)
         check_run(im, device, tokens[:prompt + 17], prompt,
                    f"{name} seed {seed} prompt {prompt}")
         assert len(device.stats) == 18 and all(s.cycles > 0 for s in device.stats)
+
+
+def test_short_prompts_run_short_programs(request):
+    """A prompt under one prefill bucket runs the power-of-two program that holds it (one
+    row for one token), exact against the integer reference; a package whose manifest
+    predates short programs keeps its buckets."""
+    seed = request.config.llmacc_seed
+    im = tiny_int_model(seed, "w4a8", layers=1)
+    cm = compile_model(im, SMALL, max_len=24)
+    tokens = random_sequences(seed + 2, 1, 9, im.config.vocab_size)[0]
+    for prompt, rows in ((1, 1), (2, 2), (3, 4), (5, 8)):
+        assert cm.host.prefill_rows(prompt) == rows
+        check_run(im, EmulatorDevice(cm), tokens[:prompt + 3], prompt,
+                  f"seed {seed} prompt {prompt}")
+    old = {k: v for k, v in cm.host.to_dict().items() if k != "prefill_min"}
+    assert HostInterface.from_dict(old).prefill_lengths() == [8, 16, 24]
+    assert compile_model(im, SMALL, max_len=24, prefill_min=8,
+                         lengths={"decode": []}).host.prefill_lengths() == [8, 16, 24]
+    with pytest.raises(CompileError, match="shortest prefill 0"):
+        compile_model(im, SMALL, max_len=24, prefill_min=0)
 
 
 def test_sharing_devices_and_reusing_buckets(request):
@@ -85,7 +105,8 @@ def test_streamed_weights_are_bit_exact(request, name, cfg, shape):
 
 def test_storage_with_buckets_is_much_smaller(request):
     im = tiny_int_model(request.config.llmacc_seed, "w8a8", layers=1)
-    cm = compile_model(im, SMALL.replace(prefill_bucket=16, decode_bucket=8), max_len=64)
+    cm = compile_model(im, SMALL.replace(prefill_bucket=16, decode_bucket=8), max_len=64,
+                       prefill_min=16)  # the buckets alone, no short prefill programs
     st = cm.storage()
     assert len(cm.programs) == 4 + 8
     assert st["per_length_bytes"] > 10 * st["bucket_bytes"]

@@ -28,8 +28,8 @@ def test_run_prints_the_integer_models_text(shipped, capsys):
     code, out, err = _run(capsys, "--package", str(shipped), "--prompt", "Once upon a time",
                           "--max-tokens", "12", "--stop-token", "2")
     assert code == 0
-    # a short prompt runs the bucket's prefill program, and run says so
-    assert re.search(r"the \d+-token prompt runs the 16-row prefill program", err), err
+    # a short prompt runs the power-of-two prefill program that holds it, and run says so
+    assert re.search(r"the 5-token prompt runs the 8-row prefill program", err), err
     m = LAST.match(out[-1])
     assert m and m.group(1, 2) == ("12", "length"), out[-1]
     assert float(m.group(4)) > 0  # the modelled device rate
