@@ -121,6 +121,52 @@ def _visible(pos: int, rows: int, keys: int, sink: int, window: int) -> Tensor:
     return N.lambda_mask(pos + torch.arange(rows), keys, sink, window)
 
 
+def _act_words(addr: int, rows: int, step: int, pitch: int) -> range:
+    """The ACT words of ``rows`` records of ``pitch`` words from ``addr``, ``step`` apart."""
+    return range(addr, addr + max(rows - 1, 0) * step + pitch)
+
+
+def _query_head_pairs(program: list[Instruction], index: int,
+                      w: int) -> list[tuple[Instruction, Instruction]]:
+    """The SCORE_SOFTMAX/PV pairs from ``index`` on that ``Emulator._query_heads`` may run
+    together: the same K and V blocks, probability rows and shapes, and no pair's queries in
+    the words a pair writes (its probabilities and its outputs, all apart)."""
+    pairs: list[tuple[Instruction, Instruction]] = []
+    written: list[range] = []
+    for j in range(index, len(program) - 1, 2):
+        s, p = program[j], program[j + 1]
+        if not (s.opcode is Opcode.ATTN and s.func is AttnFunc.SCORE_SOFTMAX
+                and p.opcode is Opcode.ATTN and p.func is AttnFunc.PV):
+            break
+        if p.q_addr != s.dst or p.a_step != s.d_step or p.rows != s.rows or \
+                p.keys != s.keys or p.head_dim != s.head_dim or p.kv8 != s.kv8:
+            break
+        if pairs:
+            s0, p0 = pairs[0]
+            if (s.fields, p.kv_addr, p.shift, p.d_step) != (
+                    {**s0.fields, "q_addr": s.q_addr}, p0.kv_addr, p0.shift, p0.d_step):
+                break
+        rows = s.rows
+        probs = _act_words(s.dst, rows, s.d_step, L.wide_pitch(s.keys, w))
+        out = _act_words(p.dst, rows, p.d_step, L.wide_pitch(s.head_dim, w))
+        if _overlaps(out, probs) or any(_overlaps(out, r) for r in written[1:]):
+            break
+        written[:1] = [probs]
+        written.append(out)
+        pairs.append((s, p))
+    queries = [_act_words(s.q_addr, s.rows, s.a_step, L.qrow_pitch(s.head_dim, w))
+               for s, _ in pairs]
+    while pairs and any(_overlaps(q, r) for q in queries for r in written):
+        pairs.pop()
+        written.pop()
+        queries.pop()
+    return pairs
+
+
+def _overlaps(a: range, b: range) -> bool:
+    return a.start < b.stop and b.start < a.stop
+
+
 @dataclass
 class RunStats:
     instructions: int = 0
@@ -236,6 +282,7 @@ class Emulator:
         # word's arrival.
         step = C.issue_cycles(self.cfg)
         issue = C.fetch_beats(self.cfg) + step * len(regs or {})
+        ran = 0  # instructions before this index have run with a group (``_query_heads``)
         for index, insn in enumerate(program):
             try:
                 if insn.opcode is Opcode.SYS:
@@ -256,7 +303,13 @@ class Emulator:
                                 f"waits for a token from {src.name} that no earlier "
                                 "instruction released (deadlock)")
                         start = max(start, queue.popleft() + C.TOKEN_EXTRA)
-                cycles = self._execute(insn, stats)
+                if index >= ran:
+                    ran = index + self._query_heads(program, index)
+                if index < ran:  # its data moved with its group: only its cost is left
+                    macs, cycles = self._attn_price(insn)
+                    stats.macs += macs
+                else:
+                    cycles = self._execute(insn, stats)
                 free[unit] = start + cycles
                 stats.busy[unit.name] += cycles
                 for dst in Unit:
@@ -466,27 +519,75 @@ class Emulator:
 
     def _attn(self, insn: Instruction) -> tuple[int, int]:
         """Run an ATTN: its multiply-accumulates and cycles."""
-        w, d, keys, rows = self.w, insn.head_dim, insn.keys, insn.rows
-        if d % 2 or d == 0:
-            raise EmulatorError(f"head_dim {d} must be even and positive")
-        bits = 8 if insn.kv8 else 4
-        kc, km, ke, kmid = self._decoded(L.decode_kv, self._records(
-            Buffer.KV, insn.kv_addr, 1, L.kv_block(keys, d, bits, w)), keys, d, bits, w)
+        rows, keys = insn.rows, insn.keys
+        kv = self._kv_block(insn)
         mask = self._mask(rows, keys)
         if insn.func in (AttnFunc.SCORE, AttnFunc.SCORE_SOFTMAX):
-            pitch = L.qrow_pitch(d, w)
-            qc, qm, qe = L.decode_qrows(self._get(Buffer.ACT, insn.q_addr, rows, pitch,
-                                                  insn.a_step), d, w)
-            out = N.attention_scores(qc, qm, qe, kc, km, ke, kmid, insn.shift + N.SCORE_FRAC, 0)
+            qc, qm, qe = self._queries(insn)
+            out = N.attention_scores(qc, qm, qe, *kv, insn.shift + N.SCORE_FRAC, 0)
             if insn.func is AttnFunc.SCORE_SOFTMAX:
                 out = N.softmax(out, mask)
         elif insn.func is AttnFunc.PV:
             probs = self._wide(Buffer.ACT, insn.q_addr, rows, keys, insn.a_step)
-            out = N.attention_pv(probs, mask, kc, km, ke, kmid, insn.shift, 0)
+            out = N.attention_pv(probs, mask, *kv, insn.shift, 0)
         else:
             raise EmulatorError(f"ATTN function {insn.func.name} is reserved")
         self._put_wide(insn.dst, out, insn.d_step)
-        return rows * keys * d, T.attention_cycles(self.cfg, insn)
+        return self._attn_price(insn)
+
+    def _attn_price(self, insn: Instruction) -> tuple[int, int]:
+        """An ATTN's multiply-accumulates and cycles."""
+        return insn.rows * insn.keys * insn.head_dim, T.attention_cycles(self.cfg, insn)
+
+    def _kv_block(self, insn: Instruction) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The codes, scale mantissas and exponents and midpoints of an ATTN's KV block."""
+        w, d, keys = self.w, insn.head_dim, insn.keys
+        if d % 2 or d == 0:
+            raise EmulatorError(f"head_dim {d} must be even and positive")
+        bits = 8 if insn.kv8 else 4
+        return self._decoded(L.decode_kv, self._records(
+            Buffer.KV, insn.kv_addr, 1, L.kv_block(keys, d, bits, w)), keys, d, bits, w)
+
+    def _queries(self, insn: Instruction) -> tuple[Tensor, Tensor, Tensor]:
+        """A SCORE's query rows: codes and SF16 scales."""
+        pitch = L.qrow_pitch(insn.head_dim, self.w)
+        return L.decode_qrows(self._get(Buffer.ACT, insn.q_addr, insn.rows, pitch, insn.a_step),
+                              insn.head_dim, self.w)
+
+    def _query_heads(self, program: list[Instruction], index: int) -> int:
+        """Run the query heads that share a KV head together: the instructions from ``index``
+        that it ran (0 where it ran none).
+
+        A grouped-query model's decode step runs, for each query head of a KV head, a
+        SCORE_SOFTMAX into one probability row and a PV from it, one after the other. Where
+        the pairs read the same K and V blocks with the same shape and no pair's queries lie
+        where a pair writes, their scores, softmax and P x V are each one call over every
+        head's rows: row-wise operations, so each row is what its own instruction gives. The
+        probability rows still pass through ACT between SCORE_SOFTMAX and PV, head by head,
+        as the instructions move them.
+        """
+        pairs = _query_head_pairs(program, index, self.w)
+        if len(pairs) < 2:
+            return 0
+        first, pv = pairs[0]
+        rows, keys = first.rows, first.keys
+        try:
+            queries = [self._queries(s) for s, _ in pairs]
+            qc, qm, qe = (torch.cat(parts) for parts in zip(*queries, strict=True))
+            mask = self._mask(rows, keys).repeat(len(pairs), 1)
+            scores = N.attention_scores(qc, qm, qe, *self._kv_block(first),
+                                        first.shift + N.SCORE_FRAC, 0)
+            probs = N.softmax(scores, mask)
+            moved = []
+            for h, (s, _) in enumerate(pairs):
+                self._put_wide(s.dst, probs[h * rows:(h + 1) * rows], s.d_step)
+                moved.append(self._wide(Buffer.ACT, pv.q_addr, rows, keys, pv.a_step))
+            out = N.attention_pv(torch.cat(moved), mask, *self._kv_block(pv), pv.shift, 0)
+        except _INSTRUCTION_ERRORS:
+            return 0  # one at a time, so that the error names its instruction
+        for h, (_, p) in enumerate(pairs):
+            self._put_wide(p.dst, out[h * rows:(h + 1) * rows], p.d_step)
+        return 2 * len(pairs)
 
     def _sfu(self, insn: Instruction) -> None:
         """One SFU instruction, by its function's operand kind (``isa.SFU_FUNCTIONS``)."""
