@@ -12,7 +12,7 @@ from host.device import EmulatorDevice
 from llmacc import isa
 from llmacc.config import preset
 from llmacc.isa import Buffer, Opcode, Reg, SysFunc, Unit
-from sim.emulator import Emulator, EmulatorError, _DecodedRecords
+from sim.emulator import Emulator, EmulatorError, _DecodedRecords, _query_head_pairs
 from tests.helpers.models import random_sequences, tiny_int_model
 
 CFG = preset("sim-small").replace(prefill_bucket=8, decode_bucket=8)
@@ -190,6 +190,20 @@ def test_decode_interleavings_match_program_order(compiled, seed):
         regs = {Reg.POS: len(tokens) - 1, Reg.SEQ_LEN: len(tokens)}
         dev.emu.run_interleaved(program.instructions, regs, random.Random(seed + k))
         assert torch.equal(dev._logits(1)[0], want), f"seed {seed + k}"
+
+
+def test_query_heads_group_only_where_no_write_meets_a_read(compiled):
+    """A decode step's SCORE_SOFTMAX/PV pairs of one KV head run together (two query heads
+    a KV head here; the interleaving test above checks the grouped ``run`` against one
+    instruction at a time); a pair whose queries lie where an earlier pair wrote does not."""
+    program = compiled.program("decode", 16).instructions
+    w = CFG.axi_data_bytes
+    starts = [i for i in range(len(program)) if len(_query_head_pairs(program, i, w)) == 2]
+    assert len(starts) == compiled.model.config.n_kv_heads * compiled.model.config.n_layers
+    i = starts[0]
+    (_, first_pv), (second, _) = _query_head_pairs(program, i, w)
+    clash = dataclasses.replace(second, fields={**second.fields, "q_addr": first_pv.dst})
+    assert len(_query_head_pairs([*program[:i + 2], clash, *program[i + 3:]], i, w)) == 1
 
 
 def test_decoded_records_follow_the_bytes(seed):
