@@ -71,6 +71,8 @@ def _rows(mem: np.ndarray, start: int, count: int, stride: int, width: int) -> n
     (bounds checked by the caller; rows may overlap, as with a stride of 0)."""
     if count == 0:
         return mem[:0].reshape(0, width)
+    if count == 1 or stride == width:  # one run of bytes: a plain slice
+        return mem[start:start + count * width].reshape(count, width)
     return np.lib.stride_tricks.as_strided(mem[start:], (count, width), (stride, 1))
 
 
@@ -113,6 +115,12 @@ class _DecodedRecords:
         while self.used > self.budget:
             self.used -= self._kept.popitem(last=False)[1][1]
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _units(mask: int) -> tuple[Unit, ...]:
+    """The units whose bits a wait or release mask sets."""
+    return tuple(u for u in Unit if mask >> u.value & 1)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -295,14 +303,13 @@ class Emulator:
                 unit = insn.unit
                 issue += step
                 start = max(free[unit], issue)
-                for src in Unit:
-                    if insn.wait >> src.value & 1:
-                        queue = tokens[(src, unit)]
-                        if not queue:
-                            raise EmulatorError(
-                                f"waits for a token from {src.name} that no earlier "
-                                "instruction released (deadlock)")
-                        start = max(start, queue.popleft() + C.TOKEN_EXTRA)
+                for src in _units(insn.wait):
+                    queue = tokens[(src, unit)]
+                    if not queue:
+                        raise EmulatorError(
+                            f"waits for a token from {src.name} that no earlier "
+                            "instruction released (deadlock)")
+                    start = max(start, queue.popleft() + C.TOKEN_EXTRA)
                 if index >= ran:
                     ran = index + self._query_heads(program, index)
                 if index < ran:  # its data moved with its group: only its cost is left
@@ -312,10 +319,9 @@ class Emulator:
                     cycles = self._execute(insn, stats)
                 free[unit] = start + cycles
                 stats.busy[unit.name] += cycles
-                for dst in Unit:
-                    if insn.release >> dst.value & 1:
-                        tokens[(unit, dst)].append(free[unit])
-                        self._check_owed(unit, dst, len(tokens[(unit, dst)]))
+                for dst in _units(insn.release):
+                    tokens[(unit, dst)].append(free[unit])
+                    self._check_owed(unit, dst, len(tokens[(unit, dst)]))
             except _INSTRUCTION_ERRORS as exc:
                 raise _at(index, insn, exc) from None
             stats.instructions += 1
