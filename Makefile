@@ -83,10 +83,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	mkdir -p build/bench
-	$(PY) -m host.bench --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
-		--table build/bench/compiler.md
-	$(VENV)/bin/llmacc eval --model $(MODEL) --tokenizer $(TOKENIZER) --text $(TEXT) \
-		--max-stories 40 --table build/bench/quant_ppl.md
+	$(PY) -m host.bench --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) \
+		--text $(TEXT) --table build/bench/compiler.md
+	$(PY) -m host.bench --model smollm2 --configs u280 --scheme w8a8 --text $(TEXT) \
+		--prompt-tokens 32 --steps 16 --table build/bench/compiler_smollm2.md
+	$(VENV)/bin/llmacc eval --model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) \
+		--text $(TEXT) --max-stories 40 --table build/bench/quant_ppl.md
 	$(PY) -m quant.bench --table build/bench/quantizer.md
 
 bench-rtl: $(VENV)/.installed

@@ -27,7 +27,7 @@ from quant.model import KVCache, Transformer
 
 #: The table's columns.
 COLUMNS = ("config", "programs", "compile s", "instruction MB (buckets)", "MB (one per length)",
-           "ratio", "emulator prefill tok/s", "emulator decode tok/s",
+           "ratio", "emulator prefill tok/s (x float)", "emulator decode tok/s (x float)",
            "modelled cycles / decode token", "bit-exact")
 
 
@@ -57,10 +57,10 @@ def _int_tok_s(im: intref.IntModel, prompt: list[int],
     return len(prompt) / (mid - start), steps / (end - mid), tokens, logits
 
 
-def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
+def bench(model: str, tok_path: str | None, text: str, configs: list[str], scheme: str,
           prompt_tokens: int, steps: int) -> str:
     ckpt = checkpoint.load(model)
-    tok = tokenizer.load(tok_path, ckpt.config.vocab_size)
+    tok = tokenizer.load(tok_path or checkpoint.model_path(model), ckpt.config.vocab_size)
     calib = calibration_sequences(tok, text, 64, ckpt.config.seq_len)
     qm = prepare_sequences(ckpt, schemes.parse(scheme, finetune_steps=0), calib)
     im = intref.build(qm)
@@ -86,10 +86,11 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
             exact &= torch.equal(dev.decode(tokens[pos], pos), ref[i + 1][0])
         end = time.perf_counter()
         cycles = sum(s.cycles for s in dev.stats[1:]) / steps
+        ep, ed = len(prompt) / (mid - start), steps / (end - mid)
         rows.append(
             f"| {name} | {len(cm.programs)} | {cm.seconds:.1f} | {st['bucket_bytes'] / 1e6:.2f} | "
             f"{st['per_length_bytes'] / 1e6:.1f} | {st['ratio']:.0f}x | "
-            f"{len(prompt) / (mid - start):.0f} | {steps / (end - mid):.1f} | "
+            f"{ep:.1f} ({ep / fp:.4f}x) | {ed:.2f} ({ed / fd:.4f}x) | "
             f"{cycles:,.0f} | {'yes' if exact else 'NO'} |")
     head = [
         f"Model {Path(model).name}, scheme {scheme} (GPTQ, no fine-tuning), "
@@ -97,7 +98,8 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
         f"{max_len if max_len is not None else 'n/a (no config holds it)'}.",
         "",
         f"Float torch model: prefill {fp:.0f} tok/s, decode {fd:.1f} tok/s. "
-        f"Integer reference: prefill {ip:.0f} tok/s, decode {idec:.1f} tok/s.",
+        f"Integer reference: prefill {ip:.0f} tok/s, decode {idec:.1f} tok/s "
+        f"({idec / fd:.4f}x float), {torch.get_num_threads()} torch threads.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -108,7 +110,8 @@ def bench(model: str, tok_path: str, text: str, configs: list[str], scheme: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m host.bench", description=__doc__)
     p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tokenizer", default=None,
+                   help="the model's tokenizer (default: the one in a GGUF --model)")
     p.add_argument("--text", required=True)
     p.add_argument("--configs", default="sim-small,u280")
     p.add_argument("--scheme", default="w2a8kv4")
