@@ -966,10 +966,11 @@ def _transpose_bytes(x: np.ndarray) -> np.ndarray:
 
 
 def _beat_values(geom: StreamGeometry, words_w: np.ndarray, count: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` beats' codes and indices [..., count, n] (uint8) of WEIGHTS
-    words [..., words, W]. A beat's planes are ``n``-bit rows; eight elements' bits in up
-    to eight planes are an 8 x 8 bit matrix, transposed into the elements' bytes."""
+                 ) -> dict[str, np.ndarray]:
+    """The first ``count`` beats' ``codes`` and, with N:M sparsity, ``idx`` [..., count, n]
+    (uint8) of WEIGHTS words [..., words, W]. A beat's planes are ``n``-bit rows; eight
+    elements' bits in up to eight planes are an 8 x 8 bit matrix, transposed into the
+    elements' bytes."""
     n = geom.n
     if n % 8:
         raise LayoutError(f"a beat of {n} elements: its planes do not start on bytes")
@@ -984,16 +985,18 @@ def _beat_values(geom: StreamGeometry, words_w: np.ndarray, count: int
         out = _transpose_bytes(rows.view("<u8")).astype("<u8", copy=False)
         return out.view(np.uint8).reshape(*planes_.shape[:-2], n)
 
-    return (value([geom.code_plane(0, p) for p in range(geom.desc.bits)]),
-            value([geom.index_plane(0, p) for p in range(geom.index_planes)]))
+    out = {"codes": value([geom.code_plane(0, p) for p in range(geom.desc.bits)])}
+    if geom.index_planes:
+        out["idx"] = value([geom.index_plane(0, p) for p in range(geom.index_planes)])
+    return out
 
 
 def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams: np.ndarray
                           ) -> dict[str, np.ndarray]:
     """Inverse of :func:`encode_weight_stream` for channels' streams of one shape at once
     (bytes [C, words, W]), the way the lanes read them: per channel and row (``R = lanes *
-    passes``) the kept ``codes`` and ``idx`` [C, R, kept] (INT8 as bytes), ``mant`` and
-    ``aux`` [C, R, G] and ``shift`` [C, R]."""
+    passes``) the kept ``codes`` and (N:M) ``idx`` [C, R, kept] (INT8 as bytes), ``mant``
+    and ``aux`` [C, R, G] and ``shift`` [C, R]."""
     chans, words, w_bytes = streams.shape
     req = _stream_requests(geom, lanes, passes, words)
     rows = lanes * passes
@@ -1007,8 +1010,8 @@ def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams
         chans, lanes, passes, rw, w_bytes), beats)
     tail = _beat_values(geom, weights[:, :, passes * rw:], geom.tail)
     kept = {}
-    for name, b, t in zip(("codes", "idx"), body, tail, strict=True):
-        seq = np.concatenate([b.reshape(chans, lanes, passes * beats, n), t], axis=2)
+    for name, b in body.items():
+        seq = np.concatenate([b.reshape(chans, lanes, passes * beats, n), tail[name]], axis=2)
         seq = _skew(seq, geom.skew, back=True)[:, :, :passes * beats]
         kept[name] = row_major(seq.reshape(chans, lanes, passes, beats * n))[
             ..., :geom.kept].astype(np.int64)
@@ -1030,8 +1033,8 @@ def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams
 
 def decode_weight_stream(geom: StreamGeometry, lanes: int, passes: int, stream: np.ndarray
                          ) -> dict[str, np.ndarray]:
-    """One channel's :func:`decode_weight_streams`: per row the kept ``codes`` and ``idx``
-    [R, kept], ``mant`` and ``aux`` [R, G] and ``shift`` [R]."""
+    """One channel's :func:`decode_weight_streams`: per row the kept ``codes`` and (N:M)
+    ``idx`` [R, kept], ``mant`` and ``aux`` [R, G] and ``shift`` [R]."""
     got = decode_weight_streams(geom, lanes, passes, stream[None])
     return {name: v[0] for name, v in got.items()}
 
