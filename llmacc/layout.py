@@ -525,8 +525,9 @@ def weight_operands(desc: Descriptor, codes: np.ndarray, idx: np.ndarray | None,
     ``idx`` (N:M) and the groups' type ids ``aux`` [n, G] (not INT8), however they were
     stored."""
     kept = desc.kept(k)
-    if desc.wfmt is WeightFormat.INT8:
-        codes = codes - ((codes >> 7) << 8)  # sign-extend
+    if desc.wfmt is WeightFormat.INT8:  # the bytes as two's complement
+        codes = np.asarray(codes).astype(np.uint8, copy=False).view(np.int8)
+    codes = np.asarray(codes).astype(np.int64, copy=False)
     pos = np.broadcast_to(np.arange(kept), codes.shape)
     if desc.nm is not None:
         kn, km = desc.nm
@@ -995,8 +996,8 @@ def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams
                           ) -> dict[str, np.ndarray]:
     """Inverse of :func:`encode_weight_stream` for channels' streams of one shape at once
     (bytes [C, words, W]), the way the lanes read them: per channel and row (``R = lanes *
-    passes``) the kept ``codes`` and (N:M) ``idx`` [C, R, kept] (INT8 as bytes), ``mant``
-    and ``aux`` [C, R, G] and ``shift`` [C, R]."""
+    passes``) the kept ``codes`` and (N:M) ``idx`` [C, R, kept] (uint8; INT8 as bytes),
+    ``mant`` and ``aux`` [C, R, G] and ``shift`` [C, R]."""
     chans, words, w_bytes = streams.shape
     req = _stream_requests(geom, lanes, passes, words)
     rows = lanes * passes
@@ -1013,8 +1014,7 @@ def decode_weight_streams(geom: StreamGeometry, lanes: int, passes: int, streams
     for name, b in body.items():
         seq = np.concatenate([b.reshape(chans, lanes, passes * beats, n), tail[name]], axis=2)
         seq = _skew(seq, geom.skew, back=True)[:, :, :passes * beats]
-        kept[name] = row_major(seq.reshape(chans, lanes, passes, beats * n))[
-            ..., :geom.kept].astype(np.int64)
+        kept[name] = row_major(seq.reshape(chans, lanes, passes, beats * n))[..., :geom.kept]
 
     swords = geom.row_words(StreamPart.SCALES)
     scales = row_major(streams[:, req[StreamPart.SCALES]].reshape(
