@@ -134,13 +134,18 @@ def _act_words(addr: int, rows: int, step: int, pitch: int) -> range:
     return range(addr, addr + max(rows - 1, 0) * step + pitch)
 
 
+def _prob_words(score: Instruction, w: int) -> range:
+    """The ACT words a SCORE_SOFTMAX writes its probabilities to."""
+    return _act_words(score.dst, score.rows, score.d_step, L.wide_pitch(score.keys, w))
+
+
 def _query_head_pairs(program: list[Instruction], index: int,
                       w: int) -> list[tuple[Instruction, Instruction]]:
     """The SCORE_SOFTMAX/PV pairs from ``index`` on that ``Emulator._query_heads`` may run
     together: the same K and V blocks, probability rows and shapes, and no pair's queries in
     the words a pair writes (its probabilities and its outputs, all apart)."""
     pairs: list[tuple[Instruction, Instruction]] = []
-    written: list[range] = []
+    outs: list[range] = []
     for j in range(index, len(program) - 1, 2):
         s, p = program[j], program[j + 1]
         if not (s.opcode is Opcode.ATTN and s.func is AttnFunc.SCORE_SOFTMAX
@@ -154,14 +159,14 @@ def _query_head_pairs(program: list[Instruction], index: int,
             if (s.fields, p.kv_addr, p.shift, p.d_step) != (
                     {**s0.fields, "q_addr": s.q_addr}, p0.kv_addr, p0.shift, p0.d_step):
                 break
-        rows = s.rows
-        probs = _act_words(s.dst, rows, s.d_step, L.wide_pitch(s.keys, w))
-        out = _act_words(p.dst, rows, p.d_step, L.wide_pitch(s.head_dim, w))
-        if _overlaps(out, probs) or any(_overlaps(out, r) for r in written[1:]):
+        out = _act_words(p.dst, s.rows, p.d_step, L.wide_pitch(s.head_dim, w))
+        if _overlaps(out, _prob_words(s, w)) or any(_overlaps(out, r) for r in outs):
             break
-        written[:1] = [probs]
-        written.append(out)
+        outs.append(out)
         pairs.append((s, p))
+    if not pairs:
+        return pairs
+    written = [_prob_words(pairs[0][0], w), *outs]  # one probability range for every pair
     queries = [_act_words(s.q_addr, s.rows, s.a_step, L.qrow_pitch(s.head_dim, w))
                for s, _ in pairs]
     while pairs and any(_overlaps(q, r) for q in queries for r in written):
@@ -310,7 +315,7 @@ class Emulator:
                             f"waits for a token from {src.name} that no earlier "
                             "instruction released (deadlock)")
                     start = max(start, queue.popleft() + C.TOKEN_EXTRA)
-                if index >= ran:
+                if index >= ran and insn.opcode is Opcode.ATTN:
                     ran = index + self._query_heads(program, index)
                 if index < ran:  # its data moved with its group: only its cost is left
                     macs, cycles = self._attn_price(insn)
